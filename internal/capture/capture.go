@@ -1,0 +1,80 @@
+// Package capture defines how Lifeboat learns which blocks of a protected
+// disk changed between two recovery points. A Driver tracks one disk; each
+// replication cycle is a Cycle: a point-in-time view of the disk plus the
+// list of blocks that may differ from the baseline point.
+//
+// The contract between a driver and the engine that turns cycles into
+// recovery points:
+//
+//  1. The engine asks Baseline: the recovery point the driver's tracking
+//     state corresponds to ("" when it has none: first cycle, lost state).
+//  2. The engine checks that point still exists in the vault with this disk.
+//     It calls Begin(ctx, base) with that point's ID, or with "" to ask
+//     for every block (a full read or a resync).
+//  3. Changes emits, in ascending block order, every block that may differ
+//     from base. Blocks not emitted equal base's blocks (or are zero when
+//     base is ""). If the disk's size changed since base, every block from
+//     min(old block count, new block count) - 1 onward is emitted: the last
+//     block both sizes share (its length may change) and every new block.
+//  4. After the engine has durably published the point built from the
+//     cycle, it calls Commit with that point's ID; the driver then records
+//     it as its new baseline. On any failure the engine calls Abort, and the
+//     driver must make sure the next cycle still reports these changes.
+//
+// A crash anywhere leaves the driver on its previous baseline: the next
+// cycle re-reports changes that may already be in the vault, and the
+// vault's deduplication makes that cheap. A driver never loses a change.
+package capture
+
+import "context"
+
+// Block is one block reported by a cycle.
+type Block struct {
+	Index int64 // block number: byte offset / block size
+	// Data is the block's content: block-size bytes, fewer for the last
+	// block of a disk whose size is not a multiple of the block size. It
+	// is valid only during the callback; the callee copies what it keeps.
+	// Data is nil when Zero is true.
+	Data []byte
+	Zero bool // the block is all zeros (or a hole)
+}
+
+// Progress reports how far a cycle has read.
+type Progress struct {
+	Done  int64 // bytes of the disk examined so far
+	Total int64 // bytes the cycle will examine
+}
+
+// Driver tracks the changes of one disk.
+type Driver interface {
+	// Name is the driver kind ("scan", "qemu").
+	Name() string
+	// Baseline returns the recovery point ID the tracking state is
+	// relative to, or "" when there is none.
+	Baseline(ctx context.Context) (string, error)
+	// Begin takes a point-in-time view of the disk and returns the cycle
+	// that reports changes relative to base ("" for all blocks). A base
+	// that differs from Baseline is an error.
+	Begin(ctx context.Context, base string) (Cycle, error)
+}
+
+// Cycle is one capture cycle of one disk.
+type Cycle interface {
+	// Size is the disk's size in bytes at the cut.
+	Size() int64
+	// BlockSize is the block size the cycle reports in.
+	BlockSize() int
+	// Incremental reports whether Changes is relative to a base point
+	// (false: every non-zero block is reported).
+	Incremental() bool
+	// Changes calls fn for each block that may differ from the base, in
+	// ascending order, and progress (if non-nil) from time to time. It may
+	// be called once per cycle.
+	Changes(ctx context.Context, fn func(Block) error, progress func(Progress)) error
+	// Commit records point as the driver's new baseline and releases the
+	// view. It is called only after the point is durable in the vault.
+	Commit(ctx context.Context, point string) error
+	// Abort releases the view and keeps the previous baseline, so that the
+	// next cycle reports these changes again.
+	Abort(ctx context.Context) error
+}

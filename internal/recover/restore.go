@@ -1,0 +1,254 @@
+// Package recover reads recovery points back out of the vault: restore to a
+// new sparse file or a device, and incremental apply onto a target that
+// already holds another point or unknown content.
+package recover
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/lifeboat-dr/lifeboat/internal/vault"
+)
+
+// Options control a restore.
+type Options struct {
+	// Incremental reads the target first and writes only blocks that
+	// differ from the point. The target must exist.
+	Incremental bool
+	// Force overwrites an existing regular file completely.
+	Force bool
+	// Workers restore leaves in parallel (default GOMAXPROCS).
+	Workers int
+	// Progress, if set, is called with bytes of the disk done so far.
+	Progress func(done, total int64)
+}
+
+// Result reports what a restore did.
+type Result struct {
+	Size          int64 // disk size
+	BytesWritten  int64 // data bytes written to the target (zeros included)
+	BlocksWritten int64
+	BytesRead     int64 // bytes of the target read (incremental)
+	Device        bool
+}
+
+// Restore writes disk `name` of point p to target.
+func Restore(ctx context.Context, v *vault.Vault, p *vault.Point, name, target string, o Options) (*Result, error) {
+	r, err := v.OpenDisk(p, name)
+	if err != nil {
+		return nil, err
+	}
+	if o.Workers <= 0 {
+		o.Workers = runtime.GOMAXPROCS(0)
+	}
+	fi, statErr := os.Stat(target)
+	exists := statErr == nil
+	if statErr != nil && !errors.Is(statErr, os.ErrNotExist) {
+		return nil, statErr
+	}
+	device := exists && fi.Mode()&os.ModeDevice != 0
+	switch {
+	case o.Incremental && !exists:
+		return nil, fmt.Errorf("--incremental needs an existing target, and %s does not exist", target)
+	case exists && !device && !fi.Mode().IsRegular():
+		return nil, fmt.Errorf("%s is neither a regular file nor a block device", target)
+	case exists && !device && !o.Incremental && !o.Force:
+		return nil, fmt.Errorf("%s exists: use --incremental to update it in place (writes only differing blocks) or --force to overwrite it", target)
+	}
+	res := &Result{Size: r.Disk().Size, Device: device}
+
+	if o.Incremental || device {
+		f, err := os.OpenFile(target, os.O_RDWR, 0)
+		if err != nil {
+			return nil, err
+		}
+		if device {
+			dsz, err := f.Seek(0, io.SeekEnd)
+			if err == nil && dsz < res.Size {
+				f.Close()
+				return nil, fmt.Errorf("device %s holds %d bytes, the disk needs %d", target, dsz, res.Size)
+			}
+		} else if err := f.Truncate(res.Size); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("resize %s: %w", target, err)
+		}
+		// A device without --incremental is still compared block by block:
+		// its content is unknown, and reading is cheaper than writing.
+		err = run(ctx, r, f, true, device, o, res)
+		if serr := f.Sync(); err == nil && serr != nil {
+			err = fmt.Errorf("sync %s: %w", target, serr)
+		}
+		if cerr := f.Close(); err == nil && cerr != nil {
+			err = cerr
+		}
+		return res, err
+	}
+
+	// New file (or --force): write a sparse temp file beside it, then rename.
+	tmp, err := os.CreateTemp(filepath.Dir(target), "."+filepath.Base(target)+".lifeboat-restore-*")
+	if err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if err := tmp.Truncate(res.Size); err != nil {
+		return nil, fmt.Errorf("size %s: %w", tmp.Name(), err)
+	}
+	if err := run(ctx, r, tmp, false, false, o, res); err != nil {
+		return res, err
+	}
+	if err := tmp.Sync(); err != nil {
+		return res, fmt.Errorf("sync %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Close(); err != nil {
+		return res, err
+	}
+	if err := os.Rename(tmp.Name(), target); err != nil {
+		return res, err
+	}
+	ok = true
+	if d, err := os.Open(filepath.Dir(target)); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+	return res, nil
+}
+
+// run restores every leaf with o.Workers workers. compare: read the target
+// and skip equal blocks; device: zero blocks must be written (no holes).
+func run(ctx context.Context, r *vault.DiskReader, f *os.File, compare, device bool, o Options, res *Result) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	leaves := make(chan int64)
+	var (
+		wg                     sync.WaitGroup
+		done, written, nblocks atomic.Int64
+		readBytes              atomic.Int64
+	)
+	fanout := int64(r.Disk().Fanout)
+	bs := int64(r.Disk().BlockSize)
+	for range o.Workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var cur []byte
+			for leaf := range leaves {
+				ids, err := r.Leaf(ctx, leaf)
+				if err != nil {
+					cancel(err)
+					continue
+				}
+				first := leaf * fanout
+				if compare {
+					lo := first * bs
+					hi := min(r.Disk().Size, (first+int64(len(ids)))*bs)
+					if int64(cap(cur)) < hi-lo {
+						cur = make([]byte, hi-lo)
+					}
+					cur = cur[:hi-lo]
+					if _, err := f.ReadAt(cur, lo); err != nil && !errors.Is(err, io.EOF) {
+						cancel(fmt.Errorf("read target at %d: %w", lo, err))
+						continue
+					}
+					readBytes.Add(hi - lo)
+				}
+				var need []vault.ID
+				var where []int64
+				for i, id := range ids {
+					k := first + int64(i)
+					if compare {
+						blk := cur[int64(i)*bs : int64(i)*bs+int64(r.BlockLen(k))]
+						if (id.IsZero() && vault.IsZeroBlock(blk)) || (!id.IsZero() && r.Vault().BlockID(blk) == id) {
+							continue
+						}
+					}
+					if id.IsZero() {
+						if compare || device {
+							if err := zeroRange(f, k*bs, int64(r.BlockLen(k)), device); err != nil {
+								cancel(err)
+								break
+							}
+							written.Add(int64(r.BlockLen(k)))
+							nblocks.Add(1)
+						}
+						continue
+					}
+					need = append(need, id)
+					where = append(where, k)
+				}
+				if len(need) > 0 && ctx.Err() == nil {
+					err := r.Vault().ReadBlobs(ctx, need, func(i int, plain []byte) error {
+						k := where[i]
+						if len(plain) != r.BlockLen(k) {
+							return fmt.Errorf("block %d: %d bytes stored, disk layout needs %d", k, len(plain), r.BlockLen(k))
+						}
+						if _, err := f.WriteAt(plain, k*bs); err != nil {
+							return fmt.Errorf("write target at %d: %w", k*bs, err)
+						}
+						written.Add(int64(len(plain)))
+						nblocks.Add(1)
+						return nil
+					})
+					if err != nil {
+						cancel(err)
+						continue
+					}
+				}
+				d := done.Add(min(r.Disk().Size-first*bs, fanout*bs))
+				if o.Progress != nil {
+					o.Progress(d, r.Disk().Size)
+				}
+			}
+		}()
+	}
+feed:
+	for leaf := int64(0); leaf < r.Leaves(); leaf++ {
+		select {
+		case leaves <- leaf:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(leaves)
+	wg.Wait()
+	res.BytesWritten = written.Load()
+	res.BlocksWritten = nblocks.Load()
+	res.BytesRead = readBytes.Load()
+	return context.Cause(ctx)
+}
+
+var zeros = make([]byte, 4<<20)
+
+// zeroRange makes [off, off+n) of f zero: a hole in a file, written zeros
+// on a device.
+func zeroRange(f *os.File, off, n int64, device bool) error {
+	if !device {
+		err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
+		if err == nil {
+			return nil
+		}
+	}
+	for n > 0 {
+		c := min(n, int64(len(zeros)))
+		if _, err := f.WriteAt(zeros[:c], off); err != nil {
+			return fmt.Errorf("zero target at %d: %w", off, err)
+		}
+		off += c
+		n -= c
+	}
+	return nil
+}

@@ -1,0 +1,339 @@
+// Package replicate turns capture cycles into recovery points: for every
+// disk of a machine it reads the changed blocks through a capture driver,
+// stores the new ones in the vault, builds the disk's tree on top of the
+// driver's baseline point and publishes one point for all disks.
+package replicate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/lifeboat-dr/lifeboat/internal/capture"
+	"github.com/lifeboat-dr/lifeboat/internal/vault"
+)
+
+// Disk is one protected disk.
+type Disk struct {
+	Name   string
+	Driver capture.Driver
+}
+
+// Options describe one machine's replication.
+type Options struct {
+	Vault   *vault.Vault
+	Machine string
+	Disks   []Disk
+	Kind    string // vault.KindCrash (default) or vault.KindApp
+	Group   string
+	Labels  map[string]string
+	VMSpec  []byte
+	// Resync ignores the drivers' baselines and reads every block.
+	Resync bool
+	// Workers hash, compress and encrypt in parallel (default GOMAXPROCS).
+	Workers int
+	// Progress, if set, is called from time to time during each disk.
+	Progress func(disk string, p capture.Progress)
+	Logger   *slog.Logger
+}
+
+// DiskResult summarises one disk of a cycle.
+type DiskResult struct {
+	Name          string
+	Size          int64
+	Incremental   bool
+	Base          string // point the changes were applied to
+	ChangedBlocks int64  // blocks the driver reported
+	ChangedBytes  int64
+	ZeroBlocks    int64 // reported blocks that are now zero
+}
+
+// Result summarises a cycle.
+type Result struct {
+	Point    *vault.Point
+	Disks    []DiskResult
+	Stored   vault.WriterStats
+	Duration time.Duration
+}
+
+// ErrNoDisks means the options name no disk.
+var ErrNoDisks = errors.New("no disks to replicate")
+
+// RunCycle runs one replication cycle and publishes its recovery point.
+// On error nothing is published and every driver keeps its old baseline.
+func RunCycle(ctx context.Context, o Options) (*Result, error) {
+	if len(o.Disks) == 0 {
+		return nil, ErrNoDisks
+	}
+	if err := vault.ValidateName("machine", o.Machine); err != nil {
+		return nil, err
+	}
+	if o.Kind == "" {
+		o.Kind = vault.KindCrash
+	}
+	if o.Workers <= 0 {
+		o.Workers = runtime.GOMAXPROCS(0)
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	v := o.Vault
+	start := v.Clock().Now()
+
+	lock, err := v.Lock(ctx, vault.LockWrite)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if err := lock.Unlock(uctx); err != nil {
+			o.Logger.Warn("cannot remove vault lock", "err", err)
+		}
+	}()
+	if _, err := v.LoadIndex(ctx); err != nil {
+		return nil, err
+	}
+
+	// Cut every disk at (nearly) the same instant.
+	type open struct {
+		disk  Disk
+		cycle capture.Cycle
+		base  *vault.Point
+	}
+	var opened []open
+	abort := func() {
+		for _, op := range opened {
+			if err := op.cycle.Abort(context.WithoutCancel(ctx)); err != nil {
+				o.Logger.Warn("abort capture cycle", "disk", op.disk.Name, "err", err)
+			}
+		}
+	}
+	cut := v.Clock().Now()
+	for _, d := range o.Disks {
+		if err := vault.ValidateName("disk", d.Name); err != nil {
+			abort()
+			return nil, err
+		}
+		base, err := baseFor(ctx, v, d, o.Resync, o.Logger)
+		if err != nil {
+			abort()
+			return nil, err
+		}
+		baseID := ""
+		if base != nil {
+			baseID = base.ID.String()
+		}
+		c, err := d.Driver.Begin(ctx, baseID)
+		if err != nil {
+			abort()
+			return nil, fmt.Errorf("disk %s: %w", d.Name, err)
+		}
+		if c.BlockSize() != v.Config().BlockSize {
+			abort()
+			_ = c.Abort(ctx)
+			return nil, fmt.Errorf("disk %s: driver reads %d-byte blocks, the vault uses %d", d.Name, c.BlockSize(), v.Config().BlockSize)
+		}
+		if !c.Incremental() {
+			base = nil
+		}
+		opened = append(opened, open{disk: d, cycle: c, base: base})
+	}
+
+	w := v.NewWriter(ctx)
+	res := &Result{}
+	var disks []vault.Disk
+	for _, op := range opened {
+		d, dr, err := runDisk(ctx, o, w, op.disk, op.cycle, op.base)
+		if err != nil {
+			w.Abort()
+			abort()
+			return nil, fmt.Errorf("disk %s: %w", op.disk.Name, err)
+		}
+		disks = append(disks, d)
+		res.Disks = append(res.Disks, dr)
+	}
+	if err := w.Close(ctx); err != nil {
+		abort()
+		return nil, err
+	}
+	p := &vault.Point{Machine: o.Machine, Time: cut, Kind: o.Kind, Group: o.Group, Labels: o.Labels,
+		Hostname: hostname(), VMSpec: o.VMSpec, Disks: disks}
+	if len(opened) > 0 && opened[0].base != nil {
+		p.Parent = opened[0].base.ID.String()
+	}
+	if err := v.SavePoint(ctx, p); err != nil {
+		abort()
+		return nil, err
+	}
+	for _, op := range opened {
+		if err := op.cycle.Commit(ctx, p.ID.String()); err != nil {
+			// The point is published; the driver will re-report these
+			// changes next time, which deduplication makes cheap.
+			o.Logger.Warn("capture driver could not record its baseline; the next cycle re-reads the changes", "disk", op.disk.Name, "err", err)
+		}
+	}
+	res.Point = p
+	res.Stored = w.Stats()
+	res.Duration = v.Clock().Now().Sub(start)
+	return res, nil
+}
+
+func hostname() string {
+	h, _ := os.Hostname()
+	return h
+}
+
+// baseFor finds the point a driver's changes can be applied to.
+func baseFor(ctx context.Context, v *vault.Vault, d Disk, resync bool, log *slog.Logger) (*vault.Point, error) {
+	if resync {
+		return nil, nil
+	}
+	bl, err := d.Driver.Baseline(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("disk %s: %w", d.Name, err)
+	}
+	if bl == "" {
+		return nil, nil
+	}
+	id, err := vault.ParseID(bl)
+	if err != nil {
+		log.Warn("capture state names an invalid point; reading the whole disk", "disk", d.Name, "point", bl)
+		return nil, nil
+	}
+	p, err := v.LoadPoint(ctx, id)
+	if err != nil {
+		log.Warn("capture baseline point is not in the vault (pruned, or another vault); reading the whole disk", "disk", d.Name, "point", id.Short(), "err", err)
+		return nil, nil
+	}
+	if dd, ok := p.Disk(d.Name); !ok || dd.BlockSize != v.Config().BlockSize {
+		log.Warn("capture baseline point has no such disk; reading the whole disk", "disk", d.Name, "point", id.Short())
+		return nil, nil
+	}
+	return p, nil
+}
+
+// job is one reported block on its way through the workers.
+type job struct {
+	index int64
+	buf   *[]byte
+	n     int
+	zero  bool
+	id    vault.ID
+	err   error
+	done  chan struct{}
+}
+
+// runDisk runs one disk's cycle through the pipeline: the driver's callback
+// hands blocks to workers (hash, dedup, compress, encrypt, pack) and the
+// tree builder consumes their IDs in block order.
+func runDisk(ctx context.Context, o Options, w *vault.Writer, d Disk, c capture.Cycle, base *vault.Point) (vault.Disk, DiskResult, error) {
+	v := o.Vault
+	dr := DiskResult{Name: d.Name, Size: c.Size(), Incremental: base != nil}
+	var baseReader *vault.DiskReader
+	if base != nil {
+		var err error
+		if baseReader, err = v.OpenDisk(base, d.Name); err != nil {
+			return vault.Disk{}, dr, err
+		}
+		dr.Base = base.ID.String()
+	}
+	tb, err := v.NewTreeBuilder(w, baseReader, c.Size())
+	if err != nil {
+		return vault.Disk{}, dr, err
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+
+	bs := v.Config().BlockSize
+	pool := sync.Pool{New: func() any { b := make([]byte, bs); return &b }}
+	work := make(chan *job, o.Workers*2)
+	ordered := make(chan *job, o.Workers*4)
+
+	var wg sync.WaitGroup
+	for range o.Workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range work {
+				if !j.zero {
+					data := (*j.buf)[:j.n]
+					j.id = v.BlockID(data)
+					if !j.id.IsZero() {
+						_, j.err = w.PutBlob(ctx, vault.BlobData, j.id, data)
+					}
+				}
+				close(j.done)
+			}
+		}()
+	}
+	treeErr := make(chan error, 1)
+	go func() {
+		var err error
+		for j := range ordered {
+			<-j.done
+			if err == nil {
+				err = j.err
+				if err == nil {
+					err = tb.Set(ctx, j.index, j.id)
+				}
+				if err != nil {
+					cancel(err)
+				}
+			}
+			if j.buf != nil {
+				pool.Put(j.buf)
+			}
+		}
+		treeErr <- err
+	}()
+
+	cerr := c.Changes(ctx, func(b capture.Block) error {
+		j := &job{index: b.Index, zero: b.Zero, done: make(chan struct{})}
+		if !b.Zero {
+			j.buf = pool.Get().(*[]byte)
+			j.n = copy(*j.buf, b.Data)
+			dr.ChangedBytes += int64(len(b.Data))
+		} else {
+			dr.ZeroBlocks++
+		}
+		dr.ChangedBlocks++
+		select {
+		case ordered <- j:
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+		select {
+		case work <- j:
+		case <-ctx.Done():
+			close(j.done) // the tree goroutine is waiting on it
+			return context.Cause(ctx)
+		}
+		return nil
+	}, func(p capture.Progress) {
+		if o.Progress != nil {
+			o.Progress(d.Name, p)
+		}
+	})
+	close(work)
+	wg.Wait()
+	close(ordered)
+	terr := <-treeErr
+	if terr != nil {
+		return vault.Disk{}, dr, terr
+	}
+	if cerr != nil {
+		return vault.Disk{}, dr, cerr
+	}
+	disk, err := tb.Finish(ctx, d.Name)
+	if err != nil {
+		return vault.Disk{}, dr, err
+	}
+	disk.Driver = d.Driver.Name()
+	return disk, dr, nil
+}

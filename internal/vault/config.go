@@ -1,0 +1,65 @@
+package vault
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// FormatVersion is the vault format this code reads and writes.
+const FormatVersion = 1
+
+// Defaults for new vaults.
+const (
+	DefaultBlockSize  = 64 << 10
+	DefaultTreeFanout = 1024
+	DefaultPackSize   = 32 << 20
+	minBlockSize      = 4 << 10
+	maxBlockSize      = 4 << 20
+)
+
+// Config is the vault's format parameters (the "config" object).
+type Config struct {
+	Version     int       `json:"version"`
+	ID          string    `json:"id"`
+	Created     time.Time `json:"created"`
+	BlockSize   int       `json:"block_size"`
+	TreeFanout  int       `json:"tree_fanout"`
+	PackSize    int       `json:"pack_size"`
+	BlockHash   string    `json:"block_hash"`
+	Cipher      string    `json:"cipher"`
+	Compression string    `json:"compression"`
+}
+
+func (c *Config) validate() error {
+	switch {
+	case c.Version != FormatVersion:
+		return fmt.Errorf("vault format version %d is not supported (this Lifeboat reads version %d); upgrade Lifeboat", c.Version, FormatVersion)
+	case c.BlockSize < minBlockSize || c.BlockSize > maxBlockSize || c.BlockSize&(c.BlockSize-1) != 0:
+		return fmt.Errorf("config: block_size %d is not a power of two in %d..%d", c.BlockSize, minBlockSize, maxBlockSize)
+	case c.TreeFanout < 2 || c.TreeFanout > 65535:
+		return fmt.Errorf("config: tree_fanout %d outside 2..65535", c.TreeFanout)
+	case c.PackSize < 1<<20 || c.PackSize > 1<<30:
+		return fmt.Errorf("config: pack_size %d outside 1 MiB..1 GiB", c.PackSize)
+	case c.BlockHash != "blake3-keyed":
+		return fmt.Errorf("config: block_hash %q is not supported", c.BlockHash)
+	case c.Cipher != "xchacha20-poly1305":
+		return fmt.Errorf("config: cipher %q is not supported", c.Cipher)
+	case c.Compression != "zstd" && c.Compression != "none":
+		return fmt.Errorf("config: compression %q is not supported", c.Compression)
+	case len(c.ID) != 64:
+		return fmt.Errorf("config: id %q is not 64 hex characters", c.ID)
+	}
+	return nil
+}
+
+func decodeConfig(b []byte) (*Config, error) {
+	var c Config
+	if err := json.Unmarshal(b, &c); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}

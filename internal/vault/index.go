@@ -1,0 +1,231 @@
+package vault
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+)
+
+const indexMagic = "LBIX"
+
+// indexPack is one pack's part of an index file.
+type indexPack struct {
+	ID      ID
+	Entries []blobEntry
+}
+
+// encodeIndex is the index file payload (§7).
+func encodeIndex(packs []indexPack) []byte {
+	n := 8
+	for _, p := range packs {
+		n += IDSize + 4 + len(p.Entries)*entrySize
+	}
+	b := make([]byte, 0, n)
+	b = append(b, indexMagic...)
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(packs)))
+	for _, p := range packs {
+		b = append(b, p.ID[:]...)
+		b = binary.LittleEndian.AppendUint32(b, uint32(len(p.Entries)))
+		for i := range p.Entries {
+			b = appendEntry(b, &p.Entries[i])
+		}
+	}
+	return b
+}
+
+// decodeIndex parses an index payload, calling fn for each pack. Entries
+// are validated on their own and for overlaps within their pack.
+func decodeIndex(b []byte, maxRaw uint32, fn func(pack ID, entries []blobEntry) error) error {
+	if len(b) < 8 || string(b[:4]) != indexMagic {
+		return errors.New("index: bad magic")
+	}
+	np := binary.LittleEndian.Uint32(b[4:])
+	b = b[8:]
+	if uint64(np)*(IDSize+4) > uint64(len(b)) {
+		return fmt.Errorf("index: %d packs cannot fit in %d bytes", np, len(b))
+	}
+	for i := uint32(0); i < np; i++ {
+		if len(b) < IDSize+4 {
+			return fmt.Errorf("index: pack %d truncated", i)
+		}
+		var pid ID
+		copy(pid[:], b)
+		ne := binary.LittleEndian.Uint32(b[IDSize:])
+		b = b[IDSize+4:]
+		if uint64(ne)*entrySize > uint64(len(b)) {
+			return fmt.Errorf("index: pack %s: %d entries cannot fit in %d bytes", pid.Short(), ne, len(b))
+		}
+		entries := make([]blobEntry, ne)
+		var end uint64
+		for j := range entries {
+			e := readEntry(b[j*entrySize:])
+			if err := e.validate(maxRaw); err != nil {
+				return fmt.Errorf("index: pack %s: %w", pid.Short(), err)
+			}
+			if uint64(e.Offset) < max(end, packPrefixSize) {
+				return fmt.Errorf("index: pack %s: blob %s at %d overlaps the previous one", pid.Short(), e.ID.Short(), e.Offset)
+			}
+			end = uint64(e.Offset) + uint64(e.Length)
+			if end > maxPackFileSize {
+				return fmt.Errorf("index: pack %s: blob %s ends beyond 4 GiB", pid.Short(), e.ID.Short())
+			}
+			entries[j] = e
+		}
+		b = b[int(ne)*entrySize:]
+		if err := fn(pid, entries); err != nil {
+			return err
+		}
+	}
+	if len(b) != 0 {
+		return fmt.Errorf("index: %d trailing bytes", len(b))
+	}
+	return nil
+}
+
+// location is where a blob is stored.
+type location struct {
+	Pack ID
+	blobEntry
+}
+
+// idxEntry is one blob of the in-memory index; pack is a number in the
+// index's pack table. 52 bytes.
+type idxEntry struct {
+	id     ID
+	pack   uint32
+	offset uint32
+	length uint32
+	rawLen uint32
+	typ    BlobType
+	comp   uint8
+}
+
+// Index maps blob IDs to their locations. It keeps a sorted array (compact,
+// binary-searched) plus a small map of recent additions that is merged in
+// when it grows. It is safe for concurrent use.
+type Index struct {
+	mu      sync.RWMutex
+	packs   []ID
+	packNum map[ID]uint32
+	sorted  []idxEntry
+	recent  map[ID][]idxEntry
+	files   map[ID]bool // index files loaded
+}
+
+const indexMergeAt = 1 << 14
+
+// NewIndex returns an empty index.
+func NewIndex() *Index {
+	return &Index{packNum: map[ID]uint32{}, recent: map[ID][]idxEntry{}, files: map[ID]bool{}}
+}
+
+func (x *Index) packNumber(p ID) uint32 {
+	n, ok := x.packNum[p]
+	if !ok {
+		n = uint32(len(x.packs))
+		x.packs = append(x.packs, p)
+		x.packNum[p] = n
+	}
+	return n
+}
+
+// add records a pack's entries.
+func (x *Index) add(pack ID, entries []blobEntry) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	pn := x.packNumber(pack)
+	for _, e := range entries {
+		ie := idxEntry{id: e.ID, pack: pn, offset: e.Offset, length: e.Length, rawLen: e.RawLen, typ: e.Type, comp: e.Comp}
+		x.recent[e.ID] = append(x.recent[e.ID], ie)
+	}
+	if len(x.recent) >= indexMergeAt {
+		x.mergeLocked()
+	}
+}
+
+// addBulk appends entries without merging; call finishBulk afterwards.
+// Used when loading many index files.
+func (x *Index) addBulk(pack ID, entries []blobEntry) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	pn := x.packNumber(pack)
+	for _, e := range entries {
+		x.sorted = append(x.sorted, idxEntry{id: e.ID, pack: pn, offset: e.Offset, length: e.Length, rawLen: e.RawLen, typ: e.Type, comp: e.Comp})
+	}
+}
+
+func cmpIdx(a, b idxEntry) int { return compareIDs(&a.id, &b.id) }
+
+func (x *Index) finishBulk() {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.mergeLocked()
+}
+
+func (x *Index) mergeLocked() {
+	for _, es := range x.recent {
+		x.sorted = append(x.sorted, es...)
+	}
+	clear(x.recent)
+	slices.SortStableFunc(x.sorted, cmpIdx)
+	// Drop exact duplicates (same blob in the same pack, listed twice).
+	x.sorted = slices.CompactFunc(x.sorted, func(a, b idxEntry) bool { return a.id == b.id && a.pack == b.pack })
+	x.sorted = slices.Clip(x.sorted)
+}
+
+// Has reports whether the blob is stored.
+func (x *Index) Has(id ID) bool {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	if _, ok := x.recent[id]; ok {
+		return true
+	}
+	_, ok := slices.BinarySearchFunc(x.sorted, id, func(e idxEntry, id ID) int { return compareIDs(&e.id, &id) })
+	return ok
+}
+
+// Lookup returns every stored copy of a blob (usually one).
+func (x *Index) Lookup(id ID) []location {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	var out []location
+	conv := func(e idxEntry) location {
+		return location{Pack: x.packs[e.pack], blobEntry: blobEntry{ID: e.id, Type: e.typ, Comp: e.comp, Offset: e.offset, Length: e.length, RawLen: e.rawLen}}
+	}
+	for _, e := range x.recent[id] {
+		out = append(out, conv(e))
+	}
+	i, _ := slices.BinarySearchFunc(x.sorted, id, func(e idxEntry, id ID) int { return compareIDs(&e.id, &id) })
+	for ; i < len(x.sorted) && x.sorted[i].id == id; i++ {
+		out = append(out, conv(x.sorted[i]))
+	}
+	return out
+}
+
+// Len is the number of entries (copies counted).
+func (x *Index) Len() int {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	n := len(x.sorted)
+	for _, es := range x.recent {
+		n += len(es)
+	}
+	return n
+}
+
+// Packs returns the IDs of every indexed pack.
+func (x *Index) Packs() []ID {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return slices.Clone(x.packs)
+}
+
+// HasPack reports whether any index entry points into the pack.
+func (x *Index) HasPack(p ID) bool {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	_, ok := x.packNum[p]
+	return ok
+}

@@ -1,0 +1,129 @@
+package vault
+
+import (
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"golang.org/x/crypto/argon2"
+	"golang.org/x/crypto/chacha20poly1305"
+)
+
+// KDFParams are Argon2id parameters, recorded in each key file.
+type KDFParams struct {
+	Time      uint32 `json:"time"`
+	MemoryKiB uint32 `json:"memory_kib"`
+	Threads   uint8  `json:"threads"`
+}
+
+// DefaultKDF is used for new keys: about 0.1 s and 32 MiB here.
+var DefaultKDF = KDFParams{Time: 3, MemoryKiB: 32 << 10, Threads: 2}
+
+// Bounds a key file may ask for; beyond them it is refused before the KDF
+// runs, so a hostile key file cannot exhaust memory or time.
+const (
+	maxKDFMemoryKiB = 4 << 20
+	maxKDFTime      = 64
+	maxKDFThreads   = 64
+	keySaltSize     = 32
+	keyFileVersion  = 1
+)
+
+var keyAD = []byte("lifeboat key v1")
+
+// ErrWrongPassphrase means no key file of the vault opens with the passphrase.
+var ErrWrongPassphrase = errors.New("wrong passphrase: no key of this vault opens with it")
+
+// keyFile is the JSON form of keys/<id>.
+type keyFile struct {
+	Version   int       `json:"version"`
+	Created   time.Time `json:"created"`
+	Hostname  string    `json:"hostname,omitempty"`
+	Username  string    `json:"username,omitempty"`
+	KDF       string    `json:"kdf"`
+	KDFParams KDFParams `json:"kdf_params"`
+	Salt      []byte    `json:"salt"`
+	Wrapped   []byte    `json:"wrapped"`
+}
+
+func (p KDFParams) validate() error {
+	switch {
+	case p.Time < 1 || p.Time > maxKDFTime:
+		return fmt.Errorf("kdf time %d outside 1..%d", p.Time, maxKDFTime)
+	case p.MemoryKiB < 8*uint32(max(p.Threads, 1)) || p.MemoryKiB > maxKDFMemoryKiB:
+		return fmt.Errorf("kdf memory %d KiB outside 8·threads..%d", p.MemoryKiB, maxKDFMemoryKiB)
+	case p.Threads < 1 || p.Threads > maxKDFThreads:
+		return fmt.Errorf("kdf threads %d outside 1..%d", p.Threads, maxKDFThreads)
+	}
+	return nil
+}
+
+func deriveKEK(passphrase []byte, salt []byte, p KDFParams) []byte {
+	return argon2.IDKey(passphrase, salt, p.Time, p.MemoryKiB, p.Threads, chacha20poly1305.KeySize)
+}
+
+// wrapKey makes a key file for the master key under passphrase.
+func wrapKey(k *keys, passphrase []byte, p KDFParams, now time.Time, host, user string) ([]byte, error) {
+	if len(passphrase) == 0 {
+		return nil, errors.New("empty passphrase")
+	}
+	if err := p.validate(); err != nil {
+		return nil, err
+	}
+	kf := keyFile{Version: keyFileVersion, Created: now.UTC(), Hostname: host, Username: user,
+		KDF: "argon2id", KDFParams: p, Salt: make([]byte, keySaltSize)}
+	if _, err := rand.Read(kf.Salt); err != nil {
+		return nil, err
+	}
+	a, err := chacha20poly1305.NewX(deriveKEK(passphrase, kf.Salt, p))
+	if err != nil {
+		return nil, err
+	}
+	var nonce [nonceSize]byte
+	if _, err := rand.Read(nonce[:]); err != nil {
+		return nil, err
+	}
+	kf.Wrapped = a.Seal(nonce[:], nonce[:], k.master[:], keyAD)
+	return json.MarshalIndent(kf, "", "  ")
+}
+
+// parseKeyFile decodes and validates a key file without running the KDF.
+func parseKeyFile(b []byte) (*keyFile, error) {
+	var kf keyFile
+	if err := json.Unmarshal(b, &kf); err != nil {
+		return nil, fmt.Errorf("key file: %w", err)
+	}
+	if kf.Version != keyFileVersion {
+		return nil, fmt.Errorf("key file version %d is not supported", kf.Version)
+	}
+	if kf.KDF != "argon2id" {
+		return nil, fmt.Errorf("key file: unknown kdf %q", kf.KDF)
+	}
+	if err := kf.KDFParams.validate(); err != nil {
+		return nil, fmt.Errorf("key file: %w", err)
+	}
+	if len(kf.Salt) < 16 || len(kf.Salt) > 64 {
+		return nil, fmt.Errorf("key file: salt of %d bytes", len(kf.Salt))
+	}
+	if len(kf.Wrapped) != nonceSize+masterKeySize+tagSize {
+		return nil, fmt.Errorf("key file: wrapped key of %d bytes", len(kf.Wrapped))
+	}
+	return &kf, nil
+}
+
+// unwrap opens the key file with passphrase; ErrWrongPassphrase if it does not fit.
+func (kf *keyFile) unwrap(passphrase []byte) (*keys, error) {
+	a, err := chacha20poly1305.NewX(deriveKEK(passphrase, kf.Salt, kf.KDFParams))
+	if err != nil {
+		return nil, err
+	}
+	m, err := a.Open(nil, kf.Wrapped[:nonceSize], kf.Wrapped[nonceSize:], keyAD)
+	if err != nil {
+		return nil, ErrWrongPassphrase
+	}
+	var mk [masterKeySize]byte
+	copy(mk[:], m)
+	return keysFromMaster(mk)
+}

@@ -1,0 +1,275 @@
+package vault
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/zeebo/blake3"
+
+	"github.com/lifeboat-dr/lifeboat/internal/vault/backend"
+)
+
+// BlobType tells a data block from a tree node.
+type BlobType uint8
+
+// Blob types (§5).
+const (
+	BlobData BlobType = 1
+	BlobNode BlobType = 2
+)
+
+func (t BlobType) String() string {
+	switch t {
+	case BlobData:
+		return "block"
+	case BlobNode:
+		return "node"
+	}
+	return fmt.Sprintf("blob-type-%d", uint8(t))
+}
+
+// blobEntry locates a blob inside its pack (§6).
+type blobEntry struct {
+	ID     ID
+	Type   BlobType
+	Comp   uint8
+	Offset uint32
+	Length uint32
+	RawLen uint32
+}
+
+const (
+	entrySize        = 46
+	packMagic        = "LBPK"
+	packHeaderMagic  = "LBPH"
+	packVersion      = 1
+	packPrefixSize   = 8
+	packTrailerSize  = 4
+	minBlobSize      = blobOverhead + 1
+	maxPackFileSize  = 1<<32 - 1
+	maxPackHeaderLen = 64 << 20
+)
+
+func appendEntry(dst []byte, e *blobEntry) []byte {
+	dst = append(dst, e.ID[:]...)
+	dst = append(dst, byte(e.Type), e.Comp)
+	dst = binary.LittleEndian.AppendUint32(dst, e.Offset)
+	dst = binary.LittleEndian.AppendUint32(dst, e.Length)
+	return binary.LittleEndian.AppendUint32(dst, e.RawLen)
+}
+
+func readEntry(b []byte) blobEntry {
+	var e blobEntry
+	copy(e.ID[:], b[:32])
+	e.Type = BlobType(b[32])
+	e.Comp = b[33]
+	e.Offset = binary.LittleEndian.Uint32(b[34:])
+	e.Length = binary.LittleEndian.Uint32(b[38:])
+	e.RawLen = binary.LittleEndian.Uint32(b[42:])
+	return e
+}
+
+// maxRawLen is the largest plaintext a blob of this vault may have.
+func (c *Config) maxRawLen() uint32 {
+	return uint32(max(c.BlockSize, nodeHeaderSize+IDSize*c.TreeFanout))
+}
+
+// validate checks one entry on its own (§6 decoder rules).
+func (e *blobEntry) validate(maxRaw uint32) error {
+	if e.Type != BlobData && e.Type != BlobNode {
+		return fmt.Errorf("blob %s: unknown type %d", e.ID.Short(), e.Type)
+	}
+	if e.RawLen == 0 || e.RawLen > maxRaw {
+		return fmt.Errorf("blob %s: raw length %d outside 1..%d", e.ID.Short(), e.RawLen, maxRaw)
+	}
+	switch e.Comp {
+	case compNone:
+		if e.Length != e.RawLen+blobOverhead {
+			return fmt.Errorf("blob %s: stored length %d does not match raw length %d", e.ID.Short(), e.Length, e.RawLen)
+		}
+	case compZstd:
+		if e.Length < minBlobSize || e.Length-blobOverhead >= e.RawLen {
+			return fmt.Errorf("blob %s: compressed length %d not below raw length %d", e.ID.Short(), e.Length, e.RawLen)
+		}
+	default:
+		return fmt.Errorf("blob %s: unknown compression %d", e.ID.Short(), e.Comp)
+	}
+	return nil
+}
+
+// encodePackHeader is the header payload (§6).
+func encodePackHeader(entries []blobEntry) []byte {
+	b := make([]byte, 0, 8+len(entries)*entrySize)
+	b = append(b, packHeaderMagic...)
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(entries)))
+	for i := range entries {
+		b = appendEntry(b, &entries[i])
+	}
+	return b
+}
+
+// decodePackHeader parses a header payload of a pack whose header starts at
+// headerOffset, checking that the blobs tile [8, headerOffset) exactly.
+func decodePackHeader(b []byte, headerOffset int64, maxRaw uint32) ([]blobEntry, error) {
+	if len(b) < 8 || string(b[:4]) != packHeaderMagic {
+		return nil, errors.New("pack header: bad magic")
+	}
+	n := binary.LittleEndian.Uint32(b[4:])
+	if uint64(len(b)-8) != uint64(n)*entrySize {
+		return nil, fmt.Errorf("pack header: %d entries need %d bytes, have %d", n, uint64(n)*entrySize, len(b)-8)
+	}
+	entries := make([]blobEntry, n)
+	next := int64(packPrefixSize)
+	for i := range entries {
+		e := readEntry(b[8+i*entrySize:])
+		if err := e.validate(maxRaw); err != nil {
+			return nil, fmt.Errorf("pack header entry %d: %w", i, err)
+		}
+		if int64(e.Offset) != next {
+			return nil, fmt.Errorf("pack header entry %d: offset %d, want %d", i, e.Offset, next)
+		}
+		next += int64(e.Length)
+		entries[i] = e
+	}
+	if next != headerOffset {
+		return nil, fmt.Errorf("pack header: blobs end at %d but header starts at %d", next, headerOffset)
+	}
+	return entries, nil
+}
+
+// packName is the backend name of a pack.
+func packName(id ID) string {
+	s := id.String()
+	return "data/" + s[:2] + "/" + s
+}
+
+// packSpool accumulates one pack in a temporary local file.
+type packSpool struct {
+	f       *os.File
+	h       *blake3.Hasher
+	size    int64
+	entries []blobEntry
+}
+
+func newPackSpool(dir string) (*packSpool, error) {
+	f, err := os.CreateTemp(dir, "lifeboat-pack-*")
+	if err != nil {
+		return nil, fmt.Errorf("create pack spool file: %w", err)
+	}
+	p := &packSpool{f: f, h: blake3.New()}
+	if err := p.write([]byte{'L', 'B', 'P', 'K', packVersion, 0, 0, 0}); err != nil {
+		p.discard()
+		return nil, err
+	}
+	return p, nil
+}
+
+func (p *packSpool) write(b []byte) error {
+	if _, err := p.f.Write(b); err != nil {
+		return fmt.Errorf("write pack spool %s: %w", p.f.Name(), err)
+	}
+	_, _ = p.h.Write(b)
+	p.size += int64(len(b))
+	return nil
+}
+
+// add appends a sealed blob.
+func (p *packSpool) add(e blobEntry, sealed []byte) error {
+	e.Offset = uint32(p.size)
+	e.Length = uint32(len(sealed))
+	if err := p.write(sealed); err != nil {
+		return err
+	}
+	p.entries = append(p.entries, e)
+	return nil
+}
+
+// finish writes header and trailer and returns the pack's ID.
+func (p *packSpool) finish(k *keys) (ID, error) {
+	hdr := k.seal(kindPackHeader, encodePackHeader(p.entries), false)
+	if err := p.write(hdr); err != nil {
+		return ID{}, err
+	}
+	if err := p.write(binary.LittleEndian.AppendUint32(nil, uint32(len(hdr)))); err != nil {
+		return ID{}, err
+	}
+	var id ID
+	p.h.Sum(id[:0])
+	return id, nil
+}
+
+func (p *packSpool) discard() {
+	name := p.f.Name()
+	_ = p.f.Close()
+	_ = os.Remove(name)
+}
+
+// readPackHeader reads and decodes the header of a stored pack.
+func (v *Vault) readPackHeader(ctx context.Context, id ID) ([]blobEntry, int64, error) {
+	name := packName(id)
+	fi, err := v.be.Stat(ctx, name)
+	if err != nil {
+		return nil, 0, err
+	}
+	size := fi.Size
+	if size < packPrefixSize+packTrailerSize+sealOverhead || size > maxPackFileSize {
+		return nil, size, fmt.Errorf("pack %s: size %d is impossible", id.Short(), size)
+	}
+	var tr [packTrailerSize]byte
+	if err := backend.ReadRange(ctx, v.be, name, size-packTrailerSize, tr[:]); err != nil {
+		return nil, size, err
+	}
+	hl := int64(binary.LittleEndian.Uint32(tr[:]))
+	hoff := size - packTrailerSize - hl
+	if hl < sealOverhead || hl > maxPackHeaderLen || hoff < packPrefixSize {
+		return nil, size, fmt.Errorf("pack %s: header length %d is impossible for a %d-byte pack", id.Short(), hl, size)
+	}
+	buf := make([]byte, hl)
+	if err := backend.ReadRange(ctx, v.be, name, hoff, buf); err != nil {
+		return nil, size, err
+	}
+	plain, err := v.keys.open(kindPackHeader, buf)
+	if err != nil {
+		return nil, size, fmt.Errorf("pack %s header: %w", id.Short(), err)
+	}
+	entries, err := decodePackHeader(plain, hoff, v.cfg.maxRawLen())
+	if err != nil {
+		return nil, size, fmt.Errorf("pack %s: %w", id.Short(), err)
+	}
+	return entries, size, nil
+}
+
+// openBlob decrypts, decompresses and verifies one stored blob, appending
+// the plaintext to dst.
+func (v *Vault) openBlob(dst []byte, e *blobEntry, sealed []byte) ([]byte, error) {
+	var adBuf [64]byte
+	plain, err := v.keys.openRaw(nil, sealed, blobAD(adBuf[:0], e.Type, e.ID))
+	if err != nil {
+		return nil, err
+	}
+	switch e.Comp {
+	case compNone:
+		if uint32(len(plain)) != e.RawLen {
+			return nil, fmt.Errorf("stored %d bytes, index says %d", len(plain), e.RawLen)
+		}
+		dst = append(dst, plain...)
+	case compZstd:
+		start := len(dst)
+		dst, err = zstdDecoder.DecodeAll(plain, dst)
+		if err != nil {
+			return nil, fmt.Errorf("decompress: %w", err)
+		}
+		if uint32(len(dst)-start) != e.RawLen {
+			return nil, fmt.Errorf("decompressed %d bytes, index says %d", len(dst)-start, e.RawLen)
+		}
+	default:
+		return nil, fmt.Errorf("unknown compression %d", e.Comp)
+	}
+	if got := v.blobID(e.Type, dst[len(dst)-int(e.RawLen):]); got != e.ID {
+		return nil, fmt.Errorf("%w: content hashes to %s", ErrAuth, got.Short())
+	}
+	return dst, nil
+}

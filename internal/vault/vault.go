@@ -1,0 +1,369 @@
+// Package vault implements Lifeboat's vault: encrypted, deduplicated,
+// verifiable recovery points stored on a backend. docs/vault-format.md is
+// its specification.
+package vault
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/user"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/zeebo/blake3"
+
+	"github.com/lifeboat-dr/lifeboat/internal/clock"
+	"github.com/lifeboat-dr/lifeboat/internal/vault/backend"
+)
+
+// ErrNoVault means the location holds no vault.
+var ErrNoVault = errors.New("no vault here")
+
+// Options tune how a vault is opened.
+type Options struct {
+	Clock    clock.Clock
+	Logger   *slog.Logger
+	Hostname string
+	// SpoolDir holds pack files while they are written (default: os.TempDir()).
+	SpoolDir string
+	// KDF parameters for keys created through this handle (default DefaultKDF).
+	KDF KDFParams
+}
+
+func (o *Options) defaults() {
+	if o.Clock == nil {
+		o.Clock = clock.System{}
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Hostname == "" {
+		o.Hostname, _ = os.Hostname()
+	}
+	if o.KDF == (KDFParams{}) {
+		o.KDF = DefaultKDF
+	}
+}
+
+// Vault is an open vault.
+type Vault struct {
+	be    backend.Backend
+	keys  *keys
+	cfg   Config
+	keyID ID
+	opts  Options
+	log   *slog.Logger
+	clock clock.Clock
+
+	index *Index
+	nodes *nodeCache
+
+	hashers [3]sync.Pool // by BlobType
+}
+
+// InitOptions are the parameters of a new vault.
+type InitOptions struct {
+	Options
+	BlockSize int    // default DefaultBlockSize
+	PackSize  int    // default DefaultPackSize
+	Compress  string // "zstd" (default) or "none"
+}
+
+// Init creates a vault on be protected by passphrase. It refuses a location
+// that already holds a vault.
+func Init(ctx context.Context, be backend.Backend, passphrase []byte, o InitOptions) (*Vault, error) {
+	o.defaults()
+	if _, err := be.Stat(ctx, "config"); err == nil {
+		return nil, fmt.Errorf("a vault already exists at %s", be.Location())
+	} else if !backend.IsNotExist(err) {
+		return nil, fmt.Errorf("check %s: %w", be.Location(), err)
+	}
+	cfg := Config{Version: FormatVersion, Created: o.Clock.Now().UTC().Truncate(time.Second),
+		BlockSize: o.BlockSize, TreeFanout: DefaultTreeFanout, PackSize: o.PackSize,
+		BlockHash: "blake3-keyed", Cipher: "xchacha20-poly1305", Compression: o.Compress}
+	if cfg.BlockSize == 0 {
+		cfg.BlockSize = DefaultBlockSize
+	}
+	if cfg.PackSize == 0 {
+		cfg.PackSize = DefaultPackSize
+	}
+	if cfg.Compression == "" {
+		cfg.Compression = "zstd"
+	}
+	var rid [32]byte
+	if _, err := rand.Read(rid[:]); err != nil {
+		return nil, err
+	}
+	cfg.ID = hex.EncodeToString(rid[:])
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	k, err := newMasterKey()
+	if err != nil {
+		return nil, err
+	}
+	v := newVault(be, k, cfg, o.Options)
+	// Key first, config last: the config is what makes the location a vault.
+	kid, err := v.writeKey(ctx, passphrase)
+	if err != nil {
+		return nil, err
+	}
+	v.keyID = kid
+	cb, err := json.Marshal(cfg)
+	if err != nil {
+		return nil, err
+	}
+	sealed := k.seal(kindConfig, cb, false)
+	if err := be.Put(ctx, "config", bytes.NewReader(sealed), int64(len(sealed))); err != nil {
+		return nil, fmt.Errorf("write config: %w", err)
+	}
+	return v, nil
+}
+
+func newVault(be backend.Backend, k *keys, cfg Config, o Options) *Vault {
+	v := &Vault{be: be, keys: k, cfg: cfg, opts: o, log: o.Logger, clock: o.Clock,
+		index: NewIndex(), nodes: newNodeCache(256)}
+	for t := range v.hashers {
+		node := BlobType(t) == BlobNode
+		v.hashers[t].New = func() any { return k.hasher(node) }
+	}
+	return v
+}
+
+// Open unlocks the vault on be with passphrase. The index is not loaded;
+// call LoadIndex before reading or writing blobs.
+func Open(ctx context.Context, be backend.Backend, passphrase []byte, o Options) (*Vault, error) {
+	o.defaults()
+	sealedCfg, err := backend.ReadAll(ctx, be, "config")
+	if backend.IsNotExist(err) {
+		return nil, fmt.Errorf("%w: %s has no vault config; create a vault with `lifeboat vault init %s`", ErrNoVault, be.Location(), be.Location())
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open vault at %s: %w", be.Location(), err)
+	}
+	kids, err := listIDs(ctx, be, "keys/")
+	if err != nil {
+		return nil, fmt.Errorf("list keys: %w", err)
+	}
+	if len(kids) == 0 {
+		return nil, fmt.Errorf("vault at %s has no key files (keys/ is empty): it cannot be opened", be.Location())
+	}
+	var lastErr error = ErrWrongPassphrase
+	for _, kid := range kids {
+		b, err := backend.ReadAll(ctx, be, "keys/"+kid.String())
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		kf, err := parseKeyFile(b)
+		if err != nil {
+			o.Logger.Warn("skipping unreadable key file", "key", kid.Short(), "err", err)
+			continue
+		}
+		k, err := kf.unwrap(passphrase)
+		if err != nil {
+			continue
+		}
+		plain, err := k.open(kindConfig, sealedCfg)
+		if err != nil {
+			// A key of another vault (e.g. a leftover of an interrupted init).
+			lastErr = fmt.Errorf("config: %w", err)
+			continue
+		}
+		cfg, err := decodeConfig(plain)
+		if err != nil {
+			return nil, err
+		}
+		v := newVault(be, k, *cfg, o)
+		v.keyID = kid
+		return v, nil
+	}
+	if errors.Is(lastErr, ErrWrongPassphrase) {
+		return nil, fmt.Errorf("open vault at %s: %w", be.Location(), ErrWrongPassphrase)
+	}
+	return nil, fmt.Errorf("open vault at %s: %w", be.Location(), lastErr)
+}
+
+// Config returns the vault's parameters.
+func (v *Vault) Config() Config { return v.cfg }
+
+// Backend returns the storage the vault is on.
+func (v *Vault) Backend() backend.Backend { return v.be }
+
+// Location describes where the vault is.
+func (v *Vault) Location() string { return v.be.Location() }
+
+// Index returns the in-memory index (loaded by LoadIndex).
+func (v *Vault) Index() *Index { return v.index }
+
+// Logger is the vault's logger.
+func (v *Vault) Logger() *slog.Logger { return v.log }
+
+// Clock is the vault's clock.
+func (v *Vault) Clock() clock.Clock { return v.clock }
+
+// blobID is the keyed hash naming a blob of type t with this plaintext.
+func (v *Vault) blobID(t BlobType, plain []byte) ID {
+	h := v.hashers[t].Get().(*blake3.Hasher)
+	h.Reset()
+	_, _ = h.Write(plain)
+	var id ID
+	h.Sum(id[:0])
+	v.hashers[t].Put(h)
+	return id
+}
+
+// BlockID is the ID a data block gets; the zero ID for an all-zero block.
+func (v *Vault) BlockID(b []byte) ID {
+	if IsZeroBlock(b) {
+		return ID{}
+	}
+	return v.blobID(BlobData, b)
+}
+
+var zeroChunk [64 << 10]byte
+
+// IsZeroBlock reports whether b is all zeros.
+func IsZeroBlock(b []byte) bool {
+	for len(b) > 0 {
+		n := min(len(b), len(zeroChunk))
+		if !bytes.Equal(b[:n], zeroChunk[:n]) {
+			return false
+		}
+		b = b[n:]
+	}
+	return true
+}
+
+// putSealed seals payload and stores it under dir/<hash>.
+func (v *Vault) putSealed(ctx context.Context, dir, kind string, payload []byte) (ID, error) {
+	sealed := v.keys.seal(kind, payload, true)
+	id := objectID(sealed)
+	if err := v.be.Put(ctx, dir+id.String(), bytes.NewReader(sealed), int64(len(sealed))); err != nil {
+		return ID{}, err
+	}
+	return id, nil
+}
+
+// getSealed reads and opens a sealed object.
+func (v *Vault) getSealed(ctx context.Context, name, kind string) ([]byte, error) {
+	b, err := backend.ReadAll(ctx, v.be, name)
+	if err != nil {
+		return nil, err
+	}
+	return v.keys.open(kind, b)
+}
+
+// listIDs lists the objects under dir whose names are IDs.
+func (v *Vault) listIDs(ctx context.Context, dir string) ([]ID, error) {
+	return listIDs(ctx, v.be, dir)
+}
+
+func listIDs(ctx context.Context, be backend.Backend, dir string) ([]ID, error) {
+	var ids []ID
+	err := be.List(ctx, dir, func(fi backend.Info) error {
+		name := fi.Name[strings.LastIndexByte(fi.Name, '/')+1:]
+		id, err := ParseID(name)
+		if err != nil {
+			return nil // not ours: ignore
+		}
+		ids = append(ids, id)
+		return nil
+	})
+	return ids, err
+}
+
+// writeKey stores a new key file for passphrase and returns its ID.
+func (v *Vault) writeKey(ctx context.Context, passphrase []byte) (ID, error) {
+	username := ""
+	if u, err := user.Current(); err == nil {
+		username = u.Username
+	}
+	b, err := wrapKey(v.keys, passphrase, v.opts.KDF, v.clock.Now(), v.opts.Hostname, username)
+	if err != nil {
+		return ID{}, err
+	}
+	id := objectID(b)
+	if err := v.be.Put(ctx, "keys/"+id.String(), bytes.NewReader(b), int64(len(b))); err != nil {
+		return ID{}, fmt.Errorf("write key: %w", err)
+	}
+	return id, nil
+}
+
+// KeyInfo describes a key file.
+type KeyInfo struct {
+	ID       ID        `json:"id"`
+	Current  bool      `json:"current"`
+	Created  time.Time `json:"created"`
+	Hostname string    `json:"hostname"`
+	Username string    `json:"username"`
+	KDF      string    `json:"kdf"`
+	Params   KDFParams `json:"kdf_params"`
+	Err      string    `json:"error,omitempty"`
+}
+
+// AddKey adds a passphrase that opens the vault.
+func (v *Vault) AddKey(ctx context.Context, passphrase []byte) (ID, error) {
+	return v.writeKey(ctx, passphrase)
+}
+
+// Keys lists the vault's key files.
+func (v *Vault) Keys(ctx context.Context) ([]KeyInfo, error) {
+	ids, err := v.listIDs(ctx, "keys/")
+	if err != nil {
+		return nil, err
+	}
+	var out []KeyInfo
+	for _, id := range ids {
+		ki := KeyInfo{ID: id, Current: id == v.keyID}
+		b, err := backend.ReadAll(ctx, v.be, "keys/"+id.String())
+		if err == nil {
+			var kf *keyFile
+			if kf, err = parseKeyFile(b); err == nil {
+				ki.Created, ki.Hostname, ki.Username, ki.KDF, ki.Params = kf.Created, kf.Hostname, kf.Username, kf.KDF, kf.KDFParams
+			}
+		}
+		if err != nil {
+			ki.Err = err.Error()
+		}
+		out = append(out, ki)
+	}
+	return out, nil
+}
+
+// RemoveKey deletes a key file, given by ID prefix. It refuses the key that
+// opened the vault and the last key.
+func (v *Vault) RemoveKey(ctx context.Context, ref string) (ID, error) {
+	ids, err := v.listIDs(ctx, "keys/")
+	if err != nil {
+		return ID{}, err
+	}
+	var match []ID
+	for _, id := range ids {
+		if len(ref) >= 4 && strings.HasPrefix(id.String(), strings.ToLower(ref)) {
+			match = append(match, id)
+		}
+	}
+	switch {
+	case len(match) == 0:
+		return ID{}, fmt.Errorf("no key %q (see `lifeboat vault key list`)", ref)
+	case len(match) > 1:
+		return ID{}, fmt.Errorf("key reference %q is ambiguous: give more characters", ref)
+	case match[0] == v.keyID:
+		return ID{}, errors.New("refusing to remove the key this command opened the vault with: open it with another passphrase first")
+	case len(ids) == 1:
+		return ID{}, errors.New("refusing to remove the vault's last key")
+	}
+	if err := v.be.Delete(ctx, "keys/"+match[0].String()); err != nil {
+		return ID{}, err
+	}
+	return match[0], nil
+}
