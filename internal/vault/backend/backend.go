@@ -141,3 +141,33 @@ func ReadRange(ctx context.Context, be Backend, name string, offset int64, buf [
 	}
 	return nil
 }
+
+// Unwrapper is implemented by decorators: Unwrap returns the backend they
+// wrap.
+type Unwrapper interface {
+	Unwrap() Backend
+}
+
+// Find returns the first backend in be's decorator chain that implements T
+// (for optional capabilities such as TempCleaner).
+func Find[T any](be Backend) (T, bool) {
+	for be != nil {
+		if t, ok := be.(T); ok {
+			return t, true
+		}
+		u, ok := be.(Unwrapper)
+		if !ok {
+			break
+		}
+		be = u.Unwrap()
+	}
+	var zero T
+	return zero, false
+}
+
+// TempCleaner is implemented by backends that can leave temporary files
+// behind when a process is killed in the middle of a Put (local). It
+// removes those older than olderThan and reports how many and how large.
+type TempCleaner interface {
+	RemoveStaleTemp(ctx context.Context, olderThan time.Duration) (files int, bytes int64, err error)
+}

@@ -47,7 +47,17 @@ func New() *Backend { return &Backend{objs: map[string]object{}, Now: time.Now} 
 // Location implements backend.Backend.
 func (b *Backend) Location() string { return "mem:" }
 
-func (b *Backend) fault(op Op, name string) error {
+func (b *Backend) fault(ctx context.Context, op Op, name string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if op == OpList {
+		if err := backend.CheckPrefix(name); err != nil {
+			return err
+		}
+	} else if err := backend.CheckName(name); err != nil {
+		return err
+	}
 	if b.Fault != nil {
 		return b.Fault(op, name)
 	}
@@ -56,10 +66,7 @@ func (b *Backend) fault(op Op, name string) error {
 
 // Put implements backend.Backend.
 func (b *Backend) Put(ctx context.Context, name string, r io.ReadSeeker, size int64) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if err := b.fault(OpPut, name); err != nil {
+	if err := b.fault(ctx, OpPut, name); err != nil {
 		return err
 	}
 	data, err := io.ReadAll(io.LimitReader(r, size+1))
@@ -69,6 +76,9 @@ func (b *Backend) Put(ctx context.Context, name string, r io.ReadSeeker, size in
 	if int64(len(data)) != size {
 		return fmt.Errorf("put %s: read %d bytes, want %d", name, len(data), size)
 	}
+	if err := ctx.Err(); err != nil {
+		return err // cancelled while reading: store nothing
+	}
 	b.mu.Lock()
 	b.objs[name] = object{data: data, mod: b.Now()}
 	b.mu.Unlock()
@@ -77,10 +87,7 @@ func (b *Backend) Put(ctx context.Context, name string, r io.ReadSeeker, size in
 
 // Get implements backend.Backend.
 func (b *Backend) Get(ctx context.Context, name string, offset, length int64) (io.ReadCloser, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	if err := b.fault(OpGet, name); err != nil {
+	if err := b.fault(ctx, OpGet, name); err != nil {
 		return nil, err
 	}
 	b.mu.RLock()
@@ -100,7 +107,7 @@ func (b *Backend) Get(ctx context.Context, name string, offset, length int64) (i
 
 // Stat implements backend.Backend.
 func (b *Backend) Stat(ctx context.Context, name string) (backend.Info, error) {
-	if err := b.fault(OpStat, name); err != nil {
+	if err := b.fault(ctx, OpStat, name); err != nil {
 		return backend.Info{}, err
 	}
 	b.mu.RLock()
@@ -114,7 +121,7 @@ func (b *Backend) Stat(ctx context.Context, name string) (backend.Info, error) {
 
 // Delete implements backend.Backend.
 func (b *Backend) Delete(ctx context.Context, name string) error {
-	if err := b.fault(OpDelete, name); err != nil {
+	if err := b.fault(ctx, OpDelete, name); err != nil {
 		return err
 	}
 	b.mu.Lock()
@@ -128,7 +135,7 @@ func (b *Backend) Delete(ctx context.Context, name string) error {
 
 // List implements backend.Backend.
 func (b *Backend) List(ctx context.Context, prefix string, fn func(backend.Info) error) error {
-	if err := b.fault(OpList, prefix); err != nil {
+	if err := b.fault(ctx, OpList, prefix); err != nil {
 		return err
 	}
 	b.mu.RLock()
