@@ -44,13 +44,13 @@ type Options struct {
 
 // DiskResult summarises one disk of a cycle.
 type DiskResult struct {
-	Name          string
-	Size          int64
-	Incremental   bool
-	Base          string // point the changes were applied to
-	ChangedBlocks int64  // blocks the driver reported
-	ChangedBytes  int64
-	ZeroBlocks    int64 // reported blocks that are now zero
+	Name          string `json:"name"`
+	Size          int64  `json:"size"`
+	Incremental   bool   `json:"incremental"`
+	Base          string `json:"base,omitempty"` // point the changes were applied to
+	ChangedBlocks int64  `json:"changed_blocks"` // blocks the driver reported
+	ChangedBytes  int64  `json:"changed_bytes"`
+	ZeroBlocks    int64  `json:"zero_blocks"` // reported blocks that are now zero
 }
 
 // Result summarises a cycle.

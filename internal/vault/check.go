@@ -33,13 +33,17 @@ type Damage struct {
 
 // CheckReport is the result of Check.
 type CheckReport struct {
-	Points     int      `json:"points"`
-	IndexFiles int      `json:"index_files"`
-	Packs      int      `json:"packs"`
-	Blobs      int      `json:"blobs"`
-	ReadBytes  int64    `json:"read_bytes"`
-	Damage     []Damage `json:"damage"`
-	Warnings   []string `json:"warnings"`
+	Points     int   `json:"points"`
+	IndexFiles int   `json:"index_files"`
+	Packs      int   `json:"packs"`
+	Blobs      int   `json:"blobs"`
+	ReadBytes  int64 `json:"read_bytes"`
+	// Duplicates are blobs stored in more than one pack (two writers, or a
+	// killed writer, stored the same block); prune removes the extra copies.
+	Duplicates     int      `json:"duplicate_blobs"`
+	DuplicateBytes int64    `json:"duplicate_bytes"`
+	Damage         []Damage `json:"damage"`
+	Warnings       []string `json:"warnings"`
 	// Affected lists every recovery point that cannot be restored intact.
 	Affected []string `json:"affected_points"`
 }
@@ -121,6 +125,7 @@ func (v *Vault) Check(ctx context.Context, o CheckOptions) (*CheckReport, error)
 	fresh.finishBulk()
 	v.index = fresh
 	c.rep.Blobs = fresh.Len()
+	c.rep.Duplicates, c.rep.DuplicateBytes = fresh.duplicates()
 
 	// Packs: every indexed pack exists and its header matches the index.
 	onDisk := map[ID]int64{}

@@ -51,6 +51,8 @@ type PruneReport struct {
 	MarksPending      int                             `json:"marks_pending"`
 	PendingReason     string                          `json:"pending_reason,omitempty"`
 	StaleLocksRemoved int                             `json:"stale_locks_removed"`
+	TempFilesRemoved  int                             `json:"temp_files_removed"`
+	TempBytesRemoved  int64                           `json:"temp_bytes_removed"`
 }
 
 // gcRecord is a gc/<id> mark (§12).
@@ -61,6 +63,10 @@ type gcRecord struct {
 }
 
 const indexCompactAt = 64
+
+// StaleTempAge is how old a temporary upload file must be before prune
+// removes it.
+const StaleTempAge = 15 * time.Minute
 
 // packStat is what GC knows about one pack.
 type packStat struct {
@@ -144,6 +150,16 @@ func (v *Vault) Prune(ctx context.Context, o PruneOptions) (*PruneReport, error)
 				rep.StaleLocksRemoved++
 			}
 		}
+	}
+	// Temporary files of uploads interrupted by a crash. A live upload
+	// refreshes its file's time continuously, so a quarter of an hour
+	// without a write means its writer is gone.
+	if tc, ok := backend.Find[backend.TempCleaner](v.be); ok {
+		n, b, err := tc.RemoveStaleTemp(ctx, max(o.Margin, StaleTempAge))
+		if err != nil {
+			return nil, fmt.Errorf("remove stale temporary files: %w", err)
+		}
+		rep.TempFilesRemoved, rep.TempBytesRemoved = n, b
 	}
 	return rep, nil
 }

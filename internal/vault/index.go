@@ -229,3 +229,16 @@ func (x *Index) HasPack(p ID) bool {
 	_, ok := x.packNum[p]
 	return ok
 }
+
+// duplicates counts entries beyond the first for each blob ID.
+func (x *Index) duplicates() (n int, bytes int64) {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	for i := 1; i < len(x.sorted); i++ {
+		if x.sorted[i].id == x.sorted[i-1].id {
+			n++
+			bytes += int64(x.sorted[i].length)
+		}
+	}
+	return n, bytes
+}

@@ -6,6 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
 
 	"github.com/zeebo/blake3"
 
@@ -155,7 +159,7 @@ type packSpool struct {
 }
 
 func newPackSpool(dir string) (*packSpool, error) {
-	f, err := os.CreateTemp(dir, "lifeboat-pack-*")
+	f, err := os.CreateTemp(dir, fmt.Sprintf("%s%d-*", spoolPrefix, os.Getpid()))
 	if err != nil {
 		return nil, fmt.Errorf("create pack spool file: %w", err)
 	}
@@ -165,6 +169,34 @@ func newPackSpool(dir string) (*packSpool, error) {
 		return nil, err
 	}
 	return p, nil
+}
+
+const spoolPrefix = "lifeboat-pack-"
+
+// cleanSpool removes spool files left by processes that no longer exist
+// (a writer killed mid-pack).
+func cleanSpool(dir string) {
+	if dir == "" {
+		dir = os.TempDir()
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		rest, ok := strings.CutPrefix(e.Name(), spoolPrefix)
+		if !ok {
+			continue
+		}
+		pidStr, _, _ := strings.Cut(rest, "-")
+		pid, err := strconv.Atoi(pidStr)
+		if err != nil || pid == os.Getpid() || pid <= 0 {
+			continue
+		}
+		if syscall.Kill(pid, 0) == syscall.ESRCH {
+			_ = os.Remove(filepath.Join(dir, e.Name()))
+		}
+	}
 }
 
 func (p *packSpool) write(b []byte) error {

@@ -74,6 +74,7 @@ type InitOptions struct {
 	Options
 	BlockSize int    // default DefaultBlockSize
 	PackSize  int    // default DefaultPackSize
+	Fanout    int    // tree fanout, default DefaultTreeFanout (small values test deep trees)
 	Compress  string // "zstd" (default) or "none"
 }
 
@@ -87,13 +88,16 @@ func Init(ctx context.Context, be backend.Backend, passphrase []byte, o InitOpti
 		return nil, fmt.Errorf("check %s: %w", be.Location(), err)
 	}
 	cfg := Config{Version: FormatVersion, Created: o.Clock.Now().UTC().Truncate(time.Second),
-		BlockSize: o.BlockSize, TreeFanout: DefaultTreeFanout, PackSize: o.PackSize,
+		BlockSize: o.BlockSize, TreeFanout: o.Fanout, PackSize: o.PackSize,
 		BlockHash: "blake3-keyed", Cipher: "xchacha20-poly1305", Compression: o.Compress}
 	if cfg.BlockSize == 0 {
 		cfg.BlockSize = DefaultBlockSize
 	}
 	if cfg.PackSize == 0 {
 		cfg.PackSize = DefaultPackSize
+	}
+	if cfg.TreeFanout == 0 {
+		cfg.TreeFanout = DefaultTreeFanout
 	}
 	if cfg.Compression == "" {
 		cfg.Compression = "zstd"

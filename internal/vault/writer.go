@@ -9,11 +9,11 @@ import (
 
 // WriterStats counts what a writer did.
 type WriterStats struct {
-	NewBlobs    int64 // blobs stored
-	NewBytes    int64 // their plaintext bytes
-	StoredBytes int64 // bytes they take in packs (compressed, encrypted)
-	DupBlobs    int64 // blobs not stored because the vault had them
-	Packs       int64 // packs uploaded
+	NewBlobs    int64 `json:"new_blobs"`    // blobs stored
+	NewBytes    int64 `json:"new_bytes"`    // their plaintext bytes
+	StoredBytes int64 `json:"stored_bytes"` // bytes they take in packs (compressed, encrypted)
+	DupBlobs    int64 `json:"dup_blobs"`    // blobs not stored because the vault had them
+	Packs       int64 `json:"packs"`        // packs uploaded
 }
 
 // Writer stores blobs into packs, uploads finished packs in the background
@@ -46,6 +46,7 @@ const uploaders = 2
 func (v *Vault) NewWriter(ctx context.Context) *Writer {
 	ctx, cancel := context.WithCancel(ctx)
 	w := &Writer{v: v, ctx: ctx, cancel: cancel, pending: map[ID]struct{}{}, uploads: make(chan *packSpool, 1)}
+	cleanSpool(v.opts.SpoolDir)
 	w.bufs.New = func() any { b := make([]byte, 0, v.cfg.BlockSize+blobOverhead+64); return &b }
 	for range uploaders {
 		w.wg.Add(1)
