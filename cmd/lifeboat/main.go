@@ -1,0 +1,117 @@
+// Command lifeboat is Lifeboat's single binary: every role and every client
+// command is a subcommand. See README.md and docs/.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+)
+
+// Exit codes (documented in docs/operations.md).
+const (
+	exitOK      = 0
+	exitError   = 1
+	exitUsage   = 2
+	exitDamaged = 3
+)
+
+// exitError carries a specific exit code.
+type codeError struct {
+	code int
+	err  error
+}
+
+func (e *codeError) Error() string { return e.err.Error() }
+func (e *codeError) Unwrap() error { return e.err }
+
+// app holds what every command shares: global flags and I/O.
+type app struct {
+	stdout, stderr io.Writer
+	stdin          *os.File
+	getenv         func(string) string
+
+	vaultLoc       string
+	passphraseFile string
+	s3Endpoint     string
+	logLevel       string
+	log            *slog.Logger
+}
+
+func main() {
+	a := &app{stdout: os.Stdout, stderr: os.Stderr, stdin: os.Stdin, getenv: os.Getenv}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := a.root().ExecuteContext(ctx)
+	stop()
+	os.Exit(a.exitCode(err))
+}
+
+func (a *app) exitCode(err error) int {
+	if err == nil {
+		return exitOK
+	}
+	var ce *codeError
+	if errors.As(err, &ce) {
+		if ce.err != nil {
+			fmt.Fprintf(a.stderr, "lifeboat: %v\n", ce.err)
+		}
+		return ce.code
+	}
+	fmt.Fprintf(a.stderr, "lifeboat: error: %v\n", err)
+	return exitError
+}
+
+func (a *app) isTTY(f *os.File) bool { return term.IsTerminal(int(f.Fd())) }
+
+func (a *app) root() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "lifeboat",
+		Short: "Lifeboat replicates disks to a recovery site and brings machines back from any recovery point",
+		Long: `Lifeboat replicates the disks of machines into an encrypted, deduplicated
+vault (a directory or S3-compatible storage), keeps a history of recovery
+points, and restores any point byte for byte.
+
+Start with "lifeboat demo" to see the whole cycle on a sample disk.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			var lvl slog.Level
+			if err := lvl.UnmarshalText([]byte(a.logLevel)); err != nil {
+				return &codeError{exitUsage, fmt.Errorf("--log-level %q: use debug, info, warn or error", a.logLevel)}
+			}
+			a.log = slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: lvl}))
+			return nil
+		},
+	}
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &codeError{exitUsage, err} })
+	pf := root.PersistentFlags()
+	pf.StringVar(&a.vaultLoc, "vault", os.Getenv("LIFEBOAT_VAULT"), "vault location: a directory or s3://BUCKET/PREFIX (env LIFEBOAT_VAULT)")
+	pf.StringVar(&a.passphraseFile, "passphrase-file", os.Getenv("LIFEBOAT_PASSPHRASE_FILE"), "read the vault passphrase from this file (env LIFEBOAT_PASSPHRASE_FILE; or set LIFEBOAT_PASSPHRASE)")
+	pf.StringVar(&a.s3Endpoint, "s3-endpoint", "", "S3 endpoint for S3-compatible services, e.g. http://127.0.0.1:7070 (env AWS_ENDPOINT_URL)")
+	pf.StringVar(&a.logLevel, "log-level", "warn", "log level: debug, info, warn, error")
+	root.AddCommand(a.vaultCmd(), a.replicateCmd(), a.pointsCmd(), a.restoreCmd(), a.demoCmd(), a.versionCmd())
+	return root
+}
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func (a *app) versionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Args:  cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			fmt.Fprintf(a.stdout, "lifeboat %s (vault format %d)\n", version, 1)
+			return nil
+		},
+	}
+}

@@ -1,0 +1,125 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/term"
+
+	"github.com/lifeboat-dr/lifeboat/internal/vault"
+	"github.com/lifeboat-dr/lifeboat/internal/vault/backend"
+	"github.com/lifeboat-dr/lifeboat/internal/vault/backend/local"
+)
+
+// openBackend opens the storage at loc; create makes a missing directory
+// or bucket.
+func (a *app) openBackend(ctx context.Context, loc string, create bool) (backend.Backend, error) {
+	if loc == "" {
+		return nil, &codeError{exitUsage, errors.New("no vault given: use --vault DIR|s3://BUCKET/PREFIX or set LIFEBOAT_VAULT")}
+	}
+	var be backend.Backend
+	var err error
+	switch {
+	case strings.HasPrefix(loc, "s3://"):
+		be, err = a.openS3(ctx, loc, create)
+	case strings.Contains(loc, "://"):
+		return nil, &codeError{exitUsage, fmt.Errorf("vault location %q: only directories and s3:// URLs are supported", loc)}
+	default:
+		if create {
+			be, err = local.Create(loc)
+		} else {
+			be, err = local.New(loc)
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	return backend.Retry(be, backend.RetryOptions{Logger: a.log}), nil
+}
+
+// passphrase returns the vault passphrase from LIFEBOAT_PASSPHRASE,
+// --passphrase-file or an interactive prompt (asked twice when confirm).
+func (a *app) passphrase(prompt string, confirm bool) ([]byte, error) {
+	if p := a.getenv("LIFEBOAT_PASSPHRASE"); p != "" {
+		return []byte(p), nil
+	}
+	if a.passphraseFile != "" {
+		return readPassphraseFile(a.passphraseFile)
+	}
+	return a.prompt(prompt, confirm)
+}
+
+func readPassphraseFile(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read passphrase file: %w", err)
+	}
+	b = bytes.TrimRight(b, "\r\n")
+	if len(b) == 0 {
+		return nil, fmt.Errorf("passphrase file %s is empty", path)
+	}
+	return b, nil
+}
+
+func (a *app) prompt(prompt string, confirm bool) ([]byte, error) {
+	if !a.isTTY(a.stdin) {
+		return nil, &codeError{exitUsage, errors.New("no passphrase: set LIFEBOAT_PASSPHRASE, use --passphrase-file, or run in a terminal to be asked")}
+	}
+	fmt.Fprintf(a.stderr, "%s: ", prompt)
+	p, err := term.ReadPassword(int(a.stdin.Fd()))
+	fmt.Fprintln(a.stderr)
+	if err != nil {
+		return nil, err
+	}
+	if len(p) == 0 {
+		return nil, errors.New("empty passphrase")
+	}
+	if confirm {
+		fmt.Fprintf(a.stderr, "%s (again): ", prompt)
+		p2, err := term.ReadPassword(int(a.stdin.Fd()))
+		fmt.Fprintln(a.stderr)
+		if err != nil {
+			return nil, err
+		}
+		if !bytes.Equal(p, p2) {
+			return nil, errors.New("the passphrases do not match")
+		}
+	}
+	return p, nil
+}
+
+// spoolDir is where packs are assembled: inside a local vault (same
+// filesystem), else the system temp directory.
+func spoolDir(loc string) string {
+	if !strings.Contains(loc, "://") {
+		d := filepath.Join(loc, "tmp")
+		if os.MkdirAll(d, 0o700) == nil {
+			return d
+		}
+	}
+	return os.TempDir()
+}
+
+// openVault opens the vault given by --vault.
+func (a *app) openVault(ctx context.Context) (*vault.Vault, error) {
+	be, err := a.openBackend(ctx, a.vaultLoc, false)
+	if err != nil {
+		return nil, err
+	}
+	pw, err := a.passphrase("Vault passphrase", false)
+	if err != nil {
+		return nil, err
+	}
+	return vault.Open(ctx, be, pw, vault.Options{Logger: a.log, SpoolDir: spoolDir(a.vaultLoc)})
+}
+
+// isTTYWriter reports whether stderr is a terminal (for progress bars).
+func (a *app) isTTYWriter() bool {
+	f, ok := a.stderr.(*os.File)
+	return ok && a.isTTY(f)
+}
