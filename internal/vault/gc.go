@@ -64,6 +64,10 @@ type gcRecord struct {
 
 const indexCompactAt = 64
 
+// MaxClockSkew is the clock difference between hosts GC tolerates when it
+// compares a writer's lock with a mark (capped by the margin).
+const MaxClockSkew = 5 * time.Minute
+
 // StaleTempAge is how old a temporary upload file must be before prune
 // removes it.
 const StaleTempAge = 15 * time.Minute
@@ -564,8 +568,12 @@ func (g *gc) sweep(ctx context.Context) error {
 			continue
 		}
 		blocked := false
+		// Lock and mark times come from different hosts' clocks: a lock
+		// created shortly after the mark may belong to a writer that
+		// started before it on a clock running ahead.
+		skew := min(MaxClockSkew, g.o.Margin)
 		for _, l := range locks {
-			if l.Kind == LockWrite && l.Created.Before(r.Marked) && !g.v.lockStale(l) {
+			if l.Kind == LockWrite && l.Created.Before(r.Marked.Add(skew)) && !g.v.lockStale(l) {
 				blocked = true
 				g.rep.PendingReason = fmt.Sprintf("a writer on %s (pid %d) that started before the mark is still running", l.Hostname, l.PID)
 			}
