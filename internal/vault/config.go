@@ -47,7 +47,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("config: cipher %q is not supported", c.Cipher)
 	case c.Compression != "zstd" && c.Compression != "none":
 		return fmt.Errorf("config: compression %q is not supported", c.Compression)
-	case len(c.ID) != 64:
+	}
+	if _, err := ParseID(c.ID); err != nil {
 		return fmt.Errorf("config: id %q is not 64 hex characters", c.ID)
 	}
 	return nil

@@ -543,6 +543,9 @@ func (g *gc) records(ctx context.Context) ([]gcRecord, error) {
 		if err := json.Unmarshal(b, &r); err != nil {
 			return nil, fmt.Errorf("gc mark %s: %w", id.Short(), err)
 		}
+		if r.Marked.IsZero() {
+			return nil, fmt.Errorf("gc mark %s: no mark time", id.Short())
+		}
 		r.id = id
 		out = append(out, r)
 	}

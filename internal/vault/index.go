@@ -35,8 +35,9 @@ func encodeIndex(packs []indexPack) []byte {
 	return b
 }
 
-// decodeIndex parses an index payload, calling fn for each pack. Entries
-// are validated on their own and for overlaps within their pack.
+// decodeIndex parses an index payload, calling fn for each pack once the
+// whole payload is valid. Entries are validated on their own and for
+// overlaps within their pack.
 func decodeIndex(b []byte, maxRaw uint32, fn func(pack ID, entries []blobEntry) error) error {
 	if len(b) < 8 || string(b[:4]) != indexMagic {
 		return errors.New("index: bad magic")
@@ -46,6 +47,7 @@ func decodeIndex(b []byte, maxRaw uint32, fn func(pack ID, entries []blobEntry) 
 	if uint64(np)*(IDSize+4) > uint64(len(b)) {
 		return fmt.Errorf("index: %d packs cannot fit in %d bytes", np, len(b))
 	}
+	packs := make([]indexPack, 0, np)
 	for i := uint32(0); i < np; i++ {
 		if len(b) < IDSize+4 {
 			return fmt.Errorf("index: pack %d truncated", i)
@@ -74,12 +76,16 @@ func decodeIndex(b []byte, maxRaw uint32, fn func(pack ID, entries []blobEntry) 
 			entries[j] = e
 		}
 		b = b[int(ne)*entrySize:]
-		if err := fn(pid, entries); err != nil {
-			return err
-		}
+		packs = append(packs, indexPack{ID: pid, Entries: entries})
 	}
 	if len(b) != 0 {
 		return fmt.Errorf("index: %d trailing bytes", len(b))
+	}
+	// Only a wholly valid index is handed over: bad input changes nothing.
+	for _, p := range packs {
+		if err := fn(p.ID, p.Entries); err != nil {
+			return err
+		}
 	}
 	return nil
 }

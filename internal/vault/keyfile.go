@@ -24,9 +24,9 @@ var DefaultKDF = KDFParams{Time: 3, MemoryKiB: 32 << 10, Threads: 2}
 // Bounds a key file may ask for; beyond them it is refused before the KDF
 // runs, so a hostile key file cannot exhaust memory or time.
 const (
-	maxKDFMemoryKiB = 4 << 20
-	maxKDFTime      = 64
-	maxKDFThreads   = 64
+	maxKDFMemoryKiB = 1 << 20 // 1 GiB
+	maxKDFTime      = 16
+	maxKDFThreads   = 16
 	keySaltSize     = 32
 	keyFileVersion  = 1
 )

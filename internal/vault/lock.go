@@ -151,8 +151,8 @@ func (v *Vault) Locks(ctx context.Context) ([]LockInfo, error) {
 			continue
 		}
 		var li LockInfo
-		if err := json.Unmarshal(b, &li); err != nil {
-			v.log.Warn("unreadable lock", "lock", n, "err", err)
+		if err := json.Unmarshal(b, &li); err != nil || (li.Kind != LockWrite && li.Kind != LockPrune) || li.Created.IsZero() {
+			v.log.Warn("unreadable lock", "lock", n, "err", err, "kind", li.Kind)
 			continue
 		}
 		li.Name = n

@@ -144,6 +144,17 @@ func decodePackHeader(b []byte, headerOffset int64, maxRaw uint32) ([]blobEntry,
 	return entries, nil
 }
 
+// checkPackPrefix checks a pack's first 8 bytes: magic, known version.
+func checkPackPrefix(b []byte) error {
+	if len(b) < packPrefixSize || string(b[:4]) != packMagic {
+		return errors.New("not a pack file (bad magic)")
+	}
+	if b[4] != packVersion || b[5] != 0 || b[6] != 0 || b[7] != 0 {
+		return fmt.Errorf("pack format version %d is not supported (this Lifeboat knows %d); upgrade Lifeboat", b[4], packVersion)
+	}
+	return nil
+}
+
 // packName is the backend name of a pack.
 func packName(id ID) string {
 	s := id.String()
@@ -250,6 +261,13 @@ func (v *Vault) readPackHeader(ctx context.Context, id ID) ([]blobEntry, int64, 
 	if size < packPrefixSize+packTrailerSize+sealOverhead || size > maxPackFileSize {
 		return nil, size, fmt.Errorf("pack %s: size %d is impossible", id.Short(), size)
 	}
+	var prefix [packPrefixSize]byte
+	if err := backend.ReadRange(ctx, v.be, name, 0, prefix[:]); err != nil {
+		return nil, size, err
+	}
+	if err := checkPackPrefix(prefix[:]); err != nil {
+		return nil, size, fmt.Errorf("pack %s: %w", id.Short(), err)
+	}
 	var tr [packTrailerSize]byte
 	if err := backend.ReadRange(ctx, v.be, name, size-packTrailerSize, tr[:]); err != nil {
 		return nil, size, err
@@ -277,6 +295,9 @@ func (v *Vault) readPackHeader(ctx context.Context, id ID) ([]blobEntry, int64, 
 // openBlob decrypts, decompresses and verifies one stored blob, appending
 // the plaintext to dst.
 func (v *Vault) openBlob(dst []byte, e *blobEntry, sealed []byte) ([]byte, error) {
+	if e.Type != BlobData && e.Type != BlobNode {
+		return nil, fmt.Errorf("unknown blob type %d", e.Type)
+	}
 	var adBuf [64]byte
 	plain, err := v.keys.openRaw(nil, sealed, blobAD(adBuf[:0], e.Type, e.ID))
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"sync"
 )
 
@@ -21,30 +22,48 @@ type shape struct {
 	height    int
 }
 
+// maxDiskSize bounds disk sizes (1 EiB), far above any real disk and far
+// below where block and span arithmetic could overflow.
+const maxDiskSize = 1 << 60
+
+// maxTreeHeight bounds tree depth (F = 1024 reaches 2^160 blocks).
+const maxTreeHeight = 16
+
 func newShape(size int64, blockSize, fanout int) (shape, error) {
-	if size < 0 {
-		return shape{}, fmt.Errorf("negative disk size %d", size)
+	if size < 0 || size > maxDiskSize {
+		return shape{}, fmt.Errorf("disk size %d outside 0..%d", size, int64(maxDiskSize))
 	}
-	if blockSize <= 0 || fanout < 2 {
+	if blockSize <= 0 || fanout < 2 || fanout > 65535 {
 		return shape{}, fmt.Errorf("bad tree parameters: block size %d, fanout %d", blockSize, fanout)
 	}
 	s := shape{blockSize: int64(blockSize), fanout: int64(fanout), size: size}
-	s.blocks = (size + s.blockSize - 1) / s.blockSize
+	s.blocks = size / s.blockSize
+	if size%s.blockSize != 0 {
+		s.blocks++
+	}
 	s.height = 1
-	for span := s.fanout; span < s.blocks; span *= s.fanout {
+	for span := s.fanout; span < s.blocks; span = mulSat(span, s.fanout) {
 		s.height++
-		if s.height > 16 {
-			return shape{}, fmt.Errorf("disk of %d bytes is too large", size)
-		}
+	}
+	if s.height > maxTreeHeight {
+		return shape{}, fmt.Errorf("disk of %d blocks needs a tree of height %d (more than %d): use a larger fanout", s.blocks, s.height, maxTreeHeight)
 	}
 	return s, nil
 }
 
-// span is the number of blocks a node at level covers.
+// mulSat multiplies non-negative numbers, saturating at MaxInt64.
+func mulSat(a, b int64) int64 {
+	if a != 0 && b > math.MaxInt64/a {
+		return math.MaxInt64
+	}
+	return a * b
+}
+
+// span is the number of blocks a node at level covers (saturating).
 func (s shape) span(level int) int64 {
 	n := int64(1)
 	for range level {
-		n *= s.fanout
+		n = mulSat(n, s.fanout)
 	}
 	return n
 }
@@ -52,11 +71,11 @@ func (s shape) span(level int) int64 {
 // children is how many children the node at (level, pos) has.
 func (s shape) children(level int, pos int64) int {
 	span := s.span(level)
-	first := pos * span
-	covered := min(s.blocks-first, span)
-	if covered <= 0 {
+	first := mulSat(pos, span)
+	if first >= s.blocks {
 		return 0
 	}
+	covered := min(s.blocks-first, span)
 	child := span / s.fanout
 	return int((covered + child - 1) / child)
 }
