@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -43,7 +44,9 @@ type app struct {
 	passphraseFile string
 	s3Endpoint     string
 	logLevel       string
+	cpuProfile     string
 	log            *slog.Logger
+	stopProfile    func()
 }
 
 func main() {
@@ -88,7 +91,22 @@ Start with "lifeboat demo" to see the whole cycle on a sample disk.`,
 				return &codeError{exitUsage, fmt.Errorf("--log-level %q: use debug, info, warn or error", a.logLevel)}
 			}
 			a.log = slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: lvl}))
+			if a.cpuProfile != "" {
+				f, err := os.Create(a.cpuProfile)
+				if err != nil {
+					return err
+				}
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return err
+				}
+				a.stopProfile = func() { pprof.StopCPUProfile(); f.Close() }
+			}
 			return nil
+		},
+		PersistentPostRun: func(*cobra.Command, []string) {
+			if a.stopProfile != nil {
+				a.stopProfile()
+			}
 		},
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &codeError{exitUsage, err} })
@@ -97,6 +115,8 @@ Start with "lifeboat demo" to see the whole cycle on a sample disk.`,
 	pf.StringVar(&a.passphraseFile, "passphrase-file", os.Getenv("LIFEBOAT_PASSPHRASE_FILE"), "read the vault passphrase from this file (env LIFEBOAT_PASSPHRASE_FILE; or set LIFEBOAT_PASSPHRASE)")
 	pf.StringVar(&a.s3Endpoint, "s3-endpoint", "", "S3 endpoint for S3-compatible services, e.g. http://127.0.0.1:7070 (env AWS_ENDPOINT_URL)")
 	pf.StringVar(&a.logLevel, "log-level", "warn", "log level: debug, info, warn, error")
+	pf.StringVar(&a.cpuProfile, "cpuprofile", "", "write a Go CPU profile to this file (diagnostics)")
+	_ = pf.MarkHidden("cpuprofile")
 	root.AddCommand(a.vaultCmd(), a.replicateCmd(), a.pointsCmd(), a.restoreCmd(), a.demoCmd(), a.versionCmd())
 	return root
 }
