@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -44,6 +46,7 @@ type replicateFlags struct {
 	vmSpec   string
 	resync   bool
 	json     bool
+	workers  int
 }
 
 func (a *app) replicateCmd() *cobra.Command {
@@ -74,6 +77,8 @@ files (XFS, btrfs), so points are crash-consistent while the disks change.`,
 	fl.StringVar(&f.vmSpec, "vm-spec", "", "file with the machine's VM spec, stored with every point")
 	fl.BoolVar(&f.resync, "resync", false, "ignore saved state and compare every block (sends only what the vault lacks)")
 	fl.BoolVar(&f.json, "json", false, "print one JSON object per cycle instead of a summary line")
+	fl.IntVar(&f.workers, "workers", 0, "blocks hashed, compressed and encrypted in parallel (default: number of CPUs)")
+	_ = fl.MarkHidden("workers")
 	return c
 }
 
@@ -115,6 +120,7 @@ func (a *app) runReplicate(ctx context.Context, f replicateFlags) error {
 	}
 	cfg := v.Config()
 	var disks []replicate.Disk
+	var paths []string
 	seen := map[string]bool{}
 	for _, d := range f.disks {
 		name, path, ok := strings.Cut(d, "=")
@@ -138,7 +144,9 @@ func (a *app) runReplicate(ctx context.Context, f replicateFlags) error {
 			return fmt.Errorf("disk %s: %w", name, err)
 		}
 		disks = append(disks, replicate.Disk{Name: name, Driver: drv})
+		paths = append(paths, path)
 	}
+	a.limitMemory(paths, cfg.BlockSize)
 	// Packs a killed run stored but never indexed are indexed now, so
 	// their blocks are not sent again.
 	if _, err := v.LoadIndex(ctx); err != nil {
@@ -154,7 +162,7 @@ func (a *app) runReplicate(ctx context.Context, f replicateFlags) error {
 		var bar *progress.Bar
 		var barDisk string
 		o := replicate.Options{Vault: v, Machine: f.machine, Disks: disks, Labels: labels, VMSpec: spec,
-			Resync: f.resync && cycle == 0, Logger: a.log,
+			Resync: f.resync && cycle == 0, Logger: a.log, Workers: f.workers,
 			Progress: func(disk string, p capture.Progress) {
 				if bar == nil || barDisk != disk {
 					if bar != nil {
@@ -217,6 +225,38 @@ func (a *app) printCycleJSON(res *replicate.Result) error {
 	}
 	_, err = fmt.Fprintf(a.stdout, "%s\n", b)
 	return err
+}
+
+// agentMemoryBase and agentMemoryPerBlock are the replication agent's
+// memory budget: 64 MiB plus 16 bytes per block of protected disk.
+const (
+	agentMemoryBase     = 64 << 20
+	agentMemoryPerBlock = 16
+	runtimeOverhead     = 12 << 20 // stacks, runtime structures, fragmentation
+)
+
+// limitMemory sets the Go runtime's soft memory limit to the agent's
+// budget, unless GOMEMLIMIT says otherwise. The live heap of a cycle is
+// about 25 MiB; without a limit the collector lets the heap grow to twice
+// that before it runs.
+func (a *app) limitMemory(paths []string, blockSize int) {
+	if a.getenv("GOMEMLIMIT") != "" {
+		return
+	}
+	var blocks int64
+	for _, p := range paths {
+		f, err := os.Open(p)
+		if err != nil {
+			continue
+		}
+		if n, err := f.Seek(0, io.SeekEnd); err == nil { // works for block devices too
+			blocks += (n + int64(blockSize) - 1) / int64(blockSize)
+		}
+		f.Close()
+	}
+	limit := int64(agentMemoryBase) - runtimeOverhead + agentMemoryPerBlock*blocks
+	debug.SetMemoryLimit(limit)
+	a.log.Debug("memory limit set", "bytes", limit, "blocks", blocks)
 }
 
 func (a *app) printCycle(res *replicate.Result) {

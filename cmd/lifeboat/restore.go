@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -43,6 +44,9 @@ against its hash before it is written.`,
 					return &codeError{exitUsage, fmt.Errorf("point %s has %d disks (%s): choose one with --disk", p.ID.Short(), len(p.Disks), diskList(p))}
 				}
 				disk = p.Disks[0].Name
+			}
+			if d, ok := p.Disk(disk); ok && a.getenv("GOMEMLIMIT") == "" {
+				debug.SetMemoryLimit(int64(agentMemoryBase) - runtimeOverhead + agentMemoryPerBlock*(d.Size/int64(d.BlockSize)+1))
 			}
 			if _, err := v.LoadIndex(ctx); err != nil {
 				return err

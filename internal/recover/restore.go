@@ -26,7 +26,8 @@ type Options struct {
 	Incremental bool
 	// Force overwrites an existing regular file completely.
 	Force bool
-	// Workers restore leaves in parallel (default GOMAXPROCS).
+	// Workers restore leaves in parallel (default 2×GOMAXPROCS, so that
+	// reading packs overlaps decoding).
 	Workers int
 	// Progress, if set, is called with bytes of the disk done so far.
 	Progress func(done, total int64)
@@ -48,7 +49,7 @@ func Restore(ctx context.Context, v *vault.Vault, p *vault.Point, name, target s
 		return nil, err
 	}
 	if o.Workers <= 0 {
-		o.Workers = runtime.GOMAXPROCS(0)
+		o.Workers = 2 * runtime.GOMAXPROCS(0)
 	}
 	fi, statErr := os.Stat(target)
 	exists := statErr == nil
@@ -208,7 +209,11 @@ func run(ctx context.Context, r *vault.DiskReader, f *os.File, compare, device b
 						continue
 					}
 				}
-				d := done.Add(min(r.Disk().Size-first*bs, fanout*bs))
+				// Start writing this leaf back now, so that the final fsync
+				// does not find the whole disk still in the page cache.
+				span := min(r.Disk().Size-first*bs, fanout*bs)
+				_ = unix.SyncFileRange(int(f.Fd()), first*bs, span, unix.SYNC_FILE_RANGE_WRITE)
+				d := done.Add(span)
 				if o.Progress != nil {
 					o.Progress(d, r.Disk().Size)
 				}

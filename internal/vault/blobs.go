@@ -169,11 +169,14 @@ func (v *Vault) ReadBlobs(ctx context.Context, ids []ID, fn func(i int, plain []
 		}
 		return int(a.loc.Offset) - int(b.loc.Offset)
 	})
-	const maxGap, maxRange = 256 << 10, 16 << 20
-	var (
-		buf   []byte
-		plain []byte
-	)
+	const maxGap, maxRange = 256 << 10, 4 << 20
+	bufp, plainp := v.rangeBufs.Get().(*[]byte), v.readBufs.Get().(*[]byte)
+	buf, plain := (*bufp)[:0], (*plainp)[:0]
+	defer func() {
+		*bufp, *plainp = buf[:0], plain[:0]
+		v.rangeBufs.Put(bufp)
+		v.readBufs.Put(plainp)
+	}()
 	for start := 0; start < len(reqs); {
 		end := start + 1
 		first := &reqs[start].loc
@@ -187,11 +190,19 @@ func (v *Vault) ReadBlobs(ctx context.Context, ids []ID, fn func(i int, plain []
 			end++
 		}
 		n := rangeEnd - int64(first.Offset)
-		buf = slices.Grow(buf[:0], int(n))[:n]
+		if int64(cap(buf)) < n {
+			buf = make([]byte, n, max(n, maxRange))
+		}
+		buf = buf[:n]
 		rerr := backend.ReadRange(ctx, v.be, packName(first.Pack), int64(first.Offset), buf)
-		for _, r := range reqs[start:end] {
+		for i, r := range reqs[start:end] {
 			var err error
-			if rerr == nil {
+			// The same blob may be wanted at several places (equal blocks):
+			// it is decrypted in place once and its plaintext reused.
+			same := i > 0 && reqs[start+i-1].loc.Pack == r.loc.Pack && reqs[start+i-1].loc.Offset == r.loc.Offset
+			switch {
+			case same && rerr == nil:
+			case rerr == nil:
 				off := int64(r.loc.Offset) - int64(first.Offset)
 				plain, err = v.openBlob(plain[:0], &r.loc.blobEntry, buf[off:off+int64(r.loc.Length)])
 			}

@@ -37,6 +37,7 @@ var ErrAuth = errors.New("authentication failed: data damaged or not written by 
 
 // keys is the unwrapped master key material.
 type keys struct {
+	codecs   *codecs // compression, shared by everything these keys seal
 	master   [masterKeySize]byte
 	aead     cipherAEAD
 	blockKey [32]byte
@@ -61,7 +62,7 @@ func keysFromMaster(m [masterKeySize]byte) (*keys, error) {
 	if err != nil {
 		return nil, err
 	}
-	k := &keys{master: m, aead: a}
+	k := &keys{master: m, aead: a, codecs: newCodecs()}
 	blake3.DeriveKey("lifeboat vault v1 block id", m[32:], k.blockKey[:])
 	blake3.DeriveKey("lifeboat vault v1 tree node id", m[32:], k.nodeKey[:])
 	return k, nil
@@ -103,6 +104,20 @@ func (k *keys) openRaw(dst, sealed, ad []byte) ([]byte, error) {
 	return out, nil
 }
 
+// openInPlace decrypts sealed (nonce || ct || tag) over its own bytes and
+// returns the plaintext, which aliases sealed.
+func (k *keys) openInPlace(sealed, ad []byte) ([]byte, error) {
+	if len(sealed) < sealOverhead {
+		return nil, fmt.Errorf("%w (ciphertext of %d bytes is too short)", ErrAuth, len(sealed))
+	}
+	ct := sealed[nonceSize:]
+	out, err := k.aead.Open(ct[:0], sealed[:nonceSize], ct, ad)
+	if err != nil {
+		return nil, ErrAuth
+	}
+	return out, nil
+}
+
 func sealedAD(kind string) []byte { return []byte("lifeboat/" + kind) }
 
 // seal makes a sealed object (§4 of the format) of the given kind,
@@ -112,7 +127,7 @@ func (k *keys) seal(kind string, payload []byte, compress bool) []byte {
 	plain = append(plain, sealedFormat, compNone)
 	if compress {
 		plain[1] = compZstd
-		plain = zstdEncoder.EncodeAll(payload, plain)
+		plain = k.codecs.compress(plain, payload)
 	} else {
 		plain = append(plain, payload...)
 	}
@@ -138,7 +153,7 @@ func (k *keys) open(kind string, sealed []byte) ([]byte, error) {
 	case compNone:
 		return plain[2:], nil
 	case compZstd:
-		out, err := zstdDecoder.DecodeAll(plain[2:], nil)
+		out, err := k.codecs.decompress(nil, plain[2:])
 		if err != nil {
 			return nil, fmt.Errorf("sealed %s: decompress: %w", kind, err)
 		}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -143,6 +144,10 @@ func decodePackHeader(b []byte, headerOffset int64, maxRaw uint32) ([]blobEntry,
 	}
 	return entries, nil
 }
+
+// zstdSlack is spare capacity the zstd decoder's fast path wants beyond the
+// output.
+const zstdSlack = 64
 
 // checkPackPrefix checks a pack's first 8 bytes: magic, known version.
 func checkPackPrefix(b []byte) error {
@@ -293,13 +298,13 @@ func (v *Vault) readPackHeader(ctx context.Context, id ID) ([]blobEntry, int64, 
 }
 
 // openBlob decrypts, decompresses and verifies one stored blob, appending
-// the plaintext to dst.
+// the plaintext to dst. It decrypts in place: sealed is overwritten.
 func (v *Vault) openBlob(dst []byte, e *blobEntry, sealed []byte) ([]byte, error) {
 	if e.Type != BlobData && e.Type != BlobNode {
 		return nil, fmt.Errorf("unknown blob type %d", e.Type)
 	}
 	var adBuf [64]byte
-	plain, err := v.keys.openRaw(nil, sealed, blobAD(adBuf[:0], e.Type, e.ID))
+	plain, err := v.keys.openInPlace(sealed, blobAD(adBuf[:0], e.Type, e.ID))
 	if err != nil {
 		return nil, err
 	}
@@ -311,7 +316,9 @@ func (v *Vault) openBlob(dst []byte, e *blobEntry, sealed []byte) ([]byte, error
 		dst = append(dst, plain...)
 	case compZstd:
 		start := len(dst)
-		dst, err = zstdDecoder.DecodeAll(plain, dst)
+		// Room for the whole block lets the decoder use its fast path.
+		dst = slices.Grow(dst, int(e.RawLen)+zstdSlack)
+		dst, err = v.keys.codecs.decompress(dst, plain)
 		if err != nil {
 			return nil, fmt.Errorf("decompress: %w", err)
 		}

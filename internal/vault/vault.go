@@ -66,7 +66,9 @@ type Vault struct {
 	index *Index
 	nodes *nodeCache
 
-	hashers [3]sync.Pool // by BlobType
+	hashers   [3]sync.Pool // by BlobType
+	readBufs  sync.Pool    // *[]byte plaintext scratch for ReadBlobs
+	rangeBufs sync.Pool    // *[]byte ranged-read scratch for ReadBlobs
 }
 
 // InitOptions are the parameters of a new vault.
@@ -135,6 +137,8 @@ func Init(ctx context.Context, be backend.Backend, passphrase []byte, o InitOpti
 func newVault(be backend.Backend, k *keys, cfg Config, o Options) *Vault {
 	v := &Vault{be: be, keys: k, cfg: cfg, opts: o, log: o.Logger, clock: o.Clock,
 		index: NewIndex(), nodes: newNodeCache(256)}
+	v.readBufs.New = func() any { b := make([]byte, 0, cfg.BlockSize+zstdSlack); return &b }
+	v.rangeBufs.New = func() any { b := make([]byte, 0, 64<<10); return &b }
 	for t := range v.hashers {
 		node := BlobType(t) == BlobNode
 		v.hashers[t].New = func() any { return k.hasher(node) }

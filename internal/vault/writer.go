@@ -3,8 +3,11 @@ package vault
 import (
 	"context"
 	"fmt"
+	"os"
 	"sync"
 	"sync/atomic"
+
+	"github.com/lifeboat-dr/lifeboat/internal/vault/backend"
 )
 
 // WriterStats counts what a writer did.
@@ -30,10 +33,12 @@ type Writer struct {
 	pendMu  sync.Mutex
 	pending map[ID]struct{} // stored in a pack, not yet indexed
 
-	uploads chan *packSpool
-	wg      sync.WaitGroup
-	errOnce sync.Once
-	err     atomic.Pointer[error]
+	uploads  chan *packSpool
+	spoolDir string
+	mover    backend.FilePutter // nil: upload by copying
+	wg       sync.WaitGroup
+	errOnce  sync.Once
+	err      atomic.Pointer[error]
 
 	newBlobs, newBytes, storedBytes, dupBlobs, packs atomic.Int64
 	bufs                                             sync.Pool
@@ -45,8 +50,11 @@ const uploaders = 2
 // loaded the index (so deduplication sees what the vault holds).
 func (v *Vault) NewWriter(ctx context.Context) *Writer {
 	ctx, cancel := context.WithCancel(ctx)
-	w := &Writer{v: v, ctx: ctx, cancel: cancel, pending: map[ID]struct{}{}, uploads: make(chan *packSpool, 1)}
-	cleanSpool(v.opts.SpoolDir)
+	w := &Writer{v: v, ctx: ctx, cancel: cancel, pending: map[ID]struct{}{}, uploads: make(chan *packSpool, 1), spoolDir: v.opts.SpoolDir}
+	if fp, ok := backend.Find[backend.FilePutter](v.be); ok && os.MkdirAll(fp.SpoolDir(), 0o700) == nil {
+		w.mover, w.spoolDir = fp, fp.SpoolDir()
+	}
+	cleanSpool(w.spoolDir)
 	w.bufs.New = func() any { b := make([]byte, 0, v.cfg.BlockSize+blobOverhead+64); return &b }
 	for range uploaders {
 		w.wg.Add(1)
@@ -116,7 +124,7 @@ func (w *Writer) putBlob(ctx context.Context, t BlobType, id ID, plain []byte, d
 	defer w.bufs.Put(sbuf)
 	stored := plain
 	if w.v.cfg.Compression == "zstd" {
-		c := zstdEncoder.EncodeAll(plain, (*cbuf)[:0])
+		c := w.v.keys.codecs.compress((*cbuf)[:0], plain)
 		if len(c) < len(plain) {
 			stored, e.Comp = c, compZstd
 		}
@@ -129,7 +137,7 @@ func (w *Writer) putBlob(ctx context.Context, t BlobType, id ID, plain []byte, d
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.spool == nil {
-		s, err := newPackSpool(w.v.opts.SpoolDir)
+		s, err := newPackSpool(w.spoolDir)
 		if err != nil {
 			w.fail(err)
 			return false, err
@@ -192,11 +200,20 @@ func (w *Writer) upload(s *packSpool) error {
 	if err != nil {
 		return err
 	}
-	if _, err := s.f.Seek(0, 0); err != nil {
-		return fmt.Errorf("rewind pack spool: %w", err)
-	}
-	if err := w.v.be.Put(w.ctx, packName(id), s.f, s.size); err != nil {
-		return fmt.Errorf("upload pack %s: %w", id.Short(), err)
+	if w.mover != nil {
+		if err := s.f.Close(); err != nil {
+			return fmt.Errorf("close pack spool: %w", err)
+		}
+		if err := w.mover.PutFile(w.ctx, packName(id), s.f.Name()); err != nil {
+			return fmt.Errorf("store pack %s: %w", id.Short(), err)
+		}
+	} else {
+		if _, err := s.f.Seek(0, 0); err != nil {
+			return fmt.Errorf("rewind pack spool: %w", err)
+		}
+		if err := w.v.be.Put(w.ctx, packName(id), s.f, s.size); err != nil {
+			return fmt.Errorf("upload pack %s: %w", id.Short(), err)
+		}
 	}
 	if _, err := w.v.writeIndexFile(w.ctx, []indexPack{{ID: id, Entries: s.entries}}); err != nil {
 		return err

@@ -171,3 +171,15 @@ func Find[T any](be Backend) (T, bool) {
 type TempCleaner interface {
 	RemoveStaleTemp(ctx context.Context, olderThan time.Duration) (files int, bytes int64, err error)
 }
+
+// FilePutter is implemented by backends that can take a finished local
+// file by moving it into place (local, on the same filesystem), which
+// saves copying every pack once more.
+type FilePutter interface {
+	// SpoolDir is a directory on the backend's filesystem where files to
+	// be moved in can be written.
+	SpoolDir() string
+	// PutFile stores the file at path under name, atomically, and removes
+	// path. The file must be complete and closed.
+	PutFile(ctx context.Context, name, path string) error
+}

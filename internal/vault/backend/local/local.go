@@ -404,3 +404,35 @@ func (b *Backend) RemoveStaleTemp(ctx context.Context, olderThan time.Duration) 
 	})
 	return files, bytes, err
 }
+
+// SpoolDir implements backend.FilePutter: tmp/ inside the vault directory.
+func (b *Backend) SpoolDir() string { return filepath.Join(b.dir, "tmp") }
+
+// PutFile implements backend.FilePutter: fsync the file, rename it into
+// place, fsync the directory.
+func (b *Backend) PutFile(ctx context.Context, name, path string) error {
+	if err := backend.CheckName(name); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	p := filepath.Join(b.dir, filepath.FromSlash(name))
+	dir := filepath.Dir(p)
+	if err := b.mkdirAll(dir); err != nil {
+		return err
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	err = f.Sync()
+	f.Close()
+	if err != nil {
+		return fsError("writing", p, err)
+	}
+	if err := os.Rename(path, p); err != nil {
+		return fsError("writing", p, err)
+	}
+	return syncDir(dir)
+}
