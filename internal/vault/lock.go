@@ -10,9 +10,9 @@ import (
 	"fmt"
 	"os"
 	"sync"
-	"syscall"
 	"time"
 
+	"github.com/lifeboat-dr/lifeboat/internal/leftover"
 	"github.com/lifeboat-dr/lifeboat/internal/vault/backend"
 )
 
@@ -166,10 +166,5 @@ func (v *Vault) lockStale(l LockInfo) bool {
 	if v.clock.Now().Sub(l.Refreshed) > LockStaleAfter {
 		return true
 	}
-	if l.Hostname == v.opts.Hostname && l.PID > 0 && l.PID != os.Getpid() {
-		if err := syscall.Kill(l.PID, 0); errors.Is(err, syscall.ESRCH) {
-			return true
-		}
-	}
-	return false
+	return l.Hostname == v.opts.Hostname && l.PID > 0 && l.PID != os.Getpid() && !leftover.ProcessRuns(l.PID)
 }

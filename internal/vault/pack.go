@@ -6,14 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
-	"strconv"
-	"strings"
-	"syscall"
 
 	"github.com/zeebo/blake3"
 
+	"github.com/lifeboat-dr/lifeboat/internal/leftover"
 	"github.com/lifeboat-dr/lifeboat/internal/vault/backend"
 )
 
@@ -195,24 +192,7 @@ func cleanSpool(dir string) {
 	if dir == "" {
 		dir = os.TempDir()
 	}
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return
-	}
-	for _, e := range ents {
-		rest, ok := strings.CutPrefix(e.Name(), spoolPrefix)
-		if !ok {
-			continue
-		}
-		pidStr, _, _ := strings.Cut(rest, "-")
-		pid, err := strconv.Atoi(pidStr)
-		if err != nil || pid == os.Getpid() || pid <= 0 {
-			continue
-		}
-		if syscall.Kill(pid, 0) == syscall.ESRCH {
-			_ = os.Remove(filepath.Join(dir, e.Name()))
-		}
-	}
+	_, _ = leftover.Remove(dir, spoolPrefix, '-')
 }
 
 func (p *packSpool) write(b []byte) error {

@@ -28,10 +28,11 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/lifeboat-dr/lifeboat/internal/leftover"
 
 	"github.com/lifeboat-dr/lifeboat/internal/capture"
 )
@@ -393,31 +394,11 @@ func fsName(path string) string {
 // removeLeftovers deletes the files named prefix+PID+".*" in dir that
 // processes which no longer run left behind (killed during a cycle).
 func (d *Driver) removeLeftovers(dir, prefix string) {
-	entries, err := os.ReadDir(dir)
+	removed, err := leftover.Remove(dir, prefix, '.')
+	for _, p := range removed {
+		d.log.Info("removed leftover of an earlier process", "file", p)
+	}
 	if err != nil {
-		d.log.Warn("cannot look for leftover temporary files", "dir", dir, "err", err)
-		return
+		d.log.Warn("cannot remove leftovers of earlier processes", "dir", dir, "err", err)
 	}
-	for _, e := range entries {
-		rest, ok := strings.CutPrefix(e.Name(), prefix)
-		if !ok {
-			continue
-		}
-		pidText, _, _ := strings.Cut(rest, ".")
-		pid, err := strconv.Atoi(pidText)
-		if err != nil || pid <= 0 || pid == os.Getpid() || processRuns(pid) {
-			continue
-		}
-		p := filepath.Join(dir, e.Name())
-		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			d.log.Warn("cannot remove leftover of an earlier process", "file", p, "err", err)
-			continue
-		}
-		d.log.Info("removed leftover of an earlier process", "file", p, "pid", pid)
-	}
-}
-
-func processRuns(pid int) bool {
-	err := unix.Kill(pid, 0)
-	return err == nil || errors.Is(err, unix.EPERM)
 }
