@@ -16,6 +16,9 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/vault/backend/local"
 )
 
+// s3Concurrency caps concurrent requests to an S3 service per process.
+const s3Concurrency = 16
+
 // openBackend opens the storage at loc; create makes a missing directory
 // or bucket.
 func (a *app) openBackend(ctx context.Context, loc string, create bool) (backend.Backend, error) {
@@ -27,6 +30,11 @@ func (a *app) openBackend(ctx context.Context, loc string, create bool) (backend
 	switch {
 	case strings.HasPrefix(loc, "s3://"):
 		be, err = a.openS3(ctx, loc, create)
+		if err == nil {
+			// The writers and readers bound their own parallelism; this
+			// caps the total so that one process never floods a service.
+			be = backend.Limit(be, s3Concurrency)
+		}
 	case strings.Contains(loc, "://"):
 		return nil, &codeError{exitUsage, fmt.Errorf("vault location %q: only directories and s3:// URLs are supported", loc)}
 	default:

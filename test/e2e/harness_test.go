@@ -251,3 +251,5 @@ func dirBytes(t *testing.T, dir string) int64 {
 	})
 	return n
 }
+
+func newRand(seed uint64) *rand.Rand { return rand.New(rand.NewPCG(seed, seed)) }
