@@ -102,21 +102,8 @@ func (e *env) mustRun(args ...string) string {
 // still running). It reports whether the process was killed.
 func (e *env) killAfter(d time.Duration, args ...string) bool {
 	e.t.Helper()
-	cmd := e.cmd(args...)
-	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
-	if err := cmd.Start(); err != nil {
-		e.t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case <-done:
-		return false
-	case <-time.After(d):
-		_ = cmd.Process.Kill()
-		<-done
-		return true
-	}
+	start := time.Now()
+	return e.killWhen(func() bool { return time.Since(start) >= d }, args...)
 }
 
 // killWhen starts the command and kills it with SIGKILL as soon as cond
