@@ -108,7 +108,7 @@ func (a *app) runDemo(ctx context.Context, f demoFlags) error {
 		return err
 	}
 	v, err := vault.Init(ctx, backend.Retry(be, backend.RetryOptions{Logger: a.log}), pass,
-		vault.InitOptions{Options: vault.Options{Logger: a.log, SpoolDir: spoolDir(vaultDir)}})
+		vault.InitOptions{Options: vault.Options{Logger: a.log}})
 	if err != nil {
 		return err
 	}

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"golang.org/x/term"
@@ -101,18 +100,6 @@ func (a *app) prompt(prompt string, confirm bool) ([]byte, error) {
 	return p, nil
 }
 
-// spoolDir is where packs are assembled: inside a local vault (same
-// filesystem), else the system temp directory.
-func spoolDir(loc string) string {
-	if !strings.Contains(loc, "://") {
-		d := filepath.Join(loc, "tmp")
-		if os.MkdirAll(d, 0o700) == nil {
-			return d
-		}
-	}
-	return os.TempDir()
-}
-
 // openVault opens the vault given by --vault.
 func (a *app) openVault(ctx context.Context) (*vault.Vault, error) {
 	be, err := a.openBackend(ctx, a.vaultLoc, false)
@@ -123,7 +110,7 @@ func (a *app) openVault(ctx context.Context) (*vault.Vault, error) {
 	if err != nil {
 		return nil, err
 	}
-	return vault.Open(ctx, be, pw, vault.Options{Logger: a.log, SpoolDir: spoolDir(a.vaultLoc)})
+	return vault.Open(ctx, be, pw, vault.Options{Logger: a.log})
 }
 
 // isTTYWriter reports whether stderr is a terminal (for progress bars).

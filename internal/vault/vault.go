@@ -32,7 +32,9 @@ type Options struct {
 	Clock    clock.Clock
 	Logger   *slog.Logger
 	Hostname string
-	// SpoolDir holds pack files while they are written (default: os.TempDir()).
+	// SpoolDir holds pack files while they are written, for backends that
+	// cannot take a finished file by rename (default: os.TempDir()); a
+	// local vault spools in its own tmp/ directory.
 	SpoolDir string
 	// KDF parameters for keys created through this handle (default DefaultKDF).
 	KDF KDFParams
