@@ -19,6 +19,8 @@ var ErrBlobMissing = errors.New("not in the index")
 // the vault no longer promises to keep. Damaged index files are skipped
 // with a warning and returned (check reports them).
 func (v *Vault) LoadIndex(ctx context.Context) (damaged []ID, err error) {
+	v.loadMu.Lock() // several sessions of a process server share one Vault
+	defer v.loadMu.Unlock()
 	ids, err := v.listIDs(ctx, "index/")
 	if err != nil {
 		return nil, fmt.Errorf("list index: %w", err)
@@ -43,7 +45,7 @@ func (v *Vault) LoadIndex(ctx context.Context) (damaged []ID, err error) {
 	}
 	v.index.mu.RUnlock()
 	if rebuild {
-		v.index = NewIndex()
+		v.index.reset()
 		todo = ids
 	}
 	var (

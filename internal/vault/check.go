@@ -123,7 +123,7 @@ func (v *Vault) Check(ctx context.Context, o CheckOptions) (*CheckReport, error)
 		}
 	}
 	fresh.finishBulk()
-	v.index = fresh
+	v.index.replaceWith(fresh)
 	c.rep.Blobs = fresh.Len()
 	c.rep.Duplicates, c.rep.DuplicateBytes = fresh.duplicates()
 

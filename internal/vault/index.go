@@ -127,6 +127,25 @@ func NewIndex() *Index {
 	return &Index{packNum: map[ID]uint32{}, recent: map[ID][]idxEntry{}, files: map[ID]bool{}}
 }
 
+// reset empties the index in place, so that writers holding the vault see
+// the reload instead of a stale copy.
+func (x *Index) reset() {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.packs, x.sorted = nil, nil
+	x.packNum, x.recent, x.files = map[ID]uint32{}, map[ID][]idxEntry{}, map[ID]bool{}
+}
+
+// replaceWith moves the contents of y into x in place.
+func (x *Index) replaceWith(y *Index) {
+	y.mu.Lock()
+	packs, packNum, sorted, recent, files := y.packs, y.packNum, y.sorted, y.recent, y.files
+	y.mu.Unlock()
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.packs, x.packNum, x.sorted, x.recent, x.files = packs, packNum, sorted, recent, files
+}
+
 func (x *Index) packNumber(p ID) uint32 {
 	n, ok := x.packNum[p]
 	if !ok {

@@ -160,6 +160,6 @@ func (v *Vault) RepairIndex(ctx context.Context, progress func(done, total int64
 		}
 		rep.OldFiles++
 	}
-	v.index = NewIndex()
+	v.index.reset()
 	return rep, nil
 }

@@ -69,6 +69,7 @@ type Vault struct {
 	nodes *nodeCache
 
 	hashers   [3]sync.Pool // by BlobType
+	loadMu    sync.Mutex   // serialises LoadIndex
 	readBufs  sync.Pool    // *[]byte plaintext scratch for ReadBlobs
 	rangeBufs sync.Pool    // *[]byte ranged-read scratch for ReadBlobs
 }
@@ -237,6 +238,37 @@ func (v *Vault) BlockID(b []byte) ID {
 		return ID{}
 	}
 	return v.blobID(BlobData, b)
+}
+
+// BlockKey is the key of the keyed hash that names data blocks. Process
+// servers hand it to enrolled agents so that an agent can name its blocks
+// and skip sending what the vault holds (docs/vault-format.md §3); it
+// reveals nothing about other keys.
+func (v *Vault) BlockKey() [32]byte { return v.keys.blockKey }
+
+// BlockHasher names data blocks with a block key, as Vault.BlockID does,
+// without holding the vault. It is not safe for concurrent use.
+type BlockHasher struct{ h *blake3.Hasher }
+
+// NewBlockHasher returns a hasher for the given block key.
+func NewBlockHasher(key [32]byte) *BlockHasher {
+	h, err := blake3.NewKeyed(key[:])
+	if err != nil {
+		panic(err) // key length is fixed at 32
+	}
+	return &BlockHasher{h: h}
+}
+
+// ID returns the block's ID; the zero ID for an all-zero block.
+func (b *BlockHasher) ID(data []byte) ID {
+	if IsZeroBlock(data) {
+		return ID{}
+	}
+	b.h.Reset()
+	_, _ = b.h.Write(data)
+	var id ID
+	b.h.Sum(id[:0])
+	return id
 }
 
 var zeroChunk [64 << 10]byte

@@ -1,0 +1,392 @@
+// Package api holds the wire types that Lifeboat's roles exchange: the
+// control-plane HTTP JSON API (/api/v1), what agents and process servers
+// report to the server, and the settings the server hands back. It holds
+// no logic beyond validation helpers; the server, the CLI client, the
+// agent and the process server all import it.
+package api
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Version is the API version in every path: /api/v1/...
+const Version = "v1"
+
+// Roles. Users authenticate with bearer tokens of the first three roles;
+// agents and process servers with client certificates whose role is
+// enrolled with a one-time token of the last two.
+const (
+	RoleViewer   = "viewer"
+	RoleOperator = "operator"
+	RoleAdmin    = "admin"
+	RoleAgent    = "agent"
+	RoleProcess  = "process"
+)
+
+// Error is every error response body: {"error": {"code": ..., "message": ...}}.
+type Error struct {
+	Code    string `json:"code"`    // machine-readable, one of the Code* constants
+	Message string `json:"message"` // for people: what failed and what to do
+}
+
+// ErrorBody wraps Error on the wire.
+type ErrorBody struct {
+	Error Error `json:"error"`
+}
+
+// Error codes.
+const (
+	CodeBadRequest      = "bad_request"     // 400: malformed body or parameter
+	CodeUnauthenticated = "unauthenticated" // 401: no or unknown token / certificate
+	CodeForbidden       = "forbidden"       // 403: role may not do this
+	CodeNotFound        = "not_found"       // 404
+	CodeConflict        = "conflict"        // 409: exists, or in use
+	CodeTokenInvalid    = "token_invalid"   // 401: enrollment token unknown, used or expired
+	CodeCertRevoked     = "cert_revoked"    // 403
+	CodeBusy            = "busy"            // 503: back-pressure, retry after Retry-After
+	CodeInternal        = "internal"        // 500
+	CodeUnavailable     = "unavailable"     // 503: dependency (vault, store) down
+	CodeTooLarge        = "too_large"       // 413
+	CodeUnsupported     = "unsupported"     // 415/405
+	CodeStale           = "stale"           // 409: base point or session no longer valid
+)
+
+// Machine states.
+const (
+	StateUnprotected = "unprotected"
+	StateInitial     = "initial-replication"
+	StateProtected   = "protected"
+	StateResyncing   = "resyncing"
+	StatePaused      = "paused"
+	StateError       = "error"
+)
+
+// Duration is a time.Duration that travels as a Go duration string ("15m").
+type Duration time.Duration
+
+// MarshalJSON writes "15m0s".
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+// UnmarshalJSON accepts "15m" or a number of seconds.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		var n float64
+		if err2 := json.Unmarshal(b, &n); err2 != nil {
+			return err
+		}
+		*d = Duration(n * float64(time.Second))
+		return nil
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// Std is the time.Duration.
+func (d Duration) Std() time.Duration { return time.Duration(d) }
+
+// ---- tokens and enrollment ----
+
+// TokenRequest creates a token (POST /api/v1/tokens, admin).
+type TokenRequest struct {
+	Role string   `json:"role"`          // agent | process | viewer | operator | admin
+	TTL  Duration `json:"ttl,omitempty"` // default 1h for enrollment, none for API tokens
+	Name string   `json:"name,omitempty"`
+}
+
+// TokenResponse carries the token once; the server keeps only its hash.
+type TokenResponse struct {
+	Token   string    `json:"token"`
+	ID      string    `json:"id"`
+	Role    string    `json:"role"`
+	Expires time.Time `json:"expires,omitzero"`
+}
+
+// EnrollRequest exchanges a one-time token for a client certificate
+// (POST /api/v1/enroll; authenticated by the token, the client pins the
+// server's CA by the fingerprint the token carries).
+type EnrollRequest struct {
+	Token    string `json:"token"`
+	Role     string `json:"role"` // must match the token's
+	Name     string `json:"name"` // machine name (agent) or process server name
+	Hostname string `json:"hostname,omitempty"`
+	CSR      string `json:"csr"` // PEM certificate signing request
+}
+
+// EnrollResponse returns the certificate.
+type EnrollResponse struct {
+	Certificate string `json:"certificate"` // PEM
+	CA          string `json:"ca"`          // PEM
+	Name        string `json:"name"`
+}
+
+// RenewRequest renews the caller's certificate (POST /api/v1/certs/renew, mTLS).
+type RenewRequest struct {
+	CSR string `json:"csr"`
+}
+
+// RevokedList is GET /api/v1/certs/revoked (mTLS, process servers).
+type RevokedList struct {
+	Serials []string  `json:"serials"` // hex
+	AsOf    time.Time `json:"as_of"`
+}
+
+// ---- policies ----
+
+// Policy drives cycles and retention for the machines that use it.
+type Policy struct {
+	Name          string    `json:"name"`
+	RPOThreshold  Duration  `json:"rpo_threshold"`  // only raises events
+	Retention     string    `json:"retention"`      // "1h:all,24h:5m,72h:1h"
+	KeepApp       Duration  `json:"keep_app"`       // app-consistent points kept this long
+	CrashInterval Duration  `json:"crash_interval"` // a crash-consistent point this often
+	AppInterval   Duration  `json:"app_interval"`   // an app-consistent point this often (0: never)
+	HookTimeout   Duration  `json:"hook_timeout,omitempty"`
+	Created       time.Time `json:"created,omitzero"`
+	Updated       time.Time `json:"updated,omitzero"`
+}
+
+// ---- machines ----
+
+// DiskInfo is one disk an agent reports.
+type DiskInfo struct {
+	Name string `json:"name"`
+	Path string `json:"path"`
+	Size int64  `json:"size"`
+	Kind string `json:"kind"` // "file" | "block"
+}
+
+// Inventory is what an agent knows about its machine.
+type Inventory struct {
+	Hostname string          `json:"hostname"`
+	OS       string          `json:"os"`
+	Arch     string          `json:"arch"`
+	Agent    string          `json:"agent_version"`
+	Disks    []DiskInfo      `json:"disks"`
+	VMSpec   json.RawMessage `json:"vm_spec,omitempty"`
+}
+
+// Progress of a running cycle (initial replication or resync).
+type Progress struct {
+	Phase   string    `json:"phase"` // "initial" | "resync" | "incremental"
+	Done    int64     `json:"done"`  // bytes examined
+	Total   int64     `json:"total"`
+	Sent    int64     `json:"sent"` // bytes shipped
+	Percent float64   `json:"percent"`
+	ETA     Duration  `json:"eta,omitempty"`
+	Started time.Time `json:"started"`
+}
+
+// CycleResult is what an agent reports after a cycle.
+type CycleResult struct {
+	Point        string    `json:"point,omitempty"`
+	Kind         string    `json:"kind"`
+	Time         time.Time `json:"time"` // the cut
+	Group        string    `json:"group,omitempty"`
+	CutID        string    `json:"cut_id,omitempty"`
+	Duration     Duration  `json:"duration"`
+	ChangedBytes int64     `json:"changed_bytes"`
+	SentBytes    int64     `json:"sent_bytes"` // block data actually shipped
+	Error        string    `json:"error,omitempty"`
+	Resync       bool      `json:"resync,omitempty"`
+}
+
+// Machine is a protected (or known) machine as the API shows it.
+type Machine struct {
+	Name         string       `json:"name"`
+	Agent        string       `json:"agent"` // certificate serial of its agent, hex
+	Inventory    Inventory    `json:"inventory"`
+	Policy       string       `json:"policy,omitempty"`
+	Group        string       `json:"group,omitempty"`
+	Disks        []string     `json:"disks,omitempty"` // protected disks; empty = all
+	Process      string       `json:"process,omitempty"`
+	State        string       `json:"state"`
+	Reason       string       `json:"reason,omitempty"` // for error and resyncing
+	Paused       bool         `json:"paused"`
+	ResyncWanted bool         `json:"resync_wanted,omitempty"`
+	Bandwidth    int64        `json:"bandwidth,omitempty"` // bytes/s, 0 = unlimited
+	Progress     *Progress    `json:"progress,omitempty"`
+	LastPoint    *CycleResult `json:"last_point,omitempty"` // last published point
+	LastError    string       `json:"last_error,omitempty"`
+	LastSeen     time.Time    `json:"last_seen,omitzero"`
+	RPO          Duration     `json:"rpo"` // now - time of the last point (0: none yet)
+	Created      time.Time    `json:"created,omitzero"`
+}
+
+// ProtectRequest is POST /api/v1/machines/{name}/protect.
+type ProtectRequest struct {
+	Policy string   `json:"policy"`
+	Group  string   `json:"group,omitempty"`
+	Disks  []string `json:"disks,omitempty"`
+}
+
+// MoveRequest is POST /api/v1/machines/{name}/move.
+type MoveRequest struct {
+	Process string `json:"process"`
+}
+
+// BandwidthRequest is POST /api/v1/machines/{name}/bandwidth and
+// /api/v1/process-servers/{name}/bandwidth.
+type BandwidthRequest struct {
+	BytesPerSecond int64 `json:"bytes_per_second"` // 0 = unlimited
+}
+
+// GroupRequest is POST /api/v1/machines/{name}/group (join, or leave with "").
+type GroupRequest struct {
+	Group string `json:"group"`
+}
+
+// ---- process servers ----
+
+// ProcessServer as the API shows it.
+type ProcessServer struct {
+	Name       string    `json:"name"`
+	URL        string    `json:"url"` // https://host:port agents connect to
+	Embedded   bool      `json:"embedded"`
+	Bandwidth  int64     `json:"bandwidth,omitempty"`
+	CacheUsed  int64     `json:"cache_used"`
+	CacheLimit int64     `json:"cache_limit"`
+	Sessions   int       `json:"sessions"`
+	Throttled  bool      `json:"throttled"` // applying back-pressure now
+	IngestRate float64   `json:"ingest_bytes_per_second"`
+	LastSeen   time.Time `json:"last_seen,omitzero"`
+	Agents     int       `json:"agents"`
+}
+
+// ProcessHeartbeat is POST /api/v1/process/heartbeat (mTLS, process role).
+type ProcessHeartbeat struct {
+	URL        string  `json:"url"`
+	CacheUsed  int64   `json:"cache_used"`
+	CacheLimit int64   `json:"cache_limit"`
+	Sessions   int     `json:"sessions"`
+	Throttled  bool    `json:"throttled"`
+	IngestRate float64 `json:"ingest_bytes_per_second"`
+	Events     []Event `json:"events,omitempty"`
+}
+
+// ProcessConfig is the server's answer to a process heartbeat and
+// GET /api/v1/process/config: where the vault is and how to open it.
+type ProcessConfig struct {
+	Vault      string            `json:"vault"`      // URL or path
+	Passphrase string            `json:"passphrase"` // sent only over mTLS to enrolled process servers
+	Env        map[string]string `json:"env,omitempty"`
+	Bandwidth  int64             `json:"bandwidth,omitempty"`
+	Revoked    []string          `json:"revoked"` // certificate serials, hex
+}
+
+// ---- agent control channel ----
+
+// AgentHeartbeat is POST /api/v1/agent/heartbeat (mTLS, agent role). The
+// server answers with AgentConfig; with ?wait=20s it holds the request
+// until the config's Version differs from KnownVersion or the wait ends.
+type AgentHeartbeat struct {
+	Inventory    Inventory     `json:"inventory"`
+	State        string        `json:"state,omitempty"` // agent's own view: idle, cycling, error
+	Progress     *Progress     `json:"progress,omitempty"`
+	Results      []CycleResult `json:"results,omitempty"` // cycles finished since the last heartbeat
+	Events       []Event       `json:"events,omitempty"`
+	CutAcks      []CutAck      `json:"cut_acks,omitempty"`
+	KnownVersion int64         `json:"known_version"`
+	ResyncDone   bool          `json:"resync_done,omitempty"` // a requested resync has completed
+}
+
+// AgentConfig is what the server tells an agent to do.
+type AgentConfig struct {
+	Version        int64    `json:"version"`   // changes whenever anything below changes
+	Protected      bool     `json:"protected"` // false: report inventory only
+	Paused         bool     `json:"paused"`
+	Disks          []string `json:"disks,omitempty"` // empty = all inventory disks
+	Policy         *Policy  `json:"policy,omitempty"`
+	Group          string   `json:"group,omitempty"`
+	Process        string   `json:"process,omitempty"`     // name
+	ProcessURL     string   `json:"process_url,omitempty"` // https://...
+	Bandwidth      int64    `json:"bandwidth,omitempty"`   // bytes/s
+	Resync         bool     `json:"resync,omitempty"`      // compare with the vault and send the difference
+	Cuts           []Cut    `json:"cuts,omitempty"`        // group cuts this agent takes part in
+	RenewBefore    Duration `json:"renew_before,omitempty"`
+	HeartbeatEvery Duration `json:"heartbeat_every"`
+}
+
+// Cut is one coordinated group cut. All members take their point at At;
+// for app-consistent cuts the server runs a barrier: members freeze
+// (Phase "freeze"), report CutAck "frozen", and only when all are frozen
+// does the server move the cut to Phase "snapshot"; members snapshot,
+// report "snapped", thaw and ship.
+type Cut struct {
+	ID      string    `json:"id"`
+	Group   string    `json:"group"`
+	Kind    string    `json:"kind"` // crash | app
+	At      time.Time `json:"at"`   // the point's time for every member
+	Phase   string    `json:"phase"`
+	Members []string  `json:"members"`
+	Expires time.Time `json:"expires"` // abandon (thaw, no point) after this
+}
+
+// Cut phases.
+const (
+	PhaseFreeze   = "freeze"   // app cuts: run pre-freeze hooks, report frozen
+	PhaseSnapshot = "snapshot" // take the snapshot now (or at At), report snapped
+	PhaseAbort    = "abort"    // thaw, no point from this cut
+	PhaseDone     = "done"
+)
+
+// CutAck reports an agent's progress through a cut.
+type CutAck struct {
+	ID     string `json:"id"`
+	Status string `json:"status"` // frozen | snapped | failed
+	Reason string `json:"reason,omitempty"`
+}
+
+// ---- groups, points, events, status ----
+
+// Group is a replication group.
+type Group struct {
+	Name    string   `json:"name"`
+	Members []string `json:"members"`
+	LastCut *Cut     `json:"last_cut,omitempty"`
+}
+
+// Point is a recovery point as the control plane records it.
+type Point struct {
+	ID      string    `json:"id"`
+	Machine string    `json:"machine"`
+	Time    time.Time `json:"time"`
+	Kind    string    `json:"kind"`
+	Group   string    `json:"group,omitempty"`
+	CutID   string    `json:"cut_id,omitempty"` // set on group-consistent points
+	Process string    `json:"process,omitempty"`
+}
+
+// Event severities.
+const (
+	SeverityInfo    = "info"
+	SeverityWarning = "warning"
+	SeverityError   = "error"
+)
+
+// Event is something an operator may want to know.
+type Event struct {
+	ID       int64     `json:"id"`
+	Time     time.Time `json:"time"`
+	Severity string    `json:"severity"`
+	Kind     string    `json:"kind"` // rpo_exceeded, hook_failed, cache_full, cert_refused, ...
+	Machine  string    `json:"machine,omitempty"`
+	Process  string    `json:"process,omitempty"`
+	Message  string    `json:"message"`
+}
+
+// Status is GET /api/v1/status.
+type Status struct {
+	Server    string          `json:"server"`
+	Version   string          `json:"version"`
+	Time      time.Time       `json:"time"`
+	Vault     string          `json:"vault"`
+	Machines  []Machine       `json:"machines"`
+	Processes []ProcessServer `json:"process_servers"`
+	Events    []Event         `json:"recent_events"`
+}

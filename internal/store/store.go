@@ -1,0 +1,113 @@
+// Package store is the control plane's durable state: tokens, issued and
+// revoked certificates, machines, process servers, policies, groups, cuts,
+// points and events. One interface, two implementations (SQLite by
+// default, PostgreSQL for HA), one conformance suite (storetest) that both
+// pass.
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/lifeboat-dr/lifeboat/internal/api"
+)
+
+// Errors every implementation returns (wrapped) so callers can map them
+// to HTTP codes.
+var (
+	ErrNotFound = errors.New("not found")
+	ErrConflict = errors.New("already exists")
+	// ErrTokenUsed means a one-time token was already redeemed.
+	ErrTokenUsed = errors.New("token already used")
+)
+
+// Token is a stored token; only the SHA-256 of its secret is kept.
+type Token struct {
+	ID      string
+	Hash    []byte // sha256 of the secret part
+	Role    string
+	Name    string
+	OneTime bool // enrollment tokens (agent, process)
+	Created time.Time
+	Expires time.Time // zero: never
+	Used    time.Time // zero: not used (one-time tokens)
+	Revoked bool
+}
+
+// Cert is an issued certificate.
+type Cert struct {
+	Serial   string // hex
+	Role     string // agent | process | server
+	Name     string // machine or process server name
+	NotAfter time.Time
+	Issued   time.Time
+	Revoked  time.Time // zero: not revoked
+}
+
+// Store is the control plane's state. Every method is safe for concurrent
+// use. Get* return ErrNotFound; Create* return ErrConflict for a name that
+// exists.
+type Store interface {
+	// Tokens.
+	CreateToken(ctx context.Context, t Token) error
+	// TokenByHash finds a token by the hash of its secret.
+	TokenByHash(ctx context.Context, hash []byte) (Token, error)
+	// UseToken atomically marks a one-time token used at now; it returns
+	// ErrTokenUsed when it was already used, ErrNotFound when unknown.
+	UseToken(ctx context.Context, id string, now time.Time) error
+	ListTokens(ctx context.Context) ([]Token, error)
+	RevokeToken(ctx context.Context, id string) error
+
+	// Certificates.
+	AddCert(ctx context.Context, c Cert) error
+	GetCert(ctx context.Context, serial string) (Cert, error)
+	// RevokeCerts revokes every unrevoked certificate issued to role/name
+	// and returns their serials.
+	RevokeCerts(ctx context.Context, role, name string, now time.Time) ([]string, error)
+	RevokedSerials(ctx context.Context) ([]string, error)
+
+	// Machines. PutMachine creates or replaces; machine names are unique.
+	PutMachine(ctx context.Context, m api.Machine) error
+	GetMachine(ctx context.Context, name string) (api.Machine, error)
+	ListMachines(ctx context.Context) ([]api.Machine, error)
+	DeleteMachine(ctx context.Context, name string) error
+	// UpdateMachine reads, applies fn and writes back atomically (a
+	// transaction, or a compare-and-swap loop); fn may be called again.
+	UpdateMachine(ctx context.Context, name string, fn func(*api.Machine) error) (api.Machine, error)
+
+	// Process servers.
+	PutProcess(ctx context.Context, p api.ProcessServer) error
+	GetProcess(ctx context.Context, name string) (api.ProcessServer, error)
+	ListProcesses(ctx context.Context) ([]api.ProcessServer, error)
+	DeleteProcess(ctx context.Context, name string) error
+
+	// Policies.
+	CreatePolicy(ctx context.Context, p api.Policy) error
+	GetPolicy(ctx context.Context, name string) (api.Policy, error)
+	ListPolicies(ctx context.Context) ([]api.Policy, error)
+	UpdatePolicy(ctx context.Context, p api.Policy) error // ErrNotFound if missing
+	DeletePolicy(ctx context.Context, name string) error
+
+	// Group cuts (the group itself is the set of machines naming it).
+	PutCut(ctx context.Context, c api.Cut) error
+	GetCut(ctx context.Context, id string) (api.Cut, error)
+	// OpenCuts lists cuts whose phase is not done or abort.
+	OpenCuts(ctx context.Context) ([]api.Cut, error)
+	LastCut(ctx context.Context, group string) (api.Cut, error)
+
+	// Points recorded from agent reports (the vault stays the truth).
+	AddPoint(ctx context.Context, p api.Point) error                                       // idempotent on ID
+	ListPoints(ctx context.Context, machine, group string, limit int) ([]api.Point, error) // newest first; "" = any
+	DeletePoints(ctx context.Context, ids []string) error
+
+	// Events, with increasing IDs assigned by the store.
+	AddEvent(ctx context.Context, e api.Event) (int64, error)
+	ListEvents(ctx context.Context, sinceID int64, machine string, limit int) ([]api.Event, error) // oldest first
+
+	// Settings: small key/value pairs (server identity, schedule marks).
+	GetSetting(ctx context.Context, key string) (string, error)
+	PutSetting(ctx context.Context, key, value string) error
+
+	Close() error
+}
