@@ -267,6 +267,7 @@ type ProcessHeartbeat struct {
 	Throttled  bool    `json:"throttled"`
 	IngestRate float64 `json:"ingest_bytes_per_second"`
 	Events     []Event `json:"events,omitempty"`
+	Points     []Point `json:"points,omitempty"` // points published since the last heartbeat
 }
 
 // ProcessConfig is the server's answer to a process heartbeat and
