@@ -6,47 +6,22 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 
 	"golang.org/x/term"
 
 	"github.com/lifeboat-dr/lifeboat/internal/vault"
 	"github.com/lifeboat-dr/lifeboat/internal/vault/backend"
-	"github.com/lifeboat-dr/lifeboat/internal/vault/backend/local"
+	"github.com/lifeboat-dr/lifeboat/internal/vault/backend/open"
 )
-
-// s3Concurrency caps concurrent requests to an S3 service per process.
-const s3Concurrency = 16
 
 // openBackend opens the storage at loc; create makes a missing directory
 // or bucket.
 func (a *app) openBackend(ctx context.Context, loc string, create bool) (backend.Backend, error) {
-	if loc == "" {
-		return nil, &codeError{exitUsage, errors.New("no vault given: use --vault DIR|s3://BUCKET/PREFIX or set LIFEBOAT_VAULT")}
+	be, err := open.Backend(ctx, loc, open.Options{Create: create, S3Endpoint: a.s3Endpoint, Getenv: a.getenv, Logger: a.log})
+	if errors.Is(err, open.ErrUsage) {
+		return nil, &codeError{exitUsage, err}
 	}
-	var be backend.Backend
-	var err error
-	switch {
-	case strings.HasPrefix(loc, "s3://"):
-		be, err = a.openS3(ctx, loc, create)
-		if err == nil {
-			// The writers and readers bound their own parallelism; this
-			// caps the total so that one process never floods a service.
-			be = backend.Limit(be, s3Concurrency)
-		}
-	case strings.Contains(loc, "://"):
-		return nil, &codeError{exitUsage, fmt.Errorf("vault location %q: only directories and s3:// URLs are supported", loc)}
-	default:
-		if create {
-			be, err = local.Create(loc)
-		} else {
-			be, err = local.New(loc)
-		}
-	}
-	if err != nil {
-		return nil, err
-	}
-	return backend.Retry(be, backend.RetryOptions{Logger: a.log}), nil
+	return be, err
 }
 
 // passphrase returns the vault passphrase from LIFEBOAT_PASSPHRASE,
