@@ -116,6 +116,9 @@ type EnrollRequest struct {
 	Name     string `json:"name"` // machine name (agent) or process server name
 	Hostname string `json:"hostname,omitempty"`
 	CSR      string `json:"csr"` // PEM certificate signing request
+	// Hosts are the names and IPs a process server serves agents on; they
+	// become the certificate's SANs (process role only).
+	Hosts []string `json:"hosts,omitempty"`
 }
 
 // EnrollResponse returns the certificate.
