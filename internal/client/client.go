@@ -1,0 +1,174 @@
+// Package client is the Go client of the control plane's HTTP API
+// (/api/v1). Every `lifeboat` client command is a thin wrapper around it.
+// It trusts exactly the server's own CA: from a saved login (the CA
+// certificate), or, at first contact, the CA fingerprint pinned in a token.
+package client
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/pki"
+)
+
+// Config is what `lifeboat login` saves.
+type Config struct {
+	Server string `json:"server"` // https://host:port
+	Token  string `json:"token"`
+	CA     string `json:"ca"` // PEM of the server's CA
+}
+
+// DefaultConfigPath is $LIFEBOAT_CONFIG, else ~/.config/lifeboat/client.json.
+func DefaultConfigPath(getenv func(string) string) string {
+	if p := getenv("LIFEBOAT_CONFIG"); p != "" {
+		return p
+	}
+	dir, err := os.UserConfigDir()
+	if err != nil {
+		dir = "."
+	}
+	return filepath.Join(dir, "lifeboat", "client.json")
+}
+
+// LoadConfig reads a saved login.
+func LoadConfig(path string) (Config, error) {
+	var c Config
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return c, fmt.Errorf("no saved login at %s: run `lifeboat login --server URL --token TOKEN`, or pass --server and --token", path)
+	}
+	if err != nil {
+		return c, err
+	}
+	if err := json.Unmarshal(b, &c); err != nil {
+		return c, fmt.Errorf("%s: %w (delete it and run `lifeboat login` again)", path, err)
+	}
+	return c, nil
+}
+
+// SaveConfig writes a login (mode 0600, atomically).
+func SaveConfig(path string, c Config) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	b, _ := json.MarshalIndent(c, "", "  ")
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// Client calls the API.
+type Client struct {
+	base  *url.URL
+	token string
+	hc    *http.Client
+}
+
+// New builds a client. With cfg.CA it trusts that CA; without it, it pins
+// the CA fingerprint carried by cfg.Token.
+func New(cfg Config) (*Client, error) {
+	u, err := url.Parse(strings.TrimRight(cfg.Server, "/"))
+	if err != nil || u.Scheme != "https" || u.Host == "" {
+		return nil, fmt.Errorf("server %q: want https://HOST:PORT", cfg.Server)
+	}
+	var tc *tls.Config
+	switch {
+	case cfg.CA != "":
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM([]byte(cfg.CA)) {
+			return nil, errors.New("saved CA certificate is not valid PEM: run `lifeboat login` again")
+		}
+		tc = pki.ClientTLS(nil, pool)
+	case cfg.Token != "":
+		_, pin, err := pki.ParseToken(cfg.Token)
+		if err != nil {
+			return nil, err
+		}
+		tc = pki.PinnedTLS(pin)
+	default:
+		return nil, errors.New("no token: pass --token or run `lifeboat login`")
+	}
+	tr := &http.Transport{TLSClientConfig: tc, ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 4, TLSHandshakeTimeout: 10 * time.Second}
+	return &Client{base: u, token: cfg.Token, hc: &http.Client{Transport: tr, Timeout: 60 * time.Second}}, nil
+}
+
+// Error is an API error response.
+type Error struct {
+	Status  int
+	Code    string
+	Message string
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("server refused (%d %s): %s", e.Status, e.Code, e.Message)
+}
+
+// Do sends in (JSON, if not nil) and decodes the response into out (if not nil).
+func (c *Client) Do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base.String()+path, body)
+	if err != nil {
+		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w (is `lifeboat server run` up at %s?)", method, path, err, c.base.Host)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("%s %s: read response: %w", method, path, err)
+	}
+	if resp.StatusCode >= 300 {
+		var eb api.ErrorBody
+		if json.Unmarshal(b, &eb) == nil && eb.Error.Code != "" {
+			return &Error{Status: resp.StatusCode, Code: eb.Error.Code, Message: eb.Error.Message}
+		}
+		return &Error{Status: resp.StatusCode, Code: "http", Message: strings.TrimSpace(string(b))}
+	}
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			return fmt.Errorf("%s %s: decode response: %w", method, path, err)
+		}
+	}
+	return nil
+}
+
+// Path joins API path elements, escaping each.
+func Path(elems ...string) string {
+	var sb strings.Builder
+	sb.WriteString("/api/" + api.Version)
+	for _, e := range elems {
+		sb.WriteByte('/')
+		sb.WriteString(url.PathEscape(e))
+	}
+	return sb.String()
+}
