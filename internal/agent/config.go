@@ -1,0 +1,279 @@
+// Package agent is Lifeboat's mobility service: the daemon that runs on a
+// protected machine (or on its hypervisor host), enrolls with the control
+// plane, reports its inventory, and turns capture cycles of its disks into
+// recovery points shipped to a process server.
+//
+// The agent has two loops. The control loop heartbeats to the server
+// (long-polling for configuration changes) and reports progress, results,
+// events and cut acknowledgements. The data loop runs capture cycles on
+// the schedule of the machine's policy, or, for machines in a replication
+// group, at the group cuts the server announces. The data loop keeps
+// working with the last configuration it received while the server is
+// unreachable.
+//
+// Everything the agent must remember lives in its state directory:
+//
+//	agent.json          configuration (written by enroll, edited by people)
+//	identity/           key, certificate and CA (internal/pki)
+//	disks/NAME          the scan driver's block-hash table of each disk
+//	state.json          schedule, done cut IDs, results not yet reported
+package agent
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/lifeboat-dr/lifeboat/internal/capture/scan"
+)
+
+// ConfigFile is the configuration's file name inside the state directory.
+const ConfigFile = "agent.json"
+
+// maxConfigSize bounds agent.json (a hostile or corrupted file is refused,
+// not read into memory whole).
+const maxConfigSize = 1 << 20
+
+// Snapshot modes of Config.Snapshot.
+const (
+	SnapshotAuto    = ""        // reflink where the disk's filesystem supports it, else none
+	SnapshotReflink = "reflink" // always reflink (cycles fail where it is unsupported)
+	SnapshotNone    = "none"    // read the live disk
+)
+
+// DiskConfig is one disk the agent can protect.
+type DiskConfig struct {
+	Name string `json:"name"` // the name the server and the vault know it by
+	Path string `json:"path"` // raw image file or block device
+}
+
+// Config is agent.json. Enroll writes it; operators add disks, hooks and
+// freeze mounts by editing it; the agent reads it at start.
+type Config struct {
+	// Server is the control plane's URL, https://host:port.
+	Server string `json:"server"`
+	// Machine is the name the agent enrolled as.
+	Machine string `json:"machine"`
+	// Disks are the disks this machine has. The server's protected-disk
+	// list (empty: all) selects among them by name.
+	Disks []DiskConfig `json:"disks"`
+	// HooksDir holds pre-freeze.d/ and post-thaw.d/ (default
+	// StateDir/hooks).
+	HooksDir string `json:"hooks_dir,omitempty"`
+	// FreezeMounts are mount points frozen (FIFREEZE) for app-consistent
+	// points, after the pre-freeze hooks.
+	FreezeMounts []string `json:"freeze_mounts,omitempty"`
+	// Snapshot is "reflink", "none", or "" (auto: reflink where supported).
+	Snapshot string `json:"snapshot,omitempty"`
+	// VMSpec is an optional JSON file describing the machine (CPU, memory,
+	// disks, NICs, firmware) for recovery; it is sent with the inventory
+	// and stored in every point.
+	VMSpec string `json:"vm_spec,omitempty"`
+
+	// StateDir is where agent.json was loaded from; it is not stored.
+	StateDir string `json:"-"`
+}
+
+// hooksDir returns the hooks directory with its default applied.
+func (c *Config) hooksDir() string {
+	if c.HooksDir != "" {
+		return c.HooksDir
+	}
+	return filepath.Join(c.StateDir, "hooks")
+}
+
+// Validate checks the configuration and says what to fix.
+func (c *Config) Validate() error {
+	if c.Server == "" {
+		return errors.New("agent.json: \"server\" is empty: set it to the control plane URL (https://host:port), or run enroll again")
+	}
+	u, err := url.Parse(c.Server)
+	if err != nil || u.Scheme != "https" || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+		return fmt.Errorf("agent.json: \"server\" %q is not an https://host:port URL: fix it, or run enroll again", c.Server)
+	}
+	if err := validName("machine", c.Machine); err != nil {
+		return fmt.Errorf("agent.json: %w", err)
+	}
+	seen := map[string]bool{}
+	for i, d := range c.Disks {
+		if err := validName("disk name", d.Name); err != nil {
+			return fmt.Errorf("agent.json: disks[%d]: %w", i, err)
+		}
+		if seen[d.Name] {
+			return fmt.Errorf("agent.json: disks[%d]: disk name %q appears twice: give each disk its own name", i, d.Name)
+		}
+		seen[d.Name] = true
+		if d.Path == "" || !filepath.IsAbs(d.Path) {
+			return fmt.Errorf("agent.json: disks[%d] (%s): \"path\" %q must be an absolute path to an image file or block device", i, d.Name, d.Path)
+		}
+	}
+	switch c.Snapshot {
+	case SnapshotAuto, SnapshotReflink, SnapshotNone:
+	default:
+		return fmt.Errorf("agent.json: \"snapshot\" %q is invalid: use %q, %q, or leave it out (reflink where supported)", c.Snapshot, SnapshotReflink, SnapshotNone)
+	}
+	if c.HooksDir != "" && !filepath.IsAbs(c.HooksDir) {
+		return fmt.Errorf("agent.json: \"hooks_dir\" %q must be an absolute path", c.HooksDir)
+	}
+	for i, m := range c.FreezeMounts {
+		if m == "" || !filepath.IsAbs(m) {
+			return fmt.Errorf("agent.json: freeze_mounts[%d] %q must be an absolute mount point", i, m)
+		}
+		if filepath.Clean(m) == "/" {
+			return errors.New("agent.json: freeze_mounts lists \"/\": freezing the root filesystem would freeze the agent itself; list data mounts only")
+		}
+	}
+	if c.VMSpec != "" && !filepath.IsAbs(c.VMSpec) {
+		return fmt.Errorf("agent.json: \"vm_spec\" %q must be an absolute path to a JSON file", c.VMSpec)
+	}
+	return nil
+}
+
+// validName accepts the names the vault accepts for machines and disks:
+// 1 to 128 bytes of letters, digits, '.', '_' and '-', not starting with a dot.
+func validName(what, s string) error {
+	if s == "" || len(s) > 128 {
+		return fmt.Errorf("%s %q must be 1 to 128 characters", what, s)
+	}
+	if s[0] == '.' {
+		return fmt.Errorf("%s %q must not start with a dot", what, s)
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
+			return fmt.Errorf("%s %q may hold only letters, digits, '.', '_' and '-'", what, s)
+		}
+	}
+	return nil
+}
+
+// LoadConfig reads and validates stateDir/agent.json.
+func LoadConfig(stateDir string) (*Config, error) {
+	p := filepath.Join(stateDir, ConfigFile)
+	f, err := os.Open(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%s does not exist: run `lifeboat agent enroll` first, or pass the right --state-dir", p)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open agent configuration: %w", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxConfigSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", p, err)
+	}
+	if len(b) > maxConfigSize {
+		return nil, fmt.Errorf("%s is larger than %d bytes: it is not an agent configuration", p, maxConfigSize)
+	}
+	c, err := parseConfig(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", p, err)
+	}
+	c.StateDir = stateDir
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", p, err)
+	}
+	return c, nil
+}
+
+// parseConfig decodes agent.json strictly: unknown fields (likely typos)
+// and trailing data are errors.
+func parseConfig(b []byte) (*Config, error) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	var c Config
+	if err := dec.Decode(&c); err != nil {
+		return nil, fmt.Errorf("not valid agent configuration JSON (%w): fix the file or run enroll again", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errors.New("not valid agent configuration JSON: data after the top-level object")
+	}
+	return &c, nil
+}
+
+// SaveConfig validates c and writes it to stateDir/agent.json atomically
+// (the directory is created 0700 if missing). It sets c.StateDir.
+func SaveConfig(stateDir string, c *Config) error {
+	if stateDir == "" {
+		return errors.New("save agent configuration: no state directory given")
+	}
+	c.StateDir = stateDir
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(c, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		return fmt.Errorf("save agent configuration: %w", err)
+	}
+	return writeFileAtomic(filepath.Join(stateDir, ConfigFile), append(b, '\n'), 0o600)
+}
+
+// writeFileAtomic writes data to a temporary file beside path, syncs it and
+// renames it over path, then syncs the directory.
+func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp.*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	defer os.Remove(tmp.Name()) // no-op after the rename
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Chmod(perm); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+// snapshotFor resolves the snapshot mode of one disk: auto picks reflink for
+// image files on filesystems that can clone, none otherwise.
+func snapshotFor(mode, path string) string {
+	switch mode {
+	case SnapshotReflink:
+		return scan.SnapshotReflink
+	case SnapshotNone:
+		return scan.SnapshotNone
+	}
+	fi, err := os.Stat(path)
+	if err != nil || !fi.Mode().IsRegular() {
+		return scan.SnapshotNone
+	}
+	if reflinkSupported(filepath.Dir(path)) {
+		return scan.SnapshotReflink
+	}
+	return scan.SnapshotNone
+}
+
+// sanitizeForLog trims s to n bytes for log and event messages.
+func sanitizeForLog(s string, n int) string {
+	s = strings.TrimSpace(s)
+	if len(s) > n {
+		s = "…" + s[len(s)-n:]
+	}
+	return s
+}

@@ -1,0 +1,601 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/capture"
+	"github.com/lifeboat-dr/lifeboat/internal/capture/scan"
+	"github.com/lifeboat-dr/lifeboat/internal/ingest"
+	"github.com/lifeboat-dr/lifeboat/internal/pki"
+)
+
+// Progress phases.
+const (
+	PhaseInitial     = "initial"
+	PhaseResync      = "resync"
+	PhaseIncremental = "incremental"
+)
+
+// cycleSpec describes one cycle to run.
+type cycleSpec struct {
+	kind   string    // KindCrash or KindApp
+	at     time.Time // point time (group cuts); zero: the instant of the snapshot
+	cutID  string
+	group  string
+	resync bool // requested by the server: read every block
+	// thawer is thawed right after every disk's Begin (app points).
+	thawer *thawer
+	// freezeNow, if set, runs the pre-freeze stage just before the
+	// snapshot (self-scheduled app points); on failure the point is
+	// taken crash-consistent.
+	freezeNow *consistency
+	// snapped, if set, is called once after the snapshot (nil error) or
+	// when the cycle fails before it (the error).
+	snapped func(err error)
+}
+
+// ---- data loop ----
+
+func (a *Agent) dataLoop(ctx context.Context) {
+	defer a.closeOpenCut("agent stopping")
+	for ctx.Err() == nil {
+		cfg, have := a.serverConfig()
+		if !have || !cfg.Protected || cfg.Paused {
+			a.closeOpenCut("protection paused or removed")
+			a.setStatus("idle")
+			sleepCtx(ctx, a.tick*5, a.cfgChanged)
+			continue
+		}
+		if cfg.Group != "" {
+			if !a.handleCuts(ctx, cfg) {
+				sleepCtx(ctx, a.tick, a.cfgChanged)
+			}
+			continue
+		}
+		a.closeOpenCut("machine left its group")
+		now := a.clk.Now()
+		a.mu.Lock()
+		resync := a.st.resyncWanted(cfg)
+		due, kind := nextCycle(now, a.st, cfg.Policy, resync)
+		a.mu.Unlock()
+		if now.Before(due) {
+			a.setStatus("idle")
+			sleepCtx(ctx, min(due.Sub(now), a.tick), a.cfgChanged)
+			continue
+		}
+		spec := cycleSpec{kind: kind, resync: resync}
+		if kind == KindApp {
+			spec.freezeNow = a.consistency(cfg, "")
+		}
+		a.runCycle(ctx, cfg, spec)
+	}
+}
+
+func (a *Agent) setStatus(s string) {
+	a.mu.Lock()
+	a.status = s
+	a.mu.Unlock()
+}
+
+// consistency returns the pre-freeze/post-thaw runner for one point.
+func (a *Agent) consistency(cfg api.AgentConfig, cutID string) *consistency {
+	timeout := DefaultHookTimeout
+	if cfg.Policy != nil && cfg.Policy.HookTimeout > 0 {
+		timeout = cfg.Policy.HookTimeout.Std()
+	}
+	return &consistency{
+		hooksDir: a.cfg.hooksDir(),
+		mounts:   a.cfg.FreezeMounts,
+		timeout:  timeout,
+		env:      []string{"LIFEBOAT_MACHINE=" + a.cfg.Machine, "LIFEBOAT_POINT_KIND=" + KindApp, "LIFEBOAT_CUT_ID=" + cutID},
+		log:      a.log,
+		freeze:   a.freeze,
+		thaw:     a.thaw,
+	}
+}
+
+// hookFailed reports a failed pre-freeze (the point becomes crash-consistent).
+func (a *Agent) hookFailed(err error) {
+	a.event(api.SeverityWarning, "hook_failed", fmt.Sprintf("app-consistent point not possible, taking it crash-consistent: %v", err))
+}
+
+// closeOpenCut thaws the open cut, if any, and forgets it.
+func (a *Agent) closeOpenCut(why string) {
+	a.mu.Lock()
+	oc := a.openCut
+	a.openCut = nil
+	if oc != nil {
+		a.st.markCut(oc.id)
+		a.saveStateLocked()
+	}
+	a.mu.Unlock()
+	if oc == nil {
+		return
+	}
+	a.log.Info("cut abandoned", "cut", oc.id, "reason", why)
+	if err := oc.thawer.thaw(); err != nil {
+		a.event(api.SeverityWarning, "hook_failed", fmt.Sprintf("thaw after cut %s: %v", oc.id, err))
+	}
+}
+
+// handleCuts acts on the group cuts of cfg. It reports whether it did
+// something that deserves an immediate re-check (no sleep).
+func (a *Agent) handleCuts(ctx context.Context, cfg api.AgentConfig) bool {
+	now := a.clk.Now()
+	cuts := slices.Clone(cfg.Cuts)
+	slices.SortStableFunc(cuts, func(x, y api.Cut) int { return x.At.Compare(y.At) })
+
+	a.mu.Lock()
+	oc := a.openCut
+	a.mu.Unlock()
+	if oc != nil && !slices.ContainsFunc(cuts, func(c api.Cut) bool { return c.ID == oc.id }) {
+		a.closeOpenCut("the server no longer lists the cut")
+		return true
+	}
+	for _, cut := range cuts {
+		a.mu.Lock()
+		done := a.st.cutDone(cut.ID)
+		a.mu.Unlock()
+		if done || (len(cut.Members) > 0 && !slices.Contains(cut.Members, a.cfg.Machine)) {
+			continue
+		}
+		isOpen := oc != nil && oc.id == cut.ID
+		expired := !cut.Expires.IsZero() && now.After(cut.Expires) ||
+			cut.Expires.IsZero() && isOpen && now.Sub(oc.started) > maxFreezeNoExp
+		switch {
+		case cut.Phase == api.PhaseAbort || cut.Phase == api.PhaseDone:
+			if isOpen {
+				a.closeOpenCut("cut " + cut.Phase)
+			} else {
+				a.markCut(cut.ID)
+			}
+			return true
+		case expired:
+			if isOpen {
+				a.closeOpenCut("cut expired")
+			} else {
+				a.markCut(cut.ID)
+			}
+			a.ack(cut.ID, "failed", "the cut expired before its snapshot")
+			return true
+		case cut.Phase == api.PhaseFreeze:
+			if isOpen {
+				return false // frozen; waiting for the snapshot phase
+			}
+			if oc != nil {
+				a.closeOpenCut("another cut began")
+			}
+			a.freezeForCut(ctx, cfg, cut)
+			return true
+		case cut.Phase == api.PhaseSnapshot:
+			if d := cut.At.Sub(now); d > 0 {
+				sleepCtx(ctx, min(d, a.tick))
+				return true
+			}
+			if !isOpen && cut.Kind == KindApp {
+				if oc != nil {
+					a.closeOpenCut("another cut began")
+				}
+				a.freezeForCut(ctx, cfg, cut) // the freeze phase was missed (restart)
+			}
+			a.snapshotCut(ctx, cfg, cut)
+			return true
+		}
+	}
+	return false
+}
+
+// markCut records a cut as done.
+func (a *Agent) markCut(id string) {
+	a.mu.Lock()
+	a.st.markCut(id)
+	a.saveStateLocked()
+	a.mu.Unlock()
+}
+
+// freezeForCut runs the pre-freeze stage of an app cut and acknowledges
+// frozen, or failed (after thawing what was frozen).
+func (a *Agent) freezeForCut(ctx context.Context, cfg api.AgentConfig, cut api.Cut) {
+	oc := &openCut{id: cut.ID, started: a.clk.Now()}
+	if cut.Kind == KindApp {
+		t, err := a.consistency(cfg, cut.ID).preFreeze(ctx)
+		oc.thawer = t
+		if err != nil {
+			oc.failed = true
+			if terr := t.thaw(); terr != nil {
+				err = errors.Join(err, terr)
+			}
+			a.hookFailed(err)
+			a.mu.Lock()
+			a.openCut = oc
+			a.mu.Unlock()
+			a.ack(cut.ID, "failed", err.Error())
+			return
+		}
+	}
+	a.mu.Lock()
+	a.openCut = oc
+	a.mu.Unlock()
+	a.ack(cut.ID, "frozen", "")
+}
+
+// snapshotCut takes the point of a cut in its snapshot phase.
+func (a *Agent) snapshotCut(ctx context.Context, cfg api.AgentConfig, cut api.Cut) {
+	a.mu.Lock()
+	oc := a.openCut
+	a.openCut = nil
+	// Never act on the same cut twice, even across a crash.
+	a.st.markCut(cut.ID)
+	a.saveStateLocked()
+	resync := a.st.resyncWanted(cfg)
+	a.mu.Unlock()
+	spec := cycleSpec{kind: cut.Kind, at: cut.At, cutID: cut.ID, group: cut.Group, resync: resync}
+	if spec.kind != KindApp {
+		spec.kind = KindCrash
+	}
+	if oc != nil && oc.id == cut.ID {
+		spec.thawer = oc.thawer
+		if oc.failed {
+			spec.kind = KindCrash
+		}
+	} else if oc != nil {
+		oc.thawer.thaw()
+	}
+	if spec.kind == KindApp && (spec.thawer == nil) {
+		spec.kind = KindCrash
+	}
+	spec.snapped = func(err error) {
+		if err != nil {
+			a.ack(cut.ID, "failed", err.Error())
+			return
+		}
+		a.ack(cut.ID, "snapped", "")
+	}
+	a.runCycle(ctx, cfg, spec)
+}
+
+// ---- one cycle ----
+
+// diskCycle is one disk's part of a cycle.
+type diskCycle struct {
+	disk  DiskConfig
+	drv   *scan.Driver
+	base  string // baseline the cycle is relative to ("" full)
+	cycle capture.Cycle
+}
+
+// progressTracker aggregates per-disk progress into api.Progress.
+type progressTracker struct {
+	mu      sync.Mutex
+	a       *Agent
+	phase   string
+	started time.Time
+	total   int64
+	done    map[string]int64
+	sent    func() int64
+}
+
+func (p *progressTracker) update(disk string, done int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.done[disk] = done
+	var d int64
+	for _, v := range p.done {
+		d += v
+	}
+	pr := &api.Progress{Phase: p.phase, Done: d, Total: p.total, Started: p.started}
+	if p.sent != nil {
+		pr.Sent = p.sent()
+	}
+	if p.total > 0 {
+		pr.Percent = float64(d) * 100 / float64(p.total)
+	}
+	if elapsed := p.a.clk.Now().Sub(p.started); d > 0 && elapsed > 0 && d < p.total {
+		pr.ETA = api.Duration(time.Duration(float64(elapsed) * float64(p.total-d) / float64(d)))
+	}
+	p.a.mu.Lock()
+	p.a.progress = pr
+	p.a.mu.Unlock()
+}
+
+// runCycle runs one cycle and records its result. It never panics on
+// errors: they become the result's Error, and the next cycle retries.
+func (a *Agent) runCycle(ctx context.Context, cfg api.AgentConfig, spec cycleSpec) {
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	a.mu.Lock()
+	a.status = "cycling"
+	a.cycleCancel = cancel
+	a.mu.Unlock()
+	start := a.clk.Now()
+	res, err := a.cycle(cctx, cfg, &spec)
+	// Whatever happened, the freeze ends and the cut is acknowledged.
+	if spec.thawer != nil {
+		if terr := spec.thawer.thaw(); terr != nil {
+			a.event(api.SeverityWarning, "hook_failed", fmt.Sprintf("post-thaw: %v", terr))
+		}
+	}
+	if spec.snapped != nil {
+		spec.snapped(err)
+		spec.snapped = nil
+	}
+	res.Kind, res.CutID, res.Group = spec.kind, spec.cutID, spec.group
+	res.Duration = api.Duration(a.clk.Now().Sub(start))
+	if res.Time.IsZero() {
+		res.Time = start
+	}
+	a.mu.Lock()
+	a.cycleCancel = nil
+	a.progress = nil
+	a.st.LastAttempt = start
+	if err != nil {
+		if ctx.Err() != nil {
+			a.status = "idle"
+			a.mu.Unlock()
+			return // the agent is stopping: not a failure to report
+		}
+		res.Error = err.Error()
+		a.st.Failures++
+		a.status = "error"
+	} else {
+		a.st.recordPoint(res.Point, res.Time, spec.kind)
+		if spec.resync {
+			a.st.ResyncDone = true
+			a.st.ResyncVersion = cfg.Version
+		}
+		a.status = "idle"
+	}
+	a.st.addResult(res)
+	a.saveStateLocked()
+	a.mu.Unlock()
+	if err != nil {
+		a.log.Error("cycle failed; the next one retries", "kind", spec.kind, "cut", spec.cutID, "err", err)
+	} else {
+		a.log.Info("point published", "point", res.Point, "kind", spec.kind, "time", res.Time, "changed", res.ChangedBytes,
+			"sent", res.SentBytes, "took", res.Duration.Std().Round(time.Millisecond), "cut", spec.cutID)
+	}
+	wake(a.kick)
+}
+
+// ingestClient returns the client for url, rebuilding it when the URL or
+// the identity changed.
+func (a *Agent) ingestClient(url string, bandwidth int64) *ingest.Client {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.ic == nil || a.icURL != url || a.icGen != a.idGen {
+		tr := &http.Transport{TLSClientConfig: pki.ClientTLS(&a.id.Cert, a.id.CAPool), ForceAttemptHTTP2: true,
+			IdleConnTimeout: 90 * time.Second, TLSHandshakeTimeout: 15 * time.Second}
+		a.ic = ingest.NewClient(url, &http.Client{Transport: tr}, a.log.With("process", url))
+		a.icURL, a.icGen = url, a.idGen
+	}
+	a.ic.SetBandwidth(bandwidth)
+	return a.ic
+}
+
+// selectDisks returns the configured disks the server protects (all when
+// its list is empty).
+func (a *Agent) selectDisks(names []string) ([]DiskConfig, error) {
+	if len(names) == 0 {
+		if len(a.cfg.Disks) == 0 {
+			return nil, errors.New("no disks configured: add them to \"disks\" in agent.json and restart the agent")
+		}
+		return a.cfg.Disks, nil
+	}
+	var out []DiskConfig
+	for _, n := range names {
+		i := slices.IndexFunc(a.cfg.Disks, func(d DiskConfig) bool { return d.Name == n })
+		if i < 0 {
+			return nil, fmt.Errorf("the server protects disk %q, which agent.json does not list: add it there or change the protected disks", n)
+		}
+		out = append(out, a.cfg.Disks[i])
+	}
+	return out, nil
+}
+
+// snapshotMode resolves (once per disk) the snapshot mode of a disk.
+func (a *Agent) snapshotMode(d DiskConfig) string {
+	a.mu.Lock()
+	m, ok := a.snapModes[d.Name]
+	a.mu.Unlock()
+	if ok {
+		return m
+	}
+	m = snapshotFor(a.cfg.Snapshot, d.Path)
+	a.mu.Lock()
+	a.snapModes[d.Name] = m
+	a.mu.Unlock()
+	a.log.Info("snapshot mode", "disk", d.Name, "mode", m)
+	return m
+}
+
+// cycle does the work of one cycle: cut every disk, ship the changes in
+// one ingest session, and commit the drivers once the point is published.
+func (a *Agent) cycle(ctx context.Context, cfg api.AgentConfig, spec *cycleSpec) (api.CycleResult, error) {
+	var res api.CycleResult
+	if cfg.ProcessURL == "" {
+		return res, errors.New("no process server assigned to this machine yet: the server assigns one when it protects the machine")
+	}
+	disks, err := a.selectDisks(cfg.Disks)
+	if err != nil {
+		return res, err
+	}
+	ic := a.ingestClient(cfg.ProcessURL, cfg.Bandwidth)
+	ictx, icancel := context.WithTimeout(ctx, 60*time.Second)
+	info, err := ic.Info(ictx)
+	icancel()
+	if err != nil {
+		return res, fmt.Errorf("process server %s: %w", cfg.ProcessURL, err)
+	}
+	var dcs []*diskCycle
+	for _, d := range disks {
+		drv, err := scan.New(scan.Options{
+			Path:      d.Path,
+			StateFile: filepath.Join(a.cfg.StateDir, "disks", d.Name),
+			BlockSize: info.BlockSize,
+			Snapshot:  a.snapshotMode(d),
+			Logger:    a.log,
+		})
+		if err != nil {
+			return res, fmt.Errorf("disk %s: %w", d.Name, err)
+		}
+		dc := &diskCycle{disk: d, drv: drv}
+		if !spec.resync {
+			if dc.base, err = drv.Baseline(ctx); err != nil {
+				return res, fmt.Errorf("disk %s: %w", d.Name, err)
+			}
+		}
+		dcs = append(dcs, dc)
+	}
+	abort := func() {
+		for _, dc := range dcs {
+			if dc.cycle != nil {
+				if err := dc.cycle.Abort(context.WithoutCancel(ctx)); err != nil {
+					a.log.Warn("abort capture cycle", "disk", dc.disk.Name, "err", err)
+				}
+				dc.cycle = nil
+			}
+		}
+	}
+	defer abort() // no-op after Commit (the cycles are committed or aborted)
+
+	// Cut every disk at (nearly) the same instant.
+	begin := func() error {
+		for _, dc := range dcs {
+			c, err := dc.drv.Begin(ctx, dc.base)
+			if err != nil {
+				return fmt.Errorf("disk %s: %w", dc.disk.Name, err)
+			}
+			dc.cycle = c
+			if c.BlockSize() != info.BlockSize {
+				return fmt.Errorf("disk %s: the driver reads %d-byte blocks, the vault uses %d", dc.disk.Name, c.BlockSize(), info.BlockSize)
+			}
+		}
+		return nil
+	}
+	if spec.freezeNow != nil {
+		t, err := spec.freezeNow.preFreeze(ctx)
+		spec.thawer = t
+		if err != nil {
+			if terr := t.thaw(); terr != nil {
+				err = errors.Join(err, terr)
+			}
+			spec.kind = KindCrash
+			a.hookFailed(err)
+		}
+	}
+	snapAt := a.clk.Now()
+	if err := begin(); err != nil {
+		return res, err
+	}
+	res.Time = snapAt
+	if !spec.at.IsZero() {
+		res.Time = spec.at
+	}
+	// The snapshot is taken: thaw at once, then acknowledge.
+	if spec.thawer != nil {
+		if terr := spec.thawer.thaw(); terr != nil {
+			a.event(api.SeverityWarning, "hook_failed", fmt.Sprintf("post-thaw: %v", terr))
+		}
+	}
+	if spec.snapped != nil {
+		spec.snapped(nil)
+		spec.snapped = nil
+	}
+
+	vmspec, err := readVMSpec(a.cfg.VMSpec)
+	if err != nil {
+		a.log.Warn("point taken without VM spec", "err", err)
+		vmspec = nil
+	}
+	open := func() (*ingest.Session, error) {
+		req := ingest.SessionRequest{Machine: a.cfg.Machine, Kind: spec.kind, Group: spec.group, CutID: spec.cutID,
+			Time: res.Time, VMSpec: vmspec, Labels: map[string]string{"agent": a.version}}
+		for _, dc := range dcs {
+			sd := ingest.SessionDisk{Name: dc.disk.Name, Size: dc.cycle.Size(), Driver: dc.drv.Name()}
+			if dc.cycle.Incremental() {
+				sd.Base = dc.base
+			}
+			req.Disks = append(req.Disks, sd)
+		}
+		return ic.Open(ctx, req)
+	}
+	sess, err := open()
+	if errors.Is(err, ingest.ErrStaleBase) {
+		a.log.Warn("the base point is gone from the vault: reading every block (the process server sends only what the vault lacks)", "err", err)
+		abort()
+		for _, dc := range dcs {
+			dc.base = ""
+		}
+		if spec.kind == KindApp {
+			spec.kind = KindCrash // the new view is taken after the thaw
+		}
+		if err := begin(); err != nil {
+			return res, err
+		}
+		if spec.at.IsZero() {
+			res.Time = a.clk.Now()
+		}
+		sess, err = open()
+	}
+	if err != nil {
+		return res, fmt.Errorf("open ingest session at %s: %w", cfg.ProcessURL, err)
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			if aerr := sess.Abort(context.WithoutCancel(ctx)); aerr != nil {
+				a.log.Warn("abort ingest session", "err", aerr)
+			}
+		}
+	}()
+
+	phase := PhaseIncremental
+	for _, dc := range dcs {
+		if !dc.cycle.Incremental() {
+			a.mu.Lock()
+			phase = PhaseResync
+			if a.st.LastPoint == "" {
+				phase = PhaseInitial
+			}
+			a.mu.Unlock()
+			res.Resync = phase == PhaseResync
+		}
+	}
+	pt := &progressTracker{a: a, phase: phase, started: snapAt, done: map[string]int64{}, sent: func() int64 { return sess.Stats().SentBytes }}
+	for _, dc := range dcs {
+		pt.total += dc.cycle.Size()
+	}
+	pt.update("", 0)
+	for _, dc := range dcs {
+		name := dc.disk.Name
+		err := dc.cycle.Changes(ctx, func(b capture.Block) error {
+			return sess.Put(ctx, name, b)
+		}, func(p capture.Progress) { pt.update(name, p.Done) })
+		if err != nil {
+			return res, fmt.Errorf("disk %s: %w", name, err)
+		}
+	}
+	cr, err := sess.Commit(ctx)
+	if err != nil {
+		return res, fmt.Errorf("publish point at %s: %w", cfg.ProcessURL, err)
+	}
+	committed = true
+	// The point is published: only now may the drivers move their baseline.
+	for _, dc := range dcs {
+		if err := dc.cycle.Commit(context.WithoutCancel(ctx), cr.Point); err != nil {
+			a.log.Warn("capture driver could not record its baseline; the next cycle re-reads the changes", "disk", dc.disk.Name, "err", err)
+		}
+		dc.cycle = nil
+	}
+	res.Point = cr.Point
+	res.ChangedBytes, res.SentBytes = cr.ChangedBytes, cr.SentBytes
+	return res, nil
+}

@@ -1,0 +1,197 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/pki"
+)
+
+// IdentityDir is where the agent's key, certificate and CA live inside the
+// state directory.
+const IdentityDir = "identity"
+
+// EnrollOptions are the inputs of Enroll.
+type EnrollOptions struct {
+	Server   string // https://host:port of the control plane
+	Token    string // one-time enrollment token (carries the CA pin)
+	Name     string // machine name to enroll as
+	StateDir string // created 0700 if missing
+	Hostname string // reported to the server; default os.Hostname
+}
+
+// maxResponse bounds what the agent reads from a server response.
+const maxResponse = 4 << 20
+
+// Enroll exchanges a one-time token for a client certificate: it makes a
+// new key and CSR, posts them to the server over TLS pinned to the CA
+// fingerprint the token carries, and saves the identity in
+// StateDir/identity. It writes (or updates) StateDir/agent.json with the
+// server URL and machine name, keeping disks and hooks already there.
+func Enroll(ctx context.Context, o EnrollOptions) error {
+	if o.StateDir == "" {
+		return errors.New("enroll: no state directory given")
+	}
+	if o.Hostname == "" {
+		o.Hostname, _ = os.Hostname()
+	}
+	server := strings.TrimRight(o.Server, "/")
+	probe := Config{Server: server, Machine: o.Name}
+	if err := probe.Validate(); err != nil {
+		return fmt.Errorf("enroll: %w", err)
+	}
+	_, pin, err := pki.ParseToken(strings.TrimSpace(o.Token))
+	if err != nil {
+		return fmt.Errorf("enroll: the enrollment token is malformed (%w): copy it again from `lifeboat token create --role agent`", err)
+	}
+	if err := os.MkdirAll(o.StateDir, 0o700); err != nil {
+		return fmt.Errorf("enroll: create state directory: %w", err)
+	}
+	if err := os.Chmod(o.StateDir, 0o700); err != nil {
+		return fmt.Errorf("enroll: restrict state directory: %w", err)
+	}
+	keyPEM, csrPEM, err := pki.NewKeyAndCSR(o.Name)
+	if err != nil {
+		return fmt.Errorf("enroll: make key and CSR: %w", err)
+	}
+	req := api.EnrollRequest{Token: strings.TrimSpace(o.Token), Role: api.RoleAgent, Name: o.Name, Hostname: o.Hostname, CSR: string(csrPEM)}
+	u, _ := url.Parse(server) // validated above
+	hc := &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{TLSClientConfig: pki.PinnedTLSForHost(pin, u.Hostname()), ForceAttemptHTTP2: true}}
+	defer hc.CloseIdleConnections()
+	var resp api.EnrollResponse
+	if err := postJSON(ctx, hc, server+"/api/"+api.Version+"/enroll", req, &resp); err != nil {
+		var ae *apiError
+		switch {
+		case errors.As(err, &ae):
+			return fmt.Errorf("enroll: the server refused the enrollment: %s (%s): create a new token with `lifeboat token create --role agent` if it was used or expired", ae.Body.Error.Message, ae.Body.Error.Code)
+		case isTLSVerifyError(err):
+			return fmt.Errorf("enroll: the server's CA does not match the token's pin (%w): check --server points at the control plane that issued the token", err)
+		default:
+			return fmt.Errorf("enroll: cannot reach %s: %w", server, err)
+		}
+	}
+	if resp.Certificate == "" || resp.CA == "" {
+		return errors.New("enroll: the server's answer holds no certificate: is --server a Lifeboat control plane?")
+	}
+	if err := checkIssued([]byte(resp.Certificate), []byte(resp.CA), keyPEM); err != nil {
+		return fmt.Errorf("enroll: the server's certificate is unusable: %w", err)
+	}
+	idDir := filepath.Join(o.StateDir, IdentityDir)
+	if err := os.MkdirAll(idDir, 0o700); err != nil {
+		return fmt.Errorf("enroll: create identity directory: %w", err)
+	}
+	if err := pki.SaveIdentity(idDir, keyPEM, []byte(resp.Certificate), []byte(resp.CA)); err != nil {
+		return fmt.Errorf("enroll: save identity: %w", err)
+	}
+	cfg, err := LoadConfig(o.StateDir)
+	if err != nil {
+		cfg = &Config{}
+	}
+	cfg.Server, cfg.StateDir = server, o.StateDir
+	cfg.Machine = o.Name
+	if resp.Name != "" && validName("machine", resp.Name) == nil {
+		cfg.Machine = resp.Name
+	}
+	if cfg.Disks == nil {
+		cfg.Disks = []DiskConfig{}
+	}
+	return SaveConfig(o.StateDir, cfg)
+}
+
+// checkIssued verifies that the certificate parses, matches the key and
+// chains to the CA.
+func checkIssued(certPEM, caPEM, keyPEM []byte) error {
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return fmt.Errorf("certificate does not match the key: %w", err)
+	}
+	leaf, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		return err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return errors.New("the CA is not PEM")
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		return fmt.Errorf("certificate does not chain to the CA: %w", err)
+	}
+	return nil
+}
+
+// isTLSVerifyError reports whether err is a failed verification of the
+// server's certificate (pin mismatch, unknown authority).
+func isTLSVerifyError(err error) bool {
+	var cv *tls.CertificateVerificationError
+	var ua x509.UnknownAuthorityError
+	var ci x509.CertificateInvalidError
+	var hn x509.HostnameError
+	if errors.As(err, &cv) || errors.As(err, &ua) || errors.As(err, &ci) || errors.As(err, &hn) {
+		return true
+	}
+	s := err.Error()
+	return strings.Contains(s, "token's pin") || strings.Contains(s, "CA pin") ||
+		strings.Contains(s, "against the pinned CA") || strings.Contains(s, "not a Lifeboat server certificate") ||
+		strings.Contains(s, "tls: ") && strings.Contains(s, "certificate")
+}
+
+// apiError is a non-2xx answer of the server.
+type apiError struct {
+	Status int
+	Body   api.ErrorBody
+}
+
+func (e *apiError) Error() string {
+	return fmt.Sprintf("server answered %d %s: %s", e.Status, e.Body.Error.Code, e.Body.Error.Message)
+}
+
+// postJSON posts in as JSON and decodes a 2xx answer into out; other
+// answers become *apiError.
+func postJSON(ctx context.Context, hc *http.Client, url string, in, out any) error {
+	b, err := json.Marshal(in)
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(b))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxResponse+1))
+	if err != nil {
+		return fmt.Errorf("read answer of %s: %w", url, err)
+	}
+	if len(body) > maxResponse {
+		return fmt.Errorf("answer of %s is larger than %d bytes", url, maxResponse)
+	}
+	if resp.StatusCode/100 != 2 {
+		e := &apiError{Status: resp.StatusCode}
+		if json.Unmarshal(body, &e.Body) != nil || e.Body.Error.Message == "" {
+			e.Body.Error.Code = http.StatusText(resp.StatusCode)
+			e.Body.Error.Message = sanitizeForLog(string(body), 200)
+		}
+		return e
+	}
+	if err := json.Unmarshal(body, out); err != nil {
+		return fmt.Errorf("answer of %s is not the expected JSON: %w", url, err)
+	}
+	return nil
+}

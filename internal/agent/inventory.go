@@ -1,0 +1,141 @@
+package agent
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+
+	"github.com/lifeboat-dr/lifeboat/internal/api"
+)
+
+// maxVMSpecSize bounds the vm_spec file.
+const maxVMSpecSize = 1 << 20
+
+// inventoryOptions are the inputs of inventory besides the config.
+type inventoryOptions struct {
+	hostname  string
+	osRelease string // path of os-release (tests)
+	version   string
+}
+
+// diskInfo describes one configured disk: its size and whether it is an
+// image file or a block device. A disk that cannot be examined is
+// reported with size 0 and the error.
+func diskInfo(d DiskConfig) (api.DiskInfo, error) {
+	di := api.DiskInfo{Name: d.Name, Path: d.Path}
+	fi, err := os.Stat(d.Path)
+	if err != nil {
+		return di, fmt.Errorf("disk %s: %w", d.Name, err)
+	}
+	switch {
+	case fi.Mode().IsRegular():
+		di.Kind, di.Size = "file", fi.Size()
+	case fi.Mode()&fs.ModeDevice != 0 && fi.Mode()&fs.ModeCharDevice == 0:
+		di.Kind = "block"
+		f, err := os.Open(d.Path)
+		if err != nil {
+			return di, fmt.Errorf("disk %s: %w", d.Name, err)
+		}
+		defer f.Close()
+		n, err := f.Seek(0, io.SeekEnd)
+		if err != nil {
+			return di, fmt.Errorf("disk %s: size of block device: %w", d.Name, err)
+		}
+		di.Size = n
+	default:
+		return di, fmt.Errorf("disk %s: %s is neither a regular file nor a block device (mode %s): fix its path in agent.json", d.Name, d.Path, fi.Mode())
+	}
+	return di, nil
+}
+
+// osName reads PRETTY_NAME (or NAME VERSION_ID) from an os-release file,
+// falling back to the Go OS name.
+func osName(path string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return runtime.GOOS
+	}
+	defer f.Close()
+	vals := map[string]string{}
+	sc := bufio.NewScanner(io.LimitReader(f, 64<<10))
+	for sc.Scan() {
+		k, v, ok := strings.Cut(strings.TrimSpace(sc.Text()), "=")
+		if !ok || strings.HasPrefix(k, "#") {
+			continue
+		}
+		if u, err := strconv.Unquote(v); err == nil {
+			v = u
+		} else {
+			v = strings.Trim(v, `"'`)
+		}
+		vals[k] = v
+	}
+	if v := vals["PRETTY_NAME"]; v != "" {
+		return sanitizeForLog(v, 128)
+	}
+	if v := strings.TrimSpace(vals["NAME"] + " " + vals["VERSION_ID"]); v != "" {
+		return sanitizeForLog(v, 128)
+	}
+	return runtime.GOOS
+}
+
+// readVMSpec reads and checks the optional VM spec file.
+func readVMSpec(path string) (json.RawMessage, error) {
+	if path == "" {
+		return nil, nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("vm_spec: %w", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxVMSpecSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("vm_spec %s: %w", path, err)
+	}
+	if len(b) > maxVMSpecSize {
+		return nil, fmt.Errorf("vm_spec %s is larger than %d bytes", path, maxVMSpecSize)
+	}
+	if !json.Valid(b) {
+		return nil, fmt.Errorf("vm_spec %s is not valid JSON: fix it or remove \"vm_spec\" from agent.json", path)
+	}
+	var probe any
+	_ = json.Unmarshal(b, &probe)
+	if _, ok := probe.(map[string]any); !ok {
+		return nil, fmt.Errorf("vm_spec %s must hold a JSON object", path)
+	}
+	return json.RawMessage(b), nil
+}
+
+// inventory collects what the agent reports about its machine. Problems
+// with single disks or the VM spec are returned as warnings, not errors:
+// the rest of the inventory is still worth reporting.
+func inventory(cfg *Config, o inventoryOptions) (api.Inventory, []error) {
+	inv := api.Inventory{
+		Hostname: o.hostname,
+		OS:       osName(o.osRelease),
+		Arch:     runtime.GOARCH,
+		Agent:    o.version,
+		Disks:    []api.DiskInfo{},
+	}
+	var warns []error
+	for _, d := range cfg.Disks {
+		di, err := diskInfo(d)
+		if err != nil {
+			warns = append(warns, err)
+		}
+		inv.Disks = append(inv.Disks, di)
+	}
+	spec, err := readVMSpec(cfg.VMSpec)
+	if err != nil {
+		warns = append(warns, err)
+	}
+	inv.VMSpec = spec
+	return inv, warns
+}

@@ -1,0 +1,83 @@
+package agent
+
+import (
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+)
+
+func TestInventoryFileDisks(t *testing.T) {
+	dir := t.TempDir()
+	a := filepath.Join(dir, "a.img")
+	b := filepath.Join(dir, "b.img")
+	if err := os.WriteFile(a, make([]byte, 12345), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Create(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(1 << 30); err != nil { // sparse 1 GiB
+		t.Fatal(err)
+	}
+	f.Close()
+	osr := filepath.Join(dir, "os-release")
+	os.WriteFile(osr, []byte("NAME=\"Debian GNU/Linux\"\nVERSION_ID=\"13\"\nPRETTY_NAME=\"Debian GNU/Linux 13 (trixie)\"\n"), 0o644)
+	spec := filepath.Join(dir, "vm.json")
+	os.WriteFile(spec, []byte(`{"cpus":2,"memory_mib":2048}`), 0o644)
+
+	cfg := &Config{StateDir: dir, Machine: "m", Disks: []DiskConfig{{Name: "a", Path: a}, {Name: "b", Path: b}, {Name: "gone", Path: filepath.Join(dir, "gone.img")}}, VMSpec: spec}
+	inv, warns := inventory(cfg, inventoryOptions{hostname: "host1", osRelease: osr, version: "1.2.3"})
+	if inv.Hostname != "host1" || inv.OS != "Debian GNU/Linux 13 (trixie)" || inv.Arch != runtime.GOARCH || inv.Agent != "1.2.3" {
+		t.Fatalf("inventory %+v", inv)
+	}
+	if len(inv.Disks) != 3 || inv.Disks[0].Size != 12345 || inv.Disks[0].Kind != "file" || inv.Disks[1].Size != 1<<30 || inv.Disks[1].Kind != "file" || inv.Disks[1].Path != b {
+		t.Fatalf("disks %+v", inv.Disks)
+	}
+	if inv.Disks[2].Size != 0 || len(warns) != 1 || !strings.Contains(warns[0].Error(), "disk gone") {
+		t.Fatalf("missing disk: %+v, warnings %v", inv.Disks[2], warns)
+	}
+	if string(inv.VMSpec) != `{"cpus":2,"memory_mib":2048}` {
+		t.Fatalf("vm spec %s", inv.VMSpec)
+	}
+
+	// Hostile or broken inputs: reported, not fatal.
+	os.WriteFile(spec, []byte(`{"cpus":`), 0o644)
+	os.WriteFile(osr, []byte("garbage\n\x00\x01=\nNAME=Plain\n"), 0o644)
+	inv, warns = inventory(&Config{Disks: []DiskConfig{{Name: "dir", Path: dir}}, VMSpec: spec}, inventoryOptions{osRelease: osr})
+	if inv.VMSpec != nil || inv.OS != "Plain" || len(warns) != 2 {
+		t.Fatalf("broken inputs: %+v, warnings %v", inv, warns)
+	}
+	if !strings.Contains(warns[0].Error(), "neither a regular file nor a block device") || !strings.Contains(warns[1].Error(), "not valid JSON") {
+		t.Fatalf("warnings %v", warns)
+	}
+	if got := osName(filepath.Join(dir, "none")); got != runtime.GOOS {
+		t.Fatalf("missing os-release: %q", got)
+	}
+	os.WriteFile(spec, []byte(`[1,2]`), 0o644)
+	if _, err := readVMSpec(spec); err == nil {
+		t.Fatal("a JSON array was accepted as VM spec")
+	}
+}
+
+func TestInventoryBlockDevice(t *testing.T) {
+	// /dev/loop* or any readable block device, if this machine has one.
+	ents, _ := filepath.Glob("/dev/loop[0-9]*")
+	for _, p := range ents {
+		fi, err := os.Stat(p)
+		if err != nil || fi.Mode()&os.ModeDevice == 0 || fi.Mode()&os.ModeCharDevice != 0 {
+			continue
+		}
+		di, err := diskInfo(DiskConfig{Name: "d", Path: p})
+		if err != nil {
+			continue // not readable, or not attached
+		}
+		if di.Kind != "block" {
+			t.Fatalf("%s: kind %q", p, di.Kind)
+		}
+		return
+	}
+	t.Skip("no readable block device")
+}
