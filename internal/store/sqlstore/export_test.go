@@ -1,0 +1,19 @@
+package sqlstore
+
+import "context"
+
+// RebindForTest exposes rebind to the external tests.
+func RebindForTest(q string) string { return rebind(q) }
+
+// ExecForTest runs a write statement written with ? placeholders.
+func ExecForTest(ctx context.Context, s *Store, q string, args ...any) error {
+	_, err := s.exec(ctx, q, args...)
+	return err
+}
+
+// CountForTest runs a query returning one integer.
+func CountForTest(ctx context.Context, s *Store, q string, args ...any) (int, error) {
+	var n int
+	err := s.w.QueryRowContext(ctx, s.q(q), args...).Scan(&n)
+	return n, err
+}

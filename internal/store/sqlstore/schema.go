@@ -1,0 +1,160 @@
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// migrations is the schema, one entry per version (entry i brings the
+// schema to version i+1). Never edit an entry that has shipped: append a
+// new one. Statements are written once for both databases; {{blob}} and
+// {{serial}} are replaced per database.
+var migrations = [][]string{
+	// 1: initial schema.
+	{
+		`CREATE TABLE tokens (
+			id       TEXT PRIMARY KEY,
+			hash     {{blob}} NOT NULL UNIQUE,
+			role     TEXT NOT NULL,
+			name     TEXT NOT NULL,
+			one_time INTEGER NOT NULL,
+			created  BIGINT,
+			expires  BIGINT,
+			used     BIGINT,
+			revoked  INTEGER NOT NULL DEFAULT 0
+		)`,
+		`CREATE TABLE certs (
+			serial    TEXT PRIMARY KEY,
+			role      TEXT NOT NULL,
+			name      TEXT NOT NULL,
+			not_after BIGINT,
+			issued    BIGINT,
+			revoked   BIGINT
+		)`,
+		`CREATE INDEX certs_role_name ON certs (role, name)`,
+		`CREATE INDEX certs_revoked ON certs (revoked) WHERE revoked IS NOT NULL`,
+		`CREATE TABLE machines (
+			name    TEXT PRIMARY KEY,
+			agent   TEXT NOT NULL,
+			policy  TEXT NOT NULL,
+			grp     TEXT NOT NULL,
+			process TEXT NOT NULL,
+			state   TEXT NOT NULL,
+			created BIGINT,
+			data    TEXT NOT NULL
+		)`,
+		`CREATE INDEX machines_grp ON machines (grp)`,
+		`CREATE INDEX machines_policy ON machines (policy)`,
+		`CREATE INDEX machines_process ON machines (process)`,
+		`CREATE TABLE processes (
+			name      TEXT PRIMARY KEY,
+			url       TEXT NOT NULL,
+			last_seen BIGINT,
+			data      TEXT NOT NULL
+		)`,
+		`CREATE TABLE policies (
+			name    TEXT PRIMARY KEY,
+			created BIGINT,
+			updated BIGINT,
+			data    TEXT NOT NULL
+		)`,
+		`CREATE TABLE cuts (
+			id      TEXT PRIMARY KEY,
+			grp     TEXT NOT NULL,
+			kind    TEXT NOT NULL,
+			phase   TEXT NOT NULL,
+			at      BIGINT,
+			expires BIGINT,
+			data    TEXT NOT NULL
+		)`,
+		`CREATE INDEX cuts_phase ON cuts (phase)`,
+		`CREATE INDEX cuts_grp_at ON cuts (grp, at)`,
+		`CREATE TABLE points (
+			id      TEXT PRIMARY KEY,
+			machine TEXT NOT NULL,
+			grp     TEXT NOT NULL,
+			at      BIGINT NOT NULL,
+			kind    TEXT NOT NULL,
+			cut_id  TEXT NOT NULL,
+			process TEXT NOT NULL
+		)`,
+		`CREATE INDEX points_at ON points (at)`,
+		`CREATE INDEX points_machine_at ON points (machine, at)`,
+		`CREATE INDEX points_grp_at ON points (grp, at)`,
+		`CREATE TABLE events (
+			id       {{serial}},
+			at       BIGINT NOT NULL,
+			severity TEXT NOT NULL,
+			kind     TEXT NOT NULL,
+			machine  TEXT NOT NULL,
+			process  TEXT NOT NULL,
+			message  TEXT NOT NULL
+		)`,
+		`CREATE INDEX events_machine_id ON events (machine, id)`,
+		`CREATE TABLE settings (
+			name  TEXT PRIMARY KEY,
+			value TEXT NOT NULL
+		)`,
+	},
+}
+
+// SchemaVersion is the schema version this build creates and knows.
+func SchemaVersion() int { return len(migrations) }
+
+// migrationLock is the PostgreSQL advisory lock key serialising
+// migrations of servers starting at once.
+const migrationLock = 0x4c6966656230 // "Lifeb0"
+
+func (s *Store) dialect(stmt string) string {
+	if s.pg {
+		stmt = strings.ReplaceAll(stmt, "{{blob}}", "BYTEA")
+		stmt = strings.ReplaceAll(stmt, "{{serial}}", "BIGSERIAL PRIMARY KEY")
+	} else {
+		stmt = strings.ReplaceAll(stmt, "{{blob}}", "BLOB")
+		stmt = strings.ReplaceAll(stmt, "{{serial}}", "INTEGER PRIMARY KEY AUTOINCREMENT")
+	}
+	return stmt
+}
+
+// migrate applies the missing migrations in one transaction. On an
+// up-to-date database it changes nothing; on a newer one it fails.
+func (s *Store) migrate(ctx context.Context) error {
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		if s.pg {
+			if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(migrationLock)); err != nil {
+				return err
+			}
+		}
+		if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_version (
+			version INTEGER NOT NULL PRIMARY KEY,
+			applied BIGINT NOT NULL
+		)`); err != nil {
+			return err
+		}
+		var cur int
+		if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_version`).Scan(&cur); err != nil {
+			return err
+		}
+		if cur > len(migrations) {
+			return fmt.Errorf("database schema version %d is newer than this build supports (%d): run a Lifeboat release at least as new as the one that last used this database", cur, len(migrations))
+		}
+		for v := cur + 1; v <= len(migrations); v++ {
+			for i, stmt := range migrations[v-1] {
+				if _, err := tx.ExecContext(ctx, s.dialect(stmt)); err != nil {
+					return fmt.Errorf("migration %d statement %d: %w", v, i+1, err)
+				}
+			}
+			if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO schema_version (version, applied) VALUES (?, ?)`), v, time.Now().UTC().UnixMicro()); err != nil {
+				return fmt.Errorf("record schema version %d: %w", v, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("sqlstore: bring the database schema up to date: %w", err)
+	}
+	return nil
+}
