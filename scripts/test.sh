@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs Lifeboat's whole test suite. Installs what the tests need first:
-# Debian packages (e2fsprogs, xfsprogs) and the versitygw S3 server that the
-# S3 backend tests start on 127.0.0.1. Needs root for apt-get and for the
-# tests that mount loop and tmpfs filesystems (reflink, full disk).
+# Debian packages (e2fsprogs, xfsprogs, PostgreSQL, openssh-server) and the
+# versitygw S3 server that the S3 backend tests start on 127.0.0.1; starts
+# PostgreSQL for the store suite. Needs root for apt-get, for PostgreSQL and
+# for the tests that mount loop and tmpfs filesystems (reflink, full disk).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,11 +13,32 @@ pkgs=()
 command -v mkfs.ext4 >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.ext4 ] || pkgs+=(e2fsprogs)
 command -v mkfs.xfs >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.xfs ] || pkgs+=(xfsprogs)
 command -v mount >/dev/null 2>&1 || pkgs+=(mount)
+command -v pg_ctlcluster >/dev/null 2>&1 || pkgs+=(postgresql)
+[ -x /usr/sbin/sshd ] || pkgs+=(openssh-server)
 if [ ${#pkgs[@]} -gt 0 ]; then
 	log "installing ${pkgs[*]}"
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update -qq
 	apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+fi
+
+# PostgreSQL: the store suite and the service tests create their own
+# databases in the local cluster, reached over TCP with a password.
+if [ -z "${LIFEBOAT_TEST_POSTGRES:-}" ]; then
+	cluster=$(pg_lsclusters -h | awk 'NR==1 {print $1, $2}')
+	if [ -z "$cluster" ]; then
+		echo "no PostgreSQL cluster found (pg_lsclusters); install postgresql" >&2
+		exit 1
+	fi
+	# shellcheck disable=SC2086
+	if ! pg_lsclusters -h | awk 'NR==1 {print $4}' | grep -q online; then
+		log "starting PostgreSQL $cluster"
+		pg_ctlcluster $cluster start
+	fi
+	for _ in $(seq 50); do su postgres -c "psql -qAtc 'select 1'" >/dev/null 2>&1 && break; sleep 0.2; done
+	su postgres -c "psql -qc \"ALTER USER postgres PASSWORD 'lifeboat'\"" >/dev/null
+	port=$(pg_lsclusters -h | awk 'NR==1 {print $3}')
+	export LIFEBOAT_TEST_POSTGRES="postgres://postgres:lifeboat@127.0.0.1:${port}/postgres?sslmode=disable"
 fi
 
 gobin="$(go env GOPATH)/bin"

@@ -117,7 +117,10 @@ Start with "lifeboat demo" to see the whole cycle on a sample disk.`,
 	pf.StringVar(&a.logLevel, "log-level", "warn", "log level: debug, info, warn, error")
 	pf.StringVar(&a.cpuProfile, "cpuprofile", "", "write a Go CPU profile to this file (diagnostics)")
 	_ = pf.MarkHidden("cpuprofile")
-	root.AddCommand(a.vaultCmd(), a.replicateCmd(), a.pointsCmd(), a.restoreCmd(), a.demoCmd(), a.versionCmd())
+	root.AddCommand(a.vaultCmd(), a.replicateCmd(), a.pointsCmd(), a.restoreCmd(), a.demoCmd(), a.versionCmd(),
+		a.serverCmd(), a.agentCmd(), a.processCmd(), a.loginCmd(), a.tokenCmd(), a.policyCmd(), a.machinesCmd(),
+		a.statusCmd(), a.eventsCmd(), a.groupsCmd())
+	root.AddCommand(a.protectCmds()...)
 	return root
 }
 

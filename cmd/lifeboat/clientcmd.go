@@ -1,0 +1,598 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/client"
+	"github.com/lifeboat-dr/lifeboat/internal/pki"
+)
+
+// clientFlags are the flags of every command that talks to a server.
+type clientFlags struct {
+	server, token, config string
+	json                  bool
+}
+
+func (a *app) addClientFlags(cmd *cobra.Command, f *clientFlags) {
+	pf := cmd.PersistentFlags()
+	pf.StringVar(&f.server, "server", a.getenv("LIFEBOAT_SERVER"), "server URL, https://HOST:PORT (env LIFEBOAT_SERVER; default: the saved login)")
+	pf.StringVar(&f.token, "token", a.getenv("LIFEBOAT_TOKEN"), "API token (env LIFEBOAT_TOKEN; default: the saved login)")
+	pf.StringVar(&f.config, "config", "", "client config written by `lifeboat login` (default $LIFEBOAT_CONFIG or ~/.config/lifeboat/client.json)")
+	pf.BoolVar(&f.json, "json", false, "print JSON")
+}
+
+func (a *app) client(f *clientFlags) (*client.Client, error) {
+	path := f.config
+	if path == "" {
+		path = client.DefaultConfigPath(a.getenv)
+	}
+	cfg, lerr := client.LoadConfig(path)
+	if f.server != "" && f.server != cfg.Server {
+		cfg = client.Config{Server: f.server}
+	}
+	if f.token != "" {
+		if cfg.Token != f.token {
+			cfg.CA = "" // trust by the token's pin, not another login's CA
+		}
+		cfg.Token = f.token
+	}
+	if cfg.Server == "" || cfg.Token == "" {
+		if lerr != nil {
+			return nil, &codeError{exitUsage, lerr}
+		}
+		return nil, &codeError{exitUsage, errors.New("no server or token: pass --server and --token, or run `lifeboat login`")}
+	}
+	return client.New(cfg)
+}
+
+func (a *app) printJSON(v any) error {
+	enc := json.NewEncoder(a.stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func (a *app) table() *tabwriter.Writer { return tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0) }
+
+// ---- login ----
+
+func (a *app) loginCmd() *cobra.Command {
+	var f clientFlags
+	cmd := &cobra.Command{
+		Use:   "login --server URL --token TOKEN",
+		Short: "Save a server URL and API token (and the server's CA, pinned by the token) for later commands",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if f.server == "" || f.token == "" {
+				return &codeError{exitUsage, errors.New("login needs --server and --token")}
+			}
+			ctx := cmd.Context()
+			_, pin, err := pki.ParseToken(f.token)
+			if err != nil {
+				return &codeError{exitUsage, err}
+			}
+			u, err := url.Parse(f.server)
+			if err != nil || u.Scheme != "https" {
+				return &codeError{exitUsage, fmt.Errorf("--server %q: want https://HOST:PORT", f.server)}
+			}
+			ca, err := pki.FetchCA(ctx, u.Host, pin)
+			if err != nil {
+				return err
+			}
+			cfg := client.Config{Server: f.server, Token: f.token, CA: string(ca)}
+			c, err := client.New(cfg)
+			if err != nil {
+				return err
+			}
+			var st api.Status
+			if err := c.Do(ctx, http.MethodGet, client.Path("status"), nil, &st); err != nil {
+				return err
+			}
+			path := f.config
+			if path == "" {
+				path = client.DefaultConfigPath(a.getenv)
+			}
+			if err := client.SaveConfig(path, cfg); err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "logged in to %s (%s); saved in %s\n", f.server, st.Server, path)
+			return nil
+		},
+	}
+	a.addClientFlags(cmd, &f)
+	return cmd
+}
+
+// ---- tokens ----
+
+func (a *app) tokenCmd() *cobra.Command {
+	var f clientFlags
+	cmd := &cobra.Command{Use: "token", Short: "Create enrollment and API tokens"}
+	a.addClientFlags(cmd, &f)
+	var role, name string
+	var ttl time.Duration
+	create := &cobra.Command{
+		Use:   "create --role agent|process|viewer|operator|admin [--ttl 1h]",
+		Short: "Create a token; agent and process tokens are one-time enrollment tokens",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := a.client(&f)
+			if err != nil {
+				return err
+			}
+			var resp api.TokenResponse
+			if err := c.Do(cmd.Context(), http.MethodPost, client.Path("tokens"), api.TokenRequest{Role: role, TTL: api.Duration(ttl), Name: name}, &resp); err != nil {
+				return err
+			}
+			if f.json {
+				return a.printJSON(resp)
+			}
+			fmt.Fprintln(a.stdout, resp.Token)
+			return nil
+		},
+	}
+	create.Flags().StringVar(&role, "role", api.RoleAgent, "agent | process (one-time enrollment) or viewer | operator | admin (API)")
+	create.Flags().DurationVar(&ttl, "ttl", 0, "lifetime (default 1h for enrollment tokens, unlimited for API tokens)")
+	create.Flags().StringVar(&name, "name", "", "a label for the token (shown in the audit log)")
+	cmd.AddCommand(create)
+	return cmd
+}
+
+// ---- policies ----
+
+func (a *app) policyCmd() *cobra.Command {
+	var f clientFlags
+	cmd := &cobra.Command{Use: "policy", Short: "Manage replication policies"}
+	a.addClientFlags(cmd, &f)
+	var p api.Policy
+	var rpo, keepApp, crash, app, hook time.Duration
+	flags := func(c *cobra.Command) {
+		c.Flags().DurationVar(&rpo, "rpo-threshold", 15*time.Minute, "raise an event when the newest point is older than this")
+		c.Flags().StringVar(&p.Retention, "retention", "1h:all,24h:5m,72h:1h", "retention grid")
+		c.Flags().DurationVar(&keepApp, "keep-app", 15*24*time.Hour, "keep app-consistent points this long (accepts h, m, s)")
+		c.Flags().DurationVar(&crash, "crash-interval", 5*time.Minute, "take a crash-consistent point this often")
+		c.Flags().DurationVar(&app, "app-interval", time.Hour, "take an app-consistent point this often (0: never)")
+		c.Flags().DurationVar(&hook, "hook-timeout", 30*time.Second, "time allowed to freeze/thaw hooks")
+	}
+	fill := func(name string) api.Policy {
+		q := p
+		q.Name = name
+		q.RPOThreshold, q.KeepApp, q.CrashInterval, q.AppInterval, q.HookTimeout = api.Duration(rpo), api.Duration(keepApp), api.Duration(crash), api.Duration(app), api.Duration(hook)
+		return q
+	}
+	create := &cobra.Command{
+		Use: "create NAME [flags]", Short: "Create a policy", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client(&f)
+			if err != nil {
+				return err
+			}
+			var out api.Policy
+			if err := c.Do(cmd.Context(), http.MethodPost, client.Path("policies"), fill(args[0]), &out); err != nil {
+				return err
+			}
+			return a.showPolicy(f.json, out)
+		},
+	}
+	flags(create)
+	update := &cobra.Command{
+		Use: "update NAME [flags]", Short: "Change a policy (only the flags given)", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client(&f)
+			if err != nil {
+				return err
+			}
+			var cur api.Policy
+			if err := c.Do(cmd.Context(), http.MethodGet, client.Path("policies", args[0]), nil, &cur); err != nil {
+				return err
+			}
+			fl := cmd.Flags()
+			set := func(name string, d time.Duration, dst *api.Duration) {
+				if fl.Changed(name) {
+					*dst = api.Duration(d)
+				}
+			}
+			set("rpo-threshold", rpo, &cur.RPOThreshold)
+			set("keep-app", keepApp, &cur.KeepApp)
+			set("crash-interval", crash, &cur.CrashInterval)
+			set("app-interval", app, &cur.AppInterval)
+			set("hook-timeout", hook, &cur.HookTimeout)
+			if fl.Changed("retention") {
+				cur.Retention = p.Retention
+			}
+			var out api.Policy
+			if err := c.Do(cmd.Context(), http.MethodPut, client.Path("policies", args[0]), cur, &out); err != nil {
+				return err
+			}
+			return a.showPolicy(f.json, out)
+		},
+	}
+	flags(update)
+	list := &cobra.Command{
+		Use: "list", Short: "List policies", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := a.client(&f)
+			if err != nil {
+				return err
+			}
+			var ps []api.Policy
+			if err := c.Do(cmd.Context(), http.MethodGet, client.Path("policies"), nil, &ps); err != nil {
+				return err
+			}
+			if f.json {
+				return a.printJSON(ps)
+			}
+			w := a.table()
+			fmt.Fprintln(w, "NAME\tCRASH\tAPP\tRPO ALERT\tRETENTION\tKEEP APP")
+			for _, p := range ps {
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", p.Name, p.CrashInterval.Std(), p.AppInterval.Std(), p.RPOThreshold.Std(), p.Retention, p.KeepApp.Std())
+			}
+			return w.Flush()
+		},
+	}
+	show := &cobra.Command{
+		Use: "show NAME", Short: "Show a policy", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client(&f)
+			if err != nil {
+				return err
+			}
+			var p api.Policy
+			if err := c.Do(cmd.Context(), http.MethodGet, client.Path("policies", args[0]), nil, &p); err != nil {
+				return err
+			}
+			return a.showPolicy(f.json, p)
+		},
+	}
+	del := &cobra.Command{
+		Use: "delete NAME", Short: "Delete a policy no machine uses", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client(&f)
+			if err != nil {
+				return err
+			}
+			return c.Do(cmd.Context(), http.MethodDelete, client.Path("policies", args[0]), nil, nil)
+		},
+	}
+	cmd.AddCommand(create, update, list, show, del)
+	return cmd
+}
+
+func (a *app) showPolicy(asJSON bool, p api.Policy) error {
+	if asJSON {
+		return a.printJSON(p)
+	}
+	fmt.Fprintf(a.stdout, "policy %s: crash point every %s, app point every %s, RPO alert after %s, retention %q, app points kept %s\n",
+		p.Name, p.CrashInterval.Std(), p.AppInterval.Std(), p.RPOThreshold.Std(), p.Retention, p.KeepApp.Std())
+	return nil
+}
+
+// ---- protection ----
+
+// machineAction is a POST /machines/NAME/ACTION command.
+func (a *app) machineAction(f *clientFlags, use, short, action string, body func() any) *cobra.Command {
+	return &cobra.Command{
+		Use: use, Short: short, Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client(f)
+			if err != nil {
+				return err
+			}
+			var in any
+			if body != nil {
+				in = body()
+			}
+			var m api.Machine
+			if err := c.Do(cmd.Context(), http.MethodPost, client.Path("machines", args[0], action), in, &m); err != nil {
+				return err
+			}
+			if f.json {
+				return a.printJSON(m)
+			}
+			fmt.Fprintf(a.stdout, "%s: %s\n", m.Name, describeState(m))
+			return nil
+		},
+	}
+}
+
+func (a *app) protectCmds() []*cobra.Command {
+	f := &clientFlags{}
+	var req api.ProtectRequest
+	protect := a.machineAction(f, "protect MACHINE --policy NAME [--group GROUP] [--disks a,b]", "Start replicating a machine under a policy", "protect", func() any { return req })
+	protect.Flags().StringVar(&req.Policy, "policy", "", "policy name (required)")
+	protect.Flags().StringVar(&req.Group, "group", "", "replication group: members cut their points together")
+	protect.Flags().StringSliceVar(&req.Disks, "disks", nil, "protect only these disks (default: all the agent reports)")
+	_ = protect.MarkFlagRequired("policy")
+	cmds := []*cobra.Command{
+		protect,
+		a.machineAction(f, "unprotect MACHINE", "Stop replicating a machine (its points stay in the vault)", "unprotect", nil),
+		a.machineAction(f, "pause MACHINE", "Pause replication of a machine", "pause", nil),
+		a.machineAction(f, "resume MACHINE", "Resume replication of a paused machine", "resume", nil),
+		a.machineAction(f, "resync MACHINE", "Compare every block with the vault and send the difference", "resync", nil),
+	}
+	for _, c := range cmds {
+		a.addClientFlags(c, f)
+	}
+	return cmds
+}
+
+func describeState(m api.Machine) string {
+	s := m.State
+	if m.Progress != nil && (m.State == api.StateInitial || m.State == api.StateResyncing) {
+		s += fmt.Sprintf(" %.1f%%", m.Progress.Percent)
+		if m.Progress.ETA > 0 {
+			s += fmt.Sprintf(" (ETA %s)", m.Progress.ETA.Std().Round(time.Second))
+		}
+	}
+	if m.Reason != "" {
+		s += ": " + m.Reason
+	}
+	return s
+}
+
+func fmtRPO(m api.Machine) string {
+	if m.LastPoint == nil {
+		return "-"
+	}
+	return m.RPO.Std().Round(time.Second).String()
+}
+
+func (a *app) machinesCmd() *cobra.Command {
+	var f clientFlags
+	cmd := &cobra.Command{Use: "machines", Short: "List and show machines and their replication state"}
+	a.addClientFlags(cmd, &f)
+	list := &cobra.Command{
+		Use: "list", Short: "List machines", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := a.client(&f)
+			if err != nil {
+				return err
+			}
+			var ms []api.Machine
+			if err := c.Do(cmd.Context(), http.MethodGet, client.Path("machines"), nil, &ms); err != nil {
+				return err
+			}
+			if f.json {
+				return a.printJSON(ms)
+			}
+			a.machineTable(ms)
+			return nil
+		},
+	}
+	show := &cobra.Command{
+		Use: "show MACHINE", Short: "Show a machine", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client(&f)
+			if err != nil {
+				return err
+			}
+			var m api.Machine
+			if err := c.Do(cmd.Context(), http.MethodGet, client.Path("machines", args[0]), nil, &m); err != nil {
+				return err
+			}
+			if f.json {
+				return a.printJSON(m)
+			}
+			w := a.table()
+			fmt.Fprintf(w, "machine\t%s\n", m.Name)
+			fmt.Fprintf(w, "state\t%s\n", describeState(m))
+			fmt.Fprintf(w, "policy\t%s\n", m.Policy)
+			fmt.Fprintf(w, "group\t%s\n", m.Group)
+			fmt.Fprintf(w, "process server\t%s\n", m.Process)
+			fmt.Fprintf(w, "RPO\t%s\n", fmtRPO(m))
+			if m.LastPoint != nil {
+				fmt.Fprintf(w, "last point\t%s %s at %s\n", shortID(m.LastPoint.Point), m.LastPoint.Kind, m.LastPoint.Time.Local().Format(time.DateTime))
+			}
+			fmt.Fprintf(w, "host\t%s (%s %s)\n", m.Inventory.Hostname, m.Inventory.OS, m.Inventory.Arch)
+			for _, d := range m.Inventory.Disks {
+				fmt.Fprintf(w, "disk %s\t%s, %d bytes\n", d.Name, d.Path, d.Size)
+			}
+			if m.Bandwidth > 0 {
+				fmt.Fprintf(w, "bandwidth\t%d B/s\n", m.Bandwidth)
+			}
+			if !m.LastSeen.IsZero() {
+				fmt.Fprintf(w, "last seen\t%s\n", m.LastSeen.Local().Format(time.DateTime))
+			}
+			return w.Flush()
+		},
+	}
+	cmd.AddCommand(list, show)
+	return cmd
+}
+
+func shortID(s string) string {
+	if len(s) > 12 {
+		return s[:12]
+	}
+	return s
+}
+
+func (a *app) machineTable(ms []api.Machine) {
+	sort.Slice(ms, func(i, j int) bool { return ms[i].Name < ms[j].Name })
+	w := a.table()
+	fmt.Fprintln(w, "MACHINE\tSTATE\tRPO\tPOLICY\tGROUP\tPROCESS\tLAST POINT")
+	for _, m := range ms {
+		last := "-"
+		if m.LastPoint != nil {
+			last = m.LastPoint.Time.Local().Format(time.TimeOnly) + " " + m.LastPoint.Kind
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, describeState(m), fmtRPO(m), dash(m.Policy), dash(m.Group), dash(m.Process), last)
+	}
+	_ = w.Flush()
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func (a *app) statusCmd() *cobra.Command {
+	var f clientFlags
+	cmd := &cobra.Command{
+		Use: "status", Short: "Show machines with their replication state and RPO, process servers and recent events", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := a.client(&f)
+			if err != nil {
+				return err
+			}
+			var st api.Status
+			if err := c.Do(cmd.Context(), http.MethodGet, client.Path("status"), nil, &st); err != nil {
+				return err
+			}
+			if f.json {
+				return a.printJSON(st)
+			}
+			fmt.Fprintf(a.stdout, "server %s (%s), vault %s\n\n", st.Server, st.Version, st.Vault)
+			a.machineTable(st.Machines)
+			fmt.Fprintln(a.stdout)
+			a.processTable(st.Processes)
+			if len(st.Events) > 0 {
+				fmt.Fprintln(a.stdout, "\nrecent events:")
+				a.eventLines(st.Events)
+			}
+			return nil
+		},
+	}
+	a.addClientFlags(cmd, &f)
+	return cmd
+}
+
+func (a *app) processTable(ps []api.ProcessServer) {
+	w := a.table()
+	fmt.Fprintln(w, "PROCESS SERVER\tURL\tAGENTS\tSESSIONS\tCACHE\tINGEST\tLAST SEEN")
+	for _, p := range ps {
+		cache := fmt.Sprintf("%d/%d MiB", p.CacheUsed>>20, p.CacheLimit>>20)
+		if p.Throttled {
+			cache += " (full)"
+		}
+		seen := "-"
+		if !p.LastSeen.IsZero() {
+			seen = p.LastSeen.Local().Format(time.TimeOnly)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%s\t%.1f MB/s\t%s\n", p.Name, p.URL, p.Agents, p.Sessions, cache, p.IngestRate/1e6, seen)
+	}
+	_ = w.Flush()
+}
+
+func (a *app) eventLines(es []api.Event) {
+	for _, e := range es {
+		who := e.Machine
+		if who == "" {
+			who = e.Process
+		}
+		fmt.Fprintf(a.stdout, "%s %-7s %-16s %-12s %s\n", e.Time.Local().Format(time.DateTime), e.Severity, e.Kind, dash(who), e.Message)
+	}
+}
+
+func (a *app) eventsCmd() *cobra.Command {
+	var f clientFlags
+	var machine string
+	var since int64
+	var limit int
+	cmd := &cobra.Command{
+		Use: "events [--machine M] [--since ID]", Short: "List events (RPO alerts, hook failures, back-pressure, audit)", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := a.client(&f)
+			if err != nil {
+				return err
+			}
+			q := url.Values{}
+			if machine != "" {
+				q.Set("machine", machine)
+			}
+			if since > 0 {
+				q.Set("since", strconv.FormatInt(since, 10))
+			}
+			if limit > 0 {
+				q.Set("limit", strconv.Itoa(limit))
+			}
+			var es []api.Event
+			if err := c.Do(cmd.Context(), http.MethodGet, client.Path("events")+"?"+q.Encode(), nil, &es); err != nil {
+				return err
+			}
+			if f.json {
+				return a.printJSON(es)
+			}
+			a.eventLines(es)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&machine, "machine", "", "only this machine's events")
+	cmd.Flags().Int64Var(&since, "since", 0, "only events after this ID")
+	cmd.Flags().IntVar(&limit, "limit", 100, "at most this many")
+	a.addClientFlags(cmd, &f)
+	return cmd
+}
+
+func (a *app) groupsCmd() *cobra.Command {
+	var f clientFlags
+	cmd := &cobra.Command{Use: "groups", Short: "Replication groups and their group-consistent points"}
+	a.addClientFlags(cmd, &f)
+	list := &cobra.Command{
+		Use: "list", Short: "List groups", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := a.client(&f)
+			if err != nil {
+				return err
+			}
+			var gs []api.Group
+			if err := c.Do(cmd.Context(), http.MethodGet, client.Path("groups"), nil, &gs); err != nil {
+				return err
+			}
+			if f.json {
+				return a.printJSON(gs)
+			}
+			w := a.table()
+			fmt.Fprintln(w, "GROUP\tMEMBERS\tLAST CUT")
+			for _, g := range gs {
+				last := "-"
+				if g.LastCut != nil {
+					last = g.LastCut.At.Local().Format(time.DateTime) + " " + g.LastCut.Kind + " " + g.LastCut.Phase
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\n", g.Name, strings.Join(g.Members, ","), last)
+			}
+			return w.Flush()
+		},
+	}
+	show := &cobra.Command{
+		Use: "show GROUP", Short: "Show a group's members and its group-consistent points", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client(&f)
+			if err != nil {
+				return err
+			}
+			var out struct {
+				api.Group
+				Points []api.Point `json:"points"`
+			}
+			if err := c.Do(cmd.Context(), http.MethodGet, client.Path("groups", args[0]), nil, &out); err != nil {
+				return err
+			}
+			if f.json {
+				return a.printJSON(out)
+			}
+			fmt.Fprintf(a.stdout, "group %s: %s\n", out.Name, strings.Join(out.Members, ", "))
+			w := a.table()
+			fmt.Fprintln(w, "TIME\tKIND\tCUT\tMACHINE\tPOINT")
+			for _, p := range out.Points {
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", p.Time.Local().Format(time.DateTime+".000"), p.Kind, dash(shortID(p.CutID)), p.Machine, shortID(p.ID))
+			}
+			return w.Flush()
+		},
+	}
+	cmd.AddCommand(list, show)
+	return cmd
+}

@@ -1,0 +1,356 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/lifeboat-dr/lifeboat/dist"
+	"github.com/lifeboat-dr/lifeboat/internal/agent"
+	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/client"
+	"github.com/lifeboat-dr/lifeboat/internal/control"
+	"github.com/lifeboat-dr/lifeboat/internal/processd"
+	"github.com/lifeboat-dr/lifeboat/internal/push"
+)
+
+// ---- server ----
+
+func (a *app) serverCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "server", Short: "The configuration server: control plane, CA, scheduler and an embedded process server"}
+	var data, db, listen, ingestListen string
+	var hosts []string
+	initCmd := &cobra.Command{
+		Use:   "init --data DIR [--vault URL] [--db postgres://...]",
+		Short: "Create the server's state, its certificate authority and the first admin token",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if data == "" {
+				return &codeError{exitUsage, errors.New("--data DIR is required")}
+			}
+			if a.vaultLoc == "" {
+				a.vaultLoc = filepath.Join(data, "vault")
+			}
+			pw, err := a.passphrase("New vault passphrase (or the existing vault's)", true)
+			if err != nil {
+				return err
+			}
+			o := control.InitOptions{DataDir: data, DB: db, VaultURL: a.vaultLoc,
+				Passphrase: pw, Listen: listen, IngestListen: ingestListen, Hosts: hosts}
+			if ingestListen == "off" {
+				o.IngestListen, o.IngestDisabled = "", true
+			}
+			res, err := control.Init(cmd.Context(), o)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "server state in %s, vault %s\n", data, a.vaultLoc)
+			fmt.Fprintf(a.stdout, "CA fingerprint (SHA-256): %s\n", res.CAFingerprint)
+			fmt.Fprintf(a.stdout, "admin token (shown once; keep it safe):\n%s\n", res.AdminToken)
+			fmt.Fprintf(a.stdout, "\nnext:\n  lifeboat server run --data %s\n  lifeboat login --server https://%s --token <admin token>\n", data, listen)
+			return nil
+		},
+	}
+	initCmd.Flags().StringVar(&data, "data", "", "directory for the server's state (created)")
+	initCmd.Flags().StringVar(&db, "db", "", "state database: postgres://... (default: SQLite in the data directory)")
+	initCmd.Flags().StringVar(&listen, "listen", "127.0.0.1:8443", "API address")
+	initCmd.Flags().StringVar(&ingestListen, "ingest-listen", "127.0.0.1:8444", "embedded process server's address for agents (\"off\": none)")
+	initCmd.Flags().StringSliceVar(&hosts, "host", nil, "extra names or IPs for the server's certificate")
+	runCmd := &cobra.Command{
+		Use:   "run --data DIR",
+		Short: "Serve the API, the embedded process server and the scheduler",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if data == "" {
+				return &codeError{exitUsage, errors.New("--data DIR is required")}
+			}
+			return control.Run(cmd.Context(), control.RunOptions{DataDir: data, Logger: a.log,
+				Ready: func(ad control.Addrs) {
+					fmt.Fprintf(a.stderr, "lifeboat server: API on https://%s, process server on https://%s\n", ad.API, ad.Ingest)
+				}})
+		},
+	}
+	runCmd.Flags().StringVar(&data, "data", a.getenv("LIFEBOAT_SERVER_DATA"), "the server's state directory (env LIFEBOAT_SERVER_DATA)")
+	cmd.AddCommand(initCmd, runCmd)
+	return cmd
+}
+
+// ---- agent ----
+
+func roleStateDir(role string) string {
+	if os.Geteuid() == 0 {
+		return "/var/lib/lifeboat/" + role
+	}
+	dir, err := os.UserConfigDir()
+	if err != nil {
+		return "lifeboat-" + role
+	}
+	return filepath.Join(dir, "lifeboat", role)
+}
+
+func parseDisks(specs []string) ([]agent.DiskConfig, error) {
+	var out []agent.DiskConfig
+	for _, s := range specs {
+		name, path, ok := strings.Cut(s, "=")
+		if !ok || name == "" || path == "" {
+			return nil, &codeError{exitUsage, fmt.Errorf("--disk %q: want NAME=PATH", s)}
+		}
+		out = append(out, agent.DiskConfig{Name: name, Path: path})
+	}
+	return out, nil
+}
+
+func (a *app) agentCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "agent", Short: "The mobility service on a protected machine, and commands about agents"}
+	var stateDir, server, token, name, hooks string
+	var disks []string
+	enroll := &cobra.Command{
+		Use:   "enroll --server URL --token TOKEN [--name NAME] --disk NAME=PATH ...",
+		Short: "Enroll this machine with a one-time agent token and write the agent's state",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if server == "" || token == "" {
+				return &codeError{exitUsage, errors.New("enroll needs --server and --token")}
+			}
+			ds, err := parseDisks(disks)
+			if err != nil {
+				return err
+			}
+			if name == "" {
+				name, _ = os.Hostname()
+			}
+			if err := agent.Enroll(cmd.Context(), agent.EnrollOptions{Server: server, Token: token, Name: name, StateDir: stateDir}); err != nil {
+				return err
+			}
+			cfg, err := agent.LoadConfig(stateDir)
+			if err != nil {
+				return err
+			}
+			if len(ds) > 0 {
+				cfg.Disks = ds
+			}
+			if hooks != "" {
+				cfg.HooksDir = hooks
+			}
+			if err := agent.SaveConfig(stateDir, cfg); err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "enrolled %s with %s; state in %s\nstart it with: lifeboat agent run --state-dir %s\n", name, server, stateDir, stateDir)
+			return nil
+		},
+	}
+	enroll.Flags().StringVar(&server, "server", "", "server URL, https://HOST:PORT")
+	enroll.Flags().StringVar(&token, "token", "", "one-time agent token from `lifeboat token create --role agent`")
+	enroll.Flags().StringVar(&name, "name", "", "machine name (default: hostname)")
+	enroll.Flags().StringArrayVar(&disks, "disk", nil, "disk to protect, NAME=PATH (file or block device); repeat")
+	enroll.Flags().StringVar(&hooks, "hooks-dir", "", "directory with pre-freeze.d/ and post-thaw.d/ scripts (default STATE/hooks)")
+	run := &cobra.Command{
+		Use:   "run [--state-dir DIR]",
+		Short: "Run the agent daemon (see dist/lifeboat-agent.service)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := agent.LoadConfig(stateDir)
+			if err != nil {
+				return err
+			}
+			ag, err := agent.New(cfg, agent.Options{Logger: a.log})
+			if err != nil {
+				return err
+			}
+			err = ag.Run(cmd.Context())
+			if errors.Is(err, cmd.Context().Err()) {
+				return nil
+			}
+			return err
+		},
+	}
+	for _, c := range []*cobra.Command{enroll, run} {
+		c.Flags().StringVar(&stateDir, "state-dir", a.getenvOr("LIFEBOAT_STATE_DIR", roleStateDir("agent")), "agent state directory (env LIFEBOAT_STATE_DIR)")
+	}
+
+	var f clientFlags
+	var process string
+	var limit int64
+	revoke := a.machineAction(&f, "revoke MACHINE", "Revoke a machine's agent certificate; it must enroll again", "revoke", nil)
+	move := a.machineAction(&f, "move MACHINE --process NAME", "Assign a machine to another process server", "move", func() any { return api.MoveRequest{Process: process} })
+	move.Flags().StringVar(&process, "process", "", "process server name")
+	_ = move.MarkFlagRequired("process")
+	bw := a.machineAction(&f, "bandwidth MACHINE --limit BYTES_PER_SECOND", "Limit a machine's replication bandwidth (0: unlimited)", "bandwidth", func() any { return api.BandwidthRequest{BytesPerSecond: limit} })
+	bw.Flags().Int64Var(&limit, "limit", 0, "bytes per second, 0 for unlimited")
+	var group string
+	grp := a.machineAction(&f, "group MACHINE --group NAME", "Move a machine into a replication group (empty: leave its group)", "group", func() any { return api.GroupRequest{Group: group} })
+	grp.Flags().StringVar(&group, "group", "", "group name; empty to leave")
+	for _, c := range []*cobra.Command{revoke, move, bw, grp} {
+		a.addClientFlags(c, &f)
+	}
+	cmd.AddCommand(enroll, run, revoke, move, bw, grp, a.pushCmd())
+	return cmd
+}
+
+func (a *app) getenvOr(k, def string) string {
+	if v := a.getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func (a *app) pushCmd() *cobra.Command {
+	var f clientFlags
+	var o push.Options
+	var agentServer string
+	var ttl time.Duration
+	cmd := &cobra.Command{
+		Use:   "push --host USER@HOST [--port 22] [--identity KEYFILE] --disk NAME=PATH ...",
+		Short: "Install, enroll and start an agent on a remote Linux host over SSH",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.Host == "" {
+				return &codeError{exitUsage, errors.New("--host USER@HOST is required")}
+			}
+			c, err := a.client(&f)
+			if err != nil {
+				return err
+			}
+			var tok api.TokenResponse
+			if err := c.Do(cmd.Context(), http.MethodPost, client.Path("tokens"), api.TokenRequest{Role: api.RoleAgent, TTL: api.Duration(ttl), Name: "push " + o.Host}, &tok); err != nil {
+				return err
+			}
+			o.Token = tok.Token
+			o.Server = agentServer
+			if o.Server == "" {
+				o.Server = f.server
+				if o.Server == "" {
+					if cfg, err := client.LoadConfig(a.clientConfigPath(&f)); err == nil {
+						o.Server = cfg.Server
+					}
+				}
+			}
+			o.Unit = dist.AgentUnit
+			o.Logger = a.log
+			o.Progress = func(step string) { fmt.Fprintf(a.stderr, "push %s: %s\n", o.Host, step) }
+			res, err := push.Push(cmd.Context(), o)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "agent %s installed on %s and started (%s", res.Name, res.Host, res.Started)
+			if res.PID > 0 {
+				fmt.Fprintf(a.stdout, ", pid %d", res.PID)
+			}
+			fmt.Fprintln(a.stdout, ")")
+			return nil
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&o.Host, "host", "", "USER@HOST to install on")
+	fl.IntVar(&o.Port, "port", 22, "SSH port")
+	fl.StringVar(&o.Identity, "identity", "", "SSH private key (default ~/.ssh/id_ed25519, id_rsa, or the SSH agent)")
+	fl.StringVar(&o.KnownHosts, "known-hosts", "", "known_hosts file (default ~/.ssh/known_hosts)")
+	fl.BoolVar(&o.InsecureIgnoreHostKey, "insecure-ignore-host-key", false, "do not check the host key (test labs only)")
+	fl.StringVar(&o.Name, "name", "", "machine name (default: the remote hostname)")
+	fl.StringArrayVar(&o.Disks, "disk", nil, "disk to protect on the remote host, NAME=PATH; repeat")
+	fl.StringVar(&o.Binary, "binary", "", "lifeboat binary to install (default: this one)")
+	fl.StringVar(&o.RemoteBin, "remote-bin", "/usr/local/bin/lifeboat", "where to install it")
+	fl.StringVar(&o.StateDir, "remote-state-dir", "/var/lib/lifeboat/agent", "agent state directory on the remote host")
+	fl.StringVar(&o.UnitPath, "unit-path", "/etc/systemd/system/lifeboat-agent.service", "where to install the systemd unit")
+	fl.StringVar(&agentServer, "agent-server", "", "server URL as the remote host reaches it (default: --server)")
+	fl.DurationVar(&ttl, "token-ttl", 15*time.Minute, "lifetime of the enrollment token created for the push")
+	a.addClientFlags(cmd, &f)
+	return cmd
+}
+
+func (a *app) clientConfigPath(f *clientFlags) string {
+	if f.config != "" {
+		return f.config
+	}
+	return client.DefaultConfigPath(a.getenv)
+}
+
+// ---- process server ----
+
+func (a *app) processCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "process", Short: "A stand-alone process server, and commands about process servers"}
+	var stateDir, server, token, name, listen, advertise string
+	var cacheLimit int64
+	enroll := &cobra.Command{
+		Use:   "enroll --server URL --token TOKEN --name NAME [--listen ADDR]",
+		Short: "Enroll a process server with a one-time process token",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if server == "" || token == "" || name == "" {
+				return &codeError{exitUsage, errors.New("process enroll needs --server, --token and --name")}
+			}
+			err := processd.Enroll(cmd.Context(), processd.EnrollOptions{Server: server, Token: token, Name: name, StateDir: stateDir,
+				Listen: listen, Advertise: advertise, CacheLimit: cacheLimit})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "enrolled process server %s; start it with: lifeboat process run --state-dir %s\n", name, stateDir)
+			return nil
+		},
+	}
+	enroll.Flags().StringVar(&server, "server", "", "server URL, https://HOST:PORT")
+	enroll.Flags().StringVar(&token, "token", "", "one-time token from `lifeboat token create --role process`")
+	enroll.Flags().StringVar(&name, "name", "", "process server name")
+	enroll.Flags().StringVar(&listen, "listen", "127.0.0.1:8445", "address to serve agents on")
+	enroll.Flags().StringVar(&advertise, "advertise", "", "URL agents use to reach it (default https://LISTEN)")
+	enroll.Flags().Int64Var(&cacheLimit, "cache-limit", 2<<30, "bytes of local cache before agents are slowed down")
+	run := &cobra.Command{
+		Use:   "run [--state-dir DIR]",
+		Short: "Run the process server (see dist/lifeboat-process.service)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			err := processd.Run(cmd.Context(), stateDir, processd.Options{Logger: a.log, Ready: func(addr string) {
+				fmt.Fprintf(a.stderr, "lifeboat process: serving agents on https://%s\n", addr)
+			}})
+			if errors.Is(err, cmd.Context().Err()) {
+				return nil
+			}
+			return err
+		},
+	}
+	for _, c := range []*cobra.Command{enroll, run} {
+		c.Flags().StringVar(&stateDir, "state-dir", a.getenvOr("LIFEBOAT_STATE_DIR", roleStateDir("process")), "process server state directory (env LIFEBOAT_STATE_DIR)")
+	}
+	var f clientFlags
+	list := &cobra.Command{
+		Use: "list", Short: "List process servers", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := a.client(&f)
+			if err != nil {
+				return err
+			}
+			var ps []api.ProcessServer
+			if err := c.Do(cmd.Context(), http.MethodGet, client.Path("process-servers"), nil, &ps); err != nil {
+				return err
+			}
+			if f.json {
+				return a.printJSON(ps)
+			}
+			a.processTable(ps)
+			return nil
+		},
+	}
+	var limit int64
+	bw := &cobra.Command{
+		Use: "bandwidth NAME --limit BYTES_PER_SECOND", Short: "Limit a process server's ingest bandwidth (0: unlimited)", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client(&f)
+			if err != nil {
+				return err
+			}
+			return c.Do(cmd.Context(), http.MethodPost, client.Path("process-servers", args[0], "bandwidth"), api.BandwidthRequest{BytesPerSecond: limit}, nil)
+		},
+	}
+	bw.Flags().Int64Var(&limit, "limit", 0, "bytes per second, 0 for unlimited")
+	for _, c := range []*cobra.Command{list, bw} {
+		a.addClientFlags(c, &f)
+	}
+	cmd.AddCommand(enroll, run, list, bw)
+	return cmd
+}

@@ -1,0 +1,473 @@
+package control
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"slices"
+	"time"
+
+	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/store"
+	"github.com/lifeboat-dr/lifeboat/internal/vault"
+)
+
+// Limits on what components report.
+const (
+	maxLongPoll    = 60 * time.Second
+	maxReportItems = 1000
+	maxMessage     = 4096
+	// cutVisibleAfter is how long a finished cut stays in AgentConfig so
+	// that members see its final phase.
+	cutVisibleAfter = 2 * time.Minute
+)
+
+// agentConfig computes what machine m's agent should do.
+func (s *Server) agentConfig(ctx context.Context, m api.Machine) (api.AgentConfig, error) {
+	c := api.AgentConfig{Protected: m.Policy != "", Paused: m.Paused, Disks: m.Disks, Group: m.Group,
+		Process: m.Process, Bandwidth: m.Bandwidth, Resync: m.ResyncWanted,
+		RenewBefore: api.Duration(DefaultRenewBefore), HeartbeatEvery: s.cfg.HeartbeatEvery}
+	if m.Process != "" {
+		p, err := s.store.GetProcess(ctx, m.Process)
+		if err == nil {
+			c.ProcessURL = p.URL
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return c, err
+		}
+	}
+	if c.Protected {
+		p, err := s.store.GetPolicy(ctx, m.Policy)
+		if err == nil {
+			c.Policy = &p
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return c, err
+		}
+		if m.Group != "" {
+			cut, err := s.store.LastCut(ctx, m.Group)
+			if err == nil && slices.Contains(cut.Members, m.Name) &&
+				(cutOpen(cut) || s.clock.Now().Before(cut.Expires.Add(cutVisibleAfter))) {
+				c.Cuts = []api.Cut{cut}
+			} else if err != nil && !errors.Is(err, store.ErrNotFound) {
+				return c, err
+			}
+		}
+	}
+	b, err := json.Marshal(c)
+	if err != nil {
+		return c, err
+	}
+	sum := sha256.Sum256(b)
+	c.Version = int64(binary.BigEndian.Uint64(sum[:8]) >> 1)
+	if c.Version == 0 {
+		c.Version = 1
+	}
+	return c, nil
+}
+
+func cutOpen(c api.Cut) bool { return c.Phase != api.PhaseDone && c.Phase != api.PhaseAbort }
+
+// validateHeartbeat checks an agent's report.
+func validateHeartbeat(hb *api.AgentHeartbeat) error {
+	inv := &hb.Inventory
+	for _, f := range []struct{ name, v string }{{"hostname", inv.Hostname}, {"os", inv.OS}, {"arch", inv.Arch},
+		{"agent_version", inv.Agent}, {"state", hb.State}} {
+		if err := checkText(f.name, f.v, 256); err != nil {
+			return err
+		}
+	}
+	if len(inv.Disks) > 256 {
+		return badRequest("%d disks: at most 256", len(inv.Disks))
+	}
+	for _, d := range inv.Disks {
+		if err := vault.ValidateName("disk", d.Name); err != nil {
+			return badRequest("inventory: %v", err)
+		}
+		if err := checkText("disk path", d.Path, 4096); err != nil {
+			return err
+		}
+		if d.Size < 0 {
+			return badRequest("disk %s: negative size", d.Name)
+		}
+		if d.Kind != "" && d.Kind != "file" && d.Kind != "block" {
+			return badRequest("disk %s: kind %q: want file or block", d.Name, d.Kind)
+		}
+	}
+	if len(inv.VMSpec) > 0 && !json.Valid(inv.VMSpec) {
+		return badRequest("vm_spec is not valid JSON")
+	}
+	if p := hb.Progress; p != nil {
+		if p.Done < 0 || p.Total < 0 || p.Sent < 0 || p.Percent < 0 || p.Percent > 100 || p.ETA < 0 {
+			return badRequest("progress: negative or out-of-range numbers")
+		}
+		if err := checkText("progress phase", p.Phase, 64); err != nil {
+			return err
+		}
+	}
+	if len(hb.Results) > maxReportItems || len(hb.Events) > maxReportItems || len(hb.CutAcks) > maxReportItems {
+		return badRequest("too many results, events or cut acks in one heartbeat: at most %d each", maxReportItems)
+	}
+	for _, r := range hb.Results {
+		if err := validateResult(r); err != nil {
+			return err
+		}
+	}
+	for _, e := range hb.Events {
+		if err := validateEvent(e); err != nil {
+			return err
+		}
+	}
+	for _, a := range hb.CutAcks {
+		if a.Status != "frozen" && a.Status != "snapped" && a.Status != "failed" {
+			return badRequest("cut ack %q: status %q: want frozen, snapped or failed", a.ID, a.Status)
+		}
+		if err := checkText("cut ack id", a.ID, 64); err != nil {
+			return err
+		}
+		if err := checkText("cut ack reason", a.Reason, maxMessage); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func validateResult(r api.CycleResult) error {
+	if r.Error == "" {
+		if _, err := vault.ParseID(r.Point); err != nil {
+			return badRequest("cycle result: point %q is not a vault point ID", r.Point)
+		}
+	} else if r.Point != "" {
+		if _, err := vault.ParseID(r.Point); err != nil {
+			return badRequest("cycle result: point %q is not a vault point ID", r.Point)
+		}
+	}
+	if r.Kind != vault.KindCrash && r.Kind != vault.KindApp && !(r.Kind == "" && r.Error != "") {
+		return badRequest("cycle result: kind %q: want crash or app", r.Kind)
+	}
+	if r.Error == "" && r.Time.IsZero() {
+		return badRequest("cycle result for point %s has no time", r.Point)
+	}
+	if r.Group != "" {
+		if err := vault.ValidateName("group", r.Group); err != nil {
+			return badRequest("cycle result: %v", err)
+		}
+	}
+	if r.Duration < 0 || r.ChangedBytes < 0 || r.SentBytes < 0 {
+		return badRequest("cycle result: negative numbers")
+	}
+	if err := checkText("cut_id", r.CutID, 64); err != nil {
+		return err
+	}
+	return checkText("cycle error", r.Error, maxMessage)
+}
+
+func validateEvent(e api.Event) error {
+	switch e.Severity {
+	case api.SeverityInfo, api.SeverityWarning, api.SeverityError:
+	default:
+		return badRequest("event severity %q: want info, warning or error", e.Severity)
+	}
+	if e.Kind == "" {
+		return badRequest("event without kind")
+	}
+	if err := checkText("event kind", e.Kind, 64); err != nil {
+		return err
+	}
+	if e.Machine != "" {
+		if err := vault.ValidateName("machine", e.Machine); err != nil {
+			return badRequest("event: %v", err)
+		}
+	}
+	return checkText("event message", e.Message, maxMessage)
+}
+
+// agentHeartbeat records an agent's report and answers with its config.
+func (s *Server) agentHeartbeat(w http.ResponseWriter, r *http.Request, c *caller) error {
+	var wait time.Duration
+	if q := r.URL.Query().Get("wait"); q != "" {
+		d, err := time.ParseDuration(q)
+		if err != nil || d < 0 || d > maxLongPoll {
+			return badRequest("wait=%q: want a duration from 0s to %s", q, maxLongPoll)
+		}
+		wait = d
+	}
+	var hb api.AgentHeartbeat
+	if err := decode(r, &hb, false); err != nil {
+		return err
+	}
+	if err := validateHeartbeat(&hb); err != nil {
+		return err
+	}
+	ctx := r.Context()
+	name := c.Name
+	m, err := s.recordHeartbeat(ctx, name, c.Peer.Serial, &hb)
+	if errors.Is(err, store.ErrNotFound) {
+		return notFound("machine %q is not known to this server (deleted?): enroll the agent again", name)
+	}
+	if err != nil {
+		return err
+	}
+	cfg, err := s.agentConfig(ctx, m)
+	if err != nil {
+		return err
+	}
+	if wait > 0 && cfg.Version == hb.KnownVersion {
+		s.mu.Lock()
+		s.polling[name]++
+		s.mu.Unlock()
+		defer func() {
+			s.mu.Lock()
+			if s.polling[name]--; s.polling[name] <= 0 {
+				delete(s.polling, name)
+			}
+			s.mu.Unlock()
+		}()
+		timer := time.NewTimer(wait)
+		defer timer.Stop()
+	poll:
+		for cfg.Version == hb.KnownVersion {
+			ch := s.notify.wait(name)
+			// Re-read after subscribing so no change slips between.
+			if m, err = s.store.GetMachine(ctx, name); err != nil {
+				return err
+			}
+			if cfg, err = s.agentConfig(ctx, m); err != nil {
+				return err
+			}
+			if cfg.Version != hb.KnownVersion {
+				break
+			}
+			select {
+			case <-ch:
+			case <-timer.C:
+				break poll
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+	}
+	writeJSON(w, http.StatusOK, cfg)
+	return nil
+}
+
+// recordHeartbeat applies an agent's report to its machine.
+func (s *Server) recordHeartbeat(ctx context.Context, name, serial string, hb *api.AgentHeartbeat) (api.Machine, error) {
+	now := s.clock.Now().UTC()
+	var newPoints []api.Point
+	var failed []api.CycleResult
+	var resynced bool
+	m, err := s.store.UpdateMachine(ctx, name, func(m *api.Machine) error {
+		newPoints, failed, resynced = nil, nil, false
+		m.Inventory = hb.Inventory
+		m.LastSeen = now
+		m.Progress = hb.Progress
+		if serial != "" {
+			m.Agent = serial
+		}
+		for _, res := range hb.Results {
+			if res.Error != "" {
+				failed = append(failed, res)
+				m.LastError = res.Error
+				continue
+			}
+			m.LastError = ""
+			pt := api.Point{ID: res.Point, Machine: name, Time: res.Time.UTC(), Kind: res.Kind, Group: res.Group,
+				CutID: res.CutID, Process: m.Process}
+			newPoints = append(newPoints, pt)
+			if m.LastPoint == nil || !res.Time.Before(m.LastPoint.Time) {
+				r := res
+				m.LastPoint = &r
+			}
+		}
+		if hb.ResyncDone && m.ResyncWanted {
+			m.ResyncWanted = false
+			resynced = true
+		}
+		m.State = machineState(m)
+		m.Reason = ""
+		if m.State == api.StateError {
+			m.Reason = m.LastError
+		}
+		if m.State == api.StateResyncing {
+			m.Reason = "resync requested"
+		}
+		return nil
+	})
+	if err != nil {
+		return m, err
+	}
+	s.mu.Lock()
+	wasOffline := s.offline[name]
+	delete(s.offline, name)
+	s.mu.Unlock()
+	if wasOffline {
+		s.event(ctx, api.Event{Kind: "agent_online", Machine: name, Message: fmt.Sprintf("agent of %s is back", name)})
+	}
+	for _, p := range newPoints {
+		if err := s.store.AddPoint(ctx, p); err != nil {
+			return m, fmt.Errorf("record point %s: %w", p.ID, err)
+		}
+	}
+	for _, f := range failed {
+		s.event(ctx, api.Event{Kind: "cycle_failed", Severity: api.SeverityWarning, Machine: name,
+			Message: fmt.Sprintf("replication cycle of %s failed: %s", name, f.Error)})
+	}
+	if resynced {
+		s.event(ctx, api.Event{Kind: "resync_done", Machine: name, Message: fmt.Sprintf("resync of %s finished", name)})
+	}
+	for _, e := range hb.Events {
+		e.ID, e.Machine, e.Process = 0, name, ""
+		if e.Time.IsZero() || e.Time.After(now.Add(time.Hour)) {
+			e.Time = now
+		}
+		s.event(ctx, e)
+	}
+	if len(hb.CutAcks) > 0 {
+		if err := s.cutAcks(ctx, name, hb.CutAcks); err != nil {
+			return m, err
+		}
+	}
+	return m, nil
+}
+
+// ---- process servers ----
+
+func (s *Server) processConfig(ctx context.Context, name string) (api.ProcessConfig, error) {
+	serials, err := s.store.RevokedSerials(ctx)
+	if err != nil {
+		return api.ProcessConfig{}, err
+	}
+	if serials == nil {
+		serials = []string{}
+	}
+	pc := api.ProcessConfig{Vault: s.cfg.Vault, Passphrase: string(s.pass), Env: s.cfg.VaultEnv, Revoked: serials}
+	if p, err := s.store.GetProcess(ctx, name); err == nil {
+		pc.Bandwidth = p.Bandwidth
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return pc, err
+	}
+	return pc, nil
+}
+
+func (s *Server) processConfigGet(w http.ResponseWriter, r *http.Request, c *caller) error {
+	pc, err := s.processConfig(r.Context(), c.Name)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, pc)
+	return nil
+}
+
+func (s *Server) processHeartbeat(w http.ResponseWriter, r *http.Request, c *caller) error {
+	var hb api.ProcessHeartbeat
+	if err := decode(r, &hb, false); err != nil {
+		return err
+	}
+	if hb.URL != "" {
+		u, err := url.Parse(hb.URL)
+		if err != nil || u.Scheme != "https" || u.Host == "" || u.User != nil || len(hb.URL) > 1024 {
+			return badRequest("url %q: want https://host:port", hb.URL)
+		}
+	}
+	if hb.CacheUsed < 0 || hb.CacheLimit < 0 || hb.Sessions < 0 || hb.IngestRate < 0 {
+		return badRequest("negative statistics")
+	}
+	if len(hb.Events) > maxReportItems || len(hb.Points) > maxReportItems {
+		return badRequest("too many events or points in one heartbeat: at most %d each", maxReportItems)
+	}
+	for _, e := range hb.Events {
+		if err := validateEvent(e); err != nil {
+			return err
+		}
+	}
+	for _, p := range hb.Points {
+		if err := validatePoint(p); err != nil {
+			return err
+		}
+	}
+	ctx := r.Context()
+	p, err := s.store.GetProcess(ctx, c.Name)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	if p.Embedded {
+		return conflict("%q is the embedded process server's name: this certificate may not report for it", c.Name)
+	}
+	p.Name = c.Name
+	urlChanged := hb.URL != "" && hb.URL != p.URL
+	if hb.URL != "" {
+		p.URL = hb.URL
+	}
+	p.CacheUsed, p.CacheLimit, p.Sessions, p.Throttled, p.IngestRate = hb.CacheUsed, hb.CacheLimit, hb.Sessions, hb.Throttled, hb.IngestRate
+	p.LastSeen = s.clock.Now().UTC()
+	if err := s.store.PutProcess(ctx, p); err != nil {
+		return err
+	}
+	if urlChanged {
+		s.notify.notifyAll() // agents of this process server dial the new URL
+	}
+	for _, pt := range hb.Points {
+		pt.Process = c.Name
+		if err := s.publishedPoint(ctx, pt); err != nil {
+			return err
+		}
+	}
+	for _, e := range hb.Events {
+		e.ID, e.Process = 0, c.Name
+		if e.Time.IsZero() {
+			e.Time = s.clock.Now().UTC()
+		}
+		s.event(ctx, e)
+	}
+	pc, err := s.processConfig(ctx, c.Name)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, pc)
+	return nil
+}
+
+func validatePoint(p api.Point) error {
+	if _, err := vault.ParseID(p.ID); err != nil {
+		return badRequest("point %q is not a vault point ID", p.ID)
+	}
+	if err := vault.ValidateName("machine", p.Machine); err != nil {
+		return badRequest("point %s: %v", p.ID, err)
+	}
+	if p.Kind != vault.KindCrash && p.Kind != vault.KindApp {
+		return badRequest("point %s: kind %q: want crash or app", p.ID, p.Kind)
+	}
+	if p.Time.IsZero() {
+		return badRequest("point %s has no time", p.ID)
+	}
+	if p.Group != "" {
+		if err := vault.ValidateName("group", p.Group); err != nil {
+			return badRequest("point %s: %v", p.ID, err)
+		}
+	}
+	return checkText("cut_id", p.CutID, 64)
+}
+
+// publishedPoint records a point a process server published and moves
+// its machine's last point forward.
+func (s *Server) publishedPoint(ctx context.Context, pt api.Point) error {
+	pt.Time = pt.Time.UTC()
+	if err := s.store.AddPoint(ctx, pt); err != nil {
+		return fmt.Errorf("record point %s: %w", pt.ID, err)
+	}
+	_, err := s.store.UpdateMachine(ctx, pt.Machine, func(m *api.Machine) error {
+		if m.LastPoint == nil || pt.Time.After(m.LastPoint.Time) {
+			m.LastPoint = &api.CycleResult{Point: pt.ID, Kind: pt.Kind, Time: pt.Time, Group: pt.Group, CutID: pt.CutID}
+			m.State = machineState(m)
+		}
+		return nil
+	})
+	if errors.Is(err, store.ErrNotFound) {
+		return nil // a point of a machine this server does not know (yet)
+	}
+	return err
+}

@@ -1,0 +1,378 @@
+package control
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/clock"
+	"github.com/lifeboat-dr/lifeboat/internal/pki"
+	"github.com/lifeboat-dr/lifeboat/internal/store"
+	"github.com/lifeboat-dr/lifeboat/internal/store/sqlstore"
+	"github.com/lifeboat-dr/lifeboat/internal/vault"
+	"github.com/lifeboat-dr/lifeboat/internal/vault/backend"
+	"github.com/lifeboat-dr/lifeboat/internal/vault/backend/open"
+)
+
+// Files inside a server's data directory.
+const (
+	ConfigFile     = "server.json" // Config
+	PassphraseFile = "vault.pass"  // the vault passphrase, mode 0600
+	CADir          = "ca"          // the CA (pki.CACertFile, pki.CAKeyFile)
+	DefaultDB      = "state.db"    // SQLite state when Config.DB is empty
+	CacheDir       = "cache"       // the embedded process server's cache
+)
+
+// Defaults of Config.
+const (
+	DefaultListen         = "127.0.0.1:8443"
+	DefaultIngestListen   = "127.0.0.1:8444"
+	DefaultHeartbeatEvery = 10 * time.Second
+	DefaultRetentionEvery = 10 * time.Minute
+	DefaultGCMargin       = time.Hour
+	DefaultCertTTL        = 90 * 24 * time.Hour
+	DefaultRenewBefore    = 30 * 24 * time.Hour
+	DefaultCacheLimit     = 10 << 30
+	// DefaultRetention is the retention grid of a policy that names none.
+	DefaultRetention = "1h:all,24h:5m,72h:1h,keep-app=15d"
+)
+
+// Config is DataDir/server.json. Unknown fields are refused so that a typo
+// is an error rather than a silently ignored setting. Durations are Go
+// duration strings ("10m").
+//
+// The vault passphrase is not in this file but in DataDir/vault.pass
+// (0600). The server hands it, with the vault location and VaultEnv, to
+// process servers in ProcessConfig, over mTLS only and only to
+// certificates of the process role, because they write to the vault.
+type Config struct {
+	// Name of this server (shown in status; default the host name).
+	Name string `json:"name,omitempty"`
+	// Listen is the API address (default 127.0.0.1:8443; port 0 picks one).
+	Listen string `json:"listen"`
+	// Hosts are extra DNS names or IP addresses for the server's
+	// certificate (127.0.0.1, ::1, localhost and the host name are always in).
+	Hosts []string `json:"hosts,omitempty"`
+	// DB is the state database: a SQLite file path or postgres://...
+	// (default DataDir/state.db).
+	DB string `json:"db"`
+	// Vault is the vault location: a directory or s3://BUCKET/PREFIX.
+	Vault string `json:"vault"`
+	// VaultEnv are environment variables for opening the vault (AWS_*
+	// for S3); they are also handed to process servers.
+	VaultEnv map[string]string `json:"vault_env,omitempty"`
+
+	// Embedded process server.
+	IngestDisabled bool   `json:"ingest_disabled,omitempty"`
+	IngestListen   string `json:"ingest_listen"`        // default 127.0.0.1:8444
+	IngestURL      string `json:"ingest_url,omitempty"` // what agents dial; default https://<bound address>
+	CacheDir       string `json:"cache_dir,omitempty"`  // default DataDir/cache
+	CacheLimit     int64  `json:"cache_limit,omitempty"`
+	Bandwidth      int64  `json:"bandwidth,omitempty"` // bytes/s, 0 = unlimited
+
+	HeartbeatEvery api.Duration `json:"heartbeat_every,omitempty"` // agents' heartbeat period (default 10s)
+	RetentionEvery api.Duration `json:"retention_every,omitempty"` // retention + GC period (default 10m)
+	GCMargin       api.Duration `json:"gc_margin,omitempty"`       // vault GC margin (default 1h)
+	CertTTL        api.Duration `json:"cert_ttl,omitempty"`        // component certificates (default 90 days)
+}
+
+func (c *Config) defaults(dataDir string) {
+	if c.Name == "" {
+		c.Name, _ = os.Hostname()
+		if c.Name == "" {
+			c.Name = "lifeboat"
+		}
+	}
+	if c.Listen == "" {
+		c.Listen = DefaultListen
+	}
+	if c.IngestListen == "" {
+		c.IngestListen = DefaultIngestListen
+	}
+	if c.DB == "" {
+		c.DB = filepath.Join(dataDir, DefaultDB)
+	}
+	if c.CacheDir == "" {
+		c.CacheDir = filepath.Join(dataDir, CacheDir)
+	}
+	if c.CacheLimit == 0 {
+		c.CacheLimit = DefaultCacheLimit
+	}
+	if c.HeartbeatEvery == 0 {
+		c.HeartbeatEvery = api.Duration(DefaultHeartbeatEvery)
+	}
+	if c.RetentionEvery == 0 {
+		c.RetentionEvery = api.Duration(DefaultRetentionEvery)
+	}
+	if c.GCMargin == 0 {
+		c.GCMargin = api.Duration(DefaultGCMargin)
+	}
+	if c.CertTTL == 0 {
+		c.CertTTL = api.Duration(DefaultCertTTL)
+	}
+}
+
+func (c *Config) validate() error {
+	if c.Vault == "" {
+		return errors.New("no vault: set \"vault\" to a directory or s3://BUCKET/PREFIX")
+	}
+	for _, a := range []struct{ name, v string }{{"listen", c.Listen}, {"ingest_listen", c.IngestListen}} {
+		if _, _, err := net.SplitHostPort(a.v); err != nil {
+			return fmt.Errorf("%s %q: want host:port: %w", a.name, a.v, err)
+		}
+	}
+	for _, d := range []struct {
+		name string
+		v    api.Duration
+		min  time.Duration
+	}{{"heartbeat_every", c.HeartbeatEvery, time.Second}, {"retention_every", c.RetentionEvery, time.Second},
+		{"gc_margin", c.GCMargin, 0}, {"cert_ttl", c.CertTTL, time.Hour}} {
+		if d.v.Std() < d.min {
+			return fmt.Errorf("%s %s is too short: at least %s", d.name, d.v.Std(), d.min)
+		}
+	}
+	if c.CacheLimit < 0 || c.Bandwidth < 0 {
+		return errors.New("cache_limit and bandwidth must not be negative")
+	}
+	if c.IngestURL != "" && !strings.HasPrefix(c.IngestURL, "https://") {
+		return fmt.Errorf("ingest_url %q must start with https://", c.IngestURL)
+	}
+	return nil
+}
+
+// LoadConfig reads DataDir/server.json and fills in defaults.
+func LoadConfig(dataDir string) (Config, error) {
+	p := filepath.Join(dataDir, ConfigFile)
+	b, err := os.ReadFile(p)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return Config{}, fmt.Errorf("no %s in %s: create the server with `lifeboat server init` first", ConfigFile, dataDir)
+		}
+		return Config{}, fmt.Errorf("read server config: %w", err)
+	}
+	var c Config
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return Config{}, fmt.Errorf("server config %s: %w", p, err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return Config{}, fmt.Errorf("server config %s: data after the JSON object", p)
+	}
+	c.defaults(dataDir)
+	if err := c.validate(); err != nil {
+		return Config{}, fmt.Errorf("server config %s: %w", p, err)
+	}
+	return c, nil
+}
+
+// InitOptions are the parameters of a new server.
+type InitOptions struct {
+	DataDir    string
+	DB         string // "" = DataDir/state.db (SQLite); or postgres://...
+	VaultURL   string // directory or s3://BUCKET/PREFIX; created if it holds no vault
+	Passphrase []byte
+	Listen     string   // "" = 127.0.0.1:8443
+	Hosts      []string // extra names for the server certificate
+	// IngestListen is the embedded process server's address ("" = 127.0.0.1:8444).
+	IngestListen string
+	// IngestDisabled runs no embedded process server.
+	IngestDisabled bool
+	// VaultKDF is the KDF for a new vault's key (zero: vault.DefaultKDF;
+	// tests use a cheap one).
+	VaultKDF vault.KDFParams
+	// Clock (default the system clock).
+	Clock clock.Clock
+	// Getenv reads AWS_* for S3 vaults (default os.Getenv).
+	Getenv func(string) string
+}
+
+// InitResult is what a new server hands its operator once.
+type InitResult struct {
+	AdminToken    string // bearer token of role admin
+	CAFingerprint string // SHA-256 of the CA certificate, hex
+}
+
+// Init creates a server's data directory: the CA, server.json, the vault
+// passphrase file, the state database with an admin token, and the vault if
+// VaultURL holds none yet. It refuses a data directory that exists and is
+// not empty.
+func Init(ctx context.Context, o InitOptions) (InitResult, error) {
+	if o.DataDir == "" {
+		return InitResult{}, errors.New("no data directory given")
+	}
+	if o.VaultURL == "" {
+		return InitResult{}, errors.New("no vault given: a directory or s3://BUCKET/PREFIX")
+	}
+	if len(o.Passphrase) == 0 {
+		return InitResult{}, errors.New("empty vault passphrase")
+	}
+	if o.Clock == nil {
+		o.Clock = clock.System{}
+	}
+	if o.Getenv == nil {
+		o.Getenv = os.Getenv
+	}
+	if ents, err := os.ReadDir(o.DataDir); err == nil && len(ents) > 0 {
+		return InitResult{}, fmt.Errorf("data directory %s already exists and is not empty: a server lives there; use another directory or remove it", o.DataDir)
+	} else if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return InitResult{}, fmt.Errorf("check data directory: %w", err)
+	}
+	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
+		return InitResult{}, fmt.Errorf("create data directory: %w", err)
+	}
+	if err := os.Chmod(o.DataDir, 0o700); err != nil {
+		return InitResult{}, fmt.Errorf("restrict data directory: %w", err)
+	}
+	cfg := Config{Listen: o.Listen, Hosts: o.Hosts, DB: o.DB, Vault: o.VaultURL,
+		IngestListen: o.IngestListen, IngestDisabled: o.IngestDisabled}
+	for _, h := range o.Hosts {
+		if h == "" || strings.ContainsAny(h, " /\t\n") {
+			return InitResult{}, fmt.Errorf("host %q is not a DNS name or IP address", h)
+		}
+	}
+	if !filepath.IsAbs(o.DataDir) {
+		abs, err := filepath.Abs(o.DataDir)
+		if err != nil {
+			return InitResult{}, err
+		}
+		o.DataDir = abs
+	}
+	cfg.defaults(o.DataDir)
+	if err := cfg.validate(); err != nil {
+		return InitResult{}, err
+	}
+	now := o.Clock.Now()
+	ca, err := pki.CreateCA("Lifeboat CA "+cfg.Name, now)
+	if err != nil {
+		return InitResult{}, err
+	}
+	if err := ca.Save(filepath.Join(o.DataDir, CADir)); err != nil {
+		return InitResult{}, err
+	}
+	if err := writeFile0600(filepath.Join(o.DataDir, PassphraseFile), o.Passphrase); err != nil {
+		return InitResult{}, err
+	}
+
+	// The vault: create it unless it exists.
+	be, err := openBackend(ctx, cfg.Vault, true, envLookup(cfg.VaultEnv, o.Getenv))
+	if err != nil {
+		return InitResult{}, err
+	}
+	vo := vault.Options{Clock: o.Clock, KDF: o.VaultKDF}
+	if _, err := be.Stat(ctx, "config"); err == nil {
+		if _, err := vault.Open(ctx, be, o.Passphrase, vo); err != nil {
+			return InitResult{}, fmt.Errorf("a vault exists at %s but does not open with this passphrase: %w", cfg.Vault, err)
+		}
+	} else if backend.IsNotExist(err) {
+		if _, err := vault.Init(ctx, be, o.Passphrase, vault.InitOptions{Options: vo}); err != nil {
+			return InitResult{}, fmt.Errorf("create vault: %w", err)
+		}
+	} else {
+		return InitResult{}, fmt.Errorf("check vault %s: %w", cfg.Vault, err)
+	}
+
+	st, err := sqlstore.Open(ctx, cfg.DB)
+	if err != nil {
+		return InitResult{}, err
+	}
+	defer st.Close()
+	tok, hash, err := pki.NewToken(ca.Fingerprint())
+	if err != nil {
+		return InitResult{}, err
+	}
+	if err := st.CreateToken(ctx, store.Token{ID: randomID(8), Hash: hash, Role: api.RoleAdmin, Name: "admin",
+		Created: now.UTC()}); err != nil {
+		return InitResult{}, fmt.Errorf("store admin token: %w", err)
+	}
+	b, err := json.MarshalIndent(fileConfig(cfg, o.DataDir), "", "  ")
+	if err != nil {
+		return InitResult{}, err
+	}
+	// server.json last: its presence marks a finished init.
+	if err := writeFile0600(filepath.Join(o.DataDir, ConfigFile), append(b, '\n')); err != nil {
+		return InitResult{}, err
+	}
+	return InitResult{AdminToken: tok, CAFingerprint: ca.Fingerprint()}, nil
+}
+
+// fileConfig is cfg as written: defaults that depend on the data directory
+// are left out so that the directory can move.
+func fileConfig(cfg Config, dataDir string) Config {
+	if cfg.DB == filepath.Join(dataDir, DefaultDB) {
+		cfg.DB = ""
+	}
+	if cfg.CacheDir == filepath.Join(dataDir, CacheDir) {
+		cfg.CacheDir = ""
+	}
+	return cfg
+}
+
+func writeFile0600(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return f.Close()
+}
+
+func readPassphrase(dataDir string) ([]byte, error) {
+	p := filepath.Join(dataDir, PassphraseFile)
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return nil, fmt.Errorf("read vault passphrase: %w", err)
+	}
+	b = bytes.TrimRight(b, "\r\n")
+	if len(b) == 0 {
+		return nil, fmt.Errorf("vault passphrase file %s is empty", p)
+	}
+	return b, nil
+}
+
+// envLookup reads env first, then getenv.
+func envLookup(env map[string]string, getenv func(string) string) func(string) string {
+	return func(k string) string {
+		if v, ok := env[k]; ok {
+			return v
+		}
+		return getenv(k)
+	}
+}
+
+// openBackend opens a vault location as the CLI does (internal/vault/
+// backend/open): a directory or s3://BUCKET/PREFIX with AWS_* settings from
+// getenv; create makes a missing directory or bucket.
+func openBackend(ctx context.Context, loc string, create bool, getenv func(string) string) (backend.Backend, error) {
+	be, err := open.Backend(ctx, loc, open.Options{Create: create, Getenv: getenv})
+	if err != nil {
+		return nil, fmt.Errorf("open vault storage %s: %w", loc, err)
+	}
+	return be, nil
+}
+
+func randomID(n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic(fmt.Sprintf("crypto/rand: %v", err)) // never fails on supported platforms
+	}
+	return hex.EncodeToString(b)
+}

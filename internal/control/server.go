@@ -1,0 +1,429 @@
+// Package control is Lifeboat's control plane, `lifeboat server`: the
+// HTTPS API under /api/v1 for people (bearer tokens of role viewer,
+// operator or admin) and components (client certificates of role agent or
+// process from the server's own CA, obtained with one-time enrollment
+// tokens), an embedded process server, and a scheduler that coordinates
+// group cuts, watches recovery point objectives and applies retention.
+//
+// State lives in a store.Store (SQLite by default, PostgreSQL for HA); the
+// data directory holds server.json (Config), the CA and the vault
+// passphrase. openapi.json documents the API.
+package control
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/clock"
+	"github.com/lifeboat-dr/lifeboat/internal/pki"
+	"github.com/lifeboat-dr/lifeboat/internal/store"
+	"github.com/lifeboat-dr/lifeboat/internal/store/sqlstore"
+	"github.com/lifeboat-dr/lifeboat/internal/vault"
+)
+
+// EmbeddedName is the name of the process server inside `lifeboat server`.
+const EmbeddedName = "embedded"
+
+// serverCertTTL is the validity of the API's TLS certificate, issued anew
+// at every start.
+const serverCertTTL = 365 * 24 * time.Hour
+
+// RunOptions configure Run.
+type RunOptions struct {
+	DataDir string
+	Logger  *slog.Logger
+	Clock   clock.Clock
+	// Ready, if set, is called once the listeners are bound.
+	Ready func(Addrs)
+	// Version is reported in status (default "dev").
+	Version string
+	// Tick is the scheduler period (default 1 s).
+	Tick time.Duration
+	// RetentionEvery overrides the config's retention period (tests).
+	RetentionEvery time.Duration
+	// VaultKDF is the KDF for keys created through the vault handle (tests).
+	VaultKDF vault.KDFParams
+	// Getenv reads AWS_* for S3 vaults (default os.Getenv).
+	Getenv func(string) string
+}
+
+// Addrs are the bound listener addresses.
+type Addrs struct {
+	API    string // host:port of the API
+	Ingest string // host:port of the embedded process server ("" if disabled)
+}
+
+// Server is a running control plane. Run builds and serves one; Open builds
+// one without listeners (for tests and tools) and Handler serves its API.
+type Server struct {
+	cfg     Config
+	dataDir string
+	store   store.Store
+	ca      *pki.CA
+	vault   *vault.Vault
+	pass    []byte
+	clock   clock.Clock
+	log     *slog.Logger
+	rl      *pki.RevocationList
+	version string
+
+	notify *notifier
+	embed  embeddedProcess // nil if disabled or not started
+
+	retentionEvery time.Duration
+
+	mu          sync.Mutex
+	acks        map[string]map[string]api.CutAck // cut ID -> member -> ack
+	rpoExceeded map[string]bool                  // machines in an RPO excursion
+	offline     map[string]bool                  // machines reported offline
+	polling     map[string]int                   // machines with a long-poll in progress
+	lastEvent   int64                            // newest event ID
+	lastRetain  time.Time
+	mux         *http.ServeMux
+}
+
+// Open opens the server in dataDir without serving: store, CA, vault and
+// revocation list. Close releases it.
+func Open(ctx context.Context, o RunOptions) (*Server, error) {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Clock == nil {
+		o.Clock = clock.System{}
+	}
+	if o.Getenv == nil {
+		o.Getenv = os.Getenv
+	}
+	if o.Version == "" {
+		o.Version = "dev"
+	}
+	cfg, err := LoadConfig(o.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	ca, err := pki.LoadCA(filepath.Join(o.DataDir, CADir))
+	if err != nil {
+		return nil, err
+	}
+	pass, err := readPassphrase(o.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	be, err := openBackend(ctx, cfg.Vault, false, envLookup(cfg.VaultEnv, o.Getenv))
+	if err != nil {
+		return nil, err
+	}
+	v, err := vault.Open(ctx, be, pass, vault.Options{Clock: o.Clock, Logger: o.Logger, KDF: o.VaultKDF})
+	if err != nil {
+		return nil, fmt.Errorf("open vault %s: %w", cfg.Vault, err)
+	}
+	st, err := sqlstore.Open(ctx, cfg.DB)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, dataDir: o.DataDir, store: st, ca: ca, vault: v, pass: pass, clock: o.Clock,
+		log: o.Logger, rl: pki.NewRevocationList(), version: o.Version, notify: newNotifier(),
+		acks: map[string]map[string]api.CutAck{}, rpoExceeded: map[string]bool{}, offline: map[string]bool{},
+		polling: map[string]int{}, retentionEvery: cfg.RetentionEvery.Std()}
+	if o.RetentionEvery > 0 {
+		s.retentionEvery = o.RetentionEvery
+	}
+	if err := s.loadRevoked(ctx); err != nil {
+		st.Close()
+		return nil, err
+	}
+	if err := s.findLastEvent(ctx); err != nil {
+		st.Close()
+		return nil, err
+	}
+	s.mux = s.buildMux()
+	return s, nil
+}
+
+// Close releases the store.
+func (s *Server) Close() error { return s.store.Close() }
+
+// Store returns the server's state store.
+func (s *Server) Store() store.Store { return s.store }
+
+// Handler serves the API (/api/v1/...).
+func (s *Server) Handler() http.Handler { return s.mux }
+
+// Config returns the server's configuration.
+func (s *Server) Config() Config { return s.cfg }
+
+func (s *Server) loadRevoked(ctx context.Context) error {
+	serials, err := s.store.RevokedSerials(ctx)
+	if err != nil {
+		return fmt.Errorf("load revoked certificates: %w", err)
+	}
+	s.rl.Set(serials)
+	return nil
+}
+
+func (s *Server) findLastEvent(ctx context.Context) error {
+	var since int64
+	for range 1 << 20 {
+		evs, err := s.store.ListEvents(ctx, since, "", 1000)
+		if err != nil {
+			return fmt.Errorf("read events: %w", err)
+		}
+		if len(evs) == 0 {
+			break
+		}
+		since = evs[len(evs)-1].ID
+		if len(evs) < 1000 {
+			break
+		}
+	}
+	s.mu.Lock()
+	s.lastEvent = since
+	s.mu.Unlock()
+	return nil
+}
+
+// Run serves the control plane from dataDir until ctx ends: the API over
+// TLS (client certificates optional: people use bearer tokens, components
+// certificates, on one port), the embedded process server on its own TLS
+// listener (agent certificates required) unless disabled, and the
+// scheduler. It returns nil after a clean stop on ctx cancel.
+func Run(ctx context.Context, o RunOptions) error {
+	s, err := Open(ctx, o)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	tick := o.Tick
+	if tick <= 0 {
+		tick = time.Second
+	}
+	now := s.clock.Now()
+	hosts := certHosts(s.cfg)
+	apiCert, err := s.ca.IssueServer("lifeboat-server", hosts, serverCertTTL, now)
+	if err != nil {
+		return err
+	}
+	apiLn, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w (is another server running? change \"listen\" in %s)", s.cfg.Listen, err, ConfigFile)
+	}
+	addrs := Addrs{API: apiLn.Addr().String()}
+	errLog := pki.HandshakeErrorLog(s.log)
+	apiSrv := &http.Server{Handler: s.Handler(), ErrorLog: errLog, ReadHeaderTimeout: 10 * time.Second,
+		BaseContext: func(net.Listener) context.Context { return ctx }}
+	apiTLS := tls.NewListener(apiLn, pki.ServerTLS(apiCert, s.ca.Pool(), false))
+
+	var ingestSrv *http.Server
+	var ingestTLS net.Listener
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if !s.cfg.IngestDisabled {
+		ln, err := net.Listen("tcp", s.cfg.IngestListen)
+		if err != nil {
+			apiLn.Close()
+			return fmt.Errorf("listen on %s for the embedded process server: %w (change \"ingest_listen\" in %s)", s.cfg.IngestListen, err, ConfigFile)
+		}
+		addrs.Ingest = ln.Addr().String()
+		url := s.cfg.IngestURL
+		if url == "" {
+			url = "https://" + addrs.Ingest
+		}
+		cert, err := s.ca.IssueServer(EmbeddedName, append(hosts, ingestHosts(addrs.Ingest)...), serverCertTTL, now)
+		if err != nil {
+			apiLn.Close()
+			ln.Close()
+			return err
+		}
+		ep, err := s.startEmbedded(runCtx)
+		if err != nil {
+			apiLn.Close()
+			ln.Close()
+			return fmt.Errorf("start the embedded process server: %w", err)
+		}
+		s.embed = ep
+		if err := s.registerEmbedded(ctx, url); err != nil {
+			apiLn.Close()
+			ln.Close()
+			return err
+		}
+		ingestSrv = &http.Server{Handler: ep.Handler(), ErrorLog: errLog, ReadHeaderTimeout: 10 * time.Second,
+			BaseContext: func(net.Listener) context.Context { return runCtx }}
+		ingestTLS = tls.NewListener(ln, pki.ServerTLS(cert, s.ca.Pool(), true))
+	}
+
+	var wg sync.WaitGroup
+	errc := make(chan error, 2)
+	serve := func(srv *http.Server, ln net.Listener, what string) {
+		defer wg.Done()
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("%s: %w", what, err)
+		}
+	}
+	wg.Add(1)
+	go serve(apiSrv, apiTLS, "API server")
+	if ingestSrv != nil {
+		wg.Add(1)
+		go serve(ingestSrv, ingestTLS, "embedded process server")
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.schedule(runCtx, tick)
+	}()
+	s.log.Info("control plane running", "api", addrs.API, "ingest", addrs.Ingest, "vault", s.cfg.Vault)
+	if o.Ready != nil {
+		o.Ready(addrs)
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	cancel()
+	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer scancel()
+	_ = apiSrv.Shutdown(sctx)
+	if ingestSrv != nil {
+		_ = ingestSrv.Shutdown(sctx)
+	}
+	if s.embed != nil {
+		if err := s.embed.Close(sctx); err != nil && runErr == nil {
+			runErr = fmt.Errorf("close the embedded process server: %w", err)
+		}
+	}
+	wg.Wait()
+	return runErr
+}
+
+// certHosts are the names in the API certificate.
+func certHosts(cfg Config) []string {
+	hosts := []string{"127.0.0.1", "::1", "localhost"}
+	if h, err := os.Hostname(); err == nil && h != "" {
+		hosts = append(hosts, h)
+	}
+	if host, _, err := net.SplitHostPort(cfg.Listen); err == nil && host != "" && net.ParseIP(host) != nil &&
+		!net.ParseIP(host).IsUnspecified() {
+		hosts = append(hosts, host)
+	}
+	hosts = append(hosts, cfg.Hosts...)
+	return dedupe(hosts)
+}
+
+func ingestHosts(addr string) []string {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil || host == "" || net.ParseIP(host) == nil || net.ParseIP(host).IsUnspecified() {
+		return nil
+	}
+	return []string{host}
+}
+
+func dedupe(s []string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, v := range s {
+		if !seen[v] {
+			seen[v] = true
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// registerEmbedded records the embedded process server.
+func (s *Server) registerEmbedded(ctx context.Context, url string) error {
+	p, err := s.store.GetProcess(ctx, EmbeddedName)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("read process server %s: %w", EmbeddedName, err)
+	}
+	p.Name, p.URL, p.Embedded, p.LastSeen = EmbeddedName, url, true, s.clock.Now().UTC()
+	if p.Bandwidth == 0 {
+		p.Bandwidth = s.cfg.Bandwidth
+	}
+	if err := s.store.PutProcess(ctx, p); err != nil {
+		return fmt.Errorf("record process server %s: %w", EmbeddedName, err)
+	}
+	if p.Bandwidth > 0 {
+		s.embed.SetBandwidth(p.Bandwidth)
+	}
+	return nil
+}
+
+// event records an event and returns its ID (errors are logged: an event
+// lost must not fail the operation that raised it).
+func (s *Server) event(ctx context.Context, e api.Event) {
+	if e.Time.IsZero() {
+		e.Time = s.clock.Now().UTC()
+	}
+	if e.Severity == "" {
+		e.Severity = api.SeverityInfo
+	}
+	id, err := s.store.AddEvent(ctx, e)
+	if err != nil {
+		s.log.Error("cannot record event", "kind", e.Kind, "machine", e.Machine, "message", e.Message, "err", err)
+		return
+	}
+	s.mu.Lock()
+	if id > s.lastEvent {
+		s.lastEvent = id
+	}
+	s.mu.Unlock()
+	lvl := slog.LevelInfo
+	switch e.Severity {
+	case api.SeverityWarning:
+		lvl = slog.LevelWarn
+	case api.SeverityError:
+		lvl = slog.LevelError
+	}
+	s.log.Log(ctx, lvl, e.Message, "event", e.Kind, "machine", e.Machine, "process", e.Process)
+}
+
+// notifier wakes long-polls of agents whose configuration may have changed.
+type notifier struct {
+	mu sync.Mutex
+	ch map[string]chan struct{}
+}
+
+func newNotifier() *notifier { return &notifier{ch: map[string]chan struct{}{}} }
+
+// wait returns a channel closed at the next notify of machine (or all).
+func (n *notifier) wait(machine string) <-chan struct{} {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	c, ok := n.ch[machine]
+	if !ok {
+		c = make(chan struct{})
+		n.ch[machine] = c
+	}
+	return c
+}
+
+func (n *notifier) notify(machines ...string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, m := range machines {
+		if c, ok := n.ch[m]; ok {
+			close(c)
+			delete(n.ch, m)
+		}
+	}
+}
+
+func (n *notifier) notifyAll() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for m, c := range n.ch {
+		close(c)
+		delete(n.ch, m)
+	}
+}

@@ -1,0 +1,346 @@
+// Package processd is the `lifeboat process` daemon: a stand-alone process
+// server. It enrolls with the control plane like an agent does, then
+// heartbeats to it, learns from it where the vault is and which agent
+// certificates are revoked, and serves agents' change batches over mutual
+// TLS through internal/ingest.
+package processd
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/clock"
+	"github.com/lifeboat-dr/lifeboat/internal/ingest"
+	"github.com/lifeboat-dr/lifeboat/internal/pki"
+	"github.com/lifeboat-dr/lifeboat/internal/vault"
+	"github.com/lifeboat-dr/lifeboat/internal/vault/backend/open"
+)
+
+// Config is process.json in the state directory.
+type Config struct {
+	Server     string `json:"server"`      // https://host:port of the control plane
+	Name       string `json:"name"`        // this process server's name
+	Listen     string `json:"listen"`      // address agents connect to, e.g. 127.0.0.1:8445
+	Advertise  string `json:"advertise"`   // URL agents are given (default https://<listen>)
+	CacheDir   string `json:"cache_dir"`   // default <state>/cache
+	CacheLimit int64  `json:"cache_limit"` // bytes; default 2 GiB
+}
+
+const configName = "process.json"
+
+// LoadConfig reads process.json.
+func LoadConfig(stateDir string) (Config, error) {
+	var c Config
+	b, err := os.ReadFile(filepath.Join(stateDir, configName))
+	if errors.Is(err, os.ErrNotExist) {
+		return c, fmt.Errorf("%s is not an enrolled process server: run `lifeboat process enroll --server URL --token T --name NAME --state-dir %s`", stateDir, stateDir)
+	}
+	if err != nil {
+		return c, err
+	}
+	if err := json.Unmarshal(b, &c); err != nil {
+		return c, fmt.Errorf("%s: %w", filepath.Join(stateDir, configName), err)
+	}
+	if c.Server == "" || c.Name == "" || c.Listen == "" {
+		return c, fmt.Errorf("%s: server, name and listen must be set", filepath.Join(stateDir, configName))
+	}
+	if c.CacheDir == "" {
+		c.CacheDir = filepath.Join(stateDir, "cache")
+	}
+	if c.Advertise == "" {
+		c.Advertise = "https://" + c.Listen
+	}
+	return c, nil
+}
+
+// EnrollOptions are the arguments of `lifeboat process enroll`.
+type EnrollOptions struct {
+	Server, Token, Name, StateDir string
+	Listen, Advertise             string
+	CacheLimit                    int64
+}
+
+// Enroll obtains a certificate (usable for serving agents too) with a
+// one-time process token and writes the state directory.
+func Enroll(ctx context.Context, o EnrollOptions) error {
+	if err := vault.ValidateName("process server", o.Name); err != nil {
+		return err
+	}
+	if o.Listen == "" {
+		o.Listen = "127.0.0.1:8445"
+	}
+	host, _, err := net.SplitHostPort(o.Listen)
+	if err != nil {
+		return fmt.Errorf("--listen %q: %w", o.Listen, err)
+	}
+	hosts := []string{"127.0.0.1", "::1", "localhost"}
+	if host != "" {
+		hosts = append(hosts, host)
+	}
+	if o.Advertise != "" {
+		if h, _, err := net.SplitHostPort(strings.TrimPrefix(o.Advertise, "https://")); err == nil {
+			hosts = append(hosts, h)
+		}
+	}
+	if hn, err := os.Hostname(); err == nil {
+		hosts = append(hosts, hn)
+	}
+	_, pin, err := pki.ParseToken(o.Token)
+	if err != nil {
+		return err
+	}
+	keyPEM, csrPEM, err := pki.NewKeyAndCSR(o.Name)
+	if err != nil {
+		return err
+	}
+	hn, _ := os.Hostname()
+	req := api.EnrollRequest{Token: o.Token, Role: api.RoleProcess, Name: o.Name, Hostname: hn, CSR: string(csrPEM), Hosts: hosts}
+	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: pki.PinnedTLS(pin)}}
+	var resp api.EnrollResponse
+	if err := postJSON(ctx, hc, strings.TrimRight(o.Server, "/")+"/api/v1/enroll", req, &resp); err != nil {
+		return fmt.Errorf("enroll with %s: %w", o.Server, err)
+	}
+	if err := os.MkdirAll(o.StateDir, 0o700); err != nil {
+		return err
+	}
+	if err := pki.SaveIdentity(o.StateDir, keyPEM, []byte(resp.Certificate), []byte(resp.CA)); err != nil {
+		return err
+	}
+	c := Config{Server: o.Server, Name: o.Name, Listen: o.Listen, Advertise: o.Advertise, CacheLimit: o.CacheLimit}
+	b, _ := json.MarshalIndent(c, "", "  ")
+	tmp := filepath.Join(o.StateDir, configName+".tmp")
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(o.StateDir, configName))
+}
+
+func postJSON(ctx context.Context, hc *http.Client, url string, in, out any) error {
+	b, err := json.Marshal(in)
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(b))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	rb, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode >= 300 {
+		var eb api.ErrorBody
+		if json.Unmarshal(rb, &eb) == nil && eb.Error.Message != "" {
+			return fmt.Errorf("server refused (%d %s): %s", resp.StatusCode, eb.Error.Code, eb.Error.Message)
+		}
+		return fmt.Errorf("server answered %s: %s", resp.Status, strings.TrimSpace(string(rb)))
+	}
+	if out == nil {
+		return nil
+	}
+	return json.Unmarshal(rb, out)
+}
+
+// Options tune Run.
+type Options struct {
+	Logger *slog.Logger
+	Clock  clock.Clock
+	// Ready, if set, is called with the ingest listener's address.
+	Ready func(addr string)
+	// HeartbeatEvery defaults to 5 s.
+	HeartbeatEvery time.Duration
+}
+
+// Run serves until ctx ends.
+func Run(ctx context.Context, stateDir string, o Options) error {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Clock == nil {
+		o.Clock = clock.System{}
+	}
+	if o.HeartbeatEvery <= 0 {
+		o.HeartbeatEvery = 5 * time.Second
+	}
+	log := o.Logger.With("process", "")
+	cfg, err := LoadConfig(stateDir)
+	if err != nil {
+		return err
+	}
+	log = o.Logger.With("process", cfg.Name)
+	id, err := pki.LoadIdentity(stateDir)
+	if err != nil {
+		return err
+	}
+	d := &daemon{cfg: cfg, id: id, log: log, clock: o.Clock, revoked: pki.NewRevocationList()}
+	d.hc = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: pki.ClientTLS(&id.Cert, id.CAPool)}}
+
+	// The vault's location comes from the server: retry until it answers.
+	var pc api.ProcessConfig
+	for {
+		pc, err = d.heartbeat(ctx, api.ProcessHeartbeat{URL: cfg.Advertise})
+		if err == nil {
+			break
+		}
+		log.Warn("cannot reach the server for the vault's location; retrying", "server", cfg.Server, "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(2 * time.Second):
+		}
+	}
+	d.revoked.Set(pc.Revoked)
+	getenv := func(k string) string {
+		if v, ok := pc.Env[k]; ok {
+			return v
+		}
+		return os.Getenv(k)
+	}
+	be, err := open.Backend(ctx, pc.Vault, open.Options{Getenv: getenv, Logger: log})
+	if err != nil {
+		return fmt.Errorf("open vault %s: %w", pc.Vault, err)
+	}
+	v, err := vault.Open(ctx, be, []byte(pc.Passphrase), vault.Options{Logger: log, Clock: o.Clock})
+	if err != nil {
+		return fmt.Errorf("open vault %s: %w", pc.Vault, err)
+	}
+	srv, err := ingest.NewServer(ctx, ingest.Options{
+		Name: cfg.Name, Vault: v, CacheDir: cfg.CacheDir, CacheLimit: cfg.CacheLimit, Bandwidth: pc.Bandwidth,
+		Authorize: func(r *http.Request) (string, error) {
+			p, err := pki.Authenticate(r, d.revoked, log, api.RoleAgent)
+			return p.Name, err
+		},
+		OnEvent: d.addEvent, OnPoint: d.addPoint, Clock: o.Clock, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		_ = srv.Close(context.Background())
+		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+	}
+	hs := &http.Server{Handler: srv.Handler(), TLSConfig: pki.ServerTLS(id.Cert, id.CAPool, true),
+		ErrorLog: pki.HandshakeErrorLog(log), ReadHeaderTimeout: 10 * time.Second}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- hs.Serve(tls.NewListener(ln, hs.TLSConfig)) }()
+	log.Info("process server serving agents", "listen", ln.Addr().String(), "vault", pc.Vault)
+	if o.Ready != nil {
+		o.Ready(ln.Addr().String())
+	}
+
+	bw := pc.Bandwidth
+	t := time.NewTicker(o.HeartbeatEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			_ = hs.Shutdown(sctx)
+			err := srv.Close(sctx)
+			cancel()
+			return err
+		case err := <-serveErr:
+			_ = srv.Close(context.Background())
+			return fmt.Errorf("serve: %w", err)
+		case <-t.C:
+		}
+		st := srv.Stats()
+		hb := api.ProcessHeartbeat{URL: cfg.Advertise, CacheUsed: st.CacheUsed, CacheLimit: st.CacheLimit,
+			Sessions: st.Sessions, Throttled: st.Throttled, IngestRate: st.IngestRate}
+		hb.Events, hb.Points = d.take()
+		pc, err := d.heartbeat(ctx, hb)
+		if err != nil {
+			d.putBack(hb.Events, hb.Points)
+			log.Warn("heartbeat to the server failed; serving agents with the last settings", "err", err)
+			continue
+		}
+		d.revoked.Set(pc.Revoked)
+		if pc.Bandwidth != bw {
+			bw = pc.Bandwidth
+			srv.SetBandwidth(bw)
+			log.Info("bandwidth limit changed", "bytes_per_second", bw)
+		}
+		if id.NeedsRenewal(o.Clock.Now()) {
+			log.Warn("certificate is due for renewal; re-enroll this process server with a new token", "not_after", id.Leaf.NotAfter)
+		}
+	}
+}
+
+type daemon struct {
+	cfg     Config
+	id      *pki.Identity
+	log     *slog.Logger
+	clock   clock.Clock
+	hc      *http.Client
+	revoked *pki.RevocationList
+
+	mu     sync.Mutex
+	events []api.Event
+	points []api.Point
+}
+
+const maxQueued = 10000
+
+func (d *daemon) addEvent(e api.Event) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if e.Process == "" {
+		e.Process = d.cfg.Name
+	}
+	if len(d.events) < maxQueued {
+		d.events = append(d.events, e)
+	}
+}
+
+func (d *daemon) addPoint(p api.Point) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if p.Process == "" {
+		p.Process = d.cfg.Name
+	}
+	if len(d.points) < maxQueued {
+		d.points = append(d.points, p)
+	}
+}
+
+func (d *daemon) take() ([]api.Event, []api.Point) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	e, p := d.events, d.points
+	d.events, d.points = nil, nil
+	return e, p
+}
+
+func (d *daemon) putBack(e []api.Event, p []api.Point) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.events = append(e, d.events...)
+	d.points = append(p, d.points...)
+}
+
+func (d *daemon) heartbeat(ctx context.Context, hb api.ProcessHeartbeat) (api.ProcessConfig, error) {
+	var pc api.ProcessConfig
+	err := postJSON(ctx, d.hc, strings.TrimRight(d.cfg.Server, "/")+"/api/v1/process/heartbeat", hb, &pc)
+	return pc, err
+}
