@@ -258,6 +258,7 @@ func (a *app) pushCmd() *cobra.Command {
 	fl.StringVar(&o.RemoteBin, "remote-bin", "/usr/local/bin/lifeboat", "where to install it")
 	fl.StringVar(&o.StateDir, "remote-state-dir", "/var/lib/lifeboat/agent", "agent state directory on the remote host")
 	fl.StringVar(&o.UnitPath, "unit-path", "/etc/systemd/system/lifeboat-agent.service", "where to install the systemd unit")
+	fl.StringVar(&o.Start, "start", "", "how to start the agent: systemd or nohup (default: systemd when it runs on the host)")
 	fl.StringVar(&agentServer, "agent-server", "", "server URL as the remote host reaches it (default: --server)")
 	fl.DurationVar(&ttl, "token-ttl", 15*time.Minute, "lifetime of the enrollment token created for the push")
 	a.addClientFlags(cmd, &f)

@@ -82,6 +82,7 @@ type openCut struct {
 	thawer  *thawer
 	failed  bool // pre-freeze failed: the point will be crash-consistent
 	started time.Time
+	lastAck time.Time // when "frozen" was last reported
 }
 
 // New prepares an agent from its configuration: it loads the identity

@@ -102,6 +102,30 @@ func (a *Agent) consistency(cfg api.AgentConfig, cutID string) *consistency {
 	}
 }
 
+// hookTimeout is the policy's bound on hooks and on time spent frozen.
+func hookTimeout(cfg api.AgentConfig) time.Duration {
+	if cfg.Policy != nil && cfg.Policy.HookTimeout > 0 {
+		return cfg.Policy.HookTimeout.Std()
+	}
+	return DefaultHookTimeout
+}
+
+// thawOpenCut thaws the open cut but keeps it open: the member still
+// takes part if the cut falls back to crash-consistent.
+func (a *Agent) thawOpenCut() {
+	a.mu.Lock()
+	oc := a.openCut
+	if oc != nil {
+		oc.failed = true
+	}
+	a.mu.Unlock()
+	if oc != nil && oc.thawer != nil {
+		if err := oc.thawer.thaw(); err != nil {
+			a.event(api.SeverityWarning, "hook_failed", fmt.Sprintf("thaw after cut %s: %v", oc.id, err))
+		}
+	}
+}
+
 // hookFailed reports a failed pre-freeze (the point becomes crash-consistent).
 func (a *Agent) hookFailed(err error) {
 	a.event(api.SeverityWarning, "hook_failed", fmt.Sprintf("app-consistent point not possible, taking it crash-consistent: %v", err))
@@ -168,6 +192,26 @@ func (a *Agent) handleCuts(ctx context.Context, cfg api.AgentConfig) bool {
 			return true
 		case cut.Phase == api.PhaseFreeze:
 			if isOpen {
+				if oc.failed {
+					return false // thawed; waiting for the crash-consistent snapshot
+				}
+				// Never keep an application frozen longer than the hook
+				// timeout waiting for the rest of the group: thaw, and take
+				// part crash-consistent if the cut goes on.
+				if limit := hookTimeout(cfg); now.Sub(oc.started) > limit {
+					a.thawOpenCut()
+					a.hookFailed(fmt.Errorf("the group did not reach its barrier within %s of freezing", limit))
+					a.ack(cut.ID, "failed", fmt.Sprintf("thawed after %s frozen: the group's barrier was not reached", limit))
+					return true
+				}
+				// Repeat the ack: a server restarted since keeps acks in
+				// memory only.
+				if now.Sub(oc.lastAck) >= 2*time.Second {
+					a.mu.Lock()
+					oc.lastAck = now
+					a.mu.Unlock()
+					a.ack(cut.ID, "frozen", "")
+				}
 				return false // frozen; waiting for the snapshot phase
 			}
 			if oc != nil {
@@ -221,6 +265,7 @@ func (a *Agent) freezeForCut(ctx context.Context, cfg api.AgentConfig, cut api.C
 			return
 		}
 	}
+	oc.lastAck = a.clk.Now()
 	a.mu.Lock()
 	a.openCut = oc
 	a.mu.Unlock()

@@ -26,6 +26,10 @@ const (
 const offlineAfter = 3
 
 // schedule runs the scheduler every tick until ctx ends.
+// fallbackLead is how far ahead a fallen-back cut's instant is set, so
+// that every member learns it before it comes.
+const fallbackLead = time.Second
+
 func (s *Server) schedule(ctx context.Context, tick time.Duration) {
 	t := time.NewTicker(tick)
 	defer t.Stop()
@@ -291,8 +295,10 @@ func (s *Server) advanceCut(ctx context.Context, id string) error {
 				reasons = append(reasons, fmt.Sprintf("%s: %s", m, orUnknown(acks[m].Reason)))
 			}
 			c.Kind, c.Phase = vault.KindCrash, api.PhaseSnapshot
-			if now.After(c.At) {
-				c.At = now.UTC()
+			// Crash-consistent: every member snapshots at one future
+			// instant, as for a scheduled crash cut.
+			if at := now.Add(fallbackLead).UTC(); at.After(c.At) {
+				c.At = at
 			}
 			c.Expires = c.At.Add(cutGrace)
 			s.mu.Lock()
