@@ -9,6 +9,7 @@ import (
 	"io"
 	"io/fs"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,10 +17,12 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/lifeboat-dr/lifeboat/internal/capture/scan"
+	"github.com/lifeboat-dr/lifeboat/internal/agent"
+	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/client"
+	"github.com/lifeboat-dr/lifeboat/internal/control"
 	"github.com/lifeboat-dr/lifeboat/internal/progress"
 	"github.com/lifeboat-dr/lifeboat/internal/recover"
-	"github.com/lifeboat-dr/lifeboat/internal/replicate"
 	"github.com/lifeboat-dr/lifeboat/internal/vault"
 	"github.com/lifeboat-dr/lifeboat/internal/vault/backend"
 	"github.com/lifeboat-dr/lifeboat/internal/vault/backend/local"
@@ -37,13 +40,15 @@ func (a *app) demoCmd() *cobra.Command {
 	var f demoFlags
 	c := &cobra.Command{
 		Use:   "demo",
-		Short: "Replicate a sample ext4 disk through several cycles, then restore and verify a point",
+		Short: "Run a server and an agent, replicate a sample ext4 disk, then restore and verify its points",
 		Long: `Demo builds a sample disk image holding a real ext4 filesystem (filled with
-files copied from this machine), creates a local vault, replicates the disk
-through several cycles while files are added and removed inside the
-filesystem, lists the recovery points, restores an older point and proves it
-byte for byte (SHA-256) and with e2fsck, brings the restored disk forward to
-the newest point incrementally, and checks every byte of the vault.
+files copied from this machine), then runs the service in this process: a
+server (CA, SQLite state, local vault, embedded process server) and an agent
+enrolled over mutual TLS with a one-time token. It protects the disk with a
+5-second policy, changes files inside the filesystem between points, shows
+the status, then stops the service and, from the vault alone, restores an
+older point and proves it byte for byte (SHA-256) and with e2fsck, brings it
+forward to the newest point incrementally, and checks every byte of the vault.
 It needs mkfs.ext4 and debugfs (Debian package e2fsprogs).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return a.runDemo(cmd.Context(), f) },
@@ -83,9 +88,7 @@ func (a *app) runDemo(ctx context.Context, f demoFlags) error {
 	}
 	img := filepath.Join(dir, "disk.img")
 	vaultDir := filepath.Join(dir, "vault")
-	stateDir := filepath.Join(dir, "state")
 	os.RemoveAll(vaultDir)
-	os.RemoveAll(stateDir)
 
 	// 1. A sample disk with a real filesystem.
 	src := filepath.Join(dir, "files")
@@ -101,59 +104,157 @@ func (a *app) runDemo(ctx context.Context, f demoFlags) error {
 	os.RemoveAll(src)
 	a.say("== Sample disk: %s, %d MiB ext4 filesystem holding %s of files from this machine", img, f.sizeMB, progress.Bytes(copied))
 
-	// 2. A vault.
+	// 2. The service, in this process: a server with its CA, state
+	// database, vault and embedded process server, and one agent.
 	pass := []byte("lifeboat-demo")
-	be, err := local.Create(vaultDir)
+	serverDir, agentDir := filepath.Join(dir, "server"), filepath.Join(dir, "agent")
+	os.RemoveAll(serverDir)
+	os.RemoveAll(agentDir)
+	init, err := control.Init(ctx, control.InitOptions{DataDir: serverDir, VaultURL: vaultDir, Passphrase: pass,
+		Listen: "127.0.0.1:0", IngestListen: "127.0.0.1:0"})
 	if err != nil {
 		return err
 	}
-	v, err := vault.Init(ctx, backend.Retry(be, backend.RetryOptions{Logger: a.log}), pass,
-		vault.InitOptions{Options: vault.Options{Logger: a.log}})
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	ready := make(chan control.Addrs, 1)
+	serverDone := make(chan error, 1)
+	go func() {
+		serverDone <- control.Run(ctx, control.RunOptions{DataDir: serverDir, Logger: a.log, Version: version,
+			Ready: func(ad control.Addrs) { ready <- ad }})
+	}()
+	var addrs control.Addrs
+	select {
+	case addrs = <-ready:
+	case err := <-serverDone:
+		return fmt.Errorf("server: %w", err)
+	}
+	url := "https://" + addrs.API
+	a.say("== Server: API %s, process server %s, vault %s, state in SQLite", url, addrs.Ingest, vaultDir)
+	a.say("   same as: lifeboat server init --data %s --vault %s && lifeboat server run --data %s", serverDir, vaultDir, serverDir)
+	a.say("   CA fingerprint %s…; admin token printed once by init", init.CAFingerprint[:16])
+	c, err := client.New(client.Config{Server: url, Token: init.AdminToken})
 	if err != nil {
 		return err
 	}
-	a.say("== Vault: %s (id %s, encrypted with XChaCha20-Poly1305, zstd, 64 KiB blocks)", vaultDir, v.Config().ID[:16])
-	a.say("   same as: LIFEBOAT_PASSPHRASE=%s lifeboat vault init %s", pass, vaultDir)
+	pol := api.Policy{Name: "demo", CrashInterval: api.Duration(5 * time.Second), RPOThreshold: api.Duration(time.Minute),
+		Retention: "1h:all", KeepApp: api.Duration(24 * time.Hour), HookTimeout: api.Duration(10 * time.Second)}
+	if err := c.Do(ctx, http.MethodPost, client.Path("policies"), pol, nil); err != nil {
+		return err
+	}
+	a.say("== Policy demo: a crash-consistent point every 5s (lifeboat policy create demo --crash-interval 5s --app-interval 0)")
+	var tok api.TokenResponse
+	if err := c.Do(ctx, http.MethodPost, client.Path("tokens"), api.TokenRequest{Role: api.RoleAgent, TTL: api.Duration(10 * time.Minute)}, &tok); err != nil {
+		return err
+	}
+	if err := agent.Enroll(ctx, agent.EnrollOptions{Server: url, Token: tok.Token, Name: "demo-vm", StateDir: agentDir}); err != nil {
+		return err
+	}
+	acfg, err := agent.LoadConfig(agentDir)
+	if err != nil {
+		return err
+	}
+	acfg.Disks = []agent.DiskConfig{{Name: "root", Path: img}}
+	if err := agent.SaveConfig(agentDir, acfg); err != nil {
+		return err
+	}
+	ag, err := agent.New(acfg, agent.Options{Logger: a.log, Version: version})
+	if err != nil {
+		return err
+	}
+	agentDone := make(chan error, 1)
+	go func() { agentDone <- ag.Run(ctx) }()
+	a.say("== Agent demo-vm enrolled over mTLS with a one-time token, disk root=%s", img)
+	a.say("   same as: lifeboat agent enroll --server %s --token $(lifeboat token create --role agent) --name demo-vm --disk root=%s; lifeboat agent run", url, img)
+	if err := c.Do(ctx, http.MethodPost, client.Path("machines", "demo-vm", "protect"), api.ProtectRequest{Policy: "demo"}, nil); err != nil {
+		return err
+	}
+	a.say("== Protected: lifeboat protect demo-vm --policy demo")
 
-	// 3. Cycles with churn inside the filesystem between them.
-	if err := os.MkdirAll(stateDir, 0o700); err != nil {
-		return err
-	}
-	drv, err := scan.New(scan.Options{Path: img, StateFile: filepath.Join(stateDir, "root.hashes"), BlockSize: v.Config().BlockSize, Logger: a.log})
-	if err != nil {
-		return err
-	}
-	a.say("== Replicating (same as: lifeboat replicate --vault %s --machine demo-vm --disk root=%s --once)", vaultDir, img)
-	rng := rand.New(rand.NewPCG(2026, 11))
+	// 3. Points at the policy's cadence; the filesystem changes right
+	// after each point, well before the next cycle.
 	type cut struct {
-		point *vault.Point
+		point string
 		sum   string
 	}
 	var cuts []cut
+	sum, err := sha256File(img)
+	if err != nil {
+		return err
+	}
+	rng := rand.New(rand.NewPCG(2026, 11))
+	var last time.Time
+	lastPct := -1.0
 	for i := range f.cycles {
-		if i > 0 {
-			what, err := churn(ctx, dir, img, rng, i)
-			if err != nil {
+		var m api.Machine
+		deadline := time.Now().Add(5 * time.Minute)
+		for {
+			if time.Now().After(deadline) {
+				return errors.New("no recovery point after 5 minutes; run with --log-level info to see why")
+			}
+			select {
+			case err := <-agentDone:
+				return fmt.Errorf("agent stopped: %v", err)
+			case err := <-serverDone:
+				return fmt.Errorf("server stopped: %v", err)
+			case <-time.After(100 * time.Millisecond):
+			}
+			if err := c.Do(ctx, http.MethodGet, client.Path("machines", "demo-vm"), nil, &m); err != nil {
 				return err
 			}
-			a.say("   churn: %s", what)
+			if m.Progress != nil && m.State == api.StateInitial && m.Progress.Percent >= lastPct+20 {
+				lastPct = m.Progress.Percent
+				a.say("   %s", describeState(m))
+			}
+			if m.LastPoint != nil && m.LastPoint.Point != "" && m.LastPoint.Time.After(last) {
+				break
+			}
 		}
-		sum, err := sha256File(img)
+		lp := m.LastPoint
+		last = lp.Time
+		cuts = append(cuts, cut{lp.Point, sum})
+		a.say("   point %s at %s: %s changed, %s sent to the process server, %s", shortID(lp.Point), lp.Time.Local().Format("15:04:05.000"),
+			progress.Bytes(lp.ChangedBytes), progress.Bytes(lp.SentBytes), lp.Duration.Std().Round(time.Millisecond))
+		if i == f.cycles-1 {
+			break
+		}
+		what, err := churn(ctx, dir, img, rng, i+1)
 		if err != nil {
 			return err
 		}
-		res, err := replicate.RunCycle(ctx, replicate.Options{Vault: v, Machine: "demo-vm", Logger: a.log,
-			Disks: []replicate.Disk{{Name: "root", Driver: drv}}, Labels: map[string]string{"demo": fmt.Sprint(i + 1)}})
-		if err != nil {
+		if sum, err = sha256File(img); err != nil {
 			return err
 		}
-		fmt.Fprint(a.stdout, "   ")
-		a.printCycle(res)
-		cuts = append(cuts, cut{res.Point, sum})
+		a.say("   churn: %s", what)
 	}
+	var st api.Status
+	if err := c.Do(ctx, http.MethodGet, client.Path("status"), nil, &st); err != nil {
+		return err
+	}
+	a.say("== lifeboat status")
+	a.machineTable(st.Machines)
+	a.processTable(st.Processes)
+
+	// Stop the service; the vault holds everything needed to recover.
+	stop()
+	<-agentDone
+	<-serverDone
+	be, err := local.New(vaultDir)
+	if err != nil {
+		return err
+	}
+	v, err := vault.Open(context.Background(), backend.Retry(be, backend.RetryOptions{Logger: a.log}), pass, vault.Options{Logger: a.log})
+	if err != nil {
+		return err
+	}
+	ctx = context.Background()
+	if _, err := v.LoadIndex(ctx); err != nil {
+		return err
+	}
+	find := func(id string) (*vault.Point, error) { return v.FindPoint(ctx, id) }
 
 	// 4. The points.
-	a.say("== Recovery points (lifeboat points list --vault %s)", vaultDir)
+	a.say("== Recovery points in the vault (lifeboat points list --vault %s)", vaultDir)
 	pts, _, err := v.Points(ctx)
 	if err != nil {
 		return err
@@ -164,13 +265,16 @@ func (a *app) runDemo(ctx context.Context, f demoFlags) error {
 	}
 
 	// 5. Restore an older point and prove it.
-	old := cuts[1]
+	old, err := find(cuts[1].point)
+	if err != nil {
+		return err
+	}
 	restored := filepath.Join(dir, "restored.img")
 	os.Remove(restored)
-	a.say("== Restoring point %s (cycle 2) to %s", old.point.ID.Short(), restored)
-	a.say("   same as: lifeboat restore %s --vault %s --disk root --to %s", old.point.ID.Short(), vaultDir, restored)
+	a.say("== Restoring point %s (the second) to %s", old.ID.Short(), restored)
+	a.say("   same as: lifeboat restore %s --vault %s --disk root --to %s", old.ID.Short(), vaultDir, restored)
 	t0 := time.Now()
-	rr, err := recover.Restore(ctx, v, old.point, "root", restored, recover.Options{})
+	rr, err := recover.Restore(ctx, v, old, "root", restored, recover.Options{})
 	if err != nil {
 		return err
 	}
@@ -178,38 +282,46 @@ func (a *app) runDemo(ctx context.Context, f demoFlags) error {
 	if err != nil {
 		return err
 	}
-	if got != old.sum {
-		return fmt.Errorf("restored image differs from the disk at cycle 2: sha256 %s, want %s", got, old.sum)
+	if got != cuts[1].sum {
+		return fmt.Errorf("restored image differs from the disk at that point: sha256 %s, want %s", got, cuts[1].sum)
 	}
-	a.say("   wrote %s in %.2fs; SHA-256 %s… equals the disk as it was at cycle 2", progress.Bytes(rr.BytesWritten), time.Since(t0).Seconds(), got[:16])
+	a.say("   wrote %s in %.2fs; SHA-256 %s… equals the disk as it was at that point", progress.Bytes(rr.BytesWritten), time.Since(t0).Seconds(), got[:16])
 	if out, err := exec.CommandContext(ctx, "e2fsck", "-fn", restored).CombinedOutput(); err != nil {
 		return fmt.Errorf("e2fsck of the restored image failed: %v\n%s", err, out)
 	}
 	a.say("   e2fsck -fn: filesystem clean")
 
 	// 6. Bring it forward to the newest point, writing only what differs.
-	last := cuts[len(cuts)-1]
-	a.say("== Incremental restore of the newest point %s onto %s (lifeboat restore ... --incremental)", last.point.ID.Short(), restored)
-	rr, err = recover.Restore(ctx, v, last.point, "root", restored, recover.Options{Incremental: true})
+	lastCut := cuts[len(cuts)-1]
+	newest, err := find(lastCut.point)
+	if err != nil {
+		return err
+	}
+	a.say("== Incremental restore of the newest point %s onto %s (lifeboat restore ... --incremental)", newest.ID.Short(), restored)
+	rr, err = recover.Restore(ctx, v, newest, "root", restored, recover.Options{Incremental: true})
 	if err != nil {
 		return err
 	}
 	if got, err = sha256File(restored); err != nil {
 		return err
 	}
-	if got != last.sum {
+	if got != lastCut.sum {
 		return fmt.Errorf("incrementally restored image differs from the newest cut")
 	}
 	a.say("   compared %s, wrote only %s (%d blocks); SHA-256 matches the newest cut", progress.Bytes(rr.BytesRead), progress.Bytes(rr.BytesWritten), rr.BlocksWritten)
 
 	// 7. Diff and a full verification of the vault.
-	ra, _ := v.OpenDisk(cuts[0].point, "root")
-	rb, _ := v.OpenDisk(last.point, "root")
-	st, err := v.Diff(ctx, ra, rb, nil)
+	first, err := find(cuts[0].point)
 	if err != nil {
 		return err
 	}
-	a.say("== Diff first vs newest point: %d blocks differ (%s), %d equal 64 MiB leaves skipped unread", st.ChangedBlocks, progress.Bytes(st.ChangedBytes), st.LeavesSkipped)
+	ra, _ := v.OpenDisk(first, "root")
+	rb, _ := v.OpenDisk(newest, "root")
+	dst, err := v.Diff(ctx, ra, rb, nil)
+	if err != nil {
+		return err
+	}
+	a.say("== Diff first vs newest point: %d blocks differ (%s), %d equal 64 MiB leaves skipped unread", dst.ChangedBlocks, progress.Bytes(dst.ChangedBytes), dst.LeavesSkipped)
 	rep, err := v.Check(ctx, vault.CheckOptions{ReadData: true})
 	if err != nil {
 		return err
@@ -220,7 +332,7 @@ func (a *app) runDemo(ctx context.Context, f demoFlags) error {
 	a.say("== lifeboat vault check --read-data: %d points, %d packs, %s read and verified, no damage", rep.Points, rep.Packs, progress.Bytes(rep.ReadBytes))
 	a.say("demo finished in %.1fs", time.Since(start).Seconds())
 	if f.keep || f.dir != "" {
-		a.say("work directory kept: %s (passphrase %q)", dir, pass)
+		a.say("work directory kept: %s (vault passphrase %q)", dir, pass)
 	}
 	return nil
 }
