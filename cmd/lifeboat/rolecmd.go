@@ -218,7 +218,7 @@ func (a *app) pushCmd() *cobra.Command {
 				return err
 			}
 			var tok api.TokenResponse
-			if err := c.Do(cmd.Context(), http.MethodPost, client.Path("tokens"), api.TokenRequest{Role: api.RoleAgent, TTL: api.Duration(ttl), Name: "push " + o.Host}, &tok); err != nil {
+			if err := c.Do(cmd.Context(), http.MethodPost, client.Path("tokens"), api.TokenRequest{Role: api.RoleAgent, TTL: api.Duration(ttl), Name: "push-" + strings.ReplaceAll(o.Host, "@", "-at-")}, &tok); err != nil {
 				return err
 			}
 			o.Token = tok.Token

@@ -299,7 +299,7 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request, c *caller) 
 	default:
 		return badRequest("role %q: want agent, process, viewer, operator or admin", req.Role)
 	}
-	if err := checkDuration("ttl", req.TTL, time.Minute, maxTokenTTL, true); err != nil {
+	if err := checkDuration("ttl", req.TTL, time.Second, maxTokenTTL, true); err != nil {
 		return err
 	}
 	id := randomID(8)

@@ -72,7 +72,9 @@ func TestServiceRefusals(t *testing.T) {
 	post := func(addr, path string, cert *tls.Certificate) (int, error) {
 		tc := pki.PinnedTLS(pinHex)
 		if cert != nil {
-			tc.Certificates = []tls.Certificate{*cert}
+			// Present it even though the server asks for its own CA's
+			// certificates (Go's client would otherwise send none).
+			tc.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }
 		}
 		hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: tc}}
 		req, _ := http.NewRequestWithContext(context.Background(), "POST", "https://"+addr+path, strings.NewReader("{}"))
