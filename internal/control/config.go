@@ -137,7 +137,7 @@ func (c *Config) validate() error {
 		v    api.Duration
 		min  time.Duration
 	}{{"heartbeat_every", c.HeartbeatEvery, time.Second}, {"retention_every", c.RetentionEvery, time.Second},
-		{"gc_margin", c.GCMargin, 0}, {"cert_ttl", c.CertTTL, time.Hour}} {
+		{"gc_margin", c.GCMargin, 0}, {"cert_ttl", c.CertTTL, 30 * time.Second}} {
 		if d.v.Std() < d.min {
 			return fmt.Errorf("%s %s is too short: at least %s", d.name, d.v.Std(), d.min)
 		}

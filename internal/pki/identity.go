@@ -130,6 +130,8 @@ func parseIdentity(keyPEM, certPEM, caPEM []byte) (*Identity, error) {
 
 // NeedsRenewal reports whether 2/3 of the certificate's validity has elapsed.
 func (id *Identity) NeedsRenewal(now time.Time) bool {
-	life := id.Leaf.NotAfter.Sub(id.Leaf.NotBefore)
-	return !now.Before(id.Leaf.NotBefore.Add(life * 2 / 3))
+	// NotBefore is backdated for clock skew; the lifetime counts from issue.
+	issued := id.Leaf.NotBefore.Add(backdate)
+	life := id.Leaf.NotAfter.Sub(issued)
+	return !now.Before(issued.Add(life * 2 / 3))
 }

@@ -315,8 +315,8 @@ func TestSaveLoadIdentity(t *testing.T) {
 	if !bytes.Equal(id.CAPEM, ca.CertPEM()) {
 		t.Fatal("CA PEM differs")
 	}
-	// Lifetime is 30h plus the 5 min backdate; renewal at 2/3.
-	start := id.Leaf.NotBefore
+	// Lifetime is 30h from issue (NotBefore is 5 min earlier); renewal at 2/3.
+	start := id.Leaf.NotBefore.Add(backdate)
 	life := id.Leaf.NotAfter.Sub(start)
 	if id.NeedsRenewal(now) || id.NeedsRenewal(start.Add(life*2/3-time.Second)) || !id.NeedsRenewal(start.Add(life*2/3)) {
 		t.Fatal("NeedsRenewal boundary wrong")

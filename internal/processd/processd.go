@@ -240,7 +240,14 @@ func Run(ctx context.Context, stateDir string, o Options) error {
 		_ = srv.Close(context.Background())
 		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
-	hs := &http.Server{Handler: srv.Handler(), TLSConfig: pki.ServerTLS(id.Cert, id.CAPool, true),
+	tc := pki.ServerTLS(id.Cert, id.CAPool, true)
+	tc.Certificates = nil
+	tc.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		return &d.id.Cert, nil
+	}
+	hs := &http.Server{Handler: srv.Handler(), TLSConfig: tc,
 		ErrorLog: pki.HandshakeErrorLog(log), ReadHeaderTimeout: 10 * time.Second}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- hs.Serve(tls.NewListener(ln, hs.TLSConfig)) }()
@@ -281,8 +288,16 @@ func Run(ctx context.Context, stateDir string, o Options) error {
 			srv.SetBandwidth(bw)
 			log.Info("bandwidth limit changed", "bytes_per_second", bw)
 		}
-		if id.NeedsRenewal(o.Clock.Now()) {
-			log.Warn("certificate is due for renewal; re-enroll this process server with a new token", "not_after", id.Leaf.NotAfter)
+		d.mu.Lock()
+		due := d.id.NeedsRenewal(o.Clock.Now())
+		d.mu.Unlock()
+		if due {
+			if err := d.renew(ctx, stateDir); err != nil {
+				log.Warn("cannot renew the process server's certificate; retrying at the next heartbeat", "err", err)
+				d.addEvent(api.Event{Time: o.Clock.Now(), Severity: api.SeverityWarning, Kind: "cert_renew_failed", Message: err.Error()})
+			} else {
+				log.Info("certificate renewed")
+			}
 		}
 	}
 }
@@ -341,6 +356,42 @@ func (d *daemon) putBack(e []api.Event, p []api.Point) {
 
 func (d *daemon) heartbeat(ctx context.Context, hb api.ProcessHeartbeat) (api.ProcessConfig, error) {
 	var pc api.ProcessConfig
-	err := postJSON(ctx, d.hc, strings.TrimRight(d.cfg.Server, "/")+"/api/v1/process/heartbeat", hb, &pc)
+	d.mu.Lock()
+	hc := d.hc
+	d.mu.Unlock()
+	err := postJSON(ctx, hc, strings.TrimRight(d.cfg.Server, "/")+"/api/v1/process/heartbeat", hb, &pc)
 	return pc, err
+}
+
+// renew gets a certificate for a fresh key before the current one expires;
+// the server keeps its names (SANs). Agents see the new one on their next
+// connection.
+func (d *daemon) renew(ctx context.Context, stateDir string) error {
+	keyPEM, csrPEM, err := pki.NewKeyAndCSR(d.cfg.Name)
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	hc := d.hc
+	d.mu.Unlock()
+	var resp api.EnrollResponse
+	if err := postJSON(ctx, hc, strings.TrimRight(d.cfg.Server, "/")+"/api/v1/certs/renew", api.RenewRequest{CSR: string(csrPEM)}, &resp); err != nil {
+		return err
+	}
+	caPEM := []byte(resp.CA)
+	if len(caPEM) == 0 {
+		caPEM = d.id.CAPEM
+	}
+	if err := pki.SaveIdentity(stateDir, keyPEM, []byte(resp.Certificate), caPEM); err != nil {
+		return err
+	}
+	id, err := pki.LoadIdentity(stateDir)
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	d.id = id
+	d.hc = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: pki.ClientTLS(&id.Cert, id.CAPool)}}
+	d.mu.Unlock()
+	return nil
 }

@@ -48,7 +48,9 @@ type daemon struct {
 	done chan struct{}
 }
 
-func newCluster(t *testing.T) *cluster {
+// newCluster initialises a server and starts it; edits, if any, change its
+// server.json in between.
+func newCluster(t *testing.T, edits ...func(cfg map[string]any)) *cluster {
 	t.Helper()
 	e := newEnv(t)
 	cl := &cluster{env: e, data: filepath.Join(e.dir, "server"), procs: map[string]*daemon{},
@@ -64,6 +66,26 @@ func newCluster(t *testing.T) *cluster {
 	}
 	if !strings.HasPrefix(cl.admin, "lbt1.") {
 		t.Fatalf("server init printed no admin token:\n%s", out)
+	}
+	if len(edits) > 0 {
+		path := filepath.Join(cl.data, "server.json")
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := map[string]any{}
+		if err := json.Unmarshal(b, &cfg); err != nil {
+			t.Fatal(err)
+		}
+		for _, ed := range edits {
+			ed(cfg)
+		}
+		if b, err = json.Marshal(cfg); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 	t.Cleanup(cl.stopAll)
 	cl.spawn("server", "server", "run", "--data", cl.data, "--log-level", "info")
