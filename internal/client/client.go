@@ -172,3 +172,40 @@ func Path(elems ...string) string {
 	}
 	return sb.String()
 }
+
+// PostJSON posts in as JSON to url with hc (a component's mTLS client) and
+// decodes a 2xx answer into out (if not nil); other answers become *Error.
+func PostJSON(ctx context.Context, hc *http.Client, url string, in, out any) error {
+	b, err := json.Marshal(in)
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(b))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	rb, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return fmt.Errorf("read answer of %s: %w", url, err)
+	}
+	if resp.StatusCode >= 300 {
+		var eb api.ErrorBody
+		if json.Unmarshal(rb, &eb) == nil && eb.Error.Code != "" {
+			return &Error{Status: resp.StatusCode, Code: eb.Error.Code, Message: eb.Error.Message}
+		}
+		return &Error{Status: resp.StatusCode, Code: "http", Message: strings.TrimSpace(string(rb))}
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.Unmarshal(rb, out); err != nil {
+		return fmt.Errorf("answer of %s is not the expected JSON: %w", url, err)
+	}
+	return nil
+}

@@ -6,13 +6,11 @@
 package processd
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -23,6 +21,7 @@ import (
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/client"
 	"github.com/lifeboat-dr/lifeboat/internal/clock"
 	"github.com/lifeboat-dr/lifeboat/internal/ingest"
 	"github.com/lifeboat-dr/lifeboat/internal/pki"
@@ -111,7 +110,7 @@ func Enroll(ctx context.Context, o EnrollOptions) error {
 	req := api.EnrollRequest{Token: o.Token, Role: api.RoleProcess, Name: o.Name, Hostname: hn, CSR: string(csrPEM), Hosts: hosts}
 	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: pki.PinnedTLS(pin)}}
 	var resp api.EnrollResponse
-	if err := postJSON(ctx, hc, strings.TrimRight(o.Server, "/")+"/api/v1/enroll", req, &resp); err != nil {
+	if err := client.PostJSON(ctx, hc, strings.TrimRight(o.Server, "/")+"/api/v1/enroll", req, &resp); err != nil {
 		return fmt.Errorf("enroll with %s: %w", o.Server, err)
 	}
 	if err := os.MkdirAll(o.StateDir, 0o700); err != nil {
@@ -127,38 +126,6 @@ func Enroll(ctx context.Context, o EnrollOptions) error {
 		return err
 	}
 	return os.Rename(tmp, filepath.Join(o.StateDir, configName))
-}
-
-func postJSON(ctx context.Context, hc *http.Client, url string, in, out any) error {
-	b, err := json.Marshal(in)
-	if err != nil {
-		return err
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(b))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := hc.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	rb, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode >= 300 {
-		var eb api.ErrorBody
-		if json.Unmarshal(rb, &eb) == nil && eb.Error.Message != "" {
-			return fmt.Errorf("server refused (%d %s): %s", resp.StatusCode, eb.Error.Code, eb.Error.Message)
-		}
-		return fmt.Errorf("server answered %s: %s", resp.Status, strings.TrimSpace(string(rb)))
-	}
-	if out == nil {
-		return nil
-	}
-	return json.Unmarshal(rb, out)
 }
 
 // Options tune Run.
@@ -359,7 +326,7 @@ func (d *daemon) heartbeat(ctx context.Context, hb api.ProcessHeartbeat) (api.Pr
 	d.mu.Lock()
 	hc := d.hc
 	d.mu.Unlock()
-	err := postJSON(ctx, hc, strings.TrimRight(d.cfg.Server, "/")+"/api/v1/process/heartbeat", hb, &pc)
+	err := client.PostJSON(ctx, hc, strings.TrimRight(d.cfg.Server, "/")+"/api/v1/process/heartbeat", hb, &pc)
 	return pc, err
 }
 
@@ -375,7 +342,7 @@ func (d *daemon) renew(ctx context.Context, stateDir string) error {
 	hc := d.hc
 	d.mu.Unlock()
 	var resp api.EnrollResponse
-	if err := postJSON(ctx, hc, strings.TrimRight(d.cfg.Server, "/")+"/api/v1/certs/renew", api.RenewRequest{CSR: string(csrPEM)}, &resp); err != nil {
+	if err := client.PostJSON(ctx, hc, strings.TrimRight(d.cfg.Server, "/")+"/api/v1/certs/renew", api.RenewRequest{CSR: string(csrPEM)}, &resp); err != nil {
 		return err
 	}
 	caPEM := []byte(resp.CA)
