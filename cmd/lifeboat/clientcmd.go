@@ -16,6 +16,7 @@ import (
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/client"
+	"github.com/lifeboat-dr/lifeboat/internal/control"
 	"github.com/lifeboat-dr/lifeboat/internal/pki"
 )
 
@@ -29,7 +30,7 @@ func (a *app) addClientFlags(cmd *cobra.Command, f *clientFlags) {
 	pf := cmd.PersistentFlags()
 	pf.StringVar(&f.server, "server", a.getenv("LIFEBOAT_SERVER"), "server URL, https://HOST:PORT (env LIFEBOAT_SERVER; default: the saved login)")
 	pf.StringVar(&f.token, "token", a.getenv("LIFEBOAT_TOKEN"), "API token (env LIFEBOAT_TOKEN; default: the saved login)")
-	pf.StringVar(&f.config, "config", "", "client config written by `lifeboat login` (default $LIFEBOAT_CONFIG or ~/.config/lifeboat/client.json)")
+	pf.StringVar(&f.config, "config", "", "client config written by 'lifeboat login' (default $LIFEBOAT_CONFIG or ~/.config/lifeboat/client.json)")
 	pf.BoolVar(&f.json, "json", false, "print JSON")
 }
 
@@ -145,7 +146,42 @@ func (a *app) tokenCmd() *cobra.Command {
 	create.Flags().StringVar(&role, "role", api.RoleAgent, "agent | process (one-time enrollment) or viewer | operator | admin (API)")
 	create.Flags().DurationVar(&ttl, "ttl", 0, "lifetime (default 1h for enrollment tokens, unlimited for API tokens)")
 	create.Flags().StringVar(&name, "name", "", "a label for the token (shown in the audit log)")
-	cmd.AddCommand(create)
+	list := &cobra.Command{
+		Use: "list", Short: "List tokens (their secrets are never shown again)", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := a.client(&f)
+			if err != nil {
+				return err
+			}
+			var ts []control.TokenInfo
+			if err := c.Do(cmd.Context(), http.MethodGet, client.Path("tokens"), nil, &ts); err != nil {
+				return err
+			}
+			if f.json {
+				return a.printJSON(ts)
+			}
+			w := a.table()
+			fmt.Fprintln(w, "ID\tROLE\tNAME\tCREATED\tEXPIRES\tSTATE")
+			for _, t := range ts {
+				state := "valid"
+				switch {
+				case t.Revoked:
+					state = "revoked"
+				case !t.Used.IsZero() && t.OneTime:
+					state = "used " + t.Used.Local().Format(time.DateTime)
+				case !t.Expires.IsZero() && time.Now().After(t.Expires):
+					state = "expired"
+				}
+				exp := "-"
+				if !t.Expires.IsZero() {
+					exp = t.Expires.Local().Format(time.DateTime)
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.Role, dash(t.Name), t.Created.Local().Format(time.DateTime), exp, state)
+			}
+			return w.Flush()
+		},
+	}
+	cmd.AddCommand(create, list)
 	return cmd
 }
 

@@ -146,7 +146,7 @@ func (a *app) agentCmd() *cobra.Command {
 		},
 	}
 	enroll.Flags().StringVar(&server, "server", "", "server URL, https://HOST:PORT")
-	enroll.Flags().StringVar(&token, "token", "", "one-time agent token from `lifeboat token create --role agent`")
+	enroll.Flags().StringVar(&token, "token", "", "one-time agent token from 'lifeboat token create --role agent'")
 	enroll.Flags().StringVar(&name, "name", "", "machine name (default: hostname)")
 	enroll.Flags().StringArrayVar(&disks, "disk", nil, "disk to protect, NAME=PATH (file or block device); repeat")
 	enroll.Flags().StringVar(&hooks, "hooks-dir", "", "directory with pre-freeze.d/ and post-thaw.d/ scripts (default STATE/hooks)")
@@ -177,7 +177,28 @@ func (a *app) agentCmd() *cobra.Command {
 	var f clientFlags
 	var process string
 	var limit int64
-	revoke := a.machineAction(&f, "revoke MACHINE", "Revoke a machine's agent certificate; it must enroll again", "revoke", nil)
+	revoke := &cobra.Command{
+		Use: "revoke MACHINE", Short: "Revoke a machine's agent certificates; its agent must enroll again", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client(&f)
+			if err != nil {
+				return err
+			}
+			var out struct {
+				Machine api.Machine `json:"machine"`
+				Revoked []string    `json:"revoked"`
+			}
+			if err := c.Do(cmd.Context(), http.MethodPost, client.Path("machines", args[0], "revoke"), nil, &out); err != nil {
+				return err
+			}
+			if f.json {
+				return a.printJSON(out)
+			}
+			fmt.Fprintf(a.stdout, "%s: revoked %d certificate(s) %s; the agent is refused from now on and must enroll again with a new token\n",
+				args[0], len(out.Revoked), strings.Join(out.Revoked, ", "))
+			return nil
+		},
+	}
 	move := a.machineAction(&f, "move MACHINE --process NAME", "Assign a machine to another process server", "move", func() any { return api.MoveRequest{Process: process} })
 	move.Flags().StringVar(&process, "process", "", "process server name")
 	_ = move.MarkFlagRequired("process")
@@ -296,7 +317,7 @@ func (a *app) processCmd() *cobra.Command {
 		},
 	}
 	enroll.Flags().StringVar(&server, "server", "", "server URL, https://HOST:PORT")
-	enroll.Flags().StringVar(&token, "token", "", "one-time token from `lifeboat token create --role process`")
+	enroll.Flags().StringVar(&token, "token", "", "one-time token from 'lifeboat token create --role process'")
 	enroll.Flags().StringVar(&name, "name", "", "process server name")
 	enroll.Flags().StringVar(&listen, "listen", "127.0.0.1:8445", "address to serve agents on")
 	enroll.Flags().StringVar(&advertise, "advertise", "", "URL agents use to reach it (default https://LISTEN)")
