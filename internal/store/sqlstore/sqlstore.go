@@ -127,6 +127,11 @@ func openSQLite(ctx context.Context, dsn string) (*Store, error) {
 				return nil, fmt.Errorf("sqlstore: create directory for SQLite database %s: %w", dsn, err)
 			}
 		}
+		// The state holds token hashes and certificate records: create it
+		// readable by its owner only (SQLite would use 0644).
+		if f, err := os.OpenFile(dsn, os.O_RDONLY|os.O_CREATE, 0o600); err == nil {
+			f.Close()
+		}
 		base, sep = dsn, "?"
 	}
 	common := fmt.Sprintf("_pragma=busy_timeout(%d)&_pragma=foreign_keys(1)", busyTimeoutMS)
