@@ -599,6 +599,9 @@ func (s *Server) RunRetention(ctx context.Context) (*RetentionReport, error) {
 		msg = fmt.Sprintf("retention: forgot no points, kept %d; garbage collection marked %d packs, deleted %d packs (%d bytes)",
 			rep.Kept, pr.PacksMarked, pr.PacksDeleted, pr.BytesDeleted)
 	}
+	if pr.MarksPending > 0 {
+		msg += fmt.Sprintf("; %d earlier marks wait: %s", pr.MarksPending, pr.PendingReason)
+	}
 	s.event(ctx, api.Event{Kind: "retention", Message: msg})
 	return rep, nil
 }

@@ -237,7 +237,7 @@ const (
 	batchRecords = 256
 	batchBytes   = 4 << 20
 	inFlight     = 4
-	keepalive    = time.Minute
+	keepalive    = 20 * time.Second
 )
 
 // Session is one open cycle. Put may be called from several goroutines

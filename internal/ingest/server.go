@@ -61,7 +61,7 @@ import (
 const (
 	DefaultCacheLimit      = 2 << 30
 	DefaultCheckpointBytes = 256 << 20
-	DefaultSessionIdle     = 15 * time.Minute
+	DefaultSessionIdle     = 3 * time.Minute
 	// EventCacheFull is the kind of the event raised when the cache
 	// refuses batches (at most once per cacheFullEvery).
 	EventCacheFull   = "cache_full"
@@ -93,7 +93,7 @@ type Options struct {
 	// Bandwidth limits the block data received, bytes/s (0: unlimited).
 	Bandwidth int64
 	// SessionIdle aborts sessions that send nothing for this long
-	// (default 15 min; clients send keepalives every minute).
+	// (default 3 min; clients send keepalives every 20 s).
 	SessionIdle time.Duration
 	// Authorize returns the machine the caller may write (from its client
 	// certificate) or an error; an error with methods HTTPStatus() int
@@ -847,9 +847,23 @@ func (s *Server) open(ctx context.Context, machine string, req SessionRequest) (
 		s.mu.Unlock()
 		return nil, herr(http.StatusServiceUnavailable, api.CodeUnavailable, "process server %s is shutting down", s.o.Name)
 	}
+	// An agent runs one cycle at a time: its older open sessions are left
+	// over from a crash or a lost answer. Abort them now (storing what
+	// they acknowledged) rather than at the idle timeout, so that their
+	// write locks do not hold back garbage collection.
+	var stale []*session
+	for _, o := range s.sessions {
+		if o.machine == machine {
+			stale = append(stale, o)
+		}
+	}
 	s.sessions[ss.id] = ss
 	s.sessWG.Add(1)
 	s.mu.Unlock()
+	for _, o := range stale {
+		s.log.Info("aborting an older session of the same machine", "session", o.id, "machine", machine)
+		go o.abort(true)
+	}
 	s.log.Info("ingest session opened", "session", ss.id, "machine", machine, "disks", len(req.Disks), "kind", req.Kind)
 	return ss, nil
 }

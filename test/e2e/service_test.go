@@ -54,7 +54,9 @@ func writeHooks(t *testing.T, dir, pauseDir string) {
 // network, and at the end restores every recovery point in the vault and
 // checks it byte for byte against the writers' logs.
 func TestServiceEndToEnd(t *testing.T) {
-	cl := newCluster(t)
+	// Retention and GC run every 5 s with a 3 s margin, next to the
+	// process servers' writes; m1's policy thins its points as they age.
+	cl := newCluster(t, func(cfg map[string]any) { cfg["retention_every"], cfg["gc_margin"] = "5s", "3s" })
 	mnt := mountXFS(t, "1G")
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
@@ -66,7 +68,7 @@ func TestServiceEndToEnd(t *testing.T) {
 	cl.addProcess("ps1", ps1Listen, "https://"+px.addr())
 	ps2 := cl.addProcess("ps2", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "")
 
-	cl.mustRun("policy", "create", "solo", "--crash-interval", "3s", "--app-interval", "0", "--rpo-threshold", "8s", "--retention", "1h:all", "--keep-app", "1h")
+	cl.mustRun("policy", "create", "solo", "--crash-interval", "3s", "--app-interval", "0", "--rpo-threshold", "8s", "--retention", "20s:all,1h:10s", "--keep-app", "1h")
 	cl.mustRun("policy", "create", "grp", "--crash-interval", "4s", "--app-interval", "9s", "--rpo-threshold", "30s", "--retention", "1h:all", "--keep-app", "1h", "--hook-timeout", "10s")
 
 	// Disks and their writers.
@@ -172,8 +174,24 @@ func TestServiceEndToEnd(t *testing.T) {
 		}
 	}
 
+	// Points of the group members listed before each kill must all be in
+	// the vault at the end (their policy keeps every point for an hour).
+	listed := map[string]bool{}
+	remember := func() {
+		for _, m := range []string{"m2", "m3"} {
+			var ps []api.Point
+			if err := cl.get(client.Path("points")+"?machine="+m+"&limit=1000", &ps); err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range ps {
+				listed[p.ID] = true
+			}
+		}
+	}
+
 	// Kill -9 each kind of process at random moments, several times.
 	for round := range 2 {
+		remember()
 		m := []string{"m1", "m2", "m3"}[r.IntN(3)]
 		time.Sleep(time.Duration(r.IntN(3000)) * time.Millisecond)
 		t.Logf("round %d: kill -9 agent %s", round, m)
@@ -194,6 +212,7 @@ func TestServiceEndToEnd(t *testing.T) {
 		time.Sleep(time.Duration(r.IntN(3000)) * time.Millisecond)
 		t.Logf("round %d: kill -9 server", round)
 		prevs := map[string]time.Time{"m1": lastPoint("m1"), "m3": lastPoint("m3")}
+		remember()
 		cl.procs["server"].kill9()
 		time.Sleep(time.Duration(500+r.IntN(1500)) * time.Millisecond)
 		restarted := time.Now()
@@ -241,6 +260,35 @@ func TestServiceEndToEnd(t *testing.T) {
 	t.Logf("  m1 caught up %s after the network came back (sent %d bytes)", time.Since(healed).Round(time.Millisecond), res.SentBytes)
 	cl.waitFor("an rpo_recovered event for m1", 40*time.Second, func() bool { return hasEvent("rpo_recovered") })
 
+	// A resync by hand reads every block but ships only what changed.
+	before := lastPoint("m1")
+	cl.mustRun("resync", "m1")
+	cl.waitFor("m1's resync", 60*time.Second, func() bool {
+		mm, err := cl.machine("m1")
+		return err == nil && !mm.ResyncWanted && mm.LastPoint != nil && mm.LastPoint.Time.After(before) && mm.LastPoint.Resync
+	})
+	mm, _ = cl.machine("m1")
+	t.Logf("  resync of m1: read %d bytes, sent %d", mm.LastPoint.ChangedBytes, mm.LastPoint.SentBytes)
+	proportional("resync", "m1", before, *mm.LastPoint)
+
+	// A bandwidth limit set on the server slows the agent down.
+	var mm3 api.CycleResult
+	cl.mustRun("agent", "bandwidth", "m3", "--limit", "1000000")
+	limited := time.Now()
+	cl.waitFor("a point of m3 under the limit", 90*time.Second, func() bool {
+		mm, err := cl.machine("m3")
+		if err != nil || mm.LastPoint == nil || !mm.LastPoint.Time.After(limited.Add(2*time.Second)) || mm.LastPoint.SentBytes < 2<<20 {
+			return false
+		}
+		mm3 = *mm.LastPoint
+		return true
+	})
+	if floor := time.Duration(float64(mm3.SentBytes) / 1e6 * 0.7 * float64(time.Second)); mm3.Duration.Std() < floor {
+		t.Errorf("m3 shipped %d bytes in %s under a 1 MB/s limit", mm3.SentBytes, mm3.Duration.Std())
+	}
+	t.Logf("  m3 under 1 MB/s: %d bytes in %s", mm3.SentBytes, mm3.Duration.Std())
+	cl.mustRun("agent", "bandwidth", "m3", "--limit", "0")
+
 	// Let a few more group cuts happen, then stop writing and verify.
 	time.Sleep(10 * time.Second)
 	w1.halt()
@@ -254,7 +302,37 @@ func TestServiceEndToEnd(t *testing.T) {
 			t.Errorf("%s exited on its own:\n%s", d.name, d.tail(20))
 		}
 	}
+	var rets []api.Event
+	_ = cl.get(client.Path("events")+"?limit=100000", &rets)
+	// Stop everything (retention would go on deleting m1's old points),
+	// then check the vault alone.
+	cl.stopAll()
 	verifyClusterPoints(t, cl, disks)
+	inVault := map[string]bool{}
+	for _, p := range cl.vaultPoints() {
+		inVault[p.ID] = true
+	}
+	lost := 0
+	for id := range listed {
+		if !inVault[id] {
+			lost++
+			t.Errorf("point %s was listed before a kill and is gone from the vault", id[:12])
+		}
+	}
+	t.Logf("%d points of m2 and m3 listed before the kills are all in the vault (%d missing)", len(listed), lost)
+	n, deleted := 0, 0
+	for _, e := range rets {
+		if e.Kind == "retention" {
+			n++
+			if !strings.Contains(e.Message, "deleted 0 packs") {
+				deleted++
+			}
+		}
+	}
+	t.Logf("%d retention runs next to the writers, %d of them deleted packs", n, deleted)
+	if n == 0 {
+		t.Error("no retention run was recorded while the service ran")
+	}
 }
 
 // verifyClusterPoints restores every point in the vault and checks each
