@@ -60,7 +60,7 @@ import (
 // Defaults.
 const (
 	DefaultCacheLimit      = 2 << 30
-	DefaultCheckpointBytes = 256 << 20
+	DefaultCheckpointBytes = 64 << 20
 	DefaultSessionIdle     = 3 * time.Minute
 	// EventCacheFull is the kind of the event raised when the cache
 	// refuses batches (at most once per cacheFullEvery).

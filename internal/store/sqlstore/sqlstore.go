@@ -94,7 +94,7 @@ func openPostgres(ctx context.Context, dsn string) (*Store, error) {
 		return nil, fmt.Errorf("sqlstore: open PostgreSQL: %w (check the DSN)", err)
 	}
 	db.SetMaxOpenConns(32)
-	db.SetMaxIdleConns(8)
+	db.SetMaxIdleConns(32) // keep connections: heartbeats arrive all the time
 	db.SetConnMaxIdleTime(5 * time.Minute)
 	if err := db.PingContext(ctx); err != nil {
 		db.Close()
@@ -135,7 +135,7 @@ func openSQLite(ctx context.Context, dsn string) (*Store, error) {
 		base, sep = dsn, "?"
 	}
 	common := fmt.Sprintf("_pragma=busy_timeout(%d)&_pragma=foreign_keys(1)", busyTimeoutMS)
-	w, err := sql.Open("sqlite", base+sep+common+"&_pragma=journal_mode(WAL)&_txlock=immediate")
+	w, err := sql.Open("sqlite", base+sep+common+"&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_txlock=immediate")
 	if err != nil {
 		return nil, fmt.Errorf("sqlstore: open SQLite %s: %w", dsn, err)
 	}
