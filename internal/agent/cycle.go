@@ -102,6 +102,10 @@ func (a *Agent) consistency(cfg api.AgentConfig, cutID string) *consistency {
 	}
 }
 
+// maxCutLateness is how far past a cut's instant a member may still take
+// its snapshot (scheduling and polling jitter).
+const maxCutLateness = time.Second
+
 // hookTimeout is the policy's bound on hooks and on time spent frozen.
 func hookTimeout(cfg api.AgentConfig) time.Duration {
 	if cfg.Policy != nil && cfg.Policy.HookTimeout > 0 {
@@ -222,6 +226,21 @@ func (a *Agent) handleCuts(ctx context.Context, cfg api.AgentConfig) bool {
 		case cut.Phase == api.PhaseSnapshot:
 			if d := cut.At.Sub(now); d > 0 {
 				sleepCtx(ctx, min(d, a.tick))
+				return true
+			}
+			// A point carries the cut's instant. Taking it later is only
+			// right while this member is frozen for the cut; otherwise
+			// (the agent was busy, restarting, or its server was down)
+			// the instant is missed and the member sits this cut out
+			// rather than publish a point that claims a time it was not
+			// taken at.
+			frozen := isOpen && !oc.failed && cut.Kind == KindApp
+			if late := now.Sub(cut.At); late > maxCutLateness && !frozen {
+				if oc != nil {
+					a.closeOpenCut("missed the cut's instant")
+				}
+				a.markCut(cut.ID)
+				a.ack(cut.ID, "failed", fmt.Sprintf("missed the cut's instant by %s", late.Round(time.Millisecond)))
 				return true
 			}
 			if !isOpen && cut.Kind == KindApp {
