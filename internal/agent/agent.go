@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/client"
 	"github.com/lifeboat-dr/lifeboat/internal/clock"
 	"github.com/lifeboat-dr/lifeboat/internal/ingest"
 	"github.com/lifeboat-dr/lifeboat/internal/pki"
@@ -428,9 +429,9 @@ func (a *Agent) heartbeat(ctx context.Context, hb api.AgentHeartbeat, wait time.
 	}
 	var cfg api.AgentConfig
 	err := postJSON(ctx, hc, u, hb, &cfg)
-	var ae *apiError
-	if errors.As(err, &ae) && (ae.Body.Error.Code == api.CodeCertRevoked || ae.Status == http.StatusUnauthorized) {
-		return cfg, fmt.Errorf("the server does not accept this agent's certificate (%s: %s): enroll again with a new token", ae.Body.Error.Code, ae.Body.Error.Message)
+	var ae *client.Error
+	if errors.As(err, &ae) && (ae.Code == api.CodeCertRevoked || ae.Status == http.StatusUnauthorized) {
+		return cfg, fmt.Errorf("the server does not accept this agent's certificate (%s: %s): enroll again with a new token", ae.Code, ae.Message)
 	}
 	return cfg, err
 }

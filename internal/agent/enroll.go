@@ -1,14 +1,11 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -17,6 +14,7 @@ import (
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/client"
 	"github.com/lifeboat-dr/lifeboat/internal/pki"
 )
 
@@ -32,9 +30,6 @@ type EnrollOptions struct {
 	StateDir string // created 0700 if missing
 	Hostname string // reported to the server; default os.Hostname
 }
-
-// maxResponse bounds what the agent reads from a server response.
-const maxResponse = 4 << 20
 
 // Enroll exchanges a one-time token for a client certificate: it makes a
 // new key and CSR, posts them to the server over TLS pinned to the CA
@@ -73,10 +68,10 @@ func Enroll(ctx context.Context, o EnrollOptions) error {
 	defer hc.CloseIdleConnections()
 	var resp api.EnrollResponse
 	if err := postJSON(ctx, hc, server+"/api/"+api.Version+"/enroll", req, &resp); err != nil {
-		var ae *apiError
+		var ae *client.Error
 		switch {
 		case errors.As(err, &ae):
-			return fmt.Errorf("enroll: the server refused the enrollment: %s (%s): create a new token with `lifeboat token create --role agent` if it was used or expired", ae.Body.Error.Message, ae.Body.Error.Code)
+			return fmt.Errorf("enroll: the server refused the enrollment: %s (%s): create a new token with `lifeboat token create --role agent` if it was used or expired", ae.Message, ae.Code)
 		case isTLSVerifyError(err):
 			return fmt.Errorf("enroll: the server's CA does not match the token's pin (%w): check --server points at the control plane that issued the token", err)
 		default:
@@ -148,50 +143,8 @@ func isTLSVerifyError(err error) bool {
 		strings.Contains(s, "tls: ") && strings.Contains(s, "certificate")
 }
 
-// apiError is a non-2xx answer of the server.
-type apiError struct {
-	Status int
-	Body   api.ErrorBody
-}
-
-func (e *apiError) Error() string {
-	return fmt.Sprintf("server answered %d %s: %s", e.Status, e.Body.Error.Code, e.Body.Error.Message)
-}
-
 // postJSON posts in as JSON and decodes a 2xx answer into out; other
-// answers become *apiError.
+// answers become *client.Error.
 func postJSON(ctx context.Context, hc *http.Client, url string, in, out any) error {
-	b, err := json.Marshal(in)
-	if err != nil {
-		return err
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(b))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := hc.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxResponse+1))
-	if err != nil {
-		return fmt.Errorf("read answer of %s: %w", url, err)
-	}
-	if len(body) > maxResponse {
-		return fmt.Errorf("answer of %s is larger than %d bytes", url, maxResponse)
-	}
-	if resp.StatusCode/100 != 2 {
-		e := &apiError{Status: resp.StatusCode}
-		if json.Unmarshal(body, &e.Body) != nil || e.Body.Error.Message == "" {
-			e.Body.Error.Code = http.StatusText(resp.StatusCode)
-			e.Body.Error.Message = sanitizeForLog(string(body), 200)
-		}
-		return e
-	}
-	if err := json.Unmarshal(body, out); err != nil {
-		return fmt.Errorf("answer of %s is not the expected JSON: %w", url, err)
-	}
-	return nil
+	return client.PostJSON(ctx, hc, url, in, out)
 }

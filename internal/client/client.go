@@ -173,6 +173,9 @@ func Path(elems ...string) string {
 	return sb.String()
 }
 
+// maxAnswer bounds what a component reads from one answer.
+const maxAnswer = 16 << 20
+
 // PostJSON posts in as JSON to url with hc (a component's mTLS client) and
 // decodes a 2xx answer into out (if not nil); other answers become *Error.
 func PostJSON(ctx context.Context, hc *http.Client, url string, in, out any) error {
@@ -190,16 +193,29 @@ func PostJSON(ctx context.Context, hc *http.Client, url string, in, out any) err
 		return err
 	}
 	defer resp.Body.Close()
-	rb, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	rb, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer+1))
 	if err != nil {
 		return fmt.Errorf("read answer of %s: %w", url, err)
+	}
+	if len(rb) > maxAnswer {
+		return fmt.Errorf("answer of %s is larger than %d bytes", url, maxAnswer)
 	}
 	if resp.StatusCode >= 300 {
 		var eb api.ErrorBody
 		if json.Unmarshal(rb, &eb) == nil && eb.Error.Code != "" {
 			return &Error{Status: resp.StatusCode, Code: eb.Error.Code, Message: eb.Error.Message}
 		}
-		return &Error{Status: resp.StatusCode, Code: "http", Message: strings.TrimSpace(string(rb))}
+		// Not ours (a proxy?): keep a short, printable excerpt.
+		msg := strings.Map(func(r rune) rune {
+			if r < 0x20 || r == 0x7f {
+				return ' '
+			}
+			return r
+		}, strings.TrimSpace(string(rb)))
+		if len(msg) > 200 {
+			msg = msg[:200] + "…"
+		}
+		return &Error{Status: resp.StatusCode, Code: http.StatusText(resp.StatusCode), Message: msg}
 	}
 	if out == nil {
 		return nil
