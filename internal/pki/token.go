@@ -69,6 +69,13 @@ func parseToken(tok string) (secret []byte, pin string, err error) {
 	if !ok {
 		return nil, "", fmt.Errorf("malformed token: missing the CA pin after the secret: %s", hint)
 	}
+	// The decoder skips '\r' and '\n' even in strict mode; a token is one
+	// line of the base64url alphabet, so anything else is refused up front.
+	if strings.IndexFunc(enc, func(r rune) bool {
+		return !(r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_')
+	}) >= 0 {
+		return nil, "", fmt.Errorf("malformed token: secret is not base64url: %s", hint)
+	}
 	secret, err = base64.RawURLEncoding.Strict().DecodeString(enc)
 	if err != nil {
 		return nil, "", fmt.Errorf("malformed token: secret is not base64url: %s", hint)
