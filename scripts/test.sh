@@ -66,6 +66,6 @@ log "fuzz targets (short pass)"
 # `go test -list` prints a package's targets, then "ok  PACKAGE ...".
 go test -list '^Fuzz' ./... | awk '/^Fuzz/ {t[n++]=$1} /^ok/ {for (i=0;i<n;i++) print $2, t[i]; n=0}' |
 	while read -r pkg target; do
-		go test -run '^$' -fuzz "^${target}\$" -fuzztime 5s "$pkg" >/dev/null || { echo "fuzz target $target in $pkg failed" >&2; exit 1; }
+		out=$(go test -run '^$' -fuzz "^${target}\$" -fuzztime 5s "$pkg" 2>&1) || { printf '%s\n' "$out" >&2; echo "fuzz target $target in $pkg failed" >&2; exit 1; }
 	done
 log "all tests passed"

@@ -143,15 +143,19 @@ type RevokedList struct {
 
 // Policy drives cycles and retention for the machines that use it.
 type Policy struct {
-	Name          string    `json:"name"`
-	RPOThreshold  Duration  `json:"rpo_threshold"`  // only raises events
-	Retention     string    `json:"retention"`      // "1h:all,24h:5m,72h:1h"
-	KeepApp       Duration  `json:"keep_app"`       // app-consistent points kept this long
-	CrashInterval Duration  `json:"crash_interval"` // a crash-consistent point this often
-	AppInterval   Duration  `json:"app_interval"`   // an app-consistent point this often (0: never)
-	HookTimeout   Duration  `json:"hook_timeout,omitempty"`
-	Created       time.Time `json:"created,omitzero"`
-	Updated       time.Time `json:"updated,omitzero"`
+	Name          string   `json:"name"`
+	RPOThreshold  Duration `json:"rpo_threshold"`  // only raises events
+	Retention     string   `json:"retention"`      // "1h:all,24h:5m,72h:1h"
+	KeepApp       Duration `json:"keep_app"`       // app-consistent points kept this long
+	CrashInterval Duration `json:"crash_interval"` // a crash-consistent point this often
+	AppInterval   Duration `json:"app_interval"`   // an app-consistent point this often (0: never)
+	HookTimeout   Duration `json:"hook_timeout,omitempty"`
+	// Driver is the capture driver for the disks of machines with this
+	// policy ("" = each disk's default: qemu/libvirt for discovered VMs,
+	// scan otherwise). A protect request's drivers override it.
+	Driver  string    `json:"driver,omitempty"`
+	Created time.Time `json:"created,omitzero"`
+	Updated time.Time `json:"updated,omitzero"`
 }
 
 // ---- machines ----
@@ -161,7 +165,51 @@ type DiskInfo struct {
 	Name string `json:"name"`
 	Path string `json:"path"`
 	Size int64  `json:"size"`
-	Kind string `json:"kind"` // "file" | "block"
+	Kind string `json:"kind"` // "file" | "block" | "vm"
+	// Format is the image format of a VM disk ("qcow2", "raw").
+	Format string `json:"format,omitempty"`
+	// Driver is the capture driver the agent uses for the disk unless
+	// the server says otherwise ("scan", "qemu", "libvirt").
+	Driver string `json:"driver,omitempty"`
+}
+
+// Capture drivers.
+const (
+	DriverScan    = "scan"    // read the whole disk, compare block hashes
+	DriverQEMU    = "qemu"    // QEMU dirty bitmaps over QMP, data over NBD
+	DriverLibvirt = "libvirt" // libvirt checkpoints and pull-mode backup
+)
+
+// VMSpec describes a virtual machine for recovery: what it takes to
+// build it again at the recovery site. Discovery fills it from libvirt
+// domain XML or from QMP; agents may also read it from a file.
+type VMSpec struct {
+	Name      string   `json:"name"`
+	UUID      string   `json:"uuid,omitempty"`
+	Source    string   `json:"source"` // "libvirt" | "qmp" | "file"
+	VCPUs     int      `json:"vcpus"`
+	MemoryMiB int64    `json:"memory_mib"`
+	Firmware  string   `json:"firmware"`          // "bios" | "uefi"
+	Machine   string   `json:"machine,omitempty"` // e.g. "pc-q35-7.2"
+	Disks     []VMDisk `json:"disks"`
+	NICs      []VMNIC  `json:"nics"`
+}
+
+// VMDisk is one disk of a VM.
+type VMDisk struct {
+	Name   string `json:"name"`             // target/device name: "vda", or the QEMU device id
+	Node   string `json:"node,omitempty"`   // QEMU block node name (QMP targets)
+	Image  string `json:"image,omitempty"`  // image file on the host
+	Format string `json:"format,omitempty"` // "qcow2" | "raw"
+	Size   int64  `json:"size"`             // virtual size in bytes
+	Bus    string `json:"bus,omitempty"`    // "virtio" | "sata" | "scsi" | "ide"
+}
+
+// VMNIC is one network interface of a VM.
+type VMNIC struct {
+	MAC     string `json:"mac"`
+	Network string `json:"network,omitempty"` // libvirt network or bridge; QEMU netdev id
+	Model   string `json:"model,omitempty"`   // "virtio" | "e1000" ...
 }
 
 // Inventory is what an agent knows about its machine.
@@ -201,12 +249,19 @@ type CycleResult struct {
 
 // Machine is a protected (or known) machine as the API shows it.
 type Machine struct {
-	Name         string       `json:"name"`
-	Agent        string       `json:"agent"` // certificate serial of its agent, hex
-	Inventory    Inventory    `json:"inventory"`
-	Policy       string       `json:"policy,omitempty"`
-	Group        string       `json:"group,omitempty"`
-	Disks        []string     `json:"disks,omitempty"` // protected disks; empty = all
+	Name      string    `json:"name"`
+	Agent     string    `json:"agent"` // certificate serial of its agent, hex
+	Inventory Inventory `json:"inventory"`
+	Policy    string    `json:"policy,omitempty"`
+	Group     string    `json:"group,omitempty"`
+	Disks     []string  `json:"disks,omitempty"` // protected disks; empty = all
+	// Drivers chooses capture drivers by disk name; the key "" applies to
+	// every disk not named. Empty: the policy's driver, else the disk's
+	// default.
+	Drivers map[string]string `json:"drivers,omitempty"`
+	// Host is the machine whose agent replicates this one: set for VMs
+	// discovered by a host agent ("" for a machine with its own agent).
+	Host         string       `json:"host,omitempty"`
 	Process      string       `json:"process,omitempty"`
 	State        string       `json:"state"`
 	Reason       string       `json:"reason,omitempty"` // for error and resyncing
@@ -226,6 +281,36 @@ type ProtectRequest struct {
 	Policy string   `json:"policy"`
 	Group  string   `json:"group,omitempty"`
 	Disks  []string `json:"disks,omitempty"`
+	// Drivers by disk name ("" = all disks); see Machine.Drivers.
+	Drivers map[string]string `json:"drivers,omitempty"`
+}
+
+// VMReport is POST /api/v1/agent/vms: a host agent reports the virtual
+// machines it discovered. Each becomes a machine (unprotected until
+// someone protects it) replicated by that host's agent.
+type VMReport struct {
+	VMs []DiscoveredVM `json:"vms"`
+}
+
+// DiscoveredVM is one VM of a VMReport.
+type DiscoveredVM struct {
+	Name      string    `json:"name"` // the machine name (the domain name)
+	Inventory Inventory `json:"inventory"`
+	// CSR, if set, asks for the VM's own agent certificate: the host
+	// agent replicates the VM under that identity.
+	CSR string `json:"csr,omitempty"`
+}
+
+// VMReportResponse answers a VMReport, one entry per reported VM.
+type VMReportResponse struct {
+	VMs []VMResult `json:"vms"`
+}
+
+// VMResult is the outcome for one reported VM.
+type VMResult struct {
+	Name        string `json:"name"`
+	Certificate string `json:"certificate,omitempty"` // PEM, when a CSR was sent
+	Error       string `json:"error,omitempty"`       // why the VM was refused
 }
 
 // MoveRequest is POST /api/v1/machines/{name}/move.
@@ -301,19 +386,22 @@ type AgentHeartbeat struct {
 
 // AgentConfig is what the server tells an agent to do.
 type AgentConfig struct {
-	Version        int64    `json:"version"`   // changes whenever anything below changes
-	Protected      bool     `json:"protected"` // false: report inventory only
-	Paused         bool     `json:"paused"`
-	Disks          []string `json:"disks,omitempty"` // empty = all inventory disks
-	Policy         *Policy  `json:"policy,omitempty"`
-	Group          string   `json:"group,omitempty"`
-	Process        string   `json:"process,omitempty"`     // name
-	ProcessURL     string   `json:"process_url,omitempty"` // https://...
-	Bandwidth      int64    `json:"bandwidth,omitempty"`   // bytes/s
-	Resync         bool     `json:"resync,omitempty"`      // compare with the vault and send the difference
-	Cuts           []Cut    `json:"cuts,omitempty"`        // group cuts this agent takes part in
-	RenewBefore    Duration `json:"renew_before,omitempty"`
-	HeartbeatEvery Duration `json:"heartbeat_every"`
+	Version   int64    `json:"version"`   // changes whenever anything below changes
+	Protected bool     `json:"protected"` // false: report inventory only
+	Paused    bool     `json:"paused"`
+	Disks     []string `json:"disks,omitempty"` // empty = all inventory disks
+	// Drivers chooses capture drivers by disk ("" key: all disks), from
+	// the protect request, else the policy; empty: the agent's default.
+	Drivers        map[string]string `json:"drivers,omitempty"`
+	Policy         *Policy           `json:"policy,omitempty"`
+	Group          string            `json:"group,omitempty"`
+	Process        string            `json:"process,omitempty"`     // name
+	ProcessURL     string            `json:"process_url,omitempty"` // https://...
+	Bandwidth      int64             `json:"bandwidth,omitempty"`   // bytes/s
+	Resync         bool              `json:"resync,omitempty"`      // compare with the vault and send the difference
+	Cuts           []Cut             `json:"cuts,omitempty"`        // group cuts this agent takes part in
+	RenewBefore    Duration          `json:"renew_before,omitempty"`
+	HeartbeatEvery Duration          `json:"heartbeat_every"`
 }
 
 // Cut is one coordinated group cut. All members take their point at At;

@@ -78,3 +78,31 @@ type Cycle interface {
 	// next cycle reports these changes again.
 	Abort(ctx context.Context) error
 }
+
+// Machine cuts every disk of one machine at the same instant: a VM's
+// disks in one hypervisor transaction. Its cycles follow the Cycle
+// contract above, disk by disk; Baseline and Commit are per disk.
+type Machine interface {
+	// Name is the driver kind ("qemu", "libvirt").
+	Name() string
+	// Baseline returns the point the named disk's tracking is relative
+	// to, or "" when there is none (or the tracking cannot be trusted).
+	Baseline(ctx context.Context, disk string) (string, error)
+	// Begin cuts the disks named in bases at one instant and returns one
+	// cycle per disk; bases[disk] is the disk's base point ("" for every
+	// block). A disk whose tracking was lost since Baseline (a bitmap
+	// deleted, a crash that left it inconsistent) gets a cycle that is
+	// not Incremental. On error nothing is left behind.
+	Begin(ctx context.Context, bases map[string]string) (map[string]Cycle, error)
+	// Close releases connections; it does not tear down tracking.
+	Close() error
+}
+
+// Quiescer is implemented by machines that can make their guest's
+// filesystems consistent (the QEMU guest agent's fsfreeze).
+type Quiescer interface {
+	// Freeze quiesces the guest; an error means the point is taken
+	// crash-consistent. Thaw must be called after a successful Freeze.
+	Freeze(ctx context.Context) error
+	Thaw(ctx context.Context) error
+}

@@ -30,7 +30,7 @@ const (
 // agentConfig computes what machine m's agent should do.
 func (s *Server) agentConfig(ctx context.Context, m api.Machine) (api.AgentConfig, error) {
 	c := api.AgentConfig{Protected: m.Policy != "", Paused: m.Paused, Disks: m.Disks, Group: m.Group,
-		Process: m.Process, Bandwidth: m.Bandwidth, Resync: m.ResyncWanted,
+		Process: m.Process, Bandwidth: m.Bandwidth, Resync: m.ResyncWanted, Drivers: m.Drivers,
 		RenewBefore: api.Duration(DefaultRenewBefore), HeartbeatEvery: s.cfg.HeartbeatEvery}
 	if m.Process != "" {
 		p, err := s.store.GetProcess(ctx, m.Process)
@@ -44,6 +44,9 @@ func (s *Server) agentConfig(ctx context.Context, m api.Machine) (api.AgentConfi
 		p, err := s.store.GetPolicy(ctx, m.Policy)
 		if err == nil {
 			c.Policy = &p
+			if len(c.Drivers) == 0 && p.Driver != "" {
+				c.Drivers = map[string]string{"": p.Driver}
+			}
 		} else if !errors.Is(err, store.ErrNotFound) {
 			return c, err
 		}
@@ -72,10 +75,10 @@ func (s *Server) agentConfig(ctx context.Context, m api.Machine) (api.AgentConfi
 func cutOpen(c api.Cut) bool { return c.Phase != api.PhaseDone && c.Phase != api.PhaseAbort }
 
 // validateHeartbeat checks an agent's report.
-func validateHeartbeat(hb *api.AgentHeartbeat) error {
-	inv := &hb.Inventory
+// validateInventory checks what an agent reports about a machine.
+func validateInventory(inv *api.Inventory) error {
 	for _, f := range []struct{ name, v string }{{"hostname", inv.Hostname}, {"os", inv.OS}, {"arch", inv.Arch},
-		{"agent_version", inv.Agent}, {"state", hb.State}} {
+		{"agent_version", inv.Agent}} {
 		if err := checkText(f.name, f.v, 256); err != nil {
 			return err
 		}
@@ -93,12 +96,32 @@ func validateHeartbeat(hb *api.AgentHeartbeat) error {
 		if d.Size < 0 {
 			return badRequest("disk %s: negative size", d.Name)
 		}
-		if d.Kind != "" && d.Kind != "file" && d.Kind != "block" {
-			return badRequest("disk %s: kind %q: want file or block", d.Name, d.Kind)
+		if d.Kind != "" && d.Kind != "file" && d.Kind != "block" && d.Kind != "vm" {
+			return badRequest("disk %s: kind %q: want file, block or vm", d.Name, d.Kind)
+		}
+		if d.Format != "" && d.Format != "raw" && d.Format != "qcow2" {
+			return badRequest("disk %s: format %q: want raw or qcow2", d.Name, d.Format)
+		}
+		if d.Driver != "" && !validDriver(d.Driver) {
+			return badRequest("disk %s: driver %q: want scan, qemu or libvirt", d.Name, d.Driver)
 		}
 	}
 	if len(inv.VMSpec) > 0 && !json.Valid(inv.VMSpec) {
 		return badRequest("vm_spec is not valid JSON")
+	}
+	return nil
+}
+
+func validDriver(d string) bool {
+	return d == api.DriverScan || d == api.DriverQEMU || d == api.DriverLibvirt
+}
+
+func validateHeartbeat(hb *api.AgentHeartbeat) error {
+	if err := validateInventory(&hb.Inventory); err != nil {
+		return err
+	}
+	if err := checkText("state", hb.State, 256); err != nil {
+		return err
 	}
 	if p := hb.Progress; p != nil {
 		if p.Done < 0 || p.Total < 0 || p.Sent < 0 || p.Percent < 0 || p.Percent > 100 || p.ETA < 0 {

@@ -99,6 +99,7 @@ func (s *Server) Routes() []Route {
 		{"POST", "/api/v1/certs/renew", authCert, []string{api.RoleAgent, api.RoleProcess}, s.renew},
 		{"GET", "/api/v1/certs/revoked", authCert, process, s.revokedList},
 		{"POST", "/api/v1/agent/heartbeat", authCert, agent, s.agentHeartbeat},
+		{"POST", "/api/v1/agent/vms", authCert, agent, s.agentVMs},
 		{"POST", "/api/v1/process/heartbeat", authCert, process, s.processHeartbeat},
 		{"GET", "/api/v1/process/config", authCert, process, s.processConfigGet},
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"slices"
 	"sort"
@@ -41,6 +42,9 @@ func normalisePolicy(p *api.Policy) error {
 	}
 	if p.Retention == "" {
 		p.Retention = DefaultRetention
+	}
+	if p.Driver != "" && !validDriver(p.Driver) {
+		return badRequest("driver %q: want scan, qemu or libvirt (or nothing: each disk's default)", p.Driver)
 	}
 	if err := checkDuration("crash_interval", p.CrashInterval, time.Second, maxInterval, false); err != nil {
 		return err
@@ -258,7 +262,7 @@ var machineActions = []machineAction{
 	{"protect", func() any { return &api.ProtectRequest{} }, (*Server).protect},
 	{"unprotect", nil, func(_ *Server, _ *http.Request, _ any, m *api.Machine) (string, error) {
 		was := m.Policy
-		m.Policy, m.Group, m.Disks, m.ResyncWanted, m.Paused = "", "", nil, false, false
+		m.Policy, m.Group, m.Disks, m.ResyncWanted, m.Paused, m.Drivers = "", "", nil, false, false, nil
 		m.State, m.Reason, m.Progress = api.StateUnprotected, "", nil
 		return fmt.Sprintf("unprotected (was policy %q)", was), nil
 	}},
@@ -341,13 +345,23 @@ func (s *Server) protect(r *http.Request, req any, m *api.Machine) (string, erro
 			return "", badRequest("machine %s has no disk %q (its agent reports %s)", m.Name, d, diskNames(m.Inventory.Disks))
 		}
 	}
-	if _, err := s.store.GetPolicy(r.Context(), pr.Policy); errors.Is(err, store.ErrNotFound) {
+	pol, err := s.store.GetPolicy(r.Context(), pr.Policy)
+	if errors.Is(err, store.ErrNotFound) {
 		return "", badRequest("no policy %q: create it first (POST /api/v1/policies)", pr.Policy)
 	} else if err != nil {
 		return "", err
 	}
+	if err := checkDrivers(m, pr.Drivers); err != nil {
+		return "", err
+	}
+	if len(pr.Drivers) == 0 && pol.Driver != "" {
+		if err := checkDrivers(m, map[string]string{"": pol.Driver}); err != nil {
+			return "", err
+		}
+	}
 	was := m.Policy
 	m.Policy, m.Group, m.Disks = pr.Policy, pr.Group, slices.Clone(pr.Disks)
+	m.Drivers = maps.Clone(pr.Drivers)
 	m.State = machineState(m)
 	if m.State != api.StateError {
 		m.Reason = ""
@@ -361,6 +375,13 @@ func (s *Server) protect(r *http.Request, req any, m *api.Machine) (string, erro
 	}
 	if len(pr.Disks) > 0 {
 		what += ", disks " + strings.Join(pr.Disks, " ")
+	}
+	for _, k := range slices.Sorted(maps.Keys(pr.Drivers)) {
+		if k == "" {
+			what += ", driver " + pr.Drivers[k]
+		} else {
+			what += fmt.Sprintf(", driver %s=%s", k, pr.Drivers[k])
+		}
 	}
 	return what, nil
 }
