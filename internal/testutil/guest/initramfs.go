@@ -1,0 +1,265 @@
+package guest
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"debug/elf"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// cpioEntry is one file of the initramfs.
+type cpioEntry struct {
+	name         string // without leading slash
+	mode         uint32 // full st_mode (type and permissions)
+	data         []byte // file content or symlink target
+	rmajor, rmin uint32 // device numbers of a device node
+}
+
+const (
+	sIFDIR = 0o040000
+	sIFREG = 0o100000
+	sIFLNK = 0o120000
+	sIFCHR = 0o020000
+)
+
+// initramfs collects the entries of a newc cpio archive, adding parent
+// directories before their children. Writing it in Go (instead of running
+// cpio on a staged tree) lets it hold /dev/console without root.
+type initramfs struct {
+	entries []cpioEntry
+	seen    map[string]bool
+}
+
+func newInitramfs() *initramfs { return &initramfs{seen: map[string]bool{}} }
+
+func (r *initramfs) add(e cpioEntry) {
+	e.name = strings.TrimPrefix(path.Clean("/"+e.name), "/")
+	if r.seen[e.name] {
+		return
+	}
+	if dir := path.Dir(e.name); dir != "." {
+		r.add(cpioEntry{name: dir, mode: sIFDIR | 0o755})
+	}
+	r.seen[e.name] = true
+	r.entries = append(r.entries, e)
+}
+
+func (r *initramfs) dir(name string) { r.add(cpioEntry{name: name, mode: sIFDIR | 0o755}) }
+
+func (r *initramfs) file(name string, perm uint32, data []byte) {
+	r.add(cpioEntry{name: name, mode: sIFREG | perm, data: data})
+}
+
+func (r *initramfs) symlink(name, target string) {
+	r.add(cpioEntry{name: name, mode: sIFLNK | 0o777, data: []byte(target)})
+}
+
+func (r *initramfs) chardev(name string, major, minor uint32) {
+	r.add(cpioEntry{name: name, mode: sIFCHR | 0o600, rmajor: major, rmin: minor})
+}
+
+// copyFile adds the host file src (symlinks followed) as name.
+func (r *initramfs) copyFile(name, src string) error {
+	data, err := os.ReadFile(src)
+	if err != nil {
+		return fmt.Errorf("read %s for the initramfs: %w", src, err)
+	}
+	fi, err := os.Stat(src)
+	if err != nil {
+		return err
+	}
+	r.file(name, uint32(fi.Mode().Perm()), data)
+	return nil
+}
+
+// writeTo writes the archive in the "newc" format the kernel unpacks.
+func (r *initramfs) writeTo(w io.Writer) error {
+	bw := bufio.NewWriter(w)
+	pad := func(n int) {
+		for ; n%4 != 0; n++ {
+			bw.WriteByte(0)
+		}
+	}
+	write := func(ino int, e cpioEntry) {
+		nlink := 1
+		if e.mode&0o170000 == sIFDIR {
+			nlink = 2
+		}
+		fmt.Fprintf(bw, "070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X",
+			ino, e.mode, 0, 0, nlink, 0, len(e.data), 0, 0, e.rmajor, e.rmin, len(e.name)+1, 0)
+		bw.WriteString(e.name)
+		bw.WriteByte(0)
+		pad(110 + len(e.name) + 1)
+		bw.Write(e.data)
+		pad(len(e.data))
+	}
+	for i, e := range r.entries {
+		write(i+1, e)
+	}
+	write(0, cpioEntry{name: "TRAILER!!!"})
+	return bw.Flush()
+}
+
+// addModule adds a kernel module, decompressing .ko.xz (busybox insmod
+// cannot load compressed modules), as lib/modules/NAME.ko.
+func (r *initramfs) addModule(ctx context.Context, modulesDir, rel string) (string, error) {
+	src := filepath.Join(modulesDir, rel)
+	var data []byte
+	var err error
+	if strings.HasSuffix(rel, ".ko.xz") {
+		data, err = exec.CommandContext(ctx, "xz", "-dc", src).Output()
+	} else {
+		data, err = os.ReadFile(src)
+	}
+	if err != nil {
+		return "", fmt.Errorf("read kernel module %s: %w", src, err)
+	}
+	name := "lib/modules/" + moduleName(rel) + ".ko"
+	r.file(name, 0o644, data)
+	return "/" + name, nil
+}
+
+// addDynamic adds an executable and the shared libraries ldd lists for it,
+// each at its host path.
+func (r *initramfs) addDynamic(ctx context.Context, exe string) error {
+	if err := r.copyFile(exe, exe); err != nil {
+		return err
+	}
+	out, err := exec.CommandContext(ctx, "ldd", exe).Output()
+	if err != nil {
+		return fmt.Errorf("ldd %s: %w", exe, err)
+	}
+	var libs []string
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) >= 3 && f[1] == "=>" && strings.HasPrefix(f[2], "/"):
+			libs = append(libs, f[2])
+		case len(f) >= 1 && strings.HasPrefix(f[0], "/"): // the dynamic loader
+			libs = append(libs, f[0])
+		}
+	}
+	if len(libs) == 0 {
+		return fmt.Errorf("ldd %s lists no libraries: %s", exe, out)
+	}
+	sort.Strings(libs)
+	for _, l := range libs {
+		if err := r.copyFile(l, l); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// isStatic reports whether the ELF executable at p needs no dynamic loader.
+func isStatic(p string) (bool, error) {
+	f, err := elf.Open(p)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	for _, prog := range f.Progs {
+		if prog.Type == elf.PT_INTERP {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// Guest console markers.
+const (
+	// ReadyMarker is printed once the disk is mounted (and qemu-ga started).
+	ReadyMarker = "LIFEBOAT-GUEST-READY"
+	// ManifestMarker starts the line printed after each manifest is
+	// committed: "LIFEBOAT-GUEST-MANIFEST seq N files M".
+	ManifestMarker = "LIFEBOAT-GUEST-MANIFEST"
+	// FailMarker starts the line printed before init gives up.
+	FailMarker = "LIFEBOAT-GUEST-FAIL"
+	// AgentPortName is the virtio-serial port name qemu-ga listens on.
+	AgentPortName = "org.qemu.guest_agent.0"
+)
+
+// initScript is the guest's /init. It loads modules, mounts the disk at
+// /mnt and runs the workload forever (see the package comment for the
+// manifest invariant).
+func initScript(modules []string, agent bool) []byte {
+	var b bytes.Buffer
+	b.WriteString(`#!/bin/sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /run /tmp /mnt
+fail() { echo "` + FailMarker + `: $*"; exit 1; }
+`)
+	for _, m := range modules {
+		fmt.Fprintf(&b, "insmod %s || fail \"insmod %s\"\n", m, path.Base(m))
+	}
+	b.WriteString(`i=0
+while [ ! -b /dev/vda ]; do
+	i=$((i+1)); [ $i -gt 200 ] && fail "no /dev/vda"
+	usleep 50000
+done
+mount -t ext4 /dev/vda /mnt || fail "mount /dev/vda"
+mkdir -p /mnt/data
+`)
+	if agent {
+		b.WriteString(`port=""; i=0
+while :; do
+	for d in /sys/class/virtio-ports/vport*; do
+		[ -e "$d/name" ] && [ "$(cat "$d/name")" = ` + AgentPortName + ` ] && port=${d##*/}
+	done
+	[ -n "$port" ] && [ -c "/dev/$port" ] && break
+	i=$((i+1)); [ $i -gt 200 ] && fail "no virtio port ` + AgentPortName + `"
+	usleep 50000
+done
+mkdir -p /dev/virtio-ports
+[ -e /dev/virtio-ports/` + AgentPortName + ` ] || ln -s "../$port" /dev/virtio-ports/` + AgentPortName + `
+/usr/sbin/qemu-ga -m virtio-serial -p /dev/virtio-ports/` + AgentPortName + ` -t /run -f /run/qemu-ga.pid -l /run/qemu-ga.log &
+`)
+	}
+	b.WriteString(`echo ` + ReadyMarker + `
+# Workload. Files are never modified once written: each round writes new
+# files f<N>, syncs, hashes them, commits a manifest naming at most 40 files
+# (temp file, sync, rename, sync) and only then deletes files the manifest
+# does not name. So every committed manifest matches the disk at any instant.
+cd /mnt
+n=0; seq=0; : > /run/hashes
+while :; do
+	new=""
+	k=$((RANDOM % 4 + 1))
+	while [ $k -gt 0 ]; do
+		n=$((n+1)); k=$((k-1))
+		dd if=/dev/urandom of=data/f$n bs=4096 count=$((RANDOM % 256 + 1)) 2>/dev/null || fail "write data/f$n"
+		new="$new data/f$n"
+	done
+	sync
+	sha256sum $new >> /run/hashes
+	lines=$(wc -l < /run/hashes)
+	if [ $((RANDOM % 3)) -eq 0 ] && [ $lines -gt 1 ]; then
+		sed -i "$((RANDOM % lines + 1))d" /run/hashes
+	fi
+	tail -n 40 /run/hashes > /run/hashes.new && mv /run/hashes.new /run/hashes
+	seq=$((seq+1))
+	{ cat /run/hashes; echo "seq $seq"; } > manifest.tmp
+	sync
+	mv manifest.tmp manifest
+	sync
+	echo "` + ManifestMarker + ` seq $seq files $(wc -l < /run/hashes)"
+	for f in data/f*; do
+		grep -q " $f\$" /run/hashes || rm -f "$f"
+	done
+	sleep 1
+done
+`)
+	return b.Bytes()
+}
