@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Runs Lifeboat's whole test suite. Installs what the tests need first:
-# Debian packages (e2fsprogs, xfsprogs, PostgreSQL, openssh-server) and the
-# versitygw S3 server that the S3 backend tests start on 127.0.0.1; starts
-# PostgreSQL for the store suite. Needs root for apt-get, for PostgreSQL and
+# Debian packages (e2fsprogs, xfsprogs, PostgreSQL, openssh-server, QEMU,
+# libvirt, busybox, restic and rsync) and the versitygw S3 server that the
+# S3 backend tests start on 127.0.0.1; starts PostgreSQL for the store
+# suite and libvirtd for the libvirt tests (no systemd needed). The VM
+# tests download a Debian kernel package with `apt-get download` once
+# (cached in /var/cache/lifeboat-test-guest). Needs root for apt-get, for PostgreSQL and
 # for the tests that mount loop and tmpfs filesystems (reflink, full disk).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +18,18 @@ command -v mkfs.xfs >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.xfs ] || pkgs+=(xfspr
 command -v mount >/dev/null 2>&1 || pkgs+=(mount)
 command -v pg_ctlcluster >/dev/null 2>&1 || pkgs+=(postgresql)
 [ -x /usr/sbin/sshd ] || pkgs+=(openssh-server)
+command -v qemu-system-x86_64 >/dev/null 2>&1 || pkgs+=(qemu-system-x86)
+command -v qemu-img >/dev/null 2>&1 || pkgs+=(qemu-utils)
+[ -e /usr/lib/x86_64-linux-gnu/qemu/block-curl.so ] || pkgs+=(qemu-block-extra)
+command -v nbdinfo >/dev/null 2>&1 || pkgs+=(libnbd-bin)
+[ -x /bin/busybox ] || pkgs+=(busybox-static)
+command -v cpio >/dev/null 2>&1 || pkgs+=(cpio)
+command -v xz >/dev/null 2>&1 || pkgs+=(xz-utils)
+command -v depmod >/dev/null 2>&1 || [ -x /usr/sbin/depmod ] || [ -x /sbin/depmod ] || pkgs+=(kmod)
+[ -x /usr/sbin/qemu-ga ] || pkgs+=(qemu-guest-agent)
+[ -x /usr/sbin/libvirtd ] || pkgs+=(libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu)
+command -v restic >/dev/null 2>&1 || pkgs+=(restic)
+command -v rsync >/dev/null 2>&1 || pkgs+=(rsync)
 if [ ${#pkgs[@]} -gt 0 ]; then
 	log "installing ${pkgs[*]}"
 	export DEBIAN_FRONTEND=noninteractive
@@ -39,6 +54,14 @@ if [ -z "${LIFEBOAT_TEST_POSTGRES:-}" ]; then
 	su postgres -c "psql -qc \"ALTER USER postgres PASSWORD 'lifeboat'\"" >/dev/null
 	port=$(pg_lsclusters -h | awk 'NR==1 {print $3}')
 	export LIFEBOAT_TEST_POSTGRES="postgres://postgres:lifeboat@127.0.0.1:${port}/postgres?sslmode=disable"
+fi
+
+# libvirt: no systemd here, so start the daemons by hand once.
+if [ ! -S /var/run/libvirt/libvirt-sock ] || ! virsh -c qemu:///system version >/dev/null 2>&1; then
+	log "starting virtlogd and libvirtd"
+	pgrep -x virtlogd >/dev/null || virtlogd -d
+	pgrep -x libvirtd >/dev/null || libvirtd -d
+	for _ in $(seq 100); do virsh -c qemu:///system version >/dev/null 2>&1 && break; sleep 0.2; done
 fi
 
 gobin="$(go env GOPATH)/bin"

@@ -200,6 +200,7 @@ func (a *app) policyCmd() *cobra.Command {
 		c.Flags().DurationVar(&crash, "crash-interval", 5*time.Minute, "take a crash-consistent point this often")
 		c.Flags().DurationVar(&app, "app-interval", time.Hour, "take an app-consistent point this often (0: never)")
 		c.Flags().DurationVar(&hook, "hook-timeout", 30*time.Second, "time allowed to freeze/thaw hooks")
+		c.Flags().StringVar(&p.Driver, "driver", "", "capture driver of the policy's machines: scan or qemu (default: qemu for VMs found by a host agent, scan for others)")
 	}
 	fill := func(name string) api.Policy {
 		q := p
@@ -246,6 +247,9 @@ func (a *app) policyCmd() *cobra.Command {
 			set("hook-timeout", hook, &cur.HookTimeout)
 			if fl.Changed("retention") {
 				cur.Retention = p.Retention
+			}
+			if fl.Changed("driver") {
+				cur.Driver = p.Driver
 			}
 			var out api.Policy
 			if err := c.Do(cmd.Context(), http.MethodPut, client.Path("policies", args[0]), cur, &out); err != nil {
@@ -309,8 +313,12 @@ func (a *app) showPolicy(asJSON bool, p api.Policy) error {
 	if asJSON {
 		return a.printJSON(p)
 	}
-	fmt.Fprintf(a.stdout, "policy %s: crash point every %s, app point every %s, RPO alert after %s, retention %q, app points kept %s\n",
-		p.Name, p.CrashInterval.Std(), p.AppInterval.Std(), p.RPOThreshold.Std(), p.Retention, p.KeepApp.Std())
+	drv := ""
+	if p.Driver != "" {
+		drv = ", driver " + p.Driver
+	}
+	fmt.Fprintf(a.stdout, "policy %s: crash point every %s, app point every %s, RPO alert after %s, retention %q, app points kept %s%s\n",
+		p.Name, p.CrashInterval.Std(), p.AppInterval.Std(), p.RPOThreshold.Std(), p.Retention, p.KeepApp.Std(), drv)
 	return nil
 }
 
@@ -345,7 +353,23 @@ func (a *app) machineAction(f *clientFlags, use, short, action string, body func
 func (a *app) protectCmds() []*cobra.Command {
 	f := &clientFlags{}
 	var req api.ProtectRequest
-	protect := a.machineAction(f, "protect MACHINE --policy NAME [--group GROUP] [--disks a,b]", "Start replicating a machine under a policy", "protect", func() any { return req })
+	var drivers []string
+	protect := a.machineAction(f, "protect MACHINE --policy NAME [--group GROUP] [--disks a,b] [--driver scan|qemu|DISK=DRIVER,...]", "Start replicating a machine under a policy", "protect", func() any {
+		r := req
+		r.Drivers = nil
+		for _, d := range drivers {
+			disk, drv, ok := strings.Cut(d, "=")
+			if !ok {
+				disk, drv = "", d
+			}
+			if r.Drivers == nil {
+				r.Drivers = map[string]string{}
+			}
+			r.Drivers[disk] = drv
+		}
+		return r
+	})
+	protect.Flags().StringSliceVar(&drivers, "driver", nil, "capture driver: scan (read and hash the disk) or qemu (hypervisor dirty bitmaps, VMs found by a host agent); DISK=DRIVER chooses per disk (default: the policy's, else qemu for VMs and scan for others)")
 	protect.Flags().StringVar(&req.Policy, "policy", "", "policy name (required)")
 	protect.Flags().StringVar(&req.Group, "group", "", "replication group: members cut their points together")
 	protect.Flags().StringSliceVar(&req.Disks, "disks", nil, "protect only these disks (default: all the agent reports)")
@@ -431,8 +455,33 @@ func (a *app) machinesCmd() *cobra.Command {
 				fmt.Fprintf(w, "last point\t%s %s at %s\n", shortID(m.LastPoint.Point), m.LastPoint.Kind, m.LastPoint.Time.Local().Format(time.DateTime))
 			}
 			fmt.Fprintf(w, "host\t%s (%s %s)\n", m.Inventory.Hostname, m.Inventory.OS, m.Inventory.Arch)
+			if m.Host != "" {
+				fmt.Fprintf(w, "replicated by	host agent of %s\n", m.Host)
+			}
 			for _, d := range m.Inventory.Disks {
-				fmt.Fprintf(w, "disk %s\t%s, %d bytes\n", d.Name, d.Path, d.Size)
+				extra := ""
+				if d.Format != "" {
+					extra += ", " + d.Format
+				}
+				drv := d.Driver
+				if v := m.Drivers[d.Name]; v != "" {
+					drv = v
+				} else if v := m.Drivers[""]; v != "" {
+					drv = v
+				}
+				if drv != "" {
+					extra += ", driver " + drv
+				}
+				fmt.Fprintf(w, "disk %s\t%s, %d bytes%s\n", d.Name, d.Path, d.Size, extra)
+			}
+			if len(m.Inventory.VMSpec) > 0 {
+				var spec api.VMSpec
+				if json.Unmarshal(m.Inventory.VMSpec, &spec) == nil && spec.VCPUs > 0 {
+					fmt.Fprintf(w, "VM	%d vCPU, %d MiB, %s firmware, %d NICs\n", spec.VCPUs, spec.MemoryMiB, spec.Firmware, len(spec.NICs))
+					for _, n := range spec.NICs {
+						fmt.Fprintf(w, "nic\t%s %s %s\n", n.MAC, dash(n.Network), n.Model)
+					}
+				}
 			}
 			if m.Bandwidth > 0 {
 				fmt.Fprintf(w, "bandwidth\t%d B/s\n", m.Bandwidth)
@@ -457,13 +506,17 @@ func shortID(s string) string {
 func (a *app) machineTable(ms []api.Machine) {
 	sort.Slice(ms, func(i, j int) bool { return ms[i].Name < ms[j].Name })
 	w := a.table()
-	fmt.Fprintln(w, "MACHINE\tSTATE\tRPO\tPOLICY\tGROUP\tPROCESS\tLAST POINT")
+	fmt.Fprintln(w, "MACHINE\tKIND\tSTATE\tRPO\tPOLICY\tGROUP\tPROCESS\tLAST POINT")
 	for _, m := range ms {
 		last := "-"
 		if m.LastPoint != nil {
 			last = m.LastPoint.Time.Local().Format(time.TimeOnly) + " " + m.LastPoint.Kind
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, describeState(m), fmtRPO(m), dash(m.Policy), dash(m.Group), dash(m.Process), last)
+		kind := "agent"
+		if m.Host != "" {
+			kind = "vm@" + m.Host
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, kind, describeState(m), fmtRPO(m), dash(m.Policy), dash(m.Group), dash(m.Process), last)
 	}
 	_ = w.Flush()
 }

@@ -108,10 +108,10 @@ func parseDisks(specs []string) ([]agent.DiskConfig, error) {
 
 func (a *app) agentCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "agent", Short: "The mobility service on a protected machine, and commands about agents"}
-	var stateDir, server, token, name, hooks string
+	var stateDir, server, token, name, hooks, qmpDir, libvirtSock, discoverEvery, scratch string
 	var disks []string
 	enroll := &cobra.Command{
-		Use:   "enroll --server URL --token TOKEN [--name NAME] --disk NAME=PATH ...",
+		Use:   "enroll --server URL --token TOKEN [--name NAME] [--disk NAME=PATH ...] [--vm-qmp-dir DIR] [--vm-libvirt default|SOCKET]",
 		Short: "Enroll this machine with a one-time agent token and write the agent's state",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -138,6 +138,19 @@ func (a *app) agentCmd() *cobra.Command {
 			if hooks != "" {
 				cfg.HooksDir = hooks
 			}
+			if qmpDir != "" || libvirtSock != "" {
+				if qmpDir != "" {
+					if qmpDir, err = filepath.Abs(qmpDir); err != nil {
+						return err
+					}
+				}
+				if scratch != "" {
+					if scratch, err = filepath.Abs(scratch); err != nil {
+						return err
+					}
+				}
+				cfg.VMs = &agent.VMHostConfig{QMPDir: qmpDir, Libvirt: libvirtSock, DiscoverEvery: discoverEvery, ScratchDir: scratch}
+			}
 			if err := agent.SaveConfig(stateDir, cfg); err != nil {
 				return err
 			}
@@ -150,6 +163,10 @@ func (a *app) agentCmd() *cobra.Command {
 	enroll.Flags().StringVar(&name, "name", "", "machine name (default: hostname)")
 	enroll.Flags().StringArrayVar(&disks, "disk", nil, "disk to protect, NAME=PATH (file or block device); repeat")
 	enroll.Flags().StringVar(&hooks, "hooks-dir", "", "directory with pre-freeze.d/ and post-thaw.d/ scripts (default STATE/hooks)")
+	enroll.Flags().StringVar(&qmpDir, "vm-qmp-dir", "", "host agent: discover QEMU VMs by their QMP sockets NAME.qmp in this directory (NAME.qga: guest agent)")
+	enroll.Flags().StringVar(&libvirtSock, "vm-libvirt", "", "host agent: discover libvirt domains through this socket (\"default\": /var/run/libvirt/libvirt-sock)")
+	enroll.Flags().StringVar(&discoverEvery, "vm-discover-every", "", "host agent: how often to look for VMs (default 30s)")
+	enroll.Flags().StringVar(&scratch, "vm-scratch-dir", "", "host agent: where point-in-time overlays live during cycles (default STATE/scratch; for libvirt, QEMU's user must reach it)")
 	run := &cobra.Command{
 		Use:   "run [--state-dir DIR]",
 		Short: "Run the agent daemon (see dist/lifeboat-agent.service)",

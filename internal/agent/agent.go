@@ -42,6 +42,7 @@ type Options struct {
 type Agent struct {
 	cfg     *Config
 	log     *slog.Logger
+	baseLog *slog.Logger // without the machine attribute
 	clk     clock.Clock
 	version string
 	idDir   string
@@ -110,6 +111,7 @@ func New(cfg *Config, o Options) (*Agent, error) {
 	a := &Agent{
 		cfg:        cfg,
 		log:        o.Logger.With("machine", cfg.Machine),
+		baseLog:    o.Logger,
 		clk:        o.Clock,
 		version:    o.Version,
 		idDir:      filepath.Join(cfg.StateDir, IdentityDir),
@@ -167,6 +169,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Add(2)
 	go func() { defer wg.Done(); a.controlLoop(ctx) }()
 	go func() { defer wg.Done(); a.dataLoop(ctx) }()
+	if a.cfg.VMs != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); a.hostLoop(ctx) }()
+	}
 	wg.Wait()
 	a.mu.Lock()
 	if a.ic != nil {

@@ -29,6 +29,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/capture/scan"
 )
@@ -51,6 +52,10 @@ const (
 type DiskConfig struct {
 	Name string `json:"name"` // the name the server and the vault know it by
 	Path string `json:"path"` // raw image file or block device
+	// Node and Format are set for VM disks (from discovery): the QEMU
+	// block node and the image format.
+	Node   string `json:"-"`
+	Format string `json:"-"`
 }
 
 // Config is agent.json. Enroll writes it; operators add disks, hooks and
@@ -75,9 +80,32 @@ type Config struct {
 	// disks, NICs, firmware) for recovery; it is sent with the inventory
 	// and stored in every point.
 	VMSpec string `json:"vm_spec,omitempty"`
+	// VMs makes this agent a host agent: it discovers the virtual
+	// machines on this host, reports each as a machine of its own, and
+	// replicates those the server protects (see host.go).
+	VMs *VMHostConfig `json:"vms,omitempty"`
 
 	// StateDir is where agent.json was loaded from; it is not stored.
 	StateDir string `json:"-"`
+	// vm is set on the agents a host agent runs for its VMs.
+	vm *vmTarget
+}
+
+// VMHostConfig says where a host agent finds VMs.
+type VMHostConfig struct {
+	// Libvirt is the libvirt daemon's socket ("" = do not ask libvirt;
+	// "default" = /var/run/libvirt/libvirt-sock).
+	Libvirt string `json:"libvirt,omitempty"`
+	// QMPDir holds the QMP sockets of QEMU processes started without
+	// libvirt: NAME.qmp is VM NAME; NAME.qga, if present, is its guest
+	// agent socket.
+	QMPDir string `json:"qmp_dir,omitempty"`
+	// ScratchDir holds point-in-time overlays during cycles (default
+	// STATE/scratch). It must be on a filesystem with room for the
+	// writes a VM makes during one cycle.
+	ScratchDir string `json:"scratch_dir,omitempty"`
+	// DiscoverEvery is how often to look for VMs (default 30s).
+	DiscoverEvery string `json:"discover_every,omitempty"`
 }
 
 // hooksDir returns the hooks directory with its default applied.
@@ -131,6 +159,24 @@ func (c *Config) Validate() error {
 	}
 	if c.VMSpec != "" && !filepath.IsAbs(c.VMSpec) {
 		return fmt.Errorf("agent.json: \"vm_spec\" %q must be an absolute path to a JSON file", c.VMSpec)
+	}
+	if v := c.VMs; v != nil {
+		if v.Libvirt == "" && v.QMPDir == "" {
+			return errors.New("agent.json: \"vms\" names neither \"libvirt\" nor \"qmp_dir\": say where to find VMs, or remove \"vms\"")
+		}
+		for _, f := range []struct{ name, v string }{{"vms.qmp_dir", v.QMPDir}, {"vms.scratch_dir", v.ScratchDir}} {
+			if f.v != "" && !filepath.IsAbs(f.v) {
+				return fmt.Errorf("agent.json: %q %q must be an absolute path", f.name, f.v)
+			}
+		}
+		if v.Libvirt != "" && v.Libvirt != "default" && !filepath.IsAbs(v.Libvirt) {
+			return fmt.Errorf("agent.json: \"vms.libvirt\" %q must be the libvirt socket's absolute path or \"default\"", v.Libvirt)
+		}
+		if v.DiscoverEvery != "" {
+			if d, err := time.ParseDuration(v.DiscoverEvery); err != nil || d < time.Second {
+				return fmt.Errorf("agent.json: \"vms.discover_every\" %q: want a duration of at least 1s, such as \"30s\"", v.DiscoverEvery)
+			}
+		}
 	}
 	return nil
 }
@@ -192,6 +238,14 @@ func parseConfig(b []byte) (*Config, error) {
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		return nil, errors.New("not valid agent configuration JSON: data after the top-level object")
+	}
+	// An empty list means the same as none; keep one form so that a
+	// save and load give back the same configuration.
+	if len(c.Disks) == 0 {
+		c.Disks = nil
+	}
+	if len(c.FreezeMounts) == 0 {
+		c.FreezeMounts = nil
 	}
 	return &c, nil
 }

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -91,7 +92,12 @@ func (a *Agent) consistency(cfg api.AgentConfig, cutID string) *consistency {
 	if cfg.Policy != nil && cfg.Policy.HookTimeout > 0 {
 		timeout = cfg.Policy.HookTimeout.Std()
 	}
+	var quiesce func(context.Context) (func(context.Context) error, error)
+	if a.cfg.vm != nil {
+		quiesce = a.cfg.vm.quiesce
+	}
 	return &consistency{
+		quiesce:  quiesce,
 		hooksDir: a.cfg.hooksDir(),
 		mounts:   a.cfg.FreezeMounts,
 		timeout:  timeout,
@@ -330,10 +336,11 @@ func (a *Agent) snapshotCut(ctx context.Context, cfg api.AgentConfig, cut api.Cu
 
 // diskCycle is one disk's part of a cycle.
 type diskCycle struct {
-	disk  DiskConfig
-	drv   *scan.Driver
-	base  string // baseline the cycle is relative to ("" full)
-	cycle capture.Cycle
+	disk   DiskConfig
+	driver string         // resolved driver name
+	drv    capture.Driver // per-disk driver (scan); nil for machine disks
+	base   string         // baseline the cycle is relative to ("" full)
+	cycle  capture.Cycle
 }
 
 // progressTracker aggregates per-disk progress into api.Progress.
@@ -499,24 +506,50 @@ func (a *Agent) cycle(ctx context.Context, cfg api.AgentConfig, spec *cycleSpec)
 		return res, fmt.Errorf("process server %s: %w", cfg.ProcessURL, err)
 	}
 	var dcs []*diskCycle
+	var machDisks []DiskConfig
 	for _, d := range disks {
-		drv, err := scan.New(scan.Options{
-			Path:      d.Path,
-			StateFile: filepath.Join(a.cfg.StateDir, "disks", d.Name),
-			BlockSize: info.BlockSize,
-			Snapshot:  a.snapshotMode(d),
-			Logger:    a.log,
-		})
-		if err != nil {
-			return res, fmt.Errorf("disk %s: %w", d.Name, err)
-		}
-		dc := &diskCycle{disk: d, drv: drv}
-		if !spec.resync {
-			if dc.base, err = drv.Baseline(ctx); err != nil {
+		dc := &diskCycle{disk: d, driver: a.driverFor(cfg, d)}
+		if dc.driver == api.DriverScan {
+			if d.Format == "qcow2" {
+				return res, fmt.Errorf("disk %s is a qcow2 image: the scan driver reads raw disks only; protect it with --driver qemu", d.Name)
+			}
+			drv, err := scan.New(scan.Options{
+				Path:      d.Path,
+				StateFile: filepath.Join(a.cfg.StateDir, "disks", d.Name),
+				BlockSize: info.BlockSize,
+				Snapshot:  a.snapshotMode(d),
+				Logger:    a.log,
+			})
+			if err != nil {
 				return res, fmt.Errorf("disk %s: %w", d.Name, err)
 			}
+			dc.drv = drv
+		} else {
+			if dc.driver, err = a.machineDriver(dc.driver, d); err != nil {
+				return res, err
+			}
+			machDisks = append(machDisks, d)
 		}
 		dcs = append(dcs, dc)
+	}
+	var mach capture.Machine
+	if len(machDisks) > 0 {
+		if mach, err = a.cfg.vm.open(ctx, machDisks, info.BlockSize); err != nil {
+			return res, fmt.Errorf("%s driver: %w", dcs[0].driver, err)
+		}
+		defer mach.Close()
+	}
+	if !spec.resync {
+		for _, dc := range dcs {
+			if dc.drv != nil {
+				dc.base, err = dc.drv.Baseline(ctx)
+			} else {
+				dc.base, err = mach.Baseline(ctx, dc.disk.Name)
+			}
+			if err != nil {
+				return res, fmt.Errorf("disk %s: %w", dc.disk.Name, err)
+			}
+		}
 	}
 	abort := func() {
 		for _, dc := range dcs {
@@ -532,14 +565,38 @@ func (a *Agent) cycle(ctx context.Context, cfg api.AgentConfig, spec *cycleSpec)
 
 	// Cut every disk at (nearly) the same instant.
 	begin := func() error {
-		for _, dc := range dcs {
-			c, err := dc.drv.Begin(ctx, dc.base)
-			if err != nil {
-				return fmt.Errorf("disk %s: %w", dc.disk.Name, err)
+		// The machine's disks first, in one cut; then per-disk drivers.
+		if mach != nil {
+			bases := map[string]string{}
+			for _, dc := range dcs {
+				if dc.drv == nil {
+					bases[dc.disk.Name] = dc.base
+				}
 			}
-			dc.cycle = c
-			if c.BlockSize() != info.BlockSize {
-				return fmt.Errorf("disk %s: the driver reads %d-byte blocks, the vault uses %d", dc.disk.Name, c.BlockSize(), info.BlockSize)
+			cycles, err := mach.Begin(ctx, bases)
+			if err != nil {
+				return fmt.Errorf("%s driver: %w", mach.Name(), err)
+			}
+			for _, dc := range dcs {
+				if dc.drv == nil {
+					if dc.cycle = cycles[dc.disk.Name]; dc.cycle == nil {
+						return fmt.Errorf("%s driver returned no cycle for disk %s", mach.Name(), dc.disk.Name)
+					}
+				}
+			}
+		}
+		for _, dc := range dcs {
+			if dc.drv != nil {
+				c, err := dc.drv.Begin(ctx, dc.base)
+				if err != nil {
+					return fmt.Errorf("disk %s: %w", dc.disk.Name, err)
+				}
+				dc.cycle = c
+			}
+		}
+		for _, dc := range dcs {
+			if dc.cycle.BlockSize() != info.BlockSize {
+				return fmt.Errorf("disk %s: the driver reads %d-byte blocks, the vault uses %d", dc.disk.Name, dc.cycle.BlockSize(), info.BlockSize)
 			}
 		}
 		return nil
@@ -575,6 +632,9 @@ func (a *Agent) cycle(ctx context.Context, cfg api.AgentConfig, spec *cycleSpec)
 	}
 
 	vmspec, err := readVMSpec(a.cfg.VMSpec)
+	if a.cfg.vm != nil {
+		vmspec, err = json.Marshal(a.cfg.vm.spec)
+	}
 	if err != nil {
 		a.log.Warn("point taken without VM spec", "err", err)
 		vmspec = nil
@@ -583,7 +643,7 @@ func (a *Agent) cycle(ctx context.Context, cfg api.AgentConfig, spec *cycleSpec)
 		req := ingest.SessionRequest{Machine: a.cfg.Machine, Kind: spec.kind, Group: spec.group, CutID: spec.cutID,
 			Time: res.Time, VMSpec: vmspec, Labels: map[string]string{"agent": a.version}}
 		for _, dc := range dcs {
-			sd := ingest.SessionDisk{Name: dc.disk.Name, Size: dc.cycle.Size(), Driver: dc.drv.Name()}
+			sd := ingest.SessionDisk{Name: dc.disk.Name, Size: dc.cycle.Size(), Driver: dc.driver}
 			if dc.cycle.Incremental() {
 				sd.Base = dc.base
 			}

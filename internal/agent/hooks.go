@@ -52,6 +52,9 @@ type consistency struct {
 	// freeze and thaw are freezeFS and thawFS (replaceable in tests, which
 	// cannot freeze a real filesystem).
 	freeze, thaw func(mount string) error
+	// quiesce, if set, freezes a VM guest's filesystems (through its
+	// guest agent) after the hooks and mounts, and returns the thaw.
+	quiesce func(ctx context.Context) (func(context.Context) error, error)
 }
 
 // thawer undoes a freeze. thaw runs FITHAW on every mount that was frozen
@@ -63,6 +66,7 @@ type thawer struct {
 	done    bool
 	started bool     // the pre-freeze stage began: post-thaw hooks must run
 	frozen  []string // mounts frozen so far
+	vmThaw  func(context.Context) error
 }
 
 // preFreeze runs the pre-freeze hooks in name order, then freezes the
@@ -91,7 +95,26 @@ func (c *consistency) preFreeze(ctx context.Context) (*thawer, error) {
 		t.mu.Unlock()
 		c.log.Info("filesystem frozen", "mount", m)
 	}
+	if c.quiesce != nil {
+		qctx, cancel := context.WithTimeout(ctx, c.hookTimeout())
+		thaw, err := c.quiesce(qctx)
+		cancel()
+		if err != nil {
+			return t, &HookError{Stage: "freeze", Hook: "guest agent", Err: err}
+		}
+		t.mu.Lock()
+		t.vmThaw = thaw
+		t.mu.Unlock()
+		c.log.Info("guest filesystems frozen through the guest agent")
+	}
 	return t, nil
+}
+
+func (c *consistency) hookTimeout() time.Duration {
+	if c.timeout <= 0 {
+		return DefaultHookTimeout
+	}
+	return c.timeout
 }
 
 // thaw thaws every frozen mount and runs the post-thaw hooks. It keeps
@@ -110,6 +133,17 @@ func (t *thawer) thaw() error {
 	t.done = true
 	c := t.c
 	var errs []error
+	if t.vmThaw != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), c.hookTimeout())
+		if err := t.vmThaw(ctx); err != nil {
+			errs = append(errs, &HookError{Stage: "thaw", Hook: "guest agent", Err: err})
+			c.log.Error("cannot thaw the guest through its guest agent", "err", err)
+		} else {
+			c.log.Info("guest filesystems thawed")
+		}
+		cancel()
+		t.vmThaw = nil
+	}
 	for i := len(t.frozen) - 1; i >= 0; i-- {
 		m := t.frozen[i]
 		if err := c.thaw(m); err != nil {

@@ -126,11 +126,18 @@ func inventory(cfg *Config, o inventoryOptions) (api.Inventory, []error) {
 	}
 	var warns []error
 	for _, d := range cfg.Disks {
+		if cfg.vm != nil {
+			break
+		}
 		di, err := diskInfo(d)
 		if err != nil {
 			warns = append(warns, err)
 		}
 		inv.Disks = append(inv.Disks, di)
+	}
+	if cfg.vm != nil {
+		vmInventory(cfg.vm, &inv)
+		return inv, nil
 	}
 	spec, err := readVMSpec(cfg.VMSpec)
 	if err != nil {

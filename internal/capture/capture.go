@@ -26,7 +26,10 @@
 // vault's deduplication makes that cheap. A driver never loses a change.
 package capture
 
-import "context"
+import (
+	"context"
+	"fmt"
+)
 
 // Block is one block reported by a cycle.
 type Block struct {
@@ -105,4 +108,29 @@ type Quiescer interface {
 	// crash-consistent. Thaw must be called after a successful Freeze.
 	Freeze(ctx context.Context) error
 	Thaw(ctx context.Context) error
+}
+
+// DiskOf adapts one disk of a Machine to the Driver interface, for
+// engines that cut disks one by one (a single-disk VM loses nothing).
+func DiskOf(m Machine, disk string) Driver { return machineDisk{m, disk} }
+
+type machineDisk struct {
+	m    Machine
+	disk string
+}
+
+func (d machineDisk) Name() string { return d.m.Name() }
+
+func (d machineDisk) Baseline(ctx context.Context) (string, error) { return d.m.Baseline(ctx, d.disk) }
+
+func (d machineDisk) Begin(ctx context.Context, base string) (Cycle, error) {
+	cs, err := d.m.Begin(ctx, map[string]string{d.disk: base})
+	if err != nil {
+		return nil, err
+	}
+	c, ok := cs[d.disk]
+	if !ok {
+		return nil, fmt.Errorf("%s driver returned no cycle for disk %s", d.m.Name(), d.disk)
+	}
+	return c, nil
 }
