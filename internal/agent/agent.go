@@ -334,6 +334,12 @@ func (a *Agent) controlLoop(ctx context.Context) {
 		if payload {
 			every = min(every, a.busyEvery)
 		}
+		if wait > 0 && cfg.Version != hb.KnownVersion {
+			// A long poll answered with news: listen again at once, or the
+			// next change (a group cut announced 2 s ahead) goes unheard
+			// for up to heartbeat_every.
+			every = 0
+		}
 		sleepCtx(ctx, max(50*time.Millisecond, every-time.Since(start)), a.kick)
 	}
 }
