@@ -44,6 +44,7 @@ type discovered struct {
 	source string // "qmp" | "libvirt"
 	qmp    string // QMP socket (qmp)
 	qga    string // guest agent socket ("" none)
+	nbd    string // NBD server socket the QEMU process already runs ("" none)
 }
 
 // vmRunner is the running agent of one VM.
@@ -95,6 +96,11 @@ func (a *Agent) discoverVMs(ctx context.Context) ([]discovered, []error) {
 			d := discovered{spec: spec, source: "qmp", qmp: sock}
 			if qga := strings.TrimSuffix(sock, ".qmp") + ".qga"; fileExists(qga) {
 				d.qga = qga
+			}
+			// QEMU runs one NBD server; one it already runs is announced
+			// by a NAME.nbd socket beside the QMP socket.
+			if nbd := strings.TrimSuffix(sock, ".qmp") + ".nbd"; fileExists(nbd) {
+				d.nbd = nbd
 			}
 			out = append(out, d)
 		}
@@ -195,7 +201,7 @@ func runnerKey(d discovered) string {
 	for _, x := range d.spec.Disks {
 		disks = append(disks, x.Name+"="+x.Node+"="+x.Image+"="+x.Format)
 	}
-	return d.source + "|" + d.qmp + "|" + d.qga + "|" + strings.Join(disks, ",")
+	return d.source + "|" + d.qmp + "|" + d.qga + "|" + d.nbd + "|" + strings.Join(disks, ",")
 }
 
 func (a *Agent) vmStateDir(name string) string {
@@ -309,7 +315,7 @@ func (a *Agent) target(d discovered) *vmTarget {
 			}, nil
 		}
 	default:
-		qmpSock, qga := d.qmp, d.qga
+		qmpSock, qga, nbdSock := d.qmp, d.qga, d.nbd
 		t.open = func(ctx context.Context, disks []DiskConfig, blockSize int) (capture.Machine, error) {
 			if err := mkdirs(stateDir, filepath.Join(scratch, name)); err != nil {
 				return nil, err
@@ -319,7 +325,7 @@ func (a *Agent) target(d discovered) *vmTarget {
 				qd = append(qd, qemudriver.Disk{Name: d.Name, Node: d.Node})
 			}
 			return qemudriver.Open(ctx, qemudriver.Options{QMP: qmpSock, Disks: qd, StateDir: stateDir, BlockSize: blockSize,
-				ScratchDir: filepath.Join(scratch, name), GuestAgent: qga, Logger: log})
+				ScratchDir: filepath.Join(scratch, name), GuestAgent: qga, NBDSocket: nbdSock, Logger: log})
 		}
 		t.quiesce = func(ctx context.Context) (func(context.Context) error, error) {
 			if qga == "" {
