@@ -74,6 +74,7 @@ type Agent struct {
 	icURL       string
 	icGen       int
 	snapModes   map[string]string // disk name → resolved snapshot mode
+	unsureVMs   map[string]bool   // host loop only: VMs whose socket is there but did not answer discovery
 	lastInvWarn string
 	nextRenew   time.Time
 }

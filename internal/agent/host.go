@@ -85,11 +85,15 @@ func (a *Agent) discoverVMs(ctx context.Context) ([]discovered, []error) {
 			dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			spec, err := qemudriver.Discover(dctx, sock)
 			cancel()
+			name := strings.TrimSuffix(filepath.Base(sock), ".qmp")
 			if err != nil {
 				warns = append(warns, fmt.Errorf("QEMU at %s: %w", sock, err))
+				if a.unsureVMs == nil {
+					a.unsureVMs = map[string]bool{}
+				}
+				a.unsureVMs[name] = true // still there, just not answering now
 				continue
 			}
-			name := strings.TrimSuffix(filepath.Base(sock), ".qmp")
 			if spec.Name == "" || spec.Name != name {
 				spec.Name = name // the socket's name is the machine name
 			}
@@ -147,6 +151,7 @@ func (a *Agent) hostLoop(ctx context.Context) {
 	}()
 	var lastWarn string
 	for ctx.Err() == nil {
+		a.unsureVMs = map[string]bool{}
 		vms, warns := a.discoverVMs(ctx)
 		if w := errors.Join(warns...); w != nil && w.Error() != lastWarn {
 			lastWarn = w.Error()
@@ -185,7 +190,7 @@ func (a *Agent) hostLoop(ctx context.Context) {
 			runners[d.spec.Name] = r
 		}
 		for name, r := range runners {
-			if !present[name] {
+			if !present[name] && !a.unsureVMs[name] {
 				a.log.Info("VM is gone from this host; its replication stops until it comes back", "vm", name)
 				r.cancel()
 				<-r.done
