@@ -159,7 +159,8 @@ func (a *Agent) hostLoop(ctx context.Context) {
 		} else if w == nil {
 			lastWarn = ""
 		}
-		if err := a.reportVMs(ctx, vms); err != nil && ctx.Err() == nil {
+		reissued, err := a.reportVMs(ctx, vms)
+		if err != nil && ctx.Err() == nil {
 			a.log.Warn("cannot report VMs to the server; retrying", "err", err)
 		}
 		present := map[string]bool{}
@@ -167,7 +168,7 @@ func (a *Agent) hostLoop(ctx context.Context) {
 			present[d.spec.Name] = true
 			key := runnerKey(d)
 			r := runners[d.spec.Name]
-			if r != nil && r.key == key {
+			if r != nil && r.key == key && !reissued[d.spec.Name] {
 				select {
 				case <-r.done: // stopped by itself (bad state): start again below
 				default:
@@ -214,16 +215,66 @@ func (a *Agent) vmStateDir(name string) string {
 }
 
 // reportVMs tells the server about the VMs and saves the certificates it
-// signs for VMs that had none.
-func (a *Agent) reportVMs(ctx context.Context, vms []discovered) error {
+// signs for VMs that had none, or whose certificate was revoked (with
+// their host's: the server answers "reenroll" and the host sends a new
+// CSR at once). It returns the VMs whose identity was replaced, so that
+// their agents start again with it.
+func (a *Agent) reportVMs(ctx context.Context, vms []discovered) (map[string]bool, error) {
+	reissued := map[string]bool{}
+	resp, keys, err := a.postVMReport(ctx, vms, func(d discovered) bool { return a.vmNeedsCert(d.spec.Name) })
+	if err != nil {
+		return reissued, err
+	}
+	again := map[string]bool{}
+	for _, r := range resp.VMs {
+		if r.Reenroll && keys[r.Name] == nil {
+			a.log.Warn("the server revoked a VM's certificate; asking for a new one", "vm", r.Name)
+			again[r.Name] = true
+		}
+	}
+	if err := a.saveVMIdentities(resp, keys, reissued); err != nil {
+		return reissued, err
+	}
+	if len(again) == 0 {
+		return reissued, nil
+	}
+	var redo []discovered
+	for _, d := range vms {
+		if again[d.spec.Name] {
+			redo = append(redo, d)
+		}
+	}
+	resp, keys, err = a.postVMReport(ctx, redo, func(discovered) bool { return true })
+	if err != nil {
+		return reissued, err
+	}
+	return reissued, a.saveVMIdentities(resp, keys, reissued)
+}
+
+// vmNeedsCert says whether the VM has no usable identity: none yet, one
+// half-written by a crash, or one whose certificate has expired (the
+// host agent was down longer than the certificate's life).
+func (a *Agent) vmNeedsCert(name string) bool {
+	id, err := pki.LoadIdentity(filepath.Join(a.vmStateDir(name), IdentityDir))
+	if err != nil {
+		if fileExists(filepath.Join(a.vmStateDir(name), IdentityDir, "identity.crt")) {
+			a.log.Warn("the VM's identity cannot be loaded; asking for a new certificate", "vm", name, "err", err)
+		}
+		return true
+	}
+	return !a.clk.Now().Before(id.Leaf.NotAfter)
+}
+
+// postVMReport reports vms, with a new key and CSR for those csr picks.
+func (a *Agent) postVMReport(ctx context.Context, vms []discovered, csr func(discovered) bool) (api.VMReportResponse, map[string][]byte, error) {
 	keys := map[string][]byte{}
 	req := api.VMReport{VMs: []api.DiscoveredVM{}}
 	for _, d := range vms {
 		dv := api.DiscoveredVM{Name: d.spec.Name, Inventory: a.vmInventoryFor(d)}
-		if !fileExists(filepath.Join(a.vmStateDir(d.spec.Name), IdentityDir, "identity.crt")) {
+		if csr(d) {
 			keyPEM, csrPEM, err := pki.NewKeyAndCSR(d.spec.Name)
 			if err != nil {
-				return err
+				return api.VMReportResponse{}, nil, err
 			}
 			keys[d.spec.Name] = keyPEM
 			dv.CSR = string(csrPEM)
@@ -231,15 +282,24 @@ func (a *Agent) reportVMs(ctx context.Context, vms []discovered) error {
 		req.VMs = append(req.VMs, dv)
 	}
 	a.mu.Lock()
-	hc, caPEM := a.ctrl, a.id.CAPEM
+	hc := a.ctrl
 	a.mu.Unlock()
 	u := strings.TrimRight(a.cfg.Server, "/") + "/api/" + api.Version + "/agent/vms"
 	rctx, cancel := context.WithTimeout(ctx, requestSlack)
 	defer cancel()
 	var resp api.VMReportResponse
 	if err := postJSON(rctx, hc, u, req, &resp); err != nil {
-		return err
+		return resp, nil, err
 	}
+	return resp, keys, nil
+}
+
+// saveVMIdentities saves the certificates of resp with the keys made for
+// them and marks those VMs in reissued.
+func (a *Agent) saveVMIdentities(resp api.VMReportResponse, keys map[string][]byte, reissued map[string]bool) error {
+	a.mu.Lock()
+	caPEM := a.id.CAPEM
+	a.mu.Unlock()
 	for _, r := range resp.VMs {
 		if r.Error != "" {
 			a.log.Warn("the server refused a discovered VM", "vm", r.Name, "reason", r.Error)
@@ -256,6 +316,7 @@ func (a *Agent) reportVMs(ctx context.Context, vms []discovered) error {
 		if err := pki.SaveIdentity(filepath.Join(dir, IdentityDir), key, []byte(r.Certificate), caPEM); err != nil {
 			return fmt.Errorf("VM %s: save its identity: %w", r.Name, err)
 		}
+		reissued[r.Name] = true
 		a.log.Info("VM enrolled", "vm", r.Name)
 	}
 	return nil

@@ -311,6 +311,9 @@ type VMResult struct {
 	Name        string `json:"name"`
 	Certificate string `json:"certificate,omitempty"` // PEM, when a CSR was sent
 	Error       string `json:"error,omitempty"`       // why the VM was refused
+	// Reenroll says the VM's certificate was revoked (with its host's):
+	// the host sends a new CSR for it in its next report.
+	Reenroll bool `json:"reenroll,omitempty"`
 }
 
 // MoveRequest is POST /api/v1/machines/{name}/move.

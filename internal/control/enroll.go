@@ -98,6 +98,12 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request, _ *caller) error
 	if _, _, _, err := s.ca.SignCSR([]byte(req.CSR), req.Role, req.Name, hosts, time.Minute, now); err != nil {
 		return badRequest("%v", err)
 	}
+	if req.Role == api.RoleAgent {
+		old, err := s.store.GetMachine(ctx, req.Name)
+		if err == nil && old.Host != "" {
+			return conflict("machine %s is a VM replicated by host %s: enroll this agent under another name, or remove that machine first", req.Name, old.Host)
+		}
+	}
 	if err := s.store.UseToken(ctx, t.ID, now.UTC()); err != nil {
 		if errors.Is(err, store.ErrTokenUsed) {
 			return tokenInvalid("token %s was already used: enrollment tokens work once; ask an admin for a new one", t.ID)

@@ -460,9 +460,31 @@ func (s *Server) revokeMachine(w http.ResponseWriter, r *http.Request, c *caller
 	if err != nil {
 		return err
 	}
-	serials, err := s.store.RevokeCerts(ctx, api.RoleAgent, name, s.clock.Now().UTC())
+	now := s.clock.Now().UTC()
+	serials, err := s.store.RevokeCerts(ctx, api.RoleAgent, name, now)
 	if err != nil {
 		return err
+	}
+	// A host agent holds the keys of the VMs it replicates: revoking the
+	// host revokes them too. The VMs get new certificates when the host's
+	// agent, enrolled again, reports them.
+	var vms []string
+	if m.Host == "" {
+		all, err := s.store.ListMachines(ctx)
+		if err != nil {
+			return err
+		}
+		for _, vm := range all {
+			if vm.Host != name {
+				continue
+			}
+			vs, err := s.store.RevokeCerts(ctx, api.RoleAgent, vm.Name, now)
+			if err != nil {
+				return err
+			}
+			serials = append(serials, vs...)
+			vms = append(vms, vm.Name)
+		}
 	}
 	if err := s.loadRevoked(ctx); err != nil {
 		return err
@@ -474,7 +496,21 @@ func (s *Server) revokeMachine(w http.ResponseWriter, r *http.Request, c *caller
 	if err != nil {
 		return err
 	}
-	s.audit(r, c, name, fmt.Sprintf("revoked the agent certificates of machine %s (%s)", name, strings.Join(serials, ", ")))
+	for _, vm := range vms {
+		_, err := s.store.UpdateMachine(ctx, vm, func(m *api.Machine) error {
+			m.State, m.Reason = api.StateError, fmt.Sprintf("certificate revoked with its host %s's: the VM is enrolled again when the host's agent is", name)
+			return nil
+		})
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		s.notify.notify(vm)
+	}
+	what := fmt.Sprintf("revoked the agent certificates of machine %s (%s)", name, strings.Join(serials, ", "))
+	if len(vms) > 0 {
+		what += fmt.Sprintf(", with those of its VMs %s", strings.Join(vms, ", "))
+	}
+	s.audit(r, c, name, what)
 	s.notify.notify(name)
 	writeJSON(w, http.StatusOK, map[string]any{"machine": s.withRPO(m, s.clock.Now()), "revoked": append([]string{}, serials...)})
 	return nil

@@ -111,6 +111,8 @@ func (s *Server) recordVM(r *http.Request, c *caller, vm api.DiscoveredVM) (api.
 			return res, fmt.Errorf("record certificate: %w", err)
 		}
 		res.Certificate, serial = string(certPEM), sn
+	} else if m.Agent != "" && s.rl.Revoked(m.Agent) {
+		res.Reenroll = true
 	}
 	_, err = s.store.UpdateMachine(ctx, vm.Name, func(m *api.Machine) error {
 		if m.Host != c.Name {

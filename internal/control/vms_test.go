@@ -147,3 +147,83 @@ func firstCert(t *testing.T, ts *testServer, host *agent, inv api.Inventory, _, 
 	}
 	return resp.VMs[0].Certificate
 }
+
+// TestRevokeHostRevokesVMs: a host agent holds its VMs' keys, so revoking
+// the host revokes them; the VMs get new certificates through the host's
+// next report once it is enrolled again; and no plain agent may enroll
+// under a VM's name.
+func TestRevokeHostRevokesVMs(t *testing.T) {
+	ts := startServer(t, serverOpts{})
+	host := ts.enroll("kvm1")
+	bystander := ts.enroll("other")
+	inv := api.Inventory{Hostname: "kvm1", OS: "VM (qmp)", Arch: "amd64", Disks: []api.DiskInfo{
+		{Name: "vda", Path: "/var/lib/vm/web.qcow2", Size: 1 << 30, Kind: "vm", Format: "qcow2", Driver: "qemu"}}}
+	vmAgent := func(host *agent) *agent {
+		t.Helper()
+		keyPEM, csrPEM, err := pki.NewKeyAndCSR("web")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cert, err := tls.X509KeyPair([]byte(firstCert(t, ts, host, inv, keyPEM, csrPEM)), keyPEM)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &agent{ts: ts, name: "web", cert: cert, client: httpClient(pki.ClientTLS(&cert, ts.pool))}
+	}
+	vm := vmAgent(host)
+	vm.heartbeat(api.AgentHeartbeat{Inventory: inv})
+	if res := resp0(t, host, ts, inv); res.Reenroll || res.Error != "" {
+		t.Fatalf("report of a VM with a good certificate: %+v", res)
+	}
+
+	// A plain agent may not take the VM's name.
+	r, _ := ts.enrollReq(ts.token(api.RoleAgent, 0), api.RoleAgent, "web", "127.0.0.1")
+	if r.status != http.StatusConflict || !strings.Contains(r.err().Message, "VM replicated by host kvm1") {
+		t.Fatalf("enroll a plain agent as web: %d %s", r.status, r.body)
+	}
+
+	var rev struct{ Revoked []string }
+	ts.mustAPI("POST", "/api/v1/machines/kvm1/revoke", ts.admin, nil, 200, &rev)
+	if len(rev.Revoked) != 2 {
+		t.Fatalf("revoking host kvm1 revoked %v, want its own and web's certificate", rev.Revoked)
+	}
+	if r := vm.heartbeatRaw(api.AgentHeartbeat{Inventory: inv}, ""); r.status != 403 || r.err().Code != api.CodeCertRevoked {
+		t.Fatalf("VM heartbeat after its host was revoked: %d %s", r.status, r.body)
+	}
+	var m api.Machine
+	ts.mustAPI("GET", "/api/v1/machines/web", ts.admin, nil, 200, &m)
+	if m.State != api.StateError || !strings.Contains(m.Reason, "host kvm1") {
+		t.Fatalf("VM after its host was revoked: %s %q", m.State, m.Reason)
+	}
+	// Other machines keep working.
+	bystander.heartbeat(api.AgentHeartbeat{})
+	if evs := ts.events("audit"); len(evs) == 0 || !strings.Contains(evs[len(evs)-1].Message, "its VMs web") {
+		t.Fatalf("audit events: %+v", evs)
+	}
+
+	// The host, enrolled again, is told to send a new CSR for web.
+	host = ts.enroll("kvm1")
+	if res := resp0(t, host, ts, inv); !res.Reenroll {
+		t.Fatalf("report of a VM whose certificate was revoked: %+v, want reenroll", res)
+	}
+	vm = vmAgent(host)
+	if cfg := vm.heartbeat(api.AgentHeartbeat{Inventory: inv}); cfg.Protected {
+		t.Fatalf("config %+v", cfg)
+	}
+	ts.mustAPI("GET", "/api/v1/machines/web", ts.admin, nil, 200, &m)
+	if m.State == api.StateError {
+		t.Fatalf("VM enrolled again is still in error: %q", m.Reason)
+	}
+	if res := resp0(t, host, ts, inv); res.Reenroll {
+		t.Fatalf("report after the VM was enrolled again: %+v", res)
+	}
+	// Revoking a VM alone does not touch its host, which issues the VM a
+	// new key.
+	ts.mustAPI("POST", "/api/v1/machines/web/revoke", ts.admin, nil, 200, &rev)
+	if len(rev.Revoked) != 1 {
+		t.Fatalf("revoking VM web revoked %v", rev.Revoked)
+	}
+	if res := resp0(t, host, ts, inv); !res.Reenroll || res.Error != "" {
+		t.Fatalf("host report after its VM was revoked: %+v", res)
+	}
+}
