@@ -31,6 +31,7 @@ type nodeInfo struct {
 	NodeName string       `json:"node-name"`
 	Drv      string       `json:"drv"`
 	File     string       `json:"file"`
+	Backing  string       `json:"backing_file"` // the backing image's file name, as QEMU reports it
 	RO       bool         `json:"ro"`
 	Bitmaps  []bitmapInfo `json:"dirty-bitmaps"`
 	Image    struct {

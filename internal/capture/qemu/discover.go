@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -97,7 +98,7 @@ func Discover(ctx context.Context, qmpSocket string) (api.VMSpec, error) {
 		if b.Inserted == nil {
 			continue // an empty CD-ROM drive
 		}
-		d := api.VMDisk{Name: b.Device, Node: b.Inserted.NodeName, Image: b.Inserted.File,
+		d := api.VMDisk{Name: b.Device, Node: b.Inserted.NodeName, Image: imagePath(b.Inserted.File),
 			Format: b.Inserted.Drv, Size: b.Inserted.Image.VirtualSize}
 		if id := qdevID(b.QDev); id != "" {
 			d.Name = id // the device id ("vda") names the disk better than its drive
@@ -117,13 +118,25 @@ func Discover(ctx context.Context, qmpSocket string) (api.VMSpec, error) {
 	}
 	if len(blocks) == 0 {
 		// qemu-storage-daemon: no devices; its disks are the named
-		// nodes of format drivers (a named backing node is listed too).
+		// nodes of format drivers that are not another node's backing
+		// image, nor filters.
+		backs := map[string]bool{}
 		for _, n := range nodes {
-			if strings.HasPrefix(n.NodeName, "#") || strings.HasPrefix(n.NodeName, "lbf-") ||
-				slices.Contains(protocolDrivers, n.Drv) {
+			if n.Backing == "" {
 				continue
 			}
-			spec.Disks = append(spec.Disks, api.VMDisk{Name: n.NodeName, Node: n.NodeName, Image: n.File,
+			b := n.Backing
+			if !filepath.IsAbs(b) && !strings.Contains(b, ":") {
+				b = filepath.Join(filepath.Dir(imagePath(n.File)), b)
+			}
+			backs[b] = true
+		}
+		for _, n := range nodes {
+			if strings.HasPrefix(n.NodeName, "#") || strings.HasPrefix(n.NodeName, "lbf-") ||
+				slices.Contains(protocolDrivers, n.Drv) || slices.Contains(filterDrivers, n.Drv) || backs[imagePath(n.File)] {
+				continue
+			}
+			spec.Disks = append(spec.Disks, api.VMDisk{Name: n.NodeName, Node: n.NodeName, Image: imagePath(n.File),
 				Format: n.Drv, Size: n.Image.VirtualSize})
 		}
 	}
@@ -134,6 +147,31 @@ func Discover(ctx context.Context, qmpSocket string) (api.VMSpec, error) {
 	}
 	spec.NICs = append(spec.NICs, nics...)
 	return spec, nil
+}
+
+// filterDrivers are block drivers that sit on top of another node rather
+// than being an image of their own.
+var filterDrivers = []string{"copy-before-write", "throttle", "preallocate", "compress", "copy-on-read",
+	"blkdebug", "blkverify", "blklogwrites", "snapshot-access", "quorum", "replication"}
+
+// imagePath returns the image file of a node's file name: QEMU reports
+// a node whose options it cannot put in a plain name (an overlay whose
+// backing node was given at run time) as "json:{...}", with the image's
+// own file under "file".
+func imagePath(name string) string {
+	js, ok := strings.CutPrefix(name, "json:")
+	if !ok {
+		return name
+	}
+	var o struct {
+		File struct {
+			Filename string `json:"filename"`
+		} `json:"file"`
+	}
+	if err := json.Unmarshal([]byte(js), &o); err != nil || o.File.Filename == "" {
+		return name
+	}
+	return o.File.Filename
 }
 
 // qdevID returns the id of a named device from its qdev path or id, or ""

@@ -15,25 +15,31 @@ func TestDiscoverStorageDaemon(t *testing.T) {
 	qsd.Need(t)
 	dir := t.TempDir()
 	qc, raw := filepath.Join(dir, "a.qcow2"), filepath.Join(dir, "b.raw")
+	base, top := filepath.Join(dir, "base.qcow2"), filepath.Join(dir, "top.qcow2")
 	qsd.CreateImage(t, qc, "qcow2", 8<<20)
 	qsd.CreateImage(t, raw, "raw", 4<<20)
-	d := qsd.Start(t, qsd.Options{Images: []qsd.Image{{Path: qc, Format: "qcow2", Node: "disk0"}, {Path: raw, Format: "raw", Node: "disk1"}}})
+	qsd.CreateImage(t, base, "qcow2", 2<<20)
+	qsd.CreateImage(t, top, "qcow2", 2<<20)
+	// A named backing node ("base", under "top") is not a disk of its own.
+	d := qsd.Start(t, qsd.Options{Images: []qsd.Image{{Path: qc, Format: "qcow2", Node: "disk0"}, {Path: raw, Format: "raw", Node: "disk1"},
+		{Path: base, Format: "qcow2", Node: "base"}, {Path: top, Format: "qcow2", Node: "top", Backing: "base"}}})
 	spec, err := Discover(t.Context(), d.QMP)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("%+v", spec)
-	if spec.Source != "qmp" || spec.Firmware != "bios" || len(spec.Disks) != 2 {
+	if spec.Source != "qmp" || spec.Firmware != "bios" || len(spec.Disks) != 3 {
 		t.Fatalf("spec %+v", spec)
 	}
 	got := map[string]string{}
 	for _, dk := range spec.Disks {
 		got[dk.Node] = dk.Format
-		if (dk.Node == "disk0" && (dk.Size != 8<<20 || dk.Image != qc)) || (dk.Node == "disk1" && dk.Size != 4<<20) {
+		if (dk.Node == "disk0" && (dk.Size != 8<<20 || dk.Image != qc)) || (dk.Node == "disk1" && dk.Size != 4<<20) ||
+			(dk.Node == "top" && dk.Image != top) {
 			t.Errorf("disk %+v", dk)
 		}
 	}
-	if got["disk0"] != "qcow2" || got["disk1"] != "raw" {
+	if got["disk0"] != "qcow2" || got["disk1"] != "raw" || got["top"] != "qcow2" {
 		t.Errorf("disks %v", got)
 	}
 }

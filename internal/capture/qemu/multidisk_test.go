@@ -445,7 +445,7 @@ func (e *mdEnv) assertClean() {
 			e.t.Errorf("export %s left", x.ID)
 		}
 	}
-	if files, _ := filepath.Glob(filepath.Join(e.stateDir, "*.qcow2")); len(files) != 0 {
+	if files := overlaysLeft(e.stateDir); len(files) != 0 {
 		e.t.Errorf("overlays left: %v", files)
 	}
 	st, err := loadState(e.stateDir)

@@ -282,6 +282,19 @@ func (e *env) bitmaps() []bitmapInfo {
 	return nil
 }
 
+// overlaysLeft lists the qcow2 files in dir but the overlay templates,
+// which are kept on purpose.
+func overlaysLeft(dir string) []string {
+	files, _ := filepath.Glob(filepath.Join(dir, "*.qcow2*"))
+	var left []string
+	for _, f := range files {
+		if !strings.HasPrefix(filepath.Base(f), "lifeboat-fleece-template-") || strings.Contains(f, ".tmp-") {
+			left = append(left, f)
+		}
+	}
+	return left
+}
+
 // assertClean checks that no fleece node, job, export or overlay is left
 // and that exactly one driver bitmap exists.
 func (e *env) assertClean() {
@@ -305,8 +318,7 @@ func (e *env) assertClean() {
 			e.t.Errorf("export %s left", x.ID)
 		}
 	}
-	files, _ := filepath.Glob(filepath.Join(e.stateDir, "*.qcow2"))
-	if len(files) != 0 {
+	if files := overlaysLeft(e.stateDir); len(files) != 0 {
 		e.t.Errorf("overlays left: %v", files)
 	}
 	var own []string
@@ -500,6 +512,37 @@ func TestBeginFailureLeavesNothing(t *testing.T) {
 		t.Logf("Begin failed as expected: %v", err)
 	}
 	m.testHookBeforeExport = nil
+	e.assertClean()
+	e.cycle(true)
+	e.assertClean()
+}
+
+// TestDamagedOverlayTemplate: a fleece overlay template damaged behind
+// the driver's back fails one Begin cleanly and is made again for the
+// next, which still reports every change.
+func TestDamagedOverlayTemplate(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	m := e.open()
+	for range 10 {
+		e.w.write(ctx)
+	}
+	e.cycle(false)
+	tpls, _ := filepath.Glob(filepath.Join(e.stateDir, "lifeboat-fleece-template-*.qcow2"))
+	if len(tpls) != 1 {
+		t.Fatalf("templates %v, want one", tpls)
+	}
+	if err := os.WriteFile(tpls[0], []byte("not a qcow2 image"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for range 10 {
+		e.w.write(ctx)
+	}
+	if _, err := m.Begin(ctx, map[string]string{"vda": e.point}); err == nil {
+		t.Fatal("Begin with a damaged overlay template succeeded")
+	} else {
+		t.Logf("Begin failed as expected: %v", err)
+	}
 	e.assertClean()
 	e.cycle(true)
 	e.assertClean()

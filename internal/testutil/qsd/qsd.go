@@ -34,6 +34,9 @@ type Image struct {
 	Path   string
 	Format string // "qcow2" or "raw"
 	Node   string // block node name; the protocol node is Node+"-file"
+	// Backing, for a qcow2 image, names the node of an earlier Image
+	// that serves as its backing image.
+	Backing string
 }
 
 // Options configures Start.
@@ -110,7 +113,7 @@ func args(o Options, qmp, nbd string) ([]string, error) {
 		}
 		a = append(a,
 			"--blockdev", fmt.Sprintf("driver=file,node-name=%s-file,filename=%s", img.Node, escape(img.Path)),
-			"--blockdev", fmt.Sprintf("driver=%s,node-name=%s,file=%s-file", driver, img.Node, img.Node))
+			"--blockdev", fmt.Sprintf("driver=%s,node-name=%s,file=%s-file", driver, img.Node, img.Node)+backing(img))
 	}
 	if nbd != "" {
 		a = append(a, "--nbd-server", "addr.type=unix,addr.path="+escape(nbd))
@@ -344,4 +347,11 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+func backing(img Image) string {
+	if img.Backing == "" {
+		return ""
+	}
+	return ",backing=" + img.Backing
 }
