@@ -545,7 +545,7 @@ func (m *Machine) prepareTracking(ctx context.Context, c *Cycle, n *nodeInfo) er
 // addFleece creates the overlay file and its block node. The overlay is
 // a copy of an empty qcow2 template of the disk's size, made once with
 // qemu-img: copying 200 KiB costs well under a millisecond, where running
-// qemu-img every cycle costs 10 ms warm and about 80 ms when the page
+// qemu-img every cycle costs 10 ms warm and 40-60 ms when the page
 // cache no longer holds qemu-img and its libraries.
 func (m *Machine) addFleece(ctx context.Context, c *Cycle) error {
 	tpl, err := m.overlayTemplate(ctx, c.size)
