@@ -50,9 +50,7 @@ type mdWriter struct {
 	applied int64    // writes replayed into content
 	content [][]byte // every disk's content after the first applied writes
 
-	stop chan struct{}
-	wg   sync.WaitGroup
-	errs chan error
+	background
 }
 
 // write makes one random write of 4 KiB .. 192 KiB (sometimes zeros,
@@ -82,39 +80,7 @@ func (w *mdWriter) write(ctx context.Context) error {
 }
 
 // start writes in the background, every 2 ms, until pause.
-func (w *mdWriter) start(ctx context.Context) {
-	w.stop = make(chan struct{})
-	w.wg.Add(1)
-	go func() {
-		defer w.wg.Done()
-		for {
-			select {
-			case <-w.stop:
-				return
-			case <-time.After(2 * time.Millisecond):
-			}
-			if err := w.write(ctx); err != nil {
-				select {
-				case w.errs <- err:
-				default:
-				}
-				return
-			}
-		}
-	}()
-}
-
-// pause stops the background writes and waits for the last one.
-func (w *mdWriter) pause(t *testing.T) {
-	t.Helper()
-	close(w.stop)
-	w.wg.Wait()
-	select {
-	case err := <-w.errs:
-		t.Fatalf("writer: %v", err)
-	default:
-	}
-}
+func (w *mdWriter) start(ctx context.Context) { w.run(ctx, 2*time.Millisecond, w.write) }
 
 // writes returns the number of writes made so far.
 func (w *mdWriter) writes() int64 {
@@ -209,7 +175,7 @@ func newMDEnv(t *testing.T) *mdEnv {
 		imgs = append(imgs, qsd.Image{Path: p, Format: "qcow2", Node: d.node})
 	}
 	e.d = qsd.Start(t, qsd.Options{Images: imgs, NBDSocket: "nbd.sock"})
-	e.w = &mdWriter{rng: rand.New(rand.NewPCG(42, 7)), fill: rand.NewChaCha8([32]byte{42}), errs: make(chan error, 1)}
+	e.w = &mdWriter{rng: rand.New(rand.NewPCG(42, 7)), fill: rand.NewChaCha8([32]byte{42})}
 	for _, d := range e.disks {
 		e.d.Exec(t, "block-export-add", map[string]any{"type": "nbd", "id": "live-" + d.name, "node-name": d.node, "name": "live-" + d.name, "writable": true})
 		c, err := nbd.Dial(t.Context(), "unix", e.d.NBD, nbd.Options{Export: "live-" + d.name})

@@ -37,13 +37,52 @@ type writer struct {
 	rng   *rand.Rand
 	fill  *rand.ChaCha8
 
+	background
+}
+
+// background runs a writer's writes in a goroutine until pause.
+type background struct {
 	stop chan struct{}
 	wg   sync.WaitGroup
 	errs chan error
 }
 
+// run calls write every interval until pause or its first error.
+func (b *background) run(ctx context.Context, every time.Duration, write func(context.Context) error) {
+	b.stop = make(chan struct{})
+	b.errs = make(chan error, 1)
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		for {
+			select {
+			case <-b.stop:
+				return
+			case <-time.After(every):
+			}
+			if err := write(ctx); err != nil {
+				b.errs <- err
+				return
+			}
+		}
+	}()
+}
+
+// pause stops the background writes, waits for the last one and fails
+// the test if one failed.
+func (b *background) pause(t *testing.T) {
+	t.Helper()
+	close(b.stop)
+	b.wg.Wait()
+	select {
+	case err := <-b.errs:
+		t.Fatalf("writer: %v", err)
+	default:
+	}
+}
+
 func newWriter(seed uint64) *writer {
-	return &writer{img: make([]byte, testSize), dirty: map[int64]bool{}, rng: rand.New(rand.NewPCG(seed, 7)), fill: rand.NewChaCha8([32]byte{byte(seed)}), errs: make(chan error, 1)}
+	return &writer{img: make([]byte, testSize), dirty: map[int64]bool{}, rng: rand.New(rand.NewPCG(seed, 7)), fill: rand.NewChaCha8([32]byte{byte(seed)})}
 }
 
 // connect exports the live node writable and connects to it.
@@ -83,38 +122,7 @@ func (w *writer) write(ctx context.Context) error {
 }
 
 // start writes in the background until pause.
-func (w *writer) start(ctx context.Context) {
-	w.stop = make(chan struct{})
-	w.wg.Add(1)
-	go func() {
-		defer w.wg.Done()
-		for {
-			select {
-			case <-w.stop:
-				return
-			case <-time.After(5 * time.Millisecond):
-			}
-			if err := w.write(ctx); err != nil {
-				select {
-				case w.errs <- err:
-				default:
-				}
-				return
-			}
-		}
-	}()
-}
-
-func (w *writer) pause(t *testing.T) {
-	t.Helper()
-	close(w.stop)
-	w.wg.Wait()
-	select {
-	case err := <-w.errs:
-		t.Fatalf("writer: %v", err)
-	default:
-	}
-}
+func (w *writer) start(ctx context.Context) { w.run(ctx, 5*time.Millisecond, w.write) }
 
 // env is one test's daemon, writer and driver settings.
 type env struct {
