@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -139,10 +140,9 @@ type harness struct {
 	disks    []string // paths
 }
 
-func newHarness(t *testing.T, machine string, diskSizes ...int64) *harness {
+// testCA makes a CA and a server certificate for 127.0.0.1 signed by it.
+func testCA(t *testing.T, now time.Time) (*pki.CA, tls.Certificate) {
 	t.Helper()
-	ctx := context.Background()
-	now := time.Now()
 	ca, err := pki.CreateCA("test", now)
 	if err != nil {
 		t.Fatal(err)
@@ -151,6 +151,14 @@ func newHarness(t *testing.T, machine string, diskSizes ...int64) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return ca, srvCert
+}
+
+func newHarness(t *testing.T, machine string, diskSizes ...int64) *harness {
+	t.Helper()
+	ctx := context.Background()
+	now := time.Now()
+	ca, srvCert := testCA(t, now)
 	h := &harness{t: t, ca: ca, vaultDir: t.TempDir()}
 
 	be, err := local.Create(h.vaultDir)

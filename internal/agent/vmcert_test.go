@@ -21,14 +21,7 @@ import (
 // once when the server says it was revoked; otherwise it sends no CSR.
 func TestReportVMsCertificates(t *testing.T) {
 	now := time.Now()
-	ca, err := pki.CreateCA("test", now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srvCert, err := ca.IssueServer("server", []string{"127.0.0.1"}, 24*time.Hour, now)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca, srvCert := testCA(t, now)
 	var (
 		mu      sync.Mutex
 		revoked = map[string]bool{}
