@@ -179,32 +179,6 @@ func (m *Machine) queryNodes(ctx context.Context) (map[string]*nodeInfo, error) 
 	return out, nil
 }
 
-// resolveNode finds the node for a Disk.Node that is a node name, a
-// drive id or a qdev id/path.
-func (m *Machine) resolveNode(ctx context.Context, nodes map[string]*nodeInfo, want string) (*nodeInfo, error) {
-	if n, ok := nodes[want]; ok {
-		return n, nil
-	}
-	var blocks []blockInfo
-	if err := m.exec(ctx, "query-block", nil, &blocks); err != nil {
-		var qe *qmp.Error
-		if !errors.As(err, &qe) {
-			return nil, err
-		}
-	}
-	for _, b := range blocks {
-		if b.Inserted == nil {
-			continue
-		}
-		if b.Device == want || b.QDev == want || strings.HasSuffix(b.QDev, "/"+want) || strings.HasPrefix(b.QDev, "/machine/peripheral/"+want+"/") {
-			if n, ok := nodes[b.Inserted.NodeName]; ok {
-				return n, nil
-			}
-		}
-	}
-	return nil, fmt.Errorf("qemu: no block node, drive or device named %q: list the nodes with query-named-block-nodes and set Disk.Node to one", want)
-}
-
 // poll calls done every 20 ms until it reports true, ctx ends or
 // timeout passes.
 func poll(ctx context.Context, timeout time.Duration, what string, done func() (bool, error)) error {

@@ -169,7 +169,7 @@ func (c *Cycle) changes(ctx context.Context, fn func(capture.Block) error, progr
 			for j := range work {
 				off := j.r.first * bs
 				n := min(j.r.n*bs, c.size-off)
-				j.err = r.ReadAt(ctx, j.buf[:n], off)
+				j.err = readAt(ctx, r, j.buf[:n], off)
 				close(j.done)
 			}
 		}()
@@ -473,4 +473,15 @@ func (c *Cycle) undoRotation(ctx context.Context) error {
 		m.log.Warn("removing the merged frozen bitmap failed; the next cycle removes it", "disk", c.disk, "bitmap", c.frozen, "err", err)
 	}
 	return nil
+}
+
+// readAt reads from an export; a panic in the NBD client fails the read
+// (and the cycle) instead of the process that runs many VMs' cycles.
+func readAt(ctx context.Context, r *nbd.Client, buf []byte, off int64) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("qemu: internal error reading the NBD export at offset %d: %v", off, p)
+		}
+	}()
+	return r.ReadAt(ctx, buf, off)
 }

@@ -6,19 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
-	"slices"
 	"strings"
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/qemu/qmp"
 )
-
-// protocolDrivers are block drivers that sit below a format node; they
-// are not disks of their own.
-var protocolDrivers = []string{"file", "host_device", "host_cdrom", "nbd", "iscsi", "rbd", "ssh", "http", "https",
-	"ftp", "ftps", "gluster", "nfs", "null-co", "null-aio", "copy-before-write", "throttle", "blkdebug", "blkverify",
-	"compress", "copy-on-read", "preallocate", "snapshot-access"}
 
 // Discover describes the VM behind a QMP socket: name, UUID, vCPUs,
 // memory, machine type, firmware (UEFI when a pflash drive exists),
@@ -85,9 +78,16 @@ func Discover(ctx context.Context, qmpSocket string) (api.VMSpec, error) {
 	if _, err := optional("query-block", nil, &blocks); err != nil {
 		return spec, err
 	}
-	var nodes []*nodeInfo
-	if err := c.Execute(ctx, "query-named-block-nodes", map[string]bool{"flat": true}, &nodes); err != nil {
+	var list []*nodeInfo
+	if err := c.Execute(ctx, "query-named-block-nodes", map[string]bool{"flat": true}, &list); err != nil {
 		return spec, fmt.Errorf("qemu: discover: %w", err)
+	}
+	nodes := make(map[string]*nodeInfo, len(list))
+	for _, n := range list {
+		nodes[n.NodeName] = n
+		if strings.Contains(n.NodeName, "pflash") {
+			spec.Firmware = "uefi"
+		}
 	}
 	for _, b := range blocks {
 		if strings.Contains(b.Device, "pflash") || strings.Contains(b.QDev, "pflash") ||
@@ -98,10 +98,9 @@ func Discover(ctx context.Context, qmpSocket string) (api.VMSpec, error) {
 		if b.Inserted == nil {
 			continue // an empty CD-ROM drive
 		}
-		d := api.VMDisk{Name: b.Device, Node: b.Inserted.NodeName, Image: imagePath(b.Inserted.File),
-			Format: b.Inserted.Drv, Size: b.Inserted.Image.VirtualSize}
-		if id := qdevID(b.QDev); id != "" {
-			d.Name = id // the device id ("vda") names the disk better than its drive
+		d, err := deviceDisk(ctx, c.Execute, nodes, b, len(spec.Disks))
+		if err != nil {
+			return spec, err
 		}
 		if b.QDev != "" {
 			var typ string
@@ -111,34 +110,8 @@ func Discover(ctx context.Context, qmpSocket string) (api.VMSpec, error) {
 		}
 		spec.Disks = append(spec.Disks, d)
 	}
-	for _, n := range nodes {
-		if strings.Contains(n.NodeName, "pflash") {
-			spec.Firmware = "uefi"
-		}
-	}
 	if len(blocks) == 0 {
-		// qemu-storage-daemon: no devices; its disks are the named
-		// nodes of format drivers that are not another node's backing
-		// image, nor filters.
-		backs := map[string]bool{}
-		for _, n := range nodes {
-			if n.Backing == "" {
-				continue
-			}
-			b := n.Backing
-			if !filepath.IsAbs(b) && !strings.Contains(b, ":") {
-				b = filepath.Join(filepath.Dir(imagePath(n.File)), b)
-			}
-			backs[b] = true
-		}
-		for _, n := range nodes {
-			if strings.HasPrefix(n.NodeName, "#") || strings.HasPrefix(n.NodeName, "lbf-") ||
-				slices.Contains(protocolDrivers, n.Drv) || slices.Contains(filterDrivers, n.Drv) || backs[imagePath(n.File)] {
-				continue
-			}
-			spec.Disks = append(spec.Disks, api.VMDisk{Name: n.NodeName, Node: n.NodeName, Image: imagePath(n.File),
-				Format: n.Drv, Size: n.Image.VirtualSize})
-		}
+		spec.Disks = append(spec.Disks, daemonDisks(list)...)
 	}
 
 	nics, err := discoverNICs(ctx, c)
@@ -149,10 +122,57 @@ func Discover(ctx context.Context, qmpSocket string) (api.VMSpec, error) {
 	return spec, nil
 }
 
-// filterDrivers are block drivers that sit on top of another node rather
-// than being an image of their own.
-var filterDrivers = []string{"copy-before-write", "throttle", "preallocate", "compress", "copy-on-read",
-	"blkdebug", "blkverify", "blklogwrites", "snapshot-access", "quorum", "replication"}
+// deviceDisk describes the disk behind one guest drive. The disk is
+// what lies below any filter (a fleece's copy-before-write while a cycle
+// runs, an operator's throttle), and its Node is a stable reference
+// (diskRef), not the node name QEMU may have made up.
+func deviceDisk(ctx context.Context, exec execFunc, nodes map[string]*nodeInfo, b blockInfo, i int) (api.VMDisk, error) {
+	n, err := diskNode(ctx, exec, nodes, b.Inserted.NodeName)
+	if err != nil {
+		return api.VMDisk{}, fmt.Errorf("qemu: discover drive %q (%s): %w", b.Device, b.QDev, err)
+	}
+	d := api.VMDisk{Name: b.Device, Node: diskRef(b), Image: imagePath(n.File), Format: formatOf(n), Size: n.Image.VirtualSize}
+	if id := qdevID(b.QDev); id != "" {
+		d.Name = id // the device id ("vda") names the disk better than its drive
+	}
+	if d.Name == "" && !strings.HasPrefix(n.NodeName, "#") {
+		d.Name = n.NodeName
+	}
+	if d.Name == "" {
+		d.Name = fmt.Sprintf("disk%d", i)
+	}
+	if d.Node == "" {
+		return api.VMDisk{}, fmt.Errorf("qemu: discover: drive of disk %s has no device id, drive id or node name to find it by: give its -device an id", d.Name)
+	}
+	return d, nil
+}
+
+// daemonDisks lists the disks of a qemu-storage-daemon, which has no
+// devices: the named nodes of format drivers that are not another
+// node's backing image, nor filters, nor this driver's fleece nodes.
+func daemonDisks(list []*nodeInfo) []api.VMDisk {
+	backs := map[string]bool{}
+	for _, n := range list {
+		if n.Backing == "" {
+			continue
+		}
+		b := n.Backing
+		if !filepath.IsAbs(b) && !strings.Contains(b, ":") {
+			b = filepath.Join(filepath.Dir(imagePath(n.File)), b)
+		}
+		backs[b] = true
+	}
+	var out []api.VMDisk
+	for _, n := range list {
+		if strings.HasPrefix(n.NodeName, "#") || strings.HasPrefix(n.NodeName, "lbf-") ||
+			isProtocol(n.Drv) || isFilter(n.Drv) || backs[imagePath(n.File)] {
+			continue
+		}
+		out = append(out, api.VMDisk{Name: n.NodeName, Node: n.NodeName, Image: imagePath(n.File),
+			Format: n.Drv, Size: n.Image.VirtualSize})
+	}
+	return out
+}
 
 // imagePath returns the image file of a node's file name: QEMU reports
 // a node whose options it cannot put in a plain name (an overlay whose

@@ -89,7 +89,7 @@ func TestDiscoverVM(t *testing.T) {
 	if spec.Name != "testvm" || spec.UUID != "5b2f8c3e-4c1a-4e8e-9d55-1f0c7f3a2b11" || spec.VCPUs != 2 || spec.MemoryMiB != 256 || spec.Firmware != "bios" {
 		t.Errorf("spec %+v", spec)
 	}
-	if len(spec.Disks) != 1 || spec.Disks[0].Name != "vda" || spec.Disks[0].Node != "vda-fmt" || spec.Disks[0].Format != "qcow2" ||
+	if len(spec.Disks) != 1 || spec.Disks[0].Name != "vda" || spec.Disks[0].Node != "vda" || spec.Disks[0].Format != "qcow2" ||
 		spec.Disks[0].Size != 16<<20 || spec.Disks[0].Bus != "virtio" || spec.Disks[0].Image != img {
 		t.Errorf("disks %+v", spec.Disks)
 	}

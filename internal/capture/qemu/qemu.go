@@ -361,7 +361,14 @@ func (m *Machine) Begin(ctx context.Context, bases map[string]string) (map[strin
 		return nil, err
 	}
 	for _, c := range cycles {
-		if err := m.prepareTracking(ctx, c, nodes[c.node]); err != nil {
+		n := nodes[c.node]
+		if n == nil {
+			// The disk's node went away with the leftovers (it cannot be
+			// one of ours: resolveNode looks through filters): QEMU
+			// changed under us. The next cycle resolves the disk again.
+			return nil, fmt.Errorf("qemu: block node %s of disk %s disappeared during the cleanup of an earlier cycle: the next cycle looks for the disk again", c.node, c.disk)
+		}
+		if err := m.prepareTracking(ctx, c, n); err != nil {
 			return nil, err
 		}
 	}
