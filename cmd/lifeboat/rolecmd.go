@@ -176,7 +176,10 @@ func (a *app) agentCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ag, err := agent.New(cfg, agent.Options{Logger: a.log})
+			// LIFEBOAT_TEST_PANIC_CYCLE makes the cycles of the named
+			// machine panic: for tests of the agent's fault handling only.
+			faults := agent.Faults{PanicCycle: a.getenvOr("LIFEBOAT_TEST_PANIC_CYCLE", "")}
+			ag, err := agent.New(cfg, agent.Options{Logger: a.log, Version: version, Faults: faults})
 			if err != nil {
 				return err
 			}

@@ -36,6 +36,8 @@ type Options struct {
 	Logger  *slog.Logger
 	Clock   clock.Clock
 	Version string // agent version reported in the inventory
+	// Faults inject failures (tests only).
+	Faults Faults
 }
 
 // Agent is the running mobility service of one machine.
@@ -46,6 +48,7 @@ type Agent struct {
 	clk     clock.Clock
 	version string
 	idDir   string
+	faults  Faults
 
 	// Knobs (tests shorten them).
 	tick         time.Duration // how often the data loop re-checks the clock
@@ -75,6 +78,7 @@ type Agent struct {
 	icGen       int
 	snapModes   map[string]string // disk name → resolved snapshot mode
 	unsureVMs   map[string]bool   // host loop only: VMs whose socket is there but did not answer discovery
+	refusedVMs  map[string]string // host loop only: VMs the server refused, with its reason
 	lastInvWarn string
 	nextRenew   time.Time
 }
@@ -115,6 +119,7 @@ func New(cfg *Config, o Options) (*Agent, error) {
 		baseLog:    o.Logger,
 		clk:        o.Clock,
 		version:    o.Version,
+		faults:     o.Faults,
 		idDir:      filepath.Join(cfg.StateDir, IdentityDir),
 		tick:       time.Second,
 		longWait:   longPollWait,
@@ -168,11 +173,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.log.Info("agent starting", "server", a.cfg.Server, "disks", len(a.cfg.Disks), "state_dir", a.cfg.StateDir)
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go func() { defer wg.Done(); a.controlLoop(ctx) }()
-	go func() { defer wg.Done(); a.dataLoop(ctx) }()
+	go func() { defer wg.Done(); a.guardLoop(ctx, "control", a.controlLoop) }()
+	go func() { defer wg.Done(); a.guardLoop(ctx, "data", a.dataLoop) }()
 	if a.cfg.VMs != nil {
 		wg.Add(1)
-		go func() { defer wg.Done(); a.hostLoop(ctx) }()
+		go func() { defer wg.Done(); a.guardLoop(ctx, "host", a.hostLoop) }()
 	}
 	wg.Wait()
 	a.mu.Lock()

@@ -49,9 +49,21 @@ type discovered struct {
 
 // vmRunner is the running agent of one VM.
 type vmRunner struct {
-	key    string // what the runner was started with (restart on change)
-	cancel context.CancelFunc
-	done   chan struct{}
+	key      string // what the runner was started with (restart on change)
+	agent    *Agent
+	cancel   context.CancelFunc
+	done     chan struct{}
+	deferred bool // a restart waits for the running cycle to end
+}
+
+// stopped reports whether the runner's agent has stopped by itself.
+func (r *vmRunner) stopped() bool {
+	select {
+	case <-r.done:
+		return true
+	default:
+		return false
+	}
 }
 
 func (a *Agent) libvirtSocket() string {
@@ -168,10 +180,17 @@ func (a *Agent) hostLoop(ctx context.Context) {
 			present[d.spec.Name] = true
 			key := runnerKey(d)
 			r := runners[d.spec.Name]
-			if r != nil && r.key == key && !reissued[d.spec.Name] {
-				select {
-				case <-r.done: // stopped by itself (bad state): start again below
-				default:
+			if r != nil && !r.stopped() && !reissued[d.spec.Name] {
+				if r.key == key {
+					continue
+				}
+				// Discovery never disturbs a running cycle: a changed
+				// configuration takes effect once the cycle has ended.
+				if r.agent.cycling() {
+					if !r.deferred {
+						r.deferred = true
+						a.log.Info("the VM's configuration changed; its replication restarts with it once the running cycle ends", "vm", d.spec.Name)
+					}
 					continue
 				}
 			}
@@ -300,11 +319,18 @@ func (a *Agent) saveVMIdentities(resp api.VMReportResponse, keys map[string][]by
 	a.mu.Lock()
 	caPEM := a.id.CAPEM
 	a.mu.Unlock()
+	if a.refusedVMs == nil {
+		a.refusedVMs = map[string]string{}
+	}
 	for _, r := range resp.VMs {
 		if r.Error != "" {
-			a.log.Warn("the server refused a discovered VM", "vm", r.Name, "reason", r.Error)
+			if a.refusedVMs[r.Name] != r.Error {
+				a.event(api.SeverityWarning, "vm_refused", fmt.Sprintf("the server refused VM %s: %s", r.Name, r.Error))
+			}
+			a.refusedVMs[r.Name] = r.Error
 			continue
 		}
+		delete(a.refusedVMs, r.Name)
 		key, ok := keys[r.Name]
 		if r.Certificate == "" || !ok {
 			continue
@@ -437,15 +463,20 @@ func (a *Agent) startVM(ctx context.Context, d discovered, key string) (*vmRunne
 		return nil, err
 	}
 	_ = writeFileAtomic(filepath.Join(dir, "discovered.json"), b, 0o600)
-	va, err := New(cfg, Options{Logger: a.baseLog.With("host", a.cfg.Machine), Clock: a.clk, Version: a.version})
+	va, err := New(cfg, Options{Logger: a.baseLog.With("host", a.cfg.Machine), Clock: a.clk, Version: a.version, Faults: a.faults})
 	if err != nil {
 		return nil, err
 	}
 	va.tick, va.longWait, va.busyWait, va.busyEvery = a.tick, a.longWait, a.busyWait, a.busyEvery
 	rctx, cancel := context.WithCancel(ctx)
-	r := &vmRunner{key: key, cancel: cancel, done: make(chan struct{})}
+	r := &vmRunner{key: key, agent: va, cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(r.done)
+		defer func() {
+			if p := recover(); p != nil {
+				va.recovered("the replication of VM "+d.spec.Name, p)
+			}
+		}()
 		va.Run(rctx)
 	}()
 	a.log.Info("replicating VM", "vm", d.spec.Name, "source", d.source, "disks", len(cfg.Disks))

@@ -39,7 +39,9 @@ func (s *Server) agentVMs(w http.ResponseWriter, r *http.Request, c *caller) err
 	if host.Host != "" {
 		return errf(http.StatusForbidden, api.CodeForbidden, "%s is a VM replicated by host %s: only a host's own agent reports VMs", c.Name, host.Host)
 	}
-	// Check the whole report before changing anything.
+	// Check the report's shape before changing anything. A VM whose own
+	// description is refused is answered in its entry: the host's other
+	// VMs go on.
 	seen := map[string]bool{}
 	for _, vm := range req.VMs {
 		if err := validComponentName("machine", vm.Name); err != nil {
@@ -49,14 +51,15 @@ func (s *Server) agentVMs(w http.ResponseWriter, r *http.Request, c *caller) err
 			return badRequest("VM %q is reported twice", vm.Name)
 		}
 		seen[vm.Name] = true
-		if err := validateInventory(&vm.Inventory); err != nil {
-			return err
-		}
 	}
 	resp := api.VMReportResponse{VMs: []api.VMResult{}}
 	for _, vm := range req.VMs {
 		if vm.Name == c.Name {
 			resp.VMs = append(resp.VMs, api.VMResult{Name: vm.Name, Error: "a VM cannot have its host's name: rename the VM"})
+			continue
+		}
+		if err := validateInventory(&vm.Inventory); err != nil {
+			resp.VMs = append(resp.VMs, api.VMResult{Name: vm.Name, Error: "VM " + vm.Name + ": " + err.Error()})
 			continue
 		}
 		res, err := s.recordVM(r, c, vm)

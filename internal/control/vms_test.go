@@ -26,6 +26,8 @@ func TestHostReportsVMs(t *testing.T) {
 		{Name: "vda", Path: "/var/lib/vm/web.qcow2", Size: 8 << 30, Kind: "vm", Format: "qcow2", Driver: "qemu"},
 		{Name: "vdb", Path: "/var/lib/vm/web-data.raw", Size: 1 << 30, Kind: "vm", Format: "raw", Driver: "qemu"}},
 		VMSpec: []byte(`{"name":"web","vcpus":2,"memory_mib":2048,"firmware":"bios","disks":[],"nics":[]}`)}
+	oddInv := vmInv
+	oddInv.Disks = []api.DiskInfo{{Name: "root0", Path: "/var/lib/vm/odd.qcow2", Size: 1 << 30, Kind: "vm", Format: "copy-before-write", Driver: "qemu"}}
 	keyPEM, csrPEM, err := pki.NewKeyAndCSR("web")
 	if err != nil {
 		t.Fatal(err)
@@ -35,13 +37,22 @@ func TestHostReportsVMs(t *testing.T) {
 		{Name: "web", Inventory: vmInv, CSR: string(csrPEM)},
 		{Name: "plain", Inventory: vmInv},
 		{Name: "kvm1", Inventory: vmInv},
+		{Name: "odd", Inventory: oddInv},
 	}})
 	if r.status != 200 {
 		t.Fatalf("report: %d %s", r.status, r.body)
 	}
 	r.decode(t, &resp)
-	if len(resp.VMs) != 3 || resp.VMs[0].Certificate == "" || resp.VMs[0].Error != "" {
+	if len(resp.VMs) != 4 || resp.VMs[0].Certificate == "" || resp.VMs[0].Error != "" {
 		t.Fatalf("web: %+v", resp.VMs)
+	}
+	// One VM the server cannot take (here a filter node reported as its
+	// disk) is refused in its entry; the others of the report go on.
+	if !strings.Contains(resp.VMs[3].Error, `format "copy-before-write"`) {
+		t.Fatalf("odd: %+v", resp.VMs[3])
+	}
+	if r := ts.api("GET", "/api/v1/machines/odd", ts.admin, nil); r.status != http.StatusNotFound {
+		t.Fatalf("a VM with an invalid description became a machine: %d %s", r.status, r.body)
 	}
 	if !strings.Contains(resp.VMs[1].Error, "already replicated by its own agent") {
 		t.Fatalf("plain: %+v", resp.VMs[1])
