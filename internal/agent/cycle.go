@@ -80,6 +80,13 @@ func (a *Agent) dataLoop(ctx context.Context) {
 	}
 }
 
+// cycling reports whether a cycle is running.
+func (a *Agent) cycling() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.status == "cycling"
+}
+
 func (a *Agent) setStatus(s string) {
 	a.mu.Lock()
 	a.status = s
@@ -387,7 +394,7 @@ func (a *Agent) runCycle(ctx context.Context, cfg api.AgentConfig, spec cycleSpe
 	a.cycleCancel = cancel
 	a.mu.Unlock()
 	start := a.clk.Now()
-	res, err := a.cycle(cctx, cfg, &spec)
+	res, err := a.guardedCycle(cctx, cfg, &spec)
 	// Whatever happened, the freeze ends and the cut is acknowledged.
 	if spec.thawer != nil {
 		if terr := spec.thawer.thaw(); terr != nil {
