@@ -42,6 +42,7 @@ type daemon struct {
 	name string
 	args []string
 	log  string
+	env  []string // added to the process's environment at the next start
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -102,7 +103,13 @@ func newCluster(t *testing.T, edits ...func(cfg map[string]any)) *cluster {
 
 func (cl *cluster) spawn(name string, args ...string) *daemon {
 	cl.t.Helper()
-	d := &daemon{cl: cl, name: name, args: args, log: filepath.Join(cl.dir, name+".log")}
+	return cl.spawnEnv(name, nil, args...)
+}
+
+// spawnEnv starts a daemon with env added to its environment.
+func (cl *cluster) spawnEnv(name string, env []string, args ...string) *daemon {
+	cl.t.Helper()
+	d := &daemon{cl: cl, name: name, args: args, env: env, log: filepath.Join(cl.dir, name+".log")}
 	cl.mu.Lock()
 	cl.procs[name] = d
 	cl.mu.Unlock()
@@ -118,6 +125,7 @@ func (d *daemon) start() {
 	}
 	fmt.Fprintf(f, "==== start %s %s\n", time.Now().Format(time.TimeOnly), strings.Join(d.args, " "))
 	cmd := d.cl.cmd(d.args...)
+	cmd.Env = append(cmd.Env, d.env...)
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {
 		d.cl.t.Fatalf("start %s: %v", d.name, err)

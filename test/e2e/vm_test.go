@@ -19,11 +19,17 @@ import (
 // addHostAgent enrolls and starts a host agent that discovers VMs.
 func (cl *cluster) addHostAgent(name string, vmFlags ...string) *daemon {
 	cl.t.Helper()
+	return cl.addHostAgentEnv(name, nil, vmFlags...)
+}
+
+// addHostAgentEnv is addHostAgent with env added to the agent's environment.
+func (cl *cluster) addHostAgentEnv(name string, env []string, vmFlags ...string) *daemon {
+	cl.t.Helper()
 	state := filepath.Join(cl.dir, "agent-"+name)
 	args := append([]string{"agent", "enroll", "--server", "https://" + cl.apiAddr, "--token", cl.token("agent"),
 		"--name", name, "--state-dir", state, "--vm-discover-every", "2s"}, vmFlags...)
 	cl.mustRun(args...)
-	return cl.spawn("agent-"+name, "agent", "run", "--state-dir", state, "--log-level", "info")
+	return cl.spawnEnv("agent-"+name, env, "agent", "run", "--state-dir", state, "--log-level", "info")
 }
 
 // vmPoints lists the vault's points of machine m, oldest first.

@@ -91,6 +91,11 @@ type Options struct {
 	GuestAgent bool     // run qemu-ga in the guest on a virtio-serial port
 	QMPSocket  string   // default: qmp.sock in a short directory from os.MkdirTemp
 	ExtraArgs  []string // appended to the QEMU command line
+	// Drive chooses how the disk is given to QEMU: "blockdev" (default:
+	// -blockdev with node names) or "drive" (-drive if=none with no
+	// node name, as an operator writes it by hand: QEMU names the nodes
+	// "#blockNNN"). The guest device's id is vda either way.
+	Drive string
 }
 
 // Image is a built guest: kernel, initramfs and disk, ready to Start.
@@ -109,6 +114,7 @@ type Image struct {
 
 	control   string // private QMP socket used by Stop
 	extraArgs []string
+	drive     string
 }
 
 // Build makes the initramfs and the disk (mkfs.ext4 on a raw file, then
@@ -134,6 +140,9 @@ func Build(t testing.TB, o Options) *Image {
 	if o.DiskFormat == "" {
 		o.DiskFormat = "qcow2"
 	}
+	if o.Drive != "" && o.Drive != "blockdev" && o.Drive != "drive" {
+		t.Fatalf("guest.Build: Drive %q: want blockdev or drive", o.Drive)
+	}
 	if o.DiskFormat != "qcow2" && o.DiskFormat != "raw" {
 		t.Fatalf("guest.Build: DiskFormat %q: want qcow2 or raw", o.DiskFormat)
 	}
@@ -157,6 +166,7 @@ func Build(t testing.TB, o Options) *Image {
 		Dir:        o.Dir,
 		control:    filepath.Join(sockDir, "ctl.sock"),
 		extraArgs:  o.ExtraArgs,
+		drive:      o.Drive,
 	}
 	if img.QMP == "" {
 		img.QMP = filepath.Join(sockDir, "qmp.sock")
@@ -270,8 +280,12 @@ func (img *Image) StartArgs() []string {
 		"-qmp", "unix:" + img.QMP + ",server=on,wait=off",
 		"-chardev", "socket,id=lbctl,path=" + img.control + ",server=on,wait=off",
 		"-mon", "chardev=lbctl,mode=control",
-		"-blockdev", string(blockdev),
-		"-device", "virtio-blk-pci,drive=disk0,id=vda",
+	}
+	if img.drive == "drive" {
+		args = append(args, "-drive", "if=none,id=drv0,file="+strings.ReplaceAll(img.Disk, ",", ",,"),
+			"-device", "virtio-blk-pci,drive=drv0,id=vda")
+	} else {
+		args = append(args, "-blockdev", string(blockdev), "-device", "virtio-blk-pci,drive=disk0,id=vda")
 	}
 	if img.QGA != "" {
 		args = append(args,
