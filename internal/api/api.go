@@ -241,10 +241,19 @@ type CycleResult struct {
 	Group        string    `json:"group,omitempty"`
 	CutID        string    `json:"cut_id,omitempty"`
 	Duration     Duration  `json:"duration"`
-	ChangedBytes int64     `json:"changed_bytes"`
-	SentBytes    int64     `json:"sent_bytes"` // block data actually shipped
-	Error        string    `json:"error,omitempty"`
-	Resync       bool      `json:"resync,omitempty"`
+	ChangedBytes int64     `json:"changed_bytes"` // non-zero block data the cycle reported
+	// ReadBytes is what the capture drivers read from the disks: the
+	// dirty extents (qemu, libvirt), the whole disk or its allocated
+	// part (scan).
+	ReadBytes int64  `json:"read_bytes"`
+	SentBytes int64  `json:"sent_bytes"` // block data actually shipped
+	Error     string `json:"error,omitempty"`
+	Resync    bool   `json:"resync,omitempty"`
+	// FiguresPending is set by the server on a machine's last point
+	// while the agent's figures for it (duration and bytes) have not
+	// arrived: the process server reported the point first. Agents leave
+	// it unset.
+	FiguresPending bool `json:"figures_pending,omitempty"`
 }
 
 // Machine is a protected (or known) machine as the API shows it.
@@ -455,6 +464,27 @@ type Point struct {
 	Group   string    `json:"group,omitempty"`
 	CutID   string    `json:"cut_id,omitempty"` // set on group-consistent points
 	Process string    `json:"process,omitempty"`
+	// CycleFigures are the agent's figures for the cycle that made the
+	// point. They arrive with the agent's cycle result, which may reach
+	// the server after the process server's report of the point: nil
+	// (and their fields absent from the JSON) until then.
+	*CycleFigures
+	// FiguresPending is output only: true while CycleFigures is nil.
+	FiguresPending bool `json:"figures_pending,omitempty"`
+}
+
+// CycleFigures are what the cycle that made a point did, as its agent
+// reports them (see CycleResult).
+type CycleFigures struct {
+	ChangedBytes int64    `json:"changed_bytes"` // non-zero block data the cycle reported
+	ReadBytes    int64    `json:"read_bytes"`    // read from the disks by the capture drivers
+	SentBytes    int64    `json:"sent_bytes"`    // block data shipped to the process server
+	Duration     Duration `json:"duration"`      // from the snapshot to the published point
+}
+
+// Figures returns the figures a successful cycle result carries.
+func (r CycleResult) Figures() CycleFigures {
+	return CycleFigures{ChangedBytes: r.ChangedBytes, ReadBytes: r.ReadBytes, SentBytes: r.SentBytes, Duration: r.Duration}
 }
 
 // Event severities.

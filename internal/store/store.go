@@ -96,9 +96,16 @@ type Store interface {
 	OpenCuts(ctx context.Context) ([]api.Cut, error)
 	LastCut(ctx context.Context, group string) (api.Cut, error)
 
-	// Points recorded from agent reports (the vault stays the truth).
-	AddPoint(ctx context.Context, p api.Point) error                                       // idempotent on ID
+	// Points recorded from agent and process server reports (the vault
+	// stays the truth). AddPoint is idempotent on ID: the first record
+	// wins, except that a point stored without figures (CycleFigures nil)
+	// takes the figures of a later record that has them, once. Points
+	// read back have FiguresPending set when they have no figures.
+	AddPoint(ctx context.Context, p api.Point) error
 	ListPoints(ctx context.Context, machine, group string, limit int) ([]api.Point, error) // newest first; "" = any
+	// PointsByPrefix lists the points whose ID begins with prefix, newest
+	// first, at most limit of them when limit > 0.
+	PointsByPrefix(ctx context.Context, prefix string, limit int) ([]api.Point, error)
 	DeletePoints(ctx context.Context, ids []string) error
 
 	// Events, with increasing IDs assigned by the store.

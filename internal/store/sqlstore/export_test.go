@@ -17,3 +17,11 @@ func CountForTest(ctx context.Context, s *Store, q string, args ...any) (int, er
 	err := s.w.QueryRowContext(ctx, s.q(q), args...).Scan(&n)
 	return n, err
 }
+
+// OpenAtVersionForTest opens dsn migrating its schema only up to version
+// v (not concurrency-safe: tests using it must not run in parallel).
+func OpenAtVersionForTest(ctx context.Context, dsn string, v int) (*Store, error) {
+	migrateUpTo = v
+	defer func() { migrateUpTo = 0 }()
+	return Open(ctx, dsn)
+}

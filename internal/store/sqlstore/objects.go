@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/store"
@@ -448,16 +449,26 @@ func (s *Store) LastCut(ctx context.Context, group string) (api.Cut, error) {
 
 // ---- points ----
 
+// pointColumns are the columns scanPoints reads, in its order.
+const pointColumns = `id, machine, grp, at, kind, cut_id, process, changed_bytes, read_bytes, sent_bytes, duration_ns`
+
 // AddPoint records a point. It is idempotent on ID: adding an ID that
-// exists changes nothing (the first record wins).
+// exists changes nothing (the first record wins), except that a point
+// stored without the agent's figures takes those of p, if p has them.
 func (s *Store) AddPoint(ctx context.Context, p api.Point) error {
 	if err := checkTexts("point id", p.ID, "point machine", p.Machine, "point group", p.Group,
 		"point kind", p.Kind, "point cut id", p.CutID, "point process server", p.Process); err != nil {
 		return err
 	}
-	_, err := s.exec(ctx, `INSERT INTO points (id, machine, grp, at, kind, cut_id, process) VALUES (?, ?, ?, ?, ?, ?, ?)
-		ON CONFLICT (id) DO NOTHING`,
-		p.ID, p.Machine, p.Group, at(norm(p.Time)), p.Kind, p.CutID, p.Process)
+	var changed, read, sent, took any // NULL: figures pending
+	if f := p.CycleFigures; f != nil {
+		changed, read, sent, took = f.ChangedBytes, f.ReadBytes, f.SentBytes, int64(f.Duration)
+	}
+	_, err := s.exec(ctx, `INSERT INTO points (`+pointColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (id) DO UPDATE SET changed_bytes = excluded.changed_bytes, read_bytes = excluded.read_bytes,
+			sent_bytes = excluded.sent_bytes, duration_ns = excluded.duration_ns
+		WHERE points.changed_bytes IS NULL AND excluded.changed_bytes IS NOT NULL`,
+		p.ID, p.Machine, p.Group, at(norm(p.Time)), p.Kind, p.CutID, p.Process, changed, read, sent, took)
 	if err != nil {
 		return fmt.Errorf("sqlstore: add point %s: %w", short(p.ID), err)
 	}
@@ -475,7 +486,29 @@ func (s *Store) ListPoints(ctx context.Context, machine, group string, limit int
 	if group != "" {
 		where, args = append(where, "grp = ?"), append(args, group)
 	}
-	query := `SELECT id, machine, grp, at, kind, cut_id, process FROM points`
+	pts, err := s.queryPoints(ctx, where, args, limit)
+	if err != nil {
+		return nil, fmt.Errorf("sqlstore: list points: %w", err)
+	}
+	return pts, nil
+}
+
+// PointsByPrefix lists the points whose ID begins with prefix, newest
+// first, at most limit of them when limit > 0.
+func (s *Store) PointsByPrefix(ctx context.Context, prefix string, limit int) ([]api.Point, error) {
+	if err := checkTexts("point id prefix", prefix); err != nil {
+		return nil, err
+	}
+	pts, err := s.queryPoints(ctx, []string{"substr(id, 1, ?) = ?"}, []any{utf8.RuneCountInString(prefix), prefix}, limit)
+	if err != nil {
+		return nil, fmt.Errorf("sqlstore: points with ID prefix %s: %w", short(prefix), err)
+	}
+	return pts, nil
+}
+
+// queryPoints selects the points matching every condition in where.
+func (s *Store) queryPoints(ctx context.Context, where []string, args []any, limit int) ([]api.Point, error) {
+	query := `SELECT ` + pointColumns + ` FROM points`
 	if len(where) > 0 {
 		query += ` WHERE ` + strings.Join(where, " AND ")
 	}
@@ -486,23 +519,27 @@ func (s *Store) ListPoints(ctx context.Context, machine, group string, limit int
 	}
 	rows, err := s.r.QueryContext(ctx, s.q(query), args...)
 	if err != nil {
-		return nil, fmt.Errorf("sqlstore: list points: %w", err)
+		return nil, err
 	}
 	defer rows.Close()
 	var out []api.Point
 	for rows.Next() {
 		var p api.Point
 		var t int64
-		if err := rows.Scan(&p.ID, &p.Machine, &p.Group, &t, &p.Kind, &p.CutID, &p.Process); err != nil {
-			return nil, fmt.Errorf("sqlstore: list points: %w", err)
+		var changed, read, sent, took sql.NullInt64
+		if err := rows.Scan(&p.ID, &p.Machine, &p.Group, &t, &p.Kind, &p.CutID, &p.Process, &changed, &read, &sent, &took); err != nil {
+			return nil, err
 		}
 		p.Time = fromAt(t)
+		if changed.Valid {
+			p.CycleFigures = &api.CycleFigures{ChangedBytes: changed.Int64, ReadBytes: read.Int64, SentBytes: sent.Int64,
+				Duration: api.Duration(took.Int64)}
+		} else {
+			p.FiguresPending = true
+		}
 		out = append(out, p)
 	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("sqlstore: list points: %w", err)
-	}
-	return out, nil
+	return out, rows.Err()
 }
 
 // deleteChunk bounds the number of placeholders in one DELETE.

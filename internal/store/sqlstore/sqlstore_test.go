@@ -28,6 +28,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -120,6 +121,50 @@ func versionRows(t *testing.T, s *sqlstore.Store) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// TestMigratePointFigures upgrades a database of schema 1 holding a
+// point: the point comes back with its figures pending, and the agent's
+// figures, when they arrive, fill them in.
+func TestMigratePointFigures(t *testing.T) {
+	dbCase(t, func(t *testing.T, dsn string) {
+		ctx := context.Background()
+		old, err := sqlstore.OpenAtVersionForTest(ctx, dsn, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := versionRows(t, old); n != 1 {
+			t.Fatalf("schema_version has %d rows, want 1", n)
+		}
+		if err := sqlstore.ExecForTest(ctx, old, `INSERT INTO points (id, machine, grp, at, kind, cut_id, process) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+			"p1", "m", "", storetest.T0.UnixMicro(), "crash", "", "embedded"); err != nil {
+			t.Fatal(err)
+		}
+		if err := old.Close(); err != nil {
+			t.Fatal(err)
+		}
+		s := openDSN(t, dsn)
+		pts, err := s.ListPoints(ctx, "m", "", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := api.Point{ID: "p1", Machine: "m", Time: storetest.T0, Kind: "crash", Process: "embedded", FiguresPending: true}
+		if len(pts) != 1 || !reflect.DeepEqual(pts[0], want) {
+			t.Fatalf("after the upgrade: %+v, want %+v", pts, want)
+		}
+		f := &api.CycleFigures{ChangedBytes: 1, ReadBytes: 2, SentBytes: 3, Duration: api.Duration(time.Second)}
+		if err := s.AddPoint(ctx, api.Point{ID: "p1", Machine: "m", Time: storetest.T0, Kind: "crash", CycleFigures: f}); err != nil {
+			t.Fatal(err)
+		}
+		pts, err = s.ListPoints(ctx, "m", "", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want.CycleFigures, want.FiguresPending = f, false
+		if len(pts) != 1 || !reflect.DeepEqual(pts[0], want) {
+			t.Fatalf("after the agent's figures: %+v, want %+v", pts, want)
+		}
+	})
 }
 
 // TestConcurrentOpen: servers starting at once on one database migrate it once.

@@ -46,6 +46,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Policies", testPolicies},
 		{"Cuts", testCuts},
 		{"Points", testPoints},
+		{"PointFigures", testPointFigures},
+		{"PointsByPrefix", testPointsByPrefix},
 		{"Events", testEvents},
 		{"Settings", testSettings},
 		{"Times", testTimes},
@@ -542,78 +544,6 @@ func testCuts(t *testing.T, s store.Store) {
 	sameJSON(t, last, cuts[1], "last web cut is done c2")
 }
 
-// ---- points ----
-
-func testPoints(t *testing.T, s store.Store) {
-	ctx := ctxT(t)
-	list, err := s.ListPoints(ctx, "", "", 0)
-	must(t, err, "list empty")
-	if len(list) != 0 {
-		t.Fatalf("empty store has points %v", list)
-	}
-	var all []api.Point
-	for i := 0; i < 12; i++ {
-		p := api.Point{ID: fmt.Sprintf("p%02d", i), Machine: []string{"a", "b", "c"}[i%3], Time: T0.Add(time.Duration(i) * time.Minute),
-			Kind: "crash", Process: "ps1"}
-		if p.Machine != "c" {
-			p.Group, p.CutID = "web", fmt.Sprintf("cut%d", i/3)
-		}
-		all = append(all, p)
-	}
-	// Insert out of order: the list is by time, not insertion.
-	for _, i := range []int{5, 0, 11, 3, 8, 1, 10, 2, 4, 9, 6, 7} {
-		must(t, s.AddPoint(ctx, all[i]), "add point")
-	}
-	// Idempotent on ID (first record wins).
-	must(t, s.AddPoint(ctx, all[4]), "add again")
-	dup := all[4]
-	dup.Kind = "app"
-	must(t, s.AddPoint(ctx, dup), "add same id, other data")
-
-	newest := func(pred func(api.Point) bool, limit int) []api.Point {
-		var out []api.Point
-		for i := len(all) - 1; i >= 0; i-- {
-			if pred(all[i]) && (limit <= 0 || len(out) < limit) {
-				out = append(out, all[i])
-			}
-		}
-		return out
-	}
-	every := func(api.Point) bool { return true }
-	check := func(machine, group string, limit int, pred func(api.Point) bool) {
-		t.Helper()
-		got, err := s.ListPoints(ctx, machine, group, limit)
-		must(t, err, "list points")
-		want := newest(pred, limit)
-		if !reflect.DeepEqual(got, want) {
-			t.Fatalf("ListPoints(%q, %q, %d):\n got %+v\nwant %+v", machine, group, limit, got, want)
-		}
-	}
-	check("", "", 0, every)
-	check("", "", 5, every)
-	check("a", "", 0, func(p api.Point) bool { return p.Machine == "a" })
-	check("a", "", 2, func(p api.Point) bool { return p.Machine == "a" })
-	check("", "web", 0, func(p api.Point) bool { return p.Group == "web" })
-	check("c", "web", 0, func(p api.Point) bool { return false })
-	check("b", "web", 3, func(p api.Point) bool { return p.Machine == "b" })
-	check("zzz", "", 0, func(p api.Point) bool { return false })
-
-	must(t, s.DeletePoints(ctx, nil), "delete nothing")
-	must(t, s.DeletePoints(ctx, []string{"p00", "p05", "unknown"}), "delete points")
-	all = append(all[1:5], all[6:]...)
-	check("", "", 0, every)
-
-	// Many IDs at once (more than one statement's worth of placeholders).
-	var ids []string
-	for i := 0; i < 1200; i++ {
-		ids = append(ids, fmt.Sprintf("bulk%04d", i))
-	}
-	ids = append(ids, "p01")
-	must(t, s.DeletePoints(ctx, ids), "bulk delete")
-	all = all[1:]
-	check("", "", 0, every)
-}
-
 // ---- events ----
 
 func testEvents(t *testing.T, s store.Store) {
@@ -904,6 +834,9 @@ func testHostile(t *testing.T, s store.Store) {
 		must(t, err, "points")
 		if len(pts) != 1 || pts[0].ID != name {
 			t.Fatalf("points of %q: %+v", name, pts)
+		}
+		if pts, err = s.PointsByPrefix(ctx, name, 0); err != nil || len(pts) != 1 || pts[0].ID != name {
+			t.Fatalf("points with ID prefix %q: %+v %v", name, pts, err)
 		}
 		must(t, s.PutSetting(ctx, name, name), "setting")
 		v, err := s.GetSetting(ctx, name)
