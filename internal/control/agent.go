@@ -179,7 +179,7 @@ func validateResult(r api.CycleResult) error {
 			return badRequest("cycle result: %v", err)
 		}
 	}
-	if r.Duration < 0 || r.ChangedBytes < 0 || r.SentBytes < 0 {
+	if r.Duration < 0 || r.ChangedBytes < 0 || r.ReadBytes < 0 || r.SentBytes < 0 {
 		return badRequest("cycle result: negative numbers")
 	}
 	if err := checkText("cut_id", r.CutID, 64); err != nil {
@@ -298,11 +298,15 @@ func (s *Server) recordHeartbeat(ctx context.Context, name, serial string, hb *a
 				continue
 			}
 			m.LastError = ""
+			figures := res.Figures()
 			pt := api.Point{ID: res.Point, Machine: name, Time: res.Time.UTC(), Kind: res.Kind, Group: res.Group,
-				CutID: res.CutID, Process: m.Process}
+				CutID: res.CutID, Process: m.Process, CycleFigures: &figures}
 			newPoints = append(newPoints, pt)
-			if m.LastPoint == nil || !res.Time.Before(m.LastPoint.Time) {
+			// The process server may have reported this point first,
+			// without the agent's figures: the result completes it.
+			if m.LastPoint == nil || m.LastPoint.Point == res.Point || !res.Time.Before(m.LastPoint.Time) {
 				r := res
+				r.FiguresPending = false
 				m.LastPoint = &r
 			}
 		}
@@ -452,45 +456,4 @@ func (s *Server) processHeartbeat(w http.ResponseWriter, r *http.Request, c *cal
 	}
 	writeJSON(w, http.StatusOK, pc)
 	return nil
-}
-
-func validatePoint(p api.Point) error {
-	if _, err := vault.ParseID(p.ID); err != nil {
-		return badRequest("point %q is not a vault point ID", p.ID)
-	}
-	if err := vault.ValidateName("machine", p.Machine); err != nil {
-		return badRequest("point %s: %v", p.ID, err)
-	}
-	if p.Kind != vault.KindCrash && p.Kind != vault.KindApp {
-		return badRequest("point %s: kind %q: want crash or app", p.ID, p.Kind)
-	}
-	if p.Time.IsZero() {
-		return badRequest("point %s has no time", p.ID)
-	}
-	if p.Group != "" {
-		if err := vault.ValidateName("group", p.Group); err != nil {
-			return badRequest("point %s: %v", p.ID, err)
-		}
-	}
-	return checkText("cut_id", p.CutID, 64)
-}
-
-// publishedPoint records a point a process server published and moves
-// its machine's last point forward.
-func (s *Server) publishedPoint(ctx context.Context, pt api.Point) error {
-	pt.Time = pt.Time.UTC()
-	if err := s.store.AddPoint(ctx, pt); err != nil {
-		return fmt.Errorf("record point %s: %w", pt.ID, err)
-	}
-	_, err := s.store.UpdateMachine(ctx, pt.Machine, func(m *api.Machine) error {
-		if m.LastPoint == nil || pt.Time.After(m.LastPoint.Time) {
-			m.LastPoint = &api.CycleResult{Point: pt.ID, Kind: pt.Kind, Time: pt.Time, Group: pt.Group, CutID: pt.CutID}
-			m.State = machineState(m)
-		}
-		return nil
-	})
-	if errors.Is(err, store.ErrNotFound) {
-		return nil // a point of a machine this server does not know (yet)
-	}
-	return err
 }

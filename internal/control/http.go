@@ -117,6 +117,7 @@ func (s *Server) Routes() []Route {
 		{"GET", "/api/v1/groups", authToken, viewer, s.listGroups},
 		{"GET", "/api/v1/groups/{name}", authToken, viewer, s.getGroup},
 		{"GET", "/api/v1/points", authToken, viewer, s.listPoints},
+		{"GET", "/api/v1/points/{ref}", authToken, viewer, s.getPoint},
 		{"GET", "/api/v1/events", authToken, viewer, s.listEvents},
 		{"GET", "/api/v1/status", authToken, viewer, s.status},
 	}

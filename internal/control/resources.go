@@ -673,30 +673,6 @@ func (s *Server) getGroup(w http.ResponseWriter, r *http.Request, _ *caller) err
 	return nil
 }
 
-func (s *Server) listPoints(w http.ResponseWriter, r *http.Request, _ *caller) error {
-	machine, err := queryName(r, "machine", "machine")
-	if err != nil {
-		return err
-	}
-	group, err := queryName(r, "group", "group")
-	if err != nil {
-		return err
-	}
-	limit, err := queryInt(r, "limit", 100, 1, 10000)
-	if err != nil {
-		return err
-	}
-	pts, err := s.store.ListPoints(r.Context(), machine, group, int(limit))
-	if err != nil {
-		return err
-	}
-	if pts == nil {
-		pts = []api.Point{}
-	}
-	writeJSON(w, http.StatusOK, pts)
-	return nil
-}
-
 func (s *Server) listEvents(w http.ResponseWriter, r *http.Request, _ *caller) error {
 	since, err := queryInt(r, "since", 0, 0, 1<<62)
 	if err != nil {
