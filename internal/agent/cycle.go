@@ -438,7 +438,7 @@ func (a *Agent) runCycle(ctx context.Context, cfg api.AgentConfig, spec cycleSpe
 		a.log.Error("cycle failed; the next one retries", "kind", spec.kind, "cut", spec.cutID, "err", err)
 	} else {
 		a.log.Info("point published", "point", res.Point, "kind", spec.kind, "time", res.Time, "changed", res.ChangedBytes,
-			"sent", res.SentBytes, "took", res.Duration.Std().Round(time.Millisecond), "cut", spec.cutID)
+			"read", res.ReadBytes, "sent", res.SentBytes, "took", res.Duration.Std().Round(time.Millisecond), "cut", spec.cutID)
 	}
 	wake(a.kick)
 }
@@ -707,12 +707,14 @@ func (a *Agent) cycle(ctx context.Context, cfg api.AgentConfig, spec *cycleSpec)
 	pt.update("", 0)
 	for _, dc := range dcs {
 		name := dc.disk.Name
+		reported := sess.Stats().ChangedBytes
 		err := dc.cycle.Changes(ctx, func(b capture.Block) error {
 			return sess.Put(ctx, name, b)
 		}, func(p capture.Progress) { pt.update(name, p.Done) })
 		if err != nil {
 			return res, fmt.Errorf("disk %s: %w", name, err)
 		}
+		res.ReadBytes += cycleBytesRead(dc.cycle, sess.Stats().ChangedBytes-reported)
 	}
 	cr, err := sess.Commit(ctx)
 	if err != nil {

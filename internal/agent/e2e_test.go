@@ -473,6 +473,11 @@ func TestEndToEndChurnRestoresExact(t *testing.T) {
 	if r := first; r.Error != "" || r.SentBytes != 0 || r.ChangedBytes != 0 || r.Resync {
 		t.Errorf("first cycle after the restart: %+v, want an incremental point with nothing changed or sent", r)
 	}
+	// The scan driver read both disks whole (their files have no holes)
+	// to find that nothing changed.
+	if r, whole := first, int64(1<<20+512<<10+5*testBlock); r.ReadBytes != whole {
+		t.Errorf("first cycle after the restart read %d bytes, want both disks, %d", r.ReadBytes, whole)
+	}
 	h.restoreAndCompare(t, first.Point, final)
 }
 
@@ -642,8 +647,8 @@ func TestResync(t *testing.T) {
 	if len(res) != 2 {
 		t.Fatalf("results %+v, want the initial point and one resync", res)
 	}
-	if r := res[1]; r.Error != "" || !r.Resync || r.SentBytes != 0 || r.ChangedBytes == 0 {
-		t.Fatalf("resync result %+v: want every block read (changed > 0) and nothing sent", r)
+	if r := res[1]; r.Error != "" || !r.Resync || r.SentBytes != 0 || r.ChangedBytes == 0 || r.ReadBytes != 1<<20 {
+		t.Fatalf("resync result %+v: want every block read (changed > 0, read the whole disk) and nothing sent", r)
 	}
 	img, _ := os.ReadFile(h.disks[0])
 	h.restoreAndCompare(t, res[1].Point, map[string][]byte{"d0": img})
