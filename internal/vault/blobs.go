@@ -14,13 +14,16 @@ import (
 var ErrBlobMissing = errors.New("not in the index")
 
 // LoadIndex brings the in-memory index up to date with the index files on
-// the backend: new files are added; if any loaded file disappeared
-// (compaction or GC), the index is rebuilt so that it never lists a blob
-// the vault no longer promises to keep. Damaged index files are skipped
-// with a warning and returned (check reports them).
+// the backend: new files are added; if any file the index holds entries of
+// disappeared (compaction or GC rewrote it), the index is rebuilt so that
+// it never lists a blob the vault no longer promises to keep. That covers
+// files written by this process's writers too (a session's checkpointed
+// packs that GC marked while nothing referenced them). Damaged index files
+// are skipped with a warning and returned (check reports them).
 func (v *Vault) LoadIndex(ctx context.Context) (damaged []ID, err error) {
 	v.loadMu.Lock() // several sessions of a process server share one Vault
 	defer v.loadMu.Unlock()
+	start := v.index.nextSeq()
 	ids, err := v.listIDs(ctx, "index/")
 	if err != nil {
 		return nil, fmt.Errorf("list index: %w", err)
@@ -31,15 +34,17 @@ func (v *Vault) LoadIndex(ctx context.Context) (damaged []ID, err error) {
 	}
 	v.index.mu.RLock()
 	rebuild := false
-	for id := range v.index.files {
-		if !present[id] {
+	for id, seq := range v.index.files {
+		// A file a writer recorded after the listing began may simply
+		// be newer than the listing.
+		if !present[id] && seq < start {
 			rebuild = true
 			break
 		}
 	}
 	var todo []ID
 	for _, id := range ids {
-		if !v.index.files[id] {
+		if _, ok := v.index.files[id]; !ok {
 			todo = append(todo, id)
 		}
 	}
@@ -69,7 +74,7 @@ func (v *Vault) LoadIndex(ctx context.Context) (damaged []ID, err error) {
 			switch {
 			case err == nil:
 				v.index.mu.Lock()
-				v.index.files[id] = true
+				v.index.files[id] = start
 				v.index.mu.Unlock()
 			case backend.IsNotExist(err):
 				// removed by compaction meanwhile; its entries are in its successor

@@ -108,6 +108,7 @@ func (v *Vault) Prune(ctx context.Context, o PruneOptions) (*PruneReport, error)
 		o.MaxMemory = 256 << 20
 	}
 	rep := &PruneReport{Decisions: map[string][]retention.Decision{}}
+	g := &gc{v: v, o: o, rep: rep}
 	if !o.DryRun {
 		lock, err := v.Lock(ctx, LockPrune)
 		if err != nil {
@@ -118,60 +119,106 @@ func (v *Vault) Prune(ctx context.Context, o PruneOptions) (*PruneReport, error)
 			defer cancel()
 			_ = lock.Unlock(uctx)
 		}()
+		// Everything runs under the lock: once it is lost, another prune
+		// may start, so nothing more is deleted (§11).
+		lctx, cancel := lock.Context(ctx)
+		defer cancel()
+		ctx, g.lock = lctx, lock
 	}
-	g := &gc{v: v, o: o, rep: rep}
+	if err := g.run(ctx); err != nil {
+		return nil, g.lockErr(err)
+	}
+	return rep, nil
+}
 
+// run is Prune's sequence of steps.
+func (g *gc) run(ctx context.Context) error {
 	// 1. Retention: points go first (delete order).
 	kept, err := g.retention(ctx)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	// 2. Liveness of every indexed blob.
 	if err := g.scanPacks(ctx); err != nil {
-		return nil, err
+		return err
 	}
 	if err := g.markLive(ctx, kept); err != nil {
-		return nil, err
+		return err
 	}
 	// 3. Mark: candidates, repacking, record, index rewrite.
 	if err := g.mark(ctx); err != nil {
-		return nil, err
+		return err
 	}
-	if o.DryRun {
-		return rep, nil
+	if g.o.DryRun {
+		return nil
 	}
 	// 4. Sweep eligible marks.
 	if err := g.sweep(ctx); err != nil {
-		return nil, err
+		return err
 	}
 	// 5. Compact the index, drop stale locks.
 	if err := g.compact(ctx); err != nil {
-		return nil, err
+		return err
 	}
-	if locks, err := v.Locks(ctx); err == nil {
+	return g.cleanup(ctx)
+}
+
+// cleanup removes stale locks and temporary files of interrupted uploads.
+func (g *gc) cleanup(ctx context.Context) error {
+	if locks, err := g.v.Locks(ctx); err == nil {
 		for _, l := range locks {
-			if v.lockStale(l) && v.be.Delete(ctx, l.Name) == nil {
-				rep.StaleLocksRemoved++
+			if !g.v.lockStale(l) {
+				continue
+			}
+			if err := g.mayDelete(); err != nil {
+				return err
+			}
+			if g.v.be.Delete(ctx, l.Name) == nil {
+				g.rep.StaleLocksRemoved++
 			}
 		}
 	}
 	// Temporary files of uploads interrupted by a crash. A live upload
 	// refreshes its file's time continuously, so a quarter of an hour
 	// without a write means its writer is gone.
-	if tc, ok := backend.Find[backend.TempCleaner](v.be); ok {
-		n, b, err := tc.RemoveStaleTemp(ctx, max(o.Margin, StaleTempAge))
-		if err != nil {
-			return nil, fmt.Errorf("remove stale temporary files: %w", err)
+	if tc, ok := backend.Find[backend.TempCleaner](g.v.be); ok {
+		if err := g.mayDelete(); err != nil {
+			return err
 		}
-		rep.TempFilesRemoved, rep.TempBytesRemoved = n, b
+		n, b, err := tc.RemoveStaleTemp(ctx, max(g.o.Margin, StaleTempAge))
+		if err != nil {
+			return fmt.Errorf("remove stale temporary files: %w", err)
+		}
+		g.rep.TempFilesRemoved, g.rep.TempBytesRemoved = n, b
 	}
-	return rep, nil
+	return nil
+}
+
+// mayDelete is checked before every deletion: nil while the prune lock is
+// valid (§11, §12).
+func (g *gc) mayDelete() error {
+	if g.lock == nil {
+		return nil
+	}
+	return g.lock.Err()
+}
+
+// lockErr reports a failure caused by losing the prune lock as that.
+func (g *gc) lockErr(err error) error {
+	if g.lock == nil || errors.Is(err, ErrLockLost) {
+		return err
+	}
+	if lerr := g.lock.Err(); errors.Is(lerr, ErrLockLost) {
+		return fmt.Errorf("%w (stopped at: %v)", lerr, err)
+	}
+	return err
 }
 
 type gc struct {
 	v     *Vault
 	o     PruneOptions
 	rep   *PruneReport
+	lock  *Lock // nil for a dry run
 	packs map[ID]*packStat
 	files []ID // index files at scan time
 	nidx  int  // index entries
@@ -215,7 +262,7 @@ func (g *gc) retention(ctx context.Context) ([]*Point, error) {
 		if forget[p.ID] {
 			g.rep.Forgotten = append(g.rep.Forgotten, p.ID.String())
 			if !g.o.DryRun {
-				if err := g.v.DeletePoint(ctx, p.ID); err != nil {
+				if err := g.v.DeletePointLocked(ctx, g.lock, p.ID); err != nil {
 					return nil, err
 				}
 			}
@@ -517,198 +564,13 @@ func (g *gc) dropFromIndex(ctx context.Context, packs []ID) error {
 				return err
 			}
 		}
+		if err := g.mayDelete(); err != nil {
+			return err
+		}
 		if err := g.v.be.Delete(ctx, "index/"+f.String()); err != nil && !backend.IsNotExist(err) {
 			return err
 		}
 		g.rep.IndexRewritten++
-	}
-	return nil
-}
-
-func (g *gc) records(ctx context.Context) ([]gcRecord, error) {
-	ids, err := g.v.listIDs(ctx, "gc/")
-	if err != nil {
-		return nil, err
-	}
-	var out []gcRecord
-	for _, id := range ids {
-		b, err := g.v.getSealed(ctx, "gc/"+id.String(), kindGC)
-		if backend.IsNotExist(err) {
-			continue
-		}
-		if err != nil {
-			return nil, fmt.Errorf("gc mark %s: %w", id.Short(), err)
-		}
-		var r gcRecord
-		if err := json.Unmarshal(b, &r); err != nil {
-			return nil, fmt.Errorf("gc mark %s: %w", id.Short(), err)
-		}
-		if r.Marked.IsZero() {
-			return nil, fmt.Errorf("gc mark %s: no mark time", id.Short())
-		}
-		r.id = id
-		out = append(out, r)
-	}
-	return out, nil
-}
-
-// sweep deletes the packs of eligible mark records (§12, sweep 1-3).
-func (g *gc) sweep(ctx context.Context) error {
-	recs, err := g.records(ctx)
-	if err != nil {
-		return err
-	}
-	now := g.v.clock.Now()
-	locks, err := g.v.Locks(ctx)
-	if err != nil {
-		return err
-	}
-	var eligible []gcRecord
-	for _, r := range recs {
-		if now.Before(r.Marked.Add(g.o.Margin)) {
-			g.rep.MarksPending++
-			g.rep.PendingReason = fmt.Sprintf("marked less than the margin (%s) ago", g.o.Margin)
-			continue
-		}
-		blocked := false
-		// Lock and mark times come from different hosts' clocks: a lock
-		// created shortly after the mark may belong to a writer that
-		// started before it on a clock running ahead.
-		skew := min(MaxClockSkew, g.o.Margin)
-		for _, l := range locks {
-			if l.Kind == LockWrite && l.Created.Before(r.Marked.Add(skew)) && !g.v.lockStale(l) {
-				blocked = true
-				g.rep.PendingReason = fmt.Sprintf("a writer on %s (pid %d) that started before the mark is still running", l.Hostname, l.PID)
-			}
-		}
-		if blocked {
-			g.rep.MarksPending++
-			continue
-		}
-		eligible = append(eligible, r)
-	}
-	if len(eligible) == 0 {
-		return nil
-	}
-	doomed := map[ID]bool{}
-	for _, r := range eligible {
-		for _, p := range r.Packs {
-			doomed[p] = true
-		}
-	}
-	// The current view, read after the lock check: points and index.
-	points, bad, err := g.v.Points(ctx)
-	if err != nil {
-		return err
-	}
-	if len(bad) > 0 {
-		return fmt.Errorf("point record %s cannot be read: prune refuses to delete data", bad[0].ID.Short())
-	}
-	files, err := g.v.listIDs(ctx, "index/")
-	if err != nil {
-		return err
-	}
-	headers := map[ID][]blobEntry{}
-	for p := range doomed {
-		entries, _, err := g.v.readPackHeader(ctx, p)
-		if err != nil {
-			if backend.IsNotExist(err) {
-				continue
-			}
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			g.v.log.Warn("garbage pack has an unreadable header; deleting it", "pack", p.Short(), "err", err)
-			continue
-		}
-		headers[p] = entries
-	}
-	resurrect := map[ID]bool{}
-	n := g.partitions()
-	for part := range n {
-		lo, hi := partRange(part, n)
-		in := func(id ID) bool { return int(id[0]) >= lo && int(id[0]) < hi }
-		// Blobs of doomed packs in this partition.
-		where := map[ID][]ID{}
-		for p, es := range headers {
-			for _, e := range es {
-				if in(e.ID) {
-					where[e.ID] = append(where[e.ID], p)
-				}
-			}
-		}
-		if len(where) == 0 {
-			continue
-		}
-		referenced := map[ID]bool{}
-		if err := g.walkRefs(ctx, points, lo, hi, func(id ID) {
-			if _, ok := where[id]; ok {
-				referenced[id] = true
-			}
-		}); err != nil {
-			return err
-		}
-		available := map[ID]bool{}
-		if err := g.streamIndex(ctx, files, func(pack ID, entries []blobEntry) {
-			if doomed[pack] {
-				return // adopted meanwhile: handled below
-			}
-			for _, e := range entries {
-				if referenced[e.ID] {
-					available[e.ID] = true
-				}
-			}
-		}); err != nil {
-			return err
-		}
-		for id := range referenced {
-			if !available[id] {
-				for _, p := range where[id] {
-					resurrect[p] = true
-				}
-			}
-		}
-	}
-	// Packs that are (again) in the index are not deleted either.
-	indexed := map[ID]bool{}
-	if err := g.streamIndex(ctx, files, func(pack ID, _ []blobEntry) { indexed[pack] = true }); err != nil {
-		return err
-	}
-	var keep []indexPack
-	for p := range resurrect {
-		if resurrect[p] && !indexed[p] {
-			keep = append(keep, indexPack{ID: p, Entries: headers[p]})
-			g.rep.PacksResurrected++
-		}
-	}
-	if len(keep) > 0 {
-		if _, err := g.v.writeIndexFile(ctx, keep); err != nil {
-			return err
-		}
-	}
-	var del []ID
-	for p := range doomed {
-		if !resurrect[p] && !indexed[p] {
-			del = append(del, p)
-		}
-	}
-	sortIDs(del)
-	for i, p := range del {
-		g.progress("delete", int64(i), int64(len(del)))
-		fi, err := g.v.be.Stat(ctx, packName(p))
-		if backend.IsNotExist(err) {
-			continue
-		}
-		if err := g.v.be.Delete(ctx, packName(p)); err != nil && !backend.IsNotExist(err) {
-			return err
-		}
-		g.rep.PacksDeleted++
-		g.rep.BytesDeleted += fi.Size
-	}
-	for _, r := range eligible {
-		if err := g.v.be.Delete(ctx, "gc/"+r.id.String()); err != nil && !backend.IsNotExist(err) {
-			return err
-		}
 	}
 	return nil
 }
@@ -752,6 +614,9 @@ func (g *gc) compact(ctx context.Context) error {
 		return err
 	}
 	for _, f := range files {
+		if err := g.mayDelete(); err != nil {
+			return err
+		}
 		if err := g.v.be.Delete(ctx, "index/"+f.String()); err != nil && !backend.IsNotExist(err) {
 			return err
 		}

@@ -117,14 +117,19 @@ type Index struct {
 	packNum map[ID]uint32
 	sorted  []idxEntry
 	recent  map[ID][]idxEntry
-	files   map[ID]bool // index files loaded
+	// files are the index files the entries came from, each with the
+	// sequence number at which it became known (LoadIndex, or a writer of
+	// this process that wrote it), so LoadIndex notices when one
+	// disappears.
+	files map[ID]uint64
+	seq   uint64
 }
 
 const indexMergeAt = 1 << 14
 
 // NewIndex returns an empty index.
 func NewIndex() *Index {
-	return &Index{packNum: map[ID]uint32{}, recent: map[ID][]idxEntry{}, files: map[ID]bool{}}
+	return &Index{packNum: map[ID]uint32{}, recent: map[ID][]idxEntry{}, files: map[ID]uint64{}}
 }
 
 // reset empties the index in place, so that writers holding the vault see
@@ -133,7 +138,26 @@ func (x *Index) reset() {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	x.packs, x.sorted = nil, nil
-	x.packNum, x.recent, x.files = map[ID]uint32{}, map[ID][]idxEntry{}, map[ID]bool{}
+	x.packNum, x.recent, x.files = map[ID]uint32{}, map[ID][]idxEntry{}, map[ID]uint64{}
+}
+
+// nextSeq returns a new sequence number for files.
+func (x *Index) nextSeq() uint64 {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.seq++
+	return x.seq
+}
+
+// addFile records a pack's entries from an index file this process has
+// just written, so that LoadIndex rebuilds once that file disappears (GC
+// rewrote the index without the pack).
+func (x *Index) addFile(file, pack ID, entries []blobEntry) {
+	x.add(pack, entries)
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.seq++
+	x.files[file] = x.seq
 }
 
 // replaceWith moves the contents of y into x in place.
@@ -143,6 +167,10 @@ func (x *Index) replaceWith(y *Index) {
 	y.mu.Unlock()
 	x.mu.Lock()
 	defer x.mu.Unlock()
+	x.seq++
+	for f := range files {
+		files[f] = x.seq
+	}
 	x.packs, x.packNum, x.sorted, x.recent, x.files = packs, packNum, sorted, recent, files
 }
 

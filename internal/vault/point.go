@@ -1,6 +1,7 @@
 package vault
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -164,23 +165,34 @@ func decodePoint(b []byte) (*Point, error) {
 func pointName(id ID) string { return "points/" + id.String() }
 
 // SavePoint validates and stores a point record; this publishes the point
-// (§12: the last step of a cycle). It sets p.ID.
+// (§12: the last step of a cycle). It sets p.ID. Writers that hold a lock
+// publish with SavePointLocked instead.
 func (v *Vault) SavePoint(ctx context.Context, p *Point) error {
-	p.Version = pointVersion
-	p.Time = p.Time.UTC()
-	if err := p.validate(); err != nil {
-		return err
-	}
-	b, err := json.Marshal(p)
+	id, sealed, err := v.sealPoint(p)
 	if err != nil {
 		return err
 	}
-	id, err := v.putSealed(ctx, "points/", kindPoint, b)
-	if err != nil {
+	if err := v.be.Put(ctx, pointName(id), bytes.NewReader(sealed), int64(len(sealed))); err != nil {
 		return fmt.Errorf("save point: %w", err)
 	}
 	p.ID = id
 	return nil
+}
+
+// sealPoint validates a point and returns its record and the ID it is
+// stored under.
+func (v *Vault) sealPoint(p *Point) (ID, []byte, error) {
+	p.Version = pointVersion
+	p.Time = p.Time.UTC()
+	if err := p.validate(); err != nil {
+		return ID{}, nil, err
+	}
+	b, err := json.Marshal(p)
+	if err != nil {
+		return ID{}, nil, err
+	}
+	sealed := v.keys.seal(kindPoint, b, true)
+	return objectID(sealed), sealed, nil
 }
 
 // LoadPoint reads one point record.

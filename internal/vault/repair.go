@@ -52,11 +52,12 @@ func (v *Vault) AdoptOrphans(ctx context.Context) (int, error) {
 	if len(packs) == 0 {
 		return 0, nil
 	}
-	if _, err := v.writeIndexFile(ctx, packs); err != nil {
+	fid, err := v.writeIndexFile(ctx, packs)
+	if err != nil {
 		return 0, err
 	}
 	for _, p := range packs {
-		v.index.add(p.ID, p.Entries)
+		v.index.addFile(fid, p.ID, p.Entries)
 	}
 	v.log.Info("adopted packs left unindexed by an interrupted writer", "packs", len(packs), "blobs", blobs)
 	return blobs, nil
@@ -80,6 +81,10 @@ func (v *Vault) RepairIndex(ctx context.Context, progress func(done, total int64
 		return nil, err
 	}
 	defer func() { _ = lock.Unlock(context.WithoutCancel(ctx)) }()
+	// Deleting old index files under a lost lock could remove what
+	// another prune has just written (§11).
+	ctx, cancel := lock.Context(ctx)
+	defer cancel()
 	old, err := v.listIDs(ctx, "index/")
 	if err != nil {
 		return nil, err
@@ -155,6 +160,9 @@ func (v *Vault) RepairIndex(ctx context.Context, progress func(done, total int64
 		return nil, err
 	}
 	for _, f := range old {
+		if err := lock.Err(); err != nil {
+			return nil, fmt.Errorf("repair index: %w", err)
+		}
 		if err := v.be.Delete(ctx, "index/"+f.String()); err != nil && !backend.IsNotExist(err) {
 			return nil, err
 		}

@@ -38,6 +38,15 @@ type Options struct {
 	SpoolDir string
 	// KDF parameters for keys created through this handle (default DefaultKDF).
 	KDF KDFParams
+	// LockRefresh is how often holders rewrite their locks, and
+	// LockStaleAfter how long GC waits for a lock not rewritten before it
+	// ignores it (§11; defaults 2 min and 15 min, and a zero refresh keeps
+	// that ratio). A holder trusts its lock for a third of the stale age
+	// after its last refresh; the refresh must be shorter than that.
+	// Every process that writes or prunes one vault must use the same
+	// stale age.
+	LockRefresh    time.Duration
+	LockStaleAfter time.Duration
 }
 
 func (o *Options) defaults() {
@@ -87,6 +96,9 @@ type InitOptions struct {
 // that already holds a vault.
 func Init(ctx context.Context, be backend.Backend, passphrase []byte, o InitOptions) (*Vault, error) {
 	o.defaults()
+	if err := o.checkLockTiming(); err != nil {
+		return nil, err
+	}
 	if _, err := be.Stat(ctx, "config"); err == nil {
 		return nil, fmt.Errorf("a vault already exists at %s", be.Location())
 	} else if !backend.IsNotExist(err) {
@@ -153,6 +165,9 @@ func newVault(be backend.Backend, k *keys, cfg Config, o Options) *Vault {
 // call LoadIndex before reading or writing blobs.
 func Open(ctx context.Context, be backend.Backend, passphrase []byte, o Options) (*Vault, error) {
 	o.defaults()
+	if err := o.checkLockTiming(); err != nil {
+		return nil, err
+	}
 	sealedCfg, err := backend.ReadAll(ctx, be, "config")
 	if backend.IsNotExist(err) {
 		return nil, fmt.Errorf("%w: %s has no vault config; create a vault with `lifeboat vault init %s`", ErrNoVault, be.Location(), be.Location())

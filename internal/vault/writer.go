@@ -215,10 +215,11 @@ func (w *Writer) upload(s *packSpool) error {
 			return fmt.Errorf("upload pack %s: %w", id.Short(), err)
 		}
 	}
-	if _, err := w.v.writeIndexFile(w.ctx, []indexPack{{ID: id, Entries: s.entries}}); err != nil {
+	fid, err := w.v.writeIndexFile(w.ctx, []indexPack{{ID: id, Entries: s.entries}})
+	if err != nil {
 		return err
 	}
-	w.v.index.add(id, s.entries)
+	w.v.index.addFile(fid, id, s.entries)
 	w.pendMu.Lock()
 	for _, e := range s.entries {
 		delete(w.pending, e.ID)
