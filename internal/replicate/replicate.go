@@ -66,6 +66,12 @@ var ErrNoDisks = errors.New("no disks to replicate")
 
 // RunCycle runs one replication cycle and publishes its recovery point.
 // On error nothing is published and every driver keeps its old baseline.
+//
+// The whole cycle works under a vault write lock and stops when the lock
+// is lost (the process was paused past a third of the stale age, or could
+// not refresh it): GC may then treat the lock as stale and delete packs
+// this cycle stored or reuses, so the cycle publishes nothing and fails
+// with vault.ErrLockLost; the next cycle starts over under a new lock.
 func RunCycle(ctx context.Context, o Options) (*Result, error) {
 	if len(o.Disks) == 0 {
 		return nil, ErrNoDisks
@@ -96,59 +102,50 @@ func RunCycle(ctx context.Context, o Options) (*Result, error) {
 			o.Logger.Warn("cannot remove vault lock", "err", err)
 		}
 	}()
+	wctx, cancel := lock.Context(ctx)
+	defer cancel()
+	res, err := runLocked(wctx, o, lock)
+	if err != nil {
+		if lerr := lock.Err(); errors.Is(lerr, vault.ErrLockLost) && !errors.Is(err, vault.ErrLockLost) {
+			err = fmt.Errorf("%w (the cycle stopped at: %v)", lerr, err)
+		}
+		return nil, err
+	}
+	res.Duration = v.Clock().Now().Sub(start)
+	return res, nil
+}
+
+// opened is one disk's capture cycle.
+type opened struct {
+	disk  Disk
+	cycle capture.Cycle
+	base  *vault.Point
+}
+
+// runLocked is the cycle under the lock; ctx ends when the lock is lost.
+func runLocked(ctx context.Context, o Options, lock *vault.Lock) (*Result, error) {
+	v := o.Vault
 	if _, err := v.LoadIndex(ctx); err != nil {
 		return nil, err
 	}
-
-	// Cut every disk at (nearly) the same instant.
-	type open struct {
-		disk  Disk
-		cycle capture.Cycle
-		base  *vault.Point
-	}
-	var opened []open
+	cut := v.Clock().Now()
+	cycles, err := cutDisks(ctx, o)
 	abort := func() {
-		for _, op := range opened {
+		for _, op := range cycles {
 			if err := op.cycle.Abort(context.WithoutCancel(ctx)); err != nil {
 				o.Logger.Warn("abort capture cycle", "disk", op.disk.Name, "err", err)
 			}
 		}
 	}
-	cut := v.Clock().Now()
-	for _, d := range o.Disks {
-		if err := vault.ValidateName("disk", d.Name); err != nil {
-			abort()
-			return nil, err
-		}
-		base, err := baseFor(ctx, v, d, o.Resync, o.Logger)
-		if err != nil {
-			abort()
-			return nil, err
-		}
-		baseID := ""
-		if base != nil {
-			baseID = base.ID.String()
-		}
-		c, err := d.Driver.Begin(ctx, baseID)
-		if err != nil {
-			abort()
-			return nil, fmt.Errorf("disk %s: %w", d.Name, err)
-		}
-		if c.BlockSize() != v.Config().BlockSize {
-			abort()
-			_ = c.Abort(ctx)
-			return nil, fmt.Errorf("disk %s: driver reads %d-byte blocks, the vault uses %d", d.Name, c.BlockSize(), v.Config().BlockSize)
-		}
-		if !c.Incremental() {
-			base = nil
-		}
-		opened = append(opened, open{disk: d, cycle: c, base: base})
+	if err != nil {
+		abort()
+		return nil, err
 	}
 
 	w := v.NewWriter(ctx)
 	res := &Result{}
 	var disks []vault.Disk
-	for _, op := range opened {
+	for _, op := range cycles {
 		d, dr, err := runDisk(ctx, o, w, op.disk, op.cycle, op.base)
 		if err != nil {
 			w.Abort()
@@ -164,24 +161,57 @@ func RunCycle(ctx context.Context, o Options) (*Result, error) {
 	}
 	p := &vault.Point{Machine: o.Machine, Time: cut, Kind: o.Kind, Group: o.Group, Labels: o.Labels,
 		Hostname: hostname(), VMSpec: o.VMSpec, Disks: disks}
-	if len(opened) > 0 && opened[0].base != nil {
-		p.Parent = opened[0].base.ID.String()
+	if len(cycles) > 0 && cycles[0].base != nil {
+		p.Parent = cycles[0].base.ID.String()
 	}
-	if err := v.SavePoint(ctx, p); err != nil {
+	if err := v.SavePointLocked(ctx, lock, p); err != nil {
 		abort()
 		return nil, err
 	}
-	for _, op := range opened {
-		if err := op.cycle.Commit(ctx, p.ID.String()); err != nil {
-			// The point is published; the driver will re-report these
-			// changes next time, which deduplication makes cheap.
+	for _, op := range cycles {
+		// The point is published: record it even if the lock is lost now.
+		if err := op.cycle.Commit(context.WithoutCancel(ctx), p.ID.String()); err != nil {
+			// The driver will re-report these changes next time, which
+			// deduplication makes cheap.
 			o.Logger.Warn("capture driver could not record its baseline; the next cycle re-reads the changes", "disk", op.disk.Name, "err", err)
 		}
 	}
 	res.Point = p
 	res.Stored = w.Stats()
-	res.Duration = v.Clock().Now().Sub(start)
 	return res, nil
+}
+
+// cutDisks begins every disk's capture cycle at (nearly) the same instant.
+// On error it returns the cycles begun so far, for the caller to abort.
+func cutDisks(ctx context.Context, o Options) ([]opened, error) {
+	v := o.Vault
+	var cycles []opened
+	for _, d := range o.Disks {
+		if err := vault.ValidateName("disk", d.Name); err != nil {
+			return cycles, err
+		}
+		base, err := baseFor(ctx, v, d, o.Resync, o.Logger)
+		if err != nil {
+			return cycles, err
+		}
+		baseID := ""
+		if base != nil {
+			baseID = base.ID.String()
+		}
+		c, err := d.Driver.Begin(ctx, baseID)
+		if err != nil {
+			return cycles, fmt.Errorf("disk %s: %w", d.Name, err)
+		}
+		if c.BlockSize() != v.Config().BlockSize {
+			_ = c.Abort(ctx)
+			return cycles, fmt.Errorf("disk %s: driver reads %d-byte blocks, the vault uses %d", d.Name, c.BlockSize(), v.Config().BlockSize)
+		}
+		if !c.Incremental() {
+			base = nil
+		}
+		cycles = append(cycles, opened{disk: d, cycle: c, base: base})
+	}
+	return cycles, nil
 }
 
 func hostname() string {
