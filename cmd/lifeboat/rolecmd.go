@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -17,6 +18,7 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/client"
 	"github.com/lifeboat-dr/lifeboat/internal/control"
 	"github.com/lifeboat-dr/lifeboat/internal/processd"
+	"github.com/lifeboat-dr/lifeboat/internal/progress"
 	"github.com/lifeboat-dr/lifeboat/internal/push"
 )
 
@@ -196,7 +198,6 @@ func (a *app) agentCmd() *cobra.Command {
 
 	var f clientFlags
 	var process string
-	var limit int64
 	revoke := &cobra.Command{
 		Use: "revoke MACHINE", Short: "Revoke a machine's agent certificates; its agent must enroll again", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -222,8 +223,7 @@ func (a *app) agentCmd() *cobra.Command {
 	move := a.machineAction(&f, "move MACHINE --process NAME", "Assign a machine to another process server", "move", func() any { return api.MoveRequest{Process: process} })
 	move.Flags().StringVar(&process, "process", "", "process server name")
 	_ = move.MarkFlagRequired("process")
-	bw := a.machineAction(&f, "bandwidth MACHINE --limit BYTES_PER_SECOND", "Limit a machine's replication bandwidth (0: unlimited)", "bandwidth", func() any { return api.BandwidthRequest{BytesPerSecond: limit} })
-	bw.Flags().Int64Var(&limit, "limit", 0, "bytes per second, 0 for unlimited")
+	bw := a.bandwidthCmd(&f, "bandwidth MACHINE --limit BYTES_PER_SECOND", "Limit a machine's replication bandwidth (0: unlimited)", "machines")
 	var group string
 	grp := a.machineAction(&f, "group MACHINE --group NAME", "Move a machine into a replication group (empty: leave its group)", "group", func() any { return api.GroupRequest{Group: group} })
 	grp.Flags().StringVar(&group, "group", "", "group name; empty to leave")
@@ -378,21 +378,52 @@ func (a *app) processCmd() *cobra.Command {
 			return nil
 		},
 	}
-	var limit int64
-	bw := &cobra.Command{
-		Use: "bandwidth NAME --limit BYTES_PER_SECOND", Short: "Limit a process server's ingest bandwidth (0: unlimited)", Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client(&f)
-			if err != nil {
-				return err
-			}
-			return c.Do(cmd.Context(), http.MethodPost, client.Path("process-servers", args[0], "bandwidth"), api.BandwidthRequest{BytesPerSecond: limit}, nil)
-		},
-	}
-	bw.Flags().Int64Var(&limit, "limit", 0, "bytes per second, 0 for unlimited")
+	bw := a.bandwidthCmd(&f, "bandwidth NAME --limit BYTES_PER_SECOND", "Limit a process server's ingest bandwidth (0: unlimited)", "process-servers")
 	for _, c := range []*cobra.Command{list, bw} {
 		a.addClientFlags(c, &f)
 	}
 	cmd.AddCommand(enroll, run, list, bw)
 	return cmd
+}
+
+// bandwidthCmd is `agent bandwidth` (resource "machines") and `process
+// bandwidth` ("process-servers"): it sets the limit and prints the one
+// the server now applies.
+func (a *app) bandwidthCmd(f *clientFlags, use, short, resource string) *cobra.Command {
+	var limit int64
+	cmd := &cobra.Command{
+		Use: use, Short: short, Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client(f)
+			if err != nil {
+				return err
+			}
+			var raw json.RawMessage // the machine or the process server
+			if err := c.Do(cmd.Context(), http.MethodPost, client.Path(resource, args[0], "bandwidth"), api.BandwidthRequest{BytesPerSecond: limit}, &raw); err != nil {
+				return err
+			}
+			if f.json {
+				return a.printJSON(raw)
+			}
+			var out struct {
+				Name      string `json:"name"`
+				Bandwidth int64  `json:"bandwidth"`
+			}
+			if err := json.Unmarshal(raw, &out); err != nil {
+				return fmt.Errorf("the server's answer: %w", err)
+			}
+			fmt.Fprintf(a.stdout, "%s: bandwidth %s\n", out.Name, bandwidthText(out.Bandwidth))
+			return nil
+		},
+	}
+	cmd.Flags().Int64Var(&limit, "limit", 0, "bytes per second, 0 for unlimited")
+	return cmd
+}
+
+// bandwidthText describes a bandwidth limit in bytes per second.
+func bandwidthText(bytesPerSec int64) string {
+	if bytesPerSec <= 0 {
+		return "unlimited"
+	}
+	return fmt.Sprintf("limited to %s/s (%d bytes/s)", progress.Bytes(bytesPerSec), bytesPerSec)
 }
