@@ -453,6 +453,7 @@ func (a *app) machinesCmd() *cobra.Command {
 			fmt.Fprintf(w, "RPO\t%s\n", fmtRPO(m))
 			if m.LastPoint != nil {
 				fmt.Fprintf(w, "last point\t%s %s at %s\n", shortID(m.LastPoint.Point), m.LastPoint.Kind, m.LastPoint.Time.Local().Format(time.DateTime))
+				fmt.Fprintf(w, "last cycle\t%s\n", resultText(*m.LastPoint))
 			}
 			fmt.Fprintf(w, "host\t%s (%s %s)\n", m.Inventory.Hostname, m.Inventory.OS, m.Inventory.Arch)
 			if m.Host != "" {
@@ -484,7 +485,7 @@ func (a *app) machinesCmd() *cobra.Command {
 				}
 			}
 			if m.Bandwidth > 0 {
-				fmt.Fprintf(w, "bandwidth\t%d B/s\n", m.Bandwidth)
+				fmt.Fprintf(w, "bandwidth\t%s\n", bandwidthText(m.Bandwidth))
 			}
 			if !m.LastSeen.IsZero() {
 				fmt.Fprintf(w, "last seen\t%s\n", m.LastSeen.Local().Format(time.DateTime))

@@ -186,35 +186,13 @@ func (a *app) runDemo(ctx context.Context, f demoFlags) error {
 	var last time.Time
 	lastPct := -1.0
 	for i := range f.cycles {
-		var m api.Machine
-		deadline := time.Now().Add(5 * time.Minute)
-		for {
-			if time.Now().After(deadline) {
-				return errors.New("no recovery point after 5 minutes; run with --log-level info to see why")
-			}
-			select {
-			case err := <-agentDone:
-				return fmt.Errorf("agent stopped: %v", err)
-			case err := <-serverDone:
-				return fmt.Errorf("server stopped: %v", err)
-			case <-time.After(100 * time.Millisecond):
-			}
-			if err := c.Do(ctx, http.MethodGet, client.Path("machines", "demo-vm"), nil, &m); err != nil {
-				return err
-			}
-			if m.Progress != nil && m.State == api.StateInitial && m.Progress.Percent >= lastPct+20 {
-				lastPct = m.Progress.Percent
-				a.say("   %s", describeState(m))
-			}
-			if m.LastPoint != nil && m.LastPoint.Point != "" && m.LastPoint.Time.After(last) {
-				break
-			}
+		lp, err := a.demoNextPoint(ctx, c, last, &lastPct, agentDone, serverDone)
+		if err != nil {
+			return err
 		}
-		lp := m.LastPoint
 		last = lp.Time
 		cuts = append(cuts, cut{lp.Point, sum})
-		a.say("   point %s at %s: %s changed, %s sent to the process server, %s", shortID(lp.Point), lp.Time.Local().Format("15:04:05.000"),
-			progress.Bytes(lp.ChangedBytes), progress.Bytes(lp.SentBytes), lp.Duration.Std().Round(time.Millisecond))
+		a.say("   point %s at %s: %s", shortID(lp.Point), lp.Time.Local().Format("15:04:05.000"), resultText(lp))
 		if i == f.cycles-1 {
 			break
 		}
@@ -335,6 +313,60 @@ func (a *app) runDemo(ctx context.Context, f demoFlags) error {
 		a.say("work directory kept: %s (vault passphrase %q)", dir, pass)
 	}
 	return nil
+}
+
+// demoFiguresWait bounds how long the demo waits for the agent's figures
+// of a point its process server reported first: they come with the
+// agent's next heartbeat, which follows the cycle at once.
+const demoFiguresWait = 30 * time.Second
+
+// demoNextPoint polls the demo machine until a point newer than last is
+// recorded with the agent's figures for its cycle (or they are still
+// pending demoFiguresWait after the point appeared), printing the
+// initial replication's progress meanwhile.
+func (a *app) demoNextPoint(ctx context.Context, c *client.Client, last time.Time, lastPct *float64, agentDone, serverDone <-chan error) (api.CycleResult, error) {
+	deadline := time.Now().Add(5 * time.Minute)
+	var appeared time.Time // when the point was first seen without figures
+	for {
+		if time.Now().After(deadline) {
+			return api.CycleResult{}, errors.New("no recovery point after 5 minutes; run with --log-level info to see why")
+		}
+		select {
+		case err := <-agentDone:
+			return api.CycleResult{}, stopped("agent", err)
+		case err := <-serverDone:
+			return api.CycleResult{}, stopped("server", err)
+		case <-ctx.Done():
+			return api.CycleResult{}, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+		var m api.Machine
+		if err := c.Do(ctx, http.MethodGet, client.Path("machines", "demo-vm"), nil, &m); err != nil {
+			return api.CycleResult{}, err
+		}
+		if m.Progress != nil && m.State == api.StateInitial && m.Progress.Percent >= *lastPct+20 {
+			*lastPct = m.Progress.Percent
+			a.say("   %s", describeState(m))
+		}
+		lp := m.LastPoint
+		switch {
+		case lp == nil || lp.Point == "" || !lp.Time.After(last):
+		case !lp.FiguresPending:
+			return *lp, nil
+		case appeared.IsZero():
+			appeared = time.Now()
+		case time.Since(appeared) > demoFiguresWait:
+			return *lp, nil // printed as pending
+		}
+	}
+}
+
+// stopped says that a part of the demo stopped early, and why.
+func stopped(who string, err error) error {
+	if err == nil {
+		return fmt.Errorf("%s stopped", who)
+	}
+	return fmt.Errorf("%s stopped: %w", who, err)
 }
 
 func lookTool(name string) (string, error) {

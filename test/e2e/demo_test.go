@@ -15,4 +15,8 @@ func TestDemo(t *testing.T) {
 			t.Errorf("demo output lacks %q:\n%s", want, out)
 		}
 	}
+	// Every point is shown with its cycle's figures, which the demo waits for.
+	if n := strings.Count(out, " read, "); n != 3 || strings.Contains(out, "figures pending") || strings.Contains(out, ": 0 B changed") {
+		t.Errorf("demo shows the figures of %d of 3 points:\n%s", n, out)
+	}
 }
