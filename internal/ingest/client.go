@@ -79,7 +79,8 @@ var (
 	// disk; run a full cycle (no base).
 	ErrStaleBase = errors.New("base point is not usable")
 	// ErrSessionLost: the process server no longer knows the session
-	// (restart, expiry); abort the cycle and start a new one.
+	// (restart, expiry) or ended it because it lost its vault write lock
+	// (code lock_lost); abort the cycle and start a new one.
 	ErrSessionLost = errors.New("ingest session lost")
 )
 
@@ -359,7 +360,9 @@ func (s *Session) request(method, op, ctype string, body []byte, limit bool) ([]
 	out, err := s.c.call(s.ctx, method, path, ctype, body, lim, &s.retries)
 	if err != nil {
 		var e *Error
-		if errors.As(err, &e) && e.Status == http.StatusNotFound {
+		if errors.As(err, &e) && (e.Status == http.StatusNotFound || e.Code == CodeLockLost) {
+			// Gone, or its process server lost the vault lock: the
+			// session is over; a new cycle opens a new one.
 			return nil, fmt.Errorf("%w: %w", ErrSessionLost, err)
 		}
 		return nil, err

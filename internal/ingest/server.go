@@ -142,6 +142,7 @@ type Server struct {
 	mu        sync.Mutex
 	sessions  map[string]*session
 	done      map[string]doneSession // recently committed, for retried commits
+	lost      map[string]lostSession // recently aborted for a lost lock
 	closed    bool
 	lastFull  time.Time // last cache_full event
 	lastBusy  time.Time
@@ -200,7 +201,7 @@ func NewServer(ctx context.Context, o Options) (*Server, error) {
 	}
 	s := &Server{o: o, v: o.Vault, log: o.Logger.With("process", o.Name), clock: o.Clock, segDir: segDir, lockF: lf,
 		limiter: newLimiter(o.Bandwidth), bodies: make(chan struct{}, maxBodies),
-		sessions: map[string]*session{}, done: map[string]doneSession{}}
+		sessions: map[string]*session{}, done: map[string]doneSession{}, lost: map[string]lostSession{}}
 	s.bufs.New = func() any { b := make([]byte, 0, 1<<20); return &b }
 	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	if err := s.resume(ctx); err != nil {
@@ -219,17 +220,18 @@ func (s *Server) resume(ctx context.Context) error {
 	if err != nil || len(files) == 0 {
 		return err
 	}
-	lock, err := s.v.Lock(ctx, vault.LockWrite)
-	if err != nil {
-		return fmt.Errorf("ingest: resume cache: %w", err)
-	}
-	defer s.unlock(lock)
-	if _, err := s.v.LoadIndex(ctx); err != nil {
-		return fmt.Errorf("ingest: resume cache: load index: %w", err)
-	}
-	blocks, bytes, err := s.flushSegments(ctx, files)
-	if err != nil {
-		return fmt.Errorf("ingest: resume cache (the segments stay in %s; fix the vault and restart): %w", s.segDir, err)
+	// Under a lock of its own, like every writer: a flush whose lock is
+	// lost stops and is tried again under a new one.
+	var blocks, bytes int64
+	for attempt := 1; ; attempt++ {
+		blocks, bytes, err = s.flushUnderLock(ctx, files)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, vault.ErrLockLost) || attempt == 3 {
+			return fmt.Errorf("ingest: resume cache (the segments stay in %s; fix the vault and restart): %w", s.segDir, err)
+		}
+		s.log.Warn("storing the cache of a previous run lost its vault lock; trying again under a new one", "err", err)
 	}
 	s.log.Info("resumed the cache of a previous run into the vault", "segments", len(files), "blocks", blocks, "bytes", bytes)
 	s.event(api.SeverityInfo, EventCacheResume, "", fmt.Sprintf("stored %d cached blocks (%d bytes) of %d interrupted sessions into the vault", blocks, bytes, len(files)))
@@ -316,6 +318,11 @@ func (s *Server) reaper() {
 		for id, d := range s.done {
 			if now.After(d.expires) {
 				delete(s.done, id)
+			}
+		}
+		for id, l := range s.lost {
+			if now.After(l.expires) {
+				delete(s.lost, id)
 			}
 		}
 		s.mu.Unlock()
@@ -589,12 +596,19 @@ func (s *Server) session(r *http.Request, machine string) (*session, error) {
 	id := r.PathValue("id")
 	s.mu.Lock()
 	ss, ok := s.sessions[id]
+	lost, wasLost := s.lost[id]
 	s.mu.Unlock()
+	if !ok && wasLost && lost.machine == machine {
+		return nil, s.lostAnswer(id, errors.New(lost.msg))
+	}
 	if !ok {
 		return nil, herr(http.StatusNotFound, api.CodeNotFound, "no ingest session %q on process server %s (it restarted, or the session ended or expired): abort the cycle and start a new one", id, s.o.Name)
 	}
 	if ss.machine != machine {
 		return nil, herr(http.StatusForbidden, api.CodeForbidden, "session %s belongs to machine %s, not %s", id, ss.machine, machine)
+	}
+	if err := ss.lostErr(); err != nil {
+		return nil, err // nothing more is acknowledged under a lost lock
 	}
 	ss.touch()
 	return ss, nil
@@ -696,6 +710,10 @@ func (s *Server) handleCommit(w http.ResponseWriter, r *http.Request, machine st
 
 func (s *Server) handleAbort(w http.ResponseWriter, r *http.Request, machine string) error {
 	ss, err := s.session(r, machine)
+	if he := (*httpError)(nil); errors.As(err, &he) && he.code == CodeLockLost {
+		w.WriteHeader(http.StatusNoContent) // over already: aborted for its lost lock
+		return nil
+	}
 	if err != nil {
 		return err
 	}
@@ -785,14 +803,16 @@ func (s *Server) open(ctx context.Context, machine string, req SessionRequest) (
 	}
 	ss := &session{s: s, id: hex.EncodeToString(rid[:]), machine: machine, req: req, disks: map[string]*diskState{},
 		pending: map[uint64]pendingBatch{}, inflight: map[uint64]bool{}}
-	ss.ctx, ss.cancel = context.WithCancel(s.ctx)
 	ss.touch()
 	lock, err := s.v.Lock(ctx, vault.LockWrite)
 	if err != nil {
-		ss.cancel()
 		return nil, herr(http.StatusServiceUnavailable, api.CodeUnavailable, "take vault write lock: %v", err)
 	}
+	// The session writes under its lock: its work stops when it is lost.
 	ss.lock = lock
+	ss.ctx, ss.cancel = lock.Context(s.ctx)
+	ctx, cancel := lock.Context(ctx)
+	defer cancel()
 	ss.nodeW = s.v.NewWriter(ss.ctx)
 	ss.gen = ss.newGen()
 	defer func() {
@@ -860,6 +880,7 @@ func (s *Server) open(ctx context.Context, machine string, req SessionRequest) (
 	s.sessions[ss.id] = ss
 	s.sessWG.Add(1)
 	s.mu.Unlock()
+	ss.watchLock()
 	for _, o := range stale {
 		s.log.Info("aborting an older session of the same machine", "session", o.id, "machine", machine)
 		go o.abort(true)
@@ -918,6 +939,7 @@ type session struct {
 
 	cpMu      sync.Mutex
 	closing   []*generation // checkpointed, writer closing
+	leftover  []leftSeg     // segments to store under a new lock (lock lost)
 	cpWG      sync.WaitGroup
 	cpRunning atomic.Bool
 }
@@ -1061,6 +1083,9 @@ func (ss *session) put(ctx context.Context, b *batch) (*batchResponse, error) {
 		return nil, herr(http.StatusServiceUnavailable, api.CodeBusy, "process server %s: cache full, retry later", s.o.Name)
 	}
 	if err := ss.store(b, need); err != nil {
+		if lerr := ss.lostErr(); lerr != nil {
+			return nil, lerr
+		}
 		var se errStore
 		if errors.As(err, &se) {
 			ss.mu.Lock()
@@ -1083,6 +1108,10 @@ func (ss *session) put(ctx context.Context, b *batch) (*batchResponse, error) {
 	err := ss.err
 	ss.mu.Unlock()
 	if err != nil {
+		return nil, err
+	}
+	if err := ss.lostErr(); err != nil {
+		// Durable in the cache all the same: stored under a new lock.
 		return nil, err
 	}
 	s.received.Add(data)
@@ -1230,6 +1259,10 @@ func (ss *session) finishGen(g *generation, store bool) error {
 		return err
 	}
 	g.seg.close()
+	if err != nil && ss.lockLost() {
+		ss.keepSegment(g) // stored under a new lock once the session ends
+		return err
+	}
 	if err != nil {
 		// Try once more from the segment with a fresh writer.
 		if _, _, ferr := s.flushSegments(ss.ctx, []string{g.seg.path}); ferr != nil {
@@ -1277,6 +1310,9 @@ func (ss *session) commit(n uint64) (*commitResponse, error) {
 		ss.state = stOpen // let abort do the cleanup
 		ss.mu.Unlock()
 		ss.abort(true)
+		if lerr := ss.lostErr(); lerr != nil {
+			return nil, lerr
+		}
 		return nil, err
 	}
 	ss.mu.Lock()
@@ -1334,7 +1370,7 @@ func (ss *session) publish() (*vault.Point, error) {
 	if len(ss.req.VMSpec) == 0 {
 		p.VMSpec = nil
 	}
-	if err := s.v.SavePoint(ss.ctx, p); err != nil {
+	if err := s.v.SavePointLocked(ss.ctx, ss.lock, p); err != nil {
 		return nil, err
 	}
 	return p, nil
@@ -1355,8 +1391,17 @@ func (ss *session) abort(store bool) {
 	ss.mu.Unlock()
 	ss.active.Wait()
 	ss.cpWG.Wait()
-	if err := ss.finishGen(ss.gen, store); err != nil {
-		s.log.Warn("aborted session: storing its cached blocks failed", "session", ss.id, "err", err)
+	// Under a lost lock nothing is stored: abortLost stores the segments
+	// under a new one (also those of a store that lost the lock midway).
+	lost := store && ss.lockLost()
+	if !lost {
+		if err := ss.finishGen(ss.gen, store); err != nil {
+			s.log.Warn("aborted session: storing its cached blocks failed", "session", ss.id, "err", err)
+		}
+		lost = store && ss.lockLost()
+	}
+	if lost {
+		ss.abortLost()
 	}
 	if ss.nodeW != nil {
 		ss.nodeW.Abort()
