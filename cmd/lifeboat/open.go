@@ -85,7 +85,11 @@ func (a *app) openVault(ctx context.Context) (*vault.Vault, error) {
 	if err != nil {
 		return nil, err
 	}
-	return vault.Open(ctx, be, pw, vault.Options{Logger: a.log})
+	o := vault.Options{Logger: a.log}
+	if err := o.ApplyTestLockTiming(a.getenv); err != nil {
+		return nil, &codeError{exitUsage, err}
+	}
+	return vault.Open(ctx, be, pw, o)
 }
 
 // isTTYWriter reports whether stderr is a terminal (for progress bars).

@@ -542,6 +542,10 @@ func (s *Server) RunRetention(ctx context.Context) (*RetentionReport, error) {
 			defer cancel()
 			_ = lock.Unlock(uctx)
 		}()
+		// Point records are deleted only while the prune lock is valid:
+		// once it is lost another prune may run (vault-format.md §11).
+		ctx, cancel := lock.Context(ctx)
+		defer cancel()
 		pts, bad, err := s.vault.Points(ctx)
 		if err != nil {
 			return err
@@ -564,7 +568,7 @@ func (s *Server) RunRetention(ctx context.Context) (*RetentionReport, error) {
 			forget := retention.Forget(ds)
 			rep.Kept += len(rps) - len(forget)
 			for _, f := range forget {
-				if err := s.vault.DeletePoint(ctx, ids[f.ID]); err != nil {
+				if err := s.vault.DeletePointLocked(ctx, lock, ids[f.ID]); err != nil {
 					return err
 				}
 				deleted = append(deleted, f.ID)

@@ -123,7 +123,11 @@ func Open(ctx context.Context, o RunOptions) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	v, err := vault.Open(ctx, be, pass, vault.Options{Clock: o.Clock, Logger: o.Logger, KDF: o.VaultKDF})
+	vo := vault.Options{Clock: o.Clock, Logger: o.Logger, KDF: o.VaultKDF}
+	if err := vo.ApplyTestLockTiming(o.Getenv); err != nil {
+		return nil, err
+	}
+	v, err := vault.Open(ctx, be, pass, vo)
 	if err != nil {
 		return nil, fmt.Errorf("open vault %s: %w", cfg.Vault, err)
 	}

@@ -187,7 +187,11 @@ func Run(ctx context.Context, stateDir string, o Options) error {
 	if err != nil {
 		return fmt.Errorf("open vault %s: %w", pc.Vault, err)
 	}
-	v, err := vault.Open(ctx, be, []byte(pc.Passphrase), vault.Options{Logger: log, Clock: o.Clock})
+	vo := vault.Options{Logger: log, Clock: o.Clock}
+	if err := vo.ApplyTestLockTiming(os.Getenv); err != nil {
+		return err
+	}
+	v, err := vault.Open(ctx, be, []byte(pc.Passphrase), vo)
 	if err != nil {
 		return fmt.Errorf("open vault %s: %w", pc.Vault, err)
 	}
