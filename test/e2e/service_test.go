@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -156,7 +157,10 @@ func TestServiceEndToEnd(t *testing.T) {
 		var res api.CycleResult
 		cl.waitFor("a new point of "+m, 90*time.Second, func() bool {
 			mm, err := cl.machine(m)
-			if err != nil || mm.LastPoint == nil || !mm.LastPoint.Time.After(after) || mm.LastPoint.Point == "" || mm.LastPoint.Error != "" {
+			// Wait for the agent's figures too: the process server may
+			// report the point first, without them.
+			if err != nil || mm.LastPoint == nil || !mm.LastPoint.Time.After(after) || mm.LastPoint.Point == "" || mm.LastPoint.Error != "" ||
+				mm.LastPoint.FiguresPending {
 				return false
 			}
 			res = *mm.LastPoint
@@ -268,12 +272,17 @@ func TestServiceEndToEnd(t *testing.T) {
 		return err == nil && !mm.ResyncWanted && mm.LastPoint != nil && mm.LastPoint.Time.After(before) && mm.LastPoint.Resync
 	})
 	mm, _ = cl.machine("m1")
-	t.Logf("  resync of m1: read %d bytes, sent %d", mm.LastPoint.ChangedBytes, mm.LastPoint.SentBytes)
+	t.Logf("  resync of m1: read %d bytes (%d of data), sent %d", mm.LastPoint.ReadBytes, mm.LastPoint.ChangedBytes, mm.LastPoint.SentBytes)
+	if mm.LastPoint.ReadBytes < mm.LastPoint.ChangedBytes {
+		t.Errorf("the resync of m1 read %d bytes but reported %d bytes of data", mm.LastPoint.ReadBytes, mm.LastPoint.ChangedBytes)
+	}
 	proportional("resync", "m1", before, *mm.LastPoint)
 
 	// A bandwidth limit set on the server slows the agent down.
 	var mm3 api.CycleResult
-	cl.mustRun("agent", "bandwidth", "m3", "--limit", "1000000")
+	if out := cl.mustRun("agent", "bandwidth", "m3", "--limit", "1000000"); out != "m3: bandwidth limited to 976.6 KiB/s (1000000 bytes/s)\n" {
+		t.Errorf("agent bandwidth printed %q", out)
+	}
 	limited := time.Now()
 	cl.waitFor("a point of m3 under the limit", 90*time.Second, func() bool {
 		mm, err := cl.machine("m3")
@@ -287,7 +296,20 @@ func TestServiceEndToEnd(t *testing.T) {
 		t.Errorf("m3 shipped %d bytes in %s under a 1 MB/s limit", mm3.SentBytes, mm3.Duration.Std())
 	}
 	t.Logf("  m3 under 1 MB/s: %d bytes in %s", mm3.SentBytes, mm3.Duration.Std())
-	cl.mustRun("agent", "bandwidth", "m3", "--limit", "0")
+	// The point's record on the server carries the agent's figures.
+	var shown api.Point
+	if err := json.Unmarshal([]byte(cl.mustRun("points", "show", mm3.Point[:12], "--server", "https://"+cl.apiAddr, "--json")), &shown); err != nil {
+		t.Errorf("points show --json: %v", err)
+	} else if shown.ID != mm3.Point || shown.CycleFigures == nil || shown.SentBytes != mm3.SentBytes || shown.ReadBytes < shown.ChangedBytes ||
+		shown.ChangedBytes == 0 || shown.Duration != mm3.Duration {
+		t.Errorf("points show --json of a point that carried %d bytes: %+v %+v", mm3.SentBytes, shown, shown.CycleFigures)
+	}
+	if out := cl.mustRun("agent", "bandwidth", "m3", "--limit", "0"); out != "m3: bandwidth unlimited\n" {
+		t.Errorf("agent bandwidth printed %q", out)
+	}
+	if out := cl.mustRun("process", "bandwidth", "ps2", "--limit", "0"); out != "ps2: bandwidth unlimited\n" {
+		t.Errorf("process bandwidth printed %q", out)
+	}
 
 	// Let a few more group cuts happen, then stop writing and verify.
 	time.Sleep(10 * time.Second)
