@@ -97,8 +97,14 @@ func (v *Vault) Check(ctx context.Context, o CheckOptions) (*CheckReport, error)
 	}
 	for _, k := range keys {
 		if k.Err != "" {
-			c.damage(Damage{Object: "keys/" + k.ID.String(), Error: k.Err})
+			c.damage(Damage{Object: "keys/" + k.ID.String(), Error: k.Err + "; " + damagedKeyFileAdvice})
 		}
+	}
+	if err := c.checkConfig(ctx); err != nil {
+		return nil, err
+	}
+	if err := c.strayFiles(ctx); err != nil {
+		return nil, err
 	}
 
 	// Index: a fresh load, file by file.
@@ -130,8 +136,10 @@ func (v *Vault) Check(ctx context.Context, o CheckOptions) (*CheckReport, error)
 	// Packs: every indexed pack exists and its header matches the index.
 	onDisk := map[ID]int64{}
 	if err := v.be.List(ctx, "data/", func(fi backend.Info) error {
-		if id, err := ParseID(fi.Name[strings.LastIndexByte(fi.Name, '/')+1:]); err == nil {
+		if id, err := ParseID(fi.Name[strings.LastIndexByte(fi.Name, '/')+1:]); err == nil && fi.Name == packName(id) {
 			onDisk[id] = fi.Size
+		} else {
+			c.warn("%s: %s", fi.Name, strayAdvice)
 		}
 		return nil
 	}); err != nil {

@@ -2,6 +2,7 @@ package vault
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 )
@@ -31,36 +32,54 @@ type Config struct {
 	Compression string    `json:"compression"`
 }
 
+// validate checks the fields. A version newer than this Lifeboat reads
+// is ErrUnsupported; anything else wrong names the field.
 func (c *Config) validate() error {
 	switch {
+	case c.Version > FormatVersion:
+		return fmt.Errorf("vault format version %d is %w (this Lifeboat reads version %d); upgrade Lifeboat", c.Version, ErrUnsupported, FormatVersion)
 	case c.Version != FormatVersion:
-		return fmt.Errorf("vault format version %d is not supported (this Lifeboat reads version %d); upgrade Lifeboat", c.Version, FormatVersion)
+		return fmt.Errorf("version %d is not a vault format version", c.Version)
 	case c.BlockSize < minBlockSize || c.BlockSize > maxBlockSize || c.BlockSize&(c.BlockSize-1) != 0:
-		return fmt.Errorf("config: block_size %d is not a power of two in %d..%d", c.BlockSize, minBlockSize, maxBlockSize)
+		return fmt.Errorf("block_size %d is not a power of two in %d..%d", c.BlockSize, minBlockSize, maxBlockSize)
 	case c.TreeFanout < 2 || c.TreeFanout > 65535:
-		return fmt.Errorf("config: tree_fanout %d outside 2..65535", c.TreeFanout)
+		return fmt.Errorf("tree_fanout %d outside 2..65535", c.TreeFanout)
 	case c.PackSize < 1<<20 || c.PackSize > 1<<30:
-		return fmt.Errorf("config: pack_size %d outside 1 MiB..1 GiB", c.PackSize)
+		return fmt.Errorf("pack_size %d outside 1 MiB..1 GiB", c.PackSize)
 	case c.BlockHash != "blake3-keyed":
-		return fmt.Errorf("config: block_hash %q is not supported", c.BlockHash)
+		return fmt.Errorf("block_hash %q is not supported", c.BlockHash)
 	case c.Cipher != "xchacha20-poly1305":
-		return fmt.Errorf("config: cipher %q is not supported", c.Cipher)
+		return fmt.Errorf("cipher %q is not supported", c.Cipher)
 	case c.Compression != "zstd" && c.Compression != "none":
-		return fmt.Errorf("config: compression %q is not supported", c.Compression)
+		return fmt.Errorf("compression %q is not supported", c.Compression)
 	}
 	if _, err := ParseID(c.ID); err != nil {
-		return fmt.Errorf("config: id %q is not 64 hex characters", c.ID)
+		return fmt.Errorf("id %q is not 64 hex characters", c.ID)
 	}
 	return nil
 }
 
+// decodeConfig parses an opened config. Bytes that no Lifeboat of this
+// format writes are a *DamagedError; a newer format version is
+// ErrUnsupported.
 func decodeConfig(b []byte) (*Config, error) {
+	// The version first: a newer format may change any other field.
+	var ver struct{ Version int }
+	if err := json.Unmarshal(b, &ver); err != nil {
+		return nil, damaged("config", "not a JSON config: %w", err)
+	}
+	if ver.Version > FormatVersion {
+		return nil, fmt.Errorf("vault format version %d is %w (this Lifeboat reads version %d); upgrade Lifeboat", ver.Version, ErrUnsupported, FormatVersion)
+	}
 	var c Config
 	if err := json.Unmarshal(b, &c); err != nil {
-		return nil, fmt.Errorf("config: %w", err)
+		return nil, damaged("config", "not a JSON config: %w", err)
 	}
 	if err := c.validate(); err != nil {
-		return nil, err
+		if errors.Is(err, ErrUnsupported) {
+			return nil, err
+		}
+		return nil, damaged("config", "%w", err)
 	}
 	return &c, nil
 }

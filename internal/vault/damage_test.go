@@ -46,9 +46,11 @@ func TestFlippedByteInEveryObject(t *testing.T) {
 	names := be.Names()
 	slices.Sort(names)
 	for _, name := range names {
-		if strings.HasPrefix(name, "keys/") || name == "config" || strings.HasPrefix(name, "locks/") {
+		if strings.HasPrefix(name, "keys/") || strings.HasPrefix(name, "locks/") {
 			continue // covered by the open tests: the vault does not open at all
 		}
+		// A damaged config copy: the vault opens from the other copy and
+		// check names the damaged one (the loop below).
 		sizeOf := len(clean[name])
 		for _, at := range []int{0, sizeOf / 2, sizeOf - 1} {
 			restoreSnapshot(be, clean)

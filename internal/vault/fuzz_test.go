@@ -1064,10 +1064,25 @@ func FuzzConfig(f *testing.F) {
 			if c != nil {
 				t.Fatal("config returned with an error")
 			}
+			checkConfigRefusal(t, b, err)
 			return
 		}
 		checkConfig(t, c)
 	})
+}
+
+// checkConfigRefusal: a refused config is damage, unless it is of a newer
+// version (then it says so, and is not damage).
+func checkConfigRefusal(t *testing.T, b []byte, err error) {
+	t.Helper()
+	var v struct{ Version int }
+	newer := json.Unmarshal(b, &v) == nil && v.Version > FormatVersion
+	switch {
+	case newer && (!errors.Is(err, ErrUnsupported) || errors.Is(err, ErrDamaged)):
+		t.Fatalf("config of version %d: %v, want ErrUnsupported", v.Version, err)
+	case !newer && (!errors.Is(err, ErrDamaged) || errors.Is(err, ErrUnsupported)):
+		t.Fatalf("refused config is not reported as damage: %v", err)
+	}
 }
 
 func TestHostileConfig(t *testing.T) {
@@ -1083,6 +1098,8 @@ func TestHostileConfig(t *testing.T) {
 	for n := range len(valid) {
 		if _, err := decodeConfig(valid[:n]); err == nil {
 			t.Errorf("config truncated to %d bytes accepted", n)
+		} else if !errors.Is(err, ErrDamaged) {
+			t.Errorf("config truncated to %d bytes: %v, want damage", n, err)
 		}
 	}
 	for i := range len(valid) * 8 {
@@ -1106,8 +1123,11 @@ func TestHostileConfig(t *testing.T) {
 		c := fzConfig()
 		f(&c)
 		b, _ := json.Marshal(c)
-		if _, err := decodeConfig(b); err == nil || !strings.Contains(err.Error(), field) {
+		_, err := decodeConfig(b)
+		if err == nil || !strings.Contains(err.Error(), field) {
 			t.Errorf("config with bad %s: %v", field, err)
+		} else {
+			checkConfigRefusal(t, b, err)
 		}
 	}
 	for _, s := range []string{``, `null`, `[]`, `{}`, `{"version":1.0}`, `{"block_size":"65536"}`} {
@@ -1172,6 +1192,9 @@ func checkKeyFile(t *testing.T, b []byte, kf *keyFile) {
 		t.Fatalf("invalid key file accepted: %+v", kf)
 	}
 	checkKDFBounds(t, kf.KDFParams)
+	if kf.Created.IsZero() {
+		t.Fatalf("key file without \"created\" accepted")
+	}
 	if !fzCheap(kf.KDFParams) {
 		return // valid but expensive: never run in a fuzz loop
 	}
@@ -1204,10 +1227,27 @@ func FuzzKeyFile(f *testing.F) {
 			if kf != nil {
 				t.Fatal("key file returned with an error")
 			}
+			checkKeyFileRefusal(t, b, err)
 			return
 		}
 		checkKeyFile(t, b, kf)
 	})
+}
+
+// checkKeyFileRefusal: a key file refused before the KDF runs is damage
+// (never a wrong passphrase), unless it is of a newer version.
+func checkKeyFileRefusal(t testing.TB, b []byte, err error) {
+	t.Helper()
+	var v struct{ Version int }
+	newer := json.Unmarshal(b, &v) == nil && v.Version > keyFileVersion
+	switch {
+	case errors.Is(err, ErrWrongPassphrase):
+		t.Fatalf("malformed key file reported as a wrong passphrase: %v", err)
+	case newer && (!errors.Is(err, ErrUnsupported) || errors.Is(err, ErrDamaged)):
+		t.Fatalf("key file of version %d: %v, want ErrUnsupported", v.Version, err)
+	case !newer && (!errors.Is(err, ErrDamaged) || !strings.Contains(err.Error(), "damaged key file")):
+		t.Fatalf("malformed key file not reported as a damaged key file: %v", err)
+	}
 }
 
 func TestHostileKeyFile(t *testing.T) {
@@ -1225,6 +1265,8 @@ func TestHostileKeyFile(t *testing.T) {
 		for n := range len(valid) {
 			if _, err := parseKeyFile(valid[:n]); err == nil {
 				t.Errorf("key file truncated to %d bytes accepted", n)
+			} else {
+				checkKeyFileRefusal(t, valid[:n], err)
 			}
 		}
 	})
@@ -1237,6 +1279,23 @@ func TestHostileKeyFile(t *testing.T) {
 			b[i/8] ^= 1 << (i % 8)
 			if kf, err := parseKeyFile(b); err == nil {
 				checkKeyFile(t, b, kf)
+			} else {
+				checkKeyFileRefusal(t, b, err)
+			}
+		}
+	})
+	t.Run("wrapped key truncated", func(t *testing.T) {
+		// A wrapped key cut short (a byte, a block, all but the nonce) is
+		// damage that names the length, never a wrong passphrase.
+		for _, n := range []int{1, 16, len(kf.Wrapped) - nonceSize} {
+			var m map[string]any
+			_ = json.Unmarshal(valid, &m)
+			m["wrapped"] = kf.Wrapped[:len(kf.Wrapped)-n]
+			b, _ := json.Marshal(m)
+			_, err := parseKeyFile(b)
+			checkKeyFileRefusal(t, b, err)
+			if !strings.Contains(err.Error(), "wrapped key of") {
+				t.Errorf("wrapped key %d bytes short: %v does not say what is wrong", n, err)
 			}
 		}
 	})
@@ -1276,6 +1335,8 @@ func TestHostileKeyFile(t *testing.T) {
 			alloc := fzAllocated(func() { _, err = parseKeyFile(b) })
 			if err == nil {
 				t.Errorf("KDF parameters %s accepted", p)
+			} else {
+				checkKeyFileRefusal(t, b, err)
 			}
 			if d := time.Since(start); d > 100*time.Millisecond || alloc > 1<<20 {
 				t.Errorf("KDF parameters %s: refusal took %v and %d bytes", p, d, alloc)
@@ -1295,6 +1356,8 @@ func TestHostileKeyFile(t *testing.T) {
 		"wrapped long":    func(m map[string]any) { m["wrapped"] = make([]byte, 105) },
 		"wrapped missing": func(m map[string]any) { delete(m, "wrapped") },
 		"created":         func(m map[string]any) { m["created"] = "yesterday" },
+		"created missing": func(m map[string]any) { delete(m, "created") },
+		"not an object":   func(m map[string]any) { clear(m); m["x"] = []int{1} },
 	} {
 		var m map[string]any
 		_ = json.Unmarshal(valid, &m)
@@ -1302,6 +1365,8 @@ func TestHostileKeyFile(t *testing.T) {
 		b, _ := json.Marshal(m)
 		if _, err := parseKeyFile(b); err == nil {
 			t.Errorf("key file with %s accepted", name)
+		} else {
+			checkKeyFileRefusal(t, b, err)
 		}
 	}
 }
@@ -1318,7 +1383,9 @@ func fzVaultBackend(t *testing.T) (*mem.Backend, []byte) {
 	kb := fzKeyFile(t, fzCheapKDF)
 	fzPut(t, be, "keys/"+objectID(kb).String(), kb)
 	cb, _ := json.Marshal(fzConfig())
-	fzPut(t, be, "config", k.seal(kindConfig, cb, false))
+	sealed := k.seal(kindConfig, cb, false)
+	fzPut(t, be, configName, sealed)
+	fzPut(t, be, configCopyName, sealed)
 	return be, kb
 }
 
@@ -1347,7 +1414,11 @@ func TestHostileOpen(t *testing.T) {
 	})
 	t.Run("no config", func(t *testing.T) {
 		be, _ := fzVaultBackend(t)
-		_ = be.Delete(ctx, "config")
+		_ = be.Delete(ctx, configName)
+		if _, err := fzOpen(be); err != nil {
+			t.Fatalf("open with only %s: %v", configCopyName, err)
+		}
+		_ = be.Delete(ctx, configCopyName)
 		if _, err := fzOpen(be); !errors.Is(err, ErrNoVault) {
 			t.Fatalf("got %v, want ErrNoVault", err)
 		}
@@ -1356,8 +1427,8 @@ func TestHostileOpen(t *testing.T) {
 		be, kb := fzVaultBackend(t)
 		_ = be.Delete(ctx, "keys/"+objectID(kb).String())
 		fzPut(t, be, "keys/not-an-id", kb) // ignored: not named by an ID
-		if _, err := fzOpen(be); err == nil {
-			t.Fatal("vault without key files opened")
+		if _, err := fzOpen(be); !errors.Is(err, ErrDamaged) {
+			t.Fatalf("vault without key files: %v, want damage", err)
 		}
 	})
 	t.Run("hostile key files are skipped fast", func(t *testing.T) {
@@ -1386,8 +1457,8 @@ func TestHostileOpen(t *testing.T) {
 		_ = be.Delete(ctx, "keys/"+objectID(kb).String())
 		start = time.Now()
 		alloc = fzAllocated(func() { _, err = fzOpen(be) })
-		if !errors.Is(err, ErrWrongPassphrase) {
-			t.Fatalf("open with only hostile key files: %v", err)
+		if !errors.Is(err, ErrDamaged) || errors.Is(err, ErrWrongPassphrase) || !strings.Contains(err.Error(), "damaged key file keys/") {
+			t.Fatalf("open with only hostile key files: %v, want a damaged key file", err)
 		}
 		if d := time.Since(start); d > 2*time.Second || alloc > 32<<20 {
 			t.Errorf("open with only hostile key files took %v and %d bytes", d, alloc)
@@ -1430,12 +1501,45 @@ func TestHostileOpen(t *testing.T) {
 		}
 		for name, c := range cases {
 			be, _ := fzVaultBackend(t)
-			fzPut(t, be, "config", c)
-			if _, err := fzOpen(be); err == nil {
-				t.Errorf("config %s: opened", name)
-			} else if name == "version 2" && !strings.Contains(err.Error(), "version") {
-				t.Errorf("config %s: error %v does not name the version", name, err)
+			fzPut(t, be, configName, c)
+			fzPut(t, be, configCopyName, c)
+			_, err := fzOpen(be)
+			switch {
+			case err == nil:
+				t.Errorf("config %s in both copies: opened", name)
+			case name == "version 2":
+				if !strings.Contains(err.Error(), "version") || !errors.Is(err, ErrUnsupported) || errors.Is(err, ErrDamaged) {
+					t.Errorf("config %s: error %v does not name the version, or is damage", name, err)
+				}
+			case !errors.Is(err, ErrDamaged):
+				t.Errorf("config %s in both copies: %v, want damage", name, err)
 			}
+			// One hostile copy: the vault opens from the other, except
+			// that a newer version in either copy is refused.
+			for _, hostile := range configNames {
+				be, _ := fzVaultBackend(t)
+				fzPut(t, be, hostile, c)
+				v, err := fzOpen(be)
+				if name == "version 2" {
+					if !errors.Is(err, ErrUnsupported) {
+						t.Errorf("config %s in %s: %v, want ErrUnsupported", name, hostile, err)
+					}
+					continue
+				}
+				if err != nil || v.cfg != fzConfig() {
+					t.Errorf("config %s in %s only: %v", name, hostile, err)
+				}
+			}
+		}
+	})
+	t.Run("config copies differ", func(t *testing.T) {
+		be, _ := fzVaultBackend(t)
+		other := fzConfig()
+		other.BlockSize = 8192
+		ob, _ := json.Marshal(other)
+		fzPut(t, be, configCopyName, fzKeys(t).seal(kindConfig, ob, false))
+		if _, err := fzOpen(be); !errors.Is(err, ErrDamaged) || !strings.Contains(err.Error(), "block_size") {
+			t.Fatalf("copies that differ: %v, want damage naming block_size", err)
 		}
 	})
 }

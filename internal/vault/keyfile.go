@@ -90,25 +90,40 @@ func wrapKey(k *keys, passphrase []byte, p KDFParams, now time.Time, host, user 
 }
 
 // parseKeyFile decodes and validates a key file without running the KDF.
+// A file that cannot be one Lifeboat wrote (bad JSON, a missing field, a
+// salt or wrapped key of an impossible length, KDF parameters out of
+// bounds) is a *DamagedError; a newer version is ErrUnsupported. Only a
+// key file that passes here and then fails authentication means a wrong
+// passphrase (unwrap).
 func parseKeyFile(b []byte) (*keyFile, error) {
+	// The version first: a newer key file may change any other field.
+	var ver struct{ Version int }
+	if err := json.Unmarshal(b, &ver); err != nil {
+		return nil, damaged("key file", "not a JSON key file (%d bytes): %w", len(b), err)
+	}
+	if ver.Version > keyFileVersion {
+		return nil, fmt.Errorf("key file version %d is %w (it reads version %d): upgrade Lifeboat", ver.Version, ErrUnsupported, keyFileVersion)
+	}
 	var kf keyFile
 	if err := json.Unmarshal(b, &kf); err != nil {
-		return nil, fmt.Errorf("key file: %w", err)
+		return nil, damaged("key file", "not a JSON key file (%d bytes): %w", len(b), err)
 	}
-	if kf.Version != keyFileVersion {
-		return nil, fmt.Errorf("key file version %d is not supported", kf.Version)
-	}
-	if kf.KDF != "argon2id" {
-		return nil, fmt.Errorf("key file: unknown kdf %q", kf.KDF)
+	switch {
+	case kf.Version != keyFileVersion:
+		return nil, damaged("key file", "version %d", kf.Version)
+	case kf.Created.IsZero():
+		return nil, damaged("key file", "\"created\" is missing")
+	case kf.KDF != "argon2id":
+		return nil, damaged("key file", "unknown kdf %q", kf.KDF)
 	}
 	if err := kf.KDFParams.validate(); err != nil {
-		return nil, fmt.Errorf("key file: %w", err)
+		return nil, damaged("key file", "%w", err)
 	}
 	if len(kf.Salt) < 16 || len(kf.Salt) > 64 {
-		return nil, fmt.Errorf("key file: salt of %d bytes", len(kf.Salt))
+		return nil, damaged("key file", "salt of %d bytes (16..64 expected)", len(kf.Salt))
 	}
-	if len(kf.Wrapped) != nonceSize+masterKeySize+tagSize {
-		return nil, fmt.Errorf("key file: wrapped key of %d bytes", len(kf.Wrapped))
+	if want := nonceSize + masterKeySize + tagSize; len(kf.Wrapped) != want {
+		return nil, damaged("key file", "wrapped key of %d bytes, not %d (truncated or altered)", len(kf.Wrapped), want)
 	}
 	return &kf, nil
 }

@@ -99,10 +99,10 @@ func Init(ctx context.Context, be backend.Backend, passphrase []byte, o InitOpti
 	if err := o.checkLockTiming(); err != nil {
 		return nil, err
 	}
-	if _, err := be.Stat(ctx, "config"); err == nil {
+	if exists, err := configExists(ctx, be); err != nil {
+		return nil, err
+	} else if exists {
 		return nil, fmt.Errorf("a vault already exists at %s", be.Location())
-	} else if !backend.IsNotExist(err) {
-		return nil, fmt.Errorf("check %s: %w", be.Location(), err)
 	}
 	cfg := Config{Version: FormatVersion, Created: o.Clock.Now().UTC().Truncate(time.Second),
 		BlockSize: o.BlockSize, TreeFanout: o.Fanout, PackSize: o.PackSize,
@@ -125,14 +125,15 @@ func Init(ctx context.Context, be backend.Backend, passphrase []byte, o InitOpti
 	}
 	cfg.ID = hex.EncodeToString(rid[:])
 	if err := cfg.validate(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("new vault config: %w", err)
 	}
 	k, err := newMasterKey()
 	if err != nil {
 		return nil, err
 	}
 	v := newVault(be, k, cfg, o.Options)
-	// Key first, config last: the config is what makes the location a vault.
+	// Key first, config last: the config is what makes the location a
+	// vault. Its two copies are written one after the other (§10).
 	kid, err := v.writeKey(ctx, passphrase)
 	if err != nil {
 		return nil, err
@@ -142,9 +143,8 @@ func Init(ctx context.Context, be backend.Backend, passphrase []byte, o InitOpti
 	if err != nil {
 		return nil, err
 	}
-	sealed := k.seal(kindConfig, cb, false)
-	if err := be.Put(ctx, "config", bytes.NewReader(sealed), int64(len(sealed))); err != nil {
-		return nil, fmt.Errorf("write config: %w", err)
+	if err := writeConfigCopies(ctx, be, k.seal(kindConfig, cb, false)); err != nil {
+		return nil, err
 	}
 	return v, nil
 }
@@ -168,54 +168,7 @@ func Open(ctx context.Context, be backend.Backend, passphrase []byte, o Options)
 	if err := o.checkLockTiming(); err != nil {
 		return nil, err
 	}
-	sealedCfg, err := backend.ReadAll(ctx, be, "config")
-	if backend.IsNotExist(err) {
-		return nil, fmt.Errorf("%w: %s has no vault config; create a vault with `lifeboat vault init %s`", ErrNoVault, be.Location(), be.Location())
-	}
-	if err != nil {
-		return nil, fmt.Errorf("open vault at %s: %w", be.Location(), err)
-	}
-	kids, err := listIDs(ctx, be, "keys/")
-	if err != nil {
-		return nil, fmt.Errorf("list keys: %w", err)
-	}
-	if len(kids) == 0 {
-		return nil, fmt.Errorf("vault at %s has no key files (keys/ is empty): it cannot be opened", be.Location())
-	}
-	var lastErr error = ErrWrongPassphrase
-	for _, kid := range kids {
-		b, err := backend.ReadAll(ctx, be, "keys/"+kid.String())
-		if err != nil {
-			lastErr = err
-			continue
-		}
-		kf, err := parseKeyFile(b)
-		if err != nil {
-			o.Logger.Warn("skipping unreadable key file", "key", kid.Short(), "err", err)
-			continue
-		}
-		k, err := kf.unwrap(passphrase)
-		if err != nil {
-			continue
-		}
-		plain, err := k.open(kindConfig, sealedCfg)
-		if err != nil {
-			// A key of another vault (e.g. a leftover of an interrupted init).
-			lastErr = fmt.Errorf("config: %w", err)
-			continue
-		}
-		cfg, err := decodeConfig(plain)
-		if err != nil {
-			return nil, err
-		}
-		v := newVault(be, k, *cfg, o)
-		v.keyID = kid
-		return v, nil
-	}
-	if errors.Is(lastErr, ErrWrongPassphrase) {
-		return nil, fmt.Errorf("open vault at %s: %w", be.Location(), ErrWrongPassphrase)
-	}
-	return nil, fmt.Errorf("open vault at %s: %w", be.Location(), lastErr)
+	return openVault(ctx, be, passphrase, o)
 }
 
 // Config returns the vault's parameters.
