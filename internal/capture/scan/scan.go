@@ -277,55 +277,24 @@ func (d *Driver) Begin(ctx context.Context, base string) (capture.Cycle, error) 
 }
 
 // openDisk opens the view the cycle reads: the disk itself, or a reflink
-// clone of it.
+// clone of it. Anything but a regular file or a block device is refused
+// without blocking (OpenDisk).
 func (c *Cycle) openDisk() error {
 	d := c.d
-	fi, err := os.Stat(d.path)
+	f, fi, err := OpenDisk(d.path)
 	if err != nil {
 		return fmt.Errorf("scan: disk: %w", err)
 	}
-	switch {
-	case fi.Mode().IsRegular():
-		// Clones go beside the image itself (same filesystem), not
-		// beside a symlink to it.
-		real, err := filepath.EvalSymlinks(d.path)
-		if err != nil {
-			return fmt.Errorf("scan: disk: %w", err)
-		}
-		d.removeLeftovers(filepath.Dir(real), "."+filepath.Base(real)+snapInfix)
-		if d.snapshot == SnapshotReflink {
-			f, err := d.clone(real)
-			if err != nil {
-				return err
-			}
-			c.disk, c.diskName, c.snap = f, f.Name(), f.Name()
-		} else {
-			f, err := os.Open(d.path)
-			if err != nil {
-				return fmt.Errorf("scan: open disk: %w", err)
-			}
-			c.disk, c.diskName = f, d.path
-		}
-		st, err := c.disk.Stat()
-		if err != nil {
-			return fmt.Errorf("scan: stat %s: %w", c.diskName, err)
-		}
-		c.size = st.Size()
-		c.sparse = !d.noSeekData
-	case fi.Mode()&fs.ModeDevice != 0 && fi.Mode()&fs.ModeCharDevice == 0:
+	if IsBlockDevice(fi.Mode()) {
+		c.disk, c.diskName = f, d.path
 		if d.snapshot == SnapshotReflink {
 			return fmt.Errorf("scan: %s is a block device, which cannot be reflinked: use Snapshot %q (crash-consistent only while nothing writes to it), or a raw image file on XFS or btrfs", d.path, SnapshotNone)
 		}
-		f, err := os.Open(d.path)
-		if err != nil {
-			return fmt.Errorf("scan: open disk: %w", err)
-		}
-		c.disk, c.diskName = f, d.path
 		if c.size, err = f.Seek(0, io.SeekEnd); err != nil {
 			return fmt.Errorf("scan: size of block device %s: %w", d.path, err)
 		}
-	default:
-		return fmt.Errorf("scan: %s is neither a regular file nor a block device (mode %s): point Options.Path at a raw image or a block device", d.path, fi.Mode())
+	} else if err := c.openImage(f); err != nil {
+		return err
 	}
 	if c.size > maxDiskSize {
 		return fmt.Errorf("scan: %s is %d bytes, more than the %d this driver supports", c.diskName, c.size, int64(maxDiskSize))
@@ -333,14 +302,38 @@ func (c *Cycle) openDisk() error {
 	return nil
 }
 
-// clone makes a reflink copy of the image file path next to it and
-// returns it open.
-func (d *Driver) clone(path string) (*os.File, error) {
-	src, err := os.Open(path)
+// openImage makes the cycle read the image file f (open on d.path), or a
+// reflink clone of it.
+func (c *Cycle) openImage(f *os.File) error {
+	d := c.d
+	c.disk, c.diskName = f, d.path
+	// Clones go beside the image itself (same filesystem), not beside a
+	// symlink to it.
+	real, err := filepath.EvalSymlinks(d.path)
 	if err != nil {
-		return nil, fmt.Errorf("scan: open disk: %w", err)
+		return fmt.Errorf("scan: disk: %w", err)
 	}
-	defer src.Close()
+	d.removeLeftovers(filepath.Dir(real), "."+filepath.Base(real)+snapInfix)
+	if d.snapshot == SnapshotReflink {
+		snap, err := d.clone(f, real)
+		if err != nil {
+			return err
+		}
+		f.Close()
+		c.disk, c.diskName, c.snap = snap, snap.Name(), snap.Name()
+	}
+	st, err := c.disk.Stat()
+	if err != nil {
+		return fmt.Errorf("scan: stat %s: %w", c.diskName, err)
+	}
+	c.size = st.Size()
+	c.sparse = !d.noSeekData
+	return nil
+}
+
+// clone makes a reflink copy of the image file src (open on path) next to
+// it and returns it open.
+func (d *Driver) clone(src *os.File, path string) (*os.File, error) {
 	dst, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+snapInfix+strconv.Itoa(os.Getpid())+".*")
 	if err != nil {
 		return nil, fmt.Errorf("scan: create snapshot file beside %s: %w", path, err)
