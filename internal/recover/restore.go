@@ -42,7 +42,10 @@ type Result struct {
 	Device        bool
 }
 
-// Restore writes disk `name` of point p to target.
+// Restore writes disk `name` of point p to target. A target CheckTarget
+// refuses, one that is neither a regular file nor a block device, or an
+// existing file without Incremental or Force is refused with ErrRefused
+// before anything is written.
 func Restore(ctx context.Context, v *vault.Vault, p *vault.Point, name, target string, o Options) (*Result, error) {
 	r, err := v.OpenDisk(p, name)
 	if err != nil {
@@ -51,53 +54,65 @@ func Restore(ctx context.Context, v *vault.Vault, p *vault.Point, name, target s
 	if o.Workers <= 0 {
 		o.Workers = 2 * runtime.GOMAXPROCS(0)
 	}
+	if err := CheckTarget(target, VaultDir(v)); err != nil {
+		return nil, err
+	}
 	fi, statErr := os.Stat(target)
 	exists := statErr == nil
 	if statErr != nil && !errors.Is(statErr, os.ErrNotExist) {
 		return nil, statErr
 	}
-	device := exists && fi.Mode()&os.ModeDevice != 0
+	device := exists && fi.Mode()&os.ModeDevice != 0 && fi.Mode()&os.ModeCharDevice == 0
 	switch {
 	case o.Incremental && !exists:
-		return nil, fmt.Errorf("--incremental needs an existing target, and %s does not exist", target)
+		return nil, refused("--incremental needs an existing target, and %s does not exist", target)
 	case exists && !device && !fi.Mode().IsRegular():
-		return nil, fmt.Errorf("%s is neither a regular file nor a block device", target)
+		return nil, refused("%s is neither a regular file nor a block device (%s): give a file or a block device with --to", target, fi.Mode().Type())
 	case exists && !device && !o.Incremental && !o.Force:
-		return nil, fmt.Errorf("%s exists: use --incremental to update it in place (writes only differing blocks) or --force to overwrite it", target)
+		return nil, refused("%s exists: use --incremental to update it in place (writes only differing blocks) or --force to overwrite it", target)
 	}
 	res := &Result{Size: r.Disk().Size, Device: device}
-
 	if o.Incremental || device {
-		f, err := os.OpenFile(target, os.O_RDWR, 0)
-		if err != nil {
-			return nil, err
-		}
-		if device {
-			dsz, err := f.Seek(0, io.SeekEnd)
-			if err == nil && dsz < res.Size {
-				f.Close()
-				return nil, fmt.Errorf("device %s holds %d bytes, the disk needs %d", target, dsz, res.Size)
-			}
-		} else if err := f.Truncate(res.Size); err != nil {
-			f.Close()
-			return nil, fmt.Errorf("resize %s: %w", target, err)
-		}
-		// A device without --incremental is still compared block by block:
-		// its content is unknown, and reading is cheaper than writing.
-		err = run(ctx, r, f, true, device, o, res)
-		if serr := f.Sync(); err == nil && serr != nil {
-			err = fmt.Errorf("sync %s: %w", target, serr)
-		}
-		if cerr := f.Close(); err == nil && cerr != nil {
-			err = cerr
-		}
-		return res, err
+		return res, restoreInPlace(ctx, r, target, fi, device, o, res)
 	}
+	return res, restoreNew(ctx, r, target, o, res)
+}
 
+// restoreInPlace compares and updates an existing file or a device
+// (fi: what stat saw there).
+func restoreInPlace(ctx context.Context, r *vault.DiskReader, target string, fi os.FileInfo, device bool, o Options, res *Result) error {
+	f, err := openTarget(target, fi, device)
+	if err != nil {
+		return err
+	}
+	if device {
+		dsz, err := f.Seek(0, io.SeekEnd)
+		if err == nil && dsz < res.Size {
+			f.Close()
+			return refused("device %s holds %d bytes, the disk needs %d", target, dsz, res.Size)
+		}
+	} else if err := f.Truncate(res.Size); err != nil {
+		f.Close()
+		return fmt.Errorf("resize %s: %w", target, err)
+	}
+	// A device without --incremental is still compared block by block:
+	// its content is unknown, and reading is cheaper than writing.
+	err = run(ctx, r, f, true, device, o, res)
+	if serr := f.Sync(); err == nil && serr != nil {
+		err = fmt.Errorf("sync %s: %w", target, serr)
+	}
+	if cerr := f.Close(); err == nil && cerr != nil {
+		err = cerr
+	}
+	return err
+}
+
+// restoreNew writes a new file (or replaces one with --force).
+func restoreNew(ctx context.Context, r *vault.DiskReader, target string, o Options, res *Result) error {
 	// New file (or --force): write a sparse temp file beside it, then rename.
 	tmp, err := os.CreateTemp(filepath.Dir(target), "."+filepath.Base(target)+".lifeboat-restore-*")
 	if err != nil {
-		return nil, err
+		return err
 	}
 	ok := false
 	defer func() {
@@ -107,26 +122,26 @@ func Restore(ctx context.Context, v *vault.Vault, p *vault.Point, name, target s
 		}
 	}()
 	if err := tmp.Truncate(res.Size); err != nil {
-		return nil, fmt.Errorf("size %s: %w", tmp.Name(), err)
+		return fmt.Errorf("size %s: %w", tmp.Name(), err)
 	}
 	if err := run(ctx, r, tmp, false, false, o, res); err != nil {
-		return res, err
+		return err
 	}
 	if err := tmp.Sync(); err != nil {
-		return res, fmt.Errorf("sync %s: %w", tmp.Name(), err)
+		return fmt.Errorf("sync %s: %w", tmp.Name(), err)
 	}
 	if err := tmp.Close(); err != nil {
-		return res, err
+		return err
 	}
 	if err := os.Rename(tmp.Name(), target); err != nil {
-		return res, err
+		return err
 	}
 	ok = true
 	if d, err := os.Open(filepath.Dir(target)); err == nil {
 		_ = d.Sync()
 		d.Close()
 	}
-	return res, nil
+	return nil
 }
 
 // run restores every leaf with o.Workers workers. compare: read the target
