@@ -22,31 +22,48 @@ const (
 	flagNoZeroes      = 1 << 1
 
 	// options
+	optExportName      = 1
 	optAbort           = 2
+	optList            = 3
+	optStartTLS        = 5
+	optInfo            = 6
 	optGo              = 7
 	optStructuredReply = 8
+	optListMetaContext = 9
 	optSetMetaContext  = 10
 
 	// option reply types
 	repAck         = 1
+	repServer      = 2
 	repInfo        = 3
 	repMetaContext = 4
 	repErrBit      = 1 << 31
+	repErrInvalid  = repErrBit | 3
+	repErrTLSReqd  = repErrBit | 5
 
 	// NBD_REP_INFO types
 	infoExport    = 0
 	infoBlockSize = 3
 
 	// transmission flags
-	tfReadOnly  = 1 << 1
-	tfSendFlush = 1 << 2
+	tfHasFlags     = 1 << 0
+	tfReadOnly     = 1 << 1
+	tfSendFlush    = 1 << 2
+	tfSendDF       = 1 << 7
+	tfCanMultiConn = 1 << 8
 
 	// commands
 	cmdRead        = 0
 	cmdWrite       = 1
 	cmdDisc        = 2
 	cmdFlush       = 3
+	cmdTrim        = 4
+	cmdCache       = 5
+	cmdWriteZeroes = 6
 	cmdBlockStatus = 7
+
+	// command flags
+	cmdFlagReqOne = 1 << 3
 
 	// structured reply flags and chunk types
 	replyFlagDone    = 1 << 0
