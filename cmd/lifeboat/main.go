@@ -15,9 +15,16 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
+
+	"github.com/lifeboat-dr/lifeboat/internal/capture/scan"
+	"github.com/lifeboat-dr/lifeboat/internal/recover"
+	"github.com/lifeboat-dr/lifeboat/internal/vault"
 )
 
-// Exit codes (documented in docs/operations.md).
+// Exit codes (documented in docs/operations.md). Errors that are not a
+// codeError get exitDamaged when they wrap vault.ErrDamaged (a damaged
+// config or key file, damage found by check) and exitUsage when a target
+// or disk was refused before anything was read or written.
 const (
 	exitOK      = 0
 	exitError   = 1
@@ -69,6 +76,12 @@ func (a *app) exitCode(err error) int {
 		return ce.code
 	}
 	fmt.Fprintf(a.stderr, "lifeboat: error: %v\n", err)
+	switch {
+	case errors.Is(err, vault.ErrDamaged):
+		return exitDamaged
+	case errors.Is(err, recover.ErrRefused), errors.Is(err, scan.ErrNotDisk):
+		return exitUsage
+	}
 	return exitError
 }
 

@@ -107,6 +107,9 @@ func (a *app) runReplicate(ctx context.Context, f replicateFlags) error {
 		}
 		labels[k] = val
 	}
+	if err := checkDiskFlags(f.disks); err != nil {
+		return err
+	}
 	var spec []byte
 	if f.vmSpec != "" {
 		var err error
@@ -207,6 +210,23 @@ func (a *app) runReplicate(ctx context.Context, f replicateFlags) error {
 	}
 }
 
+// checkDiskFlags refuses at once a --disk NAME=PATH whose path is a FIFO,
+// socket, character device, directory or anything else that is not a
+// regular file or block device (scan.ErrNotDisk, exit 2). A path that
+// does not exist yet is left to the cycles, which report it.
+func checkDiskFlags(specs []string) error {
+	for _, d := range specs {
+		name, path, ok := strings.Cut(d, "=")
+		if !ok || path == "" {
+			continue // reported with the other --disk checks
+		}
+		if err := scan.CheckDisk(path); errors.Is(err, scan.ErrNotDisk) {
+			return &codeError{exitUsage, fmt.Errorf("--disk %s: %w", name, err)}
+		}
+	}
+	return nil
+}
+
 // cycleJSON is the --json form of a cycle.
 type cycleJSON struct {
 	Point   string                 `json:"point"`
@@ -245,7 +265,7 @@ func (a *app) limitMemory(paths []string, blockSize int) {
 	}
 	var blocks int64
 	for _, p := range paths {
-		f, err := os.Open(p)
+		f, _, err := scan.OpenDisk(p)
 		if err != nil {
 			continue
 		}

@@ -24,7 +24,12 @@ temporary name, renamed when complete). With --incremental the target is
 read first and only blocks that differ from the point are written: use it to
 bring a disk that holds an older or newer point, or unknown content, to this
 point. A block device is always compared first. Every block is verified
-against its hash before it is written.`,
+against its hash before it is written.
+
+Refused (exit 2, nothing written): a target inside the vault's directory or
+one of the vault's files, a block device that is mounted, used as swap,
+holds a mounted partition or the vault, or is part of another device, and
+anything that is neither a file nor a block device.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
@@ -33,6 +38,10 @@ against its hash before it is written.`,
 			}
 			v, err := a.openVault(ctx)
 			if err != nil {
+				return err
+			}
+			// Refused before the index is loaded; Restore checks again.
+			if err := recover.CheckTarget(to, recover.VaultDir(v)); err != nil {
 				return err
 			}
 			p, err := v.FindPoint(ctx, args[0])

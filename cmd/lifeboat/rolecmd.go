@@ -105,6 +105,11 @@ func parseDisks(specs []string) ([]agent.DiskConfig, error) {
 		}
 		out = append(out, agent.DiskConfig{Name: name, Path: path})
 	}
+	// Before enrolling spends the one-time token: a FIFO, socket,
+	// character device or directory is no disk.
+	if err := checkDiskFlags(specs); err != nil {
+		return nil, err
+	}
 	return out, nil
 }
 

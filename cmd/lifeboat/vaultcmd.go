@@ -177,7 +177,10 @@ func (a *app) vaultCheckCmd() *cobra.Command {
 		Long: `Check verifies that every index file, pack header, recovery point and tree
 node is intact and that every referenced block is stored. With --read-data
 it also reads every pack, checks it against its name and re-hashes every
-block. Damage is listed per object with the recovery points it affects.
+block. Damage is listed per object with the recovery points it affects:
+also a damaged copy of the config, a damaged key file, and any file in
+keys/ that is not a key file. Files with names Lifeboat does not write
+elsewhere, and a missing second config copy, are warnings.
 Exit status 3 means damage was found.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -344,6 +347,31 @@ func (a *app) vaultRepairCmd() *cobra.Command {
 			for _, u := range rep.Unreadable {
 				fmt.Fprintf(a.stdout, "pack %s has an unreadable header: kept what the old index said about it\n", u[:16])
 			}
+			return nil
+		},
+	})
+	c.AddCommand(&cobra.Command{
+		Use:   "config",
+		Short: "Rewrite a missing or damaged copy of the vault's config from the intact one",
+		Long: `The config is stored twice (config and config.copy). Repair config rewrites
+a copy that is missing (vaults made before Lifeboat kept two) or damaged with
+the bytes of the intact one. It refuses when the two copies are both intact
+but differ: that is tampering or a bug, and it does not choose.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			v, err := a.openVault(cmd.Context())
+			if err != nil {
+				return err
+			}
+			rep, err := v.RepairConfig(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if len(rep.Rewritten) == 0 {
+				fmt.Fprintln(a.stdout, "both copies of the config are intact: nothing to do")
+				return nil
+			}
+			fmt.Fprintf(a.stdout, "rewrote %s from the intact copy\n", strings.Join(rep.Rewritten, " and "))
 			return nil
 		},
 	})
