@@ -503,6 +503,25 @@ type Event struct {
 	Machine  string    `json:"machine,omitempty"`
 	Process  string    `json:"process,omitempty"`
 	Message  string    `json:"message"`
+	// Actor is who made the change an audit event records (nil on other
+	// events). The server sets it; what components report never has one.
+	Actor *Actor `json:"actor,omitempty"`
+}
+
+// EventAudit is the kind of the events that record changes made through
+// the API; only the server writes them.
+const EventAudit = "audit"
+
+// Actor identifies who made a request: the API token (by its ID: names
+// are labels and need not be unique) or the client certificate, the role,
+// and the address the request came from.
+type Actor struct {
+	Role       string `json:"role"`                  // viewer, operator, admin (tokens); agent, process (certificates)
+	TokenID    string `json:"token_id,omitempty"`    // bearer-token callers
+	TokenName  string `json:"token_name,omitempty"`  // the token's label, as created
+	CertSerial string `json:"cert_serial,omitempty"` // certificate callers: serial, hex
+	CertName   string `json:"cert_name,omitempty"`   // certificate callers: machine or process server name
+	Address    string `json:"address"`               // the client's IP:port as the server saw it
 }
 
 // Status is GET /api/v1/status.

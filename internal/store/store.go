@@ -45,6 +45,17 @@ type Cert struct {
 	Revoked  time.Time // zero: not revoked
 }
 
+// EventPrune selects the events PruneEvents deletes: those of kind Kind
+// (if set), or of every kind but ExceptKind (if set), that are older than
+// Before (zero: none by age) or beyond the newest Keep (0: no count
+// limit).
+type EventPrune struct {
+	Kind       string
+	ExceptKind string
+	Before     time.Time
+	Keep       int
+}
+
 // Store is the control plane's state. Every method is safe for concurrent
 // use. Get* return ErrNotFound; Create* return ErrConflict for a name that
 // exists.
@@ -108,9 +119,14 @@ type Store interface {
 	PointsByPrefix(ctx context.Context, prefix string, limit int) ([]api.Point, error)
 	DeletePoints(ctx context.Context, ids []string) error
 
-	// Events, with increasing IDs assigned by the store.
+	// Events, with increasing IDs assigned by the store. An event's
+	// Actor is kept when its Role is set (nil otherwise).
 	AddEvent(ctx context.Context, e api.Event) (int64, error)
 	ListEvents(ctx context.Context, sinceID int64, machine string, limit int) ([]api.Event, error) // oldest first
+	// PruneEvents deletes the events p selects that are older than
+	// p.Before, then all but the newest p.Keep of them (by ID), in
+	// batches, and returns how many it deleted.
+	PruneEvents(ctx context.Context, p EventPrune) (int64, error)
 
 	// Settings: small key/value pairs (server identity, schedule marks).
 	GetSetting(ctx context.Context, key string) (string, error)

@@ -107,6 +107,19 @@ var migrations = [][]string{
 		`ALTER TABLE points ADD COLUMN sent_bytes BIGINT`,
 		`ALTER TABLE points ADD COLUMN duration_ns BIGINT`,
 	},
+	// 3: who made the change an audit event records (empty on other
+	// events), and indexes for pruning events by age and audit events (a
+	// partial index: kinds are free text, too long for a btree key).
+	{
+		`ALTER TABLE events ADD COLUMN actor_role TEXT NOT NULL DEFAULT ''`,
+		`ALTER TABLE events ADD COLUMN actor_token_id TEXT NOT NULL DEFAULT ''`,
+		`ALTER TABLE events ADD COLUMN actor_token_name TEXT NOT NULL DEFAULT ''`,
+		`ALTER TABLE events ADD COLUMN actor_cert_serial TEXT NOT NULL DEFAULT ''`,
+		`ALTER TABLE events ADD COLUMN actor_cert_name TEXT NOT NULL DEFAULT ''`,
+		`ALTER TABLE events ADD COLUMN actor_address TEXT NOT NULL DEFAULT ''`,
+		`CREATE INDEX events_at ON events (at)`,
+		`CREATE INDEX events_audit_id ON events (id) WHERE kind = 'audit'`,
+	},
 }
 
 // migrateUpTo, when above 0, stops migrations at that version: tests

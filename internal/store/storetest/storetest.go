@@ -49,6 +49,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"PointFigures", testPointFigures},
 		{"PointsByPrefix", testPointsByPrefix},
 		{"Events", testEvents},
+		{"EventActor", testEventActor},
+		{"PruneEvents", testPruneEvents},
 		{"Settings", testSettings},
 		{"Times", testTimes},
 		{"Hostile", testHostile},
