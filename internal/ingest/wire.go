@@ -49,6 +49,11 @@ package ingest
 // stored), that the data length is the block's length on the disk, and
 // that every reference names a block it holds (409 conflict otherwise:
 // the client resends the batch with data).
+//
+// Any request to a session whose process server lost the session's vault
+// write lock is answered 410 lock_lost (locklost.go): the session is over,
+// nothing more of it is acknowledged or published, and the client ends
+// the cycle (ErrSessionLost) and opens a new session next time.
 
 import (
 	"encoding/binary"
