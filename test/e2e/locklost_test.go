@@ -213,10 +213,12 @@ func TestPausedProcessServerLosesItsLock(t *testing.T) {
 	makeDisk(t, disk, 48<<20, 40<<20, 22)
 	want := fileSHA(t, disk)
 
-	state := filepath.Join(cl.dir, "ps-ps1")
-	cl.mustRun("process", "enroll", "--server", "https://"+cl.apiAddr, "--token", cl.token("process"), "--name", "ps1",
-		"--listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--state-dir", state, "--cache-limit", fmt.Sprint(4<<20))
-	ps := cl.spawn("ps-ps1", "process", "run", "--state-dir", state, "--log-level", "info")
+	// A 4 MiB cache: the session checkpoints its blocks into the vault
+	// every few MiB, so packs it stored are there to be collected.
+	ps := cl.addProcess("ps1", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "")
+	ps.stop()
+	setCacheLimit(t, filepath.Join(cl.dir, "ps-ps1", "process.json"), 4<<20)
+	ps.start()
 	defer ps.signal(syscall.SIGCONT) // before the cluster's cleanup stops it
 	ag := cl.addAgent("r1", "", map[string]string{"d0": disk})
 	cl.waitFor("the process server to report", time.Minute, func() bool {
@@ -268,6 +270,26 @@ func TestPausedProcessServerLosesItsLock(t *testing.T) {
 		return false
 	})
 	t.Logf("%d points, all restore", n)
+}
+
+// setCacheLimit rewrites a process server's cache_limit.
+func setCacheLimit(t *testing.T, path string, limit int64) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := map[string]any{}
+	if err := json.Unmarshal(b, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	cfg["cache_limit"] = limit
+	if b, err = json.Marshal(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // signal sends sig to the daemon's process.
