@@ -97,22 +97,27 @@ func (v *Vault) Lock(ctx context.Context, kind string) (*Lock, error) {
 	if e := sinceRefresh(v.clock.Now(), now); e > l.bound {
 		return fail(fmt.Errorf("take %s lock: %w: writing it took %s, longer than the %s a lock may go unrefreshed", kind, ErrLockLost, roundDur(e), l.bound))
 	}
-	if kind == LockPrune {
-		locks, err := v.Locks(ctx)
-		if err != nil {
-			return fail(err)
-		}
-		for _, o := range locks {
-			if o.Name != l.info.Name && o.Kind == LockPrune && !v.lockStale(o) {
-				return fail(fmt.Errorf("%w: another prune runs on %s (pid %d, since %s)", ErrLocked, o.Hostname, o.PID, o.Created.Format(time.RFC3339)))
-			}
-		}
-	}
 	l.refreshT = v.clock.NewTimer(l.refresh)
 	l.monitorT = v.clock.NewTimer(l.nextCheck(sinceRefresh(v.clock.Now(), now)))
 	l.wg.Add(2)
 	go l.refresher()
 	go l.monitor()
+	if kind == LockPrune {
+		// Refreshed already while the other locks are read.
+		locks, err := v.Locks(ctx)
+		if err == nil {
+			for _, o := range locks {
+				if o.Name != l.info.Name && o.Kind == LockPrune && !v.lockStale(o) {
+					err = fmt.Errorf("%w: another prune runs on %s (pid %d, since %s)", ErrLocked, o.Hostname, o.PID, o.Created.Format(time.RFC3339))
+					break
+				}
+			}
+		}
+		if err != nil {
+			_ = l.Unlock(context.WithoutCancel(ctx))
+			return nil, err
+		}
+	}
 	return l, nil
 }
 
