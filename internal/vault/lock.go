@@ -95,7 +95,7 @@ func (v *Vault) Lock(ctx context.Context, kind string) (*Lock, error) {
 		return nil, err
 	}
 	if e := sinceRefresh(v.clock.Now(), now); e > l.bound {
-		return fail(fmt.Errorf("take %s lock: %w: writing it took %s, longer than the %s a lock may go unrefreshed", kind, ErrLockLost, roundDur(e), l.bound))
+		return fail(fmt.Errorf("take %s lock: %w: writing it took %s, longer than the %s a lock may go unrefreshed", kind, ErrLockLost, fmtDur(e), fmtDur(l.bound)))
 	}
 	l.refreshT = v.clock.NewTimer(l.refresh)
 	l.monitorT = v.clock.NewTimer(l.nextCheck(sinceRefresh(v.clock.Now(), now)))
@@ -238,11 +238,11 @@ func (l *Lock) lose(now time.Time) error {
 		return nil
 	}
 	l.err = fmt.Errorf("%w: the %s lock was not refreshed for %s (GC treats a lock as stale after %s); nothing more is written under it",
-		ErrLockLost, l.info.Kind, roundDur(since), l.stale)
+		ErrLockLost, l.info.Kind, fmtDur(since), fmtDur(l.stale))
 	err, last := l.err, l.last
 	l.mu.Unlock()
 	l.v.log.Error(fmt.Sprintf("lost the vault %s lock: not refreshed for %s (stale after %s); stopping: nothing more is written under it",
-		l.info.Kind, roundDur(since), l.stale), "lock", l.info.Name, "last_refresh", last.UTC())
+		l.info.Kind, fmtDur(since), fmtDur(l.stale)), "lock", l.info.Name, "last_refresh", last.UTC())
 	l.cancel(err)
 	return err
 }

@@ -148,7 +148,7 @@ func TestLockLostWithoutRefresh(t *testing.T) {
 	if !errors.Is(cause, ErrLockLost) || !errors.Is(l.Err(), ErrLockLost) || l.Valid() {
 		t.Fatalf("cause %v, Err %v", cause, l.Err())
 	}
-	if msg := cause.Error(); !strings.Contains(msg, "not refreshed for 5m1s") || !strings.Contains(msg, "stale after 15m0s") {
+	if msg := cause.Error(); !strings.Contains(msg, "not refreshed for 5m1s") || !strings.Contains(msg, "stale after 15m)") {
 		t.Fatalf("error %q does not say for how long and the stale age", msg)
 	}
 	// Lost stays lost, even once lock writes work again.
@@ -405,6 +405,15 @@ func TestParseLockTiming(t *testing.T) {
 	}
 	if _, err := Open(context.Background(), mem.New(), nil, Options{LockRefresh: time.Minute, LockStaleAfter: 2 * time.Minute}); err == nil || !strings.Contains(err.Error(), "refresh") {
 		t.Fatalf("Open with a refresh longer than the bound: %v", err)
+	}
+}
+
+func TestFmtDur(t *testing.T) {
+	for d, want := range map[time.Duration]string{15 * time.Minute: "15m", time.Hour: "1h", 7*time.Minute + 12*time.Second + 300*time.Millisecond: "7m12s",
+		8064 * time.Millisecond: "8.064s", 6 * time.Second: "6s", 90 * time.Minute: "1h30m", 5*time.Minute + time.Nanosecond: "5m"} {
+		if got := fmtDur(d); got != want {
+			t.Errorf("fmtDur(%v) = %q, want %q", d, got, want)
+		}
 	}
 }
 

@@ -111,10 +111,20 @@ func sinceRefresh(now, last time.Time) time.Duration {
 	return max(now.Sub(last), now.Round(0).Sub(last.Round(0)))
 }
 
-// roundDur prints durations to a useful precision.
-func roundDur(d time.Duration) time.Duration {
+// fmtDur prints a duration to a useful precision: 7m12s, 15m, 8.064s.
+func fmtDur(d time.Duration) string {
 	if d >= time.Minute {
-		return d.Round(time.Second)
+		d = d.Round(time.Second)
+	} else {
+		d = d.Round(time.Millisecond)
 	}
-	return d.Round(time.Millisecond)
+	s := d.String()
+	s, _ = strings.CutSuffix(s, "m0s")
+	if len(s) < len(d.String()) {
+		s += "m"
+	}
+	if t, ok := strings.CutSuffix(s, "h0m"); ok {
+		s = t + "h"
+	}
+	return s
 }
