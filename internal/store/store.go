@@ -33,6 +33,13 @@ type Token struct {
 	Expires time.Time // zero: never
 	Used    time.Time // zero: not used (one-time tokens)
 	Revoked bool
+	// Subject is the machine or process server name an enrollment token
+	// enrolls, and the only one it enrolls ("" on tokens made before
+	// tokens were bound to a name, and on API tokens).
+	Subject string
+	// Reenroll marks an operator's re-enroll token: it may enroll
+	// Subject although a machine or process server of that name exists.
+	Reenroll bool
 }
 
 // Cert is an issued certificate.
@@ -77,6 +84,16 @@ type Store interface {
 	// and returns their serials.
 	RevokeCerts(ctx context.Context, role, name string, now time.Time) ([]string, error)
 	RevokedSerials(ctx context.Context) ([]string, error)
+
+	// Key rotations an operator approved: the next renewal of role/name
+	// may present a new key, once. ApproveRotation records (or renews)
+	// the approval; RotationApproved returns when it was given
+	// (ErrNotFound: none pending); TakeRotation consumes it atomically:
+	// of concurrent callers exactly one succeeds, the others get
+	// ErrNotFound.
+	ApproveRotation(ctx context.Context, role, name string, now time.Time) error
+	RotationApproved(ctx context.Context, role, name string) (time.Time, error)
+	TakeRotation(ctx context.Context, role, name string) error
 
 	// Machines. PutMachine creates or replaces; machine names are unique.
 	PutMachine(ctx context.Context, m api.Machine) error

@@ -13,30 +13,31 @@ import (
 
 // ---- tokens ----
 
-const tokenCols = `id, hash, role, name, one_time, created, expires, used, revoked`
+const tokenCols = `id, hash, role, name, one_time, created, expires, used, revoked, subject, reenroll`
 
 func scanToken(sc interface{ Scan(...any) error }) (store.Token, error) {
 	var t store.Token
-	var oneTime, revoked int64
+	var oneTime, revoked, reenroll int64
 	var created, expires, used sql.NullInt64
-	if err := sc.Scan(&t.ID, &t.Hash, &t.Role, &t.Name, &oneTime, &created, &expires, &used, &revoked); err != nil {
+	if err := sc.Scan(&t.ID, &t.Hash, &t.Role, &t.Name, &oneTime, &created, &expires, &used, &revoked, &t.Subject, &reenroll); err != nil {
 		return store.Token{}, err
 	}
-	t.OneTime, t.Revoked = oneTime != 0, revoked != 0
+	t.OneTime, t.Revoked, t.Reenroll = oneTime != 0, revoked != 0, reenroll != 0
 	t.Created, t.Expires, t.Used = fromMicro(created), fromMicro(expires), fromMicro(used)
 	return t, nil
 }
 
 // CreateToken stores t; ErrConflict when its ID or hash exists.
 func (s *Store) CreateToken(ctx context.Context, t store.Token) error {
-	if err := checkTexts("token id", t.ID, "token role", t.Role, "token name", t.Name); err != nil {
+	if err := checkTexts("token id", t.ID, "token role", t.Role, "token name", t.Name, "token subject", t.Subject); err != nil {
 		return err
 	}
 	if len(t.Hash) == 0 {
 		return fmt.Errorf("sqlstore: token %s has no hash: %w", short(t.ID), ErrInvalidInput)
 	}
-	_, err := s.exec(ctx, `INSERT INTO tokens (`+tokenCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		t.ID, t.Hash, t.Role, t.Name, boolInt(t.OneTime), micro(t.Created), micro(t.Expires), micro(t.Used), boolInt(t.Revoked))
+	_, err := s.exec(ctx, `INSERT INTO tokens (`+tokenCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		t.ID, t.Hash, t.Role, t.Name, boolInt(t.OneTime), micro(t.Created), micro(t.Expires), micro(t.Used), boolInt(t.Revoked),
+		t.Subject, boolInt(t.Reenroll))
 	if isUnique(err) {
 		return fmt.Errorf("sqlstore: token %s (or its hash): %w", short(t.ID), store.ErrConflict)
 	}
@@ -213,6 +214,49 @@ func (s *Store) RevokedSerials(ctx context.Context) ([]string, error) {
 		return nil, fmt.Errorf("sqlstore: list revoked certificates: %w", err)
 	}
 	return out, nil
+}
+
+// ---- key rotations ----
+
+// ApproveRotation records that the next renewal of role/name may present
+// a new key; approving again moves the time of approval.
+func (s *Store) ApproveRotation(ctx context.Context, role, name string, now time.Time) error {
+	if err := checkTexts("rotation role", role, "rotation name", name); err != nil {
+		return err
+	}
+	if name == "" || now.IsZero() {
+		return fmt.Errorf("sqlstore: approve rotation of %s %s: empty name or zero time: %w", role, short(name), ErrInvalidInput)
+	}
+	_, err := s.exec(ctx, `INSERT INTO key_rotations (role, name, approved) VALUES (?, ?, ?)
+		ON CONFLICT (role, name) DO UPDATE SET approved = excluded.approved`, role, name, micro(now))
+	if err != nil {
+		return fmt.Errorf("sqlstore: approve rotation of %s %s: %w", role, short(name), err)
+	}
+	return nil
+}
+
+// RotationApproved returns when a pending rotation of role/name was
+// approved; ErrNotFound when none is pending.
+func (s *Store) RotationApproved(ctx context.Context, role, name string) (time.Time, error) {
+	var approved sql.NullInt64
+	err := s.r.QueryRowContext(ctx, s.q(`SELECT approved FROM key_rotations WHERE role = ? AND name = ?`), role, name).Scan(&approved)
+	if errors.Is(err, sql.ErrNoRows) {
+		return time.Time{}, fmt.Errorf("sqlstore: rotation of %s %s: %w", role, short(name), store.ErrNotFound)
+	}
+	if err != nil {
+		return time.Time{}, fmt.Errorf("sqlstore: rotation of %s %s: %w", role, short(name), err)
+	}
+	return fromMicro(approved), nil
+}
+
+// TakeRotation consumes the pending rotation of role/name: of concurrent
+// callers exactly one deletes the row; the others get ErrNotFound.
+func (s *Store) TakeRotation(ctx context.Context, role, name string) error {
+	res, err := s.exec(ctx, `DELETE FROM key_rotations WHERE role = ? AND name = ?`, role, name)
+	if err != nil {
+		return fmt.Errorf("sqlstore: take rotation of %s %s: %w", role, short(name), err)
+	}
+	return mustAffect(res, "key rotation of "+role, name)
 }
 
 // ---- settings ----

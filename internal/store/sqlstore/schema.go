@@ -120,6 +120,20 @@ var migrations = [][]string{
 		`CREATE INDEX events_at ON events (at)`,
 		`CREATE INDEX events_audit_id ON events (id) WHERE kind = 'audit'`,
 	},
+	// 4: an enrollment token names the machine or process server it
+	// enrolls (and whether it may take over an existing one: an
+	// operator's re-enroll token); operators approve key rotations, which
+	// the next renewal of that identity consumes.
+	{
+		`ALTER TABLE tokens ADD COLUMN subject TEXT NOT NULL DEFAULT ''`,
+		`ALTER TABLE tokens ADD COLUMN reenroll INTEGER NOT NULL DEFAULT 0`,
+		`CREATE TABLE key_rotations (
+			role     TEXT NOT NULL,
+			name     TEXT NOT NULL,
+			approved BIGINT NOT NULL,
+			PRIMARY KEY (role, name)
+		)`,
+	},
 }
 
 // migrateUpTo, when above 0, stops migrations at that version: tests

@@ -39,6 +39,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 	}{
 		{"Tokens", testTokens},
 		{"TokenRace", testTokenRace},
+		{"TokenSubjects", testTokenSubjects},
+		{"Rotations", testRotations},
 		{"Certs", testCerts},
 		{"Machines", testMachines},
 		{"UpdateMachineConcurrent", testUpdateMachineConcurrent},
