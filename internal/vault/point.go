@@ -83,9 +83,12 @@ func (p *Point) diskNames() string {
 	return strings.Join(n, ", ")
 }
 
-// validName accepts machine, disk and group names people can type.
+// validName accepts machine, disk and group names people can type. "."
+// and ".." are refused: names become file names (an agent's per-disk
+// state, a host agent's per-VM directory), where they would name a
+// directory itself or its parent.
 func validName(s string) bool {
-	if s == "" || len(s) > 255 {
+	if s == "" || len(s) > 255 || s == "." || s == ".." {
 		return false
 	}
 	for _, r := range s {
@@ -99,7 +102,7 @@ func validName(s string) bool {
 // ValidateName checks a machine, disk or group name.
 func ValidateName(kind, s string) error {
 	if !validName(s) {
-		return fmt.Errorf("invalid %s name %q: use 1-255 letters, digits and - _ . : @", kind, s)
+		return fmt.Errorf("invalid %s name %q: use 1-255 letters, digits and - _ . : @ (not \".\" or \"..\")", kind, s)
 	}
 	return nil
 }
