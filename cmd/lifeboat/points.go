@@ -27,7 +27,7 @@ one is named (--vault or LIFEBOAT_VAULT); otherwise, or with --server,
 they ask the server (the saved login), whose records add the agent's
 figures for the cycle that made each point: bytes changed, read and
 sent, and the cycle's duration. diff reads the vault.`}
-	c.AddCommand(a.pointsListCmd(), a.pointsShowCmd())
+	c.AddCommand(a.pointsListCmd(), a.pointsShowCmd(), a.pointsServeCmd())
 
 	var diskName string
 	var ranges, diffJSON bool
