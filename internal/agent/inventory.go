@@ -5,13 +5,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"runtime"
 	"strconv"
 	"strings"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/capture/scan"
 )
 
 // maxVMSpecSize bounds the vm_spec file.
@@ -29,28 +29,23 @@ type inventoryOptions struct {
 // reported with size 0 and the error.
 func diskInfo(d DiskConfig) (api.DiskInfo, error) {
 	di := api.DiskInfo{Name: d.Name, Path: d.Path}
-	fi, err := os.Stat(d.Path)
+	// Opened without blocking: a FIFO put at the path is refused, not
+	// waited on (the inventory runs in the control loop).
+	f, fi, err := scan.OpenDisk(d.Path)
 	if err != nil {
-		return di, fmt.Errorf("disk %s: %w", d.Name, err)
+		return di, fmt.Errorf("disk %s: %w (fix its path in agent.json)", d.Name, err)
 	}
-	switch {
-	case fi.Mode().IsRegular():
+	defer f.Close()
+	if fi.Mode().IsRegular() {
 		di.Kind, di.Size = "file", fi.Size()
-	case fi.Mode()&fs.ModeDevice != 0 && fi.Mode()&fs.ModeCharDevice == 0:
-		di.Kind = "block"
-		f, err := os.Open(d.Path)
-		if err != nil {
-			return di, fmt.Errorf("disk %s: %w", d.Name, err)
-		}
-		defer f.Close()
-		n, err := f.Seek(0, io.SeekEnd)
-		if err != nil {
-			return di, fmt.Errorf("disk %s: size of block device: %w", d.Name, err)
-		}
-		di.Size = n
-	default:
-		return di, fmt.Errorf("disk %s: %s is neither a regular file nor a block device (mode %s): fix its path in agent.json", d.Name, d.Path, fi.Mode())
+		return di, nil
 	}
+	di.Kind = "block"
+	n, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		return di, fmt.Errorf("disk %s: size of block device: %w", d.Name, err)
+	}
+	di.Size = n
 	return di, nil
 }
 

@@ -8,6 +8,9 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestInventoryFileDisks(t *testing.T) {
@@ -52,8 +55,26 @@ func TestInventoryFileDisks(t *testing.T) {
 	if inv.VMSpec != nil || inv.OS != "Plain" || len(warns) != 2 {
 		t.Fatalf("broken inputs: %+v, warnings %v", inv, warns)
 	}
-	if !strings.Contains(warns[0].Error(), "neither a regular file nor a block device") || !strings.Contains(warns[1].Error(), "not valid JSON") {
+	if !strings.Contains(warns[0].Error(), "not a raw image file or a block device") || !strings.Contains(warns[1].Error(), "not valid JSON") {
 		t.Fatalf("warnings %v", warns)
+	}
+	// A FIFO at a disk's path is refused at once, not waited on.
+	fifo := filepath.Join(dir, "fifo")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan []error, 1)
+	go func() {
+		_, w := inventory(&Config{Disks: []DiskConfig{{Name: "f", Path: fifo}}}, inventoryOptions{osRelease: osr})
+		done <- w
+	}()
+	select {
+	case w := <-done:
+		if len(w) != 1 || !strings.Contains(w[0].Error(), "FIFO") {
+			t.Fatalf("FIFO disk: warnings %v", w)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the inventory hung on a FIFO given as a disk")
 	}
 	if got := osName(filepath.Join(dir, "none")); got != runtime.GOOS {
 		t.Fatalf("missing os-release: %q", got)
