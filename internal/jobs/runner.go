@@ -1,0 +1,361 @@
+package jobs
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"sync"
+
+	"github.com/lifeboat-dr/lifeboat/internal/clock"
+)
+
+// StepFunc runs one step. It must be idempotent (see the package doc).
+type StepFunc func(ctx context.Context, sc *StepContext) error
+
+// StepDef is a named step of a kind of job.
+type StepDef struct {
+	Name string
+	Run  StepFunc
+}
+
+// Kind defines a kind of job: its steps, built from the job (its
+// parameters), the same way every time it is built.
+type Kind struct {
+	Name  string
+	Steps func(j *Job) ([]StepDef, error)
+}
+
+// Options configure a Runner.
+type Options struct {
+	Store  Store
+	Kinds  []Kind
+	Clock  clock.Clock
+	Logger *slog.Logger
+	// OnChange, if set, is called after every change of a job (for long
+	// polls and events); it must not block.
+	OnChange func(Job)
+}
+
+// Runner runs jobs: one goroutine per active job.
+type Runner struct {
+	o     Options
+	log   *slog.Logger
+	kinds map[string]Kind
+
+	mu      sync.Mutex
+	ctx     context.Context
+	running map[string]context.CancelFunc // job ID → cancel of its run
+	wg      sync.WaitGroup
+}
+
+// NewRunner returns a runner; Start resumes the jobs left active.
+func NewRunner(o Options) *Runner {
+	if o.Clock == nil {
+		o.Clock = clock.System{}
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	r := &Runner{o: o, log: o.Logger, kinds: map[string]Kind{}, running: map[string]context.CancelFunc{}}
+	for _, k := range o.Kinds {
+		r.kinds[k.Name] = k
+	}
+	return r
+}
+
+// Start runs, until ctx ends, every job that is queued or running (it was
+// interrupted) and keeps waiting jobs parked. New jobs run as they are
+// submitted.
+func (r *Runner) Start(ctx context.Context) error {
+	r.mu.Lock()
+	r.ctx = ctx
+	r.mu.Unlock()
+	active, err := r.o.Store.ListJobs(ctx, ListOptions{Active: true, Limit: 100000})
+	if err != nil {
+		return fmt.Errorf("jobs: list the jobs to resume: %w", err)
+	}
+	for _, j := range active {
+		if j.State == StateWaiting && j.Ack == "" && !j.CancelRequested {
+			continue
+		}
+		r.log.Info("resuming job", "job", j.ID, "kind", j.Kind, "target", j.Target, "state", j.State)
+		r.launch(j.ID)
+	}
+	return nil
+}
+
+// Wait waits until every job goroutine has returned (after ctx ended).
+func (r *Runner) Wait() { r.wg.Wait() }
+
+// Submit records a new job and starts it.
+func (r *Runner) Submit(ctx context.Context, kind, target string, params any, actor string) (Job, error) {
+	k, ok := r.kinds[kind]
+	if !ok {
+		return Job{}, fmt.Errorf("jobs: unknown kind of job %q", kind)
+	}
+	p, err := json.Marshal(params)
+	if err != nil {
+		return Job{}, err
+	}
+	j := Job{ID: newID(), Kind: kind, Target: target, State: StateQueued, Params: p, Actor: actor, Created: r.o.Clock.Now().UTC()}
+	defs, err := k.Steps(&j)
+	if err != nil {
+		return Job{}, err
+	}
+	for _, d := range defs {
+		j.Steps = append(j.Steps, Step{Name: d.Name, State: StepPending})
+	}
+	if err := r.o.Store.CreateJob(ctx, j); err != nil {
+		return Job{}, fmt.Errorf("jobs: record job: %w", err)
+	}
+	r.changed(j)
+	r.launch(j.ID)
+	return j, nil
+}
+
+// Cancel asks a job to stop: its running step's context is cancelled and
+// the job ends cancelled.
+func (r *Runner) Cancel(ctx context.Context, id string) (Job, error) {
+	j, err := r.o.Store.UpdateJob(ctx, id, func(j *Job) error {
+		if Terminal(j.State) {
+			return fmt.Errorf("job %s has already ended (%s)", j.ID, j.State)
+		}
+		j.CancelRequested = true
+		return nil
+	})
+	if err != nil {
+		return j, err
+	}
+	r.changed(j)
+	r.mu.Lock()
+	cancel := r.running[id]
+	r.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	} else {
+		r.launch(id) // a parked (waiting) job: end it
+	}
+	return j, nil
+}
+
+// Resume answers a waiting job: ack goes on, abort fails it.
+func (r *Runner) Resume(ctx context.Context, id string, ack bool) (Job, error) {
+	j, err := r.o.Store.UpdateJob(ctx, id, func(j *Job) error {
+		if j.State != StateWaiting {
+			return fmt.Errorf("job %s is %s, not waiting for an operator", j.ID, j.State)
+		}
+		j.Ack = "abort"
+		if ack {
+			j.Ack = "ack"
+		}
+		return nil
+	})
+	if err != nil {
+		return j, err
+	}
+	r.changed(j)
+	r.launch(id)
+	return j, nil
+}
+
+// launch runs a job in its own goroutine unless it already runs.
+func (r *Runner) launch(id string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.ctx == nil || r.ctx.Err() != nil {
+		return // not started, or stopping: Start picks it up
+	}
+	if _, ok := r.running[id]; ok {
+		return
+	}
+	ctx, cancel := context.WithCancel(r.ctx)
+	r.running[id] = cancel
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		defer func() {
+			r.mu.Lock()
+			delete(r.running, id)
+			r.mu.Unlock()
+			cancel()
+		}()
+		r.run(ctx, id)
+	}()
+}
+
+func (r *Runner) changed(j Job) {
+	if r.o.OnChange != nil {
+		r.o.OnChange(j)
+	}
+}
+
+func newID() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// run runs a job's remaining steps in order.
+func (r *Runner) run(ctx context.Context, id string) {
+	j, err := r.o.Store.GetJob(ctx, id)
+	if err != nil {
+		r.log.Error("job vanished", "job", id, "err", err)
+		return
+	}
+	k, ok := r.kinds[j.Kind]
+	if !ok {
+		r.finish(ctx, id, StateFailed, fmt.Errorf("this server does not know jobs of kind %q", j.Kind))
+		return
+	}
+	defs, err := k.Steps(&j)
+	if err != nil {
+		r.finish(ctx, id, StateFailed, err)
+		return
+	}
+	if len(defs) != len(j.Steps) {
+		r.finish(ctx, id, StateFailed, fmt.Errorf("job %s has %d steps but its kind now has %d: it cannot be resumed", id, len(j.Steps), len(defs)))
+		return
+	}
+	if j.State == StateQueued || j.State == StateWaiting {
+		if j, err = r.update(ctx, id, func(j *Job) error {
+			if j.Started.IsZero() {
+				j.Started = r.o.Clock.Now().UTC()
+			}
+			j.State = StateRunning
+			return nil
+		}); err != nil {
+			return
+		}
+	}
+	for i, d := range defs {
+		if j.Steps[i].Name != d.Name {
+			r.finish(ctx, id, StateFailed, fmt.Errorf("step %d of job %s is %q but its kind now names it %q", i, id, j.Steps[i].Name, d.Name))
+			return
+		}
+		if s := j.Steps[i].State; s == StepDone || s == StepSkipped {
+			continue
+		}
+		if j.CancelRequested {
+			r.finish(ctx, id, StateCancelled, errors.New("cancelled"))
+			return
+		}
+		if j, err = r.runStep(ctx, j, i, d); err != nil {
+			return
+		}
+	}
+	r.finish(ctx, id, StateSucceeded, nil)
+}
+
+// runStep runs step i; it returns a non-nil error when the job must not go
+// on (it ended, waits, or the runner stops).
+func (r *Runner) runStep(ctx context.Context, j Job, i int, d StepDef) (Job, error) {
+	if j.Steps[i].State == StepWaiting {
+		switch j.Ack {
+		case "ack":
+			return r.update(ctx, j.ID, func(j *Job) error {
+				j.Ack = ""
+				s := &j.Steps[i]
+				s.State, s.Ended, s.Message = StepDone, r.o.Clock.Now().UTC(), s.Message+" (acknowledged)"
+				return nil
+			})
+		case "abort":
+			r.finish(ctx, j.ID, StateFailed, fmt.Errorf("step %s: %w", d.Name, ErrAborted))
+			return j, ErrAborted
+		}
+	}
+	j, err := r.update(ctx, j.ID, func(j *Job) error {
+		s := &j.Steps[i]
+		s.State, s.Error = StepRunning, ""
+		s.Attempts++
+		if s.Started.IsZero() {
+			s.Started = r.o.Clock.Now().UTC()
+		}
+		return nil
+	})
+	if err != nil {
+		return j, err
+	}
+	sc := &StepContext{r: r, id: j.ID, step: i, job: j}
+	err = r.call(ctx, d, sc)
+	switch {
+	case errors.Is(err, ErrWaiting):
+		j, uerr := r.update(ctx, j.ID, func(j *Job) error {
+			j.State, j.Steps[i].State = StateWaiting, StepWaiting
+			return nil
+		})
+		if uerr == nil {
+			r.log.Info("job waits for an operator", "job", j.ID, "step", d.Name, "instruction", j.Steps[i].Message)
+		}
+		return j, ErrWaiting
+	case err != nil && ctx.Err() != nil:
+		cj, gerr := r.o.Store.GetJob(context.WithoutCancel(ctx), j.ID)
+		if gerr == nil && cj.CancelRequested {
+			r.failStep(ctx, j.ID, i, err)
+			r.finish(context.WithoutCancel(ctx), j.ID, StateCancelled, errors.New("cancelled"))
+		}
+		return j, err // the runner stops: the step runs again at the next start
+	case err != nil:
+		r.failStep(ctx, j.ID, i, err)
+		r.finish(ctx, j.ID, StateFailed, fmt.Errorf("step %s: %w", d.Name, err))
+		return j, err
+	}
+	return r.update(ctx, j.ID, func(j *Job) error {
+		s := &j.Steps[i]
+		s.State, s.Ended = StepDone, r.o.Clock.Now().UTC()
+		return nil
+	})
+}
+
+// call runs a step, turning a panic into its error.
+func (r *Runner) call(ctx context.Context, d StepDef, sc *StepContext) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			r.log.Error("job step panicked", "job", sc.id, "step", d.Name, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			err = fmt.Errorf("internal error (panic: %v)", p)
+		}
+	}()
+	return d.Run(ctx, sc)
+}
+
+func (r *Runner) failStep(ctx context.Context, id string, i int, err error) {
+	r.update(context.WithoutCancel(ctx), id, func(j *Job) error {
+		s := &j.Steps[i]
+		s.State, s.Ended, s.Error = StepFailed, r.o.Clock.Now().UTC(), err.Error()
+		return nil
+	})
+}
+
+func (r *Runner) finish(ctx context.Context, id, state string, err error) {
+	j, uerr := r.update(context.WithoutCancel(ctx), id, func(j *Job) error {
+		j.State, j.Ended = state, r.o.Clock.Now().UTC()
+		if err != nil {
+			j.Error = err.Error()
+		}
+		return nil
+	})
+	if uerr != nil {
+		return
+	}
+	if state == StateSucceeded {
+		r.log.Info("job succeeded", "job", id, "kind", j.Kind, "target", j.Target)
+	} else {
+		r.log.Warn("job ended", "job", id, "kind", j.Kind, "target", j.Target, "state", state, "err", err)
+	}
+}
+
+func (r *Runner) update(ctx context.Context, id string, fn func(*Job) error) (Job, error) {
+	j, err := r.o.Store.UpdateJob(ctx, id, fn)
+	if err != nil {
+		if ctx.Err() == nil {
+			r.log.Error("cannot record the job's progress", "job", id, "err", err)
+		}
+		return j, err
+	}
+	r.changed(j)
+	return j, nil
+}
