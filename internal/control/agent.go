@@ -74,7 +74,6 @@ func (s *Server) agentConfig(ctx context.Context, m api.Machine) (api.AgentConfi
 
 func cutOpen(c api.Cut) bool { return c.Phase != api.PhaseDone && c.Phase != api.PhaseAbort }
 
-// validateHeartbeat checks an agent's report.
 // validateInventory checks what an agent reports about a machine.
 func validateInventory(inv *api.Inventory) error {
 	for _, f := range []struct{ name, v string }{{"hostname", inv.Hostname}, {"os", inv.OS}, {"arch", inv.Arch},
@@ -116,6 +115,8 @@ func validDriver(d string) bool {
 	return d == api.DriverScan || d == api.DriverQEMU || d == api.DriverLibvirt
 }
 
+// validateHeartbeat checks the form of an agent's report; what it claims
+// is checked when it is recorded (recordHeartbeat).
 func validateHeartbeat(hb *api.AgentHeartbeat) error {
 	if err := validateInventory(&hb.Inventory); err != nil {
 		return err
@@ -131,8 +132,11 @@ func validateHeartbeat(hb *api.AgentHeartbeat) error {
 			return err
 		}
 	}
-	if len(hb.Results) > maxReportItems || len(hb.Events) > maxReportItems || len(hb.CutAcks) > maxReportItems {
-		return badRequest("too many results, events or cut acks in one heartbeat: at most %d each", maxReportItems)
+	if len(hb.Results) > maxReportItems || len(hb.CutAcks) > maxReportItems {
+		return badRequest("too many results or cut acks in one heartbeat: at most %d each", maxReportItems)
+	}
+	if len(hb.Events) > maxAgentEvents {
+		return badRequest("%d events in one heartbeat: at most %d", len(hb.Events), maxAgentEvents)
 	}
 	for _, r := range hb.Results {
 		if err := validateResult(r); err != nil {
@@ -222,6 +226,7 @@ func (s *Server) agentHeartbeat(w http.ResponseWriter, r *http.Request, c *calle
 	if err := decode(r, &hb, false); err != nil {
 		return err
 	}
+	cleanAgentReport(&hb)
 	if err := validateHeartbeat(&hb); err != nil {
 		return err
 	}
@@ -277,9 +282,13 @@ func (s *Server) agentHeartbeat(w http.ResponseWriter, r *http.Request, c *calle
 	return nil
 }
 
-// recordHeartbeat applies an agent's report to its machine.
+// recordHeartbeat applies an agent's report to its machine. The points
+// its cycle results name are checked against the vault first
+// (pointcheck.go); only those the vault confirms count.
 func (s *Server) recordHeartbeat(ctx context.Context, name, serial string, hb *api.AgentHeartbeat) (api.Machine, error) {
 	now := s.clock.Now().UTC()
+	rep := reporter{role: api.RoleAgent, name: name}
+	checked := s.checkResults(ctx, rep, hb.Results)
 	var newPoints []api.Point
 	var failed []api.CycleResult
 	var resynced bool
@@ -297,18 +306,14 @@ func (s *Server) recordHeartbeat(ctx context.Context, name, serial string, hb *a
 				m.LastError = res.Error
 				continue
 			}
-			m.LastError = ""
-			figures := res.Figures()
-			pt := api.Point{ID: res.Point, Machine: name, Time: res.Time.UTC(), Kind: res.Kind, Group: res.Group,
-				CutID: res.CutID, Process: m.Process, CycleFigures: &figures}
-			newPoints = append(newPoints, pt)
-			// The process server may have reported this point first,
-			// without the agent's figures: the result completes it.
-			if m.LastPoint == nil || m.LastPoint.Point == res.Point || !res.Time.Before(m.LastPoint.Time) {
-				r := res
-				r.FiguresPending = false
-				m.LastPoint = &r
+			pt, ok := checked[res.Point]
+			if !ok {
+				continue // refused, or waiting for the vault
 			}
+			m.LastError = ""
+			pt.Process = m.Process
+			newPoints = append(newPoints, pt)
+			applyLastPoint(m, pt, res.Resync)
 		}
 		if hb.ResyncDone && m.ResyncWanted {
 			m.ResyncWanted = false
@@ -340,25 +345,49 @@ func (s *Server) recordHeartbeat(ctx context.Context, name, serial string, hb *a
 		}
 	}
 	for _, f := range failed {
-		s.event(ctx, api.Event{Kind: "cycle_failed", Severity: api.SeverityWarning, Machine: name,
+		s.derivedEvent(ctx, rep, api.Event{Kind: "cycle_failed", Severity: api.SeverityWarning, Machine: name,
 			Message: fmt.Sprintf("replication cycle of %s failed: %s", name, f.Error)})
 	}
 	if resynced {
 		s.event(ctx, api.Event{Kind: "resync_done", Machine: name, Message: fmt.Sprintf("resync of %s finished", name)})
 	}
-	for _, e := range hb.Events {
-		e.ID, e.Machine, e.Process = 0, name, ""
-		if e.Time.IsZero() || e.Time.After(now.Add(time.Hour)) {
-			e.Time = now
-		}
-		s.event(ctx, e)
-	}
+	s.reportEvents(ctx, rep, hb.Events)
 	if len(hb.CutAcks) > 0 {
 		if err := s.cutAcks(ctx, name, hb.CutAcks); err != nil {
 			return m, err
 		}
 	}
 	return m, nil
+}
+
+// checkResults checks the points an agent's successful cycle results
+// name and returns those to record, by ID. Points the store does not hold
+// yet each take one of the agent's vault reads (agentCheckBurst,
+// refilled at agentChecksPerSecond); beyond that they are refused.
+func (s *Server) checkResults(ctx context.Context, rep reporter, results []api.CycleResult) map[string]api.Point {
+	var claims []pointClaim
+	var over []string
+	seen := map[string]bool{}
+	now := s.clock.Now()
+	for _, r := range results {
+		if r.Error != "" || seen[r.Point] {
+			continue
+		}
+		seen[r.Point] = true
+		if _, known, err := s.recordedPoint(ctx, r.Point); err == nil && !known && !s.checkBudget.take(rep.key(), now) {
+			over = append(over, short(r.Point))
+			continue
+		}
+		claims = append(claims, pointForResult(rep.name, r))
+	}
+	if len(over) > 0 {
+		s.refusalNotice(ctx, rep, "point checks", len(over), fmt.Sprintf("%s reported more new points than the server checks (%d at once, %d a second): %s not recorded",
+			rep, agentCheckBurst, agentChecksPerSecond, joinFirst(over, 3)))
+	}
+	if len(claims) == 0 {
+		return nil
+	}
+	return s.applyClaims(ctx, rep, s.checkClaims(ctx, claims))
 }
 
 // ---- process servers ----
@@ -406,8 +435,9 @@ func (s *Server) processHeartbeat(w http.ResponseWriter, r *http.Request, c *cal
 	if len(hb.Events) > maxReportItems || len(hb.Points) > maxReportItems {
 		return badRequest("too many events or points in one heartbeat: at most %d each", maxReportItems)
 	}
-	for _, e := range hb.Events {
-		if err := validateEvent(e); err != nil {
+	for i, e := range hb.Events {
+		hb.Events[i].Message = cleanText(e.Message, maxMessage)
+		if err := validateEvent(hb.Events[i]); err != nil {
 			return err
 		}
 	}
@@ -437,19 +467,10 @@ func (s *Server) processHeartbeat(w http.ResponseWriter, r *http.Request, c *cal
 	if urlChanged {
 		s.notify.notifyAll() // agents of this process server dial the new URL
 	}
-	for _, pt := range hb.Points {
-		pt.Process = c.Name
-		if err := s.publishedPoint(ctx, pt); err != nil {
-			return err
-		}
+	if err := s.processPoints(ctx, c.Name, hb.Points); err != nil {
+		return err
 	}
-	for _, e := range hb.Events {
-		e.ID, e.Process = 0, c.Name
-		if e.Time.IsZero() {
-			e.Time = s.clock.Now().UTC()
-		}
-		s.event(ctx, e)
-	}
+	s.reportEvents(ctx, reporter{role: api.RoleProcess, name: c.Name}, hb.Events)
 	pc, err := s.processConfig(ctx, c.Name)
 	if err != nil {
 		return err

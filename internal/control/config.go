@@ -44,6 +44,11 @@ const (
 	DefaultCertTTL        = 90 * 24 * time.Hour
 	DefaultRenewBefore    = 30 * 24 * time.Hour
 	DefaultCacheLimit     = 10 << 30
+	// Events are kept this long, and at most DefaultEventMax of them;
+	// audit events DefaultAuditRetention, however many.
+	DefaultEventRetention = 30 * 24 * time.Hour
+	DefaultEventMax       = 100000
+	DefaultAuditRetention = 365 * 24 * time.Hour
 	// DefaultRetention is the retention grid of a policy that names none.
 	DefaultRetention = "1h:all,24h:5m,72h:1h,keep-app=15d"
 )
@@ -85,6 +90,14 @@ type Config struct {
 	RetentionEvery api.Duration `json:"retention_every,omitempty"` // retention + GC period (default 10m)
 	GCMargin       api.Duration `json:"gc_margin,omitempty"`       // vault GC margin (default 1h)
 	CertTTL        api.Duration `json:"cert_ttl,omitempty"`        // component certificates (default 90 days)
+
+	// Events other than audit events are deleted once older than
+	// EventRetention (default 30 days), and beyond the newest EventMax
+	// (default 100000); audit events once older than AuditRetention
+	// (default 365 days), and never for their number.
+	EventRetention api.Duration `json:"event_retention,omitempty"`
+	EventMax       int          `json:"event_max,omitempty"`
+	AuditRetention api.Duration `json:"audit_retention,omitempty"`
 }
 
 func (c *Config) defaults(dataDir string) {
@@ -121,6 +134,15 @@ func (c *Config) defaults(dataDir string) {
 	if c.CertTTL == 0 {
 		c.CertTTL = api.Duration(DefaultCertTTL)
 	}
+	if c.EventRetention == 0 {
+		c.EventRetention = api.Duration(DefaultEventRetention)
+	}
+	if c.EventMax == 0 {
+		c.EventMax = DefaultEventMax
+	}
+	if c.AuditRetention == 0 {
+		c.AuditRetention = api.Duration(DefaultAuditRetention)
+	}
 }
 
 func (c *Config) validate() error {
@@ -137,13 +159,17 @@ func (c *Config) validate() error {
 		v    api.Duration
 		min  time.Duration
 	}{{"heartbeat_every", c.HeartbeatEvery, time.Second}, {"retention_every", c.RetentionEvery, time.Second},
-		{"gc_margin", c.GCMargin, 0}, {"cert_ttl", c.CertTTL, 30 * time.Second}} {
+		{"gc_margin", c.GCMargin, 0}, {"cert_ttl", c.CertTTL, 30 * time.Second},
+		{"event_retention", c.EventRetention, time.Hour}, {"audit_retention", c.AuditRetention, time.Hour}} {
 		if d.v.Std() < d.min {
 			return fmt.Errorf("%s %s is too short: at least %s", d.name, d.v.Std(), d.min)
 		}
 	}
 	if c.CacheLimit < 0 || c.Bandwidth < 0 {
 		return errors.New("cache_limit and bandwidth must not be negative")
+	}
+	if c.EventMax < minEventMax {
+		return fmt.Errorf("event_max %d is too small: at least %d", c.EventMax, minEventMax)
 	}
 	if c.IngestURL != "" && !strings.HasPrefix(c.IngestURL, "https://") {
 		return fmt.Errorf("ingest_url %q must start with https://", c.IngestURL)

@@ -579,14 +579,15 @@ func TestAuthRolesPoliciesProtect(t *testing.T) {
 
 	// A point moves the machine to protected and is listed.
 	now := ts.clock.Now()
-	a.heartbeat(api.AgentHeartbeat{Results: []api.CycleResult{{Point: pointID(1), Kind: "crash", Time: now}}})
+	p1, p2 := ts.realPoint("app1", now, "crash", "", ""), ts.realPoint("app1", now.Add(time.Second), "crash", "", "")
+	a.heartbeat(api.AgentHeartbeat{Results: []api.CycleResult{{Point: p1, Kind: "crash", Time: now}}})
 	ts.mustAPI("GET", "/api/v1/machines/app1", viewer, nil, 200, &m)
-	if m.State != api.StateProtected || m.LastPoint == nil || m.LastPoint.Point != pointID(1) {
+	if m.State != api.StateProtected || m.LastPoint == nil || m.LastPoint.Point != p1 {
 		t.Fatalf("after a point: %+v", m)
 	}
 	var pts []api.Point
 	ts.mustAPI("GET", "/api/v1/points?machine=app1", viewer, nil, 200, &pts)
-	if len(pts) != 1 || pts[0].ID != pointID(1) {
+	if len(pts) != 1 || pts[0].ID != p1 {
 		t.Fatalf("points: %+v", pts)
 	}
 	// A failed cycle is an error with its reason.
@@ -605,7 +606,7 @@ func TestAuthRolesPoliciesProtect(t *testing.T) {
 	}
 	ts.mustAPI("POST", "/api/v1/machines/app1/resume", operator, "{}", 200, nil)
 	ts.mustAPI("POST", "/api/v1/machines/app1/resync", operator, nil, 200, &m)
-	if c := a.heartbeat(api.AgentHeartbeat{Results: []api.CycleResult{{Point: pointID(2), Kind: "crash", Time: now.Add(time.Second)}}}); !c.Resync {
+	if c := a.heartbeat(api.AgentHeartbeat{Results: []api.CycleResult{{Point: p2, Kind: "crash", Time: now.Add(time.Second)}}}); !c.Resync {
 		t.Fatal("agent config has no resync")
 	}
 	ts.mustAPI("GET", "/api/v1/machines/app1", viewer, nil, 200, &m)
@@ -688,7 +689,7 @@ func TestRPOEvents(t *testing.T) {
 	a.heartbeat(api.AgentHeartbeat{})
 	ts.mustAPI("POST", "/api/v1/policies", ts.admin, api.Policy{Name: "p", RPOThreshold: api.Duration(time.Minute)}, 201, nil)
 	ts.mustAPI("POST", "/api/v1/machines/rpo1/protect", ts.admin, api.ProtectRequest{Policy: "p"}, 200, nil)
-	a.heartbeat(api.AgentHeartbeat{Results: []api.CycleResult{{Point: pointID(7), Kind: "crash", Time: ts.clock.Now()}}})
+	a.heartbeat(api.AgentHeartbeat{Results: []api.CycleResult{{Point: ts.realPoint("rpo1", ts.clock.Now(), "crash", "", ""), Kind: "crash", Time: ts.clock.Now()}}})
 	ts.clock.Advance(90 * time.Second)
 	// Keep the agent seen so that it is not reported offline.
 	a.heartbeat(api.AgentHeartbeat{})
@@ -702,7 +703,7 @@ func TestRPOEvents(t *testing.T) {
 	if n := len(ts.events("rpo_exceeded")); n != 1 {
 		t.Fatalf("%d rpo_exceeded events, want 1", n)
 	}
-	a.heartbeat(api.AgentHeartbeat{Results: []api.CycleResult{{Point: pointID(8), Kind: "crash", Time: ts.clock.Now()}}})
+	a.heartbeat(api.AgentHeartbeat{Results: []api.CycleResult{{Point: ts.realPoint("rpo1", ts.clock.Now(), "crash", "", ""), Kind: "crash", Time: ts.clock.Now()}}})
 	eventually(t, "rpo_recovered", func() bool { return len(ts.events("rpo_recovered")) == 1 })
 
 	// Silence for 3 heartbeat periods: offline.
@@ -757,9 +758,10 @@ func TestProcessEnrollAndAssignment(t *testing.T) {
 			t.Fatalf("process heartbeat %s: %d %s", bad, r.status, r.body)
 		}
 	}
+	// The point of a machine the server does not know is not recorded.
 	var pts []api.Point
 	ts.mustAPI("GET", "/api/v1/points", ts.admin, nil, 200, &pts)
-	if len(pts) != 1 || pts[0].Process != "ps1" {
+	if len(pts) != 0 || len(ts.refusals("", "ps1")) != 1 {
 		t.Fatalf("points %+v", pts)
 	}
 }

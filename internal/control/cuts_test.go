@@ -56,14 +56,14 @@ func TestGroupCuts(t *testing.T) {
 		t.Fatalf("cut %+v", c1)
 	}
 	a1.heartbeat(api.AgentHeartbeat{CutAcks: []api.CutAck{{ID: c1.ID, Status: "snapped"}},
-		Results: []api.CycleResult{{Point: pointID(1), Kind: "crash", Time: c1.At, Group: "g", CutID: c1.ID}}})
+		Results: []api.CycleResult{{Point: ts.realPoint("db", c1.At, "crash", "g", c1.ID), Kind: "crash", Time: c1.At, Group: "g", CutID: c1.ID}}})
 	var g GroupDetail
 	ts.mustAPI("GET", "/api/v1/groups/g", ts.admin, nil, 200, &g)
 	if g.LastCut == nil || g.LastCut.Phase != api.PhaseSnapshot {
 		t.Fatalf("cut done with one member: %+v", g.LastCut)
 	}
 	a2.heartbeat(api.AgentHeartbeat{CutAcks: []api.CutAck{{ID: c1.ID, Status: "snapped"}},
-		Results: []api.CycleResult{{Point: pointID(2), Kind: "crash", Time: c1.At, Group: "g", CutID: c1.ID}}})
+		Results: []api.CycleResult{{Point: ts.realPoint("web", c1.At, "crash", "g", c1.ID), Kind: "crash", Time: c1.At, Group: "g", CutID: c1.ID}}})
 	ts.mustAPI("GET", "/api/v1/groups/g", ts.admin, nil, 200, &g)
 	if g.LastCut == nil || g.LastCut.ID != c1.ID || g.LastCut.Phase != api.PhaseDone || len(g.Members) != 2 {
 		t.Fatalf("group after the cut: %+v", g)

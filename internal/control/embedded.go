@@ -53,14 +53,15 @@ func (s *Server) tickEmbedded(ctx context.Context) error {
 	return s.store.PutProcess(ctx, p)
 }
 
-// onEmbeddedEvent records an event of the embedded process server.
+// onEmbeddedEvent records an event of the embedded process server: of a
+// process-server kind, like a stand-alone one's, but without a rate limit.
 func (s *Server) onEmbeddedEvent(e api.Event) {
+	e.Message = cleanText(e.Message, maxMessage)
 	if err := validateEvent(e); err != nil {
 		s.log.Warn("embedded process server sent an invalid event", "err", err)
 		return
 	}
-	e.ID, e.Process = 0, EmbeddedName
-	s.event(context.Background(), e)
+	s.reportEvents(context.Background(), reporter{role: api.RoleProcess, name: EmbeddedName, trusted: true}, []api.Event{e})
 }
 
 // onEmbeddedPoint records a point the embedded process server published.

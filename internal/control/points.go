@@ -2,21 +2,20 @@ package control
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"net/http"
 	"strings"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
-	"github.com/lifeboat-dr/lifeboat/internal/store"
 	"github.com/lifeboat-dr/lifeboat/internal/vault"
 )
 
 // Points reach the store twice: from the process server that published
-// them (publishedPoint) and from the agent's cycle result
-// (recordHeartbeat), in either order. Only the agent's result carries the
-// cycle's figures; the store fills them into a point the process server
-// reported first.
+// them (publishedPoint for the embedded one, processPoints for
+// stand-alone ones) and from the agent's cycle result (recordHeartbeat),
+// in either order. Both are checked against the vault first
+// (pointcheck.go), except the embedded process server's. Only the agent's
+// result carries the cycle's figures; the store fills them into a point
+// the process server reported first.
 
 func validatePoint(p api.Point) error {
 	if _, err := vault.ParseID(p.ID); err != nil {
@@ -39,27 +38,37 @@ func validatePoint(p api.Point) error {
 	return checkText("cut_id", p.CutID, 64)
 }
 
-// publishedPoint records a point a process server published and moves
-// its machine's last point forward.
-func (s *Server) publishedPoint(ctx context.Context, pt api.Point) error {
-	pt.Time = pt.Time.UTC()
-	pt.CycleFigures, pt.FiguresPending = nil, false // the figures come from the agent only
-	if err := s.store.AddPoint(ctx, pt); err != nil {
-		return fmt.Errorf("record point %s: %w", pt.ID, err)
-	}
-	_, err := s.store.UpdateMachine(ctx, pt.Machine, func(m *api.Machine) error {
-		// The agent's result for this point may have come first: keep it.
-		if m.LastPoint == nil || (m.LastPoint.Point != pt.ID && pt.Time.After(m.LastPoint.Time)) {
-			m.LastPoint = &api.CycleResult{Point: pt.ID, Kind: pt.Kind, Time: pt.Time, Group: pt.Group, CutID: pt.CutID,
-				FiguresPending: true}
-			m.State = machineState(m)
-		}
+// processPoints records the points a stand-alone process server
+// reports, once the vault confirms each (pointcheck.go). A process
+// server's figures are never taken: they come from the agent only.
+func (s *Server) processPoints(ctx context.Context, name string, pts []api.Point) error {
+	if len(pts) == 0 {
 		return nil
-	})
-	if errors.Is(err, store.ErrNotFound) {
-		return nil // a point of a machine this server does not know (yet)
 	}
-	return err
+	claims := make([]pointClaim, 0, len(pts))
+	seen := map[string]bool{}
+	for _, p := range pts {
+		if !seen[p.ID] {
+			seen[p.ID] = true
+			claims = append(claims, pointClaim{ID: p.ID, Role: api.RoleProcess, Name: name})
+		}
+	}
+	rep := reporter{role: api.RoleProcess, name: name}
+	for _, pt := range s.applyClaims(ctx, rep, s.checkClaims(ctx, claims)) {
+		pt.Process, pt.CycleFigures = name, nil
+		if err := s.recordPoint(ctx, pt, false); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// publishedPoint records a point the embedded process server published:
+// it runs in this process and has just written the point, so it is
+// believed without a vault read.
+func (s *Server) publishedPoint(ctx context.Context, pt api.Point) error {
+	pt.CycleFigures, pt.FiguresPending = nil, false // the figures come from the agent only
+	return s.recordPoint(ctx, pt, false)
 }
 
 func (s *Server) listPoints(w http.ResponseWriter, r *http.Request, _ *caller) error {

@@ -47,47 +47,50 @@ func TestPointFiguresEitherOrder(t *testing.T) {
 	a := ts.enroll("m1")
 	a.heartbeat(api.AgentHeartbeat{})
 	t1 := ts.clock.Now().UTC()
+	t2 := t1.Add(5 * time.Second)
+	ids := []string{"", ts.realPoint("m1", t1, "crash", "", ""), ts.realPoint("m1", t2, "crash", "", ""),
+		ts.realPoint("m1", t2.Add(time.Second), "crash", "", "")}
 	result := func(n int, at time.Time) api.CycleResult {
-		return api.CycleResult{Point: pointID(n), Kind: "crash", Time: at, Duration: api.Duration(time.Duration(n)*time.Second + 5*time.Millisecond),
+		return api.CycleResult{Point: ids[n], Kind: "crash", Time: at, Duration: api.Duration(time.Duration(n)*time.Second + 5*time.Millisecond),
 			ChangedBytes: int64(n) << 20, ReadBytes: int64(n) << 26, SentBytes: int64(n) << 18}
 	}
 	figuresOf := func(r api.CycleResult) *api.CycleFigures { f := r.Figures(); return &f }
 
 	// The process server's report first: figures pending everywhere.
-	processReport(t, ps, api.Point{ID: pointID(1), Machine: "m1", Time: t1, Kind: "crash"})
-	if p := ts.point(pointID(1)); p.CycleFigures != nil || !p.FiguresPending || p.Process != "ps1" {
+	processReport(t, ps, api.Point{ID: ids[1], Machine: "m1", Time: t1, Kind: "crash"})
+	if p := ts.point(ids[1]); p.CycleFigures != nil || !p.FiguresPending || p.Process != "ps1" {
 		t.Fatalf("point reported by the process server only: %+v", p)
 	}
-	if lp := ts.lastPoint("m1"); lp.Point != pointID(1) || !lp.FiguresPending || lp.SentBytes != 0 {
+	if lp := ts.lastPoint("m1"); lp.Point != ids[1] || !lp.FiguresPending || lp.SentBytes != 0 {
 		t.Fatalf("last point before the agent's result: %+v", lp)
 	}
 	// Then the agent's result: the figures fill the record.
 	r1 := result(1, t1)
 	a.heartbeat(api.AgentHeartbeat{Results: []api.CycleResult{r1}})
-	if p := ts.point(pointID(1)); p.FiguresPending || *p.CycleFigures != *figuresOf(r1) || p.Process != "ps1" {
+	if p := ts.point(ids[1]); p.FiguresPending || *p.CycleFigures != *figuresOf(r1) || p.Process != "ps1" {
 		t.Fatalf("point after the agent's result: %+v %+v", p, p.CycleFigures)
 	}
-	if lp := ts.lastPoint("m1"); lp.Point != pointID(1) || lp.FiguresPending || lp.Figures() != r1.Figures() {
+	if lp := ts.lastPoint("m1"); lp.Point != ids[1] || lp.FiguresPending || lp.Figures() != r1.Figures() {
 		t.Fatalf("last point after the agent's result: %+v", lp)
 	}
 
-	// The agent's result first; the report, a microsecond off in time,
-	// neither clears the figures nor replaces the last point.
-	t2 := t1.Add(5 * time.Second)
+	// The agent's result first; the report, a microsecond off in time
+	// (the vault's is taken), neither clears the figures nor replaces the
+	// last point.
 	r2 := result(2, t2)
 	a.heartbeat(api.AgentHeartbeat{Results: []api.CycleResult{r2}})
-	processReport(t, ps, api.Point{ID: pointID(2), Machine: "m1", Time: t2.Add(time.Microsecond), Kind: "crash",
+	processReport(t, ps, api.Point{ID: ids[2], Machine: "m1", Time: t2.Add(time.Microsecond), Kind: "crash",
 		CycleFigures: &api.CycleFigures{ChangedBytes: 999}}) // a process server's figures are ignored
-	if p := ts.point(pointID(2)); p.FiguresPending || *p.CycleFigures != *figuresOf(r2) {
+	if p := ts.point(ids[2]); p.FiguresPending || *p.CycleFigures != *figuresOf(r2) {
 		t.Fatalf("point after result then report: %+v %+v", p, p.CycleFigures)
 	}
-	if lp := ts.lastPoint("m1"); lp.Point != pointID(2) || lp.FiguresPending || lp.Figures() != r2.Figures() {
+	if lp := ts.lastPoint("m1"); lp.Point != ids[2] || lp.FiguresPending || lp.Figures() != r2.Figures() {
 		t.Fatalf("last point after result then report: %+v", lp)
 	}
 	// A process server's figures never stand in for the agent's.
-	processReport(t, ps, api.Point{ID: pointID(3), Machine: "m1", Time: t2.Add(time.Second), Kind: "crash",
+	processReport(t, ps, api.Point{ID: ids[3], Machine: "m1", Time: t2.Add(time.Second), Kind: "crash",
 		CycleFigures: &api.CycleFigures{ChangedBytes: 999}})
-	if p := ts.point("latest:m1"); p.ID != pointID(3) || !p.FiguresPending || p.CycleFigures != nil {
+	if p := ts.point("latest:m1"); p.ID != ids[3] || !p.FiguresPending || p.CycleFigures != nil {
 		t.Fatalf("point with figures from its process server: %+v", p)
 	}
 
@@ -109,10 +112,11 @@ func TestPointFiguresEitherOrder(t *testing.T) {
 func TestGetPointRefs(t *testing.T) {
 	ts := startServer(t, serverOpts{})
 	a := ts.enroll("m1")
-	b := ts.enroll("m2")
-	now := ts.clock.Now().UTC()
-	a.heartbeat(api.AgentHeartbeat{Results: []api.CycleResult{{Point: pointID(0xabc1), Kind: "crash", Time: now}}})
-	b.heartbeat(api.AgentHeartbeat{Results: []api.CycleResult{{Point: pointID(0xabc2), Kind: "app", Time: now.Add(time.Second)}}})
+	ts.enroll("m2")
+	now := ts.clock.Now().UTC().Truncate(time.Microsecond)
+	// Records with IDs that share a prefix, as if reported and checked.
+	ts.storePoints(api.Point{ID: pointID(0xabc1), Machine: "m1", Time: now, Kind: "crash", CycleFigures: &api.CycleFigures{}},
+		api.Point{ID: pointID(0xabc2), Machine: "m2", Time: now.Add(time.Second), Kind: "app", CycleFigures: &api.CycleFigures{}})
 	if p := ts.point("latest"); p.ID != pointID(0xabc2) {
 		t.Errorf("latest: %s", p.ID)
 	}

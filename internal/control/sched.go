@@ -51,7 +51,8 @@ func (s *Server) Tick(ctx context.Context) {
 		name string
 		fn   func(context.Context) error
 	}{{"group cuts", s.tickCuts}, {"machine health", s.tickMachines}, {"embedded process server", s.tickEmbedded},
-		{"retention", s.tickRetention}} {
+		{"reported points waiting for the vault", s.tickPendingPoints}, {"retention", s.tickRetention},
+		{"event retention", s.tickEventRetention}} {
 		if ctx.Err() != nil {
 			return
 		}

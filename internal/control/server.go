@@ -82,6 +82,13 @@ type Server struct {
 
 	retentionEvery time.Duration
 
+	// Checks of what components report (pointcheck.go, reports.go).
+	pending        *pendingClaims // reported points waiting for the vault
+	checkBudget    *buckets       // vault reads for agents' point claims
+	eventBudget    *buckets       // events per reporter
+	notices        notices        // report_refused throttling
+	lastEventPrune time.Time      // guarded by mu
+
 	mu          sync.Mutex
 	acks        map[string]map[string]api.CutAck // cut ID -> member -> ack
 	rpoExceeded map[string]bool                  // machines in an RPO excursion
@@ -138,7 +145,9 @@ func Open(ctx context.Context, o RunOptions) (*Server, error) {
 	s := &Server{cfg: cfg, dataDir: o.DataDir, store: st, ca: ca, vault: v, pass: pass, clock: o.Clock,
 		log: o.Logger, rl: pki.NewRevocationList(), version: o.Version, notify: newNotifier(),
 		acks: map[string]map[string]api.CutAck{}, rpoExceeded: map[string]bool{}, offline: map[string]bool{},
-		polling: map[string]int{}, retentionEvery: cfg.RetentionEvery.Std()}
+		polling: map[string]int{}, retentionEvery: cfg.RetentionEvery.Std(),
+		pending: newPendingClaims(), checkBudget: newBuckets(agentCheckBurst, agentChecksPerSecond),
+		eventBudget: newBuckets(eventBurst, eventsPerHour/3600.0), notices: notices{m: map[string]*notice{}}}
 	if o.RetentionEvery > 0 {
 		s.retentionEvery = o.RetentionEvery
 	}
@@ -147,6 +156,10 @@ func Open(ctx context.Context, o RunOptions) (*Server, error) {
 		return nil, err
 	}
 	if err := s.findLastEvent(ctx); err != nil {
+		st.Close()
+		return nil, err
+	}
+	if err := s.pending.load(ctx, st); err != nil {
 		st.Close()
 		return nil, err
 	}
