@@ -350,9 +350,3 @@ func (s *Server) listTokens(w http.ResponseWriter, r *http.Request, _ *caller) e
 	writeJSON(w, http.StatusOK, out)
 	return nil
 }
-
-// audit records who changed what.
-func (s *Server) audit(r *http.Request, c *caller, machine, what string) {
-	s.event(r.Context(), api.Event{Kind: "audit", Severity: api.SeverityInfo, Machine: machine,
-		Message: fmt.Sprintf("%s: %s", c, what)})
-}
