@@ -50,6 +50,7 @@ const (
 	CodeTooLarge        = "too_large"       // 413
 	CodeUnsupported     = "unsupported"     // 415/405
 	CodeStale           = "stale"           // 409: base point or session no longer valid
+	CodeNoProcess       = "no_process"      // 409: no process server is online to take the machine
 )
 
 // Machine states.
@@ -94,9 +95,17 @@ func (d Duration) Std() time.Duration { return time.Duration(d) }
 
 // TokenRequest creates a token (POST /api/v1/tokens, admin).
 type TokenRequest struct {
-	Role string   `json:"role"`          // agent | process | viewer | operator | admin
-	TTL  Duration `json:"ttl,omitempty"` // default 1h for enrollment, none for API tokens
-	Name string   `json:"name,omitempty"`
+	Role string `json:"role"` // agent | process | viewer | operator | admin
+	// TTL is the token's lifetime: default 1h for enrollment tokens, 90
+	// days for API tokens.
+	TTL Duration `json:"ttl,omitempty"`
+	// NoExpiry makes an API token that never expires (an explicit choice;
+	// enrollment tokens always expire).
+	NoExpiry bool `json:"no_expiry,omitempty"`
+	// Name is, for agent and process tokens, the machine or process
+	// server name the token enrolls, and the only one (required); for API
+	// tokens a label shown in the audit trail.
+	Name string `json:"name,omitempty"`
 }
 
 // TokenResponse carries the token once; the server keeps only its hash.
@@ -104,8 +113,49 @@ type TokenResponse struct {
 	Token   string    `json:"token"`
 	ID      string    `json:"id"`
 	Role    string    `json:"role"`
+	Name    string    `json:"name,omitempty"` // enrollment tokens: the name it enrolls
 	Expires time.Time `json:"expires,omitzero"`
+	// Revoked lists the certificates a re-enroll token's creation revoked.
+	Revoked []string `json:"revoked,omitempty"`
 }
+
+// ReenrollRequest is POST /api/v1/machines/{name}/reenroll and
+// /api/v1/process-servers/{name}/reenroll (operator): revoke the
+// identity's certificates now and make a one-time token that enrolls that
+// name again. The answer is a TokenResponse.
+type ReenrollRequest struct {
+	TTL Duration `json:"ttl,omitempty"` // default 1h
+}
+
+// RotateKeyResponse answers POST /api/v1/machines/{name}/rotate-key and
+// /api/v1/process-servers/{name}/rotate-key (operator): the identity's
+// next renewal may present a new key, once.
+type RotateKeyResponse struct {
+	Role     string    `json:"role"`
+	Name     string    `json:"name"`
+	Approved time.Time `json:"approved"`
+}
+
+// ProcessRevokeResult answers POST /api/v1/process-servers/{name}/revoke
+// and DELETE /api/v1/process-servers/{name} (admin).
+type ProcessRevokeResult struct {
+	Process string   `json:"process"`
+	Revoked []string `json:"revoked"`         // certificate serials
+	Moved   []string `json:"moved,omitempty"` // machines moved to an online process server
+	Warning string   `json:"warning,omitempty"`
+}
+
+// WhoAmI is GET /api/v1/whoami: the API token a request came with.
+type WhoAmI struct {
+	TokenID string    `json:"token_id"`
+	Name    string    `json:"name"`
+	Role    string    `json:"role"`
+	Expires time.Time `json:"expires,omitzero"` // zero: never
+}
+
+// TokenExpiresHeader is set on every answer to a request made with an API
+// token that expires: the expiry, RFC 3339. Clients warn before it.
+const TokenExpiresHeader = "Lifeboat-Token-Expires"
 
 // EnrollRequest exchanges a one-time token for a client certificate
 // (POST /api/v1/enroll; authenticated by the token, the client pins the
@@ -126,6 +176,9 @@ type EnrollResponse struct {
 	Certificate string `json:"certificate"` // PEM
 	CA          string `json:"ca"`          // PEM
 	Name        string `json:"name"`
+	// Warning says what keeps a new component from working yet (no
+	// process server online to take a new machine).
+	Warning string `json:"warning,omitempty"`
 }
 
 // RenewRequest renews the caller's certificate (POST /api/v1/certs/renew, mTLS).
@@ -356,7 +409,20 @@ type ProcessServer struct {
 	IngestRate float64   `json:"ingest_bytes_per_second"`
 	LastSeen   time.Time `json:"last_seen,omitzero"`
 	Agents     int       `json:"agents"`
+	// State is online, offline, never-seen (enrolled, never reported) or
+	// revoked; only online process servers are given machines.
+	State string `json:"state,omitempty"`
+	// Revoked: its certificates were revoked (until it enrolls again).
+	Revoked bool `json:"revoked,omitempty"`
 }
+
+// Process server states (ProcessServer.State).
+const (
+	ProcessOnline    = "online"
+	ProcessOffline   = "offline"
+	ProcessNeverSeen = "never-seen"
+	ProcessRevoked   = "revoked"
+)
 
 // ProcessHeartbeat is POST /api/v1/process/heartbeat (mTLS, process role).
 type ProcessHeartbeat struct {
@@ -378,6 +444,8 @@ type ProcessConfig struct {
 	Env        map[string]string `json:"env,omitempty"`
 	Bandwidth  int64             `json:"bandwidth,omitempty"`
 	Revoked    []string          `json:"revoked"` // certificate serials, hex
+	// RotateKey: an operator approved a new key; renew with one now.
+	RotateKey bool `json:"rotate_key,omitempty"`
 }
 
 // ---- agent control channel ----
@@ -414,6 +482,8 @@ type AgentConfig struct {
 	Cuts           []Cut             `json:"cuts,omitempty"`        // group cuts this agent takes part in
 	RenewBefore    Duration          `json:"renew_before,omitempty"`
 	HeartbeatEvery Duration          `json:"heartbeat_every"`
+	// RotateKey: an operator approved a new key; renew with one now.
+	RotateKey bool `json:"rotate_key,omitempty"`
 }
 
 // Cut is one coordinated group cut. All members take their point at At;

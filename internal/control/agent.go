@@ -60,6 +60,11 @@ func (s *Server) agentConfig(ctx context.Context, m api.Machine) (api.AgentConfi
 			}
 		}
 	}
+	rotate, err := s.rotationPending(ctx, api.RoleAgent, m.Name)
+	if err != nil {
+		return c, err
+	}
+	c.RotateKey = rotate
 	b, err := json.Marshal(c)
 	if err != nil {
 		return c, err
@@ -401,6 +406,9 @@ func (s *Server) processConfig(ctx context.Context, name string) (api.ProcessCon
 		serials = []string{}
 	}
 	pc := api.ProcessConfig{Vault: s.cfg.Vault, Passphrase: string(s.pass), Env: s.cfg.VaultEnv, Revoked: serials}
+	if pc.RotateKey, err = s.rotationPending(ctx, api.RoleProcess, name); err != nil {
+		return pc, err
+	}
 	if p, err := s.store.GetProcess(ctx, name); err == nil {
 		pc.Bandwidth = p.Bandwidth
 	} else if !errors.Is(err, store.ErrNotFound) {

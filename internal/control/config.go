@@ -49,6 +49,12 @@ const (
 	DefaultEventRetention = 30 * 24 * time.Hour
 	DefaultEventMax       = 100000
 	DefaultAuditRetention = 365 * 24 * time.Hour
+	// A stand-alone process server not heard from for this long is
+	// offline: it is given no new machines.
+	DefaultProcessOfflineAfter = 30 * time.Second
+	// The machines of a process server offline for this long move to an
+	// online one.
+	DefaultProcessMoveAfter = 5 * time.Minute
 	// DefaultRetention is the retention grid of a policy that names none.
 	DefaultRetention = "1h:all,24h:5m,72h:1h,keep-app=15d"
 )
@@ -98,6 +104,13 @@ type Config struct {
 	EventRetention api.Duration `json:"event_retention,omitempty"`
 	EventMax       int          `json:"event_max,omitempty"`
 	AuditRetention api.Duration `json:"audit_retention,omitempty"`
+
+	// ProcessOfflineAfter: a stand-alone process server silent this long
+	// is offline and gets no new machines (default 30s).
+	ProcessOfflineAfter api.Duration `json:"process_offline_after,omitempty"`
+	// ProcessMoveAfter: the machines of a process server offline this
+	// long move to an online one (default 5m).
+	ProcessMoveAfter api.Duration `json:"process_move_after,omitempty"`
 }
 
 func (c *Config) defaults(dataDir string) {
@@ -143,6 +156,12 @@ func (c *Config) defaults(dataDir string) {
 	if c.AuditRetention == 0 {
 		c.AuditRetention = api.Duration(DefaultAuditRetention)
 	}
+	if c.ProcessOfflineAfter == 0 {
+		c.ProcessOfflineAfter = api.Duration(DefaultProcessOfflineAfter)
+	}
+	if c.ProcessMoveAfter == 0 {
+		c.ProcessMoveAfter = api.Duration(DefaultProcessMoveAfter)
+	}
 }
 
 func (c *Config) validate() error {
@@ -160,7 +179,8 @@ func (c *Config) validate() error {
 		min  time.Duration
 	}{{"heartbeat_every", c.HeartbeatEvery, time.Second}, {"retention_every", c.RetentionEvery, time.Second},
 		{"gc_margin", c.GCMargin, 0}, {"cert_ttl", c.CertTTL, 30 * time.Second},
-		{"event_retention", c.EventRetention, time.Hour}, {"audit_retention", c.AuditRetention, time.Hour}} {
+		{"event_retention", c.EventRetention, time.Hour}, {"audit_retention", c.AuditRetention, time.Hour},
+		{"process_offline_after", c.ProcessOfflineAfter, time.Second}, {"process_move_after", c.ProcessMoveAfter, time.Second}} {
 		if d.v.Std() < d.min {
 			return fmt.Errorf("%s %s is too short: at least %s", d.name, d.v.Std(), d.min)
 		}
@@ -226,8 +246,9 @@ type InitOptions struct {
 
 // InitResult is what a new server hands its operator once.
 type InitResult struct {
-	AdminToken    string // bearer token of role admin
-	CAFingerprint string // SHA-256 of the CA certificate, hex
+	AdminToken    string    // bearer token of role admin
+	AdminExpires  time.Time // its expiry (DefaultAPITokenTTL)
+	CAFingerprint string    // SHA-256 of the CA certificate, hex
 }
 
 // Init creates a server's data directory: the CA, server.json, the vault
@@ -318,8 +339,11 @@ func Init(ctx context.Context, o InitOptions) (InitResult, error) {
 	if err != nil {
 		return InitResult{}, err
 	}
+	// The first admin token expires like every API token; whoever holds
+	// the data directory makes another with NewAdminToken.
+	adminExpires := now.UTC().Add(DefaultAPITokenTTL)
 	if err := st.CreateToken(ctx, store.Token{ID: randomID(8), Hash: hash, Role: api.RoleAdmin, Name: "admin",
-		Created: now.UTC()}); err != nil {
+		Created: now.UTC(), Expires: adminExpires}); err != nil {
 		return InitResult{}, fmt.Errorf("store admin token: %w", err)
 	}
 	b, err := json.MarshalIndent(fileConfig(cfg, o.DataDir), "", "  ")
@@ -330,7 +354,7 @@ func Init(ctx context.Context, o InitOptions) (InitResult, error) {
 	if err := writeFile0600(filepath.Join(o.DataDir, ConfigFile), append(b, '\n')); err != nil {
 		return InitResult{}, err
 	}
-	return InitResult{AdminToken: tok, CAFingerprint: ca.Fingerprint()}, nil
+	return InitResult{AdminToken: tok, AdminExpires: adminExpires, CAFingerprint: ca.Fingerprint()}, nil
 }
 
 // fileConfig is cfg as written: defaults that depend on the data directory

@@ -202,6 +202,14 @@ func (ts *testServer) token(role string, ttl time.Duration) string {
 	return tr.Token
 }
 
+// enrollToken makes an agent or process token that enrolls name.
+func (ts *testServer) enrollToken(role, name string, ttl time.Duration) string {
+	ts.t.Helper()
+	var tr api.TokenResponse
+	ts.mustAPI("POST", "/api/v1/tokens", ts.admin, api.TokenRequest{Role: role, Name: name, TTL: api.Duration(ttl)}, http.StatusCreated, &tr)
+	return tr.Token
+}
+
 // agent is an enrolled fake agent speaking HTTP.
 type agent struct {
 	ts     *testServer
@@ -232,7 +240,25 @@ func (ts *testServer) enroll(name string) *agent {
 
 func (ts *testServer) enrollAs(role, name string) *agent {
 	ts.t.Helper()
-	r, keyPEM := ts.enrollReq(ts.token(role, 0), role, name, "127.0.0.1")
+	return ts.enrollWith(ts.enrollToken(role, name, 0), role, name)
+}
+
+// reenroll re-enrolls an existing machine (or process server) the way an
+// operator does: a re-enroll token, then enrollment with it.
+func (ts *testServer) reenroll(role, name string) *agent {
+	ts.t.Helper()
+	path := "/api/v1/machines/" + name + "/reenroll"
+	if role == api.RoleProcess {
+		path = "/api/v1/process-servers/" + name + "/reenroll"
+	}
+	var tr api.TokenResponse
+	ts.mustAPI("POST", path, ts.admin, nil, http.StatusCreated, &tr)
+	return ts.enrollWith(tr.Token, role, name)
+}
+
+func (ts *testServer) enrollWith(tok, role, name string) *agent {
+	ts.t.Helper()
+	r, keyPEM := ts.enrollReq(tok, role, name, "127.0.0.1")
 	if r.status != http.StatusOK {
 		ts.t.Fatalf("enroll %s: %d %s", name, r.status, r.body)
 	}
@@ -322,7 +348,7 @@ func TestInitRefusesExistingDir(t *testing.T) {
 
 func TestEnrollHeartbeatRevoke(t *testing.T) {
 	ts := startServer(t, serverOpts{})
-	tok := ts.token(api.RoleAgent, 0)
+	tok := ts.enrollToken(api.RoleAgent, "web1", 0)
 	r, keyPEM := ts.enrollReq(tok, api.RoleAgent, "web1", "web1.example")
 	if r.status != http.StatusOK {
 		t.Fatalf("enroll: %d %s", r.status, r.body)
@@ -336,7 +362,7 @@ func TestEnrollHeartbeatRevoke(t *testing.T) {
 	a := &agent{ts: ts, name: "web1", cert: cert, client: httpClient(pki.ClientTLS(&cert, ts.pool))}
 
 	// The token works once.
-	r, _ = ts.enrollReq(tok, api.RoleAgent, "web2", "")
+	r, _ = ts.enrollReq(tok, api.RoleAgent, "web1", "")
 	if e := r.err(); r.status != 401 || e.Code != api.CodeTokenInvalid || !strings.Contains(e.Message, "already used") {
 		t.Fatalf("reused token: %d %s", r.status, r.body)
 	}
@@ -347,14 +373,14 @@ func TestEnrollHeartbeatRevoke(t *testing.T) {
 		t.Fatalf("unknown token: %d %s", r.status, r.body)
 	}
 	// Expired token.
-	short := ts.token(api.RoleAgent, time.Minute)
+	short := ts.enrollToken(api.RoleAgent, "web2", time.Minute)
 	ts.clock.Advance(2 * time.Minute)
 	r, _ = ts.enrollReq(short, api.RoleAgent, "web2", "")
 	if e := r.err(); r.status != 401 || e.Code != api.CodeTokenInvalid || !strings.Contains(e.Message, "expired") {
 		t.Fatalf("expired token: %d %s", r.status, r.body)
 	}
 	// Wrong role.
-	r, _ = ts.enrollReq(ts.token(api.RoleProcess, 0), api.RoleAgent, "web2", "")
+	r, _ = ts.enrollReq(ts.enrollToken(api.RoleProcess, "web2", 0), api.RoleAgent, "web2", "")
 	if e := r.err(); r.status != 401 || e.Code != api.CodeTokenInvalid {
 		t.Fatalf("wrong role: %d %s", r.status, r.body)
 	}
@@ -444,14 +470,14 @@ func TestEnrollHeartbeatRevoke(t *testing.T) {
 		t.Fatalf("audit events: %+v", evs)
 	}
 	// Re-enrolling gives the machine a working agent again.
-	a2 := ts.enroll("web1")
+	a2 := ts.reenroll(api.RoleAgent, "web1")
 	a2.heartbeat(api.AgentHeartbeat{})
 }
 
 func TestCertRenew(t *testing.T) {
 	ts := startServer(t, serverOpts{})
 	a := ts.enroll("db1")
-	keyPEM, csrPEM, _ := pki.NewKeyAndCSR("db1")
+	keyPEM, csrPEM := a.sameKeyCSR() // renewals keep the key (TestRenewKeepsTheKey)
 	r := do(t, a.client, "POST", ts.url("/api/v1/certs/renew"), "", api.RenewRequest{CSR: string(csrPEM)})
 	if r.status != 200 {
 		t.Fatalf("renew: %d %s", r.status, r.body)
@@ -472,7 +498,7 @@ func TestCertRenew(t *testing.T) {
 }
 
 func TestAuthRolesPoliciesProtect(t *testing.T) {
-	ts := startServer(t, serverOpts{})
+	ts := startServer(t, serverOpts{ingest: true})
 	a := ts.enroll("app1")
 	cfg0 := a.heartbeat(api.AgentHeartbeat{})
 
@@ -501,7 +527,7 @@ func TestAuthRolesPoliciesProtect(t *testing.T) {
 		t.Fatalf("operator creates token: %d %s", r.status, r.body)
 	}
 	// An enrollment token is not an API token.
-	if r := ts.api("GET", "/api/v1/machines", ts.token(api.RoleAgent, 0), nil); r.status != 401 {
+	if r := ts.api("GET", "/api/v1/machines", ts.enrollToken(api.RoleAgent, "nobody", 0), nil); r.status != 401 {
 		t.Fatalf("agent token on the API: %d %s", r.status, r.body)
 	}
 
@@ -684,7 +710,7 @@ func TestAuthRolesPoliciesProtect(t *testing.T) {
 }
 
 func TestRPOEvents(t *testing.T) {
-	ts := startServer(t, serverOpts{})
+	ts := startServer(t, serverOpts{ingest: true})
 	a := ts.enroll("rpo1")
 	a.heartbeat(api.AgentHeartbeat{})
 	ts.mustAPI("POST", "/api/v1/policies", ts.admin, api.Policy{Name: "p", RPOThreshold: api.Duration(time.Minute)}, 201, nil)

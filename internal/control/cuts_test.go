@@ -28,7 +28,7 @@ func (a *agent) cutOf(t *testing.T, what string, acks []api.CutAck, ok func(api.
 }
 
 func TestGroupCuts(t *testing.T) {
-	ts := startServer(t, serverOpts{})
+	ts := startServer(t, serverOpts{ingest: true})
 	a1, a2 := ts.enroll("db"), ts.enroll("web")
 	a1.heartbeat(api.AgentHeartbeat{})
 	a2.heartbeat(api.AgentHeartbeat{})

@@ -1,6 +1,7 @@
 package control
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -13,12 +14,6 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/store"
 )
 
-// Token lifetimes.
-const (
-	defaultEnrollTTL = time.Hour
-	maxTokenTTL      = 10 * 365 * 24 * time.Hour
-)
-
 func (s *Server) health(w http.ResponseWriter, r *http.Request, _ *caller) error {
 	writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "version": s.version, "time": s.clock.Now().UTC()})
 	return nil
@@ -28,24 +23,70 @@ func tokenInvalid(format string, args ...any) *httpError {
 	return errf(http.StatusUnauthorized, api.CodeTokenInvalid, format, args...)
 }
 
-// enroll exchanges a one-time token and a CSR for a certificate.
+// enroll exchanges a one-time token and a CSR for a certificate. Every
+// check comes before the token is spent: the names and hosts, the token
+// and the name it was made for, the CSR, and whether the name is free (an
+// existing machine or process server is enrolled again only with an
+// operator's re-enroll token for it).
 func (s *Server) enroll(w http.ResponseWriter, r *http.Request, _ *caller) error {
 	var req api.EnrollRequest
 	if err := decode(r, &req, false); err != nil {
 		return err
 	}
-	if req.Role != api.RoleAgent && req.Role != api.RoleProcess {
-		return badRequest("role %q: want agent or process", req.Role)
+	hosts, err := checkEnrollRequest(&req)
+	if err != nil {
+		return err
 	}
-	kind := "machine"
-	if req.Role == api.RoleProcess {
-		kind = "process server"
+	ctx := r.Context()
+	now := s.clock.Now()
+	t, err := s.enrollToken(ctx, req, now)
+	if err != nil {
+		return err
 	}
-	if err := validComponentName(kind, req.Name); err != nil {
+	if _, _, _, err := s.ca.SignCSR([]byte(req.CSR), req.Role, req.Name, hosts, time.Minute, now); err != nil {
 		return badRequest("%v", err)
 	}
-	if err := checkText("hostname", req.Hostname, 1024); err != nil {
+	plan, err := s.planEnroll(ctx, req, t)
+	if err != nil {
 		return err
+	}
+	if err := s.store.UseToken(ctx, t.ID, now.UTC()); err != nil {
+		if errors.Is(err, store.ErrTokenUsed) {
+			return tokenInvalid("token %s was already used: enrollment tokens work once; ask an admin for a new one", t.ID)
+		}
+		if errors.Is(err, store.ErrNotFound) {
+			return tokenInvalid("unknown token: ask an admin for a new one")
+		}
+		return err
+	}
+	certPEM, serial, err := s.issueEnrolled(ctx, req, hosts, plan, now)
+	if err != nil {
+		return err
+	}
+	verb := "enrolled"
+	if plan.existing {
+		verb = "enrolled again (re-enroll)"
+	}
+	s.event(ctx, api.Event{Kind: "enrolled", Machine: machineIf(req.Role, req.Name), Process: processIf(req.Role, req.Name),
+		Message: fmt.Sprintf("%s %s %s with token %s (certificate %s)", req.Role, req.Name, verb, t.ID, serial)})
+	if plan.warning != "" {
+		s.event(ctx, api.Event{Kind: "unassigned", Severity: api.SeverityWarning, Machine: req.Name, Message: plan.warning})
+	}
+	writeJSON(w, http.StatusOK, api.EnrollResponse{Certificate: string(certPEM), CA: string(s.ca.CertPEM()), Name: req.Name, Warning: plan.warning})
+	return nil
+}
+
+// checkEnrollRequest validates what an enrollment names (role, name,
+// hostname, a process server's hosts, a CSR present) and returns the hosts.
+func checkEnrollRequest(req *api.EnrollRequest) ([]string, error) {
+	if req.Role != api.RoleAgent && req.Role != api.RoleProcess {
+		return nil, badRequest("role %q: want agent or process", req.Role)
+	}
+	if err := validComponentName(kindOf(req.Role), req.Name); err != nil {
+		return nil, badRequest("%v", err)
+	}
+	if err := checkText("hostname", req.Hostname, 1024); err != nil {
+		return nil, err
 	}
 	var hosts []string
 	if req.Role == api.RoleProcess {
@@ -58,89 +99,168 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request, _ *caller) error
 				continue
 			}
 			if !validHost(h) {
-				return badRequest("hostname %q is not a DNS name or IP address (process servers list the names agents dial, comma-separated)", h)
+				return nil, badRequest("hostname %q is not a DNS name or IP address (process servers list the names agents dial, comma-separated)", h)
 			}
 			hosts = append(hosts, h)
 		}
 		if len(hosts) > 32 {
-			return badRequest("too many host names (%d): at most 32", len(hosts))
+			return nil, badRequest("too many host names (%d): at most 32", len(hosts))
 		}
 	}
 	if req.CSR == "" {
-		return badRequest("no csr: send a PEM certificate signing request")
+		return nil, badRequest("no csr: send a PEM certificate signing request")
 	}
+	return hosts, nil
+}
+
+// enrollToken finds the request's token and checks that it may enroll
+// req.Name in req.Role now. It spends nothing.
+func (s *Server) enrollToken(ctx context.Context, req api.EnrollRequest, now time.Time) (store.Token, error) {
 	hash, _, err := pki.ParseToken(strings.TrimSpace(req.Token))
 	if err != nil {
-		return tokenInvalid("unknown token: %v", err)
+		return store.Token{}, tokenInvalid("unknown token: %v", err)
 	}
-	ctx := r.Context()
 	t, err := s.store.TokenByHash(ctx, hash)
 	if errors.Is(err, store.ErrNotFound) {
-		return tokenInvalid("unknown token: no such enrollment token on this server; ask an admin for a new one")
+		return t, tokenInvalid("unknown token: no such enrollment token on this server; ask an admin for a new one")
 	}
 	if err != nil {
-		return err
+		return t, err
 	}
-	now := s.clock.Now()
 	switch {
 	case t.Revoked:
-		return tokenInvalid("token %s was revoked: ask an admin for a new one", t.ID)
+		return t, tokenInvalid("token %s was revoked: ask an admin for a new one", t.ID)
 	case !t.OneTime || (t.Role != api.RoleAgent && t.Role != api.RoleProcess):
-		return tokenInvalid("token %s is not an enrollment token (role %s): ask an admin for an agent or process token", t.ID, t.Role)
+		return t, tokenInvalid("token %s is not an enrollment token (role %s): ask an admin for an agent or process token", t.ID, t.Role)
 	case !t.Used.IsZero():
-		return tokenInvalid("token %s was already used at %s: enrollment tokens work once; ask an admin for a new one", t.ID, t.Used.UTC().Format(time.RFC3339))
+		return t, tokenInvalid("token %s was already used at %s: enrollment tokens work once; ask an admin for a new one", t.ID, t.Used.UTC().Format(time.RFC3339))
 	case !t.Expires.IsZero() && now.After(t.Expires):
-		return tokenInvalid("token %s expired at %s: ask an admin for a new one", t.ID, t.Expires.UTC().Format(time.RFC3339))
+		return t, tokenInvalid("token %s expired at %s: ask an admin for a new one", t.ID, t.Expires.UTC().Format(time.RFC3339))
 	case t.Role != req.Role:
-		return tokenInvalid("token %s is for role %s, not %s", t.ID, t.Role, req.Role)
+		return t, tokenInvalid("token %s is for role %s, not %s", t.ID, t.Role, req.Role)
+	case t.Subject != "" && t.Subject != req.Name:
+		return t, errf(http.StatusForbidden, api.CodeForbidden,
+			"token %s enrolls %s %q only, not %q: enroll with the name the token was made for, or ask an admin for a token for %q (`lifeboat token create --role %s --name %s`); the token is still valid",
+			t.ID, kindOf(t.Role), t.Subject, req.Name, req.Name, t.Role, req.Name)
 	}
-	// Check the CSR before spending the token.
-	if _, _, _, err := s.ca.SignCSR([]byte(req.CSR), req.Role, req.Name, hosts, time.Minute, now); err != nil {
-		return badRequest("%v", err)
-	}
+	return t, nil
+}
+
+// enrollPlan is what an enrollment will do once its token is spent.
+type enrollPlan struct {
+	existing bool   // the name exists: a re-enroll
+	process  string // a new machine's process server ("": none online)
+	warning  string // why a new machine has no process server
+	token    store.Token
+}
+
+// planEnroll checks that req.Name may be enrolled with t: a new name, or
+// an existing one with a re-enroll token for it. A new machine is given
+// an online process server, or none (with a warning) when none is online.
+func (s *Server) planEnroll(ctx context.Context, req api.EnrollRequest, t store.Token) (enrollPlan, error) {
+	plan := enrollPlan{token: t}
 	if req.Role == api.RoleAgent {
-		old, err := s.store.GetMachine(ctx, req.Name)
-		if err == nil && old.Host != "" {
-			return conflict("machine %s is a VM replicated by host %s: enroll this agent under another name, or remove that machine first", req.Name, old.Host)
+		m, err := s.store.GetMachine(ctx, req.Name)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+		case err != nil:
+			return plan, err
+		case m.Host != "":
+			return plan, conflict("machine %s is a VM replicated by host %s: enroll this agent under another name, or remove that machine first", req.Name, m.Host)
+		default:
+			plan.existing = true
+		}
+	} else {
+		if req.Name == EmbeddedName {
+			return plan, conflict("%q is the name of the embedded process server: choose another name", req.Name)
+		}
+		p, err := s.store.GetProcess(ctx, req.Name)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+		case err != nil:
+			return plan, err
+		case p.Embedded:
+			return plan, conflict("%q is the name of the embedded process server: choose another name", req.Name)
+		default:
+			plan.existing = true
 		}
 	}
-	if err := s.store.UseToken(ctx, t.ID, now.UTC()); err != nil {
-		if errors.Is(err, store.ErrTokenUsed) {
-			return tokenInvalid("token %s was already used: enrollment tokens work once; ask an admin for a new one", t.ID)
+	if plan.existing && !t.Reenroll {
+		return plan, conflict("%s %s is already enrolled: token %s cannot take it over (the token is still valid). If this is %s enrolling again (reinstalled, new key), an operator runs `lifeboat %s reenroll %s`, which revokes its current certificates and prints a token for it",
+			kindOf(req.Role), req.Name, t.ID, req.Name, cliNoun(req.Role), req.Name)
+	}
+	if req.Role == api.RoleAgent && !plan.existing {
+		var err error
+		if plan.process, plan.warning, err = s.assignProcess(ctx, req.Name); err != nil {
+			return plan, err
 		}
-		if errors.Is(err, store.ErrNotFound) {
-			return tokenInvalid("unknown token: ask an admin for a new one")
+	}
+	return plan, nil
+}
+
+// issueEnrolled creates or takes over the record of the enrolled name,
+// then signs and records its certificate. A re-enroll revokes every
+// other certificate of the name first, so the new one is the only one.
+func (s *Server) issueEnrolled(ctx context.Context, req api.EnrollRequest, hosts []string, plan enrollPlan, now time.Time) ([]byte, string, error) {
+	if plan.existing {
+		if _, err := s.store.RevokeCerts(ctx, req.Role, req.Name, now.UTC()); err != nil {
+			return nil, "", err
 		}
-		return err
+		if err := s.loadRevoked(ctx); err != nil {
+			return nil, "", err
+		}
+		if err := s.store.TakeRotation(ctx, req.Role, req.Name); err != nil && !errors.Is(err, store.ErrNotFound) {
+			return nil, "", err
+		}
+	}
+	if err := s.claimName(ctx, req, plan, now); err != nil {
+		return nil, "", err
 	}
 	certPEM, serial, notAfter, err := s.ca.SignCSR([]byte(req.CSR), req.Role, req.Name, hosts, s.cfg.CertTTL.Std(), now)
 	if err != nil {
-		return badRequest("%v", err)
+		return nil, "", badRequest("%v", err)
 	}
 	if err := s.store.AddCert(ctx, store.Cert{Serial: serial, Role: req.Role, Name: req.Name, NotAfter: notAfter, Issued: now.UTC()}); err != nil {
-		return fmt.Errorf("record certificate: %w", err)
+		return nil, "", fmt.Errorf("record certificate: %w", err)
 	}
 	if req.Role == api.RoleAgent {
-		if err := s.enrollMachine(r, req, serial); err != nil {
-			return err
+		_, err := s.store.UpdateMachine(ctx, req.Name, func(m *api.Machine) error {
+			m.Agent = serial
+			if req.Hostname != "" {
+				m.Inventory.Hostname = req.Hostname
+			}
+			if plan.existing && m.State == api.StateError {
+				m.State, m.Reason = machineState(m), ""
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, "", err
 		}
-	} else {
-		p, err := s.store.GetProcess(ctx, req.Name)
-		if err != nil && !errors.Is(err, store.ErrNotFound) {
-			return err
-		}
-		if p.Embedded {
-			return conflict("%q is the name of the embedded process server: choose another name", req.Name)
-		}
-		p.Name = req.Name
-		if err := s.store.PutProcess(ctx, p); err != nil {
-			return err
-		}
+		s.notify.notify(req.Name)
 	}
-	s.event(ctx, api.Event{Kind: "enrolled", Machine: machineIf(req.Role, req.Name), Process: processIf(req.Role, req.Name),
-		Message: fmt.Sprintf("%s %s enrolled with token %s (certificate %s)", req.Role, req.Name, t.ID, serial)})
-	writeJSON(w, http.StatusOK, api.EnrollResponse{Certificate: string(certPEM), CA: string(s.ca.CertPEM()), Name: req.Name})
-	return nil
+	return certPEM, serial, nil
+}
+
+// claimName creates the record of a new machine or process server. Two
+// enrollments racing for one new machine name: the second is refused.
+func (s *Server) claimName(ctx context.Context, req api.EnrollRequest, plan enrollPlan, now time.Time) error {
+	if req.Role == api.RoleProcess {
+		if plan.existing {
+			return s.markProcessRevoked(ctx, req.Name, false)
+		}
+		return s.store.PutProcess(ctx, api.ProcessServer{Name: req.Name})
+	}
+	if plan.existing {
+		return nil
+	}
+	m := api.Machine{Name: req.Name, State: api.StateUnprotected, Process: plan.process, Created: now.UTC()}
+	m.Inventory.Hostname = req.Hostname
+	err := s.store.PutMachine(ctx, m)
+	if errors.Is(err, store.ErrConflict) {
+		return conflict("machine %s was enrolled by another request meanwhile: token %s is spent; ask an admin for a new one if this machine is the right one", req.Name, plan.token.ID)
+	}
+	return err
 }
 
 func machineIf(role, name string) string {
@@ -155,62 +275,6 @@ func processIf(role, name string) string {
 		return name
 	}
 	return ""
-}
-
-// enrollMachine creates or updates the machine record of a new agent and
-// assigns it a process server.
-func (s *Server) enrollMachine(r *http.Request, req api.EnrollRequest, serial string) error {
-	ctx := r.Context()
-	now := s.clock.Now().UTC()
-	_, err := s.store.GetMachine(ctx, req.Name)
-	if errors.Is(err, store.ErrNotFound) {
-		proc, err := s.pickProcess(r)
-		if err != nil {
-			return err
-		}
-		m := api.Machine{Name: req.Name, Agent: serial, State: api.StateUnprotected, Process: proc, Created: now}
-		m.Inventory.Hostname = req.Hostname
-		if err := s.store.PutMachine(ctx, m); err == nil || !errors.Is(err, store.ErrConflict) {
-			return err
-		}
-	} else if err != nil {
-		return err
-	}
-	_, err = s.store.UpdateMachine(ctx, req.Name, func(m *api.Machine) error {
-		m.Agent = serial
-		if req.Hostname != "" {
-			m.Inventory.Hostname = req.Hostname
-		}
-		return nil
-	})
-	s.notify.notify(req.Name)
-	return err
-}
-
-// pickProcess chooses the process server with the fewest agents.
-func (s *Server) pickProcess(r *http.Request) (string, error) {
-	ps, err := s.store.ListProcesses(r.Context())
-	if err != nil {
-		return "", err
-	}
-	if len(ps) == 0 {
-		return "", nil
-	}
-	ms, err := s.store.ListMachines(r.Context())
-	if err != nil {
-		return "", err
-	}
-	count := map[string]int{}
-	for _, m := range ms {
-		count[m.Process]++
-	}
-	best := ""
-	for _, p := range ps {
-		if best == "" || count[p.Name] < count[best] || count[p.Name] == count[best] && p.Embedded {
-			best = p.Name
-		}
-	}
-	return best, nil
 }
 
 func validHost(h string) bool {
@@ -233,15 +297,41 @@ func validHost(h string) bool {
 	return true
 }
 
-// renew issues a fresh certificate to an enrolled component.
+// renew issues a fresh certificate to an enrolled component for the key
+// it already holds. A new key needs an operator's approval (rotate-key),
+// which the renewal consumes, and the rotation revokes every certificate
+// of the old key. A revoked certificate never gets here (Authenticate);
+// one the store does not know or that belongs to a removed machine or
+// process server is refused.
 func (s *Server) renew(w http.ResponseWriter, r *http.Request, c *caller) error {
 	var req api.RenewRequest
 	if err := decode(r, &req, false); err != nil {
 		return err
 	}
+	ctx := r.Context()
+	if err := s.renewable(ctx, c); err != nil {
+		return err
+	}
+	pub, err := pki.CSRPublicKey([]byte(req.CSR))
+	if err != nil {
+		return badRequest("csr: %v", err)
+	}
+	leaf := r.TLS.VerifiedChains[0][0]
+	rotated := false
+	if !pki.SamePublicKey(pub, leaf.PublicKey) {
+		err := s.store.TakeRotation(ctx, c.Role, c.Name)
+		if errors.Is(err, store.ErrNotFound) {
+			return errf(http.StatusForbidden, api.CodeForbidden,
+				"%s %s may renew its certificate only for the key it holds: this request is for a new key, and no operator approved a rotation (`lifeboat %s rotate-key %s`)",
+				c.Role, c.Name, cliNoun(c.Role), c.Name)
+		}
+		if err != nil {
+			return err
+		}
+		rotated = true
+	}
 	var hosts []string
-	if c.Role == api.RoleProcess && r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
-		leaf := r.TLS.PeerCertificates[0]
+	if c.Role == api.RoleProcess {
 		hosts = append(hosts, leaf.DNSNames...)
 		for _, ip := range leaf.IPAddresses {
 			hosts = append(hosts, ip.String())
@@ -252,19 +342,62 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request, c *caller) error 
 	if err != nil {
 		return badRequest("%v", err)
 	}
-	ctx := r.Context()
+	var revoked []string
+	if rotated {
+		// The old key is done with: nothing signed for it stays valid.
+		if revoked, err = s.store.RevokeCerts(ctx, c.Role, c.Name, now.UTC()); err != nil {
+			return err
+		}
+	}
 	if err := s.store.AddCert(ctx, store.Cert{Serial: serial, Role: c.Role, Name: c.Name, NotAfter: notAfter, Issued: now.UTC()}); err != nil {
 		return fmt.Errorf("record certificate: %w", err)
+	}
+	if rotated {
+		if err := s.loadRevoked(ctx); err != nil {
+			return err
+		}
 	}
 	if c.Role == api.RoleAgent {
 		if _, err := s.store.UpdateMachine(ctx, c.Name, func(m *api.Machine) error { m.Agent = serial; return nil }); err != nil &&
 			!errors.Is(err, store.ErrNotFound) {
 			return err
 		}
+		s.notify.notify(c.Name) // its configuration no longer asks for a rotation
 	}
-	s.event(ctx, api.Event{Kind: "cert_renewed", Machine: machineIf(c.Role, c.Name), Process: processIf(c.Role, c.Name),
-		Message: fmt.Sprintf("%s %s renewed its certificate (old %s, new %s)", c.Role, c.Name, c.Peer.Serial, serial)})
+	msg := fmt.Sprintf("%s %s renewed its certificate for the same key (old %s, new %s)", c.Role, c.Name, c.Peer.Serial, serial)
+	if rotated {
+		msg = fmt.Sprintf("%s %s rotated its key as approved: new certificate %s; revoked the old key's %s", c.Role, c.Name, serial, strings.Join(revoked, ", "))
+	}
+	s.event(ctx, api.Event{Kind: "cert_renewed", Machine: machineIf(c.Role, c.Name), Process: processIf(c.Role, c.Name), Message: msg})
 	writeJSON(w, http.StatusOK, api.EnrollResponse{Certificate: string(certPEM), CA: string(s.ca.CertPEM()), Name: c.Name})
+	return nil
+}
+
+// renewable refuses a renewal by a certificate the store does not know or
+// holds revoked, or of a machine or process server that was removed.
+func (s *Server) renewable(ctx context.Context, c *caller) error {
+	cert, err := s.store.GetCert(ctx, c.Peer.Serial)
+	if errors.Is(err, store.ErrNotFound) {
+		return errf(http.StatusForbidden, api.CodeForbidden, "certificate %s of %s %s is not known to this server: enroll again with a new token", c.Peer.Serial, c.Role, c.Name)
+	}
+	if err != nil {
+		return err
+	}
+	if cert.Role != c.Role || cert.Name != c.Name {
+		return errf(http.StatusForbidden, api.CodeForbidden, "certificate %s was recorded for %s %s, not %s %s: enroll again with a new token",
+			c.Peer.Serial, cert.Role, cert.Name, c.Role, c.Name)
+	}
+	if !cert.Revoked.IsZero() {
+		return errf(http.StatusForbidden, api.CodeCertRevoked, "certificate %s of %s %s was revoked: it cannot be renewed; enroll again (`lifeboat %s reenroll %s` gives a token)",
+			c.Peer.Serial, c.Role, c.Name, cliNoun(c.Role), c.Name)
+	}
+	exists, err := s.subjectExists(ctx, c.Role, c.Name)
+	if err != nil {
+		return err
+	}
+	if !exists || (c.Role == api.RoleProcess && c.Name == EmbeddedName) {
+		return errf(http.StatusForbidden, api.CodeForbidden, "%s %s was removed from this server: its certificate is not renewed", kindOf(c.Role), c.Name)
+	}
 	return nil
 }
 
@@ -277,76 +410,5 @@ func (s *Server) revokedList(w http.ResponseWriter, r *http.Request, _ *caller) 
 		serials = []string{}
 	}
 	writeJSON(w, http.StatusOK, api.RevokedList{Serials: serials, AsOf: s.clock.Now().UTC()})
-	return nil
-}
-
-// TokenInfo is a token as GET /api/v1/tokens lists it (never its secret).
-type TokenInfo struct {
-	ID      string    `json:"id"`
-	Role    string    `json:"role"`
-	Name    string    `json:"name"`
-	OneTime bool      `json:"one_time"`
-	Created time.Time `json:"created"`
-	Expires time.Time `json:"expires,omitzero"`
-	Used    time.Time `json:"used,omitzero"`
-	Revoked bool      `json:"revoked"`
-}
-
-func (s *Server) createToken(w http.ResponseWriter, r *http.Request, c *caller) error {
-	var req api.TokenRequest
-	if err := decode(r, &req, false); err != nil {
-		return err
-	}
-	oneTime := false
-	switch req.Role {
-	case api.RoleAgent, api.RoleProcess:
-		oneTime = true
-	case api.RoleViewer, api.RoleOperator, api.RoleAdmin:
-	default:
-		return badRequest("role %q: want agent, process, viewer, operator or admin", req.Role)
-	}
-	if err := checkDuration("ttl", req.TTL, time.Second, maxTokenTTL, true); err != nil {
-		return err
-	}
-	id := randomID(8)
-	name := req.Name
-	if name == "" {
-		name = req.Role + "-" + id[:6]
-	} else if err := validComponentName("token", name); err != nil {
-		return badRequest("%v", err)
-	}
-	ttl := req.TTL.Std()
-	if ttl == 0 && oneTime {
-		ttl = defaultEnrollTTL
-	}
-	now := s.clock.Now().UTC()
-	var expires time.Time
-	if ttl > 0 {
-		expires = now.Add(ttl)
-	}
-	tok, hash, err := pki.NewToken(s.ca.Fingerprint())
-	if err != nil {
-		return err
-	}
-	if err := s.store.CreateToken(r.Context(), store.Token{ID: id, Hash: hash, Role: req.Role, Name: name, OneTime: oneTime,
-		Created: now, Expires: expires}); err != nil {
-		return err
-	}
-	s.audit(r, c, "", fmt.Sprintf("created %s token %s (%s)", req.Role, id, name))
-	writeJSON(w, http.StatusCreated, api.TokenResponse{Token: tok, ID: id, Role: req.Role, Expires: expires})
-	return nil
-}
-
-func (s *Server) listTokens(w http.ResponseWriter, r *http.Request, _ *caller) error {
-	ts, err := s.store.ListTokens(r.Context())
-	if err != nil {
-		return err
-	}
-	out := make([]TokenInfo, 0, len(ts))
-	for _, t := range ts {
-		out = append(out, TokenInfo{ID: t.ID, Role: t.Role, Name: t.Name, OneTime: t.OneTime, Created: t.Created,
-			Expires: t.Expires, Used: t.Used, Revoked: t.Revoked})
-	}
-	writeJSON(w, http.StatusOK, out)
 	return nil
 }

@@ -44,6 +44,7 @@ type caller struct {
 	Role    string
 	Name    string // token name or certificate name
 	TokenID string
+	Expires time.Time // the API token's expiry (zero: never)
 	Peer    pki.Peer
 }
 
@@ -105,6 +106,14 @@ func (s *Server) Routes() []Route {
 
 		{"POST", "/api/v1/tokens", authToken, admin, s.createToken},
 		{"GET", "/api/v1/tokens", authToken, admin, s.listTokens},
+		{"POST", "/api/v1/tokens/{id}/revoke", authToken, admin, s.revokeToken},
+		{"GET", "/api/v1/whoami", authToken, viewer, s.whoami},
+		{"POST", "/api/v1/machines/{name}/reenroll", authToken, operator, s.reenroll(api.RoleAgent)},
+		{"POST", "/api/v1/machines/{name}/rotate-key", authToken, operator, s.rotateKey(api.RoleAgent)},
+		{"POST", "/api/v1/process-servers/{name}/reenroll", authToken, operator, s.reenroll(api.RoleProcess)},
+		{"POST", "/api/v1/process-servers/{name}/rotate-key", authToken, operator, s.rotateKey(api.RoleProcess)},
+		{"POST", "/api/v1/process-servers/{name}/revoke", authToken, admin, s.processRevoke},
+		{"DELETE", "/api/v1/process-servers/{name}", authToken, admin, s.processRemove},
 		{"GET", "/api/v1/policies", authToken, viewer, s.listPolicies},
 		{"POST", "/api/v1/policies", authToken, operator, s.createPolicy},
 		{"GET", "/api/v1/policies/{name}", authToken, viewer, s.getPolicy},
@@ -170,6 +179,9 @@ func (s *Server) wrap(rt Route) http.Handler {
 		}()
 		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 		c, err := s.authenticate(r, rt)
+		if err == nil && c.Kind == authToken && !c.Expires.IsZero() {
+			w.Header().Set(api.TokenExpiresHeader, c.Expires.UTC().Format(time.RFC3339))
+		}
 		if err == nil {
 			err = rt.h(w, r, c)
 		}
@@ -221,7 +233,7 @@ func (s *Server) authenticate(r *http.Request, rt Route) (*caller, error) {
 	case t.OneTime || roleLevel[t.Role] == 0:
 		return nil, errf(http.StatusUnauthorized, api.CodeUnauthenticated, "token %s is an enrollment token for role %s, not an API token", t.ID, t.Role)
 	}
-	c := &caller{Kind: authToken, Role: t.Role, Name: t.Name, TokenID: t.ID}
+	c := &caller{Kind: authToken, Role: t.Role, Name: t.Name, TokenID: t.ID, Expires: t.Expires}
 	if need := rt.Roles[0]; roleLevel[t.Role] < roleLevel[need] {
 		return nil, errf(http.StatusForbidden, api.CodeForbidden, "%s %s needs the %s role; token %s has role %s",
 			r.Method, r.URL.Path, need, t.Name, t.Role)

@@ -292,10 +292,15 @@ var machineActions = []machineAction{
 		if err := vault.ValidateName("process server", mr.Process); err != nil {
 			return "", badRequest("%v", err)
 		}
-		if _, err := s.store.GetProcess(r.Context(), mr.Process); errors.Is(err, store.ErrNotFound) {
+		p, err := s.store.GetProcess(r.Context(), mr.Process)
+		if errors.Is(err, store.ErrNotFound) {
 			return "", badRequest("no process server %q (see GET /api/v1/process-servers)", mr.Process)
 		} else if err != nil {
 			return "", err
+		}
+		if now := s.clock.Now(); s.processState(p, now) != api.ProcessOnline {
+			return "", errf(http.StatusConflict, api.CodeConflict, "process server %s is not online (%s): it gets no machines until it reports; start it (`lifeboat process run`) or choose another",
+				mr.Process, s.describeProcess(p, now))
 		}
 		was := m.Process
 		m.Process = mr.Process
@@ -354,6 +359,10 @@ func (s *Server) protect(r *http.Request, req any, m *api.Machine) (string, erro
 	if err := checkDrivers(m, pr.Drivers); err != nil {
 		return "", err
 	}
+	assigned, err := s.ensureProcess(r.Context(), m)
+	if err != nil {
+		return "", err
+	}
 	if len(pr.Drivers) == 0 && pol.Driver != "" {
 		if err := checkDrivers(m, map[string]string{"": pol.Driver}); err != nil {
 			return "", err
@@ -375,6 +384,9 @@ func (s *Server) protect(r *http.Request, req any, m *api.Machine) (string, erro
 	}
 	if len(pr.Disks) > 0 {
 		what += ", disks " + strings.Join(pr.Disks, " ")
+	}
+	if assigned != "" {
+		what += ", " + assigned
 	}
 	for _, k := range slices.Sorted(maps.Keys(pr.Drivers)) {
 		if k == "" {
@@ -460,51 +472,12 @@ func (s *Server) revokeMachine(w http.ResponseWriter, r *http.Request, c *caller
 	if err != nil {
 		return err
 	}
-	now := s.clock.Now().UTC()
-	serials, err := s.store.RevokeCerts(ctx, api.RoleAgent, name, now)
+	serials, vms, err := s.revokeAgent(ctx, m, "agent certificate revoked: enroll the agent again (`lifeboat agent reenroll "+name+"` gives a token)")
 	if err != nil {
 		return err
 	}
-	// A host agent holds the keys of the VMs it replicates: revoking the
-	// host revokes them too. The VMs get new certificates when the host's
-	// agent, enrolled again, reports them.
-	var vms []string
-	if m.Host == "" {
-		all, err := s.store.ListMachines(ctx)
-		if err != nil {
-			return err
-		}
-		for _, vm := range all {
-			if vm.Host != name {
-				continue
-			}
-			vs, err := s.store.RevokeCerts(ctx, api.RoleAgent, vm.Name, now)
-			if err != nil {
-				return err
-			}
-			serials = append(serials, vs...)
-			vms = append(vms, vm.Name)
-		}
-	}
-	if err := s.loadRevoked(ctx); err != nil {
+	if m, err = s.store.GetMachine(ctx, name); err != nil {
 		return err
-	}
-	m, err = s.store.UpdateMachine(ctx, name, func(m *api.Machine) error {
-		m.State, m.Reason = api.StateError, "agent certificate revoked: enroll the agent again with a new token"
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	for _, vm := range vms {
-		_, err := s.store.UpdateMachine(ctx, vm, func(m *api.Machine) error {
-			m.State, m.Reason = api.StateError, fmt.Sprintf("certificate revoked with its host %s's: the VM is enrolled again when the host's agent is", name)
-			return nil
-		})
-		if err != nil && !errors.Is(err, store.ErrNotFound) {
-			return err
-		}
-		s.notify.notify(vm)
 	}
 	what := fmt.Sprintf("revoked the agent certificates of machine %s (%s)", name, strings.Join(serials, ", "))
 	if len(vms) > 0 {
@@ -531,8 +504,10 @@ func (s *Server) processList(ctx context.Context) ([]api.ProcessServer, error) {
 	for _, m := range ms {
 		count[m.Process]++
 	}
+	now := s.clock.Now()
 	for i := range ps {
 		ps[i].Agents = count[ps[i].Name]
+		ps[i].State = s.processState(ps[i], now)
 	}
 	if ps == nil {
 		ps = []api.ProcessServer{}

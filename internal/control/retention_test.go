@@ -37,7 +37,7 @@ func savePoint(t *testing.T, v *vault.Vault, machine string, at time.Time) strin
 }
 
 func TestRetention(t *testing.T) {
-	ts := startServer(t, serverOpts{retentionEvery: time.Hour})
+	ts := startServer(t, serverOpts{retentionEvery: time.Hour, ingest: true})
 	be, err := local.New(ts.vaultAt)
 	if err != nil {
 		t.Fatal(err)

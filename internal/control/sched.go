@@ -51,6 +51,7 @@ func (s *Server) Tick(ctx context.Context) {
 		name string
 		fn   func(context.Context) error
 	}{{"group cuts", s.tickCuts}, {"machine health", s.tickMachines}, {"embedded process server", s.tickEmbedded},
+		{"process servers", s.tickProcesses}, {"tokens", s.tickTokens},
 		{"reported points waiting for the vault", s.tickPendingPoints}, {"retention", s.tickRetention},
 		{"event retention", s.tickEventRetention}} {
 		if ctx.Err() != nil {

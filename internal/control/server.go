@@ -97,6 +97,9 @@ type Server struct {
 	lastEvent   int64                            // newest event ID
 	lastRetain  time.Time
 	mux         *http.ServeMux
+
+	tokens tokenWatch   // API tokens announced as expiring (tokens.go)
+	procs  processWatch // process servers announced offline (liveness.go)
 }
 
 // Open opens the server in dataDir without serving: store, CA, vault and

@@ -85,7 +85,7 @@ func (s *Server) recordVM(r *http.Request, c *caller, vm api.DiscoveredVM) (api.
 	m, err := s.store.GetMachine(ctx, vm.Name)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
-		proc, err := s.pickProcess(r)
+		proc, _, err := s.assignProcess(ctx, vm.Name)
 		if err != nil {
 			return res, err
 		}

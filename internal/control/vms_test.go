@@ -16,7 +16,7 @@ import (
 // agent; names owned by others are refused per entry; protect checks the
 // drivers against the disks.
 func TestHostReportsVMs(t *testing.T) {
-	ts := startServer(t, serverOpts{})
+	ts := startServer(t, serverOpts{ingest: true})
 	host := ts.enroll("kvm1")
 	other := ts.enroll("kvm2")
 	plain := ts.enroll("plain")
@@ -187,10 +187,15 @@ func TestRevokeHostRevokesVMs(t *testing.T) {
 		t.Fatalf("report of a VM with a good certificate: %+v", res)
 	}
 
-	// A plain agent may not take the VM's name.
-	r, _ := ts.enrollReq(ts.token(api.RoleAgent, 0), api.RoleAgent, "web", "127.0.0.1")
-	if r.status != http.StatusConflict || !strings.Contains(r.err().Message, "VM replicated by host kvm1") {
-		t.Fatalf("enroll a plain agent as web: %d %s", r.status, r.body)
+	// A plain agent may not take the VM's name: no token is made for it,
+	// and no re-enroll token either (a VM's certificate comes from its host).
+	if r := ts.api("POST", "/api/v1/tokens", ts.admin, api.TokenRequest{Role: api.RoleAgent, Name: "web"}); r.status != http.StatusConflict ||
+		!strings.Contains(r.err().Message, "already enrolled") {
+		t.Fatalf("token for a plain agent named web: %d %s", r.status, r.body)
+	}
+	if r := ts.api("POST", "/api/v1/machines/web/reenroll", ts.admin, nil); r.status != http.StatusConflict ||
+		!strings.Contains(r.err().Message, "VM replicated by host kvm1") {
+		t.Fatalf("re-enroll token for VM web: %d %s", r.status, r.body)
 	}
 
 	var rev struct{ Revoked []string }
@@ -213,7 +218,7 @@ func TestRevokeHostRevokesVMs(t *testing.T) {
 	}
 
 	// The host, enrolled again, is told to send a new CSR for web.
-	host = ts.enroll("kvm1")
+	host = ts.reenroll(api.RoleAgent, "kvm1")
 	if res := resp0(t, host, ts, inv); !res.Reenroll {
 		t.Fatalf("report of a VM whose certificate was revoked: %+v, want reenroll", res)
 	}
