@@ -29,13 +29,24 @@ type EnrollOptions struct {
 	Name     string // machine name to enroll as
 	StateDir string // created 0700 if missing
 	Hostname string // reported to the server; default os.Hostname
+	// What agent.json gets besides the server and the name. Disks replace
+	// those already there (none: keep them); HooksDir and VMs, when set,
+	// replace theirs.
+	Disks    []DiskConfig
+	HooksDir string
+	VMs      *VMHostConfig
+	// Warn, if set, receives what the server says keeps the new agent
+	// from replicating yet (no process server online).
+	Warn func(string)
 }
 
 // Enroll exchanges a one-time token for a client certificate: it makes a
 // new key and CSR, posts them to the server over TLS pinned to the CA
 // fingerprint the token carries, and saves the identity in
 // StateDir/identity. It writes (or updates) StateDir/agent.json with the
-// server URL and machine name, keeping disks and hooks already there.
+// server URL, machine name, disks, hooks and VM discovery, keeping what is
+// already there otherwise. The whole configuration (names, paths) is
+// checked before the token is sent, so a mistake does not spend it.
 func Enroll(ctx context.Context, o EnrollOptions) error {
 	if o.StateDir == "" {
 		return errors.New("enroll: no state directory given")
@@ -44,13 +55,13 @@ func Enroll(ctx context.Context, o EnrollOptions) error {
 		o.Hostname, _ = os.Hostname()
 	}
 	server := strings.TrimRight(o.Server, "/")
-	probe := Config{Server: server, Machine: o.Name}
-	if err := probe.Validate(); err != nil {
-		return fmt.Errorf("enroll: %w", err)
+	cfg := enrollConfig(o, server)
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("enroll: %w (nothing was sent: the token is still valid)", err)
 	}
 	_, pin, err := pki.ParseToken(strings.TrimSpace(o.Token))
 	if err != nil {
-		return fmt.Errorf("enroll: the enrollment token is malformed (%w): copy it again from `lifeboat token create --role agent`", err)
+		return fmt.Errorf("enroll: the enrollment token is malformed (%w): copy it again from `lifeboat token create --role agent --name %s`", err, o.Name)
 	}
 	if err := os.MkdirAll(o.StateDir, 0o700); err != nil {
 		return fmt.Errorf("enroll: create state directory: %w", err)
@@ -71,12 +82,15 @@ func Enroll(ctx context.Context, o EnrollOptions) error {
 		var ae *client.Error
 		switch {
 		case errors.As(err, &ae):
-			return fmt.Errorf("enroll: the server refused the enrollment: %s (%s): create a new token with `lifeboat token create --role agent` if it was used or expired", ae.Message, ae.Code)
+			return fmt.Errorf("enroll: the server refused the enrollment: %s (%s)", ae.Message, ae.Code)
 		case isTLSVerifyError(err):
 			return fmt.Errorf("enroll: the server's CA does not match the token's pin (%w): check --server points at the control plane that issued the token", err)
 		default:
 			return fmt.Errorf("enroll: cannot reach %s: %w", server, err)
 		}
+	}
+	if resp.Warning != "" && o.Warn != nil {
+		o.Warn(resp.Warning)
 	}
 	if resp.Certificate == "" || resp.CA == "" {
 		return errors.New("enroll: the server's answer holds no certificate: is --server a Lifeboat control plane?")
@@ -91,19 +105,33 @@ func Enroll(ctx context.Context, o EnrollOptions) error {
 	if err := pki.SaveIdentity(idDir, keyPEM, []byte(resp.Certificate), []byte(resp.CA)); err != nil {
 		return fmt.Errorf("enroll: save identity: %w", err)
 	}
+	if resp.Name != "" && validName("machine", resp.Name) == nil {
+		cfg.Machine = resp.Name
+	}
+	return SaveConfig(o.StateDir, cfg)
+}
+
+// enrollConfig is the agent.json an enrollment writes: what is there
+// already (if it loads), with the options applied.
+func enrollConfig(o EnrollOptions, server string) *Config {
 	cfg, err := LoadConfig(o.StateDir)
 	if err != nil {
 		cfg = &Config{}
 	}
-	cfg.Server, cfg.StateDir = server, o.StateDir
-	cfg.Machine = o.Name
-	if resp.Name != "" && validName("machine", resp.Name) == nil {
-		cfg.Machine = resp.Name
+	cfg.Server, cfg.StateDir, cfg.Machine = server, o.StateDir, o.Name
+	if len(o.Disks) > 0 {
+		cfg.Disks = o.Disks
+	}
+	if o.HooksDir != "" {
+		cfg.HooksDir = o.HooksDir
+	}
+	if o.VMs != nil {
+		cfg.VMs = o.VMs
 	}
 	if cfg.Disks == nil {
 		cfg.Disks = []DiskConfig{}
 	}
-	return SaveConfig(o.StateDir, cfg)
+	return cfg
 }
 
 // checkIssued verifies that the certificate parses, matches the key and

@@ -121,23 +121,47 @@ func (a *Agent) discoverVMs(ctx context.Context) ([]discovered, []error) {
 			out = append(out, d)
 		}
 	}
+	uniq, skipped := keepValidVMs(out, vc.QMPDir)
+	return uniq, append(warns, skipped...)
+}
+
+// keepValidVMs drops, with a warning each, the VMs found twice (libvirt
+// and a QMP socket: ambiguous) and those whose name or disk names could
+// not be file names (".", "..", a separator, control characters, a
+// leading dot): a VM's name becomes STATE/vms/NAME and its disks' names
+// state and scratch files. Whoever names a libvirt domain or a QMP socket
+// must not be able to point those elsewhere.
+func keepValidVMs(out []discovered, qmpDir string) ([]discovered, []error) {
 	slices.SortFunc(out, func(x, y discovered) int { return strings.Compare(x.spec.Name, y.spec.Name) })
-	// A name found twice (libvirt and a QMP socket) is ambiguous: skip it.
 	var uniq []discovered
+	var warns []error
 	for i, d := range out {
 		if (i > 0 && out[i-1].spec.Name == d.spec.Name) || (i+1 < len(out) && out[i+1].spec.Name == d.spec.Name) {
 			if i == 0 || out[i-1].spec.Name != d.spec.Name {
-				warns = append(warns, fmt.Errorf("VM %q was found twice (libvirt and %s): rename one", d.spec.Name, a.cfg.VMs.QMPDir))
+				warns = append(warns, fmt.Errorf("VM %q was found twice (libvirt and %s): rename one", d.spec.Name, qmpDir))
 			}
 			continue
 		}
 		if err := validName("VM name", d.spec.Name); err != nil {
-			warns = append(warns, fmt.Errorf("VM skipped: %w", err))
+			warns = append(warns, fmt.Errorf("VM skipped: %w: rename the domain or socket", err))
+			continue
+		}
+		if err := validVMDisks(d); err != nil {
+			warns = append(warns, fmt.Errorf("VM %s skipped: %w", d.spec.Name, err))
 			continue
 		}
 		uniq = append(uniq, d)
 	}
 	return uniq, warns
+}
+
+func validVMDisks(d discovered) error {
+	for _, disk := range d.spec.Disks {
+		if err := validName("disk name", disk.Name); err != nil {
+			return fmt.Errorf("%w: give the disk's device another id", err)
+		}
+	}
+	return nil
 }
 
 func fileExists(p string) bool {

@@ -169,6 +169,9 @@ func Run(ctx context.Context, stateDir string, o Options) error {
 		if err == nil {
 			break
 		}
+		if revoked(err) {
+			return revokedError(cfg.Name, err)
+		}
 		log.Warn("cannot reach the server for the vault's location; retrying", "server", cfg.Server, "err", err)
 		select {
 		case <-ctx.Done():
@@ -250,6 +253,13 @@ func Run(ctx context.Context, stateDir string, o Options) error {
 		pc, err := d.heartbeat(ctx, hb)
 		if err != nil {
 			d.putBack(hb.Events, hb.Points)
+			if revoked(err) {
+				sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				_ = hs.Shutdown(sctx)
+				_ = srv.Close(sctx)
+				cancel()
+				return revokedError(cfg.Name, err)
+			}
 			log.Warn("heartbeat to the server failed; serving agents with the last settings", "err", err)
 			continue
 		}
@@ -260,12 +270,14 @@ func Run(ctx context.Context, stateDir string, o Options) error {
 			log.Info("bandwidth limit changed", "bytes_per_second", bw)
 		}
 		d.mu.Lock()
-		due := d.id.NeedsRenewal(o.Clock.Now())
+		due := d.id.NeedsRenewal(o.Clock.Now()) || pc.RotateKey
 		d.mu.Unlock()
 		if due {
-			if err := d.renew(ctx, stateDir); err != nil {
-				log.Warn("cannot renew the process server's certificate; retrying at the next heartbeat", "err", err)
+			if err := d.renew(ctx, stateDir, pc.RotateKey); err != nil {
+				log.Warn("cannot renew the process server's certificate; retrying at the next heartbeat", "err", err, "rotate", pc.RotateKey)
 				d.addEvent(api.Event{Time: o.Clock.Now(), Severity: api.SeverityWarning, Kind: "cert_renew_failed", Message: err.Error()})
+			} else if pc.RotateKey {
+				log.Info("certificate renewed for a new key, as an operator approved (key rotated)")
 			} else {
 				log.Info("certificate renewed")
 			}
@@ -334,30 +346,30 @@ func (d *daemon) heartbeat(ctx context.Context, hb api.ProcessHeartbeat) (api.Pr
 	return pc, err
 }
 
-// renew gets a certificate for a fresh key before the current one expires;
+// renew gets a new certificate before the current one expires, for the
+// key it holds or, with rotate (an operator approved it), for a new key;
 // the server keeps its names (SANs). Agents see the new one on their next
 // connection.
-func (d *daemon) renew(ctx context.Context, stateDir string) error {
-	keyPEM, csrPEM, err := pki.NewKeyAndCSR(d.cfg.Name)
+func (d *daemon) renew(ctx context.Context, stateDir string, rotate bool) error {
+	d.mu.Lock()
+	hc, id := d.hc, d.id
+	d.mu.Unlock()
+	keyPEM, csrPEM, err := id.RenewalCSR(rotate)
 	if err != nil {
 		return err
 	}
-	d.mu.Lock()
-	hc := d.hc
-	d.mu.Unlock()
 	var resp api.EnrollResponse
 	if err := client.PostJSON(ctx, hc, strings.TrimRight(d.cfg.Server, "/")+"/api/v1/certs/renew", api.RenewRequest{CSR: string(csrPEM)}, &resp); err != nil {
 		return err
 	}
 	caPEM := []byte(resp.CA)
 	if len(caPEM) == 0 {
-		caPEM = d.id.CAPEM
+		caPEM = id.CAPEM
 	}
 	if err := pki.SaveIdentity(stateDir, keyPEM, []byte(resp.Certificate), caPEM); err != nil {
 		return err
 	}
-	id, err := pki.LoadIdentity(stateDir)
-	if err != nil {
+	if id, err = pki.LoadIdentity(stateDir); err != nil {
 		return err
 	}
 	d.mu.Lock()
@@ -365,4 +377,15 @@ func (d *daemon) renew(ctx context.Context, stateDir string) error {
 	d.hc = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: pki.ClientTLS(&id.Cert, id.CAPool)}}
 	d.mu.Unlock()
 	return nil
+}
+
+// revoked reports whether the server refused this process server's
+// certificate as revoked.
+func revoked(err error) bool {
+	var ce *client.Error
+	return errors.As(err, &ce) && ce.Code == api.CodeCertRevoked
+}
+
+func revokedError(name string, err error) error {
+	return fmt.Errorf("the server revoked the certificate of process server %s (%w): it stops serving agents; to bring it back an operator runs `lifeboat process reenroll %s` and it enrolls again with that token", name, err, name)
 }
