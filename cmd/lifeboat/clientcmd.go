@@ -16,7 +16,6 @@ import (
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/client"
-	"github.com/lifeboat-dr/lifeboat/internal/control"
 	"github.com/lifeboat-dr/lifeboat/internal/pki"
 )
 
@@ -55,7 +54,11 @@ func (a *app) client(f *clientFlags) (*client.Client, error) {
 		}
 		return nil, &codeError{exitUsage, errors.New("no server or token: pass --server and --token, or run `lifeboat login`")}
 	}
-	return client.New(cfg)
+	c, err := client.New(cfg)
+	if err == nil {
+		a.clients = append(a.clients, c) // for warnTokenExpiry
+	}
+	return c, err
 }
 
 func (a *app) printJSON(v any) error {
@@ -108,80 +111,15 @@ func (a *app) loginCmd() *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(a.stdout, "logged in to %s (%s); saved in %s\n", f.server, st.Server, path)
+			var who api.WhoAmI
+			if err := c.Do(ctx, http.MethodGet, client.Path("whoami"), nil, &who); err == nil {
+				fmt.Fprintf(a.stdout, "token %s (%s, role %s) %s\n", who.TokenID, who.Name, who.Role, expiryText(who.Expires))
+			}
+			a.clients = append(a.clients, c) // warn if it expires soon
 			return nil
 		},
 	}
 	a.addClientFlags(cmd, &f)
-	return cmd
-}
-
-// ---- tokens ----
-
-func (a *app) tokenCmd() *cobra.Command {
-	var f clientFlags
-	cmd := &cobra.Command{Use: "token", Short: "Create enrollment and API tokens"}
-	a.addClientFlags(cmd, &f)
-	var role, name string
-	var ttl time.Duration
-	create := &cobra.Command{
-		Use:   "create --role agent|process|viewer|operator|admin [--ttl 1h]",
-		Short: "Create a token; agent and process tokens are one-time enrollment tokens",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.client(&f)
-			if err != nil {
-				return err
-			}
-			var resp api.TokenResponse
-			if err := c.Do(cmd.Context(), http.MethodPost, client.Path("tokens"), api.TokenRequest{Role: role, TTL: api.Duration(ttl), Name: name}, &resp); err != nil {
-				return err
-			}
-			if f.json {
-				return a.printJSON(resp)
-			}
-			fmt.Fprintln(a.stdout, resp.Token)
-			return nil
-		},
-	}
-	create.Flags().StringVar(&role, "role", api.RoleAgent, "agent | process (one-time enrollment) or viewer | operator | admin (API)")
-	create.Flags().DurationVar(&ttl, "ttl", 0, "lifetime (default 1h for enrollment tokens, unlimited for API tokens)")
-	create.Flags().StringVar(&name, "name", "", "a label for the token (shown in the audit log)")
-	list := &cobra.Command{
-		Use: "list", Short: "List tokens (their secrets are never shown again)", Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.client(&f)
-			if err != nil {
-				return err
-			}
-			var ts []control.TokenInfo
-			if err := c.Do(cmd.Context(), http.MethodGet, client.Path("tokens"), nil, &ts); err != nil {
-				return err
-			}
-			if f.json {
-				return a.printJSON(ts)
-			}
-			w := a.table()
-			fmt.Fprintln(w, "ID\tROLE\tNAME\tCREATED\tEXPIRES\tSTATE")
-			for _, t := range ts {
-				state := "valid"
-				switch {
-				case t.Revoked:
-					state = "revoked"
-				case !t.Used.IsZero() && t.OneTime:
-					state = "used " + t.Used.Local().Format(time.DateTime)
-				case !t.Expires.IsZero() && time.Now().After(t.Expires):
-					state = "expired"
-				}
-				exp := "-"
-				if !t.Expires.IsZero() {
-					exp = t.Expires.Local().Format(time.DateTime)
-				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.Role, dash(t.Name), t.Created.Local().Format(time.DateTime), exp, state)
-			}
-			return w.Flush()
-		},
-	}
-	cmd.AddCommand(create, list)
 	return cmd
 }
 
@@ -562,7 +500,7 @@ func (a *app) statusCmd() *cobra.Command {
 
 func (a *app) processTable(ps []api.ProcessServer) {
 	w := a.table()
-	fmt.Fprintln(w, "PROCESS SERVER\tURL\tAGENTS\tSESSIONS\tCACHE\tINGEST\tLAST SEEN")
+	fmt.Fprintln(w, "PROCESS SERVER\tSTATE\tURL\tAGENTS\tSESSIONS\tCACHE\tINGEST\tLAST SEEN")
 	for _, p := range ps {
 		cache := fmt.Sprintf("%d/%d MiB", p.CacheUsed>>20, p.CacheLimit>>20)
 		if p.Throttled {
@@ -572,7 +510,7 @@ func (a *app) processTable(ps []api.ProcessServer) {
 		if !p.LastSeen.IsZero() {
 			seen = p.LastSeen.Local().Format(time.TimeOnly)
 		}
-		fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%s\t%.1f MB/s\t%s\n", p.Name, p.URL, p.Agents, p.Sessions, cache, p.IngestRate/1e6, seen)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\t%s\t%.1f MB/s\t%s\n", p.Name, dash(p.State), p.URL, p.Agents, p.Sessions, cache, p.IngestRate/1e6, seen)
 	}
 	_ = w.Flush()
 }

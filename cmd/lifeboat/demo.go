@@ -144,18 +144,15 @@ func (a *app) runDemo(ctx context.Context, f demoFlags) error {
 	}
 	a.say("== Policy demo: a crash-consistent point every 5s (lifeboat policy create demo --crash-interval 5s --app-interval 0)")
 	var tok api.TokenResponse
-	if err := c.Do(ctx, http.MethodPost, client.Path("tokens"), api.TokenRequest{Role: api.RoleAgent, TTL: api.Duration(10 * time.Minute)}, &tok); err != nil {
+	if err := c.Do(ctx, http.MethodPost, client.Path("tokens"), api.TokenRequest{Role: api.RoleAgent, Name: "demo-vm", TTL: api.Duration(10 * time.Minute)}, &tok); err != nil {
 		return err
 	}
-	if err := agent.Enroll(ctx, agent.EnrollOptions{Server: url, Token: tok.Token, Name: "demo-vm", StateDir: agentDir}); err != nil {
+	if err := agent.Enroll(ctx, agent.EnrollOptions{Server: url, Token: tok.Token, Name: "demo-vm", StateDir: agentDir,
+		Disks: []agent.DiskConfig{{Name: "root", Path: img}}}); err != nil {
 		return err
 	}
 	acfg, err := agent.LoadConfig(agentDir)
 	if err != nil {
-		return err
-	}
-	acfg.Disks = []agent.DiskConfig{{Name: "root", Path: img}}
-	if err := agent.SaveConfig(agentDir, acfg); err != nil {
 		return err
 	}
 	ag, err := agent.New(acfg, agent.Options{Logger: a.log, Version: version})
@@ -165,7 +162,7 @@ func (a *app) runDemo(ctx context.Context, f demoFlags) error {
 	agentDone := make(chan error, 1)
 	go func() { agentDone <- ag.Run(ctx) }()
 	a.say("== Agent demo-vm enrolled over mTLS with a one-time token, disk root=%s", img)
-	a.say("   same as: lifeboat agent enroll --server %s --token $(lifeboat token create --role agent) --name demo-vm --disk root=%s; lifeboat agent run", url, img)
+	a.say("   same as: lifeboat agent enroll --server %s --token $(lifeboat token create --role agent --name demo-vm) --name demo-vm --disk root=%s; lifeboat agent run", url, img)
 	if err := c.Do(ctx, http.MethodPost, client.Path("machines", "demo-vm", "protect"), api.ProtectRequest{Policy: "demo"}, nil); err != nil {
 		return err
 	}

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/lifeboat-dr/lifeboat/internal/capture/scan"
+	"github.com/lifeboat-dr/lifeboat/internal/client"
 	"github.com/lifeboat-dr/lifeboat/internal/recover"
 	"github.com/lifeboat-dr/lifeboat/internal/vault"
 )
@@ -54,6 +55,7 @@ type app struct {
 	cpuProfile     string
 	log            *slog.Logger
 	stopProfile    func()
+	clients        []*client.Client // API clients the command made (warnTokenExpiry)
 }
 
 func main() {
@@ -120,6 +122,7 @@ Start with "lifeboat demo" to see the whole cycle on a sample disk.`,
 			if a.stopProfile != nil {
 				a.stopProfile()
 			}
+			a.warnTokenExpiry()
 		},
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &codeError{exitUsage, err} })

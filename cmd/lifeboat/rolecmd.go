@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -55,6 +56,8 @@ func (a *app) serverCmd() *cobra.Command {
 			fmt.Fprintf(a.stdout, "server state in %s, vault %s\n", data, a.vaultLoc)
 			fmt.Fprintf(a.stdout, "CA fingerprint (SHA-256): %s\n", res.CAFingerprint)
 			fmt.Fprintf(a.stdout, "admin token (shown once; keep it safe):\n%s\n", res.AdminToken)
+			fmt.Fprintf(a.stdout, "it expires %s; make admin tokens with `lifeboat token create --role admin`, or on this host with `lifeboat server admin-token --data %s`\n",
+				res.AdminExpires.Local().Format(time.DateTime), data)
 			fmt.Fprintf(a.stdout, "\nnext:\n  lifeboat server run --data %s\n  lifeboat login --server https://%s --token <admin token>\n", data, listen)
 			return nil
 		},
@@ -79,7 +82,7 @@ func (a *app) serverCmd() *cobra.Command {
 		},
 	}
 	runCmd.Flags().StringVar(&data, "data", a.getenv("LIFEBOAT_SERVER_DATA"), "the server's state directory (env LIFEBOAT_SERVER_DATA)")
-	cmd.AddCommand(initCmd, runCmd)
+	cmd.AddCommand(initCmd, runCmd, a.adminTokenCmd())
 	return cmd
 }
 
@@ -132,33 +135,22 @@ func (a *app) agentCmd() *cobra.Command {
 			if name == "" {
 				name, _ = os.Hostname()
 			}
-			if err := agent.Enroll(cmd.Context(), agent.EnrollOptions{Server: server, Token: token, Name: name, StateDir: stateDir}); err != nil {
+			// Everything agent.json gets is checked before the token is sent.
+			o := agent.EnrollOptions{Server: server, Token: token, Name: name, StateDir: stateDir, Disks: ds,
+				Warn: func(w string) { fmt.Fprintf(a.stderr, "lifeboat: warning: %s\n", w) }}
+			if o.HooksDir, err = absIfSet(hooks); err != nil {
 				return err
-			}
-			cfg, err := agent.LoadConfig(stateDir)
-			if err != nil {
-				return err
-			}
-			if len(ds) > 0 {
-				cfg.Disks = ds
-			}
-			if hooks != "" {
-				cfg.HooksDir = hooks
 			}
 			if qmpDir != "" || libvirtSock != "" {
-				if qmpDir != "" {
-					if qmpDir, err = filepath.Abs(qmpDir); err != nil {
-						return err
-					}
+				if qmpDir, err = absIfSet(qmpDir); err != nil {
+					return err
 				}
-				if scratch != "" {
-					if scratch, err = filepath.Abs(scratch); err != nil {
-						return err
-					}
+				if scratch, err = absIfSet(scratch); err != nil {
+					return err
 				}
-				cfg.VMs = &agent.VMHostConfig{QMPDir: qmpDir, Libvirt: libvirtSock, DiscoverEvery: discoverEvery, ScratchDir: scratch}
+				o.VMs = &agent.VMHostConfig{QMPDir: qmpDir, Libvirt: libvirtSock, DiscoverEvery: discoverEvery, ScratchDir: scratch}
 			}
-			if err := agent.SaveConfig(stateDir, cfg); err != nil {
+			if err := agent.Enroll(cmd.Context(), o); err != nil {
 				return err
 			}
 			fmt.Fprintf(a.stdout, "enrolled %s with %s; state in %s\nstart it with: lifeboat agent run --state-dir %s\n", name, server, stateDir, stateDir)
@@ -166,7 +158,7 @@ func (a *app) agentCmd() *cobra.Command {
 		},
 	}
 	enroll.Flags().StringVar(&server, "server", "", "server URL, https://HOST:PORT")
-	enroll.Flags().StringVar(&token, "token", "", "one-time agent token from 'lifeboat token create --role agent'")
+	enroll.Flags().StringVar(&token, "token", "", "one-time agent token for this name, from 'lifeboat token create --role agent --name NAME' (or 'lifeboat agent reenroll NAME')")
 	enroll.Flags().StringVar(&name, "name", "", "machine name (default: hostname)")
 	enroll.Flags().StringArrayVar(&disks, "disk", nil, "disk to protect, NAME=PATH (file or block device); repeat")
 	enroll.Flags().StringVar(&hooks, "hooks-dir", "", "directory with pre-freeze.d/ and post-thaw.d/ scripts (default STATE/hooks)")
@@ -220,8 +212,8 @@ func (a *app) agentCmd() *cobra.Command {
 			if f.json {
 				return a.printJSON(out)
 			}
-			fmt.Fprintf(a.stdout, "%s: revoked %d certificate(s) %s; the agent is refused from now on and must enroll again with a new token\n",
-				args[0], len(out.Revoked), strings.Join(out.Revoked, ", "))
+			fmt.Fprintf(a.stdout, "%s: revoked %d certificate(s) %s; the agent is refused from now on; to enroll it again: lifeboat agent reenroll %s\n",
+				args[0], len(out.Revoked), strings.Join(out.Revoked, ", "), args[0])
 			return nil
 		},
 	}
@@ -232,11 +224,20 @@ func (a *app) agentCmd() *cobra.Command {
 	var group string
 	grp := a.machineAction(&f, "group MACHINE --group NAME", "Move a machine into a replication group (empty: leave its group)", "group", func() any { return api.GroupRequest{Group: group} })
 	grp.Flags().StringVar(&group, "group", "", "group name; empty to leave")
-	for _, c := range []*cobra.Command{revoke, move, bw, grp} {
+	reenroll, rotate := a.reenrollCmd(&f, api.RoleAgent, "machines"), a.rotateKeyCmd(&f, api.RoleAgent, "machines")
+	for _, c := range []*cobra.Command{revoke, move, bw, grp, reenroll, rotate} {
 		a.addClientFlags(c, &f)
 	}
-	cmd.AddCommand(enroll, run, revoke, move, bw, grp, a.pushCmd())
+	cmd.AddCommand(enroll, run, revoke, move, bw, grp, reenroll, rotate, a.pushCmd())
 	return cmd
+}
+
+// absIfSet makes a path flag absolute; "" stays "".
+func absIfSet(p string) (string, error) {
+	if p == "" {
+		return "", nil
+	}
+	return filepath.Abs(p)
 }
 
 func (a *app) getenvOr(k, def string) string {
@@ -263,11 +264,13 @@ func (a *app) pushCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var tok api.TokenResponse
-			if err := c.Do(cmd.Context(), http.MethodPost, client.Path("tokens"), api.TokenRequest{Role: api.RoleAgent, TTL: api.Duration(ttl), Name: "push-" + strings.ReplaceAll(o.Host, "@", "-at-")}, &tok); err != nil {
-				return err
+			// The token enrolls the machine's name, known once Push has
+			// asked the remote host for it (unless --name gave it).
+			o.NewToken = func(ctx context.Context, name string) (string, error) {
+				var tok api.TokenResponse
+				err := c.Do(ctx, http.MethodPost, client.Path("tokens"), api.TokenRequest{Role: api.RoleAgent, TTL: api.Duration(ttl), Name: name}, &tok)
+				return tok.Token, err
 			}
-			o.Token = tok.Token
 			o.Server = agentServer
 			if o.Server == "" {
 				o.Server = f.server
@@ -342,7 +345,7 @@ func (a *app) processCmd() *cobra.Command {
 		},
 	}
 	enroll.Flags().StringVar(&server, "server", "", "server URL, https://HOST:PORT")
-	enroll.Flags().StringVar(&token, "token", "", "one-time token from 'lifeboat token create --role process'")
+	enroll.Flags().StringVar(&token, "token", "", "one-time token for this name, from 'lifeboat token create --role process --name NAME' (or 'lifeboat process reenroll NAME')")
 	enroll.Flags().StringVar(&name, "name", "", "process server name")
 	enroll.Flags().StringVar(&listen, "listen", "127.0.0.1:8445", "address to serve agents on")
 	enroll.Flags().StringVar(&advertise, "advertise", "", "URL agents use to reach it (default https://LISTEN)")
@@ -384,10 +387,11 @@ func (a *app) processCmd() *cobra.Command {
 		},
 	}
 	bw := a.bandwidthCmd(&f, "bandwidth NAME --limit BYTES_PER_SECOND", "Limit a process server's ingest bandwidth (0: unlimited)", "process-servers")
-	for _, c := range []*cobra.Command{list, bw} {
+	creds := append(a.processRevokeCmds(&f), a.reenrollCmd(&f, api.RoleProcess, "process-servers"), a.rotateKeyCmd(&f, api.RoleProcess, "process-servers"))
+	for _, c := range append([]*cobra.Command{list, bw}, creds...) {
 		a.addClientFlags(c, &f)
 	}
-	cmd.AddCommand(enroll, run, list, bw)
+	cmd.AddCommand(append([]*cobra.Command{enroll, run, list, bw}, creds...)...)
 	return cmd
 }
 

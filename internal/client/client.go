@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
@@ -77,6 +78,18 @@ type Client struct {
 	base  *url.URL
 	token string
 	hc    *http.Client
+
+	mu      sync.Mutex
+	expires time.Time // the token's expiry as the server last said it
+}
+
+// TokenExpires is the API token's expiry as the server's last answer
+// gave it (api.TokenExpiresHeader); zero if it never expires or no answer
+// said.
+func (c *Client) TokenExpires() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.expires
 }
 
 // New builds a client. With cfg.CA it trusts that CA; without it, it pins
@@ -143,6 +156,11 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any) error
 		return fmt.Errorf("%s %s: %w (is `lifeboat server run` up at %s?)", method, path, err, c.base.Host)
 	}
 	defer resp.Body.Close()
+	if t, err := time.Parse(time.RFC3339, resp.Header.Get(api.TokenExpiresHeader)); err == nil {
+		c.mu.Lock()
+		c.expires = t
+		c.mu.Unlock()
+	}
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
 		return fmt.Errorf("%s %s: read response: %w", method, path, err)

@@ -42,8 +42,8 @@ const (
 	DefaultUnitPath  = "/etc/systemd/system/lifeboat-agent.service"
 )
 
-// Options says where and what to install. Host, Server and Token are
-// required; everything else has a default.
+// Options says where and what to install. Host, Server and Token (or
+// NewToken) are required; everything else has a default.
 type Options struct {
 	Host                  string // "user@host" (user defaults to the current user; "host:port" and "[v6]:port" also accepted)
 	Port                  int    // default 22
@@ -55,7 +55,7 @@ type Options struct {
 	StateDir              string // default /var/lib/lifeboat/agent
 	UnitPath              string // default /etc/systemd/system/lifeboat-agent.service
 	Server                string // https://host:port of the lifeboat server, as the remote host reaches it
-	Token                 string // one-time agent enrollment token
+	Token                 string // one-time agent enrollment token for Name
 	Name                  string // machine name (default: the remote host name, `uname -n`)
 	Disks                 []string
 	Unit                  []byte // systemd unit content (default: DefaultUnit(RemoteBin, StateDir))
@@ -63,6 +63,10 @@ type Options struct {
 	DialTimeout           time.Duration
 	Progress              func(step string)
 	Logger                *slog.Logger
+
+	// NewToken, used when Token is empty, makes the enrollment token once
+	// the machine's name is known (enrollment tokens enroll one name).
+	NewToken func(ctx context.Context, name string) (string, error)
 
 	systemctl string // remote systemctl command; tests point it at a stand-in
 }
@@ -279,6 +283,13 @@ func Push(ctx context.Context, o Options) (Result, error) {
 	}
 	p.progress(StepUnit, "wrote %s", o.UnitPath)
 
+	if o.Token == "" {
+		tok, err := o.NewToken(ctx, o.Name)
+		if err != nil {
+			return fail(StepEnroll, fmt.Errorf("create the enrollment token for %s: %w", o.Name, err))
+		}
+		o.Token = tok
+	}
 	p.progress(StepEnroll, "enrolling as %q with %s", o.Name, o.Server)
 	args := []string{o.RemoteBin, "agent", "enroll", "--server", o.Server, "--token", o.Token, "--name", o.Name, "--state-dir", o.StateDir}
 	for _, d := range o.Disks {
@@ -373,7 +384,7 @@ func (o *Options) defaults() error {
 	if o.Server == "" {
 		return errors.New("no server given; pass the server URL as the remote host reaches it (https://host:port)")
 	}
-	if o.Token == "" {
+	if o.Token == "" && o.NewToken == nil {
 		return errors.New("no enrollment token given")
 	}
 	for _, d := range o.Disks {
