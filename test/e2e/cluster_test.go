@@ -241,9 +241,15 @@ func (cl *cluster) machine(name string) (api.Machine, error) {
 	return m, err
 }
 
-func (cl *cluster) token(role string) string {
+// token creates a token of role; an agent or process token enrolls the
+// one machine or process server it names.
+func (cl *cluster) token(role string, name ...string) string {
 	cl.t.Helper()
-	return strings.TrimSpace(cl.mustRun("token", "create", "--role", role))
+	args := []string{"token", "create", "--role", role}
+	if len(name) > 0 {
+		args = append(args, "--name", name[0])
+	}
+	return strings.TrimSpace(cl.mustRun(args...))
 }
 
 // addProcess enrolls and starts a process server; advertise may name a
@@ -251,7 +257,7 @@ func (cl *cluster) token(role string) string {
 func (cl *cluster) addProcess(name, listen, advertise string) *daemon {
 	cl.t.Helper()
 	state := filepath.Join(cl.dir, "ps-"+name)
-	args := []string{"process", "enroll", "--server", "https://" + cl.apiAddr, "--token", cl.token("process"),
+	args := []string{"process", "enroll", "--server", "https://" + cl.apiAddr, "--token", cl.token("process", name),
 		"--name", name, "--listen", listen, "--state-dir", state, "--cache-limit", fmt.Sprint(256 << 20)}
 	if advertise != "" {
 		args = append(args, "--advertise", advertise)
@@ -264,7 +270,7 @@ func (cl *cluster) addProcess(name, listen, advertise string) *daemon {
 func (cl *cluster) addAgent(name, hooks string, disks map[string]string) *daemon {
 	cl.t.Helper()
 	state := filepath.Join(cl.dir, "agent-"+name)
-	args := []string{"agent", "enroll", "--server", "https://" + cl.apiAddr, "--token", cl.token("agent"),
+	args := []string{"agent", "enroll", "--server", "https://" + cl.apiAddr, "--token", cl.token("agent", name),
 		"--name", name, "--state-dir", state}
 	for dn, p := range disks {
 		args = append(args, "--disk", dn+"="+p)

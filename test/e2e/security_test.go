@@ -40,15 +40,15 @@ func TestServiceRefusals(t *testing.T) {
 			"--state-dir", filepath.Join(cl.dir, "agent-"+name), "--disk", "d0="+disk)
 	}
 	expectFail(t, enroll("bad", "lbt1.garbage"), 1, "token")
-	tok := cl.token("agent")
+	tok := cl.token("agent", "a1")
 	if r := enroll("a1", tok); r.code != 0 {
 		t.Fatalf("enroll: %s", r.stderr)
 	}
 	expectFail(t, enroll("a2", tok), 1, "already used")
-	short := strings.TrimSpace(cl.mustRun("token", "create", "--role", "agent", "--ttl", "1s"))
+	short := strings.TrimSpace(cl.mustRun("token", "create", "--role", "agent", "--name", "a3", "--ttl", "1s"))
 	time.Sleep(1500 * time.Millisecond)
 	expectFail(t, enroll("a3", short), 1, "expired")
-	expectFail(t, enroll("a4", cl.token("process")), 1, "token")
+	expectFail(t, enroll("a4", cl.token("process", "a4")), 1, "token")
 
 	// A client without a certificate, and one with a certificate from
 	// another CA, on the agent endpoint and on the process server.

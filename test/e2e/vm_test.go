@@ -26,7 +26,7 @@ func (cl *cluster) addHostAgent(name string, vmFlags ...string) *daemon {
 func (cl *cluster) addHostAgentEnv(name string, env []string, vmFlags ...string) *daemon {
 	cl.t.Helper()
 	state := filepath.Join(cl.dir, "agent-"+name)
-	args := append([]string{"agent", "enroll", "--server", "https://" + cl.apiAddr, "--token", cl.token("agent"),
+	args := append([]string{"agent", "enroll", "--server", "https://" + cl.apiAddr, "--token", cl.token("agent", name),
 		"--name", name, "--state-dir", state, "--vm-discover-every", "2s"}, vmFlags...)
 	cl.mustRun(args...)
 	return cl.spawnEnv("agent-"+name, env, "agent", "run", "--state-dir", state, "--log-level", "info")
