@@ -115,17 +115,17 @@ func (a *app) vaultKeyCmd() *cobra.Command {
 				return writeJSON(a.stdout, keys)
 			}
 			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, " \tID\tCREATED\tUSER@HOST\tKDF")
+			fmt.Fprintln(tw, " \tID\tCREATED\tUSER@HOST\tKDF\tLABEL")
 			for _, k := range keys {
 				cur := " "
 				if k.Current {
 					cur = "*"
 				}
-				kdf := fmt.Sprintf("%s t=%d m=%dMiB p=%d", k.KDF, k.Params.Time, k.Params.MemoryKiB>>10, k.Params.Threads)
+				kdf := fmt.Sprintf("%s t=%d m=%dKiB p=%d", k.KDF, k.Params.Time, k.Params.MemoryKiB, k.Params.Threads)
 				if k.Err != "" {
 					kdf = "unreadable: " + k.Err
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s@%s\t%s\n", cur, k.ID.Short(), k.Created.Local().Format("2006-01-02 15:04"), k.Username, k.Hostname, kdf)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s@%s\t%s\t%s\n", cur, k.ID.Short(), k.Created.Local().Format("2006-01-02 15:04"), k.Username, k.Hostname, kdf, k.Label)
 			}
 			return tw.Flush()
 		},

@@ -42,6 +42,7 @@ type keyFile struct {
 	Created   time.Time `json:"created"`
 	Hostname  string    `json:"hostname,omitempty"`
 	Username  string    `json:"username,omitempty"`
+	Label     string    `json:"label,omitempty"` // whom the key is for (e.g. a process server)
 	KDF       string    `json:"kdf"`
 	KDFParams KDFParams `json:"kdf_params"`
 	Salt      []byte    `json:"salt"`
@@ -66,14 +67,20 @@ func deriveKEK(passphrase []byte, salt []byte, p KDFParams) []byte {
 
 // wrapKey makes a key file for the master key under passphrase.
 func wrapKey(k *keys, passphrase []byte, p KDFParams, now time.Time, host, user string) ([]byte, error) {
+	return wrapKeyFor(k, passphrase, p, keyFile{Created: now, Hostname: host, Username: user})
+}
+
+// wrapKeyFor is wrapKey with the descriptive fields (created, hostname,
+// username, label) taken from meta.
+func wrapKeyFor(k *keys, passphrase []byte, p KDFParams, meta keyFile) ([]byte, error) {
 	if len(passphrase) == 0 {
 		return nil, errors.New("empty passphrase")
 	}
 	if err := p.validate(); err != nil {
 		return nil, err
 	}
-	kf := keyFile{Version: keyFileVersion, Created: now.UTC(), Hostname: host, Username: user,
-		KDF: "argon2id", KDFParams: p, Salt: make([]byte, keySaltSize)}
+	kf := keyFile{Version: keyFileVersion, Created: meta.Created.UTC(), Hostname: meta.Hostname, Username: meta.Username,
+		Label: meta.Label, KDF: "argon2id", KDFParams: p, Salt: make([]byte, keySaltSize)}
 	if _, err := rand.Read(kf.Salt); err != nil {
 		return nil, err
 	}

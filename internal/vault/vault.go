@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"os/user"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -293,11 +294,22 @@ func listIDs(ctx context.Context, be backend.Backend, dir string) ([]ID, error) 
 
 // writeKey stores a new key file for passphrase and returns its ID.
 func (v *Vault) writeKey(ctx context.Context, passphrase []byte) (ID, error) {
+	return v.writeKeyWith(ctx, passphrase, KeyOptions{})
+}
+
+func (v *Vault) writeKeyWith(ctx context.Context, passphrase []byte, o KeyOptions) (ID, error) {
 	username := ""
 	if u, err := user.Current(); err == nil {
 		username = u.Username
 	}
-	b, err := wrapKey(v.keys, passphrase, v.opts.KDF, v.clock.Now(), v.opts.Hostname, username)
+	kdf := v.opts.KDF
+	if o.KDF != (KDFParams{}) {
+		kdf = o.KDF
+	}
+	if len(o.Label) > 256 {
+		return ID{}, fmt.Errorf("key label of %d bytes: at most 256", len(o.Label))
+	}
+	b, err := wrapKeyFor(v.keys, passphrase, kdf, keyFile{Created: v.clock.Now(), Hostname: v.opts.Hostname, Username: username, Label: o.Label})
 	if err != nil {
 		return ID{}, err
 	}
@@ -315,6 +327,7 @@ type KeyInfo struct {
 	Created  time.Time `json:"created"`
 	Hostname string    `json:"hostname"`
 	Username string    `json:"username"`
+	Label    string    `json:"label,omitempty"`
 	KDF      string    `json:"kdf"`
 	Params   KDFParams `json:"kdf_params"`
 	Err      string    `json:"error,omitempty"`
@@ -323,6 +336,48 @@ type KeyInfo struct {
 // AddKey adds a passphrase that opens the vault.
 func (v *Vault) AddKey(ctx context.Context, passphrase []byte) (ID, error) {
 	return v.writeKey(ctx, passphrase)
+}
+
+// KeyOptions describe a key file AddKeyWith writes.
+type KeyOptions struct {
+	// KDF overrides the handle's KDF parameters (zero: the handle's).
+	KDF KDFParams
+	// Label says whom the key is for; `vault key list` shows it.
+	Label string
+}
+
+// RandomSecretKDF are the KDF parameters for a key whose secret is 32 or
+// more random bytes (a process server's): stretching adds nothing to 256
+// bits of entropy, and opening a vault tries every key file, so such keys
+// cost next to nothing there.
+var RandomSecretKDF = KDFParams{Time: 1, MemoryKiB: 64, Threads: 1}
+
+// AddKeyWith adds a passphrase that opens the vault, with a label and
+// KDF parameters of its own.
+func (v *Vault) AddKeyWith(ctx context.Context, passphrase []byte, o KeyOptions) (ID, error) {
+	return v.writeKeyWith(ctx, passphrase, o)
+}
+
+// RemoveKeyID deletes the key file id. A key file already gone is not an
+// error. Like RemoveKey it refuses the key that opened the vault and the
+// last key.
+func (v *Vault) RemoveKeyID(ctx context.Context, id ID) error {
+	ids, err := v.listIDs(ctx, "keys/")
+	if err != nil {
+		return err
+	}
+	switch {
+	case id == v.keyID:
+		return errors.New("refusing to remove the key this process opened the vault with")
+	case !slices.Contains(ids, id):
+		return nil
+	case len(ids) == 1:
+		return errors.New("refusing to remove the vault's last key")
+	}
+	if err := v.be.Delete(ctx, "keys/"+id.String()); err != nil && !errors.Is(err, backend.ErrNotExist) {
+		return fmt.Errorf("remove key %s: %w", id.Short(), err)
+	}
+	return nil
 }
 
 // Keys lists the vault's key files.
@@ -339,6 +394,7 @@ func (v *Vault) Keys(ctx context.Context) ([]KeyInfo, error) {
 			var kf *keyFile
 			if kf, err = parseKeyFile(b); err == nil {
 				ki.Created, ki.Hostname, ki.Username, ki.KDF, ki.Params = kf.Created, kf.Hostname, kf.Username, kf.KDF, kf.KDFParams
+				ki.Label = kf.Label
 			}
 		}
 		if err != nil {
