@@ -449,7 +449,8 @@ func (a *Agent) ingestClient(url string, bandwidth int64) *ingest.Client {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.ic == nil || a.icURL != url || a.icGen != a.idGen {
-		tr := &http.Transport{TLSClientConfig: pki.ClientTLS(&a.id.Cert, a.id.CAPool), ForceAttemptHTTP2: true,
+		// Only a process server certificate is accepted on ingest.
+		tr := &http.Transport{TLSClientConfig: pki.ClientTLSFor(&a.id.Cert, a.id.CAPool, pki.RoleProcess), ForceAttemptHTTP2: true,
 			IdleConnTimeout: 90 * time.Second, TLSHandshakeTimeout: 15 * time.Second}
 		a.ic = ingest.NewClient(url, &http.Client{Transport: tr}, a.log.With("process", url))
 		a.icURL, a.icGen = url, a.idGen

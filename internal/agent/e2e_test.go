@@ -184,8 +184,13 @@ func newHarness(t *testing.T, machine string, diskSizes ...int64) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Agents accept only a process server certificate on ingest.
+	psCert, err := ca.IssueProcessServer("ps1", []string{"127.0.0.1"}, 24*time.Hour, now)
+	if err != nil {
+		t.Fatal(err)
+	}
 	h.ingest = httptest.NewUnstartedServer(ps.Handler())
-	h.ingest.TLS = pki.ServerTLS(srvCert, ca.Pool(), true)
+	h.ingest.TLS = pki.ServerTLS(psCert, ca.Pool(), true)
 	h.ingest.StartTLS()
 
 	h.cp = &controlPlane{t: t, changed: make(chan struct{})}

@@ -110,7 +110,8 @@ func TestEmbeddedProcessServer(t *testing.T) {
 	if c.Process != EmbeddedName || c.ProcessURL != "https://"+ts.addrs.Ingest {
 		t.Fatalf("agent assigned to %q at %q (ingest on %s)", c.Process, c.ProcessURL, ts.addrs.Ingest)
 	}
-	info := func() response { return do(t, a.client, "GET", c.ProcessURL+"/ingest/v1/info", "", nil) }
+	ingest := httpClient(pki.ClientTLSFor(&a.cert, ts.pool, pki.RoleProcess))
+	info := func() response { return do(t, ingest, "GET", c.ProcessURL+"/ingest/v1/info", "", nil) }
 	if r := info(); r.status != 200 {
 		t.Fatalf("ingest info: %d %s", r.status, r.body)
 	}

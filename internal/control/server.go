@@ -258,7 +258,8 @@ func Run(ctx context.Context, o RunOptions) error {
 		if url == "" {
 			url = "https://" + addrs.Ingest
 		}
-		cert, err := s.ca.IssueServer(EmbeddedName, append(hosts, ingestHosts(addrs.Ingest)...), serverCertTTL, now)
+		// A process certificate: agents accept nothing else on ingest ports.
+		cert, err := s.ca.IssueProcessServer(EmbeddedName, append(hosts, ingestHosts(addrs.Ingest)...), serverCertTTL, now)
 		if err != nil {
 			apiLn.Close()
 			ln.Close()

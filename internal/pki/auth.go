@@ -56,8 +56,9 @@ type AuthError struct {
 func (e *AuthError) Error() string { return e.Message }
 
 // Authenticate checks the request's verified client certificate: present,
-// of a Lifeboat role among roles (any component role if none are given) and
-// not revoked. Refusals are *AuthError and are logged to log (if non-nil).
+// of a Lifeboat role among roles (any component role if none are given),
+// with role markings that agree (CertRole), and not revoked. Refusals are
+// *AuthError and are logged to log (if non-nil).
 func Authenticate(r *http.Request, rl *RevocationList, log *slog.Logger, roles ...string) (Peer, error) {
 	refuse := func(p Peer, status int, code, reason, msg string) (Peer, error) {
 		if log != nil {
@@ -72,6 +73,12 @@ func Authenticate(r *http.Request, rl *RevocationList, log *slog.Logger, roles .
 	}
 	leaf := r.TLS.VerifiedChains[0][0]
 	p, err := PeerFromCert(leaf)
+	if err == nil {
+		// The OU decides; a role usage, where present, must agree with it.
+		// Certificates issued before the usages existed carry the OU alone
+		// and authenticate by it until they are renewed.
+		_, _, err = CertRole(leaf)
+	}
 	if err != nil {
 		return refuse(Peer{Serial: SerialHex(leaf)}, http.StatusForbidden, api.CodeForbidden, "no Lifeboat identity",
 			fmt.Sprintf("client certificate refused: %v", err))

@@ -4,7 +4,10 @@
 // configurations every component uses, and request authentication.
 //
 // Certificates carry the component's role in Subject.OrganizationalUnit[0]
-// ("agent", "process" or "server") and its name in Subject.CommonName.
+// ("agent", "process" or "server") and as a Lifeboat extended key usage
+// (role.go), and the component's name in Subject.CommonName. Clients check
+// the role of the server they reach in the TLS handshake (ClientTLS,
+// PinnedTLS); servers check the role of their clients (Authenticate).
 package pki
 
 import (
@@ -18,6 +21,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
@@ -165,8 +169,9 @@ func Fingerprint(c *x509.Certificate) string {
 }
 
 // SignCSR issues a client certificate for role ("agent" or "process") and
-// name. Only the CSR's public key is used; its signature is checked. A
-// "process" certificate can also serve TLS (ServerAuth) for hosts.
+// name, marked with the role's usage. Only the CSR's public key is used;
+// its signature is checked. A "process" certificate can also serve TLS
+// (ServerAuth) for hosts: a process server's ingest port.
 func (ca *CA) SignCSR(csrPEM []byte, role, name string, hosts []string, ttl time.Duration, now time.Time) (certPEM []byte, serial string, notAfter time.Time, err error) {
 	if role != RoleAgent && role != RoleProcess {
 		return nil, "", time.Time{}, fmt.Errorf("sign CSR: role %q: want %q or %q", role, RoleAgent, RoleProcess)
@@ -201,17 +206,29 @@ func (ca *CA) SignCSR(csrPEM []byte, role, name string, hosts []string, ttl time
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), SerialHex(nb), nb.NotAfter, nil
 }
 
-// IssueServer issues a TLS server certificate (role "server") for hosts (IP
-// addresses and DNS names). The returned chain includes the CA certificate so
-// clients pinning the CA fingerprint can see it.
+// IssueServer issues the API's TLS server certificate (role "server") for
+// hosts (IP addresses and DNS names). The returned chain includes the CA
+// certificate so clients pinning the CA fingerprint can see it.
 func (ca *CA) IssueServer(name string, hosts []string, ttl time.Duration, now time.Time) (tls.Certificate, error) {
+	return ca.issueServing(RoleServer, name, hosts, ttl, now)
+}
+
+// IssueProcessServer issues a TLS server certificate of role "process" for
+// a process server that runs inside the server (the embedded one): agents
+// accept only process certificates on ingest ports. It cannot authenticate
+// as a client.
+func (ca *CA) IssueProcessServer(name string, hosts []string, ttl time.Duration, now time.Time) (tls.Certificate, error) {
+	return ca.issueServing(RoleProcess, name, hosts, ttl, now)
+}
+
+func (ca *CA) issueServing(role, name string, hosts []string, ttl time.Duration, now time.Time) (tls.Certificate, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("generate server key: %w", err)
+		return tls.Certificate{}, fmt.Errorf("generate %s key: %w", role, err)
 	}
-	der, leaf, err := ca.issue(&key.PublicKey, RoleServer, name, hosts, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, ttl, now)
+	der, leaf, err := ca.issue(&key.PublicKey, role, name, hosts, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, ttl, now)
 	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("issue server certificate: %w", err)
+		return tls.Certificate{}, fmt.Errorf("issue %s certificate: %w", role, err)
 	}
 	return tls.Certificate{Certificate: [][]byte{der, ca.cert.Raw}, PrivateKey: key, Leaf: leaf}, nil
 }
@@ -219,6 +236,9 @@ func (ca *CA) IssueServer(name string, hosts []string, ttl time.Duration, now ti
 func (ca *CA) issue(pub crypto.PublicKey, role, name string, hosts []string, usage []x509.ExtKeyUsage, ttl time.Duration, now time.Time) ([]byte, *x509.Certificate, error) {
 	if err := checkName(name); err != nil {
 		return nil, nil, err
+	}
+	if _, ok := roleOIDs[role]; !ok {
+		return nil, nil, fmt.Errorf("unknown role %q", role)
 	}
 	if ttl <= 0 {
 		return nil, nil, fmt.Errorf("validity %v must be positive", ttl)
@@ -238,6 +258,8 @@ func (ca *CA) issue(pub crypto.PublicKey, role, name string, hosts []string, usa
 		NotAfter:     notAfter,
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  usage,
+		// The role, a second time, where TLS verifiers look (role.go).
+		UnknownExtKeyUsage: []asn1.ObjectIdentifier{RoleOID(role)},
 	}
 	for _, h := range hosts {
 		if ip := net.ParseIP(h); ip != nil {

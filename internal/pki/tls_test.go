@@ -258,7 +258,7 @@ func TestPinnedTLSRefusesNonServerLeaf(t *testing.T) {
 	srv.StartTLS()
 	defer srv.Close()
 	ts := &testServer{Server: srv}
-	if _, _, err := ts.get(t, PinnedTLS(ca.Fingerprint())); err == nil || !strings.Contains(err.Error(), "not a Lifeboat server certificate") {
+	if _, _, err := ts.get(t, PinnedTLS(ca.Fingerprint())); err == nil || !strings.Contains(err.Error(), "is a process certificate, not a server's") {
 		t.Fatalf("got %v", err)
 	}
 }

@@ -31,9 +31,26 @@ func ServerTLS(cert tls.Certificate, caPool *x509.CertPool, requireClient bool) 
 	}
 }
 
-// ClientTLS trusts exactly caPool and presents cert if non-nil.
+// ClientTLS is the configuration of a client of the server's API: it
+// trusts exactly caPool, presents cert if non-nil, and accepts only a
+// server certificate (ClientTLSFor with RoleServer).
 func ClientTLS(cert *tls.Certificate, caPool *x509.CertPool) *tls.Config {
-	c := &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: caPool}
+	return ClientTLSFor(cert, caPool, RoleServer)
+}
+
+// ClientTLSFor trusts exactly caPool, presents cert if non-nil, and
+// accepts only a server whose certificate has role peerRole: RoleServer
+// for the API, RoleProcess for a process server's ingest port
+// (CheckServerRole). The role is checked in the handshake, after the
+// chain verified and before any request (or token) is sent.
+func ClientTLSFor(cert *tls.Certificate, caPool *x509.CertPool, peerRole string) *tls.Config {
+	c := &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: caPool,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.VerifiedChains) == 0 || len(cs.VerifiedChains[0]) == 0 {
+				return errors.New("server certificate was not verified")
+			}
+			return CheckServerRole(cs.VerifiedChains[0][0], peerRole)
+		}}
 	if cert != nil {
 		c.Certificates = []tls.Certificate{*cert}
 	}
@@ -42,15 +59,19 @@ func ClientTLS(cert *tls.Certificate, caPool *x509.CertPool) *tls.Config {
 
 // PinnedTLS is for first contact with only a token: it accepts a server
 // whose presented chain holds a CA certificate whose SHA-256 fingerprint
-// starts with pin, and whose leaf verifies against that CA for the host
-// dialed. When the host dialed is an IP address, crypto/tls does not tell
-// the verifier which one (no SNI), so the leaf must then be a Lifeboat
-// "server" certificate; use PinnedTLSForHost to check the IP SAN as well.
-func PinnedTLS(pin string) *tls.Config { return PinnedTLSForHost(pin, "") }
+// starts with pin, whose leaf verifies against that CA for the host dialed,
+// and whose leaf is a Lifeboat API ("server") certificate. When the host
+// dialed is an IP address, crypto/tls does not tell the verifier which one
+// (no SNI); use PinnedTLSForHost to check the IP SAN as well.
+func PinnedTLS(pin string) *tls.Config { return PinnedTLSFor(pin, "", RoleServer) }
 
 // PinnedTLSForHost is PinnedTLS that checks the leaf against host (IP
 // address or DNS name) rather than the TLS server name.
-func PinnedTLSForHost(pin, host string) *tls.Config {
+func PinnedTLSForHost(pin, host string) *tls.Config { return PinnedTLSFor(pin, host, RoleServer) }
+
+// PinnedTLSFor is PinnedTLSForHost for a server of role peerRole
+// (RoleServer or RoleProcess).
+func PinnedTLSFor(pin, host, peerRole string) *tls.Config {
 	pin = strings.ToLower(pin)
 	return &tls.Config{
 		MinVersion:         tls.VersionTLS13,
@@ -61,14 +82,15 @@ func PinnedTLSForHost(pin, host string) *tls.Config {
 			if h == "" {
 				h = cs.ServerName
 			}
-			_, err := verifyPinned(cs.PeerCertificates, pin, h)
+			_, err := verifyPinned(cs.PeerCertificates, pin, h, peerRole)
 			return err
 		},
 	}
 }
 
-// verifyPinned checks a server chain against pin and returns the pinned CA.
-func verifyPinned(certs []*x509.Certificate, pin, host string) (*x509.Certificate, error) {
+// verifyPinned checks a server chain against pin and the role, and
+// returns the pinned CA.
+func verifyPinned(certs []*x509.Certificate, pin, host, peerRole string) (*x509.Certificate, error) {
 	if len(pin) < tokenPinChars || !isHex(pin) {
 		return nil, fmt.Errorf("CA pin %q must be at least %d hex characters: check the token", pin, tokenPinChars)
 	}
@@ -97,10 +119,8 @@ func verifyPinned(certs []*x509.Certificate, pin, host string) (*x509.Certificat
 	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, DNSName: host, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
 		return nil, fmt.Errorf("server certificate does not verify against the pinned CA for %q: %w", host, err)
 	}
-	if host == "" {
-		if p, err := PeerFromCert(leaf); err != nil || p.Role != RoleServer {
-			return nil, fmt.Errorf("server certificate %q is not a Lifeboat server certificate: wrong server", leaf.Subject.CommonName)
-		}
+	if err := CheckServerRole(leaf, peerRole); err != nil {
+		return nil, err
 	}
 	return ca, nil
 }
@@ -118,7 +138,7 @@ func FetchCA(ctx context.Context, addr, pin string) ([]byte, error) {
 		return nil, fmt.Errorf("fetch CA from %s: %w", addr, err)
 	}
 	defer conn.Close()
-	ca, err := verifyPinned(conn.(*tls.Conn).ConnectionState().PeerCertificates, strings.ToLower(pin), host)
+	ca, err := verifyPinned(conn.(*tls.Conn).ConnectionState().PeerCertificates, strings.ToLower(pin), host, RoleServer)
 	if err != nil {
 		return nil, fmt.Errorf("fetch CA from %s: %w", addr, err)
 	}
@@ -142,12 +162,19 @@ func (w handshakeWriter) Write(p []byte) (int, error) {
 		return len(p), nil
 	}
 	remote, reason, _ := strings.Cut(rest, ": ")
+	LogRefusedHandshake(w.log, remote, reason)
+	return len(p), nil
+}
+
+// LogRefusedHandshake logs a failed TLS handshake with a client as a
+// "refused TLS connection" warning: the remote address, the reason and,
+// where known, what it means.
+func LogRefusedHandshake(l *slog.Logger, remote, reason string, attrs ...any) {
 	msg := "refused TLS connection"
 	if hint := handshakeHint(reason); hint != "" {
 		msg += ": " + hint
 	}
-	w.log.Warn(msg, "remote", remote, "reason", reason)
-	return len(p), nil
+	l.Warn(msg, append([]any{"remote", remote, "reason", reason}, attrs...)...)
 }
 
 func handshakeHint(reason string) string {
@@ -166,6 +193,8 @@ func handshakeHint(reason string) string {
 		return "client presented no certificate (enroll it first)"
 	case strings.Contains(reason, "remote error"):
 		return "client rejected the server's certificate"
+	case strings.Contains(reason, "deadline exceeded"), strings.Contains(reason, "i/o timeout"):
+		return "client did not finish the TLS handshake in time"
 	case strings.Contains(reason, "EOF"), strings.Contains(reason, "connection reset"):
 		return "client closed the connection during the handshake"
 	}

@@ -70,7 +70,11 @@ func TestServiceRefusals(t *testing.T) {
 	}
 	_, pinHex, _ := pki.ParseToken(cl.admin)
 	post := func(addr, path string, cert *tls.Certificate) (int, error) {
-		tc := pki.PinnedTLS(pinHex)
+		role := pki.RoleServer // the API; the ingest port has a process certificate
+		if addr == cl.ingest {
+			role = pki.RoleProcess
+		}
+		tc := pki.PinnedTLSFor(pinHex, "", role)
 		if cert != nil {
 			// Present it even though the server asks for its own CA's
 			// certificates (Go's client would otherwise send none).

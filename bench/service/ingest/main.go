@@ -303,7 +303,7 @@ func oneRun(ctx context.Context, self, dir string, n int, total int64, random fl
 		if err != nil {
 			return res, err
 		}
-		tr := &http.Transport{TLSClientConfig: pki.ClientTLS(&cert, ca.Pool()), ForceAttemptHTTP2: true,
+		tr := &http.Transport{TLSClientConfig: pki.ClientTLSFor(&cert, ca.Pool(), pki.RoleProcess), ForceAttemptHTTP2: true,
 			IdleConnTimeout: 90 * time.Second, TLSHandshakeTimeout: 15 * time.Second}
 		defer tr.CloseIdleConnections()
 		clients[i] = ingest.NewClient(url, &http.Client{Transport: tr}, slog.New(slog.DiscardHandler))
@@ -451,7 +451,7 @@ func runServer(dir, cpuprof string) error {
 	if err != nil {
 		return err
 	}
-	cert, err := ca.IssueServer("bench-ps", []string{"127.0.0.1"}, 24*time.Hour, time.Now())
+	cert, err := ca.IssueProcessServer("bench-ps", []string{"127.0.0.1"}, 24*time.Hour, time.Now())
 	if err != nil {
 		return err
 	}
