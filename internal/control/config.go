@@ -20,6 +20,7 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/pki"
 	"github.com/lifeboat-dr/lifeboat/internal/store"
 	"github.com/lifeboat-dr/lifeboat/internal/store/sqlstore"
+	"github.com/lifeboat-dr/lifeboat/internal/tlslisten"
 	"github.com/lifeboat-dr/lifeboat/internal/vault"
 	"github.com/lifeboat-dr/lifeboat/internal/vault/backend"
 	"github.com/lifeboat-dr/lifeboat/internal/vault/backend/open"
@@ -97,6 +98,12 @@ type Config struct {
 	GCMargin       api.Duration `json:"gc_margin,omitempty"`       // vault GC margin (default 1h)
 	CertTTL        api.Duration `json:"cert_ttl,omitempty"`        // component certificates (default 90 days)
 
+	// APILimits and IngestLimits bound the API's and the embedded process
+	// server's listeners (connections, handshakes, timeouts); zero fields
+	// take tlslisten.APIDefaults and tlslisten.IngestDefaults.
+	APILimits    tlslisten.Limits `json:"api_limits,omitzero"`
+	IngestLimits tlslisten.Limits `json:"ingest_limits,omitzero"`
+
 	// Events other than audit events are deleted once older than
 	// EventRetention (default 30 days), and beyond the newest EventMax
 	// (default 100000); audit events once older than AuditRetention
@@ -111,6 +118,12 @@ type Config struct {
 	// ProcessMoveAfter: the machines of a process server offline this
 	// long move to an online one (default 5m).
 	ProcessMoveAfter api.Duration `json:"process_move_after,omitempty"`
+}
+
+// Limits of the API and embedded ingest listeners, defaults filled in.
+func (c *Config) apiLimits() tlslisten.Limits { return c.APILimits.WithDefaults(tlslisten.APIDefaults) }
+func (c *Config) ingestLimits() tlslisten.Limits {
+	return c.IngestLimits.WithDefaults(tlslisten.IngestDefaults)
 }
 
 func (c *Config) defaults(dataDir string) {
@@ -194,7 +207,10 @@ func (c *Config) validate() error {
 	if c.IngestURL != "" && !strings.HasPrefix(c.IngestURL, "https://") {
 		return fmt.Errorf("ingest_url %q must start with https://", c.IngestURL)
 	}
-	return nil
+	if err := c.apiLimits().Validate("api_limits"); err != nil {
+		return err
+	}
+	return c.ingestLimits().Validate("ingest_limits")
 }
 
 // LoadConfig reads DataDir/server.json and fills in defaults.

@@ -12,7 +12,6 @@ package control
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -227,74 +226,24 @@ func Run(ctx context.Context, o RunOptions) error {
 	if tick <= 0 {
 		tick = time.Second
 	}
-	now := s.clock.Now()
-	hosts := certHosts(s.cfg)
-	apiCert, err := s.ca.IssueServer("lifeboat-server", hosts, serverCertTTL, now)
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	srvs, addrs, err := s.listen(ctx, runCtx)
 	if err != nil {
 		return err
 	}
-	apiLn, err := net.Listen("tcp", s.cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w (is another server running? change \"listen\" in %s)", s.cfg.Listen, err, ConfigFile)
-	}
-	addrs := Addrs{API: apiLn.Addr().String()}
-	errLog := pki.HandshakeErrorLog(s.log)
-	apiSrv := &http.Server{Handler: s.Handler(), ErrorLog: errLog, ReadHeaderTimeout: 10 * time.Second,
-		BaseContext: func(net.Listener) context.Context { return ctx }}
-	apiTLS := tls.NewListener(apiLn, pki.ServerTLS(apiCert, s.ca.Pool(), false))
-
-	var ingestSrv *http.Server
-	var ingestTLS net.Listener
-	runCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	if !s.cfg.IngestDisabled {
-		ln, err := net.Listen("tcp", s.cfg.IngestListen)
-		if err != nil {
-			apiLn.Close()
-			return fmt.Errorf("listen on %s for the embedded process server: %w (change \"ingest_listen\" in %s)", s.cfg.IngestListen, err, ConfigFile)
-		}
-		addrs.Ingest = ln.Addr().String()
-		url := s.cfg.IngestURL
-		if url == "" {
-			url = "https://" + addrs.Ingest
-		}
-		// A process certificate: agents accept nothing else on ingest ports.
-		cert, err := s.ca.IssueProcessServer(EmbeddedName, append(hosts, ingestHosts(addrs.Ingest)...), serverCertTTL, now)
-		if err != nil {
-			apiLn.Close()
-			ln.Close()
-			return err
-		}
-		ep, err := s.startEmbedded(runCtx)
-		if err != nil {
-			apiLn.Close()
-			ln.Close()
-			return fmt.Errorf("start the embedded process server: %w", err)
-		}
-		s.embed = ep
-		if err := s.registerEmbedded(ctx, url); err != nil {
-			apiLn.Close()
-			ln.Close()
-			return err
-		}
-		ingestSrv = &http.Server{Handler: ep.Handler(), ErrorLog: errLog, ReadHeaderTimeout: 10 * time.Second,
-			BaseContext: func(net.Listener) context.Context { return runCtx }}
-		ingestTLS = tls.NewListener(ln, pki.ServerTLS(cert, s.ca.Pool(), true))
-	}
 
 	var wg sync.WaitGroup
-	errc := make(chan error, 2)
+	errc := make(chan error, len(srvs))
 	serve := func(srv *http.Server, ln net.Listener, what string) {
 		defer wg.Done()
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			errc <- fmt.Errorf("%s: %w", what, err)
 		}
 	}
-	wg.Add(1)
-	go serve(apiSrv, apiTLS, "API server")
-	if ingestSrv != nil {
+	for _, sv := range srvs {
 		wg.Add(1)
-		go serve(ingestSrv, ingestTLS, "embedded process server")
+		go serve(sv.srv, sv.ln, sv.what)
 	}
 	wg.Add(1)
 	go func() {
@@ -314,9 +263,8 @@ func Run(ctx context.Context, o RunOptions) error {
 	cancel()
 	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer scancel()
-	_ = apiSrv.Shutdown(sctx)
-	if ingestSrv != nil {
-		_ = ingestSrv.Shutdown(sctx)
+	for _, sv := range srvs {
+		_ = sv.srv.Shutdown(sctx)
 	}
 	if s.embed != nil {
 		if err := s.embed.Close(sctx); err != nil && runErr == nil {

@@ -7,7 +7,6 @@ package processd
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -25,6 +24,7 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/clock"
 	"github.com/lifeboat-dr/lifeboat/internal/ingest"
 	"github.com/lifeboat-dr/lifeboat/internal/pki"
+	"github.com/lifeboat-dr/lifeboat/internal/tlslisten"
 	"github.com/lifeboat-dr/lifeboat/internal/vault"
 	"github.com/lifeboat-dr/lifeboat/internal/vault/backend/open"
 )
@@ -37,6 +37,9 @@ type Config struct {
 	Advertise  string `json:"advertise"`   // URL agents are given (default https://<listen>)
 	CacheDir   string `json:"cache_dir"`   // default <state>/cache
 	CacheLimit int64  `json:"cache_limit"` // bytes; default 2 GiB
+	// Limits bound the ingest listener; zero fields take
+	// tlslisten.IngestDefaults.
+	Limits tlslisten.Limits `json:"limits,omitzero"`
 }
 
 const configName = "process.json"
@@ -209,22 +212,13 @@ func Run(ctx context.Context, stateDir string, o Options) error {
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", cfg.Listen)
+	hs, ln, err := d.listen(srv.Handler(), log)
 	if err != nil {
 		_ = srv.Close(context.Background())
-		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+		return err
 	}
-	tc := pki.ServerTLS(id.Cert, id.CAPool, true)
-	tc.Certificates = nil
-	tc.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-		d.mu.Lock()
-		defer d.mu.Unlock()
-		return &d.id.Cert, nil
-	}
-	hs := &http.Server{Handler: srv.Handler(), TLSConfig: tc,
-		ErrorLog: pki.HandshakeErrorLog(log), ReadHeaderTimeout: 10 * time.Second}
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- hs.Serve(tls.NewListener(ln, hs.TLSConfig)) }()
+	go func() { serveErr <- hs.Serve(ln) }()
 	log.Info("process server serving agents", "listen", ln.Addr().String(), "vault", pc.Vault)
 	if o.Ready != nil {
 		o.Ready(ln.Addr().String())
