@@ -434,13 +434,23 @@ type ProcessHeartbeat struct {
 	IngestRate float64 `json:"ingest_bytes_per_second"`
 	Events     []Event `json:"events,omitempty"`
 	Points     []Point `json:"points,omitempty"` // points published since the last heartbeat
+	// NeedKey asks for a vault key of this process server's own: a new key
+	// file is made for it (and the one it had deleted) and its secret is
+	// in the answer. Process servers ask at start, until they get one.
+	NeedKey bool `json:"need_key,omitempty"`
 }
 
 // ProcessConfig is the server's answer to a process heartbeat and
-// GET /api/v1/process/config: where the vault is and how to open it.
+// GET /api/v1/process/config: where the vault is, and (in the answer to a
+// heartbeat only) how to open it.
 type ProcessConfig struct {
-	Vault      string            `json:"vault"`      // URL or path
-	Passphrase string            `json:"passphrase"` // sent only over mTLS to enrolled process servers
+	Vault string `json:"vault"` // URL or path
+	// Passphrase is the secret of this process server's own vault key
+	// file (KeyID), never the server's passphrase. Only the answer to a
+	// heartbeat that asked for it (NeedKey), or that gave a process server
+	// without a key its first one, carries it; the server keeps no copy.
+	Passphrase string            `json:"passphrase,omitempty"`
+	KeyID      string            `json:"key_id,omitempty"` // the key file Passphrase opens
 	Env        map[string]string `json:"env,omitempty"`
 	Bandwidth  int64             `json:"bandwidth,omitempty"`
 	Revoked    []string          `json:"revoked"` // certificate serials, hex

@@ -405,7 +405,7 @@ func (s *Server) processConfig(ctx context.Context, name string) (api.ProcessCon
 	if serials == nil {
 		serials = []string{}
 	}
-	pc := api.ProcessConfig{Vault: s.cfg.Vault, Passphrase: string(s.pass), Env: s.cfg.VaultEnv, Revoked: serials}
+	pc := api.ProcessConfig{Vault: s.cfg.Vault, Env: s.cfg.VaultEnv, Revoked: serials}
 	if pc.RotateKey, err = s.rotationPending(ctx, api.RoleProcess, name); err != nil {
 		return pc, err
 	}
@@ -455,6 +455,10 @@ func (s *Server) processHeartbeat(w http.ResponseWriter, r *http.Request, c *cal
 		}
 	}
 	ctx := r.Context()
+	keyDue, err := s.processKeyDue(ctx, c, hb.NeedKey)
+	if err != nil {
+		return err
+	}
 	p, err := s.store.GetProcess(ctx, c.Name)
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return err
@@ -482,6 +486,12 @@ func (s *Server) processHeartbeat(w http.ResponseWriter, r *http.Request, c *cal
 	pc, err := s.processConfig(ctx, c.Name)
 	if err != nil {
 		return err
+	}
+	// Its own vault key, in this answer only (processkeys.go).
+	if keyDue {
+		if err := s.handProcessKey(ctx, c, &pc); err != nil {
+			return err
+		}
 	}
 	writeJSON(w, http.StatusOK, pc)
 	return nil

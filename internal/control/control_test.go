@@ -462,7 +462,7 @@ func TestEnrollHeartbeatRevoke(t *testing.T) {
 	} else {
 		r.decode(t, &pc)
 	}
-	if pc.Passphrase != "secret pass" || pc.Vault != ts.vaultAt || len(pc.Revoked) != 1 {
+	if pc.Passphrase == "" || pc.Passphrase == "secret pass" || pc.KeyID == "" || pc.Vault != ts.vaultAt || len(pc.Revoked) != 1 {
 		t.Fatalf("process config %+v", pc)
 	}
 	// Audit trail of the revocation.

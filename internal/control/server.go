@@ -20,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
@@ -70,7 +71,6 @@ type Server struct {
 	store   store.Store
 	ca      *pki.CA
 	vault   *vault.Vault
-	pass    []byte
 	clock   clock.Clock
 	log     *slog.Logger
 	rl      *pki.RevocationList
@@ -78,6 +78,11 @@ type Server struct {
 
 	notify *notifier
 	embed  embeddedProcess // nil if disabled or not started
+
+	// Process servers' own vault keys (processkeys.go): keyMu serialises
+	// their creation and deletion; keysDirty asks for a retry.
+	keyMu     sync.Mutex
+	keysDirty atomic.Bool
 
 	retentionEvery time.Duration
 
@@ -144,7 +149,7 @@ func Open(ctx context.Context, o RunOptions) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, dataDir: o.DataDir, store: st, ca: ca, vault: v, pass: pass, clock: o.Clock,
+	s := &Server{cfg: cfg, dataDir: o.DataDir, store: st, ca: ca, vault: v, clock: o.Clock,
 		log: o.Logger, rl: pki.NewRevocationList(), version: o.Version, notify: newNotifier(),
 		acks: map[string]map[string]api.CutAck{}, rpoExceeded: map[string]bool{}, offline: map[string]bool{},
 		polling: map[string]int{}, retentionEvery: cfg.RetentionEvery.Std(),
@@ -153,7 +158,7 @@ func Open(ctx context.Context, o RunOptions) (*Server, error) {
 	if o.RetentionEvery > 0 {
 		s.retentionEvery = o.RetentionEvery
 	}
-	if err := s.loadRevoked(ctx); err != nil {
+	if err := s.loadRevokedList(ctx); err != nil {
 		st.Close()
 		return nil, err
 	}
@@ -181,7 +186,21 @@ func (s *Server) Handler() http.Handler { return s.mux }
 // Config returns the server's configuration.
 func (s *Server) Config() Config { return s.cfg }
 
+// loadRevoked reloads the revocation list after certificates were
+// revoked, and deletes the vault key files of process servers whose key
+// went to a certificate now revoked (reconcileProcessKeys); a deletion
+// that fails is retried every minute and does not fail the revocation.
 func (s *Server) loadRevoked(ctx context.Context) error {
+	if err := s.loadRevokedList(ctx); err != nil {
+		return err
+	}
+	if err := s.reconcileProcessKeys(ctx); err != nil {
+		s.log.Warn("cannot delete process server vault keys yet; retrying every minute", "err", err)
+	}
+	return nil
+}
+
+func (s *Server) loadRevokedList(ctx context.Context) error {
 	serials, err := s.store.RevokedSerials(ctx)
 	if err != nil {
 		return fmt.Errorf("load revoked certificates: %w", err)
@@ -232,6 +251,11 @@ func Run(ctx context.Context, o RunOptions) error {
 	if err != nil {
 		return err
 	}
+	// Key files of process servers revoked or removed while the server
+	// was down, or whose deletion failed, go now.
+	if err := s.reconcileProcessKeys(ctx); err != nil {
+		s.log.Warn("cannot delete process server vault keys yet; retrying every minute", "err", err)
+	}
 
 	var wg sync.WaitGroup
 	errc := make(chan error, len(srvs))
@@ -245,10 +269,14 @@ func Run(ctx context.Context, o RunOptions) error {
 		wg.Add(1)
 		go serve(sv.srv, sv.ln, sv.what)
 	}
-	wg.Add(1)
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
 		s.schedule(runCtx, tick)
+	}()
+	go func() {
+		defer wg.Done()
+		s.keyJanitor(runCtx)
 	}()
 	s.log.Info("control plane running", "api", addrs.API, "ingest", addrs.Ingest, "vault", s.cfg.Vault)
 	if o.Ready != nil {

@@ -168,7 +168,7 @@ func Run(ctx context.Context, stateDir string, o Options) error {
 	// The vault's location comes from the server: retry until it answers.
 	var pc api.ProcessConfig
 	for {
-		pc, err = d.heartbeat(ctx, api.ProcessHeartbeat{URL: cfg.Advertise})
+		pc, err = d.heartbeat(ctx, api.ProcessHeartbeat{URL: cfg.Advertise, NeedKey: true})
 		if err == nil {
 			break
 		}
@@ -181,6 +181,9 @@ func Run(ctx context.Context, stateDir string, o Options) error {
 			return ctx.Err()
 		case <-time.After(2 * time.Second):
 		}
+	}
+	if pc.Passphrase == "" {
+		return fmt.Errorf("the server at %s handed no vault key to process server %s: run the same Lifeboat version on the server", cfg.Server, cfg.Name)
 	}
 	d.revoked.Set(pc.Revoked)
 	getenv := func(k string) string {
@@ -219,7 +222,7 @@ func Run(ctx context.Context, stateDir string, o Options) error {
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- hs.Serve(ln) }()
-	log.Info("process server serving agents", "listen", ln.Addr().String(), "vault", pc.Vault)
+	log.Info("process server serving agents", "listen", ln.Addr().String(), "vault", pc.Vault, "vault_key", pc.KeyID)
 	if o.Ready != nil {
 		o.Ready(ln.Addr().String())
 	}
