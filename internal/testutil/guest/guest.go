@@ -5,14 +5,24 @@
 // /dev/kvm is paravirtual and stock guest kernels crash on it.
 //
 // The guest's init loads virtio and ext4 modules, mounts the disk (/dev/vda)
-// at /mnt, prints ReadyMarker on the serial console and then loops: each
-// round it writes 1–4 new files /mnt/data/f<N> of 4 KiB..1 MiB of random
-// data, syncs, hashes them, and commits /mnt/manifest (lines
+// at /mnt and, before writing anything, checks every file of the disk's
+// committed manifest, if it has one (ManifestPassMarker or
+// ManifestFailMarker on the console). It prints ReadyMarker and then
+// loops: each round it re-reads one file of the manifest from the disk
+// (page cache dropped), writes 1–4 new files /mnt/data/f<N> of 4 KiB..1 MiB
+// of random data, syncs, hashes them, and commits /mnt/manifest (lines
 // "SHA256  data/f<N>" for at most 40 files, then "seq N") by writing
 // /mnt/manifest.tmp, sync, rename, sync; only then it deletes the files the
 // manifest no longer names. Files are never modified after they are hashed,
-// so any crash-consistent image of the disk (killed VM, point-in-time copy)
+// and after a reboot the workload goes on from the disk's manifest (its
+// sequence number, file numbers above every file on the disk), so any
+// crash-consistent image of the disk (killed VM, point-in-time copy)
 // passes Verify.
+//
+// BuildBootable makes a disk that boots by itself (BIOS: MBR + extlinux;
+// UEFI: an ESP with systemd-boot), as a recovered VM must; its guest also
+// reads a NoCloud seed disk (static network, TCP probes) and powers off
+// when its ACPI power button is pressed.
 //
 // With Options.GuestAgent the initramfs also carries the host's qemu-ga and
 // its libraries, listening on the virtio-serial port AgentPortName; the
@@ -52,6 +62,8 @@ const (
 var (
 	baseModules  = []string{"virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci", "virtio_blk", "crc16", "mbcache", "jbd2", "crc32c_generic", "ext4"}
 	agentModules = []string{"virtio_console"}
+	// bootModules: NICs, the NoCloud seed (vfat) and the ACPI power button.
+	bootModules = []string{"virtio_net", "fat", "vfat", "nls_cp437", "nls_utf8", "nls_ascii", "button", "evdev"}
 )
 
 // Need skips the test (or fails it when the environment variable CI is set)
@@ -174,7 +186,7 @@ func Build(t testing.TB, o Options) *Image {
 	if o.GuestAgent {
 		img.QGA = filepath.Join(sockDir, "qga.sock")
 	}
-	if err := buildInitrd(ctx, img.Initrd, modulesDir, o.GuestAgent); err != nil {
+	if err := buildInitrd(ctx, img.Initrd, modulesDir, initOptions{agent: o.GuestAgent}); err != nil {
 		t.Fatalf("guest.Build: %v", err)
 	}
 	img.Disk, err = buildDisk(ctx, o.Dir, o.DiskSize, o.DiskFormat)
@@ -184,10 +196,13 @@ func Build(t testing.TB, o Options) *Image {
 	return img
 }
 
-func buildInitrd(ctx context.Context, out, modulesDir string, agent bool) error {
-	want := baseModules
-	if agent {
-		want = append(append([]string(nil), baseModules...), agentModules...)
+func buildInitrd(ctx context.Context, out, modulesDir string, o initOptions) error {
+	want := append([]string(nil), baseModules...)
+	if o.agent {
+		want = append(want, agentModules...)
+	}
+	if o.boot {
+		want = append(want, bootModules...)
 	}
 	dep, err := os.Open(filepath.Join(modulesDir, "modules.dep"))
 	if err != nil {
@@ -216,12 +231,12 @@ func buildInitrd(ctx context.Context, out, modulesDir string, agent bool) error 
 		}
 		loaded = append(loaded, p)
 	}
-	if agent {
+	if o.agent {
 		if err := r.addDynamic(ctx, qemuGAPath); err != nil {
 			return err
 		}
 	}
-	r.file("init", 0o755, initScript(loaded, agent))
+	r.file("init", 0o755, initScript(loaded, o))
 	f, err := os.Create(out)
 	if err != nil {
 		return fmt.Errorf("create initramfs: %w", err)
@@ -315,6 +330,11 @@ type VM struct {
 // killed when the test ends.
 func (img *Image) Start(t testing.TB) *VM {
 	t.Helper()
+	return img.start(t, img.StartArgs())
+}
+
+func (img *Image) start(t testing.TB, args []string) *VM {
+	t.Helper()
 	for _, p := range []string{img.Serial, img.QMP, img.control, img.QGA} {
 		if p != "" {
 			os.Remove(p)
@@ -325,7 +345,7 @@ func (img *Image) Start(t testing.TB) *VM {
 		t.Fatalf("guest.Start: %v", err)
 	}
 	defer qlog.Close()
-	cmd := exec.Command("qemu-system-x86_64", img.StartArgs()...)
+	cmd := exec.Command("qemu-system-x86_64", args...)
 	cmd.Stdout, cmd.Stderr = qlog, qlog
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("guest.Start: run qemu-system-x86_64: %v", err)
@@ -368,24 +388,29 @@ func (vm *VM) failure(what string, cause error) error {
 // WaitLine waits until the serial log (from its start) contains substr.
 // It fails when ctx ends, QEMU exits or the guest prints FailMarker.
 func (vm *VM) WaitLine(ctx context.Context, substr string) error {
+	return vm.waitLog(ctx, strconv.Quote(substr), func(log string) bool { return strings.Contains(log, substr) })
+}
+
+// waitLog waits until cond holds for the serial log, failing like WaitLine.
+func (vm *VM) waitLog(ctx context.Context, what string, cond func(string) bool) error {
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		log := vm.Log()
-		if strings.Contains(log, substr) {
+		if cond(log) {
 			return nil
 		}
 		if strings.Contains(log, FailMarker) {
-			return vm.failure("waiting for "+strconv.Quote(substr), errors.New("guest init failed"))
+			return vm.failure("waiting for "+what, errors.New("guest init failed"))
 		}
 		select {
 		case <-ctx.Done():
-			return vm.failure("waiting for "+strconv.Quote(substr), ctx.Err())
+			return vm.failure("waiting for "+what, ctx.Err())
 		case <-vm.done:
-			if strings.Contains(vm.Log(), substr) {
+			if cond(vm.Log()) {
 				return nil
 			}
-			return vm.failure("waiting for "+strconv.Quote(substr), fmt.Errorf("qemu exited: %v", vm.err))
+			return vm.failure("waiting for "+what, fmt.Errorf("qemu exited: %v", vm.err))
 		case <-tick.C:
 		}
 	}
@@ -393,23 +418,26 @@ func (vm *VM) WaitLine(ctx context.Context, substr string) error {
 
 var manifestLineRE = regexp.MustCompile(ManifestMarker + ` seq ([0-9]+)`)
 
-// WaitManifest waits until the guest has committed a manifest with
-// sequence number at least minSeq and returns the newest one printed.
-func (vm *VM) WaitManifest(ctx context.Context, minSeq int64) (int64, error) {
-	for {
-		var last int64
-		for _, m := range manifestLineRE.FindAllStringSubmatch(vm.Log(), -1) {
-			if n, _ := strconv.ParseInt(m[1], 10, 64); n > last {
-				last = n
-			}
-		}
-		if last >= minSeq {
-			return last, nil
-		}
-		if err := vm.WaitLine(ctx, fmt.Sprintf("%s seq %d ", ManifestMarker, last+1)); err != nil {
-			return last, err
+// LastManifest returns the highest manifest sequence number a console log
+// shows (0 for none).
+func LastManifest(log string) int64 {
+	var last int64
+	for _, m := range manifestLineRE.FindAllStringSubmatch(log, -1) {
+		if n, _ := strconv.ParseInt(m[1], 10, 64); n > last {
+			last = n
 		}
 	}
+	return last
+}
+
+// WaitManifest waits until the guest has committed a manifest with
+// sequence number at least minSeq and returns the newest one printed.
+// (A guest that booted from a disk with a manifest goes on from its
+// sequence number.)
+func (vm *VM) WaitManifest(ctx context.Context, minSeq int64) (int64, error) {
+	err := vm.waitLog(ctx, fmt.Sprintf("%s seq %d or later", ManifestMarker, minSeq),
+		func(log string) bool { return LastManifest(log) >= minSeq })
+	return LastManifest(vm.Log()), err
 }
 
 // Stop shuts QEMU down cleanly: QMP "quit" on the private control monitor

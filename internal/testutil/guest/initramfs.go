@@ -2,7 +2,6 @@ package guest
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"debug/elf"
 	"fmt"
@@ -172,94 +171,4 @@ func isStatic(p string) (bool, error) {
 		}
 	}
 	return true, nil
-}
-
-// Guest console markers.
-const (
-	// ReadyMarker is printed once the disk is mounted (and qemu-ga started).
-	ReadyMarker = "LIFEBOAT-GUEST-READY"
-	// ManifestMarker starts the line printed after each manifest is
-	// committed: "LIFEBOAT-GUEST-MANIFEST seq N files M".
-	ManifestMarker = "LIFEBOAT-GUEST-MANIFEST"
-	// FailMarker starts the line printed before init gives up.
-	FailMarker = "LIFEBOAT-GUEST-FAIL"
-	// AgentPortName is the virtio-serial port name qemu-ga listens on.
-	AgentPortName = "org.qemu.guest_agent.0"
-)
-
-// initScript is the guest's /init. It loads modules, mounts the disk at
-// /mnt and runs the workload forever (see the package comment for the
-// manifest invariant).
-func initScript(modules []string, agent bool) []byte {
-	var b bytes.Buffer
-	b.WriteString(`#!/bin/sh
-/bin/busybox --install -s /bin
-export PATH=/bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-mkdir -p /run /tmp /mnt
-fail() { echo "` + FailMarker + `: $*"; exit 1; }
-`)
-	for _, m := range modules {
-		fmt.Fprintf(&b, "insmod %s || fail \"insmod %s\"\n", m, path.Base(m))
-	}
-	b.WriteString(`i=0
-while [ ! -b /dev/vda ]; do
-	i=$((i+1)); [ $i -gt 200 ] && fail "no /dev/vda"
-	usleep 50000
-done
-mount -t ext4 /dev/vda /mnt || fail "mount /dev/vda"
-mkdir -p /mnt/data
-`)
-	if agent {
-		b.WriteString(`port=""; i=0
-while :; do
-	for d in /sys/class/virtio-ports/vport*; do
-		[ -e "$d/name" ] && [ "$(cat "$d/name")" = ` + AgentPortName + ` ] && port=${d##*/}
-	done
-	[ -n "$port" ] && [ -c "/dev/$port" ] && break
-	i=$((i+1)); [ $i -gt 200 ] && fail "no virtio port ` + AgentPortName + `"
-	usleep 50000
-done
-mkdir -p /dev/virtio-ports
-[ -e /dev/virtio-ports/` + AgentPortName + ` ] || ln -s "../$port" /dev/virtio-ports/` + AgentPortName + `
-/usr/sbin/qemu-ga -m virtio-serial -p /dev/virtio-ports/` + AgentPortName + ` -t /run -f /run/qemu-ga.pid -l /run/qemu-ga.log &
-`)
-	}
-	b.WriteString(`echo ` + ReadyMarker + `
-# Workload. Files are never modified once written: each round writes new
-# files f<N>, syncs, hashes them, commits a manifest naming at most 40 files
-# (temp file, sync, rename, sync) and only then deletes files the manifest
-# does not name. So every committed manifest matches the disk at any instant.
-cd /mnt
-n=0; seq=0; : > /run/hashes
-while :; do
-	new=""
-	k=$((RANDOM % 4 + 1))
-	while [ $k -gt 0 ]; do
-		n=$((n+1)); k=$((k-1))
-		dd if=/dev/urandom of=data/f$n bs=4096 count=$((RANDOM % 256 + 1)) 2>/dev/null || fail "write data/f$n"
-		new="$new data/f$n"
-	done
-	sync
-	sha256sum $new >> /run/hashes
-	lines=$(wc -l < /run/hashes)
-	if [ $((RANDOM % 3)) -eq 0 ] && [ $lines -gt 1 ]; then
-		sed -i "$((RANDOM % lines + 1))d" /run/hashes
-	fi
-	tail -n 40 /run/hashes > /run/hashes.new && mv /run/hashes.new /run/hashes
-	seq=$((seq+1))
-	{ cat /run/hashes; echo "seq $seq"; } > manifest.tmp
-	sync
-	mv manifest.tmp manifest
-	sync
-	echo "` + ManifestMarker + ` seq $seq files $(wc -l < /run/hashes)"
-	for f in data/f*; do
-		grep -q " $f\$" /run/hashes || rm -f "$f"
-	done
-	sleep 1
-done
-`)
-	return b.Bytes()
 }

@@ -217,7 +217,12 @@ func fetchKernel(ctx context.Context, pkg, stage string) error {
 		return fmt.Errorf("%s holds %d module directories, want 1", debs[0], len(mods))
 	}
 	version := filepath.Base(mods[0])
-	if err := extractVmlinux(ctx, filepath.Join(root, "boot", "vmlinuz-"+version), filepath.Join(stage, "vmlinux")); err != nil {
+	vmlinuz := filepath.Join(root, "boot", "vmlinuz-"+version)
+	if err := extractVmlinux(ctx, vmlinuz, filepath.Join(stage, "vmlinux")); err != nil {
+		return err
+	}
+	// Bootloaders load the compressed image (see KernelImage).
+	if err := os.Rename(vmlinuz, filepath.Join(stage, "vmlinuz")); err != nil {
 		return err
 	}
 	if err := run(ctx, stage, "depmod", "-b", root, version); err != nil {
@@ -342,4 +347,62 @@ func moduleName(path string) string {
 		b = b[:i]
 	}
 	return strings.ReplaceAll(b, "-", "_")
+}
+
+// KernelImage returns the compressed kernel (bzImage, with its EFI stub)
+// of the cached kernel, which a bootloader on a guest's own disk loads,
+// plus the modules directory and version Kernel returns. Cache entries
+// made before vmlinuz was kept get it added: the same package is
+// downloaded again once and only boot/vmlinuz-VERSION is taken from it.
+func KernelImage(t testing.TB) (vmlinuz, modulesDir, version string) {
+	t.Helper()
+	vmlinux, modulesDir, version := Kernel(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	p, err := cachedVmlinuz(ctx, filepath.Dir(vmlinux), version)
+	if err != nil {
+		t.Fatalf("guest kernel image: %v", err)
+	}
+	return p, modulesDir, version
+}
+
+// cachedVmlinuz returns entry/vmlinuz, adding it to the entry (under the
+// cache lock, published by rename) when it is missing.
+func cachedVmlinuz(ctx context.Context, entry, version string) (string, error) {
+	out := filepath.Join(entry, "vmlinuz")
+	if _, err := os.Stat(out); err == nil {
+		return out, nil
+	}
+	unlock, err := lockFile(ctx, filepath.Join(filepath.Dir(entry), ".lock"))
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
+	if _, err := os.Stat(out); err == nil {
+		return out, nil
+	}
+	stage, err := os.MkdirTemp(filepath.Dir(entry), ".stage-")
+	if err != nil {
+		return "", fmt.Errorf("create staging dir in kernel cache: %w", err)
+	}
+	defer os.RemoveAll(stage)
+	pkg := filepath.Base(entry)
+	if err := run(ctx, stage, "apt-get", "download", pkg); err != nil {
+		return "", fmt.Errorf("download the guest kernel again for its vmlinuz (needs the Debian mirror): %w", err)
+	}
+	debs, _ := filepath.Glob(filepath.Join(stage, pkg+"_*.deb"))
+	if len(debs) != 1 {
+		return "", fmt.Errorf("apt-get download %s left %d .deb files, want 1", pkg, len(debs))
+	}
+	root := filepath.Join(stage, "root")
+	if err := run(ctx, stage, "dpkg-deb", "-x", debs[0], root); err != nil {
+		return "", fmt.Errorf("unpack %s: %w", debs[0], err)
+	}
+	if err := os.Chmod(filepath.Join(root, "boot", "vmlinuz-"+version), 0o644); err != nil {
+		return "", fmt.Errorf("%s has no boot/vmlinuz-%s: %w", debs[0], version, err)
+	}
+	if err := os.Rename(filepath.Join(root, "boot", "vmlinuz-"+version), out); err != nil {
+		return "", fmt.Errorf("publish %s: %w", out, err)
+	}
+	return out, nil
 }

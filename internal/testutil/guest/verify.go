@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -100,7 +101,8 @@ func (m manifest) format() []byte {
 }
 
 // Verify checks a raw image of the guest's disk, for example one restored
-// from a recovery point: on a copy it replays the ext4 journal
+// from a recovery point (of a bootable image, see BuildBootable, the root
+// file system in partition 1): on a copy it replays the ext4 journal
 // (e2fsck -E journal_only -y), requires a clean `e2fsck -fn`, reads
 // /manifest with debugfs and checks that every file it names has the
 // SHA-256 it gives. It returns the number of files checked and the
@@ -112,7 +114,7 @@ func Verify(ctx context.Context, rawImage string) (files int, seq int64, err err
 	}
 	defer os.RemoveAll(tmp)
 	img := filepath.Join(tmp, "disk.raw")
-	if err := copySparse(rawImage, img); err != nil {
+	if err := copyRoot(rawImage, img); err != nil {
 		return 0, 0, fmt.Errorf("verify: copy %s: %w", rawImage, err)
 	}
 
@@ -219,30 +221,121 @@ func copySparse(src, dst string) error {
 		return err
 	}
 	defer out.Close()
-	size := fi.Size()
+	if err := copyExtents(out, in, 0, fi.Size(), 0); err != nil {
+		return err
+	}
+	if err := out.Truncate(fi.Size()); err != nil {
+		return err
+	}
+	return out.Close()
+}
+
+// copyInto writes the data of src (its holes skipped) into the existing
+// file dst at offset off.
+func copyInto(dst, src string, off int64) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	fi, err := in.Stat()
+	if err != nil {
+		return err
+	}
+	out, err := os.OpenFile(dst, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	if err := copyExtents(out, in, 0, fi.Size(), off); err != nil {
+		return err
+	}
+	return out.Close()
+}
+
+// copyExtents copies the data extents of in between start and end to out,
+// each at its offset plus shift (SEEK_DATA / SEEK_HOLE: holes are skipped).
+func copyExtents(out, in *os.File, start, end, shift int64) error {
 	const seekData, seekHole = 3, 4 // lseek whence values on Linux
-	for off := int64(0); off < size; {
-		start, err := in.Seek(off, seekData)
+	for off := start; off < end; {
+		ds, err := in.Seek(off, seekData)
 		if errors.Is(err, syscall.ENXIO) {
 			break // no data after off
 		}
 		if err != nil {
 			return err
 		}
-		end, err := in.Seek(start, seekHole)
+		if ds >= end {
+			break
+		}
+		de, err := in.Seek(ds, seekHole)
 		if err != nil {
 			return err
 		}
-		if _, err := in.Seek(start, io.SeekStart); err != nil {
+		de = min(de, end)
+		if _, err := in.Seek(ds, io.SeekStart); err != nil {
 			return err
 		}
-		if _, err := out.Seek(start, io.SeekStart); err != nil {
+		if _, err := out.Seek(ds+shift, io.SeekStart); err != nil {
 			return err
 		}
-		if _, err := io.CopyN(out, in, end-start); err != nil {
+		if _, err := io.CopyN(out, in, de-ds); err != nil {
 			return err
 		}
-		off = end
+		off = de
+	}
+	return nil
+}
+
+// rootPartition returns where the guest's ext4 file system is in a raw
+// image: partition 1 of an MBR partition table when the image has one
+// (a bootable image), else the whole image.
+func rootPartition(img string) (off, size int64, err error) {
+	f, err := os.Open(img)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return 0, 0, err
+	}
+	var mbr [512]byte
+	if _, err := f.ReadAt(mbr[:], 0); err != nil {
+		return 0, fi.Size(), nil // too short for a partition table
+	}
+	// An ext4 file system's first 1 KiB is zero: a boot signature there
+	// means a partition table.
+	if mbr[510] != 0x55 || mbr[511] != 0xaa || mbr[446+4] != 0x83 {
+		return 0, fi.Size(), nil
+	}
+	e := mbr[446:]
+	start := int64(binary.LittleEndian.Uint32(e[8:])) * 512
+	n := int64(binary.LittleEndian.Uint32(e[12:])) * 512
+	if start <= 0 || n <= 0 || start+n > fi.Size() {
+		return 0, 0, fmt.Errorf("partition 1 of %s (offset %d, %d bytes) lies outside the %d-byte image", img, start, n, fi.Size())
+	}
+	return start, n, nil
+}
+
+// copyRoot copies the guest's file system (see rootPartition) out of img.
+func copyRoot(img, dst string) error {
+	off, size, err := rootPartition(img)
+	if err != nil {
+		return err
+	}
+	in, err := os.Open(img)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.Create(dst)
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	if err := copyExtents(out, in, off, off+size, -off); err != nil {
+		return err
 	}
 	if err := out.Truncate(size); err != nil {
 		return err

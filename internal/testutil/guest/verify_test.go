@@ -144,7 +144,7 @@ func TestInitramfs(t *testing.T) {
 	r.chardev("dev/console", 5, 1)
 	r.file("bin/x", 0o755, []byte("hello"))
 	r.symlink("bin/sh", "x")
-	r.file("init", 0o755, initScript([]string{"/lib/modules/a.ko"}, true))
+	r.file("init", 0o755, initScript([]string{"/lib/modules/a.ko"}, initOptions{agent: true, boot: true}))
 	var b bytes.Buffer
 	if err := r.writeTo(&b); err != nil {
 		t.Fatal(err)
