@@ -336,6 +336,12 @@ type Machine struct {
 	LastSeen     time.Time    `json:"last_seen,omitzero"`
 	RPO          Duration     `json:"rpo"` // now - time of the last point (0: none yet)
 	Created      time.Time    `json:"created,omitzero"`
+	// Recovery is what runs for the machine at the recovery site (a
+	// test failover, a failover) and the planned failover's shutdown.
+	Recovery *Recovery `json:"recovery,omitempty"`
+	// RecoveryOverrides are the machine's recovery settings (GET/PUT
+	// /api/v1/machines/{name}/recovery).
+	RecoveryOverrides *RecoveryOverrides `json:"recovery_overrides,omitempty"`
 }
 
 // ProtectRequest is POST /api/v1/machines/{name}/protect.
@@ -438,6 +444,9 @@ type ProcessHeartbeat struct {
 	// file is made for it (and the one it had deleted) and its secret is
 	// in the answer. Process servers ask at start, until they get one.
 	NeedKey bool `json:"need_key,omitempty"`
+	// Open lists the machines with an ingest session open on this
+	// process server (a failover to "latest" waits for them).
+	Open []OpenSession `json:"open_sessions,omitempty"`
 }
 
 // ProcessConfig is the server's answer to a process heartbeat and
@@ -472,6 +481,10 @@ type AgentHeartbeat struct {
 	CutAcks      []CutAck      `json:"cut_acks,omitempty"`
 	KnownVersion int64         `json:"known_version"`
 	ResyncDone   bool          `json:"resync_done,omitempty"` // a requested resync has completed
+	// Shutdown reports the agent's progress through the shutdown the
+	// server asked for (AgentConfig.Shutdown); repeated until the server
+	// no longer asks.
+	Shutdown *ShutdownAck `json:"shutdown,omitempty"`
 }
 
 // AgentConfig is what the server tells an agent to do.
@@ -494,6 +507,9 @@ type AgentConfig struct {
 	HeartbeatEvery Duration          `json:"heartbeat_every"`
 	// RotateKey: an operator approved a new key; renew with one now.
 	RotateKey bool `json:"rotate_key,omitempty"`
+	// Shutdown asks the agent to shut the machine down and cut a final
+	// point (planned failover); see ShutdownRequest.
+	Shutdown *ShutdownRequest `json:"shutdown,omitempty"`
 }
 
 // Cut is one coordinated group cut. All members take their point at At;

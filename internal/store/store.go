@@ -1,6 +1,6 @@
 // Package store is the control plane's durable state: tokens, issued and
 // revoked certificates, machines, process servers, policies, groups, cuts,
-// points and events. One interface, two implementations (SQLite by
+// points, events and jobs. One interface, two implementations (SQLite by
 // default, PostgreSQL for HA), one conformance suite (storetest) that both
 // pass.
 package store
@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/jobs"
 )
 
 // Errors every implementation returns (wrapped) so callers can map them
@@ -144,6 +145,10 @@ type Store interface {
 	// p.Before, then all but the newest p.Keep of them (by ID), in
 	// batches, and returns how many it deleted.
 	PruneEvents(ctx context.Context, p EventPrune) (int64, error)
+
+	// Jobs: durable operations (failovers, drills) with their steps and
+	// data; UpdateJob is atomic (jobs.Store, jobstest).
+	jobs.Store
 
 	// Settings: small key/value pairs (server identity, schedule marks).
 	GetSetting(ctx context.Context, key string) (string, error)

@@ -134,6 +134,21 @@ var migrations = [][]string{
 			PRIMARY KEY (role, name)
 		)`,
 	},
+	// 5: durable jobs (failovers, drills): the job as JSON, with the
+	// columns its lists filter and sort on.
+	{
+		`CREATE TABLE jobs (
+			id      TEXT PRIMARY KEY,
+			kind    TEXT NOT NULL,
+			target  TEXT NOT NULL,
+			state   TEXT NOT NULL,
+			created BIGINT NOT NULL,
+			data    TEXT NOT NULL
+		)`,
+		`CREATE INDEX jobs_created ON jobs (created)`,
+		`CREATE INDEX jobs_target_created ON jobs (target, created)`,
+		`CREATE INDEX jobs_state ON jobs (state)`,
+	},
 }
 
 // migrateUpTo, when above 0, stops migrations at that version: tests

@@ -23,6 +23,8 @@ import (
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/jobs"
+	"github.com/lifeboat-dr/lifeboat/internal/jobs/jobstest"
 	"github.com/lifeboat-dr/lifeboat/internal/store"
 )
 
@@ -57,12 +59,16 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Times", testTimes},
 		{"Hostile", testHostile},
 		{"Canceled", testCanceled},
+		{"MachineRecovery", testMachineRecovery},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.fn(t, open(t))
 		})
 	}
+	t.Run("Jobs", func(t *testing.T) {
+		jobstest.Run(t, func(t *testing.T) jobs.Store { return open(t) })
+	})
 }
 
 func ctxT(t *testing.T) context.Context {
