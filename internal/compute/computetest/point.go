@@ -1,0 +1,134 @@
+package computetest
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/capture/scan"
+	"github.com/lifeboat-dr/lifeboat/internal/compute"
+	"github.com/lifeboat-dr/lifeboat/internal/recover"
+	"github.com/lifeboat-dr/lifeboat/internal/replicate"
+	"github.com/lifeboat-dr/lifeboat/internal/testutil/guest"
+	"github.com/lifeboat-dr/lifeboat/internal/vault"
+	"github.com/lifeboat-dr/lifeboat/internal/vault/backend/local"
+)
+
+// Point is a recovery point of a bootable test guest (guest.BuildBootable)
+// in a vault of its own, served by recover.PointServer on a unix socket,
+// as `lifeboat points serve` serves one.
+type Point struct {
+	Firmware string
+	Image    string // the raw image the point was made of
+	Size     int64
+	Socket   string // the point server's socket (mode 0777: libvirt's QEMU user connects too)
+
+	mu      sync.Mutex
+	stopped bool
+	cancel  context.CancelFunc
+	done    chan struct{}
+	ps      *recover.PointServer
+}
+
+// Disk is the name of the point's only disk.
+const Disk = "vda"
+
+// NewPoint builds a bootable guest image of the firmware ("bios" or
+// "uefi"), stores it as a point (scan driver, 64 KiB blocks) and serves
+// it. The server stops when the test ends.
+func NewPoint(t testing.TB, firmware string) *Point {
+	t.Helper()
+	img := guest.BuildBootable(t, guest.BootOptions{Firmware: firmware})
+	ctx := context.Background()
+	dir := t.TempDir()
+	vdir := filepath.Join(dir, "vault")
+	if err := os.Mkdir(vdir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	be, err := local.New(vdir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := vault.Init(ctx, be, []byte("pw"), vault.InitOptions{
+		Options: vault.Options{KDF: vault.KDFParams{Time: 1, MemoryKiB: 64, Threads: 1}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	drv, err := scan.New(scan.Options{Path: img.Disk, StateFile: filepath.Join(dir, "scan-state"), BlockSize: v.Config().BlockSize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := replicate.RunCycle(ctx, replicate.Options{Vault: v, Machine: "guest", Disks: []replicate.Disk{{Name: Disk, Driver: drv}}})
+	if err != nil {
+		t.Fatalf("store the guest image as a point: %v", err)
+	}
+	ps, err := recover.NewPointServer(v, res.Point, recover.PointServerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A short path (unix sockets are limited to 107 bytes) that libvirt's
+	// QEMU user can reach.
+	sockDir, err := os.MkdirTemp("", "lbpt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	os.Chmod(sockDir, 0o755)
+	pt := &Point{Firmware: firmware, Image: img.Disk, Size: img.Size, Socket: filepath.Join(sockDir, "point.sock"), ps: ps, done: make(chan struct{})}
+	ln, err := net.Listen("unix", pt.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(pt.Socket, 0o777)
+	sctx, cancel := context.WithCancel(context.Background())
+	pt.cancel = cancel
+	go func() {
+		defer close(pt.done)
+		if err := ps.Serve(sctx, ln); err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, net.ErrClosed) {
+			t.Logf("point server: %v", err)
+		}
+	}()
+	t.Cleanup(pt.Stop)
+	return pt
+}
+
+// Stop stops the point server: every export is gone.
+func (pt *Point) Stop() {
+	pt.mu.Lock()
+	defer pt.mu.Unlock()
+	if pt.stopped {
+		return
+	}
+	pt.stopped = true
+	pt.cancel()
+	select {
+	case <-pt.done:
+	case <-time.After(30 * time.Second):
+	}
+	pt.ps.Close()
+	os.Remove(pt.Socket)
+}
+
+// Backing is the NBD URI of the point's disk.
+func (pt *Point) Backing() string {
+	return "nbd+unix:///" + Disk + "?socket=" + pt.Socket
+}
+
+// Spec is a VM spec for the point: 1 vCPU, 256 MiB, its firmware, the
+// disk on virtio, and nics.
+func (pt *Point) Spec(name, dir string, nics ...compute.NIC) compute.Spec {
+	return compute.Spec{
+		Name: name,
+		Dir:  dir,
+		VM: api.VMSpec{Name: "guest", Source: "file", VCPUs: 1, MemoryMiB: 256, Firmware: pt.Firmware,
+			Disks: []api.VMDisk{{Name: Disk, Size: pt.Size, Bus: "virtio"}}},
+		Disks: []compute.Disk{{Name: Disk, Size: pt.Size, Bus: "virtio", Backing: pt.Backing()}},
+		NICs:  nics,
+	}
+}

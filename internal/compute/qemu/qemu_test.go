@@ -1,0 +1,234 @@
+package qemu
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lifeboat-dr/lifeboat/internal/compute"
+	"github.com/lifeboat-dr/lifeboat/internal/compute/computetest"
+	"github.com/lifeboat-dr/lifeboat/internal/compute/hostvm"
+	"github.com/lifeboat-dr/lifeboat/internal/testutil/guest"
+)
+
+func testLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tlog{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tlog struct{ t testing.TB }
+
+func (w tlog) Write(b []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(b)))
+	return len(b), nil
+}
+
+func newProvider(t testing.TB, o Options) compute.Provider {
+	t.Helper()
+	o.Logger = testLogger(t)
+	p, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// needRoot: tap devices, tmpfs mounts and the BIOS image's loop device.
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("the qemu provider's tests run as root in CI")
+		}
+		t.Skip("the qemu provider's tests run as root (loop devices, tap devices, tmpfs)")
+	}
+}
+
+func TestContract(t *testing.T) {
+	needRoot(t)
+	guest.NeedBoot(t, guest.FirmwareBIOS)
+	computetest.Run(t, computetest.Config{
+		New:           func(t testing.TB) compute.Provider { return newProvider(t, Options{}) },
+		MissingBinary: func(t testing.TB) compute.Provider { return newProvider(t, Options{QEMU: "/nonexistent/qemu-system-x86_64"}) },
+		NoSpaceCheck:  func(t testing.TB) compute.Provider { return newProvider(t, Options{MinFree: -1}) },
+		NICs:          []compute.NIC{{Network: compute.Network{Kind: compute.NetUser, Isolated: true}}},
+	})
+}
+
+// TestNetwork boots a VM with a NIC on a bridge the test makes and a
+// NoCloud seed: the guest takes its static address from the seed,
+// reaches a listener on the bridge and not an address on no network it
+// has; the tap device goes with Remove.
+func TestNetwork(t *testing.T) {
+	needRoot(t)
+	guest.NeedBoot(t, guest.FirmwareBIOS)
+	ctx := context.Background()
+	n := rand.IntN(200) + 20
+	br := fmt.Sprintf("lbtbr%d", n)
+	hostIP := fmt.Sprintf("10.231.%d.1", n)
+	for _, args := range [][]string{{"link", "add", br, "type", "bridge"}, {"addr", "add", hostIP + "/24", "dev", br}, {"link", "set", br, "up"}} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+	}
+	t.Cleanup(func() { exec.Command("ip", "link", "del", br).Run() })
+	ln, err := net.Listen("tcp", hostIP+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	port := ln.Addr().(*net.TCPAddr).Port
+	reach := fmt.Sprintf("%s:%d", hostIP, port)
+	noRoute := fmt.Sprintf("10.232.%d.1:%d", n, port)
+
+	pt := computetest.NewPoint(t, guest.FirmwareBIOS)
+	dir := t.TempDir()
+	name := fmt.Sprintf("qemu-net-%d", os.Getpid()%100000)
+	spec := pt.Spec(name, dir, compute.NIC{Network: compute.Network{Kind: compute.NetBridge, Name: br}})
+	spec.Guest = &compute.GuestConfig{Hostname: "recovered", Address: fmt.Sprintf("10.231.%d.5/24", n),
+		UserData: "#cloud-config\nlifeboat_probes:\n  - " + reach + "\n  - " + noRoute + "\n"}
+	p := newProvider(t, Options{})
+	t.Cleanup(func() { p.Remove(context.Background(), name, dir) })
+	inst, err := p.Start(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tap := hostvm.TapName(name, 0)
+	if master, err := os.Readlink(filepath.Join("/sys/class/net", tap, "master")); err != nil || filepath.Base(master) != br {
+		t.Errorf("tap %s: master %q, %v; want %s", tap, master, err, br)
+	}
+	con := computetest.Console{Path: inst.Console}
+	wctx, cancel := context.WithTimeout(ctx, computetest.BootTimeout)
+	defer cancel()
+	mac := hostvm.MAC(name, 0)
+	for _, want := range []string{
+		fmt.Sprintf("%s eth0 10.231.%d.5/24 mac %s", guest.NetMarker, n, mac),
+		guest.ProbeMarker + " reachable " + reach,
+		guest.ProbeMarker + " unreachable " + noRoute,
+	} {
+		if err := con.Wait(wctx, want); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p.Remove(ctx, name, dir); err != nil {
+		t.Fatal(err)
+	}
+	if computetest.Links(tap) != nil {
+		t.Errorf("tap %s left after Remove", tap)
+	}
+}
+
+// TestArgs checks command lines without running QEMU.
+func TestArgs(t *testing.T) {
+	p, _ := New(Options{OVMF: "/nonexistent/OVMF.fd"})
+	st := &state{Accel: "tcg", Seed: true, Spec: compute.Spec{Name: "vm1",
+		Disks: []compute.Disk{{Name: "vda"}, {Name: "sda", Bus: "scsi"}, {Name: "hda", Bus: "sata"}},
+		NICs: []compute.NIC{
+			{MAC: "52:54:00:00:00:01", Network: compute.Network{Kind: compute.NetBridge, Name: "br0"}},
+			{MAC: "52:54:00:00:00:02", Model: "e1000", Network: compute.Network{Kind: compute.NetUser, Isolated: true}},
+			{MAC: "52:54:00:00:00:03", Network: compute.Network{Kind: compute.NetNone}},
+		}}}
+	args, err := p.args(st, "/d", "q35")
+	if err != nil {
+		t.Fatal(err)
+	}
+	line := strings.Join(args, " ")
+	for _, want := range []string{
+		"-name guest=vm1,", "-accel tcg -cpu max", "-daemonize -pidfile /d/qemu.pid", "-qmp unix:/d/qmp.sock,server=on,wait=off",
+		"path=/d/console.log,append=on", `"filename":"/d/disk0.qcow2"`, "virtio-blk-pci,drive=disk0,id=disk0-dev,bootindex=0",
+		"virtio-scsi-pci,id=scsi0", "scsi-hd,bus=scsi0.0,drive=disk1", "ide-hd,drive=disk2", `"node-name":"seed","read-only":true`,
+		"tap,id=net0,ifname=" + hostvm.TapName("vm1", 0) + ",script=no,downscript=no", "virtio-net-pci,mac=52:54:00:00:00:01,id=nic0,netdev=net0",
+		"user,id=net1,restrict=on", "e1000,mac=52:54:00:00:00:02,id=nic1,netdev=net1", "virtio-net-pci,mac=52:54:00:00:00:03,id=nic2 ",
+		"-machine q35,graphics=off",
+	} {
+		if !strings.Contains(line+" ", want) {
+			t.Errorf("command line lacks %q:\n%s", want, line)
+		}
+	}
+	if slices.Contains(args, "-bios") {
+		t.Error("a BIOS VM gets -bios")
+	}
+	st.Spec.VM.Firmware = "uefi"
+	if _, err := p.args(st, "/d", "q35"); err == nil || !strings.Contains(err.Error(), "apt-get install ovmf") {
+		t.Errorf("UEFI without OVMF: %v", err)
+	}
+	st.Spec.VM.Firmware = "bios"
+	st.Spec.NICs = []compute.NIC{{Network: compute.Network{Kind: compute.NetLibvirt, Name: "default"}}}
+	if _, err := p.args(st, "/d", "q35"); err == nil || !strings.Contains(err.Error(), "libvirt provider") {
+		t.Errorf("libvirt network: %v", err)
+	}
+	st.Spec.NICs = nil
+	st.Spec.Disks = []compute.Disk{{Name: "x", Bus: "floppy"}}
+	if _, err := p.args(st, "/d", "q35"); err == nil {
+		t.Error("floppy bus: no error")
+	}
+}
+
+func TestMachineType(t *testing.T) {
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		t.Skip("qemu-system-x86_64 not installed")
+	}
+	ctx := context.Background()
+	for want, got := range map[string]string{"": "q35", "pc-q35-7.2": "pc-q35-7.2", "pc-q35-99.1": "q35", "pc-i440fx-99.0": "pc", "pc": "pc"} {
+		if m, err := machineType(ctx, "qemu-system-x86_64", want); err != nil || m != got {
+			t.Errorf("machine %q: %q, %v; want %q", want, m, err, got)
+		}
+	}
+	if _, err := machineType(ctx, "qemu-system-x86_64", "virt"); err == nil {
+		t.Error("machine virt: no error")
+	}
+}
+
+func TestStartRefusals(t *testing.T) {
+	p, _ := New(Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+	for _, s := range []compute.Spec{
+		{Name: "Bad_Name", Dir: dir, Disks: []compute.Disk{{Name: "vda"}}},
+		{Name: "ok", Dir: "relative", Disks: []compute.Disk{{Name: "vda"}}},
+		{Name: "ok", Dir: filepath.Join(dir, "missing"), Disks: []compute.Disk{{Name: "vda"}}},
+		{Name: "ok", Dir: dir},
+		{Name: "ok", Dir: "/" + strings.Repeat("d", 120), Disks: []compute.Disk{{Name: "vda"}}},
+	} {
+		if _, err := p.Start(ctx, s); err == nil {
+			t.Errorf("%+v: no error", s)
+		}
+	}
+	if _, err := New(Options{Accel: "hvf"}); err == nil {
+		t.Error("accel hvf: no error")
+	}
+	inst, err := p.Inspect(ctx, "ok", dir)
+	if err != nil || inst.State != compute.StateAbsent {
+		t.Errorf("Inspect of nothing: %+v, %v", inst, err)
+	}
+	if err := p.Stop(ctx, "ok", dir, true); err == nil {
+		t.Error("Stop of nothing: no error")
+	}
+	if err := p.Hydrate(ctx, "ok", dir, nil); err == nil {
+		t.Error("Hydrate of nothing: no error")
+	}
+	if err := p.Remove(ctx, "ok", dir); err != nil {
+		t.Errorf("Remove of nothing: %v", err)
+	}
+	if files := computetest.Files(t, dir); len(files) != 0 {
+		t.Errorf("refused calls left %q", files)
+	}
+}
