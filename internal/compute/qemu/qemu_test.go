@@ -56,10 +56,12 @@ func TestContract(t *testing.T) {
 	needRoot(t)
 	guest.NeedBoot(t, guest.FirmwareBIOS)
 	computetest.Run(t, computetest.Config{
-		New:           func(t testing.TB) compute.Provider { return newProvider(t, Options{}) },
-		MissingBinary: func(t testing.TB) compute.Provider { return newProvider(t, Options{QEMU: "/nonexistent/qemu-system-x86_64"}) },
-		NoSpaceCheck:  func(t testing.TB) compute.Provider { return newProvider(t, Options{MinFree: -1}) },
-		NICs:          []compute.NIC{{Network: compute.Network{Kind: compute.NetUser, Isolated: true}}},
+		New: func(t testing.TB) compute.Provider { return newProvider(t, Options{}) },
+		MissingBinary: func(t testing.TB) compute.Provider {
+			return newProvider(t, Options{QEMU: "/nonexistent/qemu-system-x86_64"})
+		},
+		NoSpaceCheck: func(t testing.TB) compute.Provider { return newProvider(t, Options{MinFree: -1}) },
+		NICs:         []compute.NIC{{Network: compute.Network{Kind: compute.NetUser, Isolated: true}}},
 	})
 }
 
