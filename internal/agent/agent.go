@@ -81,6 +81,9 @@ type Agent struct {
 	refusedVMs  map[string]string // host loop only: VMs the server refused, with its reason
 	lastInvWarn string
 	nextRenew   time.Time
+	// shutdownSent is the state of the shutdown acknowledgement the
+	// server last received.
+	shutdownSent string
 }
 
 // openCut is a group cut this agent has frozen for (or tried to).
@@ -382,8 +385,13 @@ func (a *Agent) buildHeartbeat() (api.AgentHeartbeat, bool) {
 		p := *a.progress
 		hb.Progress = &p
 	}
+	if a.st.Shutdown != nil {
+		ack := *a.st.Shutdown
+		hb.Shutdown = &ack
+	}
+	newAck := hb.Shutdown != nil && hb.Shutdown.State != a.shutdownSent
 	a.mu.Unlock()
-	payload := len(hb.Results) > 0 || len(hb.Events) > 0 || len(hb.CutAcks) > 0 || hb.ResyncDone
+	payload := len(hb.Results) > 0 || len(hb.Events) > 0 || len(hb.CutAcks) > 0 || hb.ResyncDone || newAck
 	return hb, payload
 }
 
@@ -416,6 +424,9 @@ func (a *Agent) delivered(hb api.AgentHeartbeat) {
 	if hb.ResyncDone {
 		a.st.ResyncDone = false
 		dirty = true
+	}
+	if hb.Shutdown != nil {
+		a.shutdownSent = hb.Shutdown.State
 	}
 	if dirty {
 		a.saveStateLocked()

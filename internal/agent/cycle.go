@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"path/filepath"
 	"slices"
@@ -41,6 +42,9 @@ type cycleSpec struct {
 	// snapped, if set, is called once after the snapshot (nil error) or
 	// when the cycle fails before it (the error).
 	snapped func(err error)
+	// labels are added to the point's labels (a planned failover's
+	// final point says so).
+	labels map[string]string
 }
 
 // ---- data loop ----
@@ -49,6 +53,11 @@ func (a *Agent) dataLoop(ctx context.Context) {
 	defer a.closeOpenCut("agent stopping")
 	for ctx.Err() == nil {
 		cfg, have := a.serverConfig()
+		if have && a.shutdownRequested(ctx, cfg) {
+			a.setStatus("shut down")
+			sleepCtx(ctx, a.tick, a.cfgChanged)
+			continue
+		}
 		if !have || !cfg.Protected || cfg.Paused {
 			a.closeOpenCut("protection paused or removed")
 			a.setStatus("idle")
@@ -386,7 +395,8 @@ func (p *progressTracker) update(disk string, done int64) {
 
 // runCycle runs one cycle and records its result. It never panics on
 // errors: they become the result's Error, and the next cycle retries.
-func (a *Agent) runCycle(ctx context.Context, cfg api.AgentConfig, spec cycleSpec) {
+// It returns the result and the cycle's error too.
+func (a *Agent) runCycle(ctx context.Context, cfg api.AgentConfig, spec cycleSpec) (api.CycleResult, error) {
 	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	a.mu.Lock()
@@ -418,7 +428,7 @@ func (a *Agent) runCycle(ctx context.Context, cfg api.AgentConfig, spec cycleSpe
 		if ctx.Err() != nil {
 			a.status = "idle"
 			a.mu.Unlock()
-			return // the agent is stopping: not a failure to report
+			return res, err // the agent is stopping: not a failure to report
 		}
 		res.Error = err.Error()
 		a.st.Failures++
@@ -441,6 +451,7 @@ func (a *Agent) runCycle(ctx context.Context, cfg api.AgentConfig, spec cycleSpe
 			"read", res.ReadBytes, "sent", res.SentBytes, "took", res.Duration.Std().Round(time.Millisecond), "cut", spec.cutID)
 	}
 	wake(a.kick)
+	return res, err
 }
 
 // ingestClient returns the client for url, rebuilding it when the URL or
@@ -650,6 +661,7 @@ func (a *Agent) cycle(ctx context.Context, cfg api.AgentConfig, spec *cycleSpec)
 	open := func() (*ingest.Session, error) {
 		req := ingest.SessionRequest{Machine: a.cfg.Machine, Kind: spec.kind, Group: spec.group, CutID: spec.cutID,
 			Time: res.Time, VMSpec: vmspec, Labels: map[string]string{"agent": a.version}}
+		maps.Copy(req.Labels, spec.labels)
 		for _, dc := range dcs {
 			sd := ingest.SessionDisk{Name: dc.disk.Name, Size: dc.cycle.Size(), Driver: dc.driver}
 			if dc.cycle.Incremental() {

@@ -416,6 +416,9 @@ func (a *Agent) target(d discovered) *vmTarget {
 			return lvdriver.Open(ctx, lvdriver.Options{URI: sock, Domain: name, Disks: names, StateDir: stateDir,
 				BlockSize: blockSize, ScratchDir: filepath.Join(scratch, name), Logger: log})
 		}
+		t.powerOff = func(ctx context.Context, timeout time.Duration) (func(context.Context) error, error) {
+			return libvirtPowerOff(ctx, lvdriver.Options{URI: sock, Domain: name, StateDir: stateDir, Logger: log}, timeout)
+		}
 		t.quiesce = func(ctx context.Context) (func(context.Context) error, error) {
 			m, err := lvdriver.Open(ctx, lvdriver.Options{URI: sock, Domain: name, StateDir: stateDir, Logger: log})
 			if err != nil {
@@ -432,6 +435,9 @@ func (a *Agent) target(d discovered) *vmTarget {
 		}
 	default:
 		qmpSock, qga, nbdSock := d.qmp, d.qga, d.nbd
+		t.powerOff = func(ctx context.Context, timeout time.Duration) (func(context.Context) error, error) {
+			return qmpPowerOff(ctx, qmpSock, timeout)
+		}
 		t.open = func(ctx context.Context, disks []DiskConfig, blockSize int) (capture.Machine, error) {
 			if err := mkdirs(stateDir, filepath.Join(scratch, name)); err != nil {
 				return nil, err

@@ -51,6 +51,10 @@ type state struct {
 	// Config is the last configuration received from the server, so that
 	// cycles continue after a restart while the server is unreachable.
 	Config *api.AgentConfig `json:"config,omitempty"`
+	// Shutdown is the agent's answer to the server's shutdown request
+	// (planned failover), repeated in every heartbeat while the request
+	// stands: a request is carried out once, even across restarts.
+	Shutdown *api.ShutdownAck `json:"shutdown,omitempty"`
 }
 
 // recordPoint notes a published point.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/capture"
@@ -23,6 +24,10 @@ type vmTarget struct {
 	// quiesce, if set, freezes the guest through its guest agent and
 	// returns the thaw; nil when the VM has no guest agent.
 	quiesce func(ctx context.Context) (func(context.Context) error, error)
+	// powerOff powers the guest off through the hypervisor, leaving its
+	// disks readable, for a planned failover's final point; end ends the
+	// VM afterwards (vmpower.go).
+	powerOff func(ctx context.Context, timeout time.Duration) (end func(context.Context) error, err error)
 }
 
 // driverFor resolves the capture driver of disk d: the server's choice

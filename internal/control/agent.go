@@ -32,6 +32,7 @@ func (s *Server) agentConfig(ctx context.Context, m api.Machine) (api.AgentConfi
 	c := api.AgentConfig{Protected: m.Policy != "", Paused: m.Paused, Disks: m.Disks, Group: m.Group,
 		Process: m.Process, Bandwidth: m.Bandwidth, Resync: m.ResyncWanted, Drivers: m.Drivers,
 		RenewBefore: api.Duration(DefaultRenewBefore), HeartbeatEvery: s.cfg.HeartbeatEvery}
+	applyRecovery(&c, m.Recovery)
 	if m.Process != "" {
 		p, err := s.store.GetProcess(ctx, m.Process)
 		if err == nil {
@@ -78,6 +79,24 @@ func (s *Server) agentConfig(ctx context.Context, m api.Machine) (api.AgentConfi
 }
 
 func cutOpen(c api.Cut) bool { return c.Phase != api.PhaseDone && c.Phase != api.PhaseAbort }
+
+// applyRecovery adjusts an agent's configuration to its machine's
+// recovery state: replication pauses while the machine is failed over
+// (not committed) and stops once the failover is committed; a planned
+// failover's shutdown request is handed on.
+func applyRecovery(c *api.AgentConfig, r *api.Recovery) {
+	if r == nil {
+		return
+	}
+	switch {
+	case r.Failover != nil && r.Committed:
+		c.Protected, c.Paused = false, false
+		return
+	case r.Failover != nil:
+		c.Paused = true
+	}
+	c.Shutdown = r.Shutdown
+}
 
 // validateInventory checks what an agent reports about a machine.
 func validateInventory(inv *api.Inventory) error {
@@ -153,6 +172,9 @@ func validateHeartbeat(hb *api.AgentHeartbeat) error {
 			return err
 		}
 	}
+	if err := validateShutdownAck(hb.Shutdown); err != nil {
+		return err
+	}
 	for _, a := range hb.CutAcks {
 		if a.Status != "frozen" && a.Status != "snapped" && a.Status != "failed" {
 			return badRequest("cut ack %q: status %q: want frozen, snapped or failed", a.ID, a.Status)
@@ -165,6 +187,29 @@ func validateHeartbeat(hb *api.AgentHeartbeat) error {
 		}
 	}
 	return nil
+}
+
+func validateShutdownAck(a *api.ShutdownAck) error {
+	if a == nil {
+		return nil
+	}
+	switch a.State {
+	case api.ShutdownStopping, api.ShutdownStopped, api.ShutdownDone, api.ShutdownFailed:
+	default:
+		return badRequest("shutdown ack: state %q: want stopping, stopped, done or failed", a.State)
+	}
+	if a.Point != "" {
+		if _, err := vault.ParseID(a.Point); err != nil {
+			return badRequest("shutdown ack: point %q is not a vault point ID", a.Point)
+		}
+	}
+	if a.State == api.ShutdownDone && a.Point == "" {
+		return badRequest("shutdown ack: done without a point")
+	}
+	if err := checkText("shutdown ack id", a.ID, 64); err != nil {
+		return err
+	}
+	return checkText("shutdown ack error", a.Error, maxMessage)
 }
 
 func validateResult(r api.CycleResult) error {
@@ -296,7 +341,7 @@ func (s *Server) recordHeartbeat(ctx context.Context, name, serial string, hb *a
 	checked := s.checkResults(ctx, rep, hb.Results)
 	var newPoints []api.Point
 	var failed []api.CycleResult
-	var resynced bool
+	var resynced, acked bool
 	m, err := s.store.UpdateMachine(ctx, name, func(m *api.Machine) error {
 		newPoints, failed, resynced = nil, nil, false
 		m.Inventory = hb.Inventory
@@ -324,6 +369,7 @@ func (s *Server) recordHeartbeat(ctx context.Context, name, serial string, hb *a
 			m.ResyncWanted = false
 			resynced = true
 		}
+		acked = recordShutdownAck(m, hb.Shutdown, now)
 		m.State = machineState(m)
 		m.Reason = ""
 		if m.State == api.StateError {
@@ -336,6 +382,10 @@ func (s *Server) recordHeartbeat(ctx context.Context, name, serial string, hb *a
 	})
 	if err != nil {
 		return m, err
+	}
+	if acked {
+		s.rec.ackWake.notify(name)
+		s.log.Info("shutdown acknowledged by the agent", "machine", name, "state", hb.Shutdown.State, "point", hb.Shutdown.Point, "err", hb.Shutdown.Error)
 	}
 	s.mu.Lock()
 	wasOffline := s.offline[name]
@@ -363,6 +413,22 @@ func (s *Server) recordHeartbeat(ctx context.Context, name, serial string, hb *a
 		}
 	}
 	return m, nil
+}
+
+// recordShutdownAck keeps an agent's answer to the machine's shutdown
+// request (only for the request it has); it reports whether it changed.
+func recordShutdownAck(m *api.Machine, a *api.ShutdownAck, now time.Time) bool {
+	r := m.Recovery
+	if a == nil || r == nil || r.Shutdown == nil || a.ID != r.Shutdown.ID {
+		return false
+	}
+	if old := r.ShutdownAck; old != nil && old.State == a.State && old.Point == a.Point && old.Error == a.Error {
+		return false
+	}
+	ack := *a
+	ack.Time = now
+	r.ShutdownAck = &ack
+	return true
 }
 
 // checkResults checks the points an agent's successful cycle results
@@ -454,6 +520,14 @@ func (s *Server) processHeartbeat(w http.ResponseWriter, r *http.Request, c *cal
 			return err
 		}
 	}
+	if len(hb.Open) > maxReportItems {
+		return badRequest("%d open sessions in one heartbeat: at most %d", len(hb.Open), maxReportItems)
+	}
+	for _, o := range hb.Open {
+		if err := vault.ValidateName("machine", o.Machine); err != nil {
+			return badRequest("open session: %v", err)
+		}
+	}
 	ctx := r.Context()
 	keyDue, err := s.processKeyDue(ctx, c, hb.NeedKey)
 	if err != nil {
@@ -482,6 +556,7 @@ func (s *Server) processHeartbeat(w http.ResponseWriter, r *http.Request, c *cal
 	if err := s.processPoints(ctx, c.Name, hb.Points); err != nil {
 		return err
 	}
+	s.noteOpenSessions(c.Name, hb.Open)
 	s.reportEvents(ctx, reporter{role: api.RoleProcess, name: c.Name}, hb.Events)
 	pc, err := s.processConfig(ctx, c.Name)
 	if err != nil {

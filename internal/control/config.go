@@ -118,6 +118,11 @@ type Config struct {
 	// ProcessMoveAfter: the machines of a process server offline this
 	// long move to an online one (default 5m).
 	ProcessMoveAfter api.Duration `json:"process_move_after,omitempty"`
+
+	// Recovery is the recovery site: the compute provider, the directory
+	// of recovered VMs, networks and the network map, the test network
+	// (recovery.go).
+	Recovery RecoveryConfig `json:"recovery,omitzero"`
 }
 
 // Limits of the API and embedded ingest listeners, defaults filled in.
@@ -175,6 +180,7 @@ func (c *Config) defaults(dataDir string) {
 	if c.ProcessMoveAfter == 0 {
 		c.ProcessMoveAfter = api.Duration(DefaultProcessMoveAfter)
 	}
+	c.Recovery.defaults(dataDir)
 }
 
 func (c *Config) validate() error {
@@ -208,6 +214,9 @@ func (c *Config) validate() error {
 		return fmt.Errorf("ingest_url %q must start with https://", c.IngestURL)
 	}
 	if err := c.apiLimits().Validate("api_limits"); err != nil {
+		return err
+	}
+	if err := c.Recovery.validate(); err != nil {
 		return err
 	}
 	return c.ingestLimits().Validate("ingest_limits")
@@ -381,6 +390,9 @@ func fileConfig(cfg Config, dataDir string) Config {
 	}
 	if cfg.CacheDir == filepath.Join(dataDir, CacheDir) {
 		cfg.CacheDir = ""
+	}
+	if cfg.Recovery.Dir == filepath.Join(dataDir, RecoveryDir) {
+		cfg.Recovery.Dir = ""
 	}
 	return cfg
 }

@@ -18,6 +18,8 @@ type embeddedProcess interface {
 	Close(ctx context.Context) error
 	// stats fills the statistics fields of p.
 	stats(p *api.ProcessServer)
+	// openSessions lists the ingest sessions open now.
+	openSessions() []api.OpenSession
 }
 
 // authorizeAgent is the embedded process server's check of a request: a

@@ -18,6 +18,8 @@ func (e ingestEmbedded) stats(p *api.ProcessServer) {
 	p.CacheUsed, p.CacheLimit, p.Sessions, p.Throttled, p.IngestRate = st.CacheUsed, st.CacheLimit, st.Sessions, st.Throttled, st.IngestRate
 }
 
+func (e ingestEmbedded) openSessions() []api.OpenSession { return e.OpenSessions() }
+
 // authError carries a refusal's status and code to the ingest server.
 type authError struct{ *pki.AuthError }
 

@@ -130,6 +130,16 @@ func (s *Server) Routes() []Route {
 		{"GET", "/api/v1/events", authToken, viewer, s.listEvents},
 		{"GET", "/api/v1/status", authToken, viewer, s.status},
 	}
+	rs = append(rs,
+		Route{"GET", "/api/v1/machines/{name}/recovery", authToken, viewer, s.getRecovery},
+		Route{"PUT", "/api/v1/machines/{name}/recovery", authToken, operator, s.putRecovery},
+		Route{"GET", "/api/v1/jobs", authToken, viewer, s.listJobs},
+		Route{"GET", "/api/v1/jobs/{id}", authToken, viewer, s.getJob},
+		Route{"POST", "/api/v1/jobs/{id}/cancel", authToken, operator, s.cancelJob},
+		Route{"POST", "/api/v1/jobs/{id}/resume", authToken, operator, s.resumeJob})
+	for _, a := range failoverActions {
+		rs = append(rs, Route{"POST", "/api/v1/machines/{name}/" + a.path, authToken, operator, s.failoverAction(a)})
+	}
 	for _, a := range machineActions {
 		role := operator
 		if a.name == "revoke" {

@@ -263,7 +263,8 @@ var machineActions = []machineAction{
 	{"unprotect", nil, func(_ *Server, _ *http.Request, _ any, m *api.Machine) (string, error) {
 		was := m.Policy
 		m.Policy, m.Group, m.Disks, m.ResyncWanted, m.Paused, m.Drivers = "", "", nil, false, false, nil
-		m.State, m.Reason, m.Progress = api.StateUnprotected, "", nil
+		m.Reason, m.Progress = "", nil
+		m.State = machineState(m)
 		return fmt.Sprintf("unprotected (was policy %q)", was), nil
 	}},
 	{"pause", nil, func(_ *Server, _ *http.Request, _ any, m *api.Machine) (string, error) {
@@ -408,7 +409,12 @@ func diskNames(ds []api.DiskInfo) string {
 
 // machineState derives a machine's state from its record.
 func machineState(m *api.Machine) string {
+	r := m.Recovery
 	switch {
+	case r != nil && r.Failover != nil && r.Committed:
+		return api.StateCommitted
+	case r != nil && r.Failover != nil:
+		return api.StateFailedOver
 	case m.Policy == "":
 		return api.StateUnprotected
 	case m.Paused:

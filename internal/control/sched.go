@@ -53,7 +53,7 @@ func (s *Server) Tick(ctx context.Context) {
 	}{{"group cuts", s.tickCuts}, {"machine health", s.tickMachines}, {"embedded process server", s.tickEmbedded},
 		{"process servers", s.tickProcesses}, {"tokens", s.tickTokens},
 		{"reported points waiting for the vault", s.tickPendingPoints}, {"retention", s.tickRetention},
-		{"event retention", s.tickEventRetention}} {
+		{"event retention", s.tickEventRetention}, {"recovery catalog", s.tickCatalog}} {
 		if ctx.Err() != nil {
 			return
 		}
@@ -400,6 +400,9 @@ func (s *Server) tickMachines(ctx context.Context) error {
 			if _, err := s.store.UpdateMachine(ctx, m.Name, func(mm *api.Machine) error {
 				if mm.LastSeen.Equal(m.LastSeen) {
 					mm.State, mm.Reason = api.StateError, "agent offline since "+since
+					if r := mm.Recovery; r != nil && r.Failover != nil {
+						mm.State = machineState(mm) // the source is expected to be down
+					}
 				}
 				return nil
 			}); err != nil && !errors.Is(err, store.ErrNotFound) {
@@ -532,6 +535,11 @@ func (s *Server) RunRetention(ctx context.Context) (*RetentionReport, error) {
 		}
 		machinePol[m.Name] = rp
 	}
+	// Points recovered VMs read (or jobs are about to) are kept.
+	inUse, err := s.pointsInUse(ctx, ms)
+	if err != nil {
+		return nil, err
+	}
 	rep := &RetentionReport{Forgotten: map[string]int{}}
 	lock, err := s.vault.Lock(ctx, vault.LockPrune)
 	if err != nil {
@@ -570,6 +578,10 @@ func (s *Server) RunRetention(ctx context.Context) (*RetentionReport, error) {
 			forget := retention.Forget(ds)
 			rep.Kept += len(rps) - len(forget)
 			for _, f := range forget {
+				if inUse[f.ID] {
+					rep.Kept++
+					continue
+				}
 				if err := s.vault.DeletePointLocked(ctx, lock, ids[f.ID]); err != nil {
 					return err
 				}

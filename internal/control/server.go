@@ -25,6 +25,8 @@ import (
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/clock"
+	"github.com/lifeboat-dr/lifeboat/internal/compute"
+	"github.com/lifeboat-dr/lifeboat/internal/orchestrate"
 	"github.com/lifeboat-dr/lifeboat/internal/pki"
 	"github.com/lifeboat-dr/lifeboat/internal/store"
 	"github.com/lifeboat-dr/lifeboat/internal/store/sqlstore"
@@ -55,6 +57,11 @@ type RunOptions struct {
 	VaultKDF vault.KDFParams
 	// Getenv reads AWS_* for S3 vaults (default os.Getenv).
 	Getenv func(string) string
+	// Provider runs recovered VMs instead of the one server.json names,
+	// and Exporter serves their points instead of `lifeboat points
+	// serve` processes (tests).
+	Provider compute.Provider
+	Exporter orchestrate.Exporter
 }
 
 // Addrs are the bound listener addresses.
@@ -104,6 +111,8 @@ type Server struct {
 
 	tokens tokenWatch   // API tokens announced as expiring (tokens.go)
 	procs  processWatch // process servers announced offline (liveness.go)
+
+	rec *recovery // the recovery site and its jobs (recovery.go)
 }
 
 // Open opens the server in dataDir without serving: store, CA, vault and
@@ -170,6 +179,7 @@ func Open(ctx context.Context, o RunOptions) (*Server, error) {
 		st.Close()
 		return nil, err
 	}
+	s.rec = s.newRecovery(o)
 	s.mux = s.buildMux()
 	return s, nil
 }
@@ -256,6 +266,17 @@ func Run(ctx context.Context, o RunOptions) error {
 	if err := s.reconcileProcessKeys(ctx); err != nil {
 		s.log.Warn("cannot delete process server vault keys yet; retrying every minute", "err", err)
 	}
+	// Failover jobs a stop interrupted go on.
+	if err := s.startRecovery(runCtx); err != nil {
+		cancel()
+		for _, sv := range srvs {
+			_ = sv.srv.Close()
+		}
+		if s.embed != nil {
+			_ = s.embed.Close(ctx)
+		}
+		return err
+	}
 
 	var wg sync.WaitGroup
 	errc := make(chan error, len(srvs))
@@ -289,6 +310,7 @@ func Run(ctx context.Context, o RunOptions) error {
 	case runErr = <-errc:
 	}
 	cancel()
+	s.rec.runner.Wait() // steps see the cancel and stop; they resume at the next start
 	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer scancel()
 	for _, sv := range srvs {

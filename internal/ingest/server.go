@@ -348,6 +348,23 @@ func (s *Server) Stats() Stats {
 	return st
 }
 
+// OpenSessions lists the sessions open now, by machine: blocks they
+// acknowledged are not a point yet (a failover to "latest" waits for
+// them).
+func (s *Server) OpenSessions() []api.OpenSession {
+	s.mu.Lock()
+	open := slices.Collect(maps.Values(s.sessions))
+	s.mu.Unlock()
+	out := make([]api.OpenSession, 0, len(open))
+	for _, ss := range open {
+		ss.mu.Lock()
+		committing := ss.state == stCommitting
+		ss.mu.Unlock()
+		out = append(out, api.OpenSession{Machine: ss.machine, LastUsed: ss.lastUsed(), Committing: committing})
+	}
+	return out
+}
+
 // SetBandwidth limits the block data received to bytesPerSec (0: unlimited).
 func (s *Server) SetBandwidth(bytesPerSec int64) { setLimit(s.limiter, bytesPerSec) }
 

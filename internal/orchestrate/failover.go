@@ -69,9 +69,13 @@ type Control interface {
 	ShutdownSource(ctx context.Context, machine string) error
 	// FinalPoint cuts a point of the stopped source and returns its ID.
 	FinalPoint(ctx context.Context, machine string) (string, error)
-	// Recovered records that machine runs (vm non-nil) or no longer runs
-	// (vm nil) at the recovery site, for a test failover or a failover.
+	// Recovered records that machine runs vm at the recovery site, for a
+	// test failover or a failover (kind); it is called again when the VM
+	// changes (hydrated).
 	Recovered(ctx context.Context, machine, kind string, vm *VMRecord) error
+	// Removed records that vm no longer runs (a cleanup, a cancel): the
+	// machine's record is cleared only if it still names that VM.
+	Removed(ctx context.Context, vm VMRecord) error
 	// Committed stops the replication of the old source after a commit;
 	// Cancelled resumes it after a cancelled failover.
 	Committed(ctx context.Context, machine string) error
@@ -84,7 +88,7 @@ type Control interface {
 type Orchestrator struct {
 	Vault     *vault.Vault
 	Site      Site
-	Overrides func(machine string) Overrides // nil: none
+	Overrides func(ctx context.Context, machine string) Overrides // nil: none
 	Provider  compute.Provider
 	Points    Exporter
 	Control   Control // nil: recovery from the vault alone
@@ -237,7 +241,7 @@ func (o *Orchestrator) startVM(ctx context.Context, sc *jobs.StepContext) error 
 	}
 	var ov Overrides
 	if o.Overrides != nil {
-		ov = o.Overrides(vm.Machine)
+		ov = o.Overrides(ctx, vm.Machine)
 	}
 	spec, err := BuildSpec(pt, &o.Site, ov, vm.Name, vm.Dir, exports, vm.Kind == KindTestFailover)
 	if err != nil {
@@ -359,7 +363,7 @@ func (o *Orchestrator) removeRecorded(ctx context.Context, sc *jobs.StepContext)
 	p, _ := params(sc)
 	sc.Log(ctx, "removed VM %s of %s", vm.Name, vm.Machine)
 	if o.Control != nil {
-		if err := o.Control.Recovered(ctx, vm.Machine, vm.Kind, nil); err != nil {
+		if err := o.Control.Removed(ctx, vm); err != nil {
 			return err
 		}
 		if sc.Job().Kind == KindCleanup {

@@ -245,7 +245,7 @@ func Run(ctx context.Context, stateDir string, o Options) error {
 		}
 		st := srv.Stats()
 		hb := api.ProcessHeartbeat{URL: cfg.Advertise, CacheUsed: st.CacheUsed, CacheLimit: st.CacheLimit,
-			Sessions: st.Sessions, Throttled: st.Throttled, IngestRate: st.IngestRate}
+			Sessions: st.Sessions, Throttled: st.Throttled, IngestRate: st.IngestRate, Open: srv.OpenSessions()}
 		hb.Events, hb.Points = d.take()
 		pc, err := d.heartbeat(ctx, hb)
 		if err != nil {

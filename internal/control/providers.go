@@ -1,0 +1,45 @@
+package control
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	"github.com/lifeboat-dr/lifeboat/internal/compute"
+	"github.com/lifeboat-dr/lifeboat/internal/orchestrate"
+)
+
+// buildProvider makes the compute provider the site configuration names.
+func buildProvider(site orchestrate.Site, log *slog.Logger) (compute.Provider, error) {
+	_ = log
+	switch site.Provider {
+	case "qemu", "libvirt", "exec":
+		return nil, fmt.Errorf("the %s compute provider is not part of this build of lifeboat yet", site.Provider)
+	}
+	return nil, fmt.Errorf("unknown compute provider %q: use qemu, libvirt or exec", site.Provider)
+}
+
+// unavailableProvider stands in for a provider that cannot be built: it
+// starts nothing, and has nothing to inspect, stop or remove.
+type unavailableProvider struct {
+	kind string
+	err  error
+}
+
+func (p unavailableProvider) Name() string { return p.kind }
+
+func (p unavailableProvider) Start(context.Context, compute.Spec) (compute.Instance, error) {
+	return compute.Instance{}, p.err
+}
+
+func (p unavailableProvider) Inspect(_ context.Context, name, _ string) (compute.Instance, error) {
+	return compute.Instance{Name: name, State: compute.StateAbsent}, nil
+}
+
+func (p unavailableProvider) Stop(context.Context, string, string, bool) error { return nil }
+
+func (p unavailableProvider) Remove(context.Context, string, string) error { return nil }
+
+func (p unavailableProvider) Hydrate(context.Context, string, string, func(compute.Progress)) error {
+	return p.err
+}
