@@ -327,6 +327,15 @@ func (a *app) protectCmds() []*cobra.Command {
 
 func describeState(m api.Machine) string {
 	s := m.State
+	switch m.State {
+	case api.StateFailedOver:
+		s = "failed over (not committed)"
+	case api.StateCommitted:
+		s = "failed over (committed)"
+	}
+	if r := m.Recovery; r != nil && r.Drill != nil {
+		s += ", test failover running"
+	}
 	if m.Progress != nil && (m.State == api.StateInitial || m.State == api.StateResyncing) {
 		s += fmt.Sprintf(" %.1f%%", m.Progress.Percent)
 		if m.Progress.ETA > 0 {
@@ -425,6 +434,7 @@ func (a *app) machinesCmd() *cobra.Command {
 			if m.Bandwidth > 0 {
 				fmt.Fprintf(w, "bandwidth\t%s\n", bandwidthText(m.Bandwidth))
 			}
+			recoveryLines(w, m)
 			if !m.LastSeen.IsZero() {
 				fmt.Fprintf(w, "last seen\t%s\n", m.LastSeen.Local().Format(time.DateTime))
 			}

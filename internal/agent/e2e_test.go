@@ -253,9 +253,18 @@ func fillRandom(r *rand.Rand, b []byte) {
 // it; the returned stop cancels it and waits for Run to return.
 func (h *harness) startAgent(t *testing.T) (*Agent, func()) {
 	t.Helper()
+	return h.startAgentWith(t, nil)
+}
+
+// startAgentWith is startAgent with a change to the loaded configuration.
+func (h *harness) startAgentWith(t *testing.T, change func(*Config)) (*Agent, func()) {
+	t.Helper()
 	cfg, err := LoadConfig(h.stateDir)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if change != nil {
+		change(cfg)
 	}
 	a, err := New(cfg, Options{Logger: testLogger(t), Version: "test"})
 	if err != nil {

@@ -41,7 +41,7 @@ type RecoveryOverrides struct {
 }
 
 // RecoveredVM is a VM running at the recovery site for a machine. It
-// mirrors orchestrate.VMRecord (vm.json in the VM's directory).
+// mirrors orchestrate.VMRecord (recovery.json in the VM's directory).
 type RecoveredVM struct {
 	Name     string    `json:"name"`
 	Dir      string    `json:"dir"`

@@ -6,15 +6,19 @@ import (
 	"log/slog"
 
 	"github.com/lifeboat-dr/lifeboat/internal/compute"
+	"github.com/lifeboat-dr/lifeboat/internal/compute/qemu"
 	"github.com/lifeboat-dr/lifeboat/internal/orchestrate"
 )
 
 // buildProvider makes the compute provider the site configuration names.
+// It checks the configuration, not the host: a missing QEMU is an error
+// of the job that starts a VM (and leaves nothing behind).
 func buildProvider(site orchestrate.Site, log *slog.Logger) (compute.Provider, error) {
-	_ = log
 	switch site.Provider {
-	case "qemu", "libvirt", "exec":
-		return nil, fmt.Errorf("the %s compute provider is not part of this build of lifeboat yet", site.Provider)
+	case "qemu":
+		return qemu.New(qemu.Options{Accel: site.Accel, Logger: log})
+	case "libvirt", "exec":
+		return nil, fmt.Errorf("the %s compute provider is not part of this build of lifeboat yet: use \"provider\": \"qemu\"", site.Provider)
 	}
 	return nil, fmt.Errorf("unknown compute provider %q: use qemu, libvirt or exec", site.Provider)
 }

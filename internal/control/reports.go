@@ -28,7 +28,7 @@ import (
 var (
 	agentEventKinds = map[string]bool{
 		"hook_failed": true, "agent_panic": true, "discovery": true, "vm_agent": true, "vm_refused": true,
-		"inventory": true, "cert_renew_failed": true,
+		"inventory": true, "cert_renew_failed": true, "shutdown_failed": true,
 	}
 	processEventKinds = map[string]bool{
 		"cache_full": true, "cache_resumed": true, "cache_damaged": true, "lock_lost": true, "cert_renew_failed": true,

@@ -31,7 +31,7 @@ type Choice struct {
 	Point string `json:"point,omitempty"`
 	// At, if set, picks the newest point at or before that time (of the
 	// kind Point names, when Point is one of the words).
-	At time.Time `json:"at,omitempty"`
+	At time.Time `json:"at,omitzero"`
 }
 
 // String describes the choice.

@@ -40,8 +40,16 @@ type Params struct {
 	Hydrate bool `json:"hydrate,omitempty"`
 }
 
-// VMRecord describes a recovered VM; it is kept as vm.json in the VM's
-// directory, so the VMs of a site can be listed without any database.
+// RecordFile is the VM record in a recovered VM's directory. The
+// directory is shared with the compute provider: the orchestration's own
+// files there are RecordFile, the point server's ready file (nbd.json),
+// socket (nbd.sock) and log (pointserver.log); providers keep their own
+// names (the qemu provider's state is vm.json).
+const RecordFile = "recovery.json"
+
+// VMRecord describes a recovered VM; it is kept as RecordFile in the
+// VM's directory, so the VMs of a site can be listed without any
+// database.
 type VMRecord struct {
 	Name     string    `json:"name"`
 	Dir      string    `json:"dir"`
@@ -443,17 +451,17 @@ func (o *Orchestrator) finalPoint(ctx context.Context, sc *jobs.StepContext) err
 	return sc.Set(ctx, "final_point", id)
 }
 
-// writeRecord writes vm.json in the VM's directory.
+// writeRecord writes RecordFile in the VM's directory.
 func writeRecord(vm VMRecord) error {
 	b, err := json.MarshalIndent(vm, "", "  ")
 	if err != nil {
 		return err
 	}
-	tmp := filepath.Join(vm.Dir, "vm.json.tmp")
+	tmp := filepath.Join(vm.Dir, RecordFile+".tmp")
 	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("record the VM: %w", err)
 	}
-	return os.Rename(tmp, filepath.Join(vm.Dir, "vm.json"))
+	return os.Rename(tmp, filepath.Join(vm.Dir, RecordFile))
 }
 
 // ReadRecords lists the recovered VMs of a site directory.
@@ -467,7 +475,7 @@ func ReadRecords(dir string) ([]VMRecord, error) {
 	}
 	var out []VMRecord
 	for _, e := range entries {
-		b, err := os.ReadFile(filepath.Join(dir, e.Name(), "vm.json"))
+		b, err := os.ReadFile(filepath.Join(dir, e.Name(), RecordFile))
 		if err != nil {
 			continue
 		}
