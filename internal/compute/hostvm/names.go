@@ -64,8 +64,10 @@ func MAC(vm string, i int) string {
 
 // LockDir takes an exclusive lock on dir/name (created if missing) so
 // that concurrent calls for one VM, from this process or another, run
-// one at a time. If the file was removed (by Remove) while waiting, the
-// lock is taken again on a new file.
+// one at a time. unlock removes the file, then releases it: a caller
+// that waited on the removed file sees that the path no longer names it
+// and locks a new one, so the lock file exists only during calls and a
+// directory holds none between them.
 func LockDir(ctx context.Context, dir, name string) (unlock func(), err error) {
 	p := filepath.Join(dir, name)
 	for {
@@ -79,7 +81,7 @@ func LockDir(ctx context.Context, dir, name string) (unlock func(), err error) {
 		}
 		var a, b syscall.Stat_t
 		if syscall.Fstat(int(f.Fd()), &a) == nil && syscall.Stat(p, &b) == nil && a.Ino == b.Ino && a.Dev == b.Dev {
-			return func() { f.Close() }, nil
+			return func() { os.Remove(p); f.Close() }, nil
 		}
 		f.Close() // removed or replaced while we waited
 	}

@@ -2,7 +2,7 @@
 // itself. Each VM lives in its directory (compute.Spec.Dir):
 //
 //	vm.json      the spec as started, accelerator, tap devices, hydrated disks
-//	vm.lock      serialises calls for the VM (flock)
+//	vm.lock      serialises calls for the VM (flock; exists during a call)
 //	qemu.pid     QEMU's -pidfile
 //	qmp.sock     QMP
 //	console.log  the serial console (firmware, bootloader, kernel), appended
@@ -152,6 +152,9 @@ func (p *Provider) Start(ctx context.Context, s compute.Spec) (compute.Instance,
 	defer unlock()
 	inst, st, err := p.inspect(ctx, s.Name, s.Dir)
 	if err != nil {
+		if _, serr := os.Stat(filepath.Join(s.Dir, stateFile)); os.IsNotExist(serr) {
+			hostvm.RemoveNames(s.Dir, lockFile) // made by this call
+		}
 		return compute.Instance{}, fmt.Errorf("start VM %s: %w", s.Name, err)
 	}
 	if inst.State == compute.StateRunning {
@@ -198,44 +201,17 @@ func (p *Provider) create(ctx context.Context, s compute.Spec) (*state, error) {
 	if err := hostvm.CheckFree(s.Dir, p.o.MinFree); err != nil {
 		return nil, err
 	}
-	s.NICs = append([]compute.NIC(nil), s.NICs...)
-	for i := range s.NICs {
-		if s.NICs[i].MAC == "" {
-			s.NICs[i].MAC = hostvm.MAC(s.Name, i)
-		}
-	}
 	st := &state{Spec: s, Accel: accel, Hydrated: make([]bool, len(s.Disks)), Seed: s.Guest != nil}
-	for i, d := range s.Disks {
-		n, err := hostvm.ParseNBD(d.Backing)
-		if err != nil {
-			return st, fmt.Errorf("disk %s: %w", d.Name, err)
-		}
-		if n.TLS && p.o.TLSDir == "" {
-			return st, fmt.Errorf("disk %s: the backing %s uses TLS: set the provider's TLS directory (ca-cert.pem, client-cert.pem, client-key.pem)", d.Name, d.Backing)
-		}
-		if d.Size <= 0 {
-			if st.Spec.Disks[i].Size, err = hostvm.ExportSize(ctx, qemuImg, n); err != nil {
-				return st, fmt.Errorf("disk %s has no size in the spec: %w", d.Name, err)
-			}
-		}
-		if err := hostvm.CreateOverlay(ctx, qemuImg, filepath.Join(s.Dir, overlayFile(i)), st.Spec.Disks[i].Size, n); err != nil {
-			return st, fmt.Errorf("disk %s: %w", d.Name, err)
-		}
+	err = hostvm.Prepare(ctx, &st.Spec, hostvm.Disks{
+		QEMUImg: qemuImg,
+		Overlay: func(i int) string { return filepath.Join(s.Dir, overlayFile(i)) },
+		Seed:    filepath.Join(s.Dir, seedFile),
+		TLS:     p.o.TLSDir != "",
+	})
+	if err != nil {
+		return st, err
 	}
-	if s.Guest != nil {
-		var mac string
-		if len(s.NICs) > 0 {
-			mac = s.NICs[0].MAC
-		}
-		files, err := hostvm.SeedFiles(s.Name, s.Guest, mac)
-		if err != nil {
-			return st, err
-		}
-		if err := hostvm.BuildSeed(ctx, filepath.Join(s.Dir, seedFile), files); err != nil {
-			return st, err
-		}
-	}
-	taps, err := makeTaps(ctx, s)
+	taps, err := makeTaps(ctx, st.Spec)
 	st.Taps = taps
 	if err != nil {
 		return st, err

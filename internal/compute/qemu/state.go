@@ -1,10 +1,6 @@
 package qemu
 
 import (
-	"encoding/json"
-	"errors"
-	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -46,16 +42,10 @@ type state struct {
 }
 
 func readState(dir string) (*state, error) {
-	b, err := os.ReadFile(filepath.Join(dir, stateFile))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read VM state: %w", err)
-	}
 	var st state
-	if err := json.Unmarshal(b, &st); err != nil {
-		return nil, fmt.Errorf("VM state %s is damaged (%w): remove the VM and start it again", filepath.Join(dir, stateFile), err)
+	ok, err := hostvm.ReadJSON(dir, stateFile, &st)
+	if err != nil || !ok {
+		return nil, err
 	}
 	if len(st.Hydrated) != len(st.Spec.Disks) {
 		st.Hydrated = make([]bool, len(st.Spec.Disks))
@@ -63,33 +53,7 @@ func readState(dir string) (*state, error) {
 	return &st, nil
 }
 
-// writeState replaces vm.json atomically (temporary file, fsync, rename).
-func writeState(dir string, st *state) error {
-	b, err := json.MarshalIndent(st, "", "  ")
-	if err != nil {
-		return err
-	}
-	tmp := filepath.Join(dir, stateFile+".tmp")
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
-	if err != nil {
-		return fmt.Errorf("write VM state: %w", hostvm.NoSpace(err))
-	}
-	_, err = f.Write(append(b, '\n'))
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, filepath.Join(dir, stateFile))
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write VM state: %w", hostvm.NoSpace(err))
-	}
-	return nil
-}
+func writeState(dir string, st *state) error { return hostvm.WriteJSON(dir, stateFile, st) }
 
 // readPID returns the PID in qemu.pid, or 0.
 func readPID(dir string) int {
@@ -140,11 +104,5 @@ func removeFiles(dir string, disks int) error {
 			}
 		}
 	}
-	var errs []error
-	for _, n := range names {
-		if err := os.Remove(filepath.Join(dir, n)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
+	return hostvm.RemoveNames(dir, names...)
 }
