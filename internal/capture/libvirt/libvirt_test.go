@@ -406,4 +406,6 @@ func TestMachineCycles(t *testing.T) {
 		t.Errorf("checkpoints at the end: %v, want 1", got)
 	}
 	t.Logf("all cycles done at %v", time.Since(start))
+	checkPowerOff(t, h)
+	t.Logf("power-off checks done at %v", time.Since(start))
 }
