@@ -27,44 +27,7 @@ func (a *app) jobsCmd() *cobra.Command {
 	f := &clientFlags{}
 	cmd := &cobra.Command{Use: "jobs", Short: "List, show, follow, cancel and answer jobs (failovers, drills)"}
 	a.addClientFlags(cmd, f)
-	var machine, kind string
-	var active bool
-	var limit int
-	list := &cobra.Command{
-		Use: "list [--machine M] [--kind K] [--active]", Short: "List jobs, newest first", Args: cobra.NoArgs,
-		Example: `  lifeboat jobs list --active
-  lifeboat jobs list --machine web01 --kind test-failover   # the drill history`,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.client(f)
-			if err != nil {
-				return err
-			}
-			q := url.Values{}
-			if machine != "" {
-				q.Set("machine", machine)
-			}
-			if kind != "" {
-				q.Set("kind", kind)
-			}
-			if active {
-				q.Set("active", "true")
-			}
-			q.Set("limit", strconv.Itoa(limit))
-			var js []api.Job
-			if err := c.Do(cmd.Context(), http.MethodGet, client.Path("jobs")+"?"+q.Encode(), nil, &js); err != nil {
-				return err
-			}
-			if f.json {
-				return a.printJSON(js)
-			}
-			a.jobTable(js)
-			return nil
-		},
-	}
-	list.Flags().StringVar(&machine, "machine", "", "only this machine's jobs")
-	list.Flags().StringVar(&kind, "kind", "", "only jobs of this kind: test-failover, cleanup, failover, change-point, commit, cancel")
-	list.Flags().BoolVar(&active, "active", false, "only jobs that have not ended")
-	list.Flags().IntVar(&limit, "limit", 50, "at most this many")
+	list := a.jobsListCmd(f)
 	var logs bool
 	show := &cobra.Command{
 		Use: "show JOB", Short: "Show a job: steps with their state, timings and progress, the recovered VMs, the drill's notes", Args: cobra.ExactArgs(1),
@@ -128,6 +91,49 @@ func (a *app) jobsCmd() *cobra.Command {
 	resume.Flags().BoolVar(&abort, "abort", false, "fail the job")
 	cmd.AddCommand(list, show, watch, cancel, resume)
 	return cmd
+}
+
+// jobsListCmd is `jobs list`.
+func (a *app) jobsListCmd(f *clientFlags) *cobra.Command {
+	var machine, kind string
+	var active bool
+	var limit int
+	list := &cobra.Command{
+		Use: "list [--machine M] [--kind K] [--active]", Short: "List jobs, newest first", Args: cobra.NoArgs,
+		Example: `  lifeboat jobs list --active
+  lifeboat jobs list --machine web01 --kind test-failover   # the drill history`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := a.client(f)
+			if err != nil {
+				return err
+			}
+			q := url.Values{}
+			if machine != "" {
+				q.Set("machine", machine)
+			}
+			if kind != "" {
+				q.Set("kind", kind)
+			}
+			if active {
+				q.Set("active", "true")
+			}
+			q.Set("limit", strconv.Itoa(limit))
+			var js []api.Job
+			if err := c.Do(cmd.Context(), http.MethodGet, client.Path("jobs")+"?"+q.Encode(), nil, &js); err != nil {
+				return err
+			}
+			if f.json {
+				return a.printJSON(js)
+			}
+			a.jobTable(js)
+			return nil
+		},
+	}
+	list.Flags().StringVar(&machine, "machine", "", "only this machine's jobs")
+	list.Flags().StringVar(&kind, "kind", "", "only jobs of this kind: test-failover, cleanup, failover, change-point, commit, cancel")
+	list.Flags().BoolVar(&active, "active", false, "only jobs that have not ended")
+	list.Flags().IntVar(&limit, "limit", 50, "at most this many")
+	return list
 }
 
 func (a *app) jobAction(cmd *cobra.Command, f *clientFlags, id, action string, body any) error {
