@@ -101,12 +101,33 @@ func (s *Server) endedBadly(ctx context.Context, j jobs.Job) error {
 	if j.Kind == orchestrate.KindFailover && p.Planned {
 		m, err := s.store.GetMachine(ctx, j.Target)
 		if err == nil && m.Recovery != nil && m.Recovery.Failover == nil && m.Recovery.Shutdown != nil {
-			if err := s.endFailover(ctx, j.Target, false); err != nil {
+			if err := s.withdrawShutdown(ctx, j.Target, j); err != nil {
 				return err
 			}
 		}
 	}
 	return s.reapOrphans(ctx)
+}
+
+// withdrawShutdown withdraws the shutdown request of a planned failover
+// that did not fail over: the agent replicates again.
+func (s *Server) withdrawShutdown(ctx context.Context, machine string, j jobs.Job) error {
+	_, err := s.store.UpdateMachine(ctx, machine, func(m *api.Machine) error {
+		if r := m.Recovery; r != nil && r.Failover == nil {
+			r.Shutdown, r.ShutdownAck = nil, nil
+			if r.Empty() {
+				m.Recovery = nil
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("withdraw the shutdown request of %s: %w", machine, err)
+	}
+	s.notify.notify(machine)
+	s.event(ctx, api.Event{Kind: "failover_failed", Severity: api.SeverityWarning, Machine: machine,
+		Message: fmt.Sprintf("planned failover of %s %s (job %s): %s; the shutdown request is withdrawn and replication resumes once the source runs", machine, j.State, j.ID, j.Error)})
+	return nil
 }
 
 // reapOrphans removes VMs of the site directory that no machine and no
