@@ -6,6 +6,7 @@ import (
 	"log/slog"
 
 	"github.com/lifeboat-dr/lifeboat/internal/compute"
+	execprov "github.com/lifeboat-dr/lifeboat/internal/compute/exec"
 	"github.com/lifeboat-dr/lifeboat/internal/compute/qemu"
 	"github.com/lifeboat-dr/lifeboat/internal/orchestrate"
 )
@@ -17,8 +18,10 @@ func buildProvider(site orchestrate.Site, log *slog.Logger) (compute.Provider, e
 	switch site.Provider {
 	case "qemu":
 		return qemu.New(qemu.Options{Accel: site.Accel, Logger: log})
-	case "libvirt", "exec":
-		return nil, fmt.Errorf("the %s compute provider is not part of this build of lifeboat yet: use \"provider\": \"qemu\"", site.Provider)
+	case "exec":
+		return execprov.New(execprov.Options{Script: site.Exec, Logger: log})
+	case "libvirt":
+		return nil, fmt.Errorf("the libvirt compute provider is not part of this build of lifeboat yet: use \"provider\": \"qemu\" or \"exec\"")
 	}
 	return nil, fmt.Errorf("unknown compute provider %q: use qemu, libvirt or exec", site.Provider)
 }

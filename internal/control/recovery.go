@@ -75,6 +75,9 @@ func (c *RecoveryConfig) validate() error {
 	if !filepath.IsAbs(c.Dir) {
 		return fmt.Errorf("recovery: dir %q must be an absolute path", c.Dir)
 	}
+	if c.Provider == "exec" && !filepath.IsAbs(c.Exec) {
+		return fmt.Errorf("recovery: exec %q must be the absolute path of the exec provider's script", c.Exec)
+	}
 	if c.PendingWait.Std() < 0 || c.PendingWait.Std() > time.Hour {
 		return fmt.Errorf("recovery: pending_wait %s: want 0 to 1h", c.PendingWait.Std())
 	}
