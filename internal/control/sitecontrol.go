@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
@@ -77,8 +78,9 @@ func (c siteControl) pendingOf(ctx context.Context, machine string, seq int64) (
 		return "", err
 	}
 	s.rec.mu.Lock()
-	defer s.rec.mu.Unlock()
-	for name, rep := range s.rec.open {
+	reports := maps.Clone(s.rec.open)
+	s.rec.mu.Unlock()
+	for name, rep := range reports {
 		for _, o := range rep.sessions {
 			if live(o) {
 				return "an ingest session is open on process server " + name, nil
@@ -87,7 +89,7 @@ func (c siteControl) pendingOf(ctx context.Context, machine string, seq int64) (
 	}
 	if m.Process != "" && m.Process != EmbeddedName {
 		p, err := s.store.GetProcess(ctx, m.Process)
-		if err == nil && s.processState(p, now) == api.ProcessOnline && s.rec.open[m.Process].seq <= seq {
+		if err == nil && s.processState(p, now) == api.ProcessOnline && reports[m.Process].seq <= seq {
 			return "waiting for a report of process server " + m.Process, nil
 		}
 	}
