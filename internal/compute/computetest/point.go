@@ -45,6 +45,17 @@ const Disk = "vda"
 func NewPoint(t testing.TB, firmware string) *Point {
 	t.Helper()
 	img := guest.BuildBootable(t, guest.BootOptions{Firmware: firmware})
+	return NewPointFrom(t, img.Disk, firmware)
+}
+
+// NewPointFrom stores any raw image as a point and serves it (a point
+// that need not boot: hydration benchmarks).
+func NewPointFrom(t testing.TB, image, firmware string) *Point {
+	t.Helper()
+	fi, err := os.Stat(image)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx := context.Background()
 	dir := t.TempDir()
 	vdir := filepath.Join(dir, "vault")
@@ -60,7 +71,7 @@ func NewPoint(t testing.TB, firmware string) *Point {
 	if err != nil {
 		t.Fatal(err)
 	}
-	drv, err := scan.New(scan.Options{Path: img.Disk, StateFile: filepath.Join(dir, "scan-state"), BlockSize: v.Config().BlockSize})
+	drv, err := scan.New(scan.Options{Path: image, StateFile: filepath.Join(dir, "scan-state"), BlockSize: v.Config().BlockSize})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +91,7 @@ func NewPoint(t testing.TB, firmware string) *Point {
 	}
 	t.Cleanup(func() { os.RemoveAll(sockDir) })
 	os.Chmod(sockDir, 0o755)
-	pt := &Point{Firmware: firmware, Image: img.Disk, Size: img.Size, Socket: filepath.Join(sockDir, "point.sock"), ps: ps, done: make(chan struct{})}
+	pt := &Point{Firmware: firmware, Image: image, Size: fi.Size(), Socket: filepath.Join(sockDir, "point.sock"), ps: ps, done: make(chan struct{})}
 	ln, err := net.Listen("unix", pt.Socket)
 	if err != nil {
 		t.Fatal(err)

@@ -57,7 +57,7 @@ const lockFile = "exec.lock"
 type Options struct {
 	// Script is the hook's path (required).
 	Script string
-	// Args are passed to the script before nothing else.
+	// Args are the script's command-line arguments.
 	Args []string
 	// Env is added to the script's environment.
 	Env []string
@@ -111,7 +111,8 @@ type reply struct {
 	Progress *compute.Progress `json:"progress"`
 }
 
-// errNotFound wraps compute.ErrNotFound with the script's words.
+// scriptError is a failed call: the script's exit status and stderr.
+// Exit status 3 unwraps to compute.ErrNotFound.
 type scriptError struct {
 	action string
 	code   int
