@@ -265,6 +265,9 @@ func (a *app) runDemo(ctx context.Context, f demoFlags) error {
 		return fmt.Errorf("e2fsck of the restored image failed: %v\n%s", err, out)
 	}
 	a.say("   e2fsck -fn: filesystem clean")
+	if err := a.demoInstantAccess(ctx, v, old, restored, dir); err != nil {
+		return fmt.Errorf("instant access: %w", err)
+	}
 
 	// 6. Bring it forward to the newest point, writing only what differs.
 	lastCut := cuts[len(cuts)-1]
