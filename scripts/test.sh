@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Runs Lifeboat's whole test suite. Installs what the tests need first:
 # Debian packages (e2fsprogs, xfsprogs, PostgreSQL, openssh-server, QEMU,
-# libvirt, busybox, restic and rsync) and the versitygw S3 server that the
-# S3 backend tests start on 127.0.0.1; starts PostgreSQL for the store
-# suite and libvirtd for the libvirt tests (no systemd needed). The VM
-# tests download a Debian kernel package with `apt-get download` once
-# (cached in /var/cache/lifeboat-test-guest). Needs root for apt-get, for PostgreSQL and
-# for the tests that mount loop and tmpfs filesystems (reflink, full disk).
+# libvirt, busybox, the bootloaders, firmware and tools of guests that
+# boot from their own disk, jq and socat, restic and rsync) and the
+# versitygw S3 server that the S3 backend tests start on 127.0.0.1;
+# starts PostgreSQL for the store suite and libvirtd for the libvirt tests
+# (no systemd needed). The VM tests download a Debian kernel package with
+# `apt-get download` once (cached in /var/cache/lifeboat-test-guest, with
+# the bootable guest images built from it). Needs root for apt-get, for
+# PostgreSQL, for the tests that mount loop and tmpfs filesystems (reflink,
+# full disk, bootable guest images) and for tap devices and bridges.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +31,20 @@ command -v xz >/dev/null 2>&1 || pkgs+=(xz-utils)
 command -v depmod >/dev/null 2>&1 || [ -x /usr/sbin/depmod ] || [ -x /sbin/depmod ] || pkgs+=(kmod)
 [ -x /usr/sbin/qemu-ga ] || pkgs+=(qemu-guest-agent)
 [ -x /usr/sbin/libvirtd ] || pkgs+=(libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu)
+# Guests that boot from their own disk (compute providers, failover):
+# MBR + extlinux, an ESP with systemd-boot, OVMF; the NoCloud seed disk;
+# loop devices and partitions; the exec provider's test hook; tap devices.
+command -v extlinux >/dev/null 2>&1 || pkgs+=(extlinux)
+[ -e /usr/lib/syslinux/mbr/mbr.bin ] || pkgs+=(syslinux-common)
+command -v sfdisk >/dev/null 2>&1 || [ -x /usr/sbin/sfdisk ] || pkgs+=(fdisk)
+command -v mkfs.vfat >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.vfat ] || pkgs+=(dosfstools)
+command -v mcopy >/dev/null 2>&1 || pkgs+=(mtools)
+[ -e /usr/share/ovmf/OVMF.fd ] || pkgs+=(ovmf)
+[ -e /usr/lib/systemd/boot/efi/systemd-bootx64.efi ] || pkgs+=(systemd-boot-efi)
+{ command -v partx && command -v losetup; } >/dev/null 2>&1 || { [ -x /usr/bin/partx ] && [ -x /usr/sbin/losetup ]; } || pkgs+=(util-linux)
+command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || pkgs+=(iproute2)
+command -v jq >/dev/null 2>&1 || pkgs+=(jq)
+command -v socat >/dev/null 2>&1 || pkgs+=(socat)
 command -v restic >/dev/null 2>&1 || pkgs+=(restic)
 command -v rsync >/dev/null 2>&1 || pkgs+=(rsync)
 if [ ${#pkgs[@]} -gt 0 ]; then
