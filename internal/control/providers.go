@@ -2,28 +2,18 @@ package control
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 
 	"github.com/lifeboat-dr/lifeboat/internal/compute"
-	execprov "github.com/lifeboat-dr/lifeboat/internal/compute/exec"
-	"github.com/lifeboat-dr/lifeboat/internal/compute/qemu"
 	"github.com/lifeboat-dr/lifeboat/internal/orchestrate"
 )
 
-// buildProvider makes the compute provider the site configuration names.
-// It checks the configuration, not the host: a missing QEMU is an error
-// of the job that starts a VM (and leaves nothing behind).
+// buildProvider makes the compute provider the site configuration names
+// (orchestrate.NewProvider: qemu, libvirt or exec). It checks the
+// configuration, not the host: a missing QEMU is an error of the job that
+// starts a VM (and leaves nothing behind).
 func buildProvider(site orchestrate.Site, log *slog.Logger) (compute.Provider, error) {
-	switch site.Provider {
-	case "qemu":
-		return qemu.New(qemu.Options{Accel: site.Accel, Logger: log})
-	case "exec":
-		return execprov.New(execprov.Options{Script: site.Exec, Logger: log})
-	case "libvirt":
-		return nil, fmt.Errorf("the libvirt compute provider is not part of this build of lifeboat yet: use \"provider\": \"qemu\" or \"exec\"")
-	}
-	return nil, fmt.Errorf("unknown compute provider %q: use qemu, libvirt or exec", site.Provider)
+	return orchestrate.NewProvider(site, log)
 }
 
 // unavailableProvider stands in for a provider that cannot be built: it

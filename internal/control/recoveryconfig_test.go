@@ -47,7 +47,7 @@ func TestRecoveryConfig(t *testing.T) {
 			t.Errorf("%s: %v, want %q", rec, err, want)
 		}
 	}
-	for kind, want := range map[string]string{"qemu": "", "exec": "", "libvirt": "not part of this build"} {
+	for kind, want := range map[string]string{"qemu": "", "exec": "", "libvirt": "", "vmware": "unknown compute provider"} {
 		p, err := buildProvider(orchestrate.Site{Provider: kind, Exec: "/usr/local/bin/hook"}, nil)
 		if want == "" && (err != nil || p.Name() != kind) || want != "" && (err == nil || !strings.Contains(err.Error(), want)) {
 			t.Errorf("provider %s: %v, %v", kind, p, err)
