@@ -307,14 +307,15 @@ func (p *Provider) Stop(ctx context.Context, name, dir string, force bool) error
 
 // Remove asks the script to remove the VM, then removes the lock file.
 func (p *Provider) Remove(ctx context.Context, name, dir string) error {
-	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
-		return nil
+	// Without its directory the VM may still exist under its name: the
+	// script is asked all the same, without the lock.
+	if _, err := os.Stat(dir); err == nil {
+		unlock, err := hostvm.LockDir(ctx, dir, lockFile)
+		if err != nil {
+			return fmt.Errorf("remove VM %s: %w", name, err)
+		}
+		defer unlock()
 	}
-	unlock, err := hostvm.LockDir(ctx, dir, lockFile)
-	if err != nil {
-		return fmt.Errorf("remove VM %s: %w", name, err)
-	}
-	defer unlock()
 	if _, err := p.run(ctx, request{Action: "remove", Name: name, Dir: dir}, p.o.Timeout, nil); err != nil {
 		return fmt.Errorf("remove VM %s: %w", name, err)
 	}

@@ -169,6 +169,14 @@ func (p *Provider) destroy(name string) error {
 // error.
 func (p *Provider) Remove(ctx context.Context, name, dir string) error {
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		// The directory is gone (deleted by hand): its domain may run.
+		live, _, err := p.domain(ctx, name)
+		if err == nil && live != nil && live.Metadata.VM.Dir == dir {
+			err = p.destroy(name)
+		}
+		if err != nil {
+			return fmt.Errorf("remove VM %s: %w", name, err)
+		}
 		return nil
 	}
 	unlock, err := hostvm.LockDir(ctx, dir, lockFile)

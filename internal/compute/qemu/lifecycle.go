@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/compute"
@@ -108,6 +110,11 @@ func qmpDo(ctx context.Context, sock string, fn func(*qmp.Conn) error) error {
 // directory that does not) is not an error.
 func (p *Provider) Remove(ctx context.Context, name, dir string) error {
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		// The directory is gone (deleted by hand): a QEMU started from
+		// it may still run.
+		if err := killOrphans(name, dir); err != nil {
+			return fmt.Errorf("remove VM %s: %w", name, err)
+		}
 		return removeTaps(ctx, name, nil)
 	}
 	unlock, err := hostvm.LockDir(ctx, dir, lockFile)
@@ -128,6 +135,9 @@ func (p *Provider) Remove(ctx context.Context, name, dir string) error {
 			return fmt.Errorf("remove VM %s: %w", name, err)
 		}
 	}
+	if err := killOrphans(name, dir); err != nil { // its pidfile was lost
+		return fmt.Errorf("remove VM %s: %w", name, err)
+	}
 	var taps []string
 	disks := 0
 	if st != nil {
@@ -144,4 +154,24 @@ func (p *Provider) Remove(ctx context.Context, name, dir string) error {
 	}
 	p.log.Info("VM removed", "vm", name)
 	return nil
+}
+
+// killOrphans kills every QEMU of the VM started in dir that its pidfile
+// does not name (a pidfile or directory deleted by hand): processes whose
+// command line has -name guest=NAME,... and -pidfile DIR/qemu.pid.
+func killOrphans(name, dir string) error {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return err
+	}
+	pidPath := filepath.Join(dir, pidFile)
+	var errs []error
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || !ours(pid, name) || !slices.Contains(hostvm.Cmdline(pid), pidPath) {
+			continue
+		}
+		errs = append(errs, hostvm.Kill(pid))
+	}
+	return errors.Join(errs...)
 }

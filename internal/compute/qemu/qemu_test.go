@@ -234,3 +234,30 @@ func TestStartRefusals(t *testing.T) {
 		t.Errorf("refused calls left %q", files)
 	}
 }
+
+// TestRemoveWithoutDir: a VM whose directory was deleted by hand (QEMU
+// still running, its pidfile gone) is removed by name: no QEMU is left.
+func TestRemoveWithoutDir(t *testing.T) {
+	needRoot(t)
+	guest.NeedBoot(t, guest.FirmwareBIOS)
+	pt := computetest.NewPoint(t, guest.FirmwareBIOS)
+	dir := t.TempDir()
+	name := fmt.Sprintf("qemu-nodir-%d", os.Getpid()%100000)
+	p := newProvider(t, Options{})
+	ctx := context.Background()
+	if _, err := p.Start(ctx, pt.Spec(name, dir)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(computetest.Processes(name)); n != 1 {
+		t.Fatalf("%d QEMU processes before Remove, want 1", n)
+	}
+	if err := p.Remove(ctx, name, dir); err != nil {
+		t.Fatal(err)
+	}
+	if pids := computetest.Processes(name); len(pids) != 0 {
+		t.Errorf("QEMU %v still runs after Remove", pids)
+	}
+}
