@@ -45,6 +45,10 @@ func machineType(ctx context.Context, qemuBin, want string) (string, error) {
 	return "", fmt.Errorf("machine type %q is unknown to %s (see `%s -machine help`)", want, qemuBin, qemuBin)
 }
 
+// optValue escapes a value inside a QEMU option list ("a=b,c=d"): a
+// comma is written twice.
+func optValue(v string) string { return strings.ReplaceAll(v, ",", ",,") }
+
 // nicModel maps a spec's NIC model to a QEMU device.
 func nicModel(m string) (string, error) {
 	switch m {
@@ -78,8 +82,8 @@ func (p *Provider) args(st *state, dir, machine string) ([]string, error) {
 		"-smp", strconv.Itoa(vcpus), "-m", strconv.FormatInt(mem, 10),
 		"-nodefaults", "-no-user-config", "-display", "none",
 		"-daemonize", "-pidfile", filepath.Join(dir, pidFile),
-		"-qmp", "unix:" + filepath.Join(dir, qmpSocket) + ",server=on,wait=off",
-		"-chardev", "file,id=console0,path=" + filepath.Join(dir, consoleFile) + ",append=on",
+		"-qmp", "unix:" + optValue(filepath.Join(dir, qmpSocket)) + ",server=on,wait=off",
+		"-chardev", "file,id=console0,path=" + optValue(filepath.Join(dir, consoleFile)) + ",append=on",
 		"-serial", "chardev:console0",
 		"-monitor", "none",
 	}
@@ -94,7 +98,7 @@ func (p *Provider) args(st *state, dir, machine string) ([]string, error) {
 		return nil, fmt.Errorf("firmware %q: want bios or uefi", s.VM.Firmware)
 	}
 	if p.o.TLSDir != "" {
-		a = append(a, "-object", "tls-creds-x509,id="+hostvm.TLSCredsID+",dir="+p.o.TLSDir+",endpoint=client")
+		a = append(a, "-object", "tls-creds-x509,id="+hostvm.TLSCredsID+",dir="+optValue(p.o.TLSDir)+",endpoint=client")
 	}
 	disks, err := diskArgs(st, dir)
 	if err != nil {

@@ -167,6 +167,10 @@ func TestArgs(t *testing.T) {
 	if slices.Contains(args, "-bios") {
 		t.Error("a BIOS VM gets -bios")
 	}
+	args, _ = p.args(st, "/d,x", "q35")
+	if line := strings.Join(args, " "); !strings.Contains(line, "unix:/d,,x/qmp.sock,server=on") || !strings.Contains(line, "path=/d,,x/console.log,append=on") {
+		t.Errorf("a comma in the directory is not escaped: %s", line)
+	}
 	st.Spec.VM.Firmware = "uefi"
 	if _, err := p.args(st, "/d", "q35"); err == nil || !strings.Contains(err.Error(), "apt-get install ovmf") {
 		t.Errorf("UEFI without OVMF: %v", err)
