@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/client"
+	"github.com/lifeboat-dr/lifeboat/internal/orchestrate"
 	"github.com/lifeboat-dr/lifeboat/internal/units"
 )
 
@@ -245,7 +247,7 @@ func (a *app) recoveryCmd() *cobra.Command {
 		},
 	}
 	var vcpus int
-	var memory, network, ip, gateway string
+	var memory, network, ip, gateway, userData string
 	var dns []string
 	var reset bool
 	set := &cobra.Command{
@@ -294,6 +296,13 @@ address on their isolated network).`,
 			if fl.Changed("dns") {
 				o.DNS = dns
 			}
+			if fl.Changed("user-data") {
+				b, err := readUserData(userData)
+				if err != nil {
+					return &codeError{exitUsage, err}
+				}
+				o.UserData = b
+			}
 			var out api.RecoveryOverrides
 			if err := c.Do(cmd.Context(), http.MethodPut, client.Path("machines", args[0], "recovery"), o, &out); err != nil {
 				return err
@@ -307,6 +316,7 @@ address on their isolated network).`,
 	set.Flags().StringVar(&ip, "ip", "", "static IPv4 address with prefix for the first NIC, e.g. 10.0.0.5/24")
 	set.Flags().StringVar(&gateway, "gateway", "", "default gateway for --ip")
 	set.Flags().StringSliceVar(&dns, "dns", nil, "DNS servers for --ip")
+	set.Flags().StringVar(&userData, "user-data", "", "a file of cloud-init user-data for the guest's NoCloud seed (\"\": none)")
 	set.Flags().BoolVar(&reset, "reset", false, "clear every setting first")
 	cmd.AddCommand(show, set)
 	return cmd
@@ -396,4 +406,20 @@ func recoveryLines(w io.Writer, m api.Machine) {
 		}
 		fmt.Fprintf(w, "recovery settings\t%s\n", strings.Join(p, ", "))
 	}
+}
+
+// readUserData reads a user-data file for `recovery set --user-data`
+// ("" clears it).
+func readUserData(path string) (string, error) {
+	if path == "" {
+		return "", nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("--user-data: %w", err)
+	}
+	if len(b) > orchestrate.MaxUserData {
+		return "", fmt.Errorf("--user-data %s has %d bytes: at most %d", path, len(b), orchestrate.MaxUserData)
+	}
+	return string(b), nil
 }

@@ -38,6 +38,9 @@ type RecoveryOverrides struct {
 	Address string   `json:"address,omitempty"`
 	Gateway string   `json:"gateway,omitempty"`
 	DNS     []string `json:"dns,omitempty"`
+	// UserData is the cloud-init user-data handed to the guest through
+	// the NoCloud seed (at most 16 KiB).
+	UserData string `json:"user_data,omitempty"`
 }
 
 // RecoveredVM is a VM running at the recovery site for a machine. It

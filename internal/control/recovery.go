@@ -172,7 +172,7 @@ func (s *Server) overridesOf(ctx context.Context, machine string) orchestrate.Ov
 }
 
 func toOverrides(o api.RecoveryOverrides) orchestrate.Overrides {
-	return orchestrate.Overrides{VCPUs: o.VCPUs, MemoryMiB: o.MemoryMiB, Network: o.Network, Address: o.Address, Gateway: o.Gateway, DNS: o.DNS}
+	return orchestrate.Overrides{VCPUs: o.VCPUs, MemoryMiB: o.MemoryMiB, Network: o.Network, Address: o.Address, Gateway: o.Gateway, DNS: o.DNS, UserData: o.UserData}
 }
 
 // ---- overrides API ----
@@ -255,6 +255,9 @@ func describeOverrides(o api.RecoveryOverrides) string {
 	}
 	if o.Gateway != "" {
 		p = append(p, "gateway "+o.Gateway)
+	}
+	if o.UserData != "" {
+		p = append(p, fmt.Sprintf("user-data of %d bytes", len(o.UserData)))
 	}
 	if len(o.DNS) > 0 {
 		p = append(p, "dns "+strings.Join(o.DNS, ","))

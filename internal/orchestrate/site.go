@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/compute"
@@ -64,7 +65,13 @@ type Overrides struct {
 	Address string   `json:"address,omitempty"`
 	Gateway string   `json:"gateway,omitempty"`
 	DNS     []string `json:"dns,omitempty"`
+	// UserData is the cloud-init user-data the guest gets through its
+	// NoCloud seed (drills included).
+	UserData string `json:"user_data,omitempty"`
 }
+
+// MaxUserData bounds Overrides.UserData.
+const MaxUserData = 16 << 10
 
 // Validate checks the site configuration.
 func (s *Site) Validate() error {
@@ -135,6 +142,9 @@ func (o *Overrides) Validate(site *Site) error {
 		if _, err := netip.ParsePrefix(o.Address); err != nil {
 			return fmt.Errorf("overrides: address %q: give an IPv4 address with its prefix, e.g. 10.0.0.5/24", o.Address)
 		}
+	}
+	if len(o.UserData) > MaxUserData || !utf8.ValidString(o.UserData) {
+		return fmt.Errorf("overrides: user-data must be UTF-8 text of at most %d bytes", MaxUserData)
 	}
 	for _, a := range append([]string{o.Gateway}, o.DNS...) {
 		if _, err := netip.ParseAddr(a); a != "" && err != nil {
@@ -211,8 +221,8 @@ func BuildSpec(p *vault.Point, site *Site, o Overrides, name, dir string, export
 	}
 	// The same address in a drill: the test network is isolated, so it
 	// cannot clash with the production machine's.
-	if o.Address != "" {
-		s.Guest = &compute.GuestConfig{Hostname: p.Machine, Address: o.Address, Gateway: o.Gateway, DNS: o.DNS}
+	if o.Address != "" || o.UserData != "" {
+		s.Guest = &compute.GuestConfig{Hostname: p.Machine, Address: o.Address, Gateway: o.Gateway, DNS: o.DNS, UserData: o.UserData}
 	}
 	return s, nil
 }

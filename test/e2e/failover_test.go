@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -133,9 +135,14 @@ func TestFailoverRealGuest(t *testing.T) {
 	if err := os.Symlink(src.QMP, filepath.Join(qmpDir, "web.qmp")); err != nil {
 		t.Fatal(err)
 	}
+	// The production network: QEMU user networking, from which the guest
+	// reaches the host (10.0.2.2 is the host's 127.0.0.1). Drills get the
+	// default test network: user networking with restrict=on.
 	cl := newCluster(t, func(cfg map[string]any) {
-		cfg["recovery"] = map[string]any{"provider": "qemu", "accel": "tcg", "pending_wait": "30s", "shutdown_timeout": "60s"}
+		cfg["recovery"] = map[string]any{"provider": "qemu", "accel": "tcg", "pending_wait": "30s", "shutdown_timeout": "60s",
+			"networks": map[string]any{"prod": map[string]any{"kind": "user"}}, "network_map": map[string]any{"*": "prod"}}
 	})
+	prod := newProbeListener(t)
 	site := filepath.Join(cl.data, "recovery")
 	t.Cleanup(func() { killSite(site) })
 	cl.addHostAgent("kvm1", "--vm-qmp-dir", qmpDir)
@@ -146,6 +153,11 @@ func TestFailoverRealGuest(t *testing.T) {
 	cl.mustRun("policy", "create", "fast", "--crash-interval", "3s", "--app-interval", "0", "--retention", "1h:all")
 	cl.mustRun("protect", "web", "--policy", "fast", "--driver", "qemu")
 	cl.waitFor("2 points of web", 3*time.Minute, func() bool { return len(cl.vmPoints("web")) >= 2 })
+	// The recovered guest gets a static address and probes a listener on
+	// the production network (through its NoCloud seed).
+	userData := filepath.Join(cl.dir, "user-data")
+	os.WriteFile(userData, []byte("#cloud-config\nlifeboat_probes:\n  - "+prod.guestAddr+"\n"), 0o600)
+	cl.mustRun("recovery", "set", "web", "--ip", "10.0.2.15/24", "--gateway", "10.0.2.2", "--user-data", userData)
 
 	// Drill.
 	start := time.Now()
@@ -160,6 +172,11 @@ func TestFailoverRealGuest(t *testing.T) {
 		t.Fatalf("drill QEMU %v: want one, on user networking with restrict=on: %v", pids, procArgs(pids[0]))
 	}
 	t.Logf("drill: VM %s booted point %s in %s, manifest seq %d verified", vm.Name, drill.Point[:12], time.Since(start).Round(time.Second), seq)
+	// The test network cannot reach production.
+	waitProbe(t, vm, "unreachable "+prod.guestAddr)
+	if n := prod.accepted.Load(); n != 0 {
+		t.Fatalf("the drill's VM reached the production network (%d connections)", n)
+	}
 	before := len(cl.vmPoints("web"))
 	cl.waitFor("replication going on during the drill", time.Minute, func() bool { return len(cl.vmPoints("web")) >= before+2 })
 	cl.runJob("test-failover", "cleanup", "web", "--notes", "booted; manifest verified")
@@ -200,6 +217,11 @@ func TestFailoverRealGuest(t *testing.T) {
 		t.Fatalf("%d VM directories at the site, want 1", len(ents))
 	}
 	console(t, vm)
+	// A failover joins the production network, and reaches it.
+	waitProbe(t, vm, "reachable "+prod.guestAddr)
+	if prod.accepted.Load() == 0 {
+		t.Fatal("the failover's VM did not reach the production network")
+	}
 	if m, _ := cl.machine("web"); m.State != api.StateFailedOver {
 		t.Fatalf("state after failover: %s", m.State)
 	}
@@ -250,4 +272,44 @@ func tailOf(s string) string {
 		return s[len(s)-2000:]
 	}
 	return s
+}
+
+// probeListener is a TCP listener on the host's loopback that guests on
+// QEMU user networking reach as 10.0.2.2 (unless restrict=on).
+type probeListener struct {
+	guestAddr string
+	accepted  atomic.Int64
+}
+
+func newProbeListener(t *testing.T) *probeListener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	p := &probeListener{guestAddr: fmt.Sprintf("10.0.2.2:%d", ln.Addr().(*net.TCPAddr).Port)}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			p.accepted.Add(1)
+			c.Close()
+		}
+	}()
+	return p
+}
+
+// waitProbe waits for the guest's probe line "LIFEBOAT-PROBE <want>".
+func waitProbe(t *testing.T, vm api.RecoveredVM, want string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c := computetest.Console{Path: vm.Console}
+	line := guest.ProbeMarker + " " + want
+	if err := c.WaitFunc(ctx, line, func(log string) bool { return strings.Contains(log, line) }); err != nil {
+		t.Fatalf("recovered VM %s: %v", vm.Name, err)
+	}
 }
