@@ -34,6 +34,9 @@ type Point struct {
 	cancel  context.CancelFunc
 	done    chan struct{}
 	ps      *recover.PointServer
+	v       *vault.Vault
+	p       *vault.Point
+	t       testing.TB
 }
 
 // Disk is the name of the point's only disk.
@@ -79,10 +82,6 @@ func NewPointFrom(t testing.TB, image, firmware string) *Point {
 	if err != nil {
 		t.Fatalf("store the guest image as a point: %v", err)
 	}
-	ps, err := recover.NewPointServer(v, res.Point, recover.PointServerOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	// A short path (unix sockets are limited to 107 bytes) that libvirt's
 	// QEMU user can reach.
 	sockDir, err := os.MkdirTemp("", "lbpt")
@@ -91,22 +90,39 @@ func NewPointFrom(t testing.TB, image, firmware string) *Point {
 	}
 	t.Cleanup(func() { os.RemoveAll(sockDir) })
 	os.Chmod(sockDir, 0o755)
-	pt := &Point{Firmware: firmware, Image: image, Size: fi.Size(), Socket: filepath.Join(sockDir, "point.sock"), ps: ps, done: make(chan struct{})}
+	pt := &Point{Firmware: firmware, Image: image, Size: fi.Size(), Socket: filepath.Join(sockDir, "point.sock"),
+		v: v, p: res.Point, t: t, stopped: true}
+	pt.Restart()
+	t.Cleanup(pt.Stop)
+	return pt
+}
+
+// Restart serves the point again on the same socket after Stop (a point
+// server that restarted).
+func (pt *Point) Restart() {
+	pt.mu.Lock()
+	defer pt.mu.Unlock()
+	if !pt.stopped {
+		return
+	}
+	ps, err := recover.NewPointServer(pt.v, pt.p, recover.PointServerOptions{})
+	if err != nil {
+		pt.t.Fatal(err)
+	}
 	ln, err := net.Listen("unix", pt.Socket)
 	if err != nil {
-		t.Fatal(err)
+		pt.t.Fatal(err)
 	}
 	os.Chmod(pt.Socket, 0o777)
 	sctx, cancel := context.WithCancel(context.Background())
-	pt.cancel = cancel
+	pt.ps, pt.cancel, pt.done, pt.stopped = ps, cancel, make(chan struct{}), false
+	done := pt.done
 	go func() {
-		defer close(pt.done)
+		defer close(done)
 		if err := ps.Serve(sctx, ln); err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, net.ErrClosed) {
-			t.Logf("point server: %v", err)
+			pt.t.Logf("point server: %v", err)
 		}
 	}()
-	t.Cleanup(pt.Stop)
-	return pt
 }
 
 // Stop stops the point server: every export is gone.

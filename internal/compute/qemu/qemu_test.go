@@ -265,3 +265,38 @@ func TestRemoveWithoutDir(t *testing.T) {
 		t.Errorf("QEMU %v still runs after Remove", pids)
 	}
 }
+
+// TestPointServerRestart: the point server goes away for a few seconds
+// and comes back on the same socket while the VM still reads through it;
+// QEMU reconnects (reconnect-delay in the overlay's backing), the guest
+// sees no I/O error, and hydration then reads the whole point through
+// the new server.
+func TestPointServerRestart(t *testing.T) {
+	needRoot(t)
+	guest.NeedBoot(t, guest.FirmwareBIOS)
+	pt := computetest.NewPoint(t, guest.FirmwareBIOS)
+	dir := t.TempDir()
+	name := fmt.Sprintf("qemu-psr-%d", os.Getpid()%100000)
+	p := newProvider(t, Options{})
+	t.Cleanup(func() { p.Remove(context.Background(), name, dir) })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	inst, err := p.Start(ctx, pt.Spec(name, dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	con := computetest.Console{Path: inst.Console}
+	if err := con.Wait(ctx, guest.ReadyMarker); err != nil {
+		t.Fatal(err)
+	}
+	pt.Stop()
+	time.Sleep(5 * time.Second)
+	pt.Restart()
+	if err := p.Hydrate(ctx, name, dir, nil); err != nil {
+		t.Fatalf("Hydrate after the point server restarted: %v", err)
+	}
+	seq := guest.LastManifest(con.Log())
+	if err := con.WaitFunc(ctx, "two more manifests", func(log string) bool { return guest.LastManifest(log) >= seq+2 }); err != nil {
+		t.Fatal(err)
+	}
+}
