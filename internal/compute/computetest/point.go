@@ -27,7 +27,7 @@ type Point struct {
 	Firmware string
 	Image    string // the raw image the point was made of
 	Size     int64
-	Socket   string // the point server's socket (mode 0777: libvirt's QEMU user connects too)
+	Socket   string // the point server's socket (its directory is searchable by all; the socket is 0755 as `points serve` makes it)
 
 	mu      sync.Mutex
 	stopped bool
@@ -113,7 +113,6 @@ func (pt *Point) Restart() {
 	if err != nil {
 		pt.t.Fatal(err)
 	}
-	os.Chmod(pt.Socket, 0o777)
 	sctx, cancel := context.WithCancel(context.Background())
 	pt.ps, pt.cancel, pt.done, pt.stopped = ps, cancel, make(chan struct{}), false
 	done := pt.done

@@ -26,10 +26,10 @@
 // when the pull completes.
 //
 // libvirt runs QEMU as its own user (libvirt-qemu on Debian): the
-// provider gives the VM directory's group to that user (mode 0750) and
-// refuses a directory whose ancestors that user cannot traverse. The
-// overlays and seed are relabelled by libvirt itself (dynamic_ownership).
-// The point server's socket must be connectable by that user too.
+// provider gives the VM directory and the point server's sockets the
+// group of that user (with group access) and refuses one whose
+// ancestors that user cannot search. The overlays and seed are
+// relabelled by libvirt itself (dynamic_ownership).
 package libvirt
 
 import (
@@ -246,7 +246,7 @@ func (p *Provider) create(ctx context.Context, s compute.Spec) (*state, error) {
 
 // launch creates the transient domain.
 func (p *Provider) launch(ctx context.Context, st *state, dir string) error {
-	if err := p.openDir(dir); err != nil {
+	if err := p.openAccess(st, dir); err != nil {
 		return err
 	}
 	x, err := p.buildXML(st, dir)

@@ -1,17 +1,14 @@
 package libvirt
 
 import (
-	"bufio"
 	"context"
 	"encoding/xml"
 	"errors"
 	"fmt"
 	"os"
-	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	golibvirt "github.com/digitalocean/go-libvirt"
@@ -234,91 +231,4 @@ func removeFiles(dir string, disks int) error {
 		}
 	}
 	return hostvm.RemoveNames(dir, names...)
-}
-
-// openDir lets libvirt's QEMU user into dir: the directory's group
-// becomes that user's group with group read and search (0750 at least),
-// and every ancestor must let it search (x for others, or for that group).
-func (p *Provider) openDir(dir string) error {
-	u, err := p.qemuUser()
-	if err != nil {
-		return err
-	}
-	if os.Geteuid() != 0 {
-		return nil // libvirt's session daemon runs QEMU as the caller
-	}
-	if err := os.Chown(dir, -1, u.gid); err != nil {
-		return fmt.Errorf("give VM directory %s to libvirt's QEMU group (gid %d): %w", dir, u.gid, err)
-	}
-	fi, err := os.Stat(dir)
-	if err != nil {
-		return err
-	}
-	if err := os.Chmod(dir, fi.Mode().Perm()|0o050); err != nil {
-		return err
-	}
-	for d := filepath.Dir(dir); ; d = filepath.Dir(d) {
-		fi, err := os.Stat(d)
-		if err != nil {
-			return err
-		}
-		st := fi.Sys().(*syscall.Stat_t)
-		ok := fi.Mode().Perm()&0o001 != 0 || (int(st.Gid) == u.gid && fi.Mode().Perm()&0o010 != 0) || (int(st.Uid) == u.uid && fi.Mode().Perm()&0o100 != 0)
-		if !ok {
-			return fmt.Errorf("libvirt runs QEMU as %s, which cannot reach the VM directory %s: %s is mode %04o (make it searchable: chmod o+x %s, or choose another directory)", u.name, dir, d, fi.Mode().Perm(), d)
-		}
-		if d == "/" {
-			return nil
-		}
-	}
-}
-
-type qemuUserIDs struct {
-	name     string
-	uid, gid int
-}
-
-// qemuUser returns the user libvirt runs QEMU as: Options.QEMUUser, else
-// "user" in /etc/libvirt/qemu.conf, else libvirt-qemu or qemu.
-func (p *Provider) qemuUser() (qemuUserIDs, error) {
-	names := []string{p.o.QEMUUser}
-	if p.o.QEMUUser == "" {
-		names = []string{confUser("/etc/libvirt/qemu.conf"), "libvirt-qemu", "qemu"}
-	}
-	for _, n := range names {
-		if n == "" {
-			continue
-		}
-		var u *user.User
-		var err error
-		if id, ok := strings.CutPrefix(n, "+"); ok {
-			u, err = user.LookupId(id)
-		} else {
-			u, err = user.Lookup(n)
-		}
-		if err != nil {
-			continue
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		return qemuUserIDs{name: u.Username, uid: uid, gid: gid}, nil
-	}
-	return qemuUserIDs{}, fmt.Errorf("cannot find the user libvirt runs QEMU as (tried %q): set the provider's QEMU user", names)
-}
-
-// confUser reads user = "..." from qemu.conf.
-func confUser(conf string) string {
-	f, err := os.Open(conf)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), "=")
-		if ok && strings.TrimSpace(k) == "user" {
-			return strings.Trim(strings.TrimSpace(v), `"`)
-		}
-	}
-	return ""
 }
