@@ -1,7 +1,10 @@
 // Package guest builds and runs a tiny Linux guest for tests: the Debian
 // 6.1 kernel (downloaded once into a cache, see Kernel), a busybox
 // initramfs built by the test, and an ext4 disk that the guest keeps
-// writing to. QEMU always runs with TCG (-accel tcg): the machine's
+// writing to. What makes the guest (kernel cache, initramfs, init
+// script, bootable disk layout, manifest) is package sampleguest, which
+// `lifeboat demo` uses too; this package wraps it for tests and runs the
+// guests. QEMU always runs with TCG (-accel tcg): the machine's
 // /dev/kvm is paravirtual and stock guest kernels crash on it.
 //
 // The guest's init loads virtio and ext4 modules, mounts the disk (/dev/vda)
@@ -45,26 +48,15 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/lifeboat-dr/lifeboat/internal/sampleguest"
 )
 
 // InstallHint is the command that installs everything this package needs.
 const InstallHint = "apt-get install -y --no-install-recommends qemu-system-x86 qemu-utils busybox-static e2fsprogs xz-utils kmod qemu-guest-agent"
 
-const (
-	busyboxPath = "/bin/busybox"
-	qemuGAPath  = "/usr/sbin/qemu-ga"
-	// BootTimeout bounds Start's wait for ReadyMarker.
-	BootTimeout = 60 * time.Second
-)
-
-// Modules are the kernel modules the guest loads (with their dependencies,
-// in modules.dep order); AgentModules are added with Options.GuestAgent.
-var (
-	baseModules  = []string{"virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci", "virtio_blk", "crc16", "mbcache", "jbd2", "crc32c_generic", "ext4"}
-	agentModules = []string{"virtio_console"}
-	// bootModules: NICs, the NoCloud seed (vfat) and the ACPI power button.
-	bootModules = []string{"virtio_net", "fat", "vfat", "nls_cp437", "nls_utf8", "nls_ascii", "button", "evdev"}
-)
+// BootTimeout bounds Start's wait for ReadyMarker.
+const BootTimeout = 60 * time.Second
 
 // Need skips the test (or fails it when the environment variable CI is set)
 // unless QEMU, the disk tools, a static busybox at /bin/busybox and the
@@ -77,8 +69,8 @@ func Need(t testing.TB) {
 			missing = append(missing, tool)
 		}
 	}
-	if static, err := isStatic(busyboxPath); err != nil || !static {
-		missing = append(missing, "static "+busyboxPath)
+	if static, err := sampleguest.IsStatic(sampleguest.BusyboxPath); err != nil || !static {
+		missing = append(missing, "static "+sampleguest.BusyboxPath)
 	}
 	if len(missing) > 0 {
 		need(t, "guest tests need "+strings.Join(missing, ", "))
@@ -135,8 +127,8 @@ func Build(t testing.TB, o Options) *Image {
 	t.Helper()
 	Need(t)
 	if o.GuestAgent {
-		if _, err := os.Stat(qemuGAPath); err != nil {
-			need(t, "guest agent tests need "+qemuGAPath)
+		if _, err := os.Stat(sampleguest.QemuGAPath); err != nil {
+			need(t, "guest agent tests need "+sampleguest.QemuGAPath)
 		}
 	}
 	vmlinux, modulesDir, _ := Kernel(t)
@@ -186,7 +178,7 @@ func Build(t testing.TB, o Options) *Image {
 	if o.GuestAgent {
 		img.QGA = filepath.Join(sockDir, "qga.sock")
 	}
-	if err := buildInitrd(ctx, img.Initrd, modulesDir, initOptions{agent: o.GuestAgent}); err != nil {
+	if err := sampleguest.BuildInitrd(ctx, img.Initrd, modulesDir, sampleguest.InitOptions{Agent: o.GuestAgent}); err != nil {
 		t.Fatalf("guest.Build: %v", err)
 	}
 	img.Disk, err = buildDisk(ctx, o.Dir, o.DiskSize, o.DiskFormat)
@@ -194,58 +186,6 @@ func Build(t testing.TB, o Options) *Image {
 		t.Fatalf("guest.Build: %v", err)
 	}
 	return img
-}
-
-func buildInitrd(ctx context.Context, out, modulesDir string, o initOptions) error {
-	want := append([]string(nil), baseModules...)
-	if o.agent {
-		want = append(want, agentModules...)
-	}
-	if o.boot {
-		want = append(want, bootModules...)
-	}
-	dep, err := os.Open(filepath.Join(modulesDir, "modules.dep"))
-	if err != nil {
-		return fmt.Errorf("open modules.dep of the guest kernel: %w", err)
-	}
-	order, err := moduleOrder(dep, want)
-	dep.Close()
-	if err != nil {
-		return err
-	}
-	r := newInitramfs()
-	for _, d := range []string{"dev", "proc", "sys", "mnt", "run", "tmp", "etc"} {
-		r.dir(d)
-	}
-	r.chardev("dev/console", 5, 1)
-	r.chardev("dev/null", 1, 3)
-	if err := r.copyFile("bin/busybox", busyboxPath); err != nil {
-		return err
-	}
-	r.symlink("bin/sh", "busybox")
-	var loaded []string
-	for _, rel := range order {
-		p, err := r.addModule(ctx, modulesDir, rel)
-		if err != nil {
-			return err
-		}
-		loaded = append(loaded, p)
-	}
-	if o.agent {
-		if err := r.addDynamic(ctx, qemuGAPath); err != nil {
-			return err
-		}
-	}
-	r.file("init", 0o755, initScript(loaded, o))
-	f, err := os.Create(out)
-	if err != nil {
-		return fmt.Errorf("create initramfs: %w", err)
-	}
-	if err := r.writeTo(f); err != nil {
-		f.Close()
-		return fmt.Errorf("write initramfs %s: %w", out, err)
-	}
-	return f.Close()
 }
 
 func buildDisk(ctx context.Context, dir string, size int64, format string) (string, error) {

@@ -1,7 +1,9 @@
-package guest
+package sampleguest
 
 import (
 	"bufio"
+	"bytes"
+	"compress/gzip"
 	"context"
 	"debug/elf"
 	"fmt"
@@ -107,15 +109,21 @@ func (r *initramfs) writeTo(w io.Writer) error {
 	return bw.Flush()
 }
 
-// addModule adds a kernel module, decompressing .ko.xz (busybox insmod
-// cannot load compressed modules), as lib/modules/NAME.ko.
+// addModule adds a kernel module as lib/modules/NAME.ko, decompressing
+// .ko.xz, .ko.zst (with the xz or zstd tool) and .ko.gz: busybox insmod
+// cannot load compressed modules.
 func (r *initramfs) addModule(ctx context.Context, modulesDir, rel string) (string, error) {
 	src := filepath.Join(modulesDir, rel)
 	var data []byte
 	var err error
-	if strings.HasSuffix(rel, ".ko.xz") {
-		data, err = exec.CommandContext(ctx, "xz", "-dc", src).Output()
-	} else {
+	switch {
+	case strings.HasSuffix(rel, ".ko.xz"):
+		data, err = decompress(ctx, "xz", src)
+	case strings.HasSuffix(rel, ".ko.zst"):
+		data, err = decompress(ctx, "zstd", src)
+	case strings.HasSuffix(rel, ".ko.gz"):
+		data, err = gunzip(src)
+	default:
 		data, err = os.ReadFile(src)
 	}
 	if err != nil {
@@ -124,6 +132,34 @@ func (r *initramfs) addModule(ctx context.Context, modulesDir, rel string) (stri
 	name := "lib/modules/" + moduleName(rel) + ".ko"
 	r.file(name, 0o644, data)
 	return "/" + name, nil
+}
+
+// decompress runs `tool -dc src`.
+func decompress(ctx context.Context, tool, src string) ([]byte, error) {
+	if _, err := exec.LookPath(tool); err != nil {
+		return nil, fmt.Errorf("%s is compressed and %s is not installed: %w", filepath.Base(src), tool, err)
+	}
+	var stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, tool, "-dc", src)
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("%s -dc: %w: %s", tool, err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	return out, nil
+}
+
+func gunzip(src string) ([]byte, error) {
+	f, err := os.Open(src)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	z, err := gzip.NewReader(f)
+	if err != nil {
+		return nil, err
+	}
+	return io.ReadAll(z)
 }
 
 // addDynamic adds an executable and the shared libraries ldd lists for it,
@@ -158,8 +194,8 @@ func (r *initramfs) addDynamic(ctx context.Context, exe string) error {
 	return nil
 }
 
-// isStatic reports whether the ELF executable at p needs no dynamic loader.
-func isStatic(p string) (bool, error) {
+// IsStatic reports whether the ELF executable at p needs no dynamic loader.
+func IsStatic(p string) (bool, error) {
 	f, err := elf.Open(p)
 	if err != nil {
 		return false, err
