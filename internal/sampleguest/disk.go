@@ -36,7 +36,7 @@ const KernelArgs = "console=ttyS0 quiet panic=-1 lifeboat.root=/dev/vda1"
 // diskLayout versions the way BuildDisk lays out a disk; it is part of
 // DiskOptions.Key (with rootMkfsArgs and KernelArgs), so changing the
 // layout code means bumping it.
-const diskLayout = "lifeboat-boot-3"
+const diskLayout = "lifeboat-boot-4"
 
 // rootMkfsArgs make the root file system: ext4 without 64bit (extlinux
 // reads it), inode tables and journal initialised now (the kernel's lazy
@@ -85,31 +85,33 @@ func (o DiskOptions) RootSize() int64 {
 
 // Key hashes everything a disk is made of except the tree's files, which
 // the caller describes in extra: layout version, firmware, size, file
-// system and kernel arguments, kernel, initramfs, bootloader files.
+// system and kernel arguments, and the content (not the path: the
+// initramfs is often a scratch file) of the kernel, the initramfs and
+// the bootloader's files.
 func (o DiskOptions) Key(extra string) (string, error) {
 	if err := o.check(); err != nil {
 		return "", err
 	}
 	h := sha256.New()
 	fmt.Fprintf(h, "%s\n%s\n%d\n%s\n%q\n%s\n", diskLayout, o.Firmware, o.Size, extra, rootMkfsArgs, KernelArgs)
-	files := []string{o.Kernel, o.Initrd, SyslinuxMBR, SystemdBoot}
+	files := [][2]string{{"kernel", o.Kernel}, {"initrd", o.Initrd}, {"mbr", SyslinuxMBR}, {"systemd-boot", SystemdBoot}}
 	if p, err := exec.LookPath("extlinux"); err == nil {
-		files = append(files, p) // it writes ldlinux.sys and the boot sector
+		files = append(files, [2]string{"extlinux", p}) // it writes ldlinux.sys and the boot sector
 	}
 	for _, f := range files {
-		r, err := os.Open(f)
+		r, err := os.Open(f[1])
 		if errors.Is(err, os.ErrNotExist) {
-			fmt.Fprintf(h, "%s absent\n", f)
+			fmt.Fprintf(h, "%s absent\n", f[0])
 			continue
 		}
 		if err != nil {
 			return "", err
 		}
-		fmt.Fprintf(h, "%s\n", f)
+		fmt.Fprintf(h, "%s\n", f[0])
 		_, err = io.Copy(h, r)
 		r.Close()
 		if err != nil {
-			return "", fmt.Errorf("hash %s: %w", f, err)
+			return "", fmt.Errorf("hash %s: %w", f[1], err)
 		}
 	}
 	return hex.EncodeToString(h.Sum(nil))[:20], nil

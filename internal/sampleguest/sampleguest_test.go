@@ -244,3 +244,29 @@ func TestInstallCommand(t *testing.T) {
 	}
 }
 
+// TestDiskKey: the image cache's key depends on what the files hold, not
+// where they are.
+func TestDiskKey(t *testing.T) {
+	a, b := t.TempDir(), t.TempDir()
+	for _, d := range []string{a, b} {
+		os.WriteFile(filepath.Join(d, "vmlinuz"), []byte("kernel"), 0o644)
+		os.WriteFile(filepath.Join(d, "initrd"), []byte("initrd"), 0o644)
+	}
+	key := func(dir, extra string) string {
+		k, err := DiskOptions{Size: 64 << 20, Tree: dir, Kernel: filepath.Join(dir, "vmlinuz"), Initrd: filepath.Join(dir, "initrd")}.Key(extra)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	if key(a, "x") != key(b, "x") {
+		t.Error("the same files in another directory make another key")
+	}
+	if key(a, "x") == key(a, "y") {
+		t.Error("extra is not in the key")
+	}
+	os.WriteFile(filepath.Join(b, "initrd"), []byte("initrd2"), 0o644)
+	if key(a, "x") == key(b, "x") {
+		t.Error("another initramfs makes the same key")
+	}
+}
