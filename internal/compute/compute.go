@@ -15,8 +15,10 @@
 //     unchanged; Remove of a name that does not exist succeeds.
 //   - A VM's disks are copy-on-write overlays in Spec.Dir whose backing
 //     is the point's NBD export: the guest's writes never reach the vault.
-//     Hydrate copies the backing data into the overlays while the VM runs,
-//     after which the VM no longer reads the export.
+//     Hydrate copies the backing data into local images in Spec.Dir (the
+//     overlays themselves, or a local copy of the point that becomes their
+//     backing) while the VM runs, after which the VM no longer reads the
+//     export.
 //   - Everything a provider creates for a VM lives in Spec.Dir or under
 //     the VM's name (a libvirt domain, a tap device); Remove deletes all of
 //     it and leaves no process.
@@ -123,8 +125,9 @@ type Instance struct {
 type DiskImage struct {
 	Name    string `json:"name"`
 	Overlay string `json:"overlay"`
-	// Hydrated reports that the overlay holds every block: the VM no
-	// longer reads the point's export for this disk.
+	// Hydrated reports that the overlay, with the local images it is
+	// backed by, holds every block: the VM no longer reads the point's
+	// export for this disk.
 	Hydrated bool `json:"hydrated"`
 }
 
@@ -149,9 +152,9 @@ type Provider interface {
 	Stop(ctx context.Context, name, dir string, force bool) error
 	// Remove stops the VM and deletes everything Start made.
 	Remove(ctx context.Context, name, dir string) error
-	// Hydrate copies every disk's backing data into its overlay while the
-	// VM runs and returns once no disk needs the export any more. It may
-	// be called again after a restart of the caller: it resumes.
+	// Hydrate copies every disk's backing data into local images while
+	// the VM runs and returns once no disk needs the export any more. It
+	// may be called again after a restart of the caller: it resumes.
 	Hydrate(ctx context.Context, name, dir string, progress func(Progress)) error
 }
 

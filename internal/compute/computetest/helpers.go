@@ -2,6 +2,7 @@ package computetest
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -159,6 +160,28 @@ func Convert(ctx context.Context, t testing.TB, img string) string {
 		t.Fatalf("qemu-img convert %s: %v: %s", img, err, b)
 	}
 	return out
+}
+
+// Chain returns the files of an image's backing chain, the image first
+// (qemu-img info --backing-chain, with force-share: the image may be in
+// use).
+func Chain(ctx context.Context, t testing.TB, img string) []string {
+	t.Helper()
+	out, err := exec.CommandContext(ctx, "qemu-img", "info", "-U", "--backing-chain", "--output=json", img).Output()
+	if err != nil {
+		t.Fatalf("qemu-img info --backing-chain %s: %v", img, err)
+	}
+	var chain []struct {
+		Filename string `json:"filename"`
+	}
+	if err := json.Unmarshal(out, &chain); err != nil {
+		t.Fatalf("qemu-img info --backing-chain %s: %v", img, err)
+	}
+	var files []string
+	for _, c := range chain {
+		files = append(files, c.Filename)
+	}
+	return files
 }
 
 // detached checks that pid is neither a child of this process nor in its

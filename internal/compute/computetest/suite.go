@@ -11,9 +11,11 @@
 //     boots from its disk, its manifest check passes → a second VM of the
 //     same spec, started by two concurrent Starts of one name, runs at the
 //     same time; it is killed with SIGKILL and removed without leftovers →
-//     hydrate with progress → the point server stops and the guest keeps
-//     reading and writing its disk → graceful stop → the overlay alone
-//     verifies (guest.Verify) and boots again without the point server →
+//     hydrate with progress, its caller going away and a new one resuming
+//     → the disk's image chain holds only images in Dir → the point server
+//     stops and the guest keeps reading and writing its disk → graceful
+//     stop → the overlay (and its local backing, if any) verifies
+//     (guest.Verify) and boots again without the point server →
 //     remove leaves no process, no file in Dir but the caller's, no tap
 //     device (and Config.Gone: no libvirt domain) → remove again succeeds.
 //   - UEFI: a UEFI point boots (OVMF + systemd-boot on the disk).
@@ -319,6 +321,11 @@ func hydrateAndDetach(ctx context.Context, t *testing.T, c Config, pt *Point, na
 	inst, err := c.New(t).Inspect(ctx, name, dir)
 	if err != nil || inst.State != compute.StateRunning || len(inst.Disks) != 1 || !inst.Disks[0].Hydrated {
 		t.Fatalf("Inspect after Hydrate: %+v, %v; want running with its disk hydrated", inst, err)
+	}
+	for _, f := range Chain(ctx, t, inst.Disks[0].Overlay) {
+		if filepath.Dir(f) != dir {
+			t.Errorf("after Hydrate, the disk's image chain has %s: want only local images in %s", f, dir)
+		}
 	}
 	if err := c.New(t).Hydrate(ctx, name, dir, nil); err != nil {
 		t.Errorf("Hydrate again: %v", err)

@@ -58,6 +58,19 @@ func CreateOverlay(ctx context.Context, qemuImg, path string, size int64, backin
 	return nil
 }
 
+// CreateImage makes an empty qcow2 image of size at path, without
+// backing (64 KiB clusters, the vault's block size): a local copy of a
+// disk is written into it. A partial image is removed on failure; a full
+// directory is ErrNoSpace.
+func CreateImage(ctx context.Context, qemuImg, path string, size int64) error {
+	cmd := exec.CommandContext(ctx, qemuImg, "create", "-q", "-f", "qcow2", "-o", "cluster_size=65536", path, fmt.Sprint(size))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		os.Remove(path)
+		return wrapTool("qemu-img create "+path, err, out)
+	}
+	return nil
+}
+
 // wrapTool turns a failed tool run into an error; "No space left" in its
 // output becomes ErrNoSpace.
 func wrapTool(what string, err error, out []byte) error {

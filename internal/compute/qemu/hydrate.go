@@ -10,15 +10,18 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/qemu/qmp"
 )
 
-// hydratePoll is how often Hydrate asks QEMU how its streams are going.
-const hydratePoll = 500 * time.Millisecond
+// hydratePoll is how often Hydrate asks QEMU how its copies are going. A
+// copy waits for the next poll to be finished (see copy.go), so the
+// interval is short: each poll is a few QMP commands.
+const hydratePoll = 100 * time.Millisecond
 
-// Hydrate streams every disk's backing data into its overlay (QMP
-// block-stream, job "hydrate-diskN", not dismissed automatically) while
-// the VM runs, reporting progress, and returns once no overlay has a
-// backing file. It resumes: a stream that runs is watched, a concluded
-// one is dismissed (its error returned), and a disk without backing is
-// hydrated. If ctx ends, the streams go on in QEMU.
+// Hydrate copies every disk's point data into a local base image beside
+// its overlay and re-points the overlay's backing at it, while the VM
+// runs (see copy.go), reporting progress; it returns once no overlay
+// reads the export. It resumes: a copy that runs in QEMU is watched, a
+// finished one is attached, a failed one is started again, and a disk
+// whose overlay's backing is local (or none: streamed by an older
+// version) is hydrated. If ctx ends, the copies go on in QEMU.
 func (p *Provider) Hydrate(ctx context.Context, name, dir string, progress func(compute.Progress)) error {
 	inst, st, err := p.inspect(ctx, name, dir)
 	if err != nil {
@@ -37,12 +40,7 @@ func (p *Provider) Hydrate(ctx context.Context, name, dir string, progress func(
 	defer t.Stop()
 	logged := false
 	for {
-		var jobs map[string]job
-		err := qmpDo(ctx, inst.QMP, func(c *qmp.Conn) error {
-			var err error
-			jobs, err = p.hydrateStep(ctx, c, st, dir)
-			return err
-		})
+		jobs, err := p.hydrateStep(ctx, inst.QMP, st, dir)
 		if err != nil {
 			return fmt.Errorf("hydrate VM %s: %w", name, err)
 		}
@@ -66,70 +64,56 @@ func (p *Provider) Hydrate(ctx context.Context, name, dir string, progress func(
 // job is one entry of query-jobs.
 type job struct {
 	ID      string `json:"id"`
+	Type    string `json:"type"`
 	Status  string `json:"status"`
 	Current int64  `json:"current-progress"`
 	Total   int64  `json:"total-progress"`
 	Error   string `json:"error"`
 }
 
-// hydrateStep moves every disk one step on: it starts missing streams,
-// dismisses concluded ones and records disks whose overlay has no backing
-// any more. It returns the jobs that run.
-func (p *Provider) hydrateStep(ctx context.Context, c *qmp.Conn, st *state, dir string) (map[string]job, error) {
-	var list []job
-	if err := c.Execute(ctx, "query-jobs", nil, &list); err != nil {
-		return nil, err
-	}
-	jobs := map[string]job{}
-	for _, j := range list {
-		jobs[j.ID] = j
-	}
-	backing, err := backingFiles(ctx, c)
+// hydrateStep moves every disk one step on, under the VM's lock (so a
+// Stop or another Hydrate does not interleave) and over one QMP
+// connection. It returns the copies that run.
+func (p *Provider) hydrateStep(ctx context.Context, sock string, st *state, dir string) (map[string]job, error) {
+	unlock, err := hostvm.LockDir(ctx, dir, lockFile)
 	if err != nil {
 		return nil, err
 	}
+	defer unlock()
 	running := map[string]job{}
-	for i := range st.Spec.Disks {
-		if st.Hydrated[i] {
-			continue
+	err = qmpDo(ctx, sock, func(c *qmp.Conn) error {
+		var list []job
+		if err := c.Execute(ctx, "query-jobs", nil, &list); err != nil {
+			return err
 		}
-		disk := st.Spec.Disks[i].Name
-		if j, ok := jobs[jobID(i)]; ok {
-			if j.Status != "concluded" {
-				running[j.ID] = j
+		jobs := map[string]job{}
+		for _, j := range list {
+			jobs[j.ID] = j
+		}
+		backing, err := backingFiles(ctx, c)
+		if err != nil {
+			return err
+		}
+		for i := range st.Spec.Disks {
+			if st.Hydrated[i] {
 				continue
 			}
-			if err := c.Execute(ctx, "job-dismiss", map[string]any{"id": j.ID}, nil); err != nil {
-				return nil, err
+			d := &diskCopy{p: p, c: c, st: st, dir: dir, i: i}
+			j, err := d.step(ctx, jobs, backing)
+			if err != nil {
+				return fmt.Errorf("disk %s: %w", st.Spec.Disks[i].Name, err)
 			}
-			if j.Error != "" {
-				return nil, fmt.Errorf("disk %s: the copy failed: %s (call Hydrate again to retry)", disk, j.Error)
+			if j != nil {
+				running[j.ID] = *j
 			}
-			running[j.ID] = job{ID: j.ID, Current: j.Total, Total: j.Total}
-			continue // the backing is checked on the next step
 		}
-		b, ok := backing[nodeName(i)]
-		if !ok {
-			return nil, fmt.Errorf("disk %s: QEMU has no block node %s", disk, nodeName(i))
-		}
-		if b == "" {
-			if err := p.markHydrated(ctx, st, dir, i); err != nil {
-				return nil, err
-			}
-			continue
-		}
-		args := map[string]any{"job-id": jobID(i), "device": nodeName(i), "auto-dismiss": false}
-		if err := c.Execute(ctx, "block-stream", args, nil); err != nil {
-			return nil, fmt.Errorf("disk %s: start the copy: %w", disk, err)
-		}
-		p.log.Info("hydration started", "vm", st.Spec.Name, "disk", disk)
-		running[jobID(i)] = job{ID: jobID(i), Total: st.Spec.Disks[i].Size}
-	}
-	return running, nil
+		return nil
+	})
+	return running, err
 }
 
-// backingFiles maps each block node with a device to its backing file
-// ("" for none).
+// backingFiles maps each block node with a device to the backing file
+// its image's header names ("" for none).
 func backingFiles(ctx context.Context, c *qmp.Conn) (map[string]string, error) {
 	var blocks []struct {
 		Inserted *struct {
@@ -149,15 +133,10 @@ func backingFiles(ctx context.Context, c *qmp.Conn) (map[string]string, error) {
 	return out, nil
 }
 
-// markHydrated records disk i as hydrated in the state file (under the
-// VM's lock, re-reading the file so no other change is lost).
-func (p *Provider) markHydrated(ctx context.Context, st *state, dir string, i int) error {
+// markHydrated records disk i as hydrated in the state file, re-reading
+// the file so no other change is lost. The caller holds the VM's lock.
+func (p *Provider) markHydrated(st *state, dir string, i int) error {
 	st.Hydrated[i] = true
-	unlock, err := hostvm.LockDir(ctx, dir, lockFile)
-	if err != nil {
-		return err
-	}
-	defer unlock()
 	cur, err := readState(dir)
 	if err != nil || cur == nil {
 		return fmt.Errorf("record hydrated disk %s: state file gone or damaged: %v", st.Spec.Disks[i].Name, err)
@@ -167,7 +146,8 @@ func (p *Provider) markHydrated(ctx context.Context, st *state, dir string, i in
 	return writeState(dir, cur)
 }
 
-// report sums the streams' progress: hydrated disks count in full.
+// report sums the copies' progress, each scaled to its disk's size:
+// hydrated disks count in full.
 func report(progress func(compute.Progress), st *state, running map[string]job) {
 	if progress == nil {
 		return
@@ -175,15 +155,12 @@ func report(progress func(compute.Progress), st *state, running map[string]job) 
 	var pr compute.Progress
 	for i, d := range st.Spec.Disks {
 		j, ok := running[jobID(i)]
+		pr.Total += d.Size
 		switch {
 		case st.Hydrated[i]:
 			pr.Done += d.Size
-			pr.Total += d.Size
 		case ok && j.Total > 0:
-			pr.Done += j.Current
-			pr.Total += j.Total
-		default:
-			pr.Total += d.Size
+			pr.Done += int64(float64(d.Size) * float64(min(j.Current, j.Total)) / float64(j.Total))
 		}
 	}
 	progress(pr)

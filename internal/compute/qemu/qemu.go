@@ -6,8 +6,11 @@
 //	qemu.pid     QEMU's -pidfile
 //	qmp.sock     QMP
 //	console.log  the serial console (firmware, bootloader, kernel), appended
-//	diskN.qcow2  disk N's overlay: qcow2 whose backing file is the point's
-//	             NBD export (json: with reconnect-delay) until hydrated
+//	diskN.qcow2  disk N's overlay: the guest's writes; qcow2 whose backing
+//	             file is the point's NBD export (json: with
+//	             reconnect-delay) until hydrated, then diskN.base.qcow2
+//	diskN.base.qcow2       the point's data of disk N, copied by hydration
+//	diskN.base.qcow2.part  the same while being copied
 //	seed.img     the NoCloud seed (vfat "CIDATA"), attached read-only
 //
 // QEMU runs with -daemonize: it is no child of the caller, survives the
@@ -16,13 +19,15 @@
 // query-name). KVM is used when /dev/kvm opens and the CPU has vmx/svm,
 // else TCG (Options.Accel overrides); the choice is logged and recorded.
 //
-// Hydration is QMP block-stream on each overlay node: QEMU copies the
-// backing data into the overlay while the guest runs and then drops the
-// backing (the header too), after which the VM needs neither the vault nor
-// the point server. Jobs are named, not dismissed automatically and
-// polled over short QMP connections, so a Hydrate after a restart of the
-// caller finds a running stream and watches it, and a disk whose overlay
-// has no backing is already hydrated.
+// Hydration copies each disk's point data into diskN.base.qcow2 with a
+// QEMU mirror job reading a second connection to the export (16 requests
+// in flight, so the point server decodes on every core), then re-points
+// the overlay's backing at the copy (blockdev-reopen, and
+// change-backing-file for the header), after which the VM needs neither
+// the vault nor the point server (copy.go). Jobs are named, not dismissed
+// automatically and polled over short QMP connections, so a Hydrate after
+// a restart of the caller finds a running copy and watches it, and a disk
+// whose overlay's backing is local is already hydrated.
 package qemu
 
 import (

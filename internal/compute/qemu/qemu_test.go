@@ -300,3 +300,64 @@ func TestPointServerRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestHydrateAfterRestart: the VM is killed while its disk is being
+// copied (the caller went away; the copy ran in QEMU) and started again:
+// Hydrate drops the partial copy, copies again and attaches it; the disk
+// then reads as the point, through local images only.
+func TestHydrateAfterRestart(t *testing.T) {
+	needRoot(t)
+	guest.Need(t)
+	img := filepath.Join(t.TempDir(), "data.raw")
+	data := make([]byte, 96<<20)
+	r := rand.NewChaCha8([32]byte{2})
+	for off := 0; off < len(data); off += 2 << 20 {
+		r.Read(data[off : off+1<<20]) // 1 MiB of data, 1 MiB hole
+	}
+	if err := os.WriteFile(img, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pt := computetest.NewPointFrom(t, img, guest.FirmwareBIOS)
+	dir := t.TempDir()
+	name := fmt.Sprintf("qemu-hyr-%d", os.Getpid()%100000)
+	p := newProvider(t, Options{})
+	t.Cleanup(func() { p.Remove(context.Background(), name, dir) })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	spec := pt.Spec(name, dir)
+	if _, err := p.Start(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	first, stop := context.WithCancel(ctx)
+	err := p.Hydrate(first, name, dir, func(pr compute.Progress) {
+		if pr.Done < pr.Total {
+			stop()
+		}
+	})
+	stop()
+	if err == nil {
+		t.Skip("the copy finished before the caller went away; nothing to resume")
+	}
+	if err := p.Stop(ctx, name, dir, true); err != nil {
+		t.Fatal(err)
+	}
+	left := computetest.Files(t, dir)
+	if _, err := p.Start(ctx, spec); err != nil {
+		t.Fatalf("Start after a kill during the copy: %v", err)
+	}
+	if err := p.Hydrate(ctx, name, dir, nil); err != nil {
+		t.Fatalf("Hydrate after the restart: %v", err)
+	}
+	t.Logf("files after the kill: %q; after Hydrate: %q", left, computetest.Files(t, dir))
+	if slices.Contains(computetest.Files(t, dir), partFile(0)) {
+		t.Errorf("%s is left after Hydrate", partFile(0))
+	}
+	chain := computetest.Chain(ctx, t, filepath.Join(dir, overlayFile(0)))
+	if !slices.Equal(chain, []string{filepath.Join(dir, overlayFile(0)), filepath.Join(dir, baseFile(0))}) {
+		t.Errorf("image chain %q, want the overlay and its local base", chain)
+	}
+	out, err := exec.CommandContext(ctx, "qemu-img", "compare", "-U", "-F", "raw", filepath.Join(dir, overlayFile(0)), img).CombinedOutput()
+	if err != nil {
+		t.Fatalf("the hydrated disk differs from the point: %v: %s", err, out)
+	}
+}

@@ -89,12 +89,14 @@ func ours(pid int, name string) bool {
 func removeFiles(dir string, disks int) error {
 	names := []string{stateFile, stateFile + ".tmp", pidFile, qmpSocket, consoleFile, seedFile}
 	for i := range max(disks, 1) {
-		names = append(names, overlayFile(i))
+		names = append(names, overlayFile(i), baseFile(i), partFile(i))
 	}
-	// Overlays of disks a damaged or missing state does not list.
-	if more, err := filepath.Glob(filepath.Join(dir, "disk[0-9]*.qcow2")); err == nil {
-		for _, m := range more {
-			names = append(names, filepath.Base(m))
+	// Images of disks a damaged or missing state does not list.
+	for _, pat := range []string{"disk[0-9]*.qcow2", "disk[0-9]*.base", "disk[0-9]*.base.part"} {
+		if more, err := filepath.Glob(filepath.Join(dir, pat)); err == nil {
+			for _, m := range more {
+				names = append(names, filepath.Base(m))
+			}
 		}
 	}
 	if more, err := filepath.Glob(filepath.Join(dir, ".seed-*")); err == nil {
