@@ -18,7 +18,8 @@ import (
 type Export interface {
 	// Size is the disk's size in bytes.
 	Size() int64
-	// ReadAt fills p with the bytes at off; the range is inside the disk.
+	// ReadAt fills all of p with the bytes at off (p holds whatever an
+	// earlier read left in it); the range is inside the disk.
 	ReadAt(ctx context.Context, p []byte, off int64) error
 	// Extents describes [off, off+length) for the base:allocation meta
 	// context: ascending, contiguous extents from off, flags FlagHole and

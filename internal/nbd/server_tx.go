@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"sync"
 )
 
@@ -128,7 +129,9 @@ func (sc *serverConn) serve(ctx context.Context, r request) error {
 	if r.typ == cmdBlockStatus {
 		return sc.blockStatus(ctx, r)
 	}
-	buf := make([]byte, r.length)
+	bp := getBuf(int(r.length))
+	defer putBuf(bp)
+	buf := (*bp)[:r.length]
 	if err := sc.exp.ReadAt(ctx, buf, int64(r.off)); err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -211,10 +214,20 @@ func (sc *serverConn) chunk(cookie uint64, flags, typ uint16, payload, data []by
 	return sc.write(append(h, payload...), data)
 }
 
-// write sends a reply's header and data as one unit.
+// write sends a reply's header and data as one unit. Data of more than a
+// few KiB goes to the connection with the header in one writev, not
+// through the buffer.
 func (sc *serverConn) write(h, data []byte) error {
 	sc.wmu.Lock()
 	defer sc.wmu.Unlock()
+	if len(data) >= directWrite {
+		if err := sc.bw.Flush(); err != nil {
+			return err
+		}
+		bufs := net.Buffers{h, data}
+		_, err := bufs.WriteTo(sc.conn)
+		return err
+	}
 	if _, err := sc.bw.Write(h); err != nil {
 		return err
 	}
@@ -222,6 +235,43 @@ func (sc *serverConn) write(h, data []byte) error {
 		return err
 	}
 	return sc.bw.Flush()
+}
+
+// directWrite is the smallest data written past the buffer.
+const directWrite = 8 << 10
+
+// Read buffers are pooled by size class (powers of two from 64 KiB), so
+// a client's stream of reads does not allocate and clear a new buffer
+// for each.
+var bufPools [10]sync.Pool // 64 KiB << i, up to 32 MiB
+
+func poolClass(n int) int {
+	c := 0
+	for 64<<10<<c < n {
+		c++
+	}
+	return c
+}
+
+// getBuf returns a buffer of at least n bytes.
+func getBuf(n int) *[]byte {
+	c := poolClass(n)
+	if c >= len(bufPools) {
+		b := make([]byte, n)
+		return &b
+	}
+	if b, ok := bufPools[c].Get().(*[]byte); ok {
+		return b
+	}
+	b := make([]byte, 64<<10<<c)
+	return &b
+}
+
+// putBuf gives a buffer of getBuf back.
+func putBuf(b *[]byte) {
+	if c := poolClass(cap(*b)); c < len(bufPools) && 64<<10<<c == cap(*b) {
+		bufPools[c].Put(b)
+	}
 }
 
 func truncate(s string, n int) string {

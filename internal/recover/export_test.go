@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -243,4 +244,78 @@ func TestPointExportDamagedBlock(t *testing.T) {
 		}
 	}
 	t.Logf("%d blocks failed with EIO, %d read right", bad, good)
+}
+
+// TestPointExportParallelReaders: readers on several connections at once,
+// each with reads in flight of its own, over a cache far smaller than the
+// disk (blocks are evicted and their buffers reused while others read):
+// every read equals the image. A sequential reader's read-ahead and its
+// own reads decode each block once.
+func TestPointExportParallelReaders(t *testing.T) {
+	img := bigImage(13)
+	v, p, _ := exportPoint(t, img)
+	sock, exp, _ := serve(t, v, p, recover.ExportOptions{CacheBytes: 1 << 20})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	errs := make(chan error, 8)
+	for c := range 8 {
+		go func() {
+			errs <- func() error {
+				cl, err := nbd.Dial(ctx, "unix", sock, nbd.Options{Export: "d"})
+				if err != nil {
+					return err
+				}
+				defer cl.Close()
+				r := rand.New(rand.NewPCG(uint64(c), 3))
+				for range 150 {
+					off := r.Int64N(int64(len(img)))
+					n := 1 + r.Int64N(min(int64(len(img))-off, 1<<20))
+					if c%2 == 0 { // whole blocks, as a copy reads
+						off, n = off&^(64<<10-1), min(n+64<<10, int64(len(img))-off&^(64<<10-1))
+					}
+					got := make([]byte, n)
+					if err := cl.ReadAt(ctx, got, off); err != nil {
+						return err
+					}
+					if !bytes.Equal(got, img[off:off+n]) {
+						return fmt.Errorf("reader %d: read %d+%d differs from the image", c, off, n)
+					}
+				}
+				return nil
+			}()
+		}()
+	}
+	for range 8 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// A sequential reader, read-ahead on: its reads wait for the blocks
+	// read-ahead decodes instead of decoding them too.
+	r, err := v.OpenDisk(p, "d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	exp = recover.NewPointExport(r, recover.ExportOptions{})
+	defer exp.Close()
+	data := int64(0)
+	for off := 0; off < len(img); off += 64 << 10 {
+		if !vault.IsZeroBlock(img[off:min(off+64<<10, len(img))]) {
+			data++
+		}
+	}
+	for off := int64(0); off < int64(len(img)); off += 256 << 10 {
+		got := make([]byte, min(256<<10, int64(len(img))-off))
+		if err := exp.ReadAt(ctx, got, off); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, img[off:off+int64(len(got))]) {
+			t.Fatalf("sequential read at %d differs", off)
+		}
+	}
+	exp.Close()
+	if got := recover.Decoded(exp); got != data {
+		t.Errorf("a sequential read of %d data blocks decoded %d blocks: want each once", data, got)
+	}
 }
