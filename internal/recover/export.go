@@ -17,8 +17,8 @@ import (
 // wrong data: the NBD server answers EIO.
 //
 // Where the time goes: every block read from the vault is a ranged pack
-// read, XChaCha20-Poly1305, zstd and a BLAKE3 check, about 3 ms of one
-// core per MiB. So:
+// read, XChaCha20-Poly1305, zstd and a BLAKE3 check, about 2 ms of one
+// core per MiB of data. So:
 //
 //   - each block is decoded once at a time: a read that needs a block
 //     another read (or the read-ahead) is decoding waits for it instead

@@ -15,8 +15,8 @@ import (
 
 // BenchmarkHydrate measures hydration of a point full of incompressible
 // data (256 MiB, every block written), served by recover.PointServer on
-// a unix socket: vault reads, decryption, NBD and QEMU's block-stream
-// into the overlay. The VM has nothing to boot; it runs its firmware
+// a unix socket: vault reads, decryption, NBD and QEMU's mirror into the
+// local base image. The VM has nothing to boot; it runs its firmware
 // while its disk is copied.
 //
 //	go test -run '^$' -bench Hydrate -benchtime 1x ./internal/compute/qemu/

@@ -208,6 +208,12 @@ func (d *diskCopy) attach(ctx context.Context) error {
 	if err := d.c.Execute(ctx, "change-backing-file", args, nil); err != nil {
 		return fmt.Errorf("write %s into the overlay's header: %w", baseFile(d.i), err)
 	}
+	// The header on disk before the records say so, whether or not QEMU
+	// flushed it: after a host crash the state file never says hydrated
+	// while the header still names the export.
+	if err := syncFile(d.path(overlayFile(d.i))); err != nil {
+		return err
+	}
 	d.p.log.Info("disk's backing is local", "vm", d.st.Spec.Name, "disk", d.disk(), "base", baseFile(d.i))
 	return d.p.markHydrated(d.st, d.dir, d.i)
 }
