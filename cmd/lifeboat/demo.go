@@ -23,45 +23,78 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/control"
 	"github.com/lifeboat-dr/lifeboat/internal/progress"
 	"github.com/lifeboat-dr/lifeboat/internal/recover"
+	"github.com/lifeboat-dr/lifeboat/internal/sampleguest"
 	"github.com/lifeboat-dr/lifeboat/internal/vault"
 	"github.com/lifeboat-dr/lifeboat/internal/vault/backend"
 	"github.com/lifeboat-dr/lifeboat/internal/vault/backend/local"
 )
 
 type demoFlags struct {
-	dir    string
-	sizeMB int64
-	dataMB int64
-	cycles int
-	keep   bool
+	dir         string
+	sizeMB      int64
+	dataMB      int64
+	cycles      int
+	keep        bool
+	fetchKernel bool
 }
 
 func (a *app) demoCmd() *cobra.Command {
 	var f demoFlags
 	c := &cobra.Command{
 		Use:   "demo",
-		Short: "Run a server and an agent, replicate a sample ext4 disk, then restore and verify its points",
+		Short: "Run a server and an agent, replicate a sample machine's disk, restore and verify its points, boot one as a VM",
 		Long: `Demo builds a sample disk image holding a real ext4 filesystem (filled with
 files copied from this machine), then runs the service in this process: a
 server (CA, SQLite state, local vault, embedded process server) and an agent
 enrolled over mutual TLS with a one-time token. It protects the disk with a
 5-second policy, changes files inside the filesystem between points, shows
 the status, then stops the service and, from the vault alone, restores an
-older point and proves it byte for byte (SHA-256) and with e2fsck, brings it
-forward to the newest point incrementally, and checks every byte of the vault.
+older point and proves it byte for byte (SHA-256) and with e2fsck, serves
+it over NBD (instant access), brings it forward to the newest point
+incrementally, and checks every byte of the vault.
+
+When QEMU, extlinux, a static busybox, root (a loop device) and a guest
+kernel are at hand, the sample disk is a tiny machine that boots by itself
+(MBR, extlinux, kernel, a busybox init that checks every sample file
+against a manifest at boot), and the demo ends with a test failover: the
+older point boots as a VM through a point server process, exactly as
+"lifeboat recover boot --test" does, the guest's check is awaited on its
+console, and a cleanup removes VM, point server and directory. The kernel
+is the guest kernel cache's (` + sampleguest.DefaultCacheDir + `) or the
+host's (/boot/vmlinuz-* with /lib/modules); the demo never downloads one
+unless --fetch-kernel asks it to. When something is missing it says the
+command that gets it.
+
 It needs mkfs.ext4 and debugfs (Debian package e2fsprogs).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return a.runDemo(cmd.Context(), f) },
 	}
 	c.Flags().StringVar(&f.dir, "dir", "", "work directory (default: a new temporary directory, removed at the end)")
 	c.Flags().Int64Var(&f.sizeMB, "size", 512, "disk image size in MiB")
-	c.Flags().Int64Var(&f.dataMB, "data", 96, "MiB of files copied into the filesystem")
+	c.Flags().Int64Var(&f.dataMB, "data", 48, "MiB of files copied into the filesystem (the recovered guest checks them all at boot)")
 	c.Flags().IntVar(&f.cycles, "cycles", 4, "replication cycles (the first is the full copy)")
 	c.Flags().BoolVar(&f.keep, "keep", false, "keep the work directory")
+	c.Flags().BoolVar(&f.fetchKernel, "fetch-kernel", false, "first download Debian's kernel into the guest kernel cache with apt-get download (needs the network and root), for the test failover")
 	return c
 }
 
 func (a *app) say(format string, args ...any) { fmt.Fprintf(a.stdout, format+"\n", args...) }
+
+// demoRun is one run of the demo: its directory, sample disk and points.
+type demoRun struct {
+	dir, img, vaultDir string
+	pass               []byte
+	guest              demoGuest
+	bootable           bool // the sample disk boots by itself
+	files              int  // the sample files its manifest names
+	cuts               []demoCut
+}
+
+// demoCut is a point and the SHA-256 of the disk it was cut from.
+type demoCut struct {
+	point string
+	sum   string
+}
 
 func (a *app) runDemo(ctx context.Context, f demoFlags) error {
 	for _, tool := range []string{"mkfs.ext4", "debugfs", "e2fsck"} {
@@ -86,57 +119,118 @@ func (a *app) runDemo(ctx context.Context, f demoFlags) error {
 	} else if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	img := filepath.Join(dir, "disk.img")
-	vaultDir := filepath.Join(dir, "vault")
-	os.RemoveAll(vaultDir)
+	r := &demoRun{dir: dir, img: filepath.Join(dir, "disk.img"), vaultDir: filepath.Join(dir, "vault"), pass: []byte("lifeboat-demo")}
+	os.RemoveAll(r.vaultDir)
+	var err error
+	if r.guest, err = a.demoFindGuest(ctx, dir, f.fetchKernel); err != nil {
+		return err
+	}
+	if err := a.demoSample(ctx, f, r); err != nil {
+		return err
+	}
+	if err := a.demoReplicate(ctx, f, r); err != nil {
+		return err
+	}
+	if err := a.demoRecover(ctx, r); err != nil {
+		return err
+	}
+	a.say("demo finished in %.1fs", time.Since(start).Seconds())
+	if f.keep || f.dir != "" {
+		a.say("work directory kept: %s (vault passphrase %q)", dir, r.pass)
+	}
+	return nil
+}
 
-	// 1. A sample disk with a real filesystem.
-	src := filepath.Join(dir, "files")
+// demoSample makes the sample disk: a real ext4 file system holding
+// files copied from this machine, on a disk that boots by itself when
+// the guest's parts are at hand.
+func (a *app) demoSample(ctx context.Context, f demoFlags, r *demoRun) error {
+	src := filepath.Join(r.dir, "files")
 	os.RemoveAll(src)
+	defer os.RemoveAll(src)
 	copied, err := copySample(src, f.dataMB<<20)
 	if err != nil {
 		return err
 	}
-	os.Remove(img)
-	if err := run(ctx, "mkfs.ext4", "-q", "-F", "-b", "4096", "-d", src, img, fmt.Sprintf("%dM", f.sizeMB)); err != nil {
+	os.Remove(r.img)
+	if r.guest.ok() {
+		defer os.Remove(r.guest.initrd)
+		if r.files, err = demoBootDisk(ctx, r.guest, src, r.img, f.sizeMB<<20); err != nil {
+			return err
+		}
+		r.bootable = true
+		a.say("== Sample machine: %s, a %d MiB disk that boots by itself: MBR, extlinux, kernel %s, a busybox init that checks a manifest of its files; ext4 holding %s of files from this machine (%d)",
+			r.img, f.sizeMB, r.guest.kernel.Version, progress.Bytes(copied), r.files)
+		return nil
+	}
+	if err := run(ctx, "mkfs.ext4", "-q", "-F", "-b", "4096", "-d", src, r.img, fmt.Sprintf("%dM", f.sizeMB)); err != nil {
 		return err
 	}
-	os.RemoveAll(src)
-	a.say("== Sample disk: %s, %d MiB ext4 filesystem holding %s of files from this machine", img, f.sizeMB, progress.Bytes(copied))
+	a.say("== Sample disk: %s, %d MiB ext4 filesystem holding %s of files from this machine (not bootable: see the end)", r.img, f.sizeMB, progress.Bytes(copied))
+	return nil
+}
 
-	// 2. The service, in this process: a server with its CA, state
-	// database, vault and embedded process server, and one agent.
-	pass := []byte("lifeboat-demo")
-	serverDir, agentDir := filepath.Join(dir, "server"), filepath.Join(dir, "agent")
+// demoService is the service of the demo, running in this process.
+type demoService struct {
+	c                     *client.Client
+	stop                  context.CancelFunc
+	agentDone, serverDone chan error
+	agentRuns             bool
+}
+
+// demoStart runs a server with its CA, state database, vault and
+// embedded process server, and one agent protecting the sample disk.
+func (a *app) demoStart(ctx context.Context, r *demoRun) (*demoService, error) {
+	serverDir, agentDir := filepath.Join(r.dir, "server"), filepath.Join(r.dir, "agent")
 	os.RemoveAll(serverDir)
 	os.RemoveAll(agentDir)
-	init, err := control.Init(ctx, control.InitOptions{DataDir: serverDir, VaultURL: vaultDir, Passphrase: pass,
+	init, err := control.Init(ctx, control.InitOptions{DataDir: serverDir, VaultURL: r.vaultDir, Passphrase: r.pass,
 		Listen: "127.0.0.1:0", IngestListen: "127.0.0.1:0"})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	ctx, stop := context.WithCancel(ctx)
-	defer stop()
+	svc := &demoService{stop: stop, agentDone: make(chan error, 1), serverDone: make(chan error, 1)}
 	ready := make(chan control.Addrs, 1)
-	serverDone := make(chan error, 1)
 	go func() {
-		serverDone <- control.Run(ctx, control.RunOptions{DataDir: serverDir, Logger: a.log, Version: version,
+		svc.serverDone <- control.Run(ctx, control.RunOptions{DataDir: serverDir, Logger: a.log, Version: version,
 			Ready: func(ad control.Addrs) { ready <- ad }})
 	}()
 	var addrs control.Addrs
 	select {
 	case addrs = <-ready:
-	case err := <-serverDone:
-		return fmt.Errorf("server: %w", err)
+	case err := <-svc.serverDone:
+		stop()
+		return nil, fmt.Errorf("server: %w", err)
 	}
 	url := "https://" + addrs.API
-	a.say("== Server: API %s, process server %s, vault %s, state in SQLite", url, addrs.Ingest, vaultDir)
-	a.say("   same as: lifeboat server init --data %s --vault %s && lifeboat server run --data %s", serverDir, vaultDir, serverDir)
+	a.say("== Server: API %s, process server %s, vault %s, state in SQLite", url, addrs.Ingest, r.vaultDir)
+	a.say("   same as: lifeboat server init --data %s --vault %s && lifeboat server run --data %s", serverDir, r.vaultDir, serverDir)
 	a.say("   CA fingerprint %s…; admin token printed once by init", init.CAFingerprint[:16])
-	c, err := client.New(client.Config{Server: url, Token: init.AdminToken})
-	if err != nil {
-		return err
+	if svc.c, err = client.New(client.Config{Server: url, Token: init.AdminToken}); err != nil {
+		svc.halt()
+		return nil, err
 	}
+	if err := a.demoAgent(ctx, r, svc, url, agentDir); err != nil {
+		svc.halt()
+		return nil, err
+	}
+	return svc, nil
+}
+
+// halt stops the service and waits for it.
+func (svc *demoService) halt() {
+	svc.stop()
+	if svc.agentRuns {
+		<-svc.agentDone
+	}
+	<-svc.serverDone
+}
+
+// demoAgent creates the policy, enrolls and runs the agent, and protects
+// the machine.
+func (a *app) demoAgent(ctx context.Context, r *demoRun, svc *demoService, url, agentDir string) error {
+	c := svc.c
 	pol := api.Policy{Name: "demo", CrashInterval: api.Duration(5 * time.Second), RPOThreshold: api.Duration(time.Minute),
 		Retention: "1h:all", KeepApp: api.Duration(24 * time.Hour), HookTimeout: api.Duration(10 * time.Second)}
 	if err := c.Do(ctx, http.MethodPost, client.Path("policies"), pol, nil); err != nil {
@@ -148,7 +242,7 @@ func (a *app) runDemo(ctx context.Context, f demoFlags) error {
 		return err
 	}
 	if err := agent.Enroll(ctx, agent.EnrollOptions{Server: url, Token: tok.Token, Name: "demo-vm", StateDir: agentDir,
-		Disks: []agent.DiskConfig{{Name: "root", Path: img}}}); err != nil {
+		Disks: []agent.DiskConfig{{Name: "root", Path: r.img}}}); err != nil {
 		return err
 	}
 	acfg, err := agent.LoadConfig(agentDir)
@@ -159,23 +253,28 @@ func (a *app) runDemo(ctx context.Context, f demoFlags) error {
 	if err != nil {
 		return err
 	}
-	agentDone := make(chan error, 1)
-	go func() { agentDone <- ag.Run(ctx) }()
-	a.say("== Agent demo-vm enrolled over mTLS with a one-time token, disk root=%s", img)
-	a.say("   same as: lifeboat agent enroll --server %s --token $(lifeboat token create --role agent --name demo-vm) --name demo-vm --disk root=%s; lifeboat agent run", url, img)
+	svc.agentRuns = true
+	go func() { svc.agentDone <- ag.Run(ctx) }()
+	a.say("== Agent demo-vm enrolled over mTLS with a one-time token, disk root=%s", r.img)
+	a.say("   same as: lifeboat agent enroll --server %s --token $(lifeboat token create --role agent --name demo-vm) --name demo-vm --disk root=%s; lifeboat agent run", url, r.img)
 	if err := c.Do(ctx, http.MethodPost, client.Path("machines", "demo-vm", "protect"), api.ProtectRequest{Policy: "demo"}, nil); err != nil {
 		return err
 	}
 	a.say("== Protected: lifeboat protect demo-vm --policy demo")
+	return nil
+}
 
-	// 3. Points at the policy's cadence; the filesystem changes right
-	// after each point, well before the next cycle.
-	type cut struct {
-		point string
-		sum   string
+// demoReplicate runs the service until f.cycles points are cut at the
+// policy's cadence, the file system changing right after each point
+// (well before the next cycle), shows the status and stops the service:
+// the vault then holds everything needed to recover.
+func (a *app) demoReplicate(ctx context.Context, f demoFlags, r *demoRun) error {
+	svc, err := a.demoStart(ctx, r)
+	if err != nil {
+		return err
 	}
-	var cuts []cut
-	sum, err := sha256File(img)
+	defer svc.halt()
+	sum, err := sha256File(r.img)
 	if err != nil {
 		return err
 	}
@@ -183,53 +282,52 @@ func (a *app) runDemo(ctx context.Context, f demoFlags) error {
 	var last time.Time
 	lastPct := -1.0
 	for i := range f.cycles {
-		lp, err := a.demoNextPoint(ctx, c, last, &lastPct, agentDone, serverDone)
+		lp, err := a.demoNextPoint(ctx, svc.c, last, &lastPct, svc.agentDone, svc.serverDone)
 		if err != nil {
 			return err
 		}
 		last = lp.Time
-		cuts = append(cuts, cut{lp.Point, sum})
+		r.cuts = append(r.cuts, demoCut{lp.Point, sum})
 		a.say("   point %s at %s: %s", shortID(lp.Point), lp.Time.Local().Format("15:04:05.000"), resultText(lp))
 		if i == f.cycles-1 {
 			break
 		}
-		what, err := churn(ctx, dir, img, rng, i+1)
+		what, err := churn(ctx, r.dir, demoFS(r.img, r.bootable), rng, i+1)
 		if err != nil {
 			return err
 		}
-		if sum, err = sha256File(img); err != nil {
+		if sum, err = sha256File(r.img); err != nil {
 			return err
 		}
 		a.say("   churn: %s", what)
 	}
 	var st api.Status
-	if err := c.Do(ctx, http.MethodGet, client.Path("status"), nil, &st); err != nil {
+	if err := svc.c.Do(ctx, http.MethodGet, client.Path("status"), nil, &st); err != nil {
 		return err
 	}
 	a.say("== lifeboat status")
 	a.machineTable(st.Machines)
 	a.processTable(st.Processes)
+	return nil
+}
 
-	// Stop the service; the vault holds everything needed to recover.
-	stop()
-	<-agentDone
-	<-serverDone
-	be, err := local.New(vaultDir)
+// demoRecover works from the vault alone: lists the points, restores an
+// older one and proves it, serves it over NBD, brings the restored image
+// forward to the newest point, diffs, checks the vault, and boots the
+// older point as a VM (or says what that needs).
+func (a *app) demoRecover(ctx context.Context, r *demoRun) error {
+	be, err := local.New(r.vaultDir)
 	if err != nil {
 		return err
 	}
-	v, err := vault.Open(context.Background(), backend.Retry(be, backend.RetryOptions{Logger: a.log}), pass, vault.Options{Logger: a.log})
+	v, err := vault.Open(ctx, backend.Retry(be, backend.RetryOptions{Logger: a.log}), r.pass, vault.Options{Logger: a.log})
 	if err != nil {
 		return err
 	}
-	ctx = context.Background()
 	if _, err := v.LoadIndex(ctx); err != nil {
 		return err
 	}
-	find := func(id string) (*vault.Point, error) { return v.FindPoint(ctx, id) }
-
-	// 4. The points.
-	a.say("== Recovery points in the vault (lifeboat points list --vault %s)", vaultDir)
+	a.say("== Recovery points in the vault (lifeboat points list --vault %s)", r.vaultDir)
 	pts, _, err := v.Points(ctx)
 	if err != nil {
 		return err
@@ -238,18 +336,36 @@ func (a *app) runDemo(ctx context.Context, f demoFlags) error {
 		d := p.Disks[0]
 		a.say("   %s  %s  %s  %s  %s", p.ID.Short(), p.Time.Local().Format("15:04:05.000"), p.Machine, p.Kind, progress.Bytes(d.Size))
 	}
-
-	// 5. Restore an older point and prove it.
-	old, err := find(cuts[1].point)
+	old, err := v.FindPoint(ctx, r.cuts[1].point)
 	if err != nil {
 		return err
 	}
-	restored := filepath.Join(dir, "restored.img")
+	restored := filepath.Join(r.dir, "restored.img")
+	if err := a.demoRestore(ctx, v, old, r, restored); err != nil {
+		return err
+	}
+	if err := a.demoInstantAccess(ctx, v, old, restored, r.dir); err != nil {
+		return fmt.Errorf("instant access: %w", err)
+	}
+	if err := a.demoForward(ctx, v, r, restored); err != nil {
+		return err
+	}
+	if !r.bootable {
+		a.say("== Test failover: skipped: booting the sample machine in a VM needs %s", r.guest.why())
+		a.say("   run `%s` for a demo that ends with a test failover of the sample machine", r.guest.command())
+		return nil
+	}
+	return a.demoTestFailover(ctx, v, old, r.dir, r.pass, r.files)
+}
+
+// demoRestore restores point p to restored and proves it: the SHA-256
+// of the disk when the point was cut, and e2fsck.
+func (a *app) demoRestore(ctx context.Context, v *vault.Vault, p *vault.Point, r *demoRun, restored string) error {
 	os.Remove(restored)
-	a.say("== Restoring point %s (the second) to %s", old.ID.Short(), restored)
-	a.say("   same as: lifeboat restore %s --vault %s --disk root --to %s", old.ID.Short(), vaultDir, restored)
+	a.say("== Restoring point %s (the second) to %s", p.ID.Short(), restored)
+	a.say("   same as: lifeboat restore %s --vault %s --disk root --to %s", p.ID.Short(), r.vaultDir, restored)
 	t0 := time.Now()
-	rr, err := recover.Restore(ctx, v, old, "root", restored, recover.Options{})
+	rr, err := recover.Restore(ctx, v, p, "root", restored, recover.Options{})
 	if err != nil {
 		return err
 	}
@@ -257,39 +373,40 @@ func (a *app) runDemo(ctx context.Context, f demoFlags) error {
 	if err != nil {
 		return err
 	}
-	if got != cuts[1].sum {
-		return fmt.Errorf("restored image differs from the disk at that point: sha256 %s, want %s", got, cuts[1].sum)
+	if got != r.cuts[1].sum {
+		return fmt.Errorf("restored image differs from the disk at that point: sha256 %s, want %s", got, r.cuts[1].sum)
 	}
 	a.say("   wrote %s in %.2fs; SHA-256 %s… equals the disk as it was at that point", progress.Bytes(rr.BytesWritten), time.Since(t0).Seconds(), got[:16])
-	if out, err := exec.CommandContext(ctx, "e2fsck", "-fn", restored).CombinedOutput(); err != nil {
-		return fmt.Errorf("e2fsck of the restored image failed: %v\n%s", err, out)
+	if out, err := exec.CommandContext(ctx, "e2fsck", "-fn", demoFS(restored, r.bootable)).CombinedOutput(); err != nil {
+		return fmt.Errorf("e2fsck of the restored image failed: %w\n%s", err, out)
 	}
 	a.say("   e2fsck -fn: filesystem clean")
-	if err := a.demoInstantAccess(ctx, v, old, restored, dir); err != nil {
-		return fmt.Errorf("instant access: %w", err)
-	}
+	return nil
+}
 
-	// 6. Bring it forward to the newest point, writing only what differs.
-	lastCut := cuts[len(cuts)-1]
-	newest, err := find(lastCut.point)
+// demoForward brings the restored image to the newest point, writing
+// only what differs, then diffs the first and newest points and checks
+// every byte of the vault.
+func (a *app) demoForward(ctx context.Context, v *vault.Vault, r *demoRun, restored string) error {
+	lastCut := r.cuts[len(r.cuts)-1]
+	newest, err := v.FindPoint(ctx, lastCut.point)
 	if err != nil {
 		return err
 	}
 	a.say("== Incremental restore of the newest point %s onto %s (lifeboat restore ... --incremental)", newest.ID.Short(), restored)
-	rr, err = recover.Restore(ctx, v, newest, "root", restored, recover.Options{Incremental: true})
+	rr, err := recover.Restore(ctx, v, newest, "root", restored, recover.Options{Incremental: true})
 	if err != nil {
 		return err
 	}
-	if got, err = sha256File(restored); err != nil {
+	got, err := sha256File(restored)
+	if err != nil {
 		return err
 	}
 	if got != lastCut.sum {
 		return fmt.Errorf("incrementally restored image differs from the newest cut")
 	}
 	a.say("   compared %s, wrote only %s (%d blocks); SHA-256 matches the newest cut", progress.Bytes(rr.BytesRead), progress.Bytes(rr.BytesWritten), rr.BlocksWritten)
-
-	// 7. Diff and a full verification of the vault.
-	first, err := find(cuts[0].point)
+	first, err := v.FindPoint(ctx, r.cuts[0].point)
 	if err != nil {
 		return err
 	}
@@ -308,10 +425,6 @@ func (a *app) runDemo(ctx context.Context, f demoFlags) error {
 		return fmt.Errorf("vault check found damage: %+v", rep.Damage)
 	}
 	a.say("== lifeboat vault check --read-data: %d points, %d packs, %s read and verified, no damage", rep.Points, rep.Packs, progress.Bytes(rep.ReadBytes))
-	a.say("demo finished in %.1fs", time.Since(start).Seconds())
-	if f.keep || f.dir != "" {
-		a.say("work directory kept: %s (vault passphrase %q)", dir, pass)
-	}
 	return nil
 }
 
@@ -409,6 +522,9 @@ func copySample(dst string, limit int64) (int64, error) {
 				return nil
 			}
 			rel, _ := filepath.Rel("/", p)
+			if !sampleguest.ValidPath(rel) {
+				return nil // a name the guest's manifest cannot hold
+			}
 			target := filepath.Join(dst, rel)
 			if _, err := os.Stat(target); err == nil {
 				return nil
