@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/lifeboat-dr/lifeboat/internal/sampleguest"
+	"github.com/lifeboat-dr/lifeboat/internal/testutil/guest"
 )
 
 // TestDemo keeps README's first command working: the demo runs a server and
@@ -18,6 +19,12 @@ import (
 // a guest kernel are at hand — always under CI, where scripts/test.sh
 // installs them and the VM tests fill the kernel cache.
 func TestDemo(t *testing.T) {
+	if os.Getenv("CI") != "" {
+		// The demo never downloads a kernel: fill the cache as the VM
+		// tests do, whichever test runs first.
+		guest.NeedBoot(t, guest.FirmwareBIOS)
+		guest.KernelImage(t)
+	}
 	e := newEnv(t)
 	out := e.mustRun("demo", "--size", "128", "--data", "24", "--cycles", "3")
 	for _, want := range []string{"== Server:", "== Agent demo-vm enrolled", "lifeboat status", "protected", "filesystem clean",
