@@ -131,8 +131,8 @@ func (a *app) demoTestFailover(ctx context.Context, v *vault.Vault, p *vault.Poi
 	if err != nil {
 		return err
 	}
-	a.say("   VM %s of point %s: QEMU running (pid %d, %s) %.2fs after the job was submitted; console %s",
-		vm.Name, vm.Point[:12], in.PID, in.Accel, running.Seconds(), vm.Console)
+	a.say("   VM %s of point %s: QEMU running (pid %d, %s) %.2fs after the job was submitted",
+		vm.Name, vm.Point[:12], in.PID, in.Accel, running.Seconds())
 	t1 := time.Now()
 	line, err := demoWaitConsole(ctx, vm.Console, demoGuestWait)
 	if err != nil {
