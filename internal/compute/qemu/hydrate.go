@@ -36,15 +36,19 @@ func (p *Provider) Hydrate(ctx context.Context, name, dir string, progress func(
 	case inst.State != compute.StateRunning:
 		return fmt.Errorf("hydrate VM %s: the VM is stopped: hydration copies while it runs; start it first", name)
 	}
-	t := time.NewTicker(hydratePoll)
+	t := time.NewTimer(hydratePoll)
 	defer t.Stop()
 	logged := false
+	var last sample
 	for {
 		jobs, err := p.hydrateStep(ctx, inst.QMP, st, dir)
 		if err != nil {
 			return fmt.Errorf("hydrate VM %s: %w", name, err)
 		}
 		report(progress, st, jobs)
+		now := sampleOf(jobs)
+		t.Reset(pollAfter(last, now))
+		last = now
 		if allTrue(st.Hydrated) {
 			p.log.Info("VM hydrated: it no longer reads the point's export", "vm", name)
 			return nil
@@ -59,6 +63,38 @@ func (p *Provider) Hydrate(ctx context.Context, name, dir string, progress func(
 		case <-t.C:
 		}
 	}
+}
+
+// sample is the copies' progress at a time.
+type sample struct {
+	at          time.Time
+	done, total int64
+}
+
+func sampleOf(jobs map[string]job) sample {
+	s := sample{at: time.Now()}
+	for _, j := range jobs {
+		s.done += j.Current
+		s.total += j.Total
+	}
+	return s
+}
+
+// pollAfter is how long Hydrate waits for its next step: hydratePoll, or
+// less when the copies will be done sooner at the rate they went since
+// the last step (a copy of a few seconds is not made to wait a tenth of
+// a second more for its end to be seen).
+func pollAfter(prev, cur sample) time.Duration {
+	const soon = 5 * time.Millisecond
+	switch {
+	case cur.total > 0 && cur.done >= cur.total:
+		return soon // copied: the job is about to be ready
+	case prev.at.IsZero() || cur.done <= prev.done || cur.total != prev.total:
+		return hydratePoll
+	}
+	rate := float64(cur.done-prev.done) / cur.at.Sub(prev.at).Seconds()
+	eta := time.Duration(float64(cur.total-cur.done) / rate * float64(time.Second))
+	return min(hydratePoll, max(eta, soon))
 }
 
 // job is one entry of query-jobs.
