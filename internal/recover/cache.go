@@ -3,8 +3,9 @@ package recover
 import "container/list"
 
 // blockCache is an LRU of decoded blocks by index. The buffers of evicted
-// blocks are kept (up to spare) for new blocks, so a long copy through
-// the cache does not allocate a block for every block it reads. Its
+// and dropped blocks are kept (up to maxSpare) for new blocks, so a long
+// copy through the cache does not allocate a block for every block it
+// reads. Its
 // users hold the export's lock: a block's buffer is only read under it.
 type blockCache struct {
 	max   int
@@ -13,8 +14,9 @@ type blockCache struct {
 	spare [][]byte
 }
 
-// maxSpare bounds the evicted buffers kept for reuse.
-const maxSpare = 64
+// maxSpare bounds the buffers kept for reuse: as many as read-ahead
+// decodes ahead of its reader.
+const maxSpare = readAheadMax
 
 type cacheEntry struct {
 	k int64
@@ -50,6 +52,15 @@ func (c *blockCache) put(k int64, b []byte) {
 		el := c.order.Back()
 		c.order.Remove(el)
 		delete(c.at, el.Value.(cacheEntry).k)
+		c.keep(el.Value.(cacheEntry).b)
+	}
+}
+
+// drop removes block k, keeping its buffer for reuse.
+func (c *blockCache) drop(k int64) {
+	if el, ok := c.at[k]; ok {
+		c.order.Remove(el)
+		delete(c.at, k)
 		c.keep(el.Value.(cacheEntry).b)
 	}
 }

@@ -29,6 +29,9 @@ import (
 //     busy;
 //   - parts of blocks (a guest's 4 KiB reads) go through a bounded cache
 //     of decoded blocks, so a block is not decoded for each of its parts;
+//     a cached block a read takes whole leaves the cache, its buffer
+//     reused for the next block decoded (a stream of reads through the
+//     cache works in the same warm memory);
 //   - a reader alone on the export that reads sequentially (a booting
 //     guest, a QEMU block-stream) gets the blocks after its read decoded
 //     ahead into the cache, in batches on every core (readahead.go).
@@ -162,6 +165,11 @@ func (e *PointExport) claim(todo []int64, p []byte, off int64) (mine []int64, wa
 		if b, ok := e.cache.get(k); ok {
 			lo, hi := e.span(k, off, len(p))
 			copy(p[lo:hi], b[lo+off-k*e.bs:])
+			if hi-lo == int64(len(b)) {
+				// Read whole (read ahead for a sequential reader, who
+				// does not come back): its buffer serves the next block.
+				e.cache.drop(k)
+			}
 			continue
 		}
 		if f, ok := e.inflight[k]; ok {
