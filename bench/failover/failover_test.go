@@ -73,6 +73,7 @@ func newFixture(b *testing.B, size int64) *fixture {
 		b.Fatal(err)
 	}
 	f := &fixture{dir: b.TempDir(), disk: img.Disk}
+	b.Cleanup(func() { killUnder(f.dir) })
 	f.vault = filepath.Join(f.dir, "vault")
 	f.env = append(os.Environ(), "LIFEBOAT_PASSPHRASE=bench", "LIFEBOAT_VAULT="+f.vault)
 	f.run(b, "vault", "init", f.vault)
@@ -151,6 +152,7 @@ func BenchmarkHydration(b *testing.B) {
 	raw := filepath.Join(dir, "disk.raw")
 	data := makeDataDisk(b, raw, 1<<30, 512<<20)
 	f := &fixture{dir: dir, vault: filepath.Join(dir, "vault")}
+	b.Cleanup(func() { killUnder(dir) })
 	f.env = append(os.Environ(), "LIFEBOAT_PASSPHRASE=bench", "LIFEBOAT_VAULT="+f.vault)
 	f.run(b, "vault", "init", f.vault)
 	f.run(b, "replicate", "--once", "--machine", "m", "--disk", "d="+raw)
@@ -386,4 +388,23 @@ func serveNBD(b *testing.B, ps *recover.PointServer, dir string) (*nbd.Client, f
 		b.Fatal(err)
 	}
 	return c, func() { c.Close(); cancel(); <-done; ps.Close() }
+}
+
+// killUnder kills the processes (QEMU, point servers) a failed run left
+// with dir in their command line: they outlive the command that started
+// them by design.
+func killUnder(dir string) {
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		var pid int
+		if _, err := fmt.Sscan(e.Name(), &pid); err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err == nil && bytes.Contains(b, []byte(dir)) && pid != os.Getpid() {
+			if p, err := os.FindProcess(pid); err == nil {
+				p.Kill()
+			}
+		}
+	}
 }
