@@ -26,6 +26,7 @@ import (
 	"maps"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 )
@@ -65,14 +66,17 @@ func CheckDisk(firmware string) []Lack {
 }
 
 // CheckInitrd lists what BuildInitrd needs for the kernel's modules in
-// modulesDir ("": any) and this host lacks: a static busybox and the
-// tool that decompresses the modules.
+// modulesDir and this host lacks: a static busybox and the tool that
+// decompresses the modules ("" for modulesDir: busybox only).
 func CheckInitrd(modulesDir string) []Lack {
 	var out []Lack
 	if static, err := IsStatic(BusyboxPath); err != nil || !static {
 		out = append(out, Lack{What: "static " + BusyboxPath, Package: "busybox-static"})
 	}
-	dep, _ := os.ReadFile(modulesDir + "/modules.dep")
+	var dep []byte
+	if modulesDir != "" {
+		dep, _ = os.ReadFile(filepath.Join(modulesDir, "modules.dep"))
+	}
 	switch {
 	case bytes.Contains(dep, []byte(".ko.xz:")):
 		out = append(out, lackTools([]tool{{"xz", "xz-utils"}})...)
