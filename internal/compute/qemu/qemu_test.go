@@ -361,3 +361,21 @@ func TestHydrateAfterRestart(t *testing.T) {
 		t.Fatalf("the hydrated disk differs from the point: %v: %s", err, out)
 	}
 }
+
+// TestRemoveFilesUnlisted: the images of disks a damaged state file does
+// not list (overlays, local bases, copies under way) are removed; the
+// caller's files are not.
+func TestRemoveFilesUnlisted(t *testing.T) {
+	dir := t.TempDir()
+	for _, f := range []string{"disk0.qcow2", "disk1.qcow2", "disk1.base.qcow2", "disk2.base.qcow2.part", "notes.qcow2", "keep.txt"} {
+		if err := os.WriteFile(filepath.Join(dir, f), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := removeFiles(dir, 0); err != nil {
+		t.Fatal(err)
+	}
+	if got := computetest.Files(t, dir); !slices.Equal(got, []string{"keep.txt", "notes.qcow2"}) {
+		t.Errorf("left %q, want the caller's files only", got)
+	}
+}

@@ -92,7 +92,7 @@ func removeFiles(dir string, disks int) error {
 		names = append(names, overlayFile(i), baseFile(i), partFile(i))
 	}
 	// Images of disks a damaged or missing state does not list.
-	for _, pat := range []string{"disk[0-9]*.qcow2", "disk[0-9]*.base", "disk[0-9]*.base.part"} {
+	for _, pat := range []string{"disk[0-9]*.qcow2", "disk[0-9]*.qcow2.part"} {
 		if more, err := filepath.Glob(filepath.Join(dir, pat)); err == nil {
 			for _, m := range more {
 				names = append(names, filepath.Base(m))
