@@ -159,12 +159,14 @@ func TestFailoverRealGuest(t *testing.T) {
 	os.WriteFile(userData, []byte("#cloud-config\nlifeboat_probes:\n  - "+prod.guestAddr+"\n"), 0o600)
 	cl.mustRun("recovery", "set", "web", "--ip", "10.0.2.15/24", "--gateway", "10.0.2.2", "--user-data", userData)
 
-	// Drill.
+	// Drill, from an older point (by ID).
+	pts := cl.vmPoints("web")
+	older := pts[len(pts)-2].ID
 	start := time.Now()
-	drill := cl.runJob("test-failover", "web", "--point", "latest")
+	drill := cl.runJob("test-failover", "web", "--point", older[:12])
 	vm := drill.VMs[0]
-	if vm.Provider != "qemu" || vm.Point != drill.Point || len(vm.Disks) != 1 || vm.Disks[0].Overlay == "" {
-		t.Fatalf("drill VM: %+v", vm)
+	if vm.Provider != "qemu" || vm.Point != older || drill.Point != older || len(vm.Disks) != 1 || vm.Disks[0].Overlay == "" {
+		t.Fatalf("drill VM: %+v, want point %s", vm, older[:12])
 	}
 	seq := console(t, vm)
 	pids := computetest.Processes(vm.Name)
@@ -185,7 +187,11 @@ func TestFailoverRealGuest(t *testing.T) {
 		t.Fatalf("drill history: %+v", j.Cleanup)
 	}
 
-	// Unplanned failover, the server killed while the disks hydrate.
+	// Unplanned failover: the source is gone (killed), and the server is
+	// killed while the recovered disks hydrate.
+	if err := src.Kill(); err != nil {
+		t.Fatal(err)
+	}
 	out := cl.mustRun("failover", "web", "--point", "latest-processed", "--json")
 	var fo api.Job
 	if err := json.Unmarshal([]byte(out), &fo); err != nil {
@@ -225,10 +231,25 @@ func TestFailoverRealGuest(t *testing.T) {
 	if m, _ := cl.machine("web"); m.State != api.StateFailedOver {
 		t.Fatalf("state after failover: %s", m.State)
 	}
+	// Change of point before commit: an older point boots, the previous
+	// VM goes away.
+	changed := cl.runJob("failover", "change-point", "web", "--point", older[:12])
+	if nvm := changed.VMs[0]; nvm.Point != older || nvm.Name == vm.Name {
+		t.Fatalf("change-point: %+v", nvm)
+	}
+	gone(t, vm)
+	vm = changed.VMs[0]
+	console(t, vm)
 	cl.runJob("failover", "cancel", "web")
 	gone(t, vm)
+	// The source comes back; replication resumes.
+	src = img.Start(t)
+	os.Remove(filepath.Join(qmpDir, "web.qmp"))
+	if err := os.Symlink(src.QMP, filepath.Join(qmpDir, "web.qmp")); err != nil {
+		t.Fatal(err)
+	}
 	before = len(cl.vmPoints("web"))
-	cl.waitFor("replication resumed after cancel", time.Minute, func() bool { return len(cl.vmPoints("web")) > before })
+	cl.waitFor("replication resumed after cancel", 2*time.Minute, func() bool { return len(cl.vmPoints("web")) > before })
 
 	// Planned failover: nothing written before the shutdown is lost.
 	planned := cl.runJob("failover", "web", "--planned")
@@ -260,6 +281,33 @@ func TestFailoverRealGuest(t *testing.T) {
 		t.Fatalf("after commit: %s %+v", m.State, m.Recovery)
 	}
 	fmt.Fprintf(os.Stderr, "TestFailoverRealGuest: source manifest seq %d at shutdown, recovered guest verified it\n", last)
+
+	// The recovery site loses its server: with the vault alone (and its
+	// passphrase), the machine still boots, with the site's settings from
+	// the vault's catalog.
+	cl.mu.Lock()
+	server = cl.procs["server"]
+	cl.mu.Unlock()
+	server.stop()
+	killSite(site)
+	if err := os.RemoveAll(cl.data); err != nil {
+		t.Fatal(err)
+	}
+	alone := filepath.Join(cl.dir, "vault-alone")
+	out = cl.mustRun("recover", "boot", "web", "--test", "--site-dir", alone, "--json")
+	var rj struct {
+		State string                     `json:"state"`
+		Data  map[string]json.RawMessage `json:"data"`
+	}
+	var rvm api.RecoveredVM
+	if err := json.Unmarshal([]byte(out), &rj); err != nil || rj.State != "succeeded" || json.Unmarshal(rj.Data["vm"], &rvm) != nil {
+		t.Fatalf("recover boot with the server's data deleted: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { killSite(alone) })
+	if got := console(t, rvm); got < last {
+		t.Fatalf("recovered from the vault alone: manifest seq %d, want at least %d", got, last)
+	}
+	cl.mustRun("recover", "remove", "web", "--site-dir", alone)
 }
 
 func procArgs(pid int) []string {
