@@ -11,9 +11,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/lifeboat-dr/lifeboat/internal/orchestrate"
 	"github.com/lifeboat-dr/lifeboat/internal/recover"
 	"github.com/lifeboat-dr/lifeboat/internal/units"
 )
@@ -30,7 +33,7 @@ type pointServeInfo struct {
 }
 
 func (a *app) pointsServeCmd() *cobra.Command {
-	var sock, listen, cache, ready, certFile, keyFile, caFile string
+	var sock, listen, cache, ready, certFile, keyFile, caFile, events string
 	c := &cobra.Command{
 		Use:   "serve POINT --socket PATH | --listen ADDR --tls-cert FILE --tls-key FILE --tls-ca FILE",
 		Short: "Serve every disk of a recovery point read-only over NBD (instant access)",
@@ -61,7 +64,7 @@ tls-creds-x509). It runs until interrupted (SIGINT, SIGTERM).`,
 					return &codeError{exitUsage, err}
 				}
 			}
-			return a.servePoint(cmd.Context(), args[0], sock, listen, ready, cacheBytes, tlsConf)
+			return a.servePoint(cmd.Context(), args[0], sock, listen, ready, events, cacheBytes, tlsConf)
 		},
 	}
 	f := c.Flags()
@@ -69,6 +72,7 @@ tls-creds-x509). It runs until interrupted (SIGINT, SIGTERM).`,
 	f.StringVar(&listen, "listen", "", "serve on this TCP address (TLS required)")
 	f.StringVar(&cache, "cache", "256MiB", "size of each disk's block cache")
 	f.StringVar(&ready, "ready-file", "", "write the exports as JSON to this file once they accept connections")
+	f.StringVar(&events, "events-file", "", "append every failed read (a damaged block) to this file as a JSON line (the server raises an event for each)")
 	f.StringVar(&certFile, "tls-cert", "", "server certificate (PEM) for --listen")
 	f.StringVar(&keyFile, "tls-key", "", "server key (PEM) for --listen")
 	f.StringVar(&caFile, "tls-ca", "", "CA certificate (PEM) that clients' certificates must chain to, for --listen")
@@ -97,7 +101,7 @@ func serverTLSFiles(certFile, keyFile, caFile string) (*tls.Config, error) {
 		MinVersion: tls.VersionTLS12}, nil
 }
 
-func (a *app) servePoint(ctx context.Context, ref, sock, listen, ready string, cacheBytes int64, tlsConf *tls.Config) error {
+func (a *app) servePoint(ctx context.Context, ref, sock, listen, ready, events string, cacheBytes int64, tlsConf *tls.Config) error {
 	v, err := a.openVault(ctx)
 	if err != nil {
 		return err
@@ -109,10 +113,15 @@ func (a *app) servePoint(ctx context.Context, ref, sock, listen, ready string, c
 	if _, err := v.LoadIndex(ctx); err != nil {
 		return err
 	}
+	var eventsMu sync.Mutex
 	ps, err := recover.NewPointServer(v, p, recover.PointServerOptions{
 		Export: recover.ExportOptions{CacheBytes: cacheBytes}, TLS: tlsConf, Logger: a.log,
 		OnReadError: func(disk string, off int64, n int, err error) {
 			a.log.Error("a read of the point failed: the reader got an I/O error", "point", p.ID.Short(), "disk", disk, "offset", off, "length", n, "err", err)
+			if events != "" {
+				recordReadError(&eventsMu, events, orchestrate.ReadError{Time: time.Now().UTC(), Point: p.ID.String(), Machine: p.Machine,
+					Disk: disk, Offset: off, Length: n, Error: err.Error()})
+			}
 		},
 	})
 	if err != nil {
@@ -160,4 +169,18 @@ func exportList(m map[string]string) []string {
 		out = append(out, d+" = "+u)
 	}
 	return out
+}
+
+// recordReadError appends one failed read to path as a JSON line; mu
+// serialises the appends of concurrent reads.
+func recordReadError(mu *sync.Mutex, path string, e orchestrate.ReadError) {
+	mu.Lock()
+	defer mu.Unlock()
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	b, _ := json.Marshal(e)
+	f.Write(append(b, '\n'))
 }

@@ -3,8 +3,10 @@ package control
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -366,5 +368,51 @@ func TestRecoveryOverridesAndCatalog(t *testing.T) {
 	}
 	if ok, err := s.vault().GetCatalog(context.Background(), orchestrate.CatalogMachines, &ms); !ok || err != nil || ms["web"].Network != "lab" {
 		t.Fatalf("catalog machines: %v %v %+v", ok, err, ms)
+	}
+}
+
+// TestPointReadErrorEvents: a read of a served point that failed (its
+// point server records it in the VM's directory) becomes an error event
+// of the machine, each once; a line still being written waits.
+func TestPointReadErrorEvents(t *testing.T) {
+	s := startSite(t)
+	s.machine("web", 1)
+	operator := s.token(api.RoleOperator, 0)
+	j := s.waitJob(s.submit(operator, "web", "test-failover", api.TestFailoverRequest{}).ID)
+	if j.State != "succeeded" {
+		t.Fatalf("drill: %s %s", j.State, j.Error)
+	}
+	vm := j.VMs[0]
+	line := func(off int64) string {
+		return fmt.Sprintf(`{"time":"2026-12-07T10:00:00Z","point":%q,"machine":"web","disk":"vda","offset":%d,"length":4096,"error":"data blob 1a2b in pack 3c4d: authentication failed"}`, vm.Point, off) + "\n"
+	}
+	path := filepath.Join(vm.Dir, orchestrate.ReadErrorsFile)
+	if err := os.WriteFile(path, []byte(line(65536)+`{"time":"2026`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitEvents := func(n int) []api.Event {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			es := s.events(EventPointReadError)
+			if len(es) >= n || time.Now().After(deadline) {
+				return es
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	es := waitEvents(1)
+	if len(es) != 1 || es[0].Machine != "web" || es[0].Severity != api.SeverityError || !strings.Contains(es[0].Message, "offset 65536") ||
+		!strings.Contains(es[0].Message, "never wrong data") {
+		t.Fatalf("events after one failed read: %+v", es)
+	}
+	f, _ := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	f.WriteString(`-12-07T10:00:01Z","point":"x","machine":"web","disk":"vda","offset":131072,"length":512,"error":"e"}` + "\n")
+	f.Close()
+	if es = waitEvents(2); len(es) != 2 || !strings.Contains(es[0].Message+es[1].Message, "offset 131072") {
+		t.Fatalf("events after the second line was completed: %+v", es)
+	}
+	time.Sleep(100 * time.Millisecond) // several ticks: nothing is reported twice
+	if es = s.events(EventPointReadError); len(es) != 2 {
+		t.Fatalf("%d events for 2 failed reads", len(es))
 	}
 }

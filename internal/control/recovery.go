@@ -107,6 +107,7 @@ type recovery struct {
 	reportSeq   int64
 	catalogSum  [32]byte
 	catalogLast time.Time
+	readErrOff  map[string]int64 // read-errors file → bytes already reported
 }
 
 // processOpen is a process server's last report of its open sessions.
@@ -121,7 +122,7 @@ type processOpen struct {
 // refused with the reason.
 func (s *Server) newRecovery(o RunOptions) *recovery {
 	rc := s.cfg.Recovery
-	rec := &recovery{site: rc.Site, jobWake: newNotifier(), ackWake: newNotifier(), open: map[string]processOpen{}}
+	rec := &recovery{site: rc.Site, jobWake: newNotifier(), ackWake: newNotifier(), open: map[string]processOpen{}, readErrOff: map[string]int64{}}
 	rec.provider = o.Provider
 	if rec.provider == nil {
 		rec.provider, rec.provErr = buildProvider(rc.Site, s.log)

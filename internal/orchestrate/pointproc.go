@@ -69,7 +69,22 @@ type Served struct {
 const (
 	readyFile = "nbd.json"
 	serverLog = "pointserver.log"
+	// ReadErrorsFile (in a VM's directory) gets a JSON line (ReadError)
+	// for every read of the point that failed: a damaged block, which the
+	// VM saw as an I/O error.
+	ReadErrorsFile = "read-errors.jsonl"
 )
+
+// ReadError is one failed read of a served point.
+type ReadError struct {
+	Time    time.Time `json:"time"`
+	Point   string    `json:"point"`
+	Machine string    `json:"machine"`
+	Disk    string    `json:"disk"`
+	Offset  int64     `json:"offset"`
+	Length  int       `json:"length"`
+	Error   string    `json:"error"`
+}
 
 // maxSocketPath is the longest unix socket path Linux accepts.
 const maxSocketPath = 107
@@ -134,7 +149,8 @@ func (ps *PointServers) Ensure(ctx context.Context, dir, point string) (Served, 
 		}
 	}
 	sock := socketPath(dir)
-	args := []string{"points", "serve", point, "--vault", ps.Vault, "--socket", sock, "--ready-file", filepath.Join(dir, readyFile), "--log-level", "info"}
+	args := []string{"points", "serve", point, "--vault", ps.Vault, "--socket", sock, "--ready-file", filepath.Join(dir, readyFile),
+		"--events-file", filepath.Join(dir, ReadErrorsFile), "--log-level", "info"}
 	if ps.PassphraseFile != "" {
 		args = append(args, "--passphrase-file", ps.PassphraseFile)
 	}
