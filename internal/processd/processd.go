@@ -319,11 +319,17 @@ func (d *daemon) addPoint(p api.Point) {
 	}
 }
 
+// maxPerHeartbeat bounds the events and the points one heartbeat
+// carries: the server refuses a heartbeat with more than 1,000 of either,
+// so a backlog (a long cut from the server) is sent over several.
+const maxPerHeartbeat = 500
+
 func (d *daemon) take() ([]api.Event, []api.Point) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	e, p := d.events, d.points
-	d.events, d.points = nil, nil
+	ne, np := min(len(d.events), maxPerHeartbeat), min(len(d.points), maxPerHeartbeat)
+	e, p := d.events[:ne:ne], d.points[:np:np]
+	d.events, d.points = d.events[ne:], d.points[np:]
 	return e, p
 }
 
