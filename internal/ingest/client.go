@@ -109,6 +109,8 @@ type Client struct {
 	lim  *rate.Limiter
 	// batchRecs is the most records per batch (tests make it small).
 	batchRecs int
+	// attemptBase bounds one attempt of a request (attemptTimeout).
+	attemptBase time.Duration
 }
 
 // NewClient returns a client for the process server at baseURL
@@ -120,7 +122,7 @@ func NewClient(baseURL string, hc *http.Client, log *slog.Logger) *Client {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Client{base: strings.TrimRight(baseURL, "/"), hc: hc, log: log, lim: newLimiter(0), batchRecs: batchRecords}
+	return &Client{base: strings.TrimRight(baseURL, "/"), hc: hc, log: log, lim: newLimiter(0), batchRecs: batchRecords, attemptBase: attemptBase}
 }
 
 // SetBandwidth limits what all sessions of this client send, bytes/s (0:
@@ -131,7 +133,18 @@ const (
 	maxNetRetries   = 5
 	maxUnavailRetry = 3
 	maxRetryDelay   = 15 * time.Second
+	// attemptBase and attemptMinRate bound one attempt of a request: a
+	// process server that stopped answering (suspended, cut off without a
+	// reset) fails the attempt instead of hanging the cycle forever; the
+	// body's time is counted at a floor of 64 KiB/s (bandwidth limits).
+	attemptBase    = 5 * time.Minute
+	attemptMinRate = 64 << 10
 )
+
+// attemptTimeout bounds one attempt of a request with a body of n bytes.
+func (c *Client) attemptTimeout(n int) time.Duration {
+	return c.attemptBase + time.Duration(n/attemptMinRate)*time.Second
+}
 
 // call sends a request, retrying busy answers (for as long as ctx allows)
 // and network errors (a few times). limit applies the bandwidth limiters.
@@ -142,22 +155,7 @@ func (c *Client) call(ctx context.Context, method, path, ctype string, body []by
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		var rd io.Reader
-		if body != nil {
-			rd = bytes.NewReader(body)
-			if sessLim != nil {
-				rd = &limitedReader{ctx: ctx, r: rd, ls: []*rate.Limiter{c.lim, sessLim}}
-			}
-		}
-		req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
-		if err != nil {
-			return nil, err
-		}
-		if body != nil {
-			req.ContentLength = int64(len(body))
-			req.Header.Set("Content-Type", ctype)
-		}
-		resp, err := c.hc.Do(req)
+		resp, out, rerr, err := c.attempt(ctx, method, path, ctype, body, sessLim)
 		var wait time.Duration
 		if err != nil {
 			if ctx.Err() != nil {
@@ -170,8 +168,6 @@ func (c *Client) call(ctx context.Context, method, path, ctype string, body []by
 			c.log.Debug("ingest request failed, retrying", "path", path, "err", err)
 			wait = delay
 		} else {
-			out, rerr := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-			resp.Body.Close()
 			if resp.StatusCode/100 == 2 {
 				if rerr != nil {
 					return nil, fmt.Errorf("%s %s: read answer: %w", method, path, rerr)
@@ -208,6 +204,38 @@ func (c *Client) call(ctx context.Context, method, path, ctype string, body []by
 		}
 		delay = min(delay*2, 5*time.Second)
 	}
+}
+
+// attempt sends one try of a request, bounded by attemptTimeout, and
+// reads its answer (rerr: the answer's body could not be read).
+func (c *Client) attempt(ctx context.Context, method, path, ctype string, body []byte, sessLim *rate.Limiter) (resp *http.Response, out []byte, rerr, err error) {
+	actx, cancel := context.WithTimeout(ctx, c.attemptTimeout(len(body)))
+	defer cancel()
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+		if sessLim != nil {
+			rd = &limitedReader{ctx: actx, r: rd, ls: []*rate.Limiter{c.lim, sessLim}}
+		}
+	}
+	req, err := http.NewRequestWithContext(actx, method, c.base+path, rd)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if body != nil {
+		req.ContentLength = int64(len(body))
+		req.Header.Set("Content-Type", ctype)
+	}
+	resp, err = c.hc.Do(req)
+	if err != nil {
+		if actx.Err() != nil && ctx.Err() == nil {
+			err = fmt.Errorf("no answer within %s (is the process server stopped or cut off?): %w", c.attemptTimeout(len(body)), err)
+		}
+		return nil, nil, nil, err
+	}
+	out, rerr = io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	resp.Body.Close()
+	return resp, out, rerr, nil
 }
 
 func decodeInfo(w infoWire) (Info, error) {
