@@ -325,8 +325,12 @@ func TestAttackAPITokens(t *testing.T) {
 
 	short := cl.tokenJSON("--role", "viewer", "--ttl", "2s")
 	cl.mustRun("status", "--token", short.Token)
-	time.Sleep(3 * time.Second)
-	expectFail(t, cl.run("status", "--token", short.Token), 1, "expired at", "ask an admin for a new one")
+	var r result
+	cl.waitFor("the 2-second token to expire", 30*time.Second, func() bool {
+		r = cl.run("status", "--token", short.Token)
+		return r.code != 0
+	})
+	expectFail(t, r, 1, "expired at", "ask an admin for a new one")
 }
 
 // TestAttackProcessNeverSeen (e): with the embedded process server off
