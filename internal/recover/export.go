@@ -2,7 +2,9 @@ package recover
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"maps"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -25,8 +27,10 @@ import (
 //     of decoding it again (inflight);
 //   - a read that covers whole blocks gets them decoded straight into its
 //     reply, with no cache copy: a copy (hydration, qemu-img convert)
-//     reads each block once, in parallel requests that keep every core
-//     busy;
+//     reads each block once;
+//   - the blocks of one read are decoded on every core (in parts, each
+//     one ranged read), so a client with one or two requests in flight
+//     gets both cores as well as one with many;
 //   - parts of blocks (a guest's 4 KiB reads) go through a bounded cache
 //     of decoded blocks, so a block is not decoded for each of its parts;
 //     a cached block a read takes whole leaves the cache, its buffer
@@ -186,24 +190,62 @@ func (e *PointExport) claim(todo []int64, p []byte, off int64) (mine []int64, wa
 	return mine, wait
 }
 
+// splitMin is the fewest blocks of a read decoded on a core of their
+// own: a read of many blocks is decoded on every core, so a client with
+// few requests in flight (a QEMU mirror waits for a block status answer
+// before each read) still gets them all.
+const splitMin = 4
+
 // decode reads the claimed blocks from the vault (ids: those of the
-// blocks from off/bs on): a block p covers whole is decoded straight into
-// p; a part of one goes through the cache. The claims are released
-// whatever happens.
+// blocks from off/bs on), in parts on up to Workers cores: a block p
+// covers whole is decoded straight into p; a part of one goes through
+// the cache. The claims are released whatever happens.
 func (e *PointExport) decode(ctx context.Context, mine []int64, ids []vault.ID, p []byte, off int64) error {
 	if len(mine) == 0 {
 		return nil
 	}
-	cached := make(map[int64][]byte) // decoded for the cache
-	direct := make(map[int64][]byte) // decoded into p: where
-	defer func() { e.release(mine, cached, direct) }()
-	need := make([]vault.ID, len(mine))
-	for j, k := range mine {
+	e.decoded.Add(int64(len(mine)))
+	parts := max(1, min(cap(e.workers), len(mine)/splitMin))
+	per := (len(mine) + parts - 1) / parts
+	cached := make([]map[int64][]byte, parts) // decoded for the cache
+	direct := make([]map[int64][]byte, parts) // decoded into p: where
+	errs := make([]error, parts)
+	var wg sync.WaitGroup
+	for i := range parts {
+		part := mine[min(i*per, len(mine)):min((i+1)*per, len(mine))]
+		cached[i], direct[i] = map[int64][]byte{}, map[int64][]byte{}
+		wg.Add(1)
+		run := func() {
+			defer wg.Done()
+			errs[i] = e.decodePart(ctx, part, ids, p, off, cached[i], direct[i])
+		}
+		if i == parts-1 {
+			run()
+		} else {
+			go run()
+		}
+	}
+	wg.Wait()
+	for i := 1; i < parts; i++ {
+		maps.Copy(cached[0], cached[i])
+		maps.Copy(direct[0], direct[i])
+	}
+	e.release(mine, cached[0], direct[0])
+	return errors.Join(errs...)
+}
+
+// decodePart decodes blocks of a read (see decode) with one ReadBlobs,
+// noting where each went.
+func (e *PointExport) decodePart(ctx context.Context, blocks []int64, ids []vault.ID, p []byte, off int64, cached, direct map[int64][]byte) error {
+	if len(blocks) == 0 {
+		return nil
+	}
+	need := make([]vault.ID, len(blocks))
+	for j, k := range blocks {
 		need[j] = ids[k-off/e.bs]
 	}
-	e.decoded.Add(int64(len(mine)))
 	return e.r.Vault().ReadBlobs(ctx, need, func(j int, plain []byte) error {
-		k := mine[j]
+		k := blocks[j]
 		if len(plain) != e.r.BlockLen(k) {
 			return fmt.Errorf("block %d: %d bytes stored, the disk's layout needs %d", k, len(plain), e.r.BlockLen(k))
 		}
