@@ -23,16 +23,18 @@ import (
 
 // memExport serves a byte slice; zero runs of 64 KiB blocks are holes.
 type memExport struct {
-	data   []byte
-	bad    int64 // a read touching this offset fails (-1: none)
-	reads  atomic.Int64
-	failed atomic.Int64
+	data      []byte
+	bad       int64 // a read touching this offset fails (-1: none)
+	reads     atomic.Int64
+	readBytes atomic.Int64
+	failed    atomic.Int64
 }
 
 func (m *memExport) Size() int64 { return int64(len(m.data)) }
 
 func (m *memExport) ReadAt(_ context.Context, p []byte, off int64) error {
 	m.reads.Add(1)
+	m.readBytes.Add(int64(len(p)))
 	if m.bad >= off && m.bad < off+int64(len(p)) {
 		m.failed.Add(1)
 		return errors.New("block damaged (test)")
@@ -119,7 +121,7 @@ func startServer(t *testing.T, exp *memExport, tlsConf *tls.Config) *testServer 
 }
 
 // TestServerWithOwnClient: reads at random offsets and block status match
-// the data; writes are refused; an unknown export is an option error; a
+// the data; reads over holes read only the data from the export; writes are refused; an unknown export is an option error; a
 // failed read is EIO and the connection stays usable.
 func TestServerWithOwnClient(t *testing.T) {
 	exp := &memExport{data: sparseImage(5<<20+4096, 1), bad: -1}
@@ -145,6 +147,27 @@ func TestServerWithOwnClient(t *testing.T) {
 			t.Fatalf("read %d+%d differs", off, n)
 		}
 	}
+	// Reads over holes are answered with hole chunks: the export reads
+	// only the data.
+	exp.readBytes.Store(0)
+	data := int64(0)
+	for off := int64(0); off < exp.Size(); off += 64 << 10 {
+		if b := exp.data[off:min(off+64<<10, exp.Size())]; !isZero(b) {
+			data += int64(len(b))
+		}
+	}
+	for off := int64(0); off < exp.Size(); off += 1 << 20 {
+		got := make([]byte, min(1<<20, exp.Size()-off))
+		if err := c.ReadAt(ctx, got, off); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, exp.data[off:off+int64(len(got))]) {
+			t.Fatalf("read %d+%d differs", off, len(got))
+		}
+	}
+	if got := exp.readBytes.Load(); got != data {
+		t.Errorf("a read of the whole export read %d bytes of it, want its %d bytes of data", got, data)
+	}
 	ext, err := c.BlockStatus(ctx, 0, exp.Size(), metaAllocation)
 	if err != nil {
 		t.Fatal(err)
@@ -160,8 +183,12 @@ func TestServerWithOwnClient(t *testing.T) {
 	if err := c.WriteAt(ctx, make([]byte, 512), 0); err == nil {
 		t.Fatal("a write to the read-only export succeeded")
 	}
+	// A damaged data block (a hole is answered without reading).
 	exp.bad = 3 << 20
-	if err := c.ReadAt(ctx, make([]byte, 4096), 3<<20); !errors.Is(err, syscall.EIO) {
+	for isZero(exp.data[exp.bad : exp.bad+64<<10]) {
+		exp.bad += 64 << 10
+	}
+	if err := c.ReadAt(ctx, make([]byte, 4096), exp.bad); !errors.Is(err, syscall.EIO) {
 		t.Fatalf("damaged read: %v, want EIO", err)
 	}
 	exp.bad = -1

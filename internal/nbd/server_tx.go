@@ -113,7 +113,7 @@ func (sc *serverConn) transmit(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			if err := sc.serve(ctx, r); err != nil {
+			if err := sc.serve(ctx, r); err != nil && !errors.As(err, new(errReplied)) {
 				cancel()
 				sc.conn.Close()
 			}
@@ -132,17 +132,38 @@ func (sc *serverConn) serve(ctx context.Context, r request) error {
 	bp := getBuf(int(r.length))
 	defer putBuf(bp)
 	buf := (*bp)[:r.length]
-	if err := sc.exp.ReadAt(ctx, buf, int64(r.off)); err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if f := sc.s.o.OnReadError; f != nil {
-			f(sc.name, int64(r.off), int(r.length), err)
-		}
-		sc.s.log.Warn("nbd read failed: answering EIO", "export", sc.name, "offset", r.off, "length", r.length, "err", err)
-		return sc.replyError(r, errIO, "read failed: "+truncate(err.Error(), 1024))
+	if ext := sc.holes(ctx, r); ext != nil {
+		return sc.readSparse(ctx, r, ext, buf)
+	}
+	if err := sc.read(ctx, r, buf, int64(r.off)); err != nil {
+		return err
 	}
 	return sc.replyData(r, buf)
+}
+
+// errReplied is a read error already answered with EIO: the connection
+// goes on.
+type errReplied struct{ error }
+
+// read fills p from the export at off. A failed read is reported,
+// answered with EIO and returned as errReplied (the caller's reply is
+// done); a cancelled one returns the context's error.
+func (sc *serverConn) read(ctx context.Context, r request, p []byte, off int64) error {
+	err := sc.exp.ReadAt(ctx, p, off)
+	if err == nil {
+		return nil
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if f := sc.s.o.OnReadError; f != nil {
+		f(sc.name, off, len(p), err)
+	}
+	sc.s.log.Warn("nbd read failed: answering EIO", "export", sc.name, "offset", off, "length", len(p), "err", err)
+	if werr := sc.replyError(r, errIO, "read failed: "+truncate(err.Error(), 1024)); werr != nil {
+		return werr
+	}
+	return errReplied{err}
 }
 
 func (sc *serverConn) blockStatus(ctx context.Context, r request) error {
@@ -206,12 +227,7 @@ func (sc *serverConn) simple(cookie uint64, errno uint32, data []byte) error {
 }
 
 func (sc *serverConn) chunk(cookie uint64, flags, typ uint16, payload, data []byte) error {
-	h := binary.BigEndian.AppendUint32(make([]byte, 0, 20+len(payload)), magicStructured)
-	h = binary.BigEndian.AppendUint16(h, flags)
-	h = binary.BigEndian.AppendUint16(h, typ)
-	h = binary.BigEndian.AppendUint64(h, cookie)
-	h = binary.BigEndian.AppendUint32(h, uint32(len(payload)+len(data)))
-	return sc.write(append(h, payload...), data)
+	return sc.write(chunkHeader(cookie, flags, typ, payload, len(data)), data)
 }
 
 // write sends a reply's header and data as one unit. Data of more than a
