@@ -49,8 +49,9 @@ type ServerOptions struct {
 }
 
 // Server serves read-only exports over the NBD protocol: fixed newstyle
-// negotiation, NBD_OPT_GO/INFO, structured replies and NBD_CMD_BLOCK_STATUS
-// with the base:allocation meta context, optionally over TLS.
+// negotiation, NBD_OPT_GO/INFO, structured replies (a read over holes is
+// answered with hole chunks) and NBD_CMD_BLOCK_STATUS with the
+// base:allocation meta context, optionally over TLS.
 type Server struct {
 	o   ServerOptions
 	log *slog.Logger
