@@ -25,6 +25,16 @@
 //   - A VM outlives the process that started it: the orchestrator (the
 //     server) may restart while VMs run, and finds them again with
 //     Inspect.
+//   - Readiness is the caller's to check, with what Start returns: a
+//     guest agent channel (Instance.GuestAgent: the host end of the VM's
+//     org.qemu.guest_agent.0 virtio-serial port, for qmp.GuestAgent)
+//     when the provider has one, and, for a VM on QEMU user networking,
+//     host ports forwarded to the guest TCP ports Spec.Forward lists
+//     (Instance.Forwards). A VM on a bridge or a libvirt network forwards
+//     nothing: the caller connects to the VM's own address. The
+//     forwards are chosen once, when the VM is created, and are the same
+//     in every Start and Inspect after (also after a restart of the
+//     caller).
 //   - Every call takes a context and returns errors that say what to do.
 package compute
 
@@ -52,6 +62,14 @@ type Spec struct {
 	// Guest, if set, is handed to the guest through a NoCloud seed disk
 	// (vfat labelled "cidata": meta-data, user-data, network-config).
 	Guest *GuestConfig `json:"guest,omitempty"`
+	// Forward lists guest TCP ports the host must be able to connect
+	// to. A provider that plugs the VM into QEMU user networking
+	// forwards each from a free port on 127.0.0.1 (on the first NIC
+	// whose network is NetUser; see Instance.Forwards); on bridges and
+	// libvirt networks nothing is forwarded (the caller connects to the
+	// VM's address), and a provider that cannot forward says so in its
+	// documentation.
+	Forward []int `json:"forward,omitempty"`
 }
 
 // Disk is one disk of a recovered VM.
@@ -117,8 +135,16 @@ type Instance struct {
 	// Console is the file the serial console is logged to.
 	Console string `json:"console,omitempty"`
 	// QMP is the VM's QMP socket, when the provider has one.
-	QMP   string      `json:"qmp,omitempty"`
-	Disks []DiskImage `json:"disks,omitempty"`
+	QMP string `json:"qmp,omitempty"`
+	// GuestAgent is the host-side unix socket of the VM's QEMU guest
+	// agent channel (virtio-serial port org.qemu.guest_agent.0), ""
+	// when the provider has none. It answers only once the guest runs
+	// qemu-ga.
+	GuestAgent string `json:"guest_agent,omitempty"`
+	// Forwards maps each guest TCP port of Spec.Forward that the
+	// provider forwards to "127.0.0.1:HOSTPORT" on the host.
+	Forwards map[int]string `json:"forwards,omitempty"`
+	Disks    []DiskImage    `json:"disks,omitempty"`
 }
 
 // DiskImage is the local image of one disk of a running VM.
