@@ -15,13 +15,16 @@ import (
 
 // fakeAgent serves guest agent clients. Before answering a sync it sends
 // stale replies (as an agent would still hold for an earlier client).
-// hang makes it ignore non-sync commands.
+// hang makes it ignore non-sync commands; other answers the commands
+// it does not know itself (with the request's raw arguments), "" for
+// none.
 type fakeAgent struct {
 	mu      sync.Mutex
 	frozen  bool
 	hang    bool
 	syncs   int
 	lastIDs []int64
+	other   func(cmd string, args json.RawMessage) string
 }
 
 func (a *fakeAgent) serve(t *testing.T) string {
@@ -54,7 +57,8 @@ func (a *fakeAgent) serve(t *testing.T) string {
 						Execute   string
 						Arguments struct{ ID int64 }
 					}
-					if json.Unmarshal(line, &req) != nil {
+					var raw struct{ Arguments json.RawMessage }
+					if json.Unmarshal(line, &req) != nil || json.Unmarshal(line, &raw) != nil {
 						continue
 					}
 					a.mu.Lock()
@@ -79,6 +83,10 @@ func (a *fakeAgent) serve(t *testing.T) string {
 					case "guest-fsfreeze-thaw":
 						a.frozen = false
 						reply = `{"return": 2}`
+					default:
+						if a.other != nil {
+							reply = a.other(req.Execute, raw.Arguments)
+						}
 					}
 					a.mu.Unlock()
 					if reply != "" {
