@@ -19,7 +19,16 @@
 //     Resume acknowledges (or aborts) it; the wait survives restarts.
 //   - Cancel cancels the running step's context; the job ends cancelled
 //     after the step returns. What cancelling a kind of job must undo is
-//     that kind's business (usually a cleanup job).
+//     that kind's business (usually a cleanup job, or its Always steps).
+//   - A step marked Always (a drill's cleanup, its report) runs even
+//     after an earlier step failed or the job was cancelled: the failure
+//     is recorded first (Job.Failing), the steps between are skipped, and
+//     the job ends failed once its Always steps have run — also across a
+//     restart.
+//   - A step that starts other jobs records their IDs (NewID) before it
+//     submits them with SubmitAs, which returns the existing job for an
+//     ID it knows: a rerun of the step never starts second copies. Await
+//     waits for a job to end.
 package jobs
 
 import (
@@ -71,6 +80,9 @@ type Job struct {
 	CancelRequested bool `json:"cancel_requested,omitempty"`
 	// Ack answers a waiting step: "ack" goes on, "abort" fails the job.
 	Ack string `json:"ack,omitempty"`
+	// Failing is the error the job will end with once its Always steps
+	// have run (see StepDef.Always).
+	Failing string `json:"failing,omitempty"`
 }
 
 // Step is one step of a job.

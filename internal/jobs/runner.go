@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"slices"
 	"sync"
 
 	"github.com/lifeboat-dr/lifeboat/internal/clock"
@@ -21,6 +22,11 @@ type StepFunc func(ctx context.Context, sc *StepContext) error
 type StepDef struct {
 	Name string
 	Run  StepFunc
+	// Always: the step runs even after an earlier step failed or the job
+	// was cancelled (a drill's cleanup and report). The job then ends
+	// failed (or cancelled) with the first error once its Always steps
+	// have run; the steps between are skipped.
+	Always bool
 }
 
 // Kind defines a kind of job: its steps, built from the job (its
@@ -49,7 +55,8 @@ type Runner struct {
 
 	mu      sync.Mutex
 	ctx     context.Context
-	running map[string]context.CancelFunc // job ID → cancel of its run
+	running map[string]context.CancelFunc // job ID → cancel of its running step (nil between steps)
+	change  chan struct{}                 // closed and replaced at every change (Await)
 	wg      sync.WaitGroup
 }
 
@@ -61,7 +68,7 @@ func NewRunner(o Options) *Runner {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	r := &Runner{o: o, log: o.Logger, kinds: map[string]Kind{}, running: map[string]context.CancelFunc{}}
+	r := &Runner{o: o, log: o.Logger, kinds: map[string]Kind{}, running: map[string]context.CancelFunc{}, change: make(chan struct{})}
 	for _, k := range o.Kinds {
 		r.kinds[k.Name] = k
 	}
@@ -94,6 +101,25 @@ func (r *Runner) Wait() { r.wg.Wait() }
 
 // Submit records a new job and starts it.
 func (r *Runner) Submit(ctx context.Context, kind, target string, params any, actor string) (Job, error) {
+	return r.SubmitAs(ctx, NewID(), kind, target, params, actor)
+}
+
+// SubmitAs records a new job under id and starts it; if a job of that ID
+// exists it is returned as it is. A step that starts other jobs records
+// their IDs (NewID) before it submits them, so a rerun of the step finds
+// them instead of starting second copies.
+func (r *Runner) SubmitAs(ctx context.Context, id, kind, target string, params any, actor string) (Job, error) {
+	if j, err := r.o.Store.GetJob(ctx, id); err == nil {
+		if j.Kind != kind || j.Target != target {
+			return j, fmt.Errorf("jobs: job %s is a %s of %s, not a %s of %s", id, j.Kind, j.Target, kind, target)
+		}
+		if !Terminal(j.State) && (j.State != StateWaiting || j.Ack != "") {
+			r.launch(id)
+		}
+		return j, nil
+	} else if !errors.Is(err, ErrNotFound) {
+		return Job{}, fmt.Errorf("jobs: look for job %s: %w", id, err)
+	}
 	k, ok := r.kinds[kind]
 	if !ok {
 		return Job{}, fmt.Errorf("jobs: unknown kind of job %q", kind)
@@ -102,7 +128,7 @@ func (r *Runner) Submit(ctx context.Context, kind, target string, params any, ac
 	if err != nil {
 		return Job{}, err
 	}
-	j := Job{ID: newID(), Kind: kind, Target: target, State: StateQueued, Params: p, Actor: actor, Created: r.o.Clock.Now().UTC()}
+	j := Job{ID: id, Kind: kind, Target: target, State: StateQueued, Params: p, Actor: actor, Created: r.o.Clock.Now().UTC()}
 	defs, err := k.Steps(&j)
 	if err != nil {
 		return Job{}, err
@@ -119,7 +145,7 @@ func (r *Runner) Submit(ctx context.Context, kind, target string, params any, ac
 }
 
 // Cancel asks a job to stop: its running step's context is cancelled and
-// the job ends cancelled.
+// the job ends cancelled (after its Always steps).
 func (r *Runner) Cancel(ctx context.Context, id string) (Job, error) {
 	j, err := r.o.Store.UpdateJob(ctx, id, func(j *Job) error {
 		if Terminal(j.State) {
@@ -133,11 +159,12 @@ func (r *Runner) Cancel(ctx context.Context, id string) (Job, error) {
 	}
 	r.changed(j)
 	r.mu.Lock()
-	cancel := r.running[id]
+	cancel, running := r.running[id]
 	r.mu.Unlock()
-	if cancel != nil {
+	switch {
+	case cancel != nil:
 		cancel()
-	} else {
+	case !running:
 		r.launch(id) // a parked (waiting) job: end it
 	}
 	return j, nil
@@ -173,8 +200,7 @@ func (r *Runner) launch(id string) {
 	if _, ok := r.running[id]; ok {
 		return
 	}
-	ctx, cancel := context.WithCancel(r.ctx)
-	r.running[id] = cancel
+	r.running[id] = nil
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
@@ -182,55 +208,67 @@ func (r *Runner) launch(id string) {
 			r.mu.Lock()
 			delete(r.running, id)
 			r.mu.Unlock()
-			cancel()
 		}()
-		r.run(ctx, id)
+		r.run(r.ctx, id)
 	}()
 }
 
+// stepContext is the context of one step of job id: Cancel cancels it.
+func (r *Runner) stepContext(ctx context.Context, id string) (context.Context, func()) {
+	sctx, cancel := context.WithCancel(ctx)
+	r.mu.Lock()
+	r.running[id] = cancel
+	r.mu.Unlock()
+	return sctx, func() {
+		r.mu.Lock()
+		r.running[id] = nil
+		r.mu.Unlock()
+		cancel()
+	}
+}
+
 func (r *Runner) changed(j Job) {
+	r.mu.Lock()
+	close(r.change)
+	r.change = make(chan struct{})
+	r.mu.Unlock()
 	if r.o.OnChange != nil {
 		r.o.OnChange(j)
 	}
 }
 
-func newID() string {
+// Await returns the job once it has ended (or ctx ends). It sees the
+// changes this runner makes.
+func (r *Runner) Await(ctx context.Context, id string) (Job, error) {
+	for {
+		r.mu.Lock()
+		ch := r.change
+		r.mu.Unlock()
+		j, err := r.o.Store.GetJob(ctx, id)
+		if err != nil || Terminal(j.State) {
+			return j, err
+		}
+		select {
+		case <-ctx.Done():
+			return j, ctx.Err()
+		case <-ch:
+		}
+	}
+}
+
+// NewID returns a new job ID.
+func NewID() string {
 	var b [8]byte
 	rand.Read(b[:])
 	return hex.EncodeToString(b[:])
 }
 
-// run runs a job's remaining steps in order.
+// run runs a job's remaining steps in order. ctx ends when the runner
+// stops: the job then stays as it is, to be resumed.
 func (r *Runner) run(ctx context.Context, id string) {
-	j, err := r.o.Store.GetJob(ctx, id)
+	j, defs, err := r.prepare(ctx, id)
 	if err != nil {
-		r.log.Error("job vanished", "job", id, "err", err)
 		return
-	}
-	k, ok := r.kinds[j.Kind]
-	if !ok {
-		r.finish(ctx, id, StateFailed, fmt.Errorf("this server does not know jobs of kind %q", j.Kind))
-		return
-	}
-	defs, err := k.Steps(&j)
-	if err != nil {
-		r.finish(ctx, id, StateFailed, err)
-		return
-	}
-	if len(defs) != len(j.Steps) {
-		r.finish(ctx, id, StateFailed, fmt.Errorf("job %s has %d steps but its kind now has %d: it cannot be resumed", id, len(j.Steps), len(defs)))
-		return
-	}
-	if j.State == StateQueued || j.State == StateWaiting {
-		if j, err = r.update(ctx, id, func(j *Job) error {
-			if j.Started.IsZero() {
-				j.Started = r.o.Clock.Now().UTC()
-			}
-			j.State = StateRunning
-			return nil
-		}); err != nil {
-			return
-		}
 	}
 	for i, d := range defs {
 		if j.Steps[i].Name != d.Name {
@@ -240,35 +278,125 @@ func (r *Runner) run(ctx context.Context, id string) {
 		if s := j.Steps[i].State; s == StepDone || s == StepSkipped {
 			continue
 		}
-		if j.CancelRequested {
-			r.finish(ctx, id, StateCancelled, errors.New("cancelled"))
-			return
+		if j.CancelRequested && j.Failing == "" {
+			if j, err = r.fail(ctx, j, defs[i:], errors.New("cancelled")); err != nil {
+				return
+			}
 		}
-		if j, err = r.runStep(ctx, j, i, d); err != nil {
-			return
+		if j.Failing != "" && !d.Always {
+			if j, err = r.skip(ctx, id, i); err != nil {
+				return
+			}
+			continue
+		}
+		var failed error
+		j, failed, err = r.runStep(ctx, j, i, d)
+		if err != nil {
+			return // waiting, or the runner stops
+		}
+		if failed != nil {
+			if j, err = r.fail(ctx, j, defs[i+1:], fmt.Errorf("step %s: %w", d.Name, failed)); err != nil {
+				return
+			}
 		}
 	}
-	r.finish(ctx, id, StateSucceeded, nil)
+	switch {
+	case j.Failing != "" && j.CancelRequested:
+		r.finish(ctx, id, StateCancelled, errors.New(j.Failing))
+	case j.Failing != "":
+		r.finish(ctx, id, StateFailed, errors.New(j.Failing))
+	default:
+		r.finish(ctx, id, StateSucceeded, nil)
+	}
 }
 
-// runStep runs step i; it returns a non-nil error when the job must not go
-// on (it ended, waits, or the runner stops).
-func (r *Runner) runStep(ctx context.Context, j Job, i int, d StepDef) (Job, error) {
+// prepare loads a job to run, checks its kind and marks it running.
+func (r *Runner) prepare(ctx context.Context, id string) (Job, []StepDef, error) {
+	j, err := r.o.Store.GetJob(ctx, id)
+	if err != nil {
+		r.log.Error("job vanished", "job", id, "err", err)
+		return j, nil, err
+	}
+	k, ok := r.kinds[j.Kind]
+	if !ok {
+		err = fmt.Errorf("this server does not know jobs of kind %q", j.Kind)
+	} else {
+		var defs []StepDef
+		if defs, err = k.Steps(&j); err == nil && len(defs) != len(j.Steps) {
+			err = fmt.Errorf("job %s has %d steps but its kind now has %d: it cannot be resumed", id, len(j.Steps), len(defs))
+		}
+		if err == nil && j.State != StateRunning {
+			j, err = r.update(ctx, id, func(j *Job) error {
+				if j.Started.IsZero() {
+					j.Started = r.o.Clock.Now().UTC()
+				}
+				j.State = StateRunning
+				return nil
+			})
+			if err != nil {
+				return j, nil, err
+			}
+		}
+		if err == nil {
+			return j, defs, nil
+		}
+	}
+	r.finish(ctx, id, StateFailed, err)
+	return j, nil, err
+}
+
+// fail records why the job will fail. Without Always steps in rest it
+// ends now (and fail returns an error); otherwise they run first.
+func (r *Runner) fail(ctx context.Context, j Job, rest []StepDef, cause error) (Job, error) {
+	state := StateFailed
+	if j.CancelRequested {
+		state = StateCancelled
+	}
+	if !slices.ContainsFunc(rest, func(d StepDef) bool { return d.Always }) {
+		r.finish(ctx, j.ID, state, cause)
+		return j, cause
+	}
+	r.log.Warn("job fails; its final steps run first", "job", j.ID, "err", cause)
+	return r.update(ctx, j.ID, func(j *Job) error {
+		if j.Failing == "" {
+			j.Failing = cause.Error()
+		}
+		return nil
+	})
+}
+
+func (r *Runner) skip(ctx context.Context, id string, i int) (Job, error) {
+	return r.update(ctx, id, func(j *Job) error {
+		j.Steps[i].State = StepSkipped
+		return nil
+	})
+}
+
+// runStep runs step i. failed is the step's own failure (the job goes to
+// its Always steps); err means the job must not go on here (it waits for
+// an operator, or the runner stops).
+func (r *Runner) runStep(ctx context.Context, j Job, i int, d StepDef) (_ Job, failed, err error) {
 	if j.Steps[i].State == StepWaiting {
 		switch j.Ack {
 		case "ack":
-			return r.update(ctx, j.ID, func(j *Job) error {
+			j, err := r.update(ctx, j.ID, func(j *Job) error {
 				j.Ack = ""
 				s := &j.Steps[i]
 				s.State, s.Ended, s.Message = StepDone, r.o.Clock.Now().UTC(), s.Message+" (acknowledged)"
 				return nil
 			})
+			return j, nil, err
 		case "abort":
-			r.finish(ctx, j.ID, StateFailed, fmt.Errorf("step %s: %w", d.Name, ErrAborted))
-			return j, ErrAborted
+			j, err := r.update(ctx, j.ID, func(j *Job) error {
+				j.Ack = ""
+				s := &j.Steps[i]
+				s.State, s.Ended, s.Error = StepFailed, r.o.Clock.Now().UTC(), ErrAborted.Error()
+				return nil
+			})
+			return j, ErrAborted, err
 		}
 	}
-	j, err := r.update(ctx, j.ID, func(j *Job) error {
+	j, err = r.update(ctx, j.ID, func(j *Job) error {
 		s := &j.Steps[i]
 		s.State, s.Error = StepRunning, ""
 		s.Attempts++
@@ -278,10 +406,11 @@ func (r *Runner) runStep(ctx context.Context, j Job, i int, d StepDef) (Job, err
 		return nil
 	})
 	if err != nil {
-		return j, err
+		return j, nil, err
 	}
-	sc := &StepContext{r: r, id: j.ID, step: i, job: j}
-	err = r.call(ctx, d, sc)
+	sctx, done := r.stepContext(ctx, j.ID)
+	err = r.call(sctx, d, &StepContext{r: r, id: j.ID, step: i, job: j})
+	done()
 	switch {
 	case errors.Is(err, ErrWaiting):
 		j, uerr := r.update(ctx, j.ID, func(j *Job) error {
@@ -291,24 +420,19 @@ func (r *Runner) runStep(ctx context.Context, j Job, i int, d StepDef) (Job, err
 		if uerr == nil {
 			r.log.Info("job waits for an operator", "job", j.ID, "step", d.Name, "instruction", j.Steps[i].Message)
 		}
-		return j, ErrWaiting
+		return j, nil, ErrWaiting
 	case err != nil && ctx.Err() != nil:
-		cj, gerr := r.o.Store.GetJob(context.WithoutCancel(ctx), j.ID)
-		if gerr == nil && cj.CancelRequested {
-			r.failStep(ctx, j.ID, i, err)
-			r.finish(context.WithoutCancel(ctx), j.ID, StateCancelled, errors.New("cancelled"))
-		}
-		return j, err // the runner stops: the step runs again at the next start
+		return j, nil, err // the runner stops: the step runs again at the next start
 	case err != nil:
-		r.failStep(ctx, j.ID, i, err)
-		r.finish(ctx, j.ID, StateFailed, fmt.Errorf("step %s: %w", d.Name, err))
-		return j, err
+		j, _ = r.failStep(ctx, j.ID, i, err)
+		return j, err, nil
 	}
-	return r.update(ctx, j.ID, func(j *Job) error {
+	j, err = r.update(ctx, j.ID, func(j *Job) error {
 		s := &j.Steps[i]
 		s.State, s.Ended = StepDone, r.o.Clock.Now().UTC()
 		return nil
 	})
+	return j, nil, err
 }
 
 // call runs a step, turning a panic into its error.
@@ -322,8 +446,8 @@ func (r *Runner) call(ctx context.Context, d StepDef, sc *StepContext) (err erro
 	return d.Run(ctx, sc)
 }
 
-func (r *Runner) failStep(ctx context.Context, id string, i int, err error) {
-	r.update(context.WithoutCancel(ctx), id, func(j *Job) error {
+func (r *Runner) failStep(ctx context.Context, id string, i int, err error) (Job, error) {
+	return r.update(context.WithoutCancel(ctx), id, func(j *Job) error {
 		s := &j.Steps[i]
 		s.State, s.Ended, s.Error = StepFailed, r.o.Clock.Now().UTC(), err.Error()
 		return nil
