@@ -1,8 +1,8 @@
 // Package store is the control plane's durable state: tokens, issued and
 // revoked certificates, machines, process servers, policies, groups, cuts,
-// points, events and jobs. One interface, two implementations (SQLite by
-// default, PostgreSQL for HA), one conformance suite (storetest) that both
-// pass.
+// points, events, jobs and recovery plans. One interface, two
+// implementations (SQLite by default, PostgreSQL for HA), one conformance
+// suite (storetest) that both pass.
 package store
 
 import (
@@ -12,6 +12,7 @@ import (
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/jobs"
+	"github.com/lifeboat-dr/lifeboat/internal/plan"
 )
 
 // Errors every implementation returns (wrapped) so callers can map them
@@ -149,6 +150,24 @@ type Store interface {
 	// Jobs: durable operations (failovers, drills) with their steps and
 	// data; UpdateJob is atomic (jobs.Store, jobstest).
 	jobs.Store
+
+	// Recovery plans, versioned: each version keeps its YAML as written.
+	// PutPlan stores r as the plan's next version (newest+1, or 1), unless
+	// r.YAML equals the newest version's YAML: then it returns that
+	// version and false. Concurrent puts never give two versions one
+	// number. A name that does not match plan.NameRE, YAML larger than
+	// plan.MaxSize or not valid UTF-8 (or with NUL bytes) is refused and
+	// nothing is stored.
+	PutPlan(ctx context.Context, r plan.Record) (plan.Record, bool, error)
+	// GetPlan returns a version of a plan (0: the newest); ErrNotFound.
+	GetPlan(ctx context.Context, name string, version int64) (plan.Record, error)
+	// ListPlans returns the newest version of every plan, by name.
+	ListPlans(ctx context.Context) ([]plan.Record, error)
+	// PlanVersions returns every version of a plan, newest first (none:
+	// an empty list).
+	PlanVersions(ctx context.Context, name string) ([]plan.Record, error)
+	// DeletePlan deletes every version of a plan; ErrNotFound if none.
+	DeletePlan(ctx context.Context, name string) error
 
 	// Settings: small key/value pairs (server identity, schedule marks).
 	GetSetting(ctx context.Context, key string) (string, error)

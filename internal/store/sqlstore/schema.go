@@ -149,6 +149,18 @@ var migrations = [][]string{
 		`CREATE INDEX jobs_target_created ON jobs (target, created)`,
 		`CREATE INDEX jobs_state ON jobs (state)`,
 	},
+	// 6: recovery plans, one row per version, each with its YAML as
+	// written.
+	{
+		`CREATE TABLE plans (
+			name    TEXT NOT NULL,
+			version BIGINT NOT NULL,
+			yaml    TEXT NOT NULL,
+			created BIGINT,
+			actor   TEXT NOT NULL,
+			PRIMARY KEY (name, version)
+		)`,
+	},
 }
 
 // migrateUpTo, when above 0, stops migrations at that version: tests

@@ -60,6 +60,9 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Hostile", testHostile},
 		{"Canceled", testCanceled},
 		{"MachineRecovery", testMachineRecovery},
+		{"Plans", testPlans},
+		{"PlanConcurrent", testPlanConcurrent},
+		{"PlanHostile", testPlanHostile},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
