@@ -27,9 +27,9 @@ type Report struct {
 	// Boot is the part of RTO the guests spent booting (per group, the
 	// slowest machine from VM started to ready); Overhead = RTO - Boot -
 	// Waited is Lifeboat's part.
-	Boot     Duration `json:"boot,omitempty"`
-	Waited   Duration `json:"waited,omitempty"` // in actions and manual steps before the last group was ready
-	Overhead Duration `json:"overhead,omitempty"`
+	Boot     Duration        `json:"boot,omitempty"`
+	Waited   Duration        `json:"waited,omitempty"` // in actions and manual steps before the last group was ready
+	Overhead Duration        `json:"overhead,omitempty"`
 	Machines []MachineReport `json:"machines"`
 	Actions  []ActionReport  `json:"actions,omitempty"`
 	// CleanedUp reports that a drill removed every VM it made.
