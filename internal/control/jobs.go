@@ -36,7 +36,7 @@ func (s *Server) jobKinds(o *orchestrate.Orchestrator) []jobs.Kind {
 			return append(defs, jobs.StepDef{Name: "record drill notes", Run: s.recordDrillNotes}), err
 		}
 	}
-	return kinds
+	return append(kinds, o.PlanKindDefs()...)
 }
 
 // recordDrillNotes keeps a cleanup's notes in the test failover's job.

@@ -142,7 +142,8 @@ func (s *Server) newRecovery(o RunOptions) *recovery {
 			Env: env, CacheBytes: rc.CacheBytes, Logger: s.log}
 	}
 	rec.orch = &orchestrate.Orchestrator{Vault: s.vault, Site: rc.Site, Overrides: s.overridesOf, Provider: rec.provider,
-		Points: points, Control: siteControl{s}, Logger: s.log}
+		Points: points, Control: siteControl{s}, Logger: s.log,
+		Machines: planJobs{s}, RunDir: filepath.Join(s.dataDir, "plan-runs")}
 	rec.runner = jobs.NewRunner(jobs.Options{Store: s.store, Kinds: s.jobKinds(rec.orch), Clock: s.clock, Logger: s.log,
 		OnChange: s.jobChanged})
 	return rec

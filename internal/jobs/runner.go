@@ -483,3 +483,6 @@ func (r *Runner) update(ctx context.Context, id string, fn func(*Job) error) (Jo
 	r.changed(j)
 	return j, nil
 }
+
+// Get returns the job of that ID from the runner's store.
+func (r *Runner) Get(ctx context.Context, id string) (Job, error) { return r.o.Store.GetJob(ctx, id) }

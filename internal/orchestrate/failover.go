@@ -38,6 +38,12 @@ type Params struct {
 	VM *VMRecord `json:"vm,omitempty"`
 	// Hydrate copies a test failover's disks too (failovers always do).
 	Hydrate bool `json:"hydrate,omitempty"`
+	// Overrides, from a recovery plan, go over the machine's own
+	// recovery settings (their non-zero fields).
+	Overrides *Overrides `json:"overrides,omitempty"`
+	// Forward lists guest TCP ports the server must reach (a plan's TCP
+	// conditions): on user networking the provider forwards them.
+	Forward []int `json:"forward,omitempty"`
 }
 
 // RecordFile is the VM record in a recovered VM's directory. The
@@ -63,6 +69,12 @@ type VMRecord struct {
 	// Disks are the local images (overlays) of the VM's disks.
 	Disks    []compute.DiskImage `json:"disks,omitempty"`
 	Hydrated bool                `json:"hydrated,omitempty"`
+	// GuestAgent is the host end of the VM's guest agent channel.
+	GuestAgent string `json:"guest_agent,omitempty"`
+	// Forwards maps guest TCP ports to host addresses (user networking).
+	Forwards map[int]string `json:"forwards,omitempty"`
+	// Address is the static address the VM was given (overrides), "".
+	Address string `json:"address,omitempty"`
 }
 
 // Control is what the orchestration needs from the control plane. The
@@ -101,6 +113,11 @@ type Orchestrator struct {
 	Points    Exporter
 	Control   Control // nil: recovery from the vault alone
 	Logger    *slog.Logger
+	// Machines submits the machines' jobs of a plan (nil: plans cannot run).
+	Machines MachineJobs
+	// RunDir holds a directory per plan job (script state, kept console
+	// logs, the HTML report); "" is plan-runs beside Site.Dir.
+	RunDir string
 }
 
 // Kinds are the job kinds the orchestrator runs.
@@ -251,11 +268,19 @@ func (o *Orchestrator) startVM(ctx context.Context, sc *jobs.StepContext) error 
 	if o.Overrides != nil {
 		ov = o.Overrides(ctx, vm.Machine)
 	}
+	p, err := params(sc)
+	if err != nil {
+		return err
+	}
+	if p.Overrides != nil {
+		ov = ov.Over(*p.Overrides)
+	}
 	spec, err := BuildSpec(pt, &o.Site, ov, vm.Name, vm.Dir, exports, vm.Kind == KindTestFailover)
 	if err != nil {
 		o.undo(ctx, vm)
 		return err
 	}
+	spec.Forward = p.Forward
 	if _, err := os.Stat(vm.Dir); err != nil {
 		return fmt.Errorf("the VM's directory is gone: %w", err)
 	}
@@ -266,7 +291,8 @@ func (o *Orchestrator) startVM(ctx context.Context, sc *jobs.StepContext) error 
 		}
 		return fmt.Errorf("%s provider: %w", o.Provider.Name(), err)
 	}
-	vm.Console, vm.Disks = inst.Console, inst.Disks
+	vm.Console, vm.Disks, vm.GuestAgent, vm.Forwards = inst.Console, inst.Disks, inst.GuestAgent, inst.Forwards
+	vm.Address = ov.Address
 	if err := sc.Set(ctx, "vm", vm); err != nil {
 		return err
 	}

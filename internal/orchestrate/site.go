@@ -70,6 +70,29 @@ type Overrides struct {
 	UserData string `json:"user_data,omitempty"`
 }
 
+// Over returns o with the non-zero fields of top over it.
+func (o Overrides) Over(top Overrides) Overrides {
+	if top.VCPUs > 0 {
+		o.VCPUs = top.VCPUs
+	}
+	if top.MemoryMiB > 0 {
+		o.MemoryMiB = top.MemoryMiB
+	}
+	if top.Network != "" {
+		o.Network = top.Network
+	}
+	if top.Address != "" {
+		o.Address, o.Gateway = top.Address, top.Gateway
+	}
+	if len(top.DNS) > 0 {
+		o.DNS = top.DNS
+	}
+	if top.UserData != "" {
+		o.UserData = top.UserData
+	}
+	return o
+}
+
 // MaxUserData bounds Overrides.UserData.
 const MaxUserData = 16 << 10
 
