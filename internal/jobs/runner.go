@@ -56,6 +56,7 @@ type Runner struct {
 	mu      sync.Mutex
 	ctx     context.Context
 	running map[string]context.CancelFunc // job ID → cancel of its running step (nil between steps)
+	again   map[string]bool               // launched while running: run again when it returns
 	change  chan struct{}                 // closed and replaced at every change (Await)
 	wg      sync.WaitGroup
 }
@@ -68,7 +69,7 @@ func NewRunner(o Options) *Runner {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	r := &Runner{o: o, log: o.Logger, kinds: map[string]Kind{}, running: map[string]context.CancelFunc{}, change: make(chan struct{})}
+	r := &Runner{o: o, log: o.Logger, kinds: map[string]Kind{}, running: map[string]context.CancelFunc{}, again: map[string]bool{}, change: make(chan struct{})}
 	for _, k := range o.Kinds {
 		r.kinds[k.Name] = k
 	}
@@ -198,18 +199,26 @@ func (r *Runner) launch(id string) {
 		return // not started, or stopping: Start picks it up
 	}
 	if _, ok := r.running[id]; ok {
+		// It may be on its way out (it just parked, waiting for the
+		// answer that calls this): run it again once it is out.
+		r.again[id] = true
 		return
 	}
 	r.running[id] = nil
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
-		defer func() {
-			r.mu.Lock()
-			delete(r.running, id)
-			r.mu.Unlock()
-		}()
 		r.run(r.ctx, id)
+		r.mu.Lock()
+		delete(r.running, id)
+		again := r.again[id]
+		delete(r.again, id)
+		r.mu.Unlock()
+		if again {
+			if j, err := r.o.Store.GetJob(context.WithoutCancel(r.ctx), id); err == nil && !Terminal(j.State) && (j.State != StateWaiting || j.Ack != "") {
+				r.launch(id)
+			}
+		}
 	}()
 }
 

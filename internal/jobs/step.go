@@ -4,19 +4,26 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"sync"
 	"time"
 )
 
-// StepContext is a running step's view of its job.
+// StepContext is a running step's view of its job. A step may use it
+// from several goroutines (a plan starts a group's machines at once).
 type StepContext struct {
 	r    *Runner
 	id   string
 	step int
-	job  Job // as of the step's start, with Set's changes
+	mu   sync.Mutex // guards job; held across Set's update, so Sets apply in order
+	job  Job        // as of the step's start, with Set's changes
 }
 
 // Job returns the job as the step sees it.
-func (sc *StepContext) Job() Job { return sc.job }
+func (sc *StepContext) Job() Job {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	return sc.job
+}
 
 // ID is the job's ID.
 func (sc *StepContext) ID() string { return sc.id }
@@ -34,7 +41,10 @@ func (sc *StepContext) Params(v any) error {
 
 // Get decodes the job's data under key into v; it reports whether the key
 // is there.
-func (sc *StepContext) Get(key string, v any) (bool, error) { return sc.job.Get(key, v) }
+func (sc *StepContext) Get(key string, v any) (bool, error) {
+	j := sc.Job()
+	return j.Get(key, v)
+}
 
 // Set records v under key in the job's data, durably, before it returns.
 func (sc *StepContext) Set(ctx context.Context, key string, v any) error {
@@ -42,6 +52,8 @@ func (sc *StepContext) Set(ctx context.Context, key string, v any) error {
 	if err != nil {
 		return err
 	}
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
 	j, err := sc.r.update(ctx, sc.id, func(j *Job) error {
 		if j.Data == nil {
 			j.Data = map[string]json.RawMessage{}
@@ -71,7 +83,8 @@ func (sc *StepContext) Progress(ctx context.Context, done, total int64, msg stri
 // Log appends a line to the step's log and makes it the step's message.
 func (sc *StepContext) Log(ctx context.Context, format string, args ...any) {
 	line := fmt.Sprintf(format, args...)
-	sc.r.log.Info(line, "job", sc.id, "step", sc.job.Steps[sc.step].Name)
+	j := sc.Job()
+	sc.r.log.Info(line, "job", sc.id, "step", j.Steps[sc.step].Name)
 	sc.r.update(context.WithoutCancel(ctx), sc.id, func(j *Job) error {
 		s := &j.Steps[sc.step]
 		s.Message = line

@@ -91,6 +91,7 @@ type fakeVM struct {
 	vms      map[string]compute.Spec
 	creates  int
 	failWith error
+	console  bool // a new VM's console prints "login: " and its spec's name
 }
 
 func (f *fakeVM) Name() string { return "fake" }
@@ -107,6 +108,11 @@ func (f *fakeVM) Start(ctx context.Context, s compute.Spec) (compute.Instance, e
 				return compute.Instance{}, fmt.Errorf("disk %s: %w", d.Name, err)
 			}
 			if err := os.WriteFile(filepath.Join(s.Dir, d.Name+".qcow2"), nil, 0o600); err != nil {
+				return compute.Instance{}, err
+			}
+		}
+		if f.console {
+			if err := os.WriteFile(filepath.Join(s.Dir, "console.log"), []byte("booting\nlogin: "+s.VM.Name+"\n"), 0o600); err != nil {
 				return compute.Instance{}, err
 			}
 		}
@@ -250,7 +256,7 @@ func (e *env) wait(id string) jobs.Job {
 			return j
 		}
 		if time.Now().After(deadline) {
-			e.t.Fatalf("job %s did not end: %+v", id, j)
+			e.t.Fatalf("job %s did not end: %s", id, summary(j))
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
