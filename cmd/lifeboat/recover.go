@@ -21,8 +21,8 @@ import (
 
 // recoverFlags are shared by the recover subcommands.
 type recoverFlags struct {
-	siteDir, provider, accel string
-	json                     bool
+	siteDir, provider, accel, exec string
+	json                           bool
 }
 
 func (a *app) recoverCmd() *cobra.Command {
@@ -48,8 +48,9 @@ server keeps there; flags override them.`,
 	pf.StringVar(&f.siteDir, "site-dir", "", "directory of the recovered VMs (default: the catalog's, else ./lifeboat-recovery)")
 	pf.StringVar(&f.provider, "provider", "", "compute provider: qemu, libvirt or exec (default: the catalog's, else qemu)")
 	pf.StringVar(&f.accel, "accel", "", "qemu/libvirt accelerator: auto, kvm or tcg")
+	pf.StringVar(&f.exec, "exec", "", "the exec provider's script (with --provider exec; default: the catalog's)")
 	pf.BoolVar(&f.json, "json", false, "print JSON")
-	c.AddCommand(a.recoverMachinesCmd(&f), a.recoverPointsCmd(&f), a.recoverBootCmd(&f), a.recoverListCmd(&f), a.recoverRemoveCmd(&f))
+	c.AddCommand(a.recoverMachinesCmd(&f), a.recoverPointsCmd(&f), a.recoverBootCmd(&f), a.recoverPlanCmd(&f), a.recoverListCmd(&f), a.recoverRemoveCmd(&f))
 	return c
 }
 
@@ -78,6 +79,9 @@ func (a *app) recoverSite(ctx context.Context, v *vault.Vault, f *recoverFlags) 
 	}
 	if f.accel != "" {
 		site.Accel = f.accel
+	}
+	if f.exec != "" {
+		site.Exec = f.exec
 	}
 	if err := site.Validate(); err != nil {
 		return site, nil, &codeError{exitUsage, err}
@@ -300,30 +304,7 @@ func (a *app) recoverRun(ctx context.Context, f *recoverFlags, kind, target stri
 
 // followJob prints step changes until the job ends.
 func (a *app) followJob(ctx context.Context, s jobs.Store, id string) (jobs.Job, error) {
-	seen := map[string]string{}
-	t := time.NewTicker(100 * time.Millisecond)
-	defer t.Stop()
-	for {
-		j, err := s.GetJob(ctx, id)
-		if err != nil {
-			return j, err
-		}
-		for _, st := range j.Steps {
-			line := st.State + " " + st.Message
-			if seen[st.Name] != line && st.State != jobs.StepPending {
-				seen[st.Name] = line
-				fmt.Fprintf(a.stderr, "  %-16s %-8s %s\n", st.Name, st.State, st.Message)
-			}
-		}
-		if jobs.Terminal(j.State) {
-			return j, nil
-		}
-		select {
-		case <-ctx.Done():
-			return j, ctx.Err()
-		case <-t.C:
-		}
-	}
+	return a.followUntil(ctx, s, id, func(jobs.Job) bool { return false })
 }
 
 func (a *app) printRecoverJob(j jobs.Job) {
