@@ -140,6 +140,7 @@ func (s *Server) Routes() []Route {
 	for _, a := range failoverActions {
 		rs = append(rs, Route{"POST", "/api/v1/machines/{name}/" + a.path, authToken, operator, s.failoverAction(a)})
 	}
+	rs = append(rs, s.planRoutes()...)
 	for _, a := range machineActions {
 		role := operator
 		if a.name == "revoke" {

@@ -112,7 +112,8 @@ type Server struct {
 	tokens tokenWatch   // API tokens announced as expiring (tokens.go)
 	procs  processWatch // process servers announced offline (liveness.go)
 
-	rec *recovery // the recovery site and its jobs (recovery.go)
+	rec   *recovery // the recovery site and its jobs (recovery.go)
+	plans planSched // the drill scheduler and the plans' catalog entry (plansched.go)
 }
 
 // Open opens the server in dataDir without serving: store, CA, vault and
@@ -290,7 +291,7 @@ func Run(ctx context.Context, o RunOptions) error {
 		wg.Add(1)
 		go serve(sv.srv, sv.ln, sv.what)
 	}
-	wg.Add(2)
+	wg.Add(3)
 	go func() {
 		defer wg.Done()
 		s.schedule(runCtx, tick)
@@ -298,6 +299,10 @@ func Run(ctx context.Context, o RunOptions) error {
 	go func() {
 		defer wg.Done()
 		s.keyJanitor(runCtx)
+	}()
+	go func() {
+		defer wg.Done()
+		s.drillScheduler(runCtx)
 	}()
 	s.log.Info("control plane running", "api", addrs.API, "ingest", addrs.Ingest, "vault", s.cfg.Vault)
 	if o.Ready != nil {
