@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -277,4 +278,25 @@ func summary(j jobs.Job) string {
 		fmt.Fprintf(&b, "; %s: %s %s %s", s.Name, s.State, s.Message, s.Error)
 	}
 	return b.String()
+}
+
+// TestPlanVMNeverBoots: a VM that cannot start fails the drill with the
+// provider's reason; the drill still cleans up and reports.
+func TestPlanVMNeverBoots(t *testing.T) {
+	e := planEnv(t)
+	r, _ := e.planRunner()
+	script, runs, _ := recordingScript(t, t.TempDir())
+	e.prov.failWith = errors.New("no room for another VM")
+	d, _ := r.Submit(context.Background(), KindPlanDrill, "shop", PlanParams{Plan: writePlan(t, script, "login: web")}, "test")
+	d = e.wait(d.ID)
+	rep := reportOf(t, d)
+	if d.State != jobs.StateFailed || !strings.Contains(d.Error, "no room for another VM") || !rep.CleanedUp || rep.Passed {
+		t.Fatalf("drill %s %q: cleaned up %v, passed %v", d.State, d.Error, rep.CleanedUp, rep.Passed)
+	}
+	if _, err := os.Stat(runs); err == nil {
+		t.Fatal("the script after the group ran although the group never started")
+	}
+	if rep.Machines[0].Error == "" || !strings.Contains(rep.Machines[0].Error, "no room") {
+		t.Fatalf("db's report: %+v", rep.Machines[0])
+	}
 }

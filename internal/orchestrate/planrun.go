@@ -436,6 +436,9 @@ func (r *planRun) undo(ctx context.Context, sc *jobs.StepContext, gi int, of job
 			return nil // never started
 		}
 		sj, err := r.o.Machines.Await(ctx, start)
+		if errors.Is(err, jobs.ErrNotFound) {
+			return nil // its submission was refused: nothing started
+		}
 		if err != nil {
 			return err
 		}
