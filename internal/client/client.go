@@ -133,27 +133,52 @@ func (e *Error) Error() string {
 
 // Do sends in (JSON, if not nil) and decodes the response into out (if not nil).
 func (c *Client) Do(ctx context.Context, method, path string, in, out any) error {
-	var body io.Reader
+	var body []byte
+	ctype := ""
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
 			return err
 		}
-		body = bytes.NewReader(b)
+		body, ctype = b, "application/json"
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base.String()+path, body)
+	b, err := c.send(ctx, method, path, ctype, body)
 	if err != nil {
 		return err
 	}
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			return fmt.Errorf("%s %s: decode response: %w", method, path, err)
+		}
+	}
+	return nil
+}
+
+// DoRaw sends body (of contentType; nil: none) and returns the
+// response's body as it is (a plan's YAML in, an HTML page out). Errors
+// are as for Do.
+func (c *Client) DoRaw(ctx context.Context, method, path, contentType string, body []byte) ([]byte, error) {
+	return c.send(ctx, method, path, contentType, body)
+}
+
+func (c *Client) send(ctx context.Context, method, path, contentType string, in []byte) ([]byte, error) {
+	var body io.Reader
 	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
+		body = bytes.NewReader(in)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base.String()+path, body)
+	if err != nil {
+		return nil, err
+	}
+	if in != nil && contentType != "" {
+		req.Header.Set("Content-Type", contentType)
 	}
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return fmt.Errorf("%s %s: %w (is `lifeboat server run` up at %s?)", method, path, err, c.base.Host)
+		return nil, fmt.Errorf("%s %s: %w (is `lifeboat server run` up at %s?)", method, path, err, c.base.Host)
 	}
 	defer resp.Body.Close()
 	if t, err := time.Parse(time.RFC3339, resp.Header.Get(api.TokenExpiresHeader)); err == nil {
@@ -163,21 +188,16 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any) error
 	}
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
-		return fmt.Errorf("%s %s: read response: %w", method, path, err)
+		return nil, fmt.Errorf("%s %s: read response: %w", method, path, err)
 	}
 	if resp.StatusCode >= 300 {
 		var eb api.ErrorBody
 		if json.Unmarshal(b, &eb) == nil && eb.Error.Code != "" {
-			return &Error{Status: resp.StatusCode, Code: eb.Error.Code, Message: eb.Error.Message}
+			return nil, &Error{Status: resp.StatusCode, Code: eb.Error.Code, Message: eb.Error.Message}
 		}
-		return &Error{Status: resp.StatusCode, Code: "http", Message: strings.TrimSpace(string(b))}
+		return nil, &Error{Status: resp.StatusCode, Code: "http", Message: strings.TrimSpace(string(b))}
 	}
-	if out != nil {
-		if err := json.Unmarshal(b, out); err != nil {
-			return fmt.Errorf("%s %s: decode response: %w", method, path, err)
-		}
-	}
-	return nil
+	return b, nil
 }
 
 // Path joins API path elements, escaping each.
