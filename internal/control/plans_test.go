@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/orchestrate"
@@ -251,6 +252,7 @@ func TestPlanRunsAndDrills(t *testing.T) {
 	}
 	s.refused(s.api("POST", "/api/v1/plans/shop/cleanup", op, nil), 409, api.CodeNoPlanRun, "second cleanup")
 
+	s.clock.Advance(time.Second) // the history is by creation time
 	dr := s.waitJob(post("drill", api.PlanRunRequest{Version: 1}).ID)
 	if dr.State != "succeeded" || len(s.prov.running()) != 0 {
 		t.Fatalf("drill: %s %s, VMs %v", dr.State, dr.Error, s.prov.running())
