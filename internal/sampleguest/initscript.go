@@ -43,14 +43,23 @@ const (
 	// PowerOffMarker is printed when the guest powers off because its
 	// ACPI power button was pressed (a graceful shutdown request).
 	PowerOffMarker = "LIFEBOAT-GUEST-POWEROFF"
+	// ListenMarker starts the line printed for each TCP port the seed's
+	// user-data lists under "lifeboat_listen:" (as "- PORT") once the
+	// guest listens on it: "LIFEBOAT-GUEST-LISTEN PORT". The guest
+	// accepts every connection on it, sends that same line and closes
+	// it (a client behind QEMU user networking's port forwarding, whose
+	// connect succeeds whether the guest listens or not, reads it to
+	// know the guest accepted).
+	ListenMarker = "LIFEBOAT-GUEST-LISTEN"
 )
 
 // InitOptions select the optional parts of the guest's /init.
 type InitOptions struct {
 	Agent bool // start qemu-ga on the virtio-serial port
 	// Boot: the guest boots from its own disk as a recovered VM does:
-	// it reads a NoCloud seed disk (hostname, static network, probes) and
-	// powers off when its ACPI power button is pressed.
+	// it reads a NoCloud seed disk (hostname, static network, TCP
+	// listeners, probes) and powers off when its ACPI power button is
+	// pressed.
 	Boot bool
 	// Idle: after the manifest check (and the seed), the guest prints
 	// ReadyMarker and then writes nothing: no workload. A sample machine
@@ -84,6 +93,7 @@ fail() { echo "` + FailMarker + `: $*"; exit 1; }
 	if o.Boot {
 		b.WriteString(powerScript)
 		b.WriteString(seedScript)
+		b.WriteString(listenScript)
 	}
 	b.WriteString(`echo ` + ReadyMarker + "\n")
 	if o.Boot {
@@ -185,6 +195,30 @@ if [ -n "$seed" ]; then
 		[ -n "$gw" ] && { ip route add default via "$gw" || fail "default route via $gw"; }
 		echo "` + NetMarker + ` $ifc $addr mac $mac"
 	fi
+fi
+`
+
+// listenScript listens on every TCP port listed as "- PORT" under
+// lifeboat_listen: in the seed's user-data, in the background, for good:
+// busybox nc -ll accepts connection after connection (each runs echo,
+// which sends the marker line and closes it); if nc ever exits it is
+// started again.
+// The marker is printed once the kernel shows the port listening
+// (/proc/net/tcp or tcp6, state 0A), within 10 s.
+const listenScript = `if [ -f /seed/user-data ]; then
+	for p in $(sed -n '/^lifeboat_listen:/,/^[^ ]/s/^ *- *\([0-9][0-9]*\) *$/\1/p' /seed/user-data); do
+		( while :; do nc -ll -p "$p" -e /bin/echo ` + ListenMarker + ` "$p"; sleep 1; done ) </dev/null >/dev/null 2>&1 &
+		hex=$(printf %04X "$p"); i=0
+		while ! grep -q ":$hex [0-9A-F:]* 0A " /proc/net/tcp /proc/net/tcp6 2>/dev/null; do
+			i=$((i+1)); [ $i -gt 200 ] && break
+			usleep 50000
+		done
+		if [ $i -gt 200 ]; then
+			echo "lifeboat guest: nothing listens on TCP port $p"
+		else
+			echo "` + ListenMarker + ` $p"
+		fi
+	done
 fi
 `
 

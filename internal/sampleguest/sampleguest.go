@@ -16,7 +16,9 @@
 // Besides the check, the init can run a workload that keeps writing
 // files and committing new manifests (the tests' crash-consistency
 // guest), start qemu-ga, read a NoCloud seed (hostname, static network,
-// TCP probes) and power off on the ACPI power button: see InitOptions.
+// TCP listeners under lifeboat_listen:, TCP probes under
+// lifeboat_probes:) and power off on the ACPI power button: see
+// InitOptions.
 package sampleguest
 
 import (

@@ -109,6 +109,34 @@ func TestInitScriptSyntax(t *testing.T) {
 	}
 }
 
+// TestListenPorts runs the listen script's parsing of the seed's
+// user-data (with the static busybox the guest is made of): the ports
+// under lifeboat_listen:, not those of other keys.
+func TestListenPorts(t *testing.T) {
+	if _, err := os.Stat(BusyboxPath); err != nil {
+		t.Skipf("no %s: apt-get install busybox-static", BusyboxPath)
+	}
+	_, rest, _ := strings.Cut(listenScript, "sed -n '")
+	expr, _, ok := strings.Cut(rest, "'")
+	if !ok {
+		t.Fatalf("no sed expression in the listen script:\n%s", listenScript)
+	}
+	userData := "#cloud-config\nlifeboat_probes:\n  - 10.0.0.1:80\nlifeboat_listen:\n  - 8080\n  -   22  \n  - x\nruncmd:\n  - 9090\n"
+	cmd := exec.Command(BusyboxPath, "sed", "-n", expr)
+	cmd.Stdin = strings.NewReader(userData)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Fields(string(out)); !reflect.DeepEqual(got, []string{"8080", "22"}) {
+		t.Errorf("ports %q, want [8080 22]", got)
+	}
+	boot := string(InitScript(nil, InitOptions{Boot: true}))
+	if !strings.Contains(boot, listenScript) || strings.Index(boot, listenScript) > strings.Index(boot, "echo "+ReadyMarker) {
+		t.Error("a Boot guest does not start its listeners before it is ready")
+	}
+}
+
 func TestModuleOrder(t *testing.T) {
 	dep := `kernel/a/ext4.ko: kernel/a/jbd2.ko kernel/a/crc16.ko kernel/a/mbcache.ko.xz
 kernel/a/jbd2.ko: kernel/a/crc-x.ko

@@ -39,6 +39,11 @@ type BootOptions struct {
 	Firmware string // FirmwareBIOS (default: MBR + extlinux) or FirmwareUEFI (ESP + systemd-boot)
 	DiskSize int64  // bytes, a multiple of 1 MiB; default 256 MiB
 	Dir      string // where the image goes; default t.TempDir()
+	// GuestAgent: the initramfs also carries the host's qemu-ga, started
+	// on the virtio-serial port AgentPortName (as Options.GuestAgent).
+	// The guest's init waits for that port: boot the image only on a
+	// VM that has it (the compute providers give every VM one).
+	GuestAgent bool
 }
 
 // BootImage is a raw disk image that boots by itself, the way a recovered
@@ -49,9 +54,10 @@ type BootOptions struct {
 // workload plus the NoCloud seed, probes and power button
 // (sampleguest.InitOptions.Boot).
 type BootImage struct {
-	Disk     string // raw image: the caller's own copy
-	Firmware string
-	Size     int64
+	Disk       string // raw image: the caller's own copy
+	Firmware   string
+	Size       int64
+	GuestAgent bool // the guest runs qemu-ga (BootOptions.GuestAgent)
 }
 
 // NeedBoot skips the test (or fails it under CI) unless everything that
@@ -107,6 +113,11 @@ func BuildBootable(t testing.TB, o BootOptions) *BootImage {
 		t.Fatalf("guest.BuildBootable: DiskSize %d: want a multiple of 1 MiB, at least 64 MiB", o.DiskSize)
 	}
 	NeedBoot(t, o.Firmware)
+	if o.GuestAgent {
+		if _, err := os.Stat(sampleguest.QemuGAPath); err != nil {
+			need(t, "guest agent tests need "+sampleguest.QemuGAPath)
+		}
+	}
 	vmlinuz, modulesDir, _ := KernelImage(t)
 	if o.Dir == "" {
 		o.Dir = t.TempDir()
@@ -117,7 +128,7 @@ func BuildBootable(t testing.TB, o BootOptions) *BootImage {
 	if err != nil {
 		t.Fatalf("guest.BuildBootable: %v", err)
 	}
-	img := &BootImage{Disk: filepath.Join(o.Dir, "boot-"+o.Firmware+".raw"), Firmware: o.Firmware, Size: o.DiskSize}
+	img := &BootImage{Disk: filepath.Join(o.Dir, "boot-"+o.Firmware+".raw"), Firmware: o.Firmware, Size: o.DiskSize, GuestAgent: o.GuestAgent}
 	if err := sampleguest.CopySparse(cached, img.Disk); err != nil {
 		t.Fatalf("guest.BuildBootable: copy the cached image: %v", err)
 	}
@@ -137,7 +148,7 @@ func cachedBootImage(ctx context.Context, o BootOptions, vmlinuz, modulesDir str
 	defer os.RemoveAll(stage)
 	d := sampleguest.DiskOptions{Firmware: o.Firmware, Size: o.DiskSize, Tree: filepath.Join(stage, "tree"),
 		Kernel: vmlinuz, Initrd: filepath.Join(stage, "initrd.img")}
-	if err := sampleguest.BuildInitrd(ctx, d.Initrd, modulesDir, sampleguest.InitOptions{Boot: true}); err != nil {
+	if err := sampleguest.BuildInitrd(ctx, d.Initrd, modulesDir, sampleguest.InitOptions{Boot: true, Agent: o.GuestAgent}); err != nil {
 		return "", err
 	}
 	key, err := d.Key(fmt.Sprintf("%d %d", BootFiles, BootSeq))
@@ -175,9 +186,10 @@ func stageRootTree(tree string) error {
 }
 
 // Start boots the image in QEMU (TCG) from its own disk, with SeaBIOS or
-// OVMF as its firmware says and no kernel on QEMU's command line, and
-// waits up to BootTimeout for ReadyMarker. The VM is killed when the test
-// ends.
+// OVMF as its firmware says and no kernel on QEMU's command line (and,
+// for an image with GuestAgent, the agent's port, its host end VM.QGA),
+// and waits up to BootTimeout for ReadyMarker. The VM is killed when the
+// test ends.
 func (b *BootImage) Start(t testing.TB) *VM {
 	t.Helper()
 	dir := filepath.Dir(b.Disk)
@@ -197,6 +209,9 @@ func (b *BootImage) Start(t testing.TB) *VM {
 	}
 	if b.Firmware == FirmwareUEFI {
 		img.extraArgs = []string{"-bios", OVMFFirmware}
+	}
+	if b.GuestAgent {
+		img.QGA = filepath.Join(sockDir, "qga.sock")
 	}
 	return img.start(t, img.bootArgs())
 }

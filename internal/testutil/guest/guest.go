@@ -24,12 +24,13 @@
 //
 // BuildBootable makes a disk that boots by itself (BIOS: MBR + extlinux;
 // UEFI: an ESP with systemd-boot), as a recovered VM must; its guest also
-// reads a NoCloud seed disk (static network, TCP probes) and powers off
-// when its ACPI power button is pressed.
+// reads a NoCloud seed disk (static network, TCP listeners, TCP probes)
+// and powers off when its ACPI power button is pressed.
 //
-// With Options.GuestAgent the initramfs also carries the host's qemu-ga and
-// its libraries, listening on the virtio-serial port AgentPortName; the
-// host end is the unix socket VM.QGA.
+// With Options.GuestAgent (BootOptions.GuestAgent for a bootable image)
+// the initramfs also carries the host's qemu-ga and its libraries,
+// listening on the virtio-serial port AgentPortName; the host end is the
+// unix socket VM.QGA.
 package guest
 
 import (

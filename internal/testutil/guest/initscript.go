@@ -35,4 +35,8 @@ const (
 	// PowerOffMarker is printed when the guest powers off because its
 	// ACPI power button was pressed (a graceful shutdown request).
 	PowerOffMarker = sampleguest.PowerOffMarker
+	// ListenMarker starts the line printed for each TCP port the seed's
+	// user-data lists under lifeboat_listen: once the guest listens on
+	// it: "LIFEBOAT-GUEST-LISTEN PORT".
+	ListenMarker = sampleguest.ListenMarker
 )
