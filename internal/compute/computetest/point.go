@@ -47,8 +47,15 @@ const Disk = "vda"
 // it. The server stops when the test ends.
 func NewPoint(t testing.TB, firmware string) *Point {
 	t.Helper()
-	img := guest.BuildBootable(t, guest.BootOptions{Firmware: firmware})
-	return NewPointFrom(t, img.Disk, firmware)
+	return NewPointWith(t, guest.BootOptions{Firmware: firmware})
+}
+
+// NewPointWith is NewPoint of a bootable guest built with o (a guest
+// that runs qemu-ga: o.GuestAgent).
+func NewPointWith(t testing.TB, o guest.BootOptions) *Point {
+	t.Helper()
+	img := guest.BuildBootable(t, o)
+	return NewPointFrom(t, img.Disk, img.Firmware)
 }
 
 // NewPointFrom stores any raw image as a point and serves it (a point

@@ -7,7 +7,8 @@
 // One run boots a handful of VMs and checks many things per boot:
 //
 //   - Lifecycle: start → inspect (running) → start again, also from a new
-//     provider value, returns the same VM (one QEMU process) → the guest
+//     provider value, returns the same VM (one QEMU process) and its
+//     guest agent channel, if it has one, accepts connections → the guest
 //     boots from its disk, its manifest check passes → a second VM of the
 //     same spec, started by two concurrent Starts of one name, runs at the
 //     same time; it is killed with SIGKILL and removed without leftovers →
@@ -29,6 +30,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -152,6 +154,13 @@ func startSame(ctx context.Context, t *testing.T, c Config, p compute.Provider, 
 	}
 	if len(a.Disks) != len(spec.Disks) || a.Disks[0].Hydrated {
 		t.Errorf("Start: disks %+v, want %d not yet hydrated", a.Disks, len(spec.Disks))
+	}
+	if a.GuestAgent != "" {
+		if c, err := net.DialTimeout("unix", a.GuestAgent, 5*time.Second); err != nil {
+			t.Errorf("Start: the guest agent channel %s does not accept connections: %v", a.GuestAgent, err)
+		} else {
+			c.Close()
+		}
 	}
 	got, err := p.Inspect(ctx, spec.Name, spec.Dir)
 	if err != nil || got.State != compute.StateRunning || got.PID != a.PID {

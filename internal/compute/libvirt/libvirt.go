@@ -25,6 +25,14 @@
 // job's info; libvirt drops the backing store from the live definition
 // when the pull completes.
 //
+// Every domain has a guest agent channel (a virtio channel
+// org.qemu.guest_agent.0 bound to qga.sock in the VM directory:
+// compute.Instance.GuestAgent). compute.Spec.Forward is not supported:
+// libvirt 9.0 forwards ports only for its passt backend, and the
+// provider's NICs are on bridges and libvirt networks (connect to the
+// VM's address) or on user networking with no isolation; Instance.Forwards
+// stays empty.
+//
 // libvirt runs QEMU as its own user (libvirt-qemu on Debian): the
 // provider gives the VM directory and the point server's sockets the
 // group of that user (with group access) and refuses one whose
@@ -54,7 +62,11 @@ const (
 	lockFile    = "vm.lock"
 	consoleFile = "console.log"
 	seedFile    = "seed.img"
+	qgaSocket   = "qga.sock" // the guest agent channel's host end
 )
+
+// agentPort is the virtio-serial port name a QEMU guest agent opens.
+const agentPort = "org.qemu.guest_agent.0"
 
 func overlayFile(i int) string { return "disk" + strconv.Itoa(i) + ".qcow2" }
 
@@ -167,6 +179,9 @@ func checkSpec(s compute.Spec) error {
 	if len(s.Disks) == 0 {
 		return errors.New("the VM has no disks")
 	}
+	if l := len(filepath.Join(s.Dir, qgaSocket)); l > 107 {
+		return fmt.Errorf("VM directory %s is too long for a unix socket path (%d bytes of 107): choose a shorter one", s.Dir, l)
+	}
 	return nil
 }
 
@@ -225,6 +240,9 @@ func (p *Provider) create(ctx context.Context, s compute.Spec) (*state, error) {
 		return nil, err
 	}
 	p.log.Info("accelerator", "vm", s.Name, "domain_type", map[string]string{hostvm.AccelKVM: "kvm", hostvm.AccelTCG: "qemu"}[accel], "why", why)
+	if len(s.Forward) > 0 {
+		p.log.Warn("the libvirt provider forwards no ports: connect to the VM's address", "vm", s.Name, "ports", s.Forward)
+	}
 	if err := hostvm.CheckFree(s.Dir, p.o.MinFree); err != nil {
 		return nil, err
 	}
@@ -316,6 +334,7 @@ func (p *Provider) inspect(ctx context.Context, name, dir string) (compute.Insta
 	if active {
 		inst.State = compute.StateRunning
 		inst.PID = p.pid(name)
+		inst.GuestAgent = filepath.Join(dir, qgaSocket)
 	}
 	return inst, st, nil
 }

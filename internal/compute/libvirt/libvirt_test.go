@@ -161,6 +161,7 @@ func TestXML(t *testing.T) {
 		`<interface type="bridge">`, `<source bridge="br0">`, `<target dev="` + hostvm.TapName("vm1", 0) + `">`,
 		`<interface type="network">`, `<source network="isolated">`, `<model type="e1000">`, `<link state="down">`,
 		`<serial type="file">`, `<source path="/d/console.log" append="on">`, `<memballoon model="none">`,
+		`<channel type="unix">`, `<source mode="bind" path="/d/qga.sock">`, `<target type="virtio" name="org.qemu.guest_agent.0">`,
 	} {
 		if !strings.Contains(x, want) {
 			t.Errorf("XML lacks %s:\n%s", want, x)

@@ -216,7 +216,7 @@ func (p *Provider) Remove(ctx context.Context, name, dir string) error {
 
 // removeFiles deletes what the provider makes in dir.
 func removeFiles(dir string, disks int) error {
-	names := []string{stateFile, stateFile + ".tmp", consoleFile, seedFile}
+	names := []string{stateFile, stateFile + ".tmp", consoleFile, seedFile, qgaSocket}
 	for i := range max(disks, 1) {
 		names = append(names, overlayFile(i))
 	}

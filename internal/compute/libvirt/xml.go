@@ -76,9 +76,24 @@ type devicesXML struct {
 			Port int `xml:"port,attr"`
 		} `xml:"target"`
 	} `xml:"serial"`
+	Channels   []channelXML `xml:"channel"`
 	MemBalloon struct {
 		Model string `xml:"model,attr"`
 	} `xml:"memballoon"`
+}
+
+// channelXML is a virtio-serial channel whose host end is a unix socket
+// (libvirt adds the virtio-serial controller).
+type channelXML struct {
+	Type   string `xml:"type,attr"`
+	Source struct {
+		Mode string `xml:"mode,attr"`
+		Path string `xml:"path,attr"`
+	} `xml:"source"`
+	Target struct {
+		Type string `xml:"type,attr"`
+		Name string `xml:"name,attr"`
+	} `xml:"target"`
 }
 
 type diskXML struct {
@@ -211,6 +226,10 @@ func (p *Provider) buildXML(st *state, dir string) ([]byte, error) {
 	}
 	d.Devices.Serial.Type = "file"
 	d.Devices.Serial.Source.Path, d.Devices.Serial.Source.Append = filepath.Join(dir, consoleFile), "on"
+	qga := channelXML{Type: "unix"}
+	qga.Source.Mode, qga.Source.Path = "bind", filepath.Join(dir, qgaSocket)
+	qga.Target.Type, qga.Target.Name = "virtio", agentPort
+	d.Devices.Channels = append(d.Devices.Channels, qga)
 	d.Devices.MemBalloon.Model = "none"
 	return xml.MarshalIndent(d, "", "  ")
 }

@@ -64,6 +64,8 @@ func nicModel(m string) (string, error) {
 // the caller and its session), writes its PID to qemu.pid, serves QMP on
 // qmp.sock and appends the serial console to console.log; the firmware
 // writes there too (graphics=off makes SeaBIOS use the serial port).
+// Every VM has a virtio-serial controller whose port
+// org.qemu.guest_agent.0 is served on qga.sock, for a guest agent.
 func (p *Provider) args(st *state, dir, machine string) ([]string, error) {
 	s := st.Spec
 	cpu := "max"
@@ -86,6 +88,9 @@ func (p *Provider) args(st *state, dir, machine string) ([]string, error) {
 		"-chardev", "file,id=console0,path=" + optValue(filepath.Join(dir, consoleFile)) + ",append=on",
 		"-serial", "chardev:console0",
 		"-monitor", "none",
+		"-chardev", "socket,id=qga0,path=" + optValue(filepath.Join(dir, qgaSocket)) + ",server=on,wait=off",
+		"-device", "virtio-serial-pci,id=vser0",
+		"-device", "virtserialport,bus=vser0.0,chardev=qga0,name=" + agentPort,
 	}
 	switch s.VM.Firmware {
 	case "", "bios":
@@ -153,10 +158,12 @@ func diskArgs(st *state, dir string) ([]string, error) {
 
 // nicArgs: a bridge NIC gets its tap device (made by Start, named by
 // hostvm.TapName); a user NIC QEMU's user networking, restricted (no
-// route out) when the network is isolated; a NIC on no network is a
-// device without a backend (no link).
+// route out) when the network is isolated, the first one with the
+// VM's forwards (restrict=on still lets them in); a NIC on no network
+// is a device without a backend (no link).
 func nicArgs(st *state) ([]string, error) {
 	var a []string
+	fwd := userNIC(st.Spec)
 	for i, n := range st.Spec.NICs {
 		model, err := nicModel(n.Model)
 		if err != nil {
@@ -172,6 +179,9 @@ func nicArgs(st *state) ([]string, error) {
 			nd := "user,id=" + netdev
 			if n.Network.Isolated {
 				nd += ",restrict=on"
+			}
+			if i == fwd {
+				nd += hostfwds(st.Forwards)
 			}
 			a = append(a, "-netdev", nd)
 			dev += ",netdev=" + netdev

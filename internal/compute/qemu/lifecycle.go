@@ -83,10 +83,10 @@ func kill(inst compute.Instance) error {
 	return hostvm.Kill(inst.PID)
 }
 
-// cleanStopped removes the pidfile and QMP socket a QEMU that did not
+// cleanStopped removes the pidfile and sockets a QEMU that did not
 // exit cleanly leaves behind.
 func cleanStopped(dir string) error {
-	for _, f := range []string{pidFile, qmpSocket} {
+	for _, f := range []string{pidFile, qmpSocket, qgaSocket} {
 		if err := os.Remove(filepath.Join(dir, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}

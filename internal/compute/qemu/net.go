@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/lifeboat-dr/lifeboat/internal/compute"
@@ -99,4 +102,87 @@ func ipRun(ctx context.Context, ip string, args ...string) error {
 		return fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 	}
 	return nil
+}
+
+// checkForward refuses guest ports out of range and duplicates.
+func checkForward(ports []int) error {
+	seen := map[int]bool{}
+	for _, p := range ports {
+		if p < 1 || p > 65535 {
+			return fmt.Errorf("forward: guest TCP port %d is out of range (1-65535)", p)
+		}
+		if seen[p] {
+			return fmt.Errorf("forward: guest TCP port %d is listed twice", p)
+		}
+		seen[p] = true
+	}
+	return nil
+}
+
+// userNIC is the index of the first NIC on QEMU user networking, which
+// carries the forwards, or -1.
+func userNIC(s compute.Spec) int {
+	for i, n := range s.NICs {
+		if n.Network.Kind == compute.NetUser {
+			return i
+		}
+	}
+	return -1
+}
+
+// pickForwards chooses a free loopback port of the host for each guest
+// port the spec forwards (none without a user NIC). A port recorded in
+// old is kept if it is still free (a stopped VM started again); else a
+// new one is taken (the kernel's choice for 127.0.0.1:0). All are held
+// open until every one is chosen, so no two are the same; QEMU binds
+// them moments later.
+func pickForwards(s compute.Spec, old map[int]int) (map[int]int, error) {
+	if len(s.Forward) == 0 || userNIC(s) < 0 {
+		return nil, nil
+	}
+	out := map[int]int{}
+	var held []net.Listener
+	defer func() {
+		for _, l := range held {
+			l.Close()
+		}
+	}()
+	for _, gp := range s.Forward {
+		var l net.Listener
+		var err error
+		if hp, ok := old[gp]; ok {
+			l, err = net.Listen("tcp4", net.JoinHostPort("127.0.0.1", strconv.Itoa(hp)))
+		}
+		if l == nil {
+			l, err = net.Listen("tcp4", "127.0.0.1:0")
+		}
+		if err != nil {
+			return nil, fmt.Errorf("forward guest TCP port %d: find a free port on 127.0.0.1: %w", gp, err)
+		}
+		held = append(held, l)
+		out[gp] = l.Addr().(*net.TCPAddr).Port
+	}
+	return out, nil
+}
+
+// hostfwds is the netdev options that forward each host port (on
+// 127.0.0.1 only) to its guest port, in guest port order.
+func hostfwds(fwd map[int]int) string {
+	var b strings.Builder
+	for _, gp := range slices.Sorted(maps.Keys(fwd)) {
+		fmt.Fprintf(&b, ",hostfwd=tcp:127.0.0.1:%d-:%d", fwd[gp], gp)
+	}
+	return b.String()
+}
+
+// forwardAddrs is Instance.Forwards of recorded forwards.
+func forwardAddrs(fwd map[int]int) map[int]string {
+	if len(fwd) == 0 {
+		return nil
+	}
+	out := make(map[int]string, len(fwd))
+	for gp, hp := range fwd {
+		out[gp] = net.JoinHostPort("127.0.0.1", strconv.Itoa(hp))
+	}
+	return out
 }

@@ -5,6 +5,7 @@
 //	vm.lock      serialises calls for the VM (flock; exists during a call)
 //	qemu.pid     QEMU's -pidfile
 //	qmp.sock     QMP
+//	qga.sock     the guest agent's virtio-serial port (org.qemu.guest_agent.0)
 //	console.log  the serial console (firmware, bootloader, kernel), appended
 //	diskN.qcow2  disk N's overlay: the guest's writes; qcow2 whose backing
 //	             file is the point's NBD export (json: with
@@ -18,6 +19,16 @@
 // directory (pidfile, a process whose command line names the VM, QMP
 // query-name). KVM is used when /dev/kvm opens and the CPU has vmx/svm,
 // else TCG (Options.Accel overrides); the choice is logged and recorded.
+//
+// Every VM has a guest agent channel (compute.Instance.GuestAgent:
+// qga.sock), answered once the guest runs qemu-ga. The guest TCP ports
+// of compute.Spec.Forward are forwarded from loopback ports of the host
+// (hostfwd on 127.0.0.1 only) on the first NIC on user networking, also
+// an isolated one; without such a NIC nothing is forwarded. The host
+// ports are free ports chosen when the VM is created and recorded in
+// vm.json, so Inspect reports the same ones after a restart of the
+// caller; a stopped VM started again keeps them unless one has been
+// taken meanwhile (then it gets another).
 //
 // Hydration copies each disk's point data into diskN.base.qcow2 with a
 // QEMU mirror job reading a second connection to the export (16 requests
@@ -137,7 +148,10 @@ func checkSpec(s compute.Spec) error {
 	if len(s.Disks) == 0 {
 		return errors.New("the VM has no disks")
 	}
-	if l := len(filepath.Join(s.Dir, qmpSocket)); l > 107 {
+	if err := checkForward(s.Forward); err != nil {
+		return err
+	}
+	if l := len(filepath.Join(s.Dir, qmpSocket)); l > 107 { // qga.sock is as long
 		return fmt.Errorf("VM directory %s is too long for a unix socket path (%d bytes of 107): choose a shorter one", s.Dir, l)
 	}
 	return nil
@@ -170,7 +184,7 @@ func (p *Provider) Start(ctx context.Context, s compute.Spec) (compute.Instance,
 	if fresh {
 		st, err = p.create(ctx, s)
 	} else {
-		err = p.remakeTaps(ctx, st, s.Dir)
+		err = p.prepareRestart(ctx, st, s.Dir)
 	}
 	if err == nil {
 		err = p.launch(ctx, st, s.Dir)
@@ -221,17 +235,34 @@ func (p *Provider) create(ctx context.Context, s compute.Spec) (*state, error) {
 	if err != nil {
 		return st, err
 	}
+	if st.Forwards, err = pickForwards(st.Spec, nil); err != nil {
+		return st, err
+	}
+	if len(s.Forward) > 0 && st.Forwards == nil {
+		p.log.Warn("the VM has no NIC on user networking: its guest ports are not forwarded; connect to its address", "vm", s.Name, "ports", s.Forward)
+	}
 	return st, writeState(s.Dir, st)
 }
 
-// remakeTaps recreates the tap devices of a stopped VM (a host reboot
-// removes them) and records them.
-func (p *Provider) remakeTaps(ctx context.Context, st *state, dir string) error {
+// prepareRestart recreates the tap devices of a stopped VM (a host
+// reboot removes them), checks that its forwarded host ports are still
+// free (another is chosen for one that is not) and records them.
+func (p *Provider) prepareRestart(ctx context.Context, st *state, dir string) error {
 	taps, err := makeTaps(ctx, st.Spec)
 	if err != nil {
 		return err
 	}
 	st.Taps = taps
+	fwd, err := pickForwards(st.Spec, st.Forwards)
+	if err != nil {
+		return err
+	}
+	for gp, hp := range st.Forwards {
+		if fwd[gp] != hp {
+			p.log.Warn("a forwarded host port was taken while the VM was stopped; forwarding from another", "vm", st.Spec.Name, "guest_port", gp, "was", hp, "now", fwd[gp])
+		}
+	}
+	st.Forwards = fwd
 	return writeState(dir, st)
 }
 
@@ -253,7 +284,7 @@ func (p *Provider) launch(ctx context.Context, st *state, dir string) error {
 	if err != nil {
 		return err
 	}
-	for _, f := range []string{pidFile, qmpSocket} {
+	for _, f := range []string{pidFile, qmpSocket, qgaSocket} {
 		os.Remove(filepath.Join(dir, f)) // left by a killed QEMU
 	}
 	cmd := exec.CommandContext(ctx, qemuBin, args...)
@@ -330,6 +361,8 @@ func (p *Provider) inspect(ctx context.Context, name, dir string) (compute.Insta
 	if pid := readPID(dir); ours(pid, name) {
 		inst.State, inst.PID = compute.StateRunning, pid
 		inst.QMP = filepath.Join(dir, qmpSocket)
+		inst.GuestAgent = filepath.Join(dir, qgaSocket)
+		inst.Forwards = forwardAddrs(st.Forwards)
 		if err := checkQMPName(ctx, inst.QMP, name); err != nil {
 			return inst, st, err
 		}

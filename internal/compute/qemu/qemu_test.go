@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -140,12 +141,13 @@ func TestNetwork(t *testing.T) {
 // TestArgs checks command lines without running QEMU.
 func TestArgs(t *testing.T) {
 	p, _ := New(Options{OVMF: "/nonexistent/OVMF.fd"})
-	st := &state{Accel: "tcg", Seed: true, Spec: compute.Spec{Name: "vm1",
+	st := &state{Accel: "tcg", Seed: true, Forwards: map[int]int{80: 40080, 22: 40022}, Spec: compute.Spec{Name: "vm1",
 		Disks: []compute.Disk{{Name: "vda"}, {Name: "sda", Bus: "scsi"}, {Name: "hda", Bus: "sata"}},
 		NICs: []compute.NIC{
 			{MAC: "52:54:00:00:00:01", Network: compute.Network{Kind: compute.NetBridge, Name: "br0"}},
 			{MAC: "52:54:00:00:00:02", Model: "e1000", Network: compute.Network{Kind: compute.NetUser, Isolated: true}},
 			{MAC: "52:54:00:00:00:03", Network: compute.Network{Kind: compute.NetNone}},
+			{MAC: "52:54:00:00:00:04", Network: compute.Network{Kind: compute.NetUser}},
 		}}}
 	args, err := p.args(st, "/d", "q35")
 	if err != nil {
@@ -157,8 +159,10 @@ func TestArgs(t *testing.T) {
 		"path=/d/console.log,append=on", `"filename":"/d/disk0.qcow2"`, "virtio-blk-pci,drive=disk0,id=disk0-dev,bootindex=0",
 		"virtio-scsi-pci,id=scsi0", "scsi-hd,bus=scsi0.0,drive=disk1", "ide-hd,drive=disk2", `"node-name":"seed","read-only":true`,
 		"tap,id=net0,ifname=" + hostvm.TapName("vm1", 0) + ",script=no,downscript=no", "virtio-net-pci,mac=52:54:00:00:00:01,id=nic0,netdev=net0",
-		"user,id=net1,restrict=on", "e1000,mac=52:54:00:00:00:02,id=nic1,netdev=net1", "virtio-net-pci,mac=52:54:00:00:00:03,id=nic2 ",
+		"user,id=net1,restrict=on,hostfwd=tcp:127.0.0.1:40022-:22,hostfwd=tcp:127.0.0.1:40080-:80 ", "e1000,mac=52:54:00:00:00:02,id=nic1,netdev=net1",
+		"virtio-net-pci,mac=52:54:00:00:00:03,id=nic2 ", "-netdev user,id=net3 ",
 		"-machine q35,graphics=off",
+		"-chardev socket,id=qga0,path=/d/qga.sock,server=on,wait=off -device virtio-serial-pci,id=vser0 -device virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0 ",
 	} {
 		if !strings.Contains(line+" ", want) {
 			t.Errorf("command line lacks %q:\n%s", want, line)
@@ -168,7 +172,7 @@ func TestArgs(t *testing.T) {
 		t.Error("a BIOS VM gets -bios")
 	}
 	args, _ = p.args(st, "/d,x", "q35")
-	if line := strings.Join(args, " "); !strings.Contains(line, "unix:/d,,x/qmp.sock,server=on") || !strings.Contains(line, "path=/d,,x/console.log,append=on") {
+	if line := strings.Join(args, " "); !strings.Contains(line, "unix:/d,,x/qmp.sock,server=on") || !strings.Contains(line, "path=/d,,x/console.log,append=on") || !strings.Contains(line, "path=/d,,x/qga.sock,server=on") {
 		t.Errorf("a comma in the directory is not escaped: %s", line)
 	}
 	st.Spec.VM.Firmware = "uefi"
@@ -213,6 +217,9 @@ func TestStartRefusals(t *testing.T) {
 		{Name: "ok", Dir: filepath.Join(dir, "missing"), Disks: []compute.Disk{{Name: "vda"}}},
 		{Name: "ok", Dir: dir},
 		{Name: "ok", Dir: "/" + strings.Repeat("d", 120), Disks: []compute.Disk{{Name: "vda"}}},
+		{Name: "ok", Dir: dir, Disks: []compute.Disk{{Name: "vda"}}, Forward: []int{0}},
+		{Name: "ok", Dir: dir, Disks: []compute.Disk{{Name: "vda"}}, Forward: []int{65536}},
+		{Name: "ok", Dir: dir, Disks: []compute.Disk{{Name: "vda"}}, Forward: []int{22, 80, 22}},
 	} {
 		if _, err := p.Start(ctx, s); err == nil {
 			t.Errorf("%+v: no error", s)
@@ -270,18 +277,23 @@ func TestRemoveWithoutDir(t *testing.T) {
 // and comes back on the same socket while the VM still reads through it;
 // QEMU reconnects (reconnect-delay in the overlay's backing), the guest
 // sees no I/O error, and hydration then reads the whole point through
-// the new server.
+// the new server. The same boot, on an isolated user network, then
+// passes the readiness checks of a recovery plan (checkReady).
 func TestPointServerRestart(t *testing.T) {
 	needRoot(t)
 	guest.NeedBoot(t, guest.FirmwareBIOS)
-	pt := computetest.NewPoint(t, guest.FirmwareBIOS)
+	pt := computetest.NewPointWith(t, guest.BootOptions{Firmware: guest.FirmwareBIOS, GuestAgent: true})
 	dir := t.TempDir()
 	name := fmt.Sprintf("qemu-psr-%d", os.Getpid()%100000)
 	p := newProvider(t, Options{})
 	t.Cleanup(func() { p.Remove(context.Background(), name, dir) })
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	inst, err := p.Start(ctx, pt.Spec(name, dir))
+	spec := pt.Spec(name, dir, compute.NIC{Network: compute.Network{Kind: compute.NetUser, Isolated: true}})
+	spec.Forward = []int{readyPort}
+	// QEMU user networking forwards to 10.0.2.15, its first DHCP address.
+	spec.Guest = &compute.GuestConfig{Address: "10.0.2.15/24", UserData: fmt.Sprintf("#cloud-config\nlifeboat_listen:\n  - %d\n", readyPort)}
+	inst, err := p.Start(ctx, spec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -299,12 +311,14 @@ func TestPointServerRestart(t *testing.T) {
 	if err := con.WaitFunc(ctx, "two more manifests", func(log string) bool { return guest.LastManifest(log) >= seq+2 }); err != nil {
 		t.Fatal(err)
 	}
+	checkReady(ctx, t, spec, inst, con)
 }
 
 // TestHydrateAfterRestart: the VM is killed while its disk is being
 // copied (the caller went away; the copy ran in QEMU) and started again:
 // Hydrate drops the partial copy, copies again and attaches it; the disk
-// then reads as the point, through local images only.
+// then reads as the point, through local images only. The VM forwards
+// the same host port after the restart.
 func TestHydrateAfterRestart(t *testing.T) {
 	needRoot(t)
 	guest.Need(t)
@@ -324,12 +338,17 @@ func TestHydrateAfterRestart(t *testing.T) {
 	t.Cleanup(func() { p.Remove(context.Background(), name, dir) })
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	spec := pt.Spec(name, dir)
-	if _, err := p.Start(ctx, spec); err != nil {
+	spec := pt.Spec(name, dir, compute.NIC{Network: compute.Network{Kind: compute.NetUser, Isolated: true}})
+	spec.Forward = []int{readyPort}
+	started, err := p.Start(ctx, spec)
+	if err != nil {
 		t.Fatal(err)
 	}
+	if len(started.Forwards) != 1 || started.Forwards[readyPort] == "" {
+		t.Fatalf("Start: forwards %v, want guest port %d forwarded", started.Forwards, readyPort)
+	}
 	first, stop := context.WithCancel(ctx)
-	err := p.Hydrate(first, name, dir, func(pr compute.Progress) {
+	err = p.Hydrate(first, name, dir, func(pr compute.Progress) {
 		if pr.Done < pr.Total {
 			stop()
 		}
@@ -342,8 +361,12 @@ func TestHydrateAfterRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	left := computetest.Files(t, dir)
-	if _, err := p.Start(ctx, spec); err != nil {
+	again, err := p.Start(ctx, spec)
+	if err != nil {
 		t.Fatalf("Start after a kill during the copy: %v", err)
+	}
+	if !maps.Equal(again.Forwards, started.Forwards) {
+		t.Errorf("Start after a kill: forwards %v, want those of the first Start %v (their ports are still free)", again.Forwards, started.Forwards)
 	}
 	if err := p.Hydrate(ctx, name, dir, nil); err != nil {
 		t.Fatalf("Hydrate after the restart: %v", err)
@@ -359,6 +382,47 @@ func TestHydrateAfterRestart(t *testing.T) {
 	out, err := exec.CommandContext(ctx, "qemu-img", "compare", "-U", "-F", "raw", filepath.Join(dir, overlayFile(0)), img).CombinedOutput()
 	if err != nil {
 		t.Fatalf("the hydrated disk differs from the point: %v: %s", err, out)
+	}
+}
+
+// TestPickForwards: each guest port gets its own free loopback port; a
+// recorded port still free is kept, a taken one replaced; without a NIC
+// on user networking nothing is forwarded.
+func TestPickForwards(t *testing.T) {
+	user := compute.Spec{Forward: []int{22, 80, 443}, NICs: []compute.NIC{
+		{Network: compute.Network{Kind: compute.NetBridge, Name: "br0"}},
+		{Network: compute.Network{Kind: compute.NetUser, Isolated: true}},
+	}}
+	fwd, err := pickForwards(user, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[int]bool{}
+	for _, gp := range user.Forward {
+		hp := fwd[gp]
+		if hp == 0 || seen[hp] {
+			t.Fatalf("forwards %v: guest port %d has no host port of its own", fwd, gp)
+		}
+		seen[hp] = true
+	}
+	taken, err := net.Listen("tcp4", fmt.Sprintf("127.0.0.1:%d", fwd[80]))
+	if err != nil {
+		t.Fatalf("the port chosen for 80 is not free after pickForwards: %v", err)
+	}
+	defer taken.Close()
+	again, err := pickForwards(user, fwd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again[22] != fwd[22] || again[443] != fwd[443] || again[80] == fwd[80] || again[80] == 0 {
+		t.Errorf("restart: %v from %v with %d taken; want 22 and 443 kept, 80 moved", again, fwd, fwd[80])
+	}
+	if got := forwardAddrs(again)[22]; got != fmt.Sprintf("127.0.0.1:%d", fwd[22]) {
+		t.Errorf("forward address of 22: %q", got)
+	}
+	bridged := compute.Spec{Forward: []int{22}, NICs: user.NICs[:1]}
+	if fwd, err := pickForwards(bridged, nil); err != nil || fwd != nil {
+		t.Errorf("no user NIC: %v, %v; want nothing forwarded", fwd, err)
 	}
 }
 

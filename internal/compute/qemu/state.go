@@ -18,9 +18,13 @@ const (
 	lockFile    = "vm.lock"     // serialises calls for the VM
 	pidFile     = "qemu.pid"    // QEMU's -pidfile
 	qmpSocket   = "qmp.sock"    // QMP
+	qgaSocket   = "qga.sock"    // the guest agent's virtio-serial port
 	consoleFile = "console.log" // the serial console
 	seedFile    = "seed.img"    // the NoCloud seed disk
 )
+
+// agentPort is the virtio-serial port name a QEMU guest agent opens.
+const agentPort = "org.qemu.guest_agent.0"
 
 // overlayFile is disk i's overlay; nodeName its QEMU block node.
 func overlayFile(i int) string { return "disk" + strconv.Itoa(i) + ".qcow2" }
@@ -30,12 +34,15 @@ func jobID(i int) string       { return "hydrate-disk" + strconv.Itoa(i) }
 // state is the provider's record of a VM, in vm.json. It holds the spec
 // Start was given (after defaults: MACs filled in) so a stopped VM boots
 // again the same way, which accelerator it runs on, the tap devices it
-// made, and which disks are hydrated.
+// made, the host ports it forwards, and which disks are hydrated.
 type state struct {
 	Spec  compute.Spec `json:"spec"`
 	Accel string       `json:"accel"`
 	Taps  []string     `json:"taps,omitempty"`
 	Seed  bool         `json:"seed,omitempty"`
+	// Forwards maps a guest TCP port of Spec.Forward to the loopback
+	// port of the host that QEMU forwards to it.
+	Forwards map[int]int `json:"forwards,omitempty"`
 	// Hydrated[i] is true once disk i's overlay holds every block and
 	// no longer has a backing file.
 	Hydrated []bool `json:"hydrated"`
@@ -87,7 +94,7 @@ func ours(pid int, name string) bool {
 // removeFiles deletes what the provider makes in dir (and leftovers of a
 // killed run: temporary state and seed staging), never other files.
 func removeFiles(dir string, disks int) error {
-	names := []string{stateFile, stateFile + ".tmp", pidFile, qmpSocket, consoleFile, seedFile}
+	names := []string{stateFile, stateFile + ".tmp", pidFile, qmpSocket, qgaSocket, consoleFile, seedFile}
 	for i := range max(disks, 1) {
 		names = append(names, overlayFile(i), baseFile(i), partFile(i))
 	}
