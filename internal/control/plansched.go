@@ -77,8 +77,13 @@ func (p *planSched) get(m map[string]time.Time, name string) time.Time {
 
 // drillScheduler runs until ctx ends.
 func (s *Server) drillScheduler(ctx context.Context) {
-	if err := s.writePlanCatalog(ctx); err != nil && ctx.Err() == nil {
-		s.log.Warn("cannot write the plans into the vault's catalog yet; retrying every minute", "err", err)
+	// The catalog gets the store's plans at start (a vault that missed a
+	// write). A store without plans writes nothing: a server set up anew
+	// on an old vault does not wipe the plans kept there.
+	if recs, err := s.store.ListPlans(ctx); err == nil && len(recs) > 0 {
+		if err := s.writePlanCatalog(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("cannot write the plans into the vault's catalog yet; retrying every minute", "err", err)
+		}
 	}
 	wake := s.plans.wakeCh()
 	for ctx.Err() == nil {
