@@ -234,7 +234,7 @@ func (s *Server) listJobs(w http.ResponseWriter, r *http.Request, _ *caller) err
 		return err
 	}
 	kind := r.URL.Query().Get("kind")
-	if kind != "" && !slices.ContainsFunc(s.rec.orch.Kinds(), func(k jobs.Kind) bool { return k.Name == kind }) {
+	if kind != "" && !slices.ContainsFunc(s.jobKinds(s.rec.orch), func(k jobs.Kind) bool { return k.Name == kind }) {
 		return badRequest("kind %q: want test-failover, failover, change-point, commit, cancel or cleanup", kind)
 	}
 	active := false
