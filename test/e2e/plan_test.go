@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -166,19 +167,22 @@ func (cl *cluster) machineJobs(kind string) map[string]int {
 
 // TestPlanRealGuests runs recovery plans on real guests (QEMU, TCG):
 //
-//   - a drill of 3 machines in 2 groups, the server killed (-9) at four
-//     steps (starting the first group, in the script, at the manual step,
-//     waiting for the second group): the groups start in order, the
-//     script gets the database's address and forwarded port and runs
-//     once, the manual step waits for `jobs resume --ack`, the command in
-//     the guest and the checks pass, one VM per machine, replication goes
-//     on, and the cleanup leaves nothing; the report (JSON and HTML) has
-//     RTO, RPO and each machine's console;
-//   - a drill scheduled every minute runs twice: it passes, then (a new
-//     version with a check that cannot pass) fails with the reason, an
-//     error event, and is still cleaned up;
-//   - with the server's data gone, `recover plan` runs the plan from the
-//     vault alone, groups in order.
+//   - a test failover of 3 machines in 2 groups, the server killed (-9)
+//     at four steps (starting the first group, in the script, at the
+//     manual step, waiting for the second group): the groups start in
+//     order, the script gets the database's address, forwarded port and
+//     point and runs once, the manual step waits for `jobs resume --ack`,
+//     the command in the guest runs, one VM per machine, replication goes
+//     on; the report (JSON and HTML) has RTO, RPO and each machine's
+//     console; the plan's cleanup, the server killed at one of its steps
+//     chosen at random, leaves nothing;
+//   - a drill scheduled every minute runs twice: it passes (a console
+//     and a guest-command check), then (a new version with a check that
+//     cannot pass) fails with the reason, an error event, and is still
+//     cleaned up;
+//   - with the server's data gone, `recover plan --drill` runs the plan
+//     from the vault alone: groups in order, checks (a command through
+//     the guest agent sees what the plan's guest action wrote), cleanup.
 func TestPlanRealGuests(t *testing.T) {
 	cl, site := planCluster(t)
 	script, runs := planScript(t, cl.dir)
@@ -188,10 +192,10 @@ func TestPlanRealGuests(t *testing.T) {
 
 	dbPoints := len(cl.vmPoints("db"))
 	var j api.Job
-	if err := json.Unmarshal([]byte(cl.mustRun("plan", "drill", "shop", "--json")), &j); err != nil || j.ID == "" {
-		t.Fatalf("plan drill: %v", err)
+	if err := json.Unmarshal([]byte(cl.mustRun("plan", "test-failover", "shop", "--json")), &j); err != nil || j.ID == "" {
+		t.Fatalf("plan test-failover: %v", err)
 	}
-	t.Logf("drill job %s", j.ID)
+	t.Logf("test failover job %s", j.ID)
 	for _, at := range []struct {
 		what string
 		cond func(api.Job) bool
@@ -208,34 +212,52 @@ func TestPlanRealGuests(t *testing.T) {
 		t.Fatalf("at the manual step %d VMs run, want db's only", n)
 	}
 	if st := cl.jobOf(j.ID); st.State != "waiting" || !strings.Contains(stepOf(st, "group 2 front: before: look").Message, "lifeboat jobs resume "+j.ID+" --ack") {
-		t.Fatalf("after the restart the drill is %s, want waiting with the resume command", st.State)
+		t.Fatalf("after the restart the run is %s, want waiting with the resume command", st.State)
 	}
 	cl.mustRun("jobs", "resume", j.ID, "--ack")
 	cl.waitFor("the second group starting", 5*time.Minute, func() bool { return stepIs(cl.jobOf(j.ID), "group 2 front: ready", "running", "done") })
 	cl.restartServer()
 	if r := cl.run("jobs", "watch", j.ID); r.code != 0 {
-		t.Fatalf("the drill failed: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		t.Fatalf("the test failover failed: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
 	d := cl.drill(j.ID)
 	checkShopReport(t, d.Report, runs)
 	if n := cl.machineJobs("test-failover"); n["db"] != 1 || n["app"] != 1 || n["web"] != 1 {
 		t.Fatalf("test failover jobs per machine: %v, want one each", n)
 	}
-	if n := siteQEMUs(site); n != 0 {
-		t.Fatalf("%d VMs left after the drill", n)
-	}
-	if ents, _ := os.ReadDir(site); len(ents) != 0 {
-		t.Fatalf("the drill left %d VM directories", len(ents))
+	if n := siteQEMUs(site); n != 3 {
+		t.Fatalf("%d VMs run after the test failover, want 3", n)
 	}
 	if got := len(cl.vmPoints("db")); got <= dbPoints {
-		t.Errorf("replication of db did not go on during the drill: %d points before, %d after", dbPoints, got)
+		t.Errorf("replication of db did not go on during the test failover: %d points before, %d after", dbPoints, got)
 	}
-	html := filepath.Join(cl.dir, "drill.html")
+	html := filepath.Join(cl.dir, "run.html")
 	cl.mustRun("drills", "show", j.ID, "--html", html)
 	if b, err := os.ReadFile(html); err != nil || !strings.Contains(string(b), "PASS") || !strings.Contains(string(b), guest.ReadyMarker) {
 		t.Fatalf("HTML report: %v", err)
 	}
-	fmt.Fprintf(os.Stderr, "TestPlanRealGuests: drill RTO %s (guests %s, Lifeboat %s), RPO %s, 4 server kills\n",
+	// Cleanup, with the server killed at a random moment of it.
+	var c api.Job
+	if err := json.Unmarshal([]byte(cl.mustRun("plan", "cleanup", "shop", "--json")), &c); err != nil || c.ID == "" {
+		t.Fatalf("plan cleanup: %v", err)
+	}
+	step := []string{"group 2 front: clean up", "group 1 database: clean up"}[rand.IntN(2)]
+	cl.waitFor(step, 3*time.Minute, func() bool { return stepIs(cl.jobOf(c.ID), step, "running", "done") })
+	cl.restartServer()
+	t.Logf("server killed at %s", step)
+	if r := cl.run("jobs", "watch", c.ID); r.code != 0 {
+		t.Fatalf("the cleanup failed: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if n := siteQEMUs(site); n != 0 {
+		t.Fatalf("%d VMs left after the cleanup", n)
+	}
+	if ents, _ := os.ReadDir(site); len(ents) != 0 {
+		t.Fatalf("the cleanup left %d VM directories", len(ents))
+	}
+	if n := cl.machineJobs("cleanup"); n["db"] != 1 || n["app"] != 1 || n["web"] != 1 {
+		t.Fatalf("cleanup jobs per machine: %v, want one each", n)
+	}
+	fmt.Fprintf(os.Stderr, "TestPlanRealGuests: test failover RTO %s (guests %s, Lifeboat %s), RPO %s, 5 server kills\n",
 		d.Report.RTO.Std().Round(time.Millisecond), d.Report.Boot.Std().Round(time.Millisecond), d.Report.Overhead.Std().Round(time.Millisecond), d.Report.RPO.Std().Round(time.Millisecond))
 
 	scheduledDrills(t, cl, site)
@@ -302,6 +324,8 @@ groups:
           - name: guest ready
             console: "%CHECK%"
             timeout: 5s
+          - name: a shell in the guest
+            command: [/bin/sh, -c, "test -d /proc"]
 `
 	os.WriteFile(tick, []byte(strings.Replace(y, "%CHECK%", "LIFEBOAT-GUEST-READY", 1)), 0o600)
 	cl.mustRun("plan", "apply", "-f", tick)
@@ -313,7 +337,7 @@ groups:
 	cl.mustRun("plan", "apply", "-f", tick)
 	second := cl.scheduledRun("tick", 2)
 	rep := cl.drill(second.Job).Report
-	if second.Passed || second.State != "failed" || !rep.CleanedUp || len(rep.Machines) != 1 || len(rep.Machines[0].Checks) != 1 ||
+	if second.Passed || second.State != "failed" || !rep.CleanedUp || len(rep.Machines) != 1 || len(rep.Machines[0].Checks) != 2 ||
 		!strings.Contains(rep.Machines[0].Checks[0].Error, "NEVER-PRINTED") {
 		t.Fatalf("the second scheduled drill: %+v; report cleaned up %v, machines %+v", second, rep.CleanedUp, rep.Machines)
 	}
@@ -364,7 +388,7 @@ func planFromVault(t *testing.T, cl *cluster, site, yamlPath, runs string) {
 	}
 	alone := filepath.Join(cl.dir, "vault-alone")
 	t.Cleanup(func() { killSite(alone) })
-	out := cl.mustRun("recover", "plan", "shop", "--test", "--ack", "--site-dir", alone, "--json")
+	out := cl.mustRun("recover", "plan", "shop", "--drill", "--ack", "--site-dir", alone, "--json")
 	var res struct {
 		Report plan.Report `json:"report"`
 	}
@@ -372,8 +396,8 @@ func planFromVault(t *testing.T, cl *cluster, site, yamlPath, runs string) {
 		t.Fatalf("recover plan: %v\n%s", err, out)
 	}
 	checkShopReport(t, res.Report, runs)
-	for _, m := range res.Report.Machines {
-		cl.mustRun("recover", "remove", m.VM, "--site-dir", alone)
+	if n := siteQEMUs(alone); n != 0 {
+		t.Fatalf("%d VMs left after the drill from the vault alone", n)
 	}
 	t.Logf("from the vault alone: RTO %s", res.Report.RTO.Std().Round(time.Millisecond))
 }
