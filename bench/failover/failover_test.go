@@ -21,11 +21,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/lifeboat-dr/lifeboat/bench/internal/lbbin"
 	"github.com/lifeboat-dr/lifeboat/internal/nbd"
 	"github.com/lifeboat-dr/lifeboat/internal/orchestrate"
 	"github.com/lifeboat-dr/lifeboat/internal/recover"
@@ -34,30 +34,7 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/vault/backend/local"
 )
 
-var build struct {
-	once sync.Once
-	bin  string
-	err  error
-}
-
-func lifeboat(b *testing.B) string {
-	build.once.Do(func() {
-		dir, err := os.MkdirTemp("", "lifeboat-bench-bin-")
-		if err != nil {
-			build.err = err
-			return
-		}
-		build.bin = filepath.Join(dir, "lifeboat")
-		out, err := exec.Command("go", "build", "-o", build.bin, "github.com/lifeboat-dr/lifeboat/cmd/lifeboat").CombinedOutput()
-		if err != nil {
-			build.err = fmt.Errorf("%v: %s", err, out)
-		}
-	})
-	if build.err != nil {
-		b.Fatal(build.err)
-	}
-	return build.bin
-}
+func lifeboat(b *testing.B) string { return lbbin.Path(b) }
 
 // fixture is a vault holding one point of machine "web": a disk that boots
 // by itself, grown (sparse) to size.
@@ -396,21 +373,4 @@ func serveNBD(b *testing.B, ps *recover.PointServer, dir string) (*nbd.Client, f
 	return c, func() { c.Close(); cancel(); <-done; ps.Close() }
 }
 
-// killUnder kills the processes (QEMU, point servers) a failed run left
-// with dir in their command line: they outlive the command that started
-// them by design.
-func killUnder(dir string) {
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		var pid int
-		if _, err := fmt.Sscan(e.Name(), &pid); err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err == nil && bytes.Contains(b, []byte(dir)) && pid != os.Getpid() {
-			if p, err := os.FindProcess(pid); err == nil {
-				p.Kill()
-			}
-		}
-	}
-}
+func killUnder(dir string) { lbbin.KillUnder(dir) }

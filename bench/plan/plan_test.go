@@ -21,38 +21,15 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/lifeboat-dr/lifeboat/bench/internal/lbbin"
 	"github.com/lifeboat-dr/lifeboat/internal/plan"
 	"github.com/lifeboat-dr/lifeboat/internal/testutil/guest"
 )
 
-var build struct {
-	once sync.Once
-	bin  string
-	err  error
-}
-
-func lifeboat(b *testing.B) string {
-	build.once.Do(func() {
-		dir, err := os.MkdirTemp("", "lifeboat-bench-bin-")
-		if err != nil {
-			build.err = err
-			return
-		}
-		build.bin = filepath.Join(dir, "lifeboat")
-		out, err := exec.Command("go", "build", "-o", build.bin, "github.com/lifeboat-dr/lifeboat/cmd/lifeboat").CombinedOutput()
-		if err != nil {
-			build.err = fmt.Errorf("%v: %s", err, out)
-		}
-	})
-	if build.err != nil {
-		b.Fatal(build.err)
-	}
-	return build.bin
-}
+func lifeboat(b *testing.B) string { return lbbin.Path(b) }
 
 // fixture is a vault with one point of each machine.
 type fixture struct {
@@ -176,28 +153,4 @@ func BenchmarkPlan20Exec(b *testing.B) {
 	report(b, reps)
 }
 
-// killUnder kills the processes (point servers, QEMU) whose command
-// line names a path under dir.
-func killUnder(dir string) {
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil || !bytes.Contains(b, []byte(dir+"/")) {
-			continue
-		}
-		if p, err := os.FindProcess(atoi(e.Name())); err == nil {
-			p.Kill()
-		}
-	}
-}
-
-func atoi(s string) int {
-	n := 0
-	for _, c := range s {
-		if c < '0' || c > '9' {
-			return -1
-		}
-		n = n*10 + int(c-'0')
-	}
-	return n
-}
+func killUnder(dir string) { lbbin.KillUnder(dir) }
