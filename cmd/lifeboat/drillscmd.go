@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -159,14 +158,7 @@ func (a *app) followPlanJob(cmd *cobra.Command, c *client.Client, f *clientFlags
 	default:
 		fmt.Fprintf(a.stdout, "job %s %s\n", j.ID, jobState(j))
 	}
-	if j.State != jobs.StateSucceeded {
-		msg := fmt.Sprintf("job %s (%s of plan %s) %s", j.ID, j.Kind, j.Target, j.State)
-		if j.Error != "" {
-			msg += ": " + j.Error
-		}
-		return &codeError{exitError, errors.New(msg)}
-	}
-	return nil
+	return jobFailure(j, "plan " + j.Target)
 }
 
 // printPlanSteps prints a line for every step whose state or detail

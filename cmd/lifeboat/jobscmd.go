@@ -178,14 +178,7 @@ func (a *app) follow(cmd *cobra.Command, c *client.Client, f *clientFlags, j api
 		a.showVMs(j)
 		fmt.Fprintf(a.stdout, "job %s %s\n", j.ID, jobState(j))
 	}
-	if j.State != jobs.StateSucceeded {
-		msg := fmt.Sprintf("job %s (%s of %s) %s", j.ID, j.Kind, j.Target, j.State)
-		if j.Error != "" {
-			msg += ": " + j.Error
-		}
-		return &codeError{exitError, errors.New(msg)}
-	}
-	return nil
+	return jobFailure(j, j.Target)
 }
 
 // printStepChanges prints a line for every step whose state, message or
@@ -300,4 +293,17 @@ func (a *app) showVMs(j api.Job) {
 		}
 		_ = w.Flush()
 	}
+}
+
+// jobFailure is the error (exit code 1) of a job that did not succeed,
+// nil for one that did; target names what it acted on.
+func jobFailure(j api.Job, target string) error {
+	if j.State == jobs.StateSucceeded {
+		return nil
+	}
+	msg := fmt.Sprintf("job %s (%s of %s) %s", j.ID, j.Kind, target, j.State)
+	if j.Error != "" {
+		msg += ": " + j.Error
+	}
+	return &codeError{exitError, errors.New(msg)}
 }
