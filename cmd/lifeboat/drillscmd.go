@@ -158,7 +158,7 @@ func (a *app) followPlanJob(cmd *cobra.Command, c *client.Client, f *clientFlags
 	default:
 		fmt.Fprintf(a.stdout, "job %s %s\n", j.ID, jobState(j))
 	}
-	return jobFailure(j, "plan " + j.Target)
+	return jobFailure(j, "plan "+j.Target)
 }
 
 // printPlanSteps prints a line for every step whose state or detail
