@@ -384,14 +384,18 @@ func (s *Server) planRunParams(ctx context.Context, name string, op planOp, req 
 // job of op.undone already ended it.
 func (s *Server) runToUndo(ctx context.Context, name string, op planOp) (jobs.Job, error) {
 	verb := map[string]string{orchestrate.KindPlanTestFailover: "test failover", orchestrate.KindPlanFailover: "failover"}[op.of]
-	runs, err := s.store.ListJobs(ctx, jobs.ListOptions{Target: name, Kind: op.of, Limit: 1})
+	runs, err := s.store.ListJobs(ctx, jobs.ListOptions{Target: name, Kind: op.of, Limit: 20})
 	if err != nil {
 		return jobs.Job{}, err
 	}
-	if len(runs) == 0 {
-		return jobs.Job{}, errf(http.StatusConflict, api.CodeNoPlanRun, "plan %s has no %s to act on (lifeboat drills list --plan %s shows its runs)", name, verb, name)
+	// The newest run that started a VM: a run refused for every machine
+	// (say, a second failover) has nothing to undo and must not hide the
+	// run before it.
+	i := slices.IndexFunc(runs, startedVMs)
+	if i < 0 {
+		return jobs.Job{}, errf(http.StatusConflict, api.CodeNoPlanRun, "plan %s has no %s that started VMs to act on (lifeboat drills list --plan %s shows its runs)", name, verb, name)
 	}
-	run := runs[0]
+	run := runs[i]
 	for _, k := range op.undone {
 		done, err := s.store.ListJobs(ctx, jobs.ListOptions{Target: name, Kind: k, Limit: 20})
 		if err != nil {
@@ -406,6 +410,15 @@ func (s *Server) runToUndo(ctx context.Context, name string, op planOp) (jobs.Jo
 		}
 	}
 	return run, nil
+}
+
+// startedVMs reports whether a plan run started a VM for any machine.
+func startedVMs(j jobs.Job) bool {
+	var rep plan.Report
+	if ok, err := j.Get("report", &rep); !ok || err != nil {
+		return false
+	}
+	return slices.ContainsFunc(rep.Machines, func(m plan.MachineReport) bool { return m.VM != "" })
 }
 
 // unmarshalParams decodes a job's parameters; ok is false when it has

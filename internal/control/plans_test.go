@@ -292,3 +292,60 @@ func containsMessage(evs []api.Event, s string) bool {
 	}
 	return false
 }
+
+// TestPlanFailoverCancelCommit: a plan's failover fails over every
+// machine through the machines' own jobs; a second one is refused by
+// those jobs' checks (already failed over) and starts nothing; cancel
+// removes the VMs; a failover again, then commit, keeps them.
+func TestPlanFailoverCancelCommit(t *testing.T) {
+	s := startSite(t)
+	s.machine("db", 2)
+	s.machine("web", 2)
+	op := s.token(api.RoleOperator, 0)
+	s.applyPlan(op, twoGroups)
+	run := func(what string) api.Job {
+		t.Helper()
+		var j api.Job
+		s.mustAPI("POST", "/api/v1/plans/shop/"+what, op, nil, http.StatusAccepted, &j)
+		return s.waitJob(j.ID)
+	}
+	failedOver := func(name string) (bool, bool) {
+		var m api.Machine
+		s.mustAPI("GET", "/api/v1/machines/"+name, op, nil, 200, &m)
+		return m.Recovery != nil && m.Recovery.Failover != nil, m.Recovery != nil && m.Recovery.Committed
+	}
+	if fo := run("failover"); fo.State != "succeeded" || len(s.prov.running()) != 2 {
+		t.Fatalf("plan failover: %s %s, VMs %v", fo.State, fo.Error, s.prov.running())
+	}
+	if fo, _ := failedOver("web"); !fo {
+		t.Fatal("web is not failed over after the plan's failover")
+	}
+	if again := run("failover"); again.State != "failed" || !strings.Contains(again.Error, "already failed over") || len(s.prov.running()) != 2 {
+		t.Fatalf("a second plan failover: %s %q, VMs %v", again.State, again.Error, s.prov.running())
+	}
+	s.clock.Advance(time.Second)
+	// Cancel acts on the newest failover that started VMs, not on the
+	// refused one.
+	if c := run("cancel"); c.State != "succeeded" || len(s.prov.running()) != 0 {
+		t.Fatalf("plan cancel: %s %s, VMs %v", c.State, c.Error, s.prov.running())
+	}
+	if fo, _ := failedOver("db"); fo {
+		t.Fatal("db is still failed over after the plan's cancel")
+	}
+	s.clock.Advance(time.Second)
+	if fo := run("failover"); fo.State != "succeeded" || len(s.prov.running()) != 2 {
+		t.Fatalf("plan failover after cancel: %s %s", fo.State, fo.Error)
+	}
+	s.clock.Advance(time.Second)
+	if c := run("commit"); c.State != "succeeded" {
+		t.Fatalf("plan commit: %s %s", c.State, c.Error)
+	}
+	for _, m := range []string{"db", "web"} {
+		if fo, committed := failedOver(m); !fo || !committed {
+			t.Fatalf("%s after the plan's commit: failed over %v, committed %v", m, fo, committed)
+		}
+	}
+	if len(s.prov.running()) != 2 {
+		t.Fatalf("VMs after commit: %v", s.prov.running())
+	}
+}

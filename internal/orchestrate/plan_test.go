@@ -300,3 +300,29 @@ func TestPlanVMNeverBoots(t *testing.T) {
 		t.Fatalf("db's report: %+v", rep.Machines[0])
 	}
 }
+
+// TestPlanActionContinue: an action that fails with on-failure: continue
+// lets the run go on and finish, and is reported: the run succeeds, the
+// action is "continued" with its reason, and the report does not pass.
+func TestPlanActionContinue(t *testing.T) {
+	e := planEnv(t)
+	r, _ := e.planRunner()
+	dir := t.TempDir()
+	fail := filepath.Join(dir, "fail.sh")
+	os.WriteFile(fail, []byte("#!/bin/sh\necho cannot reach the DNS server\nexit 4\n"), 0o755)
+	rec := writePlan(t, fail, "login: web")
+	rec.YAML = strings.Replace(rec.YAML, "timeout: 20s", "timeout: 20s\n        on-failure: continue", 1)
+	ctx := context.Background()
+	j, _ := r.Submit(ctx, KindPlanTestFailover, "shop", PlanParams{Plan: rec}, "test")
+	j = e.waitFor(j.ID, "the manual step", func(j jobs.Job) bool { return j.State == jobs.StateWaiting || jobs.Terminal(j.State) })
+	r.Resume(ctx, j.ID, true)
+	j = e.wait(j.ID)
+	rep := reportOf(t, j)
+	a := rep.Actions[0]
+	if j.State != jobs.StateSucceeded || rep.Passed || a.State != "continued" || !strings.Contains(a.Error, "status 4") || !strings.Contains(a.Error, "DNS server") {
+		t.Fatalf("run %s %q, passed %v, action %+v", j.State, j.Error, rep.Passed, a)
+	}
+	if len(e.prov.vms) != 3 {
+		t.Fatalf("%d VMs, want all 3 started after the failed action", len(e.prov.vms))
+	}
+}
