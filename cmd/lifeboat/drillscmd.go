@@ -122,19 +122,13 @@ func (a *app) drillTable(ds []api.DrillSummary) {
 // report; a job that did not succeed is exit 1.
 func (a *app) followPlanJob(cmd *cobra.Command, c *client.Client, f *clientFlags, j api.Job) error {
 	seen := map[string]string{}
-	for {
+	j, err := pollJob(cmd, c, j, func(j api.Job) {
 		if !f.json {
 			a.printPlanSteps(j, seen)
 		}
-		if jobs.Terminal(j.State) {
-			break
-		}
-		path := client.Path("jobs", j.ID) + fmt.Sprintf("?wait=%s&version=%d", jobPollWait, j.Version)
-		var next api.Job
-		if err := c.Do(cmd.Context(), http.MethodGet, path, nil, &next); err != nil {
-			return fmt.Errorf("follow job %s (it goes on; see lifeboat jobs show %s): %w", j.ID, j.ID, err)
-		}
-		j = next
+	})
+	if err != nil {
+		return err
 	}
 	d := api.Drill{Job: j}
 	hasReport := slices.Contains(planRunKinds, j.Kind)

@@ -156,19 +156,13 @@ func (a *app) jobAction(cmd *cobra.Command, f *clientFlags, id, action string, b
 // (or, with --json, the final job); a job that did not succeed is exit 1.
 func (a *app) follow(cmd *cobra.Command, c *client.Client, f *clientFlags, j api.Job) error {
 	seen := map[string]string{}
-	for {
+	j, err := pollJob(cmd, c, j, func(j api.Job) {
 		if !f.json {
 			a.printStepChanges(j, seen)
 		}
-		if jobs.Terminal(j.State) {
-			break
-		}
-		path := client.Path("jobs", j.ID) + fmt.Sprintf("?wait=%s&version=%d", jobPollWait, j.Version)
-		var next api.Job
-		if err := c.Do(cmd.Context(), http.MethodGet, path, nil, &next); err != nil {
-			return fmt.Errorf("follow job %s (it goes on; see lifeboat jobs show %s): %w", j.ID, j.ID, err)
-		}
-		j = next
+	})
+	if err != nil {
+		return err
 	}
 	if f.json {
 		if err := a.printJSON(j); err != nil {
@@ -306,4 +300,21 @@ func jobFailure(j api.Job, target string) error {
 		msg += ": " + j.Error
 	}
 	return &codeError{exitError, errors.New(msg)}
+}
+
+// pollJob long-polls job j until it ends, calling show with each version
+// of it (the first included), and returns the job as it ended.
+func pollJob(cmd *cobra.Command, c *client.Client, j api.Job, show func(api.Job)) (api.Job, error) {
+	for {
+		show(j)
+		if jobs.Terminal(j.State) {
+			return j, nil
+		}
+		path := client.Path("jobs", j.ID) + fmt.Sprintf("?wait=%s&version=%d", jobPollWait, j.Version)
+		var next api.Job
+		if err := c.Do(cmd.Context(), http.MethodGet, path, nil, &next); err != nil {
+			return j, fmt.Errorf("follow job %s (it goes on; see lifeboat jobs show %s): %w", j.ID, j.ID, err)
+		}
+		j = next
+	}
 }
