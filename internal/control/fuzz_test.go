@@ -135,7 +135,7 @@ func (rig *fuzzRig) snapshot(tb testing.TB) string {
 	toks, err3 := st.ListTokens(ctx)
 	ps, err4 := st.ListProcesses(ctx)
 	pts, err5 := st.ListPoints(ctx, "", "", 100000)
-	evs, err6 := st.ListEvents(ctx, 0, "", 100000)
+	evs, err6 := st.ListEvents(ctx, store.EventQuery{Limit: 100000})
 	for _, err := range []error{err1, err2, err3, err4, err5, err6} {
 		if err != nil {
 			tb.Fatal(err)

@@ -184,7 +184,7 @@ func TestProcessKeysDeletedOnRevocation(t *testing.T) {
 
 func eventsOf(t *testing.T, s *Server, kind string) []api.Event {
 	t.Helper()
-	evs, err := s.store.ListEvents(context.Background(), 0, "", 1000)
+	evs, err := s.store.ListEvents(context.Background(), store.EventQuery{Limit: 1000})
 	if err != nil {
 		t.Fatal(err)
 	}

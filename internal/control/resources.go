@@ -655,19 +655,11 @@ func (s *Server) getGroup(w http.ResponseWriter, r *http.Request, _ *caller) err
 }
 
 func (s *Server) listEvents(w http.ResponseWriter, r *http.Request, _ *caller) error {
-	since, err := queryInt(r, "since", 0, 0, 1<<62)
+	q, err := eventQuery(r)
 	if err != nil {
 		return err
 	}
-	machine, err := queryName(r, "machine", "machine")
-	if err != nil {
-		return err
-	}
-	limit, err := queryInt(r, "limit", 100, 1, 10000)
-	if err != nil {
-		return err
-	}
-	evs, err := s.store.ListEvents(r.Context(), since, machine, int(limit))
+	evs, err := s.store.ListEvents(r.Context(), q)
 	if err != nil {
 		return err
 	}
@@ -678,12 +670,54 @@ func (s *Server) listEvents(w http.ResponseWriter, r *http.Request, _ *caller) e
 	return nil
 }
 
+// eventQuery reads GET /api/v1/events's parameters: since (an event ID),
+// after (an RFC 3339 time), machine, kind, severity, limit, and newest
+// (true: the newest limit events that match, instead of the oldest).
+func eventQuery(r *http.Request) (store.EventQuery, error) {
+	var q store.EventQuery
+	var err error
+	if q.SinceID, err = queryInt(r, "since", 0, 0, 1<<62); err != nil {
+		return q, err
+	}
+	if q.Machine, err = queryName(r, "machine", "machine"); err != nil {
+		return q, err
+	}
+	if q.Kind, err = queryName(r, "kind", "event kind"); err != nil {
+		return q, err
+	}
+	limit, err := queryInt(r, "limit", 100, 1, 10000)
+	if err != nil {
+		return q, err
+	}
+	q.Limit = int(limit)
+	v := r.URL.Query()
+	switch sev := v.Get("severity"); sev {
+	case "", api.SeverityInfo, api.SeverityWarning, api.SeverityError:
+		q.Severity = sev
+	default:
+		return q, badRequest("query parameter severity=%q: want info, warning or error", sev)
+	}
+	if a := v.Get("after"); a != "" {
+		if q.Since, err = time.Parse(time.RFC3339, a); err != nil {
+			return q, badRequest("query parameter after=%q: want an RFC 3339 time (2026-12-07T09:30:00Z)", a)
+		}
+	}
+	switch n := v.Get("newest"); n {
+	case "", "false":
+	case "true":
+		q.Newest = true
+	default:
+		return q, badRequest("query parameter newest=%q: want true or false", n)
+	}
+	return q, nil
+}
+
 // recentEvents returns about the n newest events, oldest first.
 func (s *Server) recentEvents(ctx context.Context, n int64) ([]api.Event, error) {
 	s.mu.Lock()
 	last := s.lastEvent
 	s.mu.Unlock()
-	return s.store.ListEvents(ctx, max(0, last-n), "", int(n))
+	return s.store.ListEvents(ctx, store.EventQuery{SinceID: max(0, last-n), Limit: int(n)})
 }
 
 func (s *Server) status(w http.ResponseWriter, r *http.Request, _ *caller) error {

@@ -223,7 +223,7 @@ func (s *Server) loadRevokedList(ctx context.Context) error {
 func (s *Server) findLastEvent(ctx context.Context) error {
 	var since int64
 	for range 1 << 20 {
-		evs, err := s.store.ListEvents(ctx, since, "", 1000)
+		evs, err := s.store.ListEvents(ctx, store.EventQuery{SinceID: since, Limit: 1000})
 		if err != nil {
 			return fmt.Errorf("read events: %w", err)
 		}

@@ -141,7 +141,7 @@ type Store interface {
 	// Events, with increasing IDs assigned by the store. An event's
 	// Actor is kept when its Role is set (nil otherwise).
 	AddEvent(ctx context.Context, e api.Event) (int64, error)
-	ListEvents(ctx context.Context, sinceID int64, machine string, limit int) ([]api.Event, error) // oldest first
+	ListEvents(ctx context.Context, q EventQuery) ([]api.Event, error) // oldest first
 	// PruneEvents deletes the events p selects that are older than
 	// p.Before, then all but the newest p.Keep of them (by ID), in
 	// batches, and returns how many it deleted.
@@ -174,4 +174,18 @@ type Store interface {
 	PutSetting(ctx context.Context, key, value string) error
 
 	Close() error
+}
+
+// EventQuery selects events: those with an ID above SinceID, at or after
+// Since, of Machine, Kind and Severity when they are set. Limit bounds
+// how many (0: all): the oldest that match, or with Newest the newest
+// that match. Either way they are listed oldest first.
+type EventQuery struct {
+	SinceID  int64
+	Since    time.Time
+	Machine  string
+	Kind     string
+	Severity string
+	Limit    int
+	Newest   bool
 }

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/store"
@@ -55,19 +56,27 @@ func (s *Store) AddEvent(ctx context.Context, e api.Event) (int64, error) {
 	return id, nil
 }
 
-// ListEvents lists events with ID > sinceID, of machine when not empty,
-// oldest first, at most limit of them when limit > 0.
-func (s *Store) ListEvents(ctx context.Context, sinceID int64, machine string, limit int) ([]api.Event, error) {
+// ListEvents lists the events q selects, oldest first.
+func (s *Store) ListEvents(ctx context.Context, q store.EventQuery) ([]api.Event, error) {
 	query := `SELECT ` + eventColumns + ` FROM events WHERE id > ?`
-	args := []any{sinceID}
-	if machine != "" {
-		query += ` AND machine = ?`
-		args = append(args, machine)
+	args := []any{q.SinceID}
+	if !q.Since.IsZero() {
+		query += ` AND at >= ?`
+		args = append(args, at(norm(q.Since)))
+	}
+	for _, f := range [][2]string{{"machine", q.Machine}, {"kind", q.Kind}, {"severity", q.Severity}} {
+		if f[1] != "" {
+			query += ` AND ` + f[0] + ` = ?`
+			args = append(args, f[1])
+		}
 	}
 	query += ` ORDER BY id`
-	if limit > 0 {
+	if q.Newest {
+		query += ` DESC`
+	}
+	if q.Limit > 0 {
 		query += ` LIMIT ?`
-		args = append(args, limit)
+		args = append(args, q.Limit)
 	}
 	rows, err := s.r.QueryContext(ctx, s.q(query), args...)
 	if err != nil {
@@ -91,6 +100,9 @@ func (s *Store) ListEvents(ctx context.Context, sinceID int64, machine string, l
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("sqlstore: list events: %w", err)
+	}
+	if q.Newest {
+		slices.Reverse(out)
 	}
 	return out, nil
 }

@@ -38,7 +38,7 @@ func TestPruneEventsBatches(t *testing.T) {
 		if err != nil || n != 29 {
 			t.Fatalf("prune by count: %d %v, want 29", n, err)
 		}
-		evs, err := s.ListEvents(ctx, 0, "", 0)
+		evs, err := s.ListEvents(ctx, store.EventQuery{})
 		if err != nil || len(evs) != 11 || evs[10].ID != last || evs[0].ID != last-10 {
 			t.Fatalf("after pruning: %d events (%v), want the newest 11", len(evs), err)
 		}
@@ -67,7 +67,7 @@ func TestMigrateEventActor(t *testing.T) {
 		if _, err := s.AddEvent(ctx, api.Event{Time: storetest.T0, Severity: "info", Kind: "audit", Message: "paused m", Actor: a}); err != nil {
 			t.Fatal(err)
 		}
-		evs, err := s.ListEvents(ctx, 0, "", 0)
+		evs, err := s.ListEvents(ctx, store.EventQuery{})
 		if err != nil || len(evs) != 2 {
 			t.Fatalf("events after the upgrade: %+v %v", evs, err)
 		}

@@ -28,7 +28,7 @@ func testEventActor(t *testing.T, s store.Store) {
 		}
 		want = append(want, e)
 	}
-	got, err := s.ListEvents(ctx, 0, "", 0)
+	got, err := s.ListEvents(ctx, store.EventQuery{})
 	must(t, err, "list events")
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("events with actors:\n got %+v\nwant %+v", got, want)
@@ -65,7 +65,7 @@ func testPruneEvents(t *testing.T, s store.Store) {
 	}
 	left := func() map[int]bool {
 		t.Helper()
-		got, err := s.ListEvents(ctx, 0, "", 0)
+		got, err := s.ListEvents(ctx, store.EventQuery{})
 		must(t, err, "list")
 		out := map[int]bool{}
 		for _, e := range got {

@@ -561,7 +561,7 @@ func testCuts(t *testing.T, s store.Store) {
 
 func testEvents(t *testing.T, s store.Store) {
 	ctx := ctxT(t)
-	list, err := s.ListEvents(ctx, 0, "", 0)
+	list, err := s.ListEvents(ctx, store.EventQuery{})
 	must(t, err, "list empty")
 	if len(list) != 0 {
 		t.Fatalf("empty store has events %v", list)
@@ -574,6 +574,9 @@ func testEvents(t *testing.T, s store.Store) {
 		if i == 3 {
 			e.Machine, e.Process = "", "ps1"
 		}
+		if i == 7 {
+			e.Severity = api.SeverityError
+		}
 		id, err := s.AddEvent(ctx, e)
 		must(t, err, "add event")
 		if id <= last {
@@ -583,31 +586,24 @@ func testEvents(t *testing.T, s store.Store) {
 		e.ID = id
 		all = append(all, e)
 	}
-	filter := func(since int64, machine string, limit int) []api.Event {
-		var out []api.Event
-		for _, e := range all {
-			if e.ID > since && (machine == "" || e.Machine == machine) && (limit <= 0 || len(out) < limit) {
-				out = append(out, e)
-			}
-		}
-		return out
-	}
-	check := func(since int64, machine string, limit int) {
+	check := func(q store.EventQuery) {
 		t.Helper()
-		got, err := s.ListEvents(ctx, since, machine, limit)
+		got, err := s.ListEvents(ctx, q)
 		must(t, err, "list events")
-		want := filter(since, machine, limit)
-		if !reflect.DeepEqual(got, want) {
-			t.Fatalf("ListEvents(%d, %q, %d):\n got %+v\nwant %+v", since, machine, limit, got, want)
+		if want := filterEvents(all, q); !reflect.DeepEqual(got, want) {
+			t.Fatalf("ListEvents(%+v):\n got %+v\nwant %+v", q, got, want)
 		}
 	}
-	check(0, "", 0)
-	check(0, "", 3)
-	check(all[4].ID, "", 0)
-	check(all[4].ID, "a", 0)
-	check(0, "b", 2)
-	check(last, "", 0)
-	check(0, "nobody", 0)
+	for _, q := range []store.EventQuery{
+		{}, {Limit: 3}, {SinceID: all[4].ID}, {SinceID: all[4].ID, Machine: "a"}, {Machine: "b", Limit: 2},
+		{SinceID: last}, {Machine: "nobody"},
+		{Newest: true, Limit: 3}, {Newest: true, Limit: 2, Machine: "a"}, {Newest: true},
+		{Since: all[6].Time}, {Since: all[6].Time, Newest: true, Limit: 1},
+		{Kind: "rpo_exceeded", Severity: api.SeverityError}, {Kind: "rpo_exceeded", Severity: api.SeverityWarning, Limit: 4},
+		{Kind: "other"}, {Severity: api.SeverityError},
+	} {
+		check(q)
+	}
 
 	// Concurrent adds still get distinct, increasing IDs.
 	var wg sync.WaitGroup
@@ -633,7 +629,7 @@ func testEvents(t *testing.T, s store.Store) {
 	if len(seen) != 40 {
 		t.Fatalf("40 concurrent events got %d distinct ids", len(seen))
 	}
-	got, err := s.ListEvents(ctx, last, "", 0)
+	got, err := s.ListEvents(ctx, store.EventQuery{SinceID: last})
 	must(t, err, "list new")
 	if len(got) != 40 {
 		t.Fatalf("listed %d new events, want 40", len(got))
@@ -748,7 +744,7 @@ func testTimes(t *testing.T, s store.Store) {
 
 	_, err = s.AddEvent(ctx, api.Event{Time: ns, Severity: "info", Kind: "k", Message: "m"})
 	must(t, err, "event")
-	evs, err := s.ListEvents(ctx, 0, "", 0)
+	evs, err := s.ListEvents(ctx, store.EventQuery{})
 	must(t, err, "events")
 	eq("event time", evs[0].Time)
 
@@ -814,7 +810,7 @@ func testHostile(t *testing.T, s store.Store) {
 	}
 	id, err := s.AddEvent(ctx, api.Event{Time: T0, Severity: "error", Kind: big, Machine: hostileNames[1], Message: big})
 	must(t, err, "big event")
-	evs, err := s.ListEvents(ctx, id-1, hostileNames[1], 0)
+	evs, err := s.ListEvents(ctx, store.EventQuery{SinceID: id - 1, Machine: hostileNames[1]})
 	must(t, err, "list big event")
 	if len(evs) != 1 || evs[0].Message != big || evs[0].Kind != big {
 		t.Fatal("1 MiB event changed in the round trip")
@@ -907,7 +903,7 @@ func testHostile(t *testing.T, s store.Store) {
 	if _, err := s.GetSetting(ctx, "k"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("refused setting was stored: %v", err)
 	}
-	evs, err = s.ListEvents(ctx, id, "", 0)
+	evs, err = s.ListEvents(ctx, store.EventQuery{SinceID: id})
 	must(t, err, "events")
 	if len(evs) != 0 {
 		t.Fatalf("refused events were stored: %d", len(evs))
@@ -932,4 +928,22 @@ func testCanceled(t *testing.T, s store.Store) {
 	if _, err := s.GetSetting(ctxT(t), "k"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("canceled PutSetting stored the value: %v", err)
 	}
+}
+
+// filterEvents is what ListEvents(q) must return of all (oldest first).
+func filterEvents(all []api.Event, q store.EventQuery) []api.Event {
+	var out []api.Event
+	for _, e := range all {
+		if e.ID > q.SinceID && !e.Time.Before(q.Since) && (q.Machine == "" || e.Machine == q.Machine) &&
+			(q.Kind == "" || e.Kind == q.Kind) && (q.Severity == "" || e.Severity == q.Severity) {
+			out = append(out, e)
+		}
+	}
+	if q.Limit > 0 && len(out) > q.Limit {
+		if q.Newest {
+			return out[len(out)-q.Limit:]
+		}
+		return out[:q.Limit]
+	}
+	return out
 }
