@@ -52,6 +52,8 @@ type app struct {
 	passphraseFile string
 	s3Endpoint     string
 	logLevel       string
+	logFormat      string
+	jsonLogs       bool // --log-format json
 	cpuProfile     string
 	log            *slog.Logger
 	stopProfile    func()
@@ -73,11 +75,11 @@ func (a *app) exitCode(err error) int {
 	var ce *codeError
 	if errors.As(err, &ce) {
 		if ce.err != nil {
-			fmt.Fprintf(a.stderr, "lifeboat: %v\n", ce.err)
+			a.emit(slog.LevelError, fmt.Sprintf("lifeboat: %v\n", ce.err), ce.err.Error(), "exit", ce.code)
 		}
 		return ce.code
 	}
-	fmt.Fprintf(a.stderr, "lifeboat: error: %v\n", err)
+	a.emit(slog.LevelError, fmt.Sprintf("lifeboat: error: %v\n", err), err.Error())
 	switch {
 	case errors.Is(err, vault.ErrDamaged):
 		return exitDamaged
@@ -101,11 +103,9 @@ Start with "lifeboat demo" to see the whole cycle on a sample disk.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
-			var lvl slog.Level
-			if err := lvl.UnmarshalText([]byte(a.logLevel)); err != nil {
-				return &codeError{exitUsage, fmt.Errorf("--log-level %q: use debug, info, warn or error", a.logLevel)}
+			if err := a.setupLog(cmd); err != nil {
+				return err
 			}
-			a.log = slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: lvl}))
 			if a.cpuProfile != "" {
 				f, err := os.Create(a.cpuProfile)
 				if err != nil {
@@ -130,7 +130,8 @@ Start with "lifeboat demo" to see the whole cycle on a sample disk.`,
 	pf.StringVar(&a.vaultLoc, "vault", os.Getenv("LIFEBOAT_VAULT"), "vault location: a directory or s3://BUCKET/PREFIX (env LIFEBOAT_VAULT)")
 	pf.StringVar(&a.passphraseFile, "passphrase-file", os.Getenv("LIFEBOAT_PASSPHRASE_FILE"), "read the vault passphrase from this file (env LIFEBOAT_PASSPHRASE_FILE; or set LIFEBOAT_PASSPHRASE)")
 	pf.StringVar(&a.s3Endpoint, "s3-endpoint", "", "S3 endpoint for S3-compatible services, e.g. http://127.0.0.1:7070 (env AWS_ENDPOINT_URL)")
-	pf.StringVar(&a.logLevel, "log-level", "warn", "log level: debug, info, warn, error")
+	pf.StringVar(&a.logLevel, "log-level", "", "log level: debug, info, warn, error (env "+envLogLevel+"; default info for daemons, warn otherwise)")
+	pf.StringVar(&a.logFormat, "log-format", "", "log format: text or json (env "+envLogFormat+"; default text)")
 	pf.StringVar(&a.cpuProfile, "cpuprofile", "", "write a Go CPU profile to this file (diagnostics)")
 	_ = pf.MarkHidden("cpuprofile")
 	root.AddCommand(a.vaultCmd(), a.replicateCmd(), a.pointsCmd(), a.restoreCmd(), a.demoCmd(), a.versionCmd(),

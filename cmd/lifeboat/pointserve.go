@@ -158,8 +158,8 @@ func (a *app) servePoint(ctx context.Context, ref, sock, listen, ready, events s
 			return err
 		}
 	}
-	fmt.Fprintf(a.stderr, "serving point %s of %s (%s): %s\n", p.ID.Short(), p.Machine, p.Time.Local().Format("2006-01-02 15:04:05"),
-		strings.Join(exportList(info.Exports), ", "))
+	a.announce(fmt.Sprintf("serving point %s of %s (%s): %s\n", p.ID.Short(), p.Machine, p.Time.Local().Format("2006-01-02 15:04:05"),
+		strings.Join(exportList(info.Exports), ", ")), "serving point", "point", p.ID.String(), "machine", p.Machine, "exports", info.Exports)
 	return ps.Serve(ctx, ln)
 }
 

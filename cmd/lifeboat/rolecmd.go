@@ -77,7 +77,8 @@ func (a *app) serverCmd() *cobra.Command {
 			}
 			return control.Run(cmd.Context(), control.RunOptions{DataDir: data, Logger: a.log,
 				Ready: func(ad control.Addrs) {
-					fmt.Fprintf(a.stderr, "lifeboat server: API on https://%s, process server on https://%s\n", ad.API, ad.Ingest)
+					a.announce(fmt.Sprintf("lifeboat server: API on https://%s, process server on https://%s\n", ad.API, ad.Ingest),
+						"server ready", "api", "https://"+ad.API, "ingest", "https://"+ad.Ingest)
 				}})
 		},
 	}
@@ -356,7 +357,7 @@ func (a *app) processCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			err := processd.Run(cmd.Context(), stateDir, processd.Options{Logger: a.log, Ready: func(addr string) {
-				fmt.Fprintf(a.stderr, "lifeboat process: serving agents on https://%s\n", addr)
+				a.announce(fmt.Sprintf("lifeboat process: serving agents on https://%s\n", addr), "process server ready", "listen", "https://"+addr)
 			}})
 			if errors.Is(err, cmd.Context().Err()) {
 				return nil
