@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"net/url"
 	"sort"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -533,46 +532,6 @@ func (a *app) eventLines(es []api.Event) {
 		}
 		fmt.Fprintf(a.stdout, "%s %-7s %-16s %-12s %s\n", e.Time.Local().Format(time.DateTime), e.Severity, e.Kind, dash(who), e.Message)
 	}
-}
-
-func (a *app) eventsCmd() *cobra.Command {
-	var f clientFlags
-	var machine string
-	var since int64
-	var limit int
-	cmd := &cobra.Command{
-		Use: "events [--machine M] [--since ID]", Short: "List events (RPO alerts, hook failures, back-pressure, audit)", Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.client(&f)
-			if err != nil {
-				return err
-			}
-			q := url.Values{}
-			if machine != "" {
-				q.Set("machine", machine)
-			}
-			if since > 0 {
-				q.Set("since", strconv.FormatInt(since, 10))
-			}
-			if limit > 0 {
-				q.Set("limit", strconv.Itoa(limit))
-			}
-			var es []api.Event
-			if err := c.Do(cmd.Context(), http.MethodGet, client.Path("events")+"?"+q.Encode(), nil, &es); err != nil {
-				return err
-			}
-			if f.json {
-				return a.printJSON(es)
-			}
-			a.eventLines(es)
-			return nil
-		},
-	}
-	cmd.Flags().StringVar(&machine, "machine", "", "only this machine's events")
-	cmd.Flags().Int64Var(&since, "since", 0, "only events after this ID")
-	cmd.Flags().IntVar(&limit, "limit", 100, "at most this many")
-	a.addClientFlags(cmd, &f)
-	return cmd
 }
 
 func (a *app) groupsCmd() *cobra.Command {
