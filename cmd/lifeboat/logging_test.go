@@ -162,53 +162,79 @@ func checkJSONLines(t *testing.T, out string) []map[string]any {
 	return recs
 }
 
+// testServer is a `server run --log-format json` in this process.
+type testServer struct {
+	admin  string      // admin token
+	url    string      // https://API
+	stderr *syncBuffer // its logs
+	stop   func()      // stops it and waits until it has
+}
+
+// startServer runs `server init --json` and `server run --log-format
+// json` with env and waits until the server is ready.
+func startServer(t *testing.T, env map[string]string) *testServer {
+	t.Helper()
+	data := filepath.Join(t.TempDir(), "server")
+	out, stderr, code := runCLI(t, env, "server", "init", "--data", data, "--listen", "127.0.0.1:0", "--ingest-listen", "127.0.0.1:0", "--json")
+	var init initJSON
+	if err := json.Unmarshal([]byte(out), &init); code != 0 || err != nil {
+		t.Fatalf("server init: exit %d (%v): %s%s", code, err, out, stderr)
+	}
+	s := &testServer{admin: init.AdminToken, stderr: &syncBuffer{}}
+	a := testApp(&bytes.Buffer{}, s.stderr, env)
+	root := a.root()
+	root.SetArgs([]string{"server", "run", "--data", data, "--log-format", "json"})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan int, 1)
+	go func() { done <- a.exitCode(root.ExecuteContext(ctx)) }()
+	s.stop = func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(60 * time.Second):
+			t.Fatal("server run did not stop")
+		}
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for s.url == "" {
+		for _, line := range strings.Split(s.stderr.String(), "\n") {
+			var rec struct{ Msg, API string }
+			if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "server ready" {
+				s.url = rec.API
+			}
+		}
+		select {
+		case code := <-done:
+			t.Fatalf("server run ended (exit %d) before it was ready:\n%s", code, s.stderr.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+		if s.url == "" && time.Now().After(deadline) {
+			cancel()
+			t.Fatalf("server not ready in time:\n%s", s.stderr.String())
+		}
+	}
+	return s
+}
+
 // TestServerRunJSONLogs starts `server run --log-format json` in this
 // process, waits until it is ready, stops it and checks that every line it
 // wrote to stderr is a JSON record, at level info by default.
 func TestServerRunJSONLogs(t *testing.T) {
-	data := filepath.Join(t.TempDir(), "server")
-	env := map[string]string{"LIFEBOAT_PASSPHRASE": "correct horse battery staple"}
-	if _, stderr, code := runCLI(t, env, "server", "init", "--data", data, "--listen", "127.0.0.1:0", "--ingest-listen", "127.0.0.1:0"); code != 0 {
-		t.Fatalf("server init: exit %d: %s", code, stderr)
-	}
-	var stderr syncBuffer
-	a := testApp(&bytes.Buffer{}, &stderr, env)
-	root := a.root()
-	root.SetArgs([]string{"server", "run", "--data", data, "--log-format", "json"})
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan int, 1)
-	go func() { done <- a.exitCode(root.ExecuteContext(ctx)) }()
-	deadline := time.Now().Add(60 * time.Second)
-	for !strings.Contains(stderr.String(), `"msg":"server ready"`) {
-		select {
-		case code := <-done:
-			t.Fatalf("server run ended (exit %d) before it was ready:\n%s", code, stderr.String())
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("server not ready in time:\n%s", stderr.String())
-		}
-	}
-	cancel()
-	select {
-	case <-done:
-	case <-time.After(60 * time.Second):
-		t.Fatal("server run did not stop")
-	}
-	recs := checkJSONLines(t, stderr.String())
-	info := false
+	s := startServer(t, map[string]string{"LIFEBOAT_PASSPHRASE": "correct horse battery staple"})
+	s.stop()
+	recs := checkJSONLines(t, s.stderr.String())
+	ready := false
 	for _, r := range recs {
 		if r["level"] == "DEBUG" {
 			t.Fatalf("a debug record at the default level: %v", r)
 		}
-		if r["msg"] == "server ready" {
+		if r["msg"] == "server ready" && r["level"] == "INFO" {
 			api, _ := r["api"].(string)
-			info = strings.HasPrefix(api, "https://127.0.0.1:")
+			ready = strings.HasPrefix(api, "https://127.0.0.1:")
 		}
 	}
-	if !info {
-		t.Fatalf("no server ready record with the API address:\n%s", stderr.String())
+	if !ready {
+		t.Fatalf("no server ready record with the API address:\n%s", s.stderr.String())
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 func (a *app) restoreCmd() *cobra.Command {
 	var disk, to string
 	var o recover.Options
+	var asJSON bool
 	c := &cobra.Command{
 		Use:   "restore POINT --disk NAME --to FILE|DEVICE [--incremental]",
 		Short: "Restore a disk of a recovery point to a file or device",
@@ -76,6 +77,9 @@ anything that is neither a file nor a block device.`,
 				return fmt.Errorf("restore of point %s disk %s to %s failed: %w", p.ID.Short(), disk, to, err)
 			}
 			el := time.Since(start)
+			if asJSON {
+				return a.printJSON(newRestoreJSON(p, disk, to, res, el))
+			}
 			fmt.Fprintf(a.stdout, "restored disk %s of point %s (%s, %s) to %s: wrote %s in %d blocks", disk, p.ID.Short(),
 				p.Machine, p.Time.Local().Format("2006-01-02 15:04:05"), to, progress.Bytes(res.BytesWritten), res.BlocksWritten)
 			if res.BytesRead > 0 {
@@ -89,5 +93,6 @@ anything that is neither a file nor a block device.`,
 	c.Flags().StringVar(&to, "to", "", "target file or block device")
 	c.Flags().BoolVar(&o.Incremental, "incremental", false, "update an existing target in place, writing only differing blocks")
 	c.Flags().BoolVar(&o.Force, "force", false, "overwrite an existing file completely")
+	c.Flags().BoolVar(&asJSON, "json", false, "print one JSON object (point, disk, target, bytes and blocks written, time) instead of a summary line")
 	return c
 }

@@ -27,8 +27,9 @@ import (
 
 func (a *app) serverCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "server", Short: "The configuration server: control plane, CA, scheduler and an embedded process server"}
-	var data, db, listen, ingestListen string
+	var data, db, listen, ingestListen, tokenFile string
 	var hosts []string
+	var initJSON bool
 	initCmd := &cobra.Command{
 		Use:   "init --data DIR [--vault URL] [--db postgres://...]",
 		Short: "Create the server's state, its certificate authority and the first admin token",
@@ -49,19 +50,30 @@ func (a *app) serverCmd() *cobra.Command {
 			if ingestListen == "off" {
 				o.IngestListen, o.IngestDisabled = "", true
 			}
+			var tf *os.File
+			if tokenFile != "" {
+				if tf, err = createTokenFile(tokenFile); err != nil {
+					return err
+				}
+			}
 			res, err := control.Init(cmd.Context(), o)
 			if err != nil {
+				if tf != nil {
+					tf.Close()
+					os.Remove(tokenFile)
+				}
 				return err
 			}
-			fmt.Fprintf(a.stdout, "server state in %s, vault %s\n", data, a.vaultLoc)
-			fmt.Fprintf(a.stdout, "CA fingerprint (SHA-256): %s\n", res.CAFingerprint)
-			fmt.Fprintf(a.stdout, "admin token (shown once; keep it safe):\n%s\n", res.AdminToken)
-			fmt.Fprintf(a.stdout, "it expires %s; make admin tokens with `lifeboat token create --role admin`, or on this host with `lifeboat server admin-token --data %s`\n",
-				res.AdminExpires.Local().Format(time.DateTime), data)
-			fmt.Fprintf(a.stdout, "\nnext:\n  lifeboat server run --data %s\n  lifeboat login --server https://%s --token <admin token>\n", data, listen)
-			return nil
+			if tf != nil {
+				if err := writeTokenFile(tf, res.AdminToken); err != nil {
+					return err
+				}
+			}
+			return a.printInit(o, ingestListen, res, tokenFile, initJSON)
 		},
 	}
+	initCmd.Flags().BoolVar(&initJSON, "json", false, "print one JSON object (admin token, addresses, data directory, CA fingerprint) instead of prose")
+	initCmd.Flags().StringVar(&tokenFile, "token-file", "", "write the admin token alone to this new file (mode 0600; an existing file is refused) and print it nowhere")
 	initCmd.Flags().StringVar(&data, "data", "", "directory for the server's state (created)")
 	initCmd.Flags().StringVar(&db, "db", "", "state database: postgres://... (default: SQLite in the data directory)")
 	initCmd.Flags().StringVar(&listen, "listen", "127.0.0.1:8443", "API address")
@@ -121,6 +133,7 @@ func (a *app) agentCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "agent", Short: "The mobility service on a protected machine, and commands about agents"}
 	var stateDir, server, token, name, hooks, qmpDir, libvirtSock, discoverEvery, scratch string
 	var disks []string
+	var enrollJSON bool
 	enroll := &cobra.Command{
 		Use:   "enroll --server URL --token TOKEN [--name NAME] [--disk NAME=PATH ...] [--vm-qmp-dir DIR] [--vm-libvirt default|SOCKET]",
 		Short: "Enroll this machine with a one-time agent token and write the agent's state",
@@ -154,10 +167,14 @@ func (a *app) agentCmd() *cobra.Command {
 			if err := agent.Enroll(cmd.Context(), o); err != nil {
 				return err
 			}
+			if enrollJSON {
+				return a.printEnrollJSON(name, server, stateDir)
+			}
 			fmt.Fprintf(a.stdout, "enrolled %s with %s; state in %s\nstart it with: lifeboat agent run --state-dir %s\n", name, server, stateDir, stateDir)
 			return nil
 		},
 	}
+	enroll.Flags().BoolVar(&enrollJSON, "json", false, "print one JSON object (name, server, state directory, run command) instead of prose")
 	enroll.Flags().StringVar(&server, "server", "", "server URL, https://HOST:PORT")
 	enroll.Flags().StringVar(&token, "token", "", "one-time agent token for this name, from 'lifeboat token create --role agent --name NAME' (or 'lifeboat agent reenroll NAME')")
 	enroll.Flags().StringVar(&name, "name", "", "machine name (default: hostname)")
