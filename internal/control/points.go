@@ -136,7 +136,7 @@ func (s *Server) findPoint(ctx context.Context, ref string) (api.Point, error) {
 	case err != nil:
 		return api.Point{}, err
 	case len(pts) == 0:
-		return api.Point{}, notFound("no recovery point %q is recorded (see GET /api/v1/points)", ref)
+		return api.Point{}, notFound("no recovery point %q is recorded (lifeboat points list shows them)", ref)
 	case len(pts) > 1:
 		return api.Point{}, conflict("point reference %q is ambiguous: give more digits", ref)
 	}

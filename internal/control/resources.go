@@ -123,7 +123,7 @@ func (s *Server) createPolicy(w http.ResponseWriter, r *http.Request, c *caller)
 	p.Created, p.Updated = now, now
 	if err := s.store.CreatePolicy(r.Context(), p); err != nil {
 		if errors.Is(err, store.ErrConflict) {
-			return conflict("policy %q exists: change it with PUT /api/v1/policies/%s", p.Name, p.Name)
+			return conflict("policy %q exists: change it with lifeboat policy update %s", p.Name, p.Name)
 		}
 		return err
 	}
@@ -158,7 +158,7 @@ func (s *Server) updatePolicy(w http.ResponseWriter, r *http.Request, c *caller)
 	ctx := r.Context()
 	old, err := s.store.GetPolicy(ctx, name)
 	if errors.Is(err, store.ErrNotFound) {
-		return notFound("no policy %q: create it with POST /api/v1/policies", name)
+		return notFound("no policy %q: create it with lifeboat policy create %s (lifeboat policy list shows the policies)", name, name)
 	}
 	if err != nil {
 		return err
@@ -295,7 +295,7 @@ var machineActions = []machineAction{
 		}
 		p, err := s.store.GetProcess(r.Context(), mr.Process)
 		if errors.Is(err, store.ErrNotFound) {
-			return "", badRequest("no process server %q (see GET /api/v1/process-servers)", mr.Process)
+			return "", badRequest("no process server %q (lifeboat process list shows them)", mr.Process)
 		} else if err != nil {
 			return "", err
 		}
@@ -353,7 +353,7 @@ func (s *Server) protect(r *http.Request, req any, m *api.Machine) (string, erro
 	}
 	pol, err := s.store.GetPolicy(r.Context(), pr.Policy)
 	if errors.Is(err, store.ErrNotFound) {
-		return "", badRequest("no policy %q: create it first (POST /api/v1/policies)", pr.Policy)
+		return "", badRequest("no policy %q: create it first (lifeboat policy create %s)", pr.Policy, pr.Policy)
 	} else if err != nil {
 		return "", err
 	}
