@@ -129,9 +129,10 @@ func parseDisks(specs []string) ([]agent.DiskConfig, error) {
 	return out, nil
 }
 
-func (a *app) agentCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "agent", Short: "The mobility service on a protected machine, and commands about agents"}
-	var stateDir, server, token, name, hooks, qmpDir, libvirtSock, discoverEvery, scratch string
+// agentEnrollCmd is `agent enroll`; stateDir is the --state-dir it shares
+// with `agent run`.
+func (a *app) agentEnrollCmd(stateDir *string) *cobra.Command {
+	var server, token, name, hooks, qmpDir, libvirtSock, discoverEvery, scratch string
 	var disks []string
 	var enrollJSON bool
 	enroll := &cobra.Command{
@@ -150,7 +151,7 @@ func (a *app) agentCmd() *cobra.Command {
 				name, _ = os.Hostname()
 			}
 			// Everything agent.json gets is checked before the token is sent.
-			o := agent.EnrollOptions{Server: server, Token: token, Name: name, StateDir: stateDir, Disks: ds,
+			o := agent.EnrollOptions{Server: server, Token: token, Name: name, StateDir: *stateDir, Disks: ds,
 				Warn: func(w string) { fmt.Fprintf(a.stderr, "lifeboat: warning: %s\n", w) }}
 			if o.HooksDir, err = absIfSet(hooks); err != nil {
 				return err
@@ -168,9 +169,9 @@ func (a *app) agentCmd() *cobra.Command {
 				return err
 			}
 			if enrollJSON {
-				return a.printEnrollJSON(name, server, stateDir)
+				return a.printEnrollJSON(name, server, *stateDir)
 			}
-			fmt.Fprintf(a.stdout, "enrolled %s with %s; state in %s\nstart it with: lifeboat agent run --state-dir %s\n", name, server, stateDir, stateDir)
+			fmt.Fprintf(a.stdout, "enrolled %s with %s; state in %s\nstart it with: lifeboat agent run --state-dir %s\n", name, server, *stateDir, *stateDir)
 			return nil
 		},
 	}
@@ -184,6 +185,13 @@ func (a *app) agentCmd() *cobra.Command {
 	enroll.Flags().StringVar(&libvirtSock, "vm-libvirt", "", "host agent: discover libvirt domains through this socket (\"default\": /var/run/libvirt/libvirt-sock)")
 	enroll.Flags().StringVar(&discoverEvery, "vm-discover-every", "", "host agent: how often to look for VMs (default 30s)")
 	enroll.Flags().StringVar(&scratch, "vm-scratch-dir", "", "host agent: where point-in-time overlays live during cycles (default STATE/scratch; for libvirt, QEMU's user must reach it)")
+	return enroll
+}
+
+func (a *app) agentCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "agent", Short: "The mobility service on a protected machine, and commands about agents"}
+	var stateDir string
+	enroll := a.agentEnrollCmd(&stateDir)
 	run := &cobra.Command{
 		Use:   "run [--state-dir DIR]",
 		Short: "Run the agent daemon (see dist/lifeboat-agent.service)",
