@@ -124,27 +124,68 @@ func (a *app) loginCmd() *cobra.Command {
 
 // ---- policies ----
 
+// policyFlags are a policy command's flags.
+type policyFlags struct {
+	p                              api.Policy
+	rpo, keepApp, crash, app, hook time.Duration
+}
+
+// define defines the flags on c; create shows and applies their defaults,
+// update (which changes only the flags given) has none.
+func (pf *policyFlags) define(c *cobra.Command, defaults bool) {
+	def := func(d time.Duration) time.Duration {
+		if defaults {
+			return d
+		}
+		return 0
+	}
+	retDef := ""
+	if defaults {
+		retDef = "1h:all,24h:5m,72h:1h"
+	}
+	fs := c.Flags()
+	durVar(fs, &pf.rpo, "rpo-threshold", def(15*time.Minute), "raise an event when the newest point is older than this")
+	fs.StringVar(&pf.p.Retention, "retention", retDef, "retention grid")
+	durVar(fs, &pf.keepApp, "keep-app", def(15*24*time.Hour), "keep app-consistent points this long (units s, m, h, d, w: 15d, 2w, 36h)")
+	durVar(fs, &pf.crash, "crash-interval", def(5*time.Minute), "take a crash-consistent point this often")
+	durVar(fs, &pf.app, "app-interval", def(time.Hour), "take an app-consistent point this often (0: never)")
+	durVar(fs, &pf.hook, "hook-timeout", def(30*time.Second), "time allowed to freeze/thaw hooks")
+	fs.StringVar(&pf.p.Driver, "driver", "", "capture driver of the policy's machines: scan or qemu (default: qemu for VMs found by a host agent, scan for others)")
+}
+
+// policy is the policy the flags describe.
+func (pf *policyFlags) policy(name string) api.Policy {
+	q := pf.p
+	q.Name = name
+	q.RPOThreshold, q.KeepApp, q.CrashInterval, q.AppInterval, q.HookTimeout = api.Duration(pf.rpo), api.Duration(pf.keepApp), api.Duration(pf.crash), api.Duration(pf.app), api.Duration(pf.hook)
+	return q
+}
+
+// apply changes cur where a flag was given.
+func (pf *policyFlags) apply(cmd *cobra.Command, cur *api.Policy) {
+	fl := cmd.Flags()
+	for name, v := range map[string]struct {
+		d   time.Duration
+		dst *api.Duration
+	}{"rpo-threshold": {pf.rpo, &cur.RPOThreshold}, "keep-app": {pf.keepApp, &cur.KeepApp}, "crash-interval": {pf.crash, &cur.CrashInterval},
+		"app-interval": {pf.app, &cur.AppInterval}, "hook-timeout": {pf.hook, &cur.HookTimeout}} {
+		if fl.Changed(name) {
+			*v.dst = api.Duration(v.d)
+		}
+	}
+	if fl.Changed("retention") {
+		cur.Retention = pf.p.Retention
+	}
+	if fl.Changed("driver") {
+		cur.Driver = pf.p.Driver
+	}
+}
+
 func (a *app) policyCmd() *cobra.Command {
 	var f clientFlags
 	cmd := &cobra.Command{Use: "policy", Short: "Manage replication policies"}
 	a.addClientFlags(cmd, &f)
-	var p api.Policy
-	var rpo, keepApp, crash, app, hook time.Duration
-	flags := func(c *cobra.Command) {
-		c.Flags().DurationVar(&rpo, "rpo-threshold", 15*time.Minute, "raise an event when the newest point is older than this")
-		c.Flags().StringVar(&p.Retention, "retention", "1h:all,24h:5m,72h:1h", "retention grid")
-		c.Flags().DurationVar(&keepApp, "keep-app", 15*24*time.Hour, "keep app-consistent points this long (accepts h, m, s)")
-		c.Flags().DurationVar(&crash, "crash-interval", 5*time.Minute, "take a crash-consistent point this often")
-		c.Flags().DurationVar(&app, "app-interval", time.Hour, "take an app-consistent point this often (0: never)")
-		c.Flags().DurationVar(&hook, "hook-timeout", 30*time.Second, "time allowed to freeze/thaw hooks")
-		c.Flags().StringVar(&p.Driver, "driver", "", "capture driver of the policy's machines: scan or qemu (default: qemu for VMs found by a host agent, scan for others)")
-	}
-	fill := func(name string) api.Policy {
-		q := p
-		q.Name = name
-		q.RPOThreshold, q.KeepApp, q.CrashInterval, q.AppInterval, q.HookTimeout = api.Duration(rpo), api.Duration(keepApp), api.Duration(crash), api.Duration(app), api.Duration(hook)
-		return q
-	}
+	cf, uf := &policyFlags{}, &policyFlags{}
 	create := &cobra.Command{
 		Use: "create NAME [flags]", Short: "Create a policy", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -153,13 +194,13 @@ func (a *app) policyCmd() *cobra.Command {
 				return err
 			}
 			var out api.Policy
-			if err := c.Do(cmd.Context(), http.MethodPost, client.Path("policies"), fill(args[0]), &out); err != nil {
+			if err := c.Do(cmd.Context(), http.MethodPost, client.Path("policies"), cf.policy(args[0]), &out); err != nil {
 				return err
 			}
 			return a.showPolicy(f.json, out)
 		},
 	}
-	flags(create)
+	cf.define(create, true)
 	update := &cobra.Command{
 		Use: "update NAME [flags]", Short: "Change a policy (only the flags given)", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -171,23 +212,7 @@ func (a *app) policyCmd() *cobra.Command {
 			if err := c.Do(cmd.Context(), http.MethodGet, client.Path("policies", args[0]), nil, &cur); err != nil {
 				return err
 			}
-			fl := cmd.Flags()
-			set := func(name string, d time.Duration, dst *api.Duration) {
-				if fl.Changed(name) {
-					*dst = api.Duration(d)
-				}
-			}
-			set("rpo-threshold", rpo, &cur.RPOThreshold)
-			set("keep-app", keepApp, &cur.KeepApp)
-			set("crash-interval", crash, &cur.CrashInterval)
-			set("app-interval", app, &cur.AppInterval)
-			set("hook-timeout", hook, &cur.HookTimeout)
-			if fl.Changed("retention") {
-				cur.Retention = p.Retention
-			}
-			if fl.Changed("driver") {
-				cur.Driver = p.Driver
-			}
+			uf.apply(cmd, &cur)
 			var out api.Policy
 			if err := c.Do(cmd.Context(), http.MethodPut, client.Path("policies", args[0]), cur, &out); err != nil {
 				return err
@@ -195,7 +220,7 @@ func (a *app) policyCmd() *cobra.Command {
 			return a.showPolicy(f.json, out)
 		},
 	}
-	flags(update)
+	uf.define(update, false)
 	list := &cobra.Command{
 		Use: "list", Short: "List policies", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -402,6 +427,9 @@ func (a *app) machinesCmd() *cobra.Command {
 				fmt.Fprintf(w, "last cycle\t%s\n", resultText(*m.LastPoint))
 			}
 			fmt.Fprintf(w, "host\t%s (%s %s)\n", m.Inventory.Hostname, m.Inventory.OS, m.Inventory.Arch)
+			if m.Inventory.Agent != "" {
+				fmt.Fprintf(w, "agent version\t%s\n", m.Inventory.Agent)
+			}
 			if m.Host != "" {
 				fmt.Fprintf(w, "replicated by	host agent of %s\n", m.Host)
 			}
@@ -509,7 +537,7 @@ func (a *app) statusCmd() *cobra.Command {
 
 func (a *app) processTable(ps []api.ProcessServer) {
 	w := a.table()
-	fmt.Fprintln(w, "PROCESS SERVER\tSTATE\tURL\tAGENTS\tSESSIONS\tCACHE\tINGEST\tLAST SEEN")
+	fmt.Fprintln(w, "PROCESS SERVER\tSTATE\tURL\tAGENTS\tSESSIONS\tCACHE\tINGEST\tLAST SEEN\tVERSION")
 	for _, p := range ps {
 		cache := fmt.Sprintf("%d/%d MiB", p.CacheUsed>>20, p.CacheLimit>>20)
 		if p.Throttled {
@@ -519,7 +547,7 @@ func (a *app) processTable(ps []api.ProcessServer) {
 		if !p.LastSeen.IsZero() {
 			seen = p.LastSeen.Local().Format(time.TimeOnly)
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\t%s\t%.1f MB/s\t%s\n", p.Name, dash(p.State), p.URL, p.Agents, p.Sessions, cache, p.IngestRate/1e6, seen)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\t%s\t%.1f MB/s\t%s\t%s\n", p.Name, dash(p.State), p.URL, p.Agents, p.Sessions, cache, p.IngestRate/1e6, seen, dash(p.Version))
 	}
 	_ = w.Flush()
 }

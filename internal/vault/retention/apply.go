@@ -45,7 +45,7 @@ func Apply(p Policy, now time.Time, points []Point) []Decision {
 	for i, t := range p.Terms {
 		names[i] = t.String()
 	}
-	appReason := fmt.Sprintf("keep-app=%s: app-consistent and younger than %[1]s", formatDuration(p.KeepApp))
+	appReason := fmt.Sprintf("keep-app=%s: app-consistent and younger than %[1]s", FormatDuration(p.KeepApp))
 	lastReason := fmt.Sprintf("keep-last=%d: one of the %[1]d newest points", p.KeepLast)
 	if p.KeepLast == 1 {
 		lastReason = "keep-last=1: the newest point"
@@ -100,7 +100,7 @@ func gridReason(terms []Term, names []string, age time.Duration, ds []Decision, 
 	if len(terms) == 0 {
 		return "no grid terms", false
 	}
-	return "older than the last span " + formatDuration(terms[len(terms)-1].Span), false
+	return "older than the last span " + FormatDuration(terms[len(terms)-1].Span), false
 }
 
 // bucketStart returns the start of the bucket of length d holding t, buckets

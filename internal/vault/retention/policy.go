@@ -23,9 +23,9 @@ type Term struct {
 // String returns the term as written in a policy expression.
 func (t Term) String() string {
 	if t.Interval == 0 {
-		return formatDuration(t.Span) + ":all"
+		return FormatDuration(t.Span) + ":all"
 	}
-	return formatDuration(t.Span) + ":" + formatDuration(t.Interval)
+	return FormatDuration(t.Span) + ":" + FormatDuration(t.Interval)
 }
 
 // Policy is a parsed retention policy. Use Parse, or check a Policy built by
@@ -45,7 +45,7 @@ func (p Policy) String() string {
 		parts = append(parts, t.String())
 	}
 	if p.KeepApp != 0 {
-		parts = append(parts, "keep-app="+formatDuration(p.KeepApp))
+		parts = append(parts, "keep-app="+FormatDuration(p.KeepApp))
 	}
 	if p.KeepLast != 1 || len(parts) == 0 {
 		parts = append(parts, "keep-last="+strconv.Itoa(p.KeepLast))
@@ -62,7 +62,7 @@ func (p Policy) Validate() error {
 		}
 	}
 	if p.KeepApp < 0 {
-		return termError("keep-app="+formatDuration(p.KeepApp), "duration must be positive")
+		return termError("keep-app="+FormatDuration(p.KeepApp), "duration must be positive")
 	}
 	if p.KeepLast < 1 {
 		return termError("keep-last="+strconv.Itoa(p.KeepLast), "expected a whole number of at least 1")
@@ -88,7 +88,7 @@ func Parse(expr string) (Policy, error) {
 				return Policy{}, termError(s, "keep-app given twice")
 			}
 			seenApp = true
-			d, err := parseDuration(strings.TrimPrefix(s, "keep-app="))
+			d, err := ParseDuration(strings.TrimPrefix(s, "keep-app="))
 			if err != nil {
 				return Policy{}, termError(s, err.Error())
 			}
@@ -128,7 +128,7 @@ func termError(term, msg string) error {
 
 func parseTerm(s string) (Term, error) {
 	span, interval, _ := strings.Cut(s, ":")
-	sd, err := parseDuration(span)
+	sd, err := ParseDuration(span)
 	if err != nil {
 		return Term{}, fmt.Errorf("span: %v", err)
 	}
@@ -138,7 +138,7 @@ func parseTerm(s string) (Term, error) {
 	if interval == "all" {
 		return Term{Span: sd}, nil
 	}
-	id, err := parseDuration(interval)
+	id, err := ParseDuration(interval)
 	if err != nil {
 		return Term{}, fmt.Errorf(`interval: %v, or "all"`, err)
 	}
@@ -164,7 +164,7 @@ func checkTerm(prev []Term, t Term) string {
 	}
 	if t.Span <= prevSpan {
 		return fmt.Sprintf("span %s must be greater than the previous span %s (spans must strictly increase)",
-			formatDuration(t.Span), formatDuration(prevSpan))
+			FormatDuration(t.Span), FormatDuration(prevSpan))
 	}
 	switch {
 	case t.Interval == 0 && prevInterval != 0:
@@ -173,15 +173,15 @@ func checkTerm(prev []Term, t Term) string {
 		return ""
 	case len(prev) == 0 && t.Interval > t.Span:
 		return fmt.Sprintf("interval %s is longer than the span %s",
-			formatDuration(t.Interval), formatDuration(t.Span))
+			FormatDuration(t.Interval), FormatDuration(t.Span))
 	case t.Interval > t.Span-prevSpan:
 		return fmt.Sprintf("interval %s is longer than the band it thins (span %s minus previous span %s = %s)",
-			formatDuration(t.Interval), formatDuration(t.Span), formatDuration(prevSpan), formatDuration(t.Span-prevSpan))
+			FormatDuration(t.Interval), FormatDuration(t.Span), FormatDuration(prevSpan), FormatDuration(t.Span-prevSpan))
 	case prevInterval != 0 && t.Interval%prevInterval != 0:
 		msg := fmt.Sprintf("interval %s must be a whole multiple of the previous interval %s",
-			formatDuration(t.Interval), formatDuration(prevInterval))
+			FormatDuration(t.Interval), FormatDuration(prevInterval))
 		if k := t.Interval / prevInterval; k > 0 {
-			msg += fmt.Sprintf(" (such as %s)", formatDuration(k*prevInterval))
+			msg += fmt.Sprintf(" (such as %s)", FormatDuration(k*prevInterval))
 		}
 		return msg
 	}
@@ -203,8 +203,9 @@ func parseCount(s string) (int, error) {
 	return n, nil
 }
 
-// parseDuration parses NUMBER UNIT pairs such as "1d12h" or "1.5h".
-func parseDuration(s string) (time.Duration, error) {
+// ParseDuration parses NUMBER UNIT pairs such as "1d12h", "15d" or "1.5h"
+// (units ns, us, ms, s, m, h, d, w), as retention grids and policies take them.
+func ParseDuration(s string) (time.Duration, error) {
 	const want = "expected a duration such as 90m, 36h or 1d12h (units ns, us, ms, s, m, h, d, w)"
 	if s == "" {
 		return 0, errors.New("missing duration; " + want)
@@ -240,10 +241,10 @@ func parseDuration(s string) (time.Duration, error) {
 	return total, nil
 }
 
-// formatDuration writes d in the canonical form read by parseDuration:
+// FormatDuration writes d in the canonical form read by ParseDuration:
 // whole weeks as "Nw", otherwise days, hours, minutes, seconds and
 // sub-second units, largest first, zeros left out ("1d12h", "1s500ms").
-func formatDuration(d time.Duration) string {
+func FormatDuration(d time.Duration) string {
 	if d <= 0 {
 		return d.String()
 	}

@@ -137,11 +137,11 @@ func TestParseDurationLimits(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkRoundTrip(t, p)
-	if d, err := parseDuration("1d1d"); err != nil || d != 2*day {
-		t.Errorf(`parseDuration("1d1d") = %v, %v; want 48h`, d, err)
+	if d, err := ParseDuration("1d1d"); err != nil || d != 2*day {
+		t.Errorf(`ParseDuration("1d1d") = %v, %v; want 48h`, d, err)
 	}
-	if d, err := parseDuration("0.5d"); err != nil || d != 12*time.Hour {
-		t.Errorf(`parseDuration("0.5d") = %v, %v; want 12h`, d, err)
+	if d, err := ParseDuration("0.5d"); err != nil || d != 12*time.Hour {
+		t.Errorf(`ParseDuration("0.5d") = %v, %v; want 12h`, d, err)
 	}
 }
 

@@ -249,7 +249,7 @@ func checkGridShape(t *testing.T, p Policy, now time.Time, history []Point, ds [
 			return tag == p.Terms[b].String()
 		})
 		switch {
-		case b < 0 && tags(d.Reasons) != "keep-app="+formatDuration(p.KeepApp) && !strings.Contains(tags(d.Reasons), "keep-last="):
+		case b < 0 && tags(d.Reasons) != "keep-app="+FormatDuration(p.KeepApp) && !strings.Contains(tags(d.Reasons), "keep-last="):
 			t.Fatalf("at %v: point %s beyond the last span kept for %q", now, d.Point.ID, d.Reasons)
 		case gridKept && p.Terms[b].Interval > 0:
 			k := key{int64(b), floorDiv(d.Point.Time.UnixNano(), int64(p.Terms[b].Interval))}
