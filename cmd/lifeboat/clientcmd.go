@@ -427,9 +427,7 @@ func (a *app) machinesCmd() *cobra.Command {
 				fmt.Fprintf(w, "last cycle\t%s\n", resultText(*m.LastPoint))
 			}
 			fmt.Fprintf(w, "host\t%s (%s %s)\n", m.Inventory.Hostname, m.Inventory.OS, m.Inventory.Arch)
-			if m.Inventory.Agent != "" {
-				fmt.Fprintf(w, "agent version\t%s\n", m.Inventory.Agent)
-			}
+			fmt.Fprintf(w, "agent version\t%s\n", dash(m.Inventory.Agent))
 			if m.Host != "" {
 				fmt.Fprintf(w, "replicated by	host agent of %s\n", m.Host)
 			}

@@ -193,7 +193,7 @@ func (a *app) demoStart(ctx context.Context, r *demoRun) (*demoService, error) {
 	svc := &demoService{stop: stop, agentDone: make(chan error, 1), serverDone: make(chan error, 1)}
 	ready := make(chan control.Addrs, 1)
 	go func() {
-		svc.serverDone <- control.Run(ctx, control.RunOptions{DataDir: serverDir, Logger: a.log, Version: version,
+		svc.serverDone <- control.Run(ctx, control.RunOptions{DataDir: serverDir, Logger: a.log, Version: build().String(),
 			Ready: func(ad control.Addrs) { ready <- ad }})
 	}()
 	var addrs control.Addrs
@@ -249,7 +249,7 @@ func (a *app) demoAgent(ctx context.Context, r *demoRun, svc *demoService, url, 
 	if err != nil {
 		return err
 	}
-	ag, err := agent.New(acfg, agent.Options{Logger: a.log, Version: version})
+	ag, err := agent.New(acfg, agent.Options{Logger: a.log, Version: build().String()})
 	if err != nil {
 		return err
 	}

@@ -139,20 +139,6 @@ Start with "lifeboat demo" to see the whole cycle on a sample disk.`,
 		a.statusCmd(), a.eventsCmd(), a.groupsCmd(), a.testFailoverCmd(), a.failoverCmd(), a.jobsCmd(), a.recoveryCmd(), a.recoverCmd(),
 		a.planCmd(), a.drillsCmd())
 	root.AddCommand(a.protectCmds()...)
+	a.versionFlag(root)
 	return root
-}
-
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
-
-func (a *app) versionCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "version",
-		Short: "Print the version",
-		Args:  cobra.NoArgs,
-		RunE: func(*cobra.Command, []string) error {
-			fmt.Fprintf(a.stdout, "lifeboat %s (vault format %d)\n", version, 1)
-			return nil
-		},
-	}
 }

@@ -87,7 +87,7 @@ func (a *app) serverCmd() *cobra.Command {
 			if data == "" {
 				return &codeError{exitUsage, errors.New("--data DIR is required")}
 			}
-			return control.Run(cmd.Context(), control.RunOptions{DataDir: data, Logger: a.log,
+			return control.Run(cmd.Context(), control.RunOptions{DataDir: data, Logger: a.log, Version: build().String(),
 				Ready: func(ad control.Addrs) {
 					a.announce(fmt.Sprintf("lifeboat server: API on https://%s, process server on https://%s\n", ad.API, ad.Ingest),
 						"server ready", "api", "https://"+ad.API, "ingest", "https://"+ad.Ingest)
@@ -204,7 +204,7 @@ func (a *app) agentCmd() *cobra.Command {
 			// LIFEBOAT_TEST_PANIC_CYCLE makes the cycles of the named
 			// machine panic: for tests of the agent's fault handling only.
 			faults := agent.Faults{PanicCycle: a.getenvOr("LIFEBOAT_TEST_PANIC_CYCLE", "")}
-			ag, err := agent.New(cfg, agent.Options{Logger: a.log, Version: version, Faults: faults})
+			ag, err := agent.New(cfg, agent.Options{Logger: a.log, Version: build().String(), Faults: faults})
 			if err != nil {
 				return err
 			}
@@ -381,7 +381,7 @@ func (a *app) processCmd() *cobra.Command {
 		Short: "Run the process server (see dist/lifeboat-process.service)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			err := processd.Run(cmd.Context(), stateDir, processd.Options{Logger: a.log, Ready: func(addr string) {
+			err := processd.Run(cmd.Context(), stateDir, processd.Options{Logger: a.log, Version: build().String(), Ready: func(addr string) {
 				a.announce(fmt.Sprintf("lifeboat process: serving agents on https://%s\n", addr), "process server ready", "listen", "https://"+addr)
 			}})
 			if errors.Is(err, cmd.Context().Err()) {

@@ -270,7 +270,7 @@ type Inventory struct {
 	Hostname string          `json:"hostname"`
 	OS       string          `json:"os"`
 	Arch     string          `json:"arch"`
-	Agent    string          `json:"agent_version"`
+	Agent    string          `json:"agent_version"` // the agent's build (buildinfo); "" from old agents
 	Disks    []DiskInfo      `json:"disks"`
 	VMSpec   json.RawMessage `json:"vm_spec,omitempty"`
 }
@@ -420,6 +420,9 @@ type ProcessServer struct {
 	State string `json:"state,omitempty"`
 	// Revoked: its certificates were revoked (until it enrolls again).
 	Revoked bool `json:"revoked,omitempty"`
+	// Version is the lifeboat build it last reported (buildinfo), ""
+	// for one too old to report it.
+	Version string `json:"version,omitempty"`
 }
 
 // Process server states (ProcessServer.State).
@@ -447,6 +450,9 @@ type ProcessHeartbeat struct {
 	// Open lists the machines with an ingest session open on this
 	// process server (a failover to "latest" waits for them).
 	Open []OpenSession `json:"open_sessions,omitempty"`
+	// Version is the process server's build (buildinfo); older ones
+	// leave it out.
+	Version string `json:"version,omitempty"`
 }
 
 // ProcessConfig is the server's answer to a process heartbeat and

@@ -506,6 +506,9 @@ func (s *Server) processHeartbeat(w http.ResponseWriter, r *http.Request, c *cal
 	if hb.CacheUsed < 0 || hb.CacheLimit < 0 || hb.Sessions < 0 || hb.IngestRate < 0 {
 		return badRequest("negative statistics")
 	}
+	if err := checkText("version", hb.Version, 256); err != nil {
+		return err
+	}
 	if len(hb.Events) > maxReportItems || len(hb.Points) > maxReportItems {
 		return badRequest("too many events or points in one heartbeat: at most %d each", maxReportItems)
 	}
@@ -546,6 +549,7 @@ func (s *Server) processHeartbeat(w http.ResponseWriter, r *http.Request, c *cal
 		p.URL = hb.URL
 	}
 	p.CacheUsed, p.CacheLimit, p.Sessions, p.Throttled, p.IngestRate = hb.CacheUsed, hb.CacheLimit, hb.Sessions, hb.Throttled, hb.IngestRate
+	p.Version = hb.Version // "" from a process server too old to report it
 	p.LastSeen = s.clock.Now().UTC()
 	if err := s.store.PutProcess(ctx, p); err != nil {
 		return err

@@ -52,6 +52,7 @@ func (s *Server) tickEmbedded(ctx context.Context) error {
 	}
 	s.embed.stats(&p)
 	p.LastSeen = s.clock.Now().UTC()
+	p.Version = s.version // the embedded process server is the server's own build
 	return s.store.PutProcess(ctx, p)
 }
 

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/buildinfo"
 	"github.com/lifeboat-dr/lifeboat/internal/client"
 	"github.com/lifeboat-dr/lifeboat/internal/clock"
 	"github.com/lifeboat-dr/lifeboat/internal/ingest"
@@ -139,6 +140,9 @@ type Options struct {
 	Ready func(addr string)
 	// HeartbeatEvery defaults to 5 s.
 	HeartbeatEvery time.Duration
+	// Version is reported to the server in every heartbeat (default:
+	// the build info's, buildinfo.Read).
+	Version string
 }
 
 // Run serves until ctx ends.
@@ -152,6 +156,9 @@ func Run(ctx context.Context, stateDir string, o Options) error {
 	if o.HeartbeatEvery <= 0 {
 		o.HeartbeatEvery = 5 * time.Second
 	}
+	if o.Version == "" {
+		o.Version = buildinfo.Read("").String()
+	}
 	log := o.Logger.With("process", "")
 	cfg, err := LoadConfig(stateDir)
 	if err != nil {
@@ -162,7 +169,7 @@ func Run(ctx context.Context, stateDir string, o Options) error {
 	if err != nil {
 		return err
 	}
-	d := &daemon{cfg: cfg, id: id, log: log, clock: o.Clock, revoked: pki.NewRevocationList()}
+	d := &daemon{cfg: cfg, id: id, log: log, clock: o.Clock, revoked: pki.NewRevocationList(), version: o.Version}
 	d.hc = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: pki.ClientTLS(&id.Cert, id.CAPool)}}
 
 	// The vault's location comes from the server: retry until it answers.
@@ -289,6 +296,7 @@ type daemon struct {
 	clock   clock.Clock
 	hc      *http.Client
 	revoked *pki.RevocationList
+	version string // reported in every heartbeat
 
 	mu     sync.Mutex
 	events []api.Event
@@ -342,6 +350,7 @@ func (d *daemon) putBack(e []api.Event, p []api.Point) {
 
 func (d *daemon) heartbeat(ctx context.Context, hb api.ProcessHeartbeat) (api.ProcessConfig, error) {
 	var pc api.ProcessConfig
+	hb.Version = d.version
 	d.mu.Lock()
 	hc := d.hc
 	d.mu.Unlock()
