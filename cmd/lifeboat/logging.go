@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/lifeboat-dr/lifeboat/internal/progress"
 )
 
 // Logging: --log-level and --log-format (env LIFEBOAT_LOG_LEVEL and
@@ -109,4 +111,25 @@ func (a *app) emit(lvl slog.Level, prose, msg string, attrs ...any) {
 	r := slog.NewRecord(time.Now(), lvl, msg, 0)
 	r.Add(attrs...)
 	_ = a.log.Handler().Handle(context.Background(), r)
+}
+
+// newBar is a progress bar on stderr, or with JSON logs one whose lines
+// are log records at level info (msg "progress").
+func (a *app) newBar(label string, total int64) *progress.Bar {
+	if a.jsonLogs && a.log != nil {
+		return progress.New(logLines{a.log}, label, total, false)
+	}
+	return progress.New(a.stderr, label, total, a.isTTYWriter())
+}
+
+// logLines logs each line written to it.
+type logLines struct{ log *slog.Logger }
+
+func (w logLines) Write(p []byte) (int, error) {
+	for _, line := range strings.Split(string(p), "\n") {
+		if line = strings.TrimSpace(line); line != "" {
+			w.log.Info("progress", "progress", line)
+		}
+	}
+	return len(p), nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -147,6 +148,9 @@ func TestBadLogSettingsAreUsageErrors(t *testing.T) {
 func checkJSONLines(t *testing.T, out string) []map[string]any {
 	t.Helper()
 	var recs []map[string]any
+	if out == "" {
+		return nil
+	}
 	for _, line := range strings.Split(strings.TrimRight(out, "\n"), "\n") {
 		var rec map[string]any
 		if err := json.Unmarshal([]byte(line), &rec); err != nil {
@@ -250,5 +254,72 @@ func TestJSONLogsOfAFailedCommand(t *testing.T) {
 	recs := checkJSONLines(t, stderr)
 	if last := recs[len(recs)-1]; last["level"] != "ERROR" {
 		t.Fatalf("last record %v, want the error", last)
+	}
+}
+
+// TestReplicateJSONLogs runs the replicate daemon with JSON logs through a
+// cycle: its progress is log records, at level info by default, and every
+// line of its stderr is JSON.
+func TestReplicateJSONLogs(t *testing.T) {
+	dir := t.TempDir()
+	env := map[string]string{"LIFEBOAT_PASSPHRASE": "correct horse battery staple", envLogFormat: "json"}
+	v, disk := filepath.Join(dir, "vault"), filepath.Join(dir, "root.img")
+	if err := os.WriteFile(disk, bytes.Repeat([]byte("lifeboat"), 1<<17), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, stderr, code := runCLI(t, env, "vault", "init", v); code != 0 {
+		t.Fatalf("vault init: exit %d: %s", code, stderr)
+	}
+	var stdout, stderr syncBuffer
+	a := testApp(&stdout, &stderr, env)
+	root := a.root()
+	root.SetArgs([]string{"replicate", "--vault", v, "--machine", "m", "--disk", "root=" + disk, "--interval", "1h",
+		"--state-dir", filepath.Join(dir, "state"), "--json"})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan int, 1)
+	go func() { done <- a.exitCode(root.ExecuteContext(ctx)) }()
+	deadline := time.Now().Add(60 * time.Second)
+	for !strings.Contains(stdout.String(), "\n") {
+		select {
+		case code := <-done:
+			t.Fatalf("replicate ended (exit %d) before its first cycle:\n%s", code, stderr.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no cycle in time:\n%s", stderr.String())
+		}
+	}
+	cancel()
+	if code := <-done; code != 0 {
+		t.Fatalf("replicate: exit %d:\n%s", code, stderr.String())
+	}
+	info := false
+	for _, r := range checkJSONLines(t, stderr.String()) {
+		info = info || r["level"] == "INFO"
+	}
+	if !info {
+		t.Fatalf("no record at the daemon's default level info:\n%s", stderr.String())
+	}
+}
+
+// TestProgressLinesJSON: with JSON logs the lines of a progress bar (a
+// line every 5 s, off a terminal) are records.
+func TestProgressLinesJSON(t *testing.T) {
+	var stderr bytes.Buffer
+	a := testApp(&bytes.Buffer{}, &stderr, map[string]string{envLogFormat: "json", envLogLevel: "info"})
+	cmd, _, err := a.root().Find([]string{"restore"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.setupLog(cmd); err != nil {
+		t.Fatal(err)
+	}
+	w := logLines{a.log}
+	fmt.Fprintln(w, "restore root  50.0% 50 B / 100 B  10 B/s  ETA 5s")
+	fmt.Fprintln(w, "restore root 100.0% 100 B / 100 B  10 B/s  ETA -")
+	recs := checkJSONLines(t, stderr.String())
+	if len(recs) != 2 || recs[0]["msg"] != "progress" || !strings.HasPrefix(recs[1]["progress"].(string), "restore root 100.0%") {
+		t.Fatalf("progress records:\n%s", stderr.String())
 	}
 }

@@ -159,7 +159,6 @@ func (a *app) runReplicate(ctx context.Context, f replicateFlags) error {
 		return err
 	}
 
-	tty := a.isTTYWriter()
 	for cycle := 0; ; cycle++ {
 		start := time.Now()
 		var bar *progress.Bar
@@ -171,7 +170,7 @@ func (a *app) runReplicate(ctx context.Context, f replicateFlags) error {
 					if bar != nil {
 						bar.Finish()
 					}
-					bar, barDisk = progress.New(a.stderr, "disk "+disk, p.Total, tty), disk
+					bar, barDisk = a.newBar("disk "+disk, p.Total), disk
 				}
 				bar.Set(p.Done, p.Total)
 			}}
@@ -187,13 +186,16 @@ func (a *app) runReplicate(ctx context.Context, f replicateFlags) error {
 		case err == nil:
 			a.printCycle(res)
 		case ctx.Err() != nil:
-			fmt.Fprintln(a.stderr, "stopped: the interrupted cycle published nothing; the next run continues from the last point")
+			a.announce("stopped: the interrupted cycle published nothing; the next run continues from the last point\n",
+				"stopped: the interrupted cycle published nothing; the next run continues from the last point")
 			return nil
 		case f.once:
 			return err
 		default:
 			a.log.Error("cycle failed; retrying at the next interval", "err", err)
-			fmt.Fprintf(a.stderr, "cycle failed: %v\n", err)
+			if !a.jsonLogs { // with JSON logs the record above is all
+				fmt.Fprintf(a.stderr, "cycle failed: %v\n", err)
+			}
 		}
 		if f.once {
 			return nil

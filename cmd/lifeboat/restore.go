@@ -64,7 +64,7 @@ anything that is neither a file nor a block device.`,
 			var bar *progress.Bar
 			o.Progress = func(done, total int64) {
 				if bar == nil {
-					bar = progress.New(a.stderr, "restore "+disk, total, a.isTTYWriter())
+					bar = a.newBar("restore "+disk, total)
 				}
 				bar.Set(done, total)
 			}
