@@ -140,5 +140,6 @@ Start with "lifeboat demo" to see the whole cycle on a sample disk.`,
 		a.planCmd(), a.drillsCmd())
 	root.AddCommand(a.protectCmds()...)
 	a.versionFlag(root)
+	setExamples(root)
 	return root
 }
