@@ -6,6 +6,7 @@
 package processd
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -156,9 +157,6 @@ func Run(ctx context.Context, stateDir string, o Options) error {
 	if o.HeartbeatEvery <= 0 {
 		o.HeartbeatEvery = 5 * time.Second
 	}
-	if o.Version == "" {
-		o.Version = buildinfo.Read("").String()
-	}
 	log := o.Logger.With("process", "")
 	cfg, err := LoadConfig(stateDir)
 	if err != nil {
@@ -169,7 +167,7 @@ func Run(ctx context.Context, stateDir string, o Options) error {
 	if err != nil {
 		return err
 	}
-	d := &daemon{cfg: cfg, id: id, log: log, clock: o.Clock, revoked: pki.NewRevocationList(), version: o.Version}
+	d := &daemon{cfg: cfg, id: id, log: log, clock: o.Clock, revoked: pki.NewRevocationList(), version: cmp.Or(o.Version, buildinfo.Read("").String())}
 	d.hc = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: pki.ClientTLS(&id.Cert, id.CAPool)}}
 
 	// The vault's location comes from the server: retry until it answers.
