@@ -56,6 +56,9 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("an end-to-end test of the whole binary: a slow test, left out by -short (CI runs it)")
+	}
 	dir := t.TempDir()
 	return &env{t: t, bin: lifeboat(t), dir: dir, vault: filepath.Join(dir, "vault"), state: filepath.Join(dir, "state")}
 }

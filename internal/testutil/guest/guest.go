@@ -59,11 +59,15 @@ const InstallHint = "apt-get install -y --no-install-recommends qemu-system-x86 
 // BootTimeout bounds Start's wait for ReadyMarker.
 const BootTimeout = 60 * time.Second
 
-// Need skips the test (or fails it when the environment variable CI is set)
-// unless QEMU, the disk tools, a static busybox at /bin/busybox and the
-// Debian tools that fetch the kernel are installed.
+// Need skips the test under -short (it is slow), and skips it (or fails
+// it when the environment variable CI is set) unless QEMU, the disk
+// tools, a static busybox at /bin/busybox and the Debian tools that fetch
+// the kernel are installed.
 func Need(t testing.TB) {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("boots a guest under QEMU: a slow test, left out by -short (CI runs it)")
+	}
 	var missing []string
 	for _, tool := range []string{"qemu-system-x86_64", "qemu-img", "busybox", "mkfs.ext4", "e2fsck", "debugfs", "xz", "apt-get", "apt-cache", "dpkg-deb", "depmod"} {
 		if _, err := exec.LookPath(tool); err != nil {
