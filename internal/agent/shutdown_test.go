@@ -273,12 +273,17 @@ func TestShutdownVM(t *testing.T) {
 				return func(context.Context) error { note("end"); return nil }, nil
 			}}
 	})
-	waitFor(t, 30*time.Second, "the VM ended", func() bool {
+	// The VM ends before the agent reports the shutdown done (in its
+	// next heartbeat): wait for both.
+	waitFor(t, 30*time.Second, "the VM ended and the shutdown reported done", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
-		return len(steps) == 2
+		acks := h.cp.acksOf()
+		return len(steps) == 2 && len(acks) > 0 && acks[len(acks)-1].State == api.ShutdownDone
 	})
 	acks := h.cp.acksOf()
+	mu.Lock()
+	defer mu.Unlock()
 	if steps[0] != "power off 7s, 0 points" || !strings.HasPrefix(steps[1], "end") || acks[len(acks)-1].State != api.ShutdownDone ||
 		acks[len(acks)-1].Point == "" {
 		t.Fatalf("steps %q, acks %+v", steps, acks)

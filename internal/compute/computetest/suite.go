@@ -244,8 +244,14 @@ func killAndRemove(ctx context.Context, t *testing.T, c Config, inst compute.Ins
 	for len(Processes(inst.Name)) > 0 && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
 	}
+	// A daemon (libvirtd) learns of the death a moment later: Inspect
+	// must say so within the deadline.
 	p := c.New(t)
 	got, err := p.Inspect(ctx, inst.Name, dir)
+	for (err != nil || got.State == compute.StateRunning) && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+		got, err = p.Inspect(ctx, inst.Name, dir)
+	}
 	if err != nil || got.State == compute.StateRunning {
 		t.Errorf("Inspect after kill -9: %+v, %v; want not running", got, err)
 	}
