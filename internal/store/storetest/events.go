@@ -1,7 +1,9 @@
 package storetest
 
 import (
+	"fmt"
 	"reflect"
+	"sync"
 	"testing"
 	"time"
 
@@ -131,4 +133,104 @@ func testPruneEvents(t *testing.T, s store.Store) {
 	if id <= ids[len(ids)-1] {
 		t.Fatalf("event ID %d after pruning, not above %d", id, ids[len(ids)-1])
 	}
+}
+
+func testEvents(t *testing.T, s store.Store) {
+	ctx := ctxT(t)
+	list, err := s.ListEvents(ctx, store.EventQuery{})
+	must(t, err, "list empty")
+	if len(list) != 0 {
+		t.Fatalf("empty store has events %v", list)
+	}
+	var all []api.Event
+	var last int64
+	for i := 0; i < 10; i++ {
+		e := api.Event{ID: 999, Time: T0.Add(time.Duration(i) * time.Second), Severity: api.SeverityWarning, Kind: "rpo_exceeded",
+			Machine: []string{"a", "b"}[i%2], Message: fmt.Sprintf("event %d", i)}
+		if i == 3 {
+			e.Machine, e.Process = "", "ps1"
+		}
+		if i == 7 {
+			e.Severity = api.SeverityError
+		}
+		id, err := s.AddEvent(ctx, e)
+		must(t, err, "add event")
+		if id <= last {
+			t.Fatalf("event id %d not above the previous %d", id, last)
+		}
+		last = id
+		e.ID = id
+		all = append(all, e)
+	}
+	check := func(q store.EventQuery) {
+		t.Helper()
+		got, err := s.ListEvents(ctx, q)
+		must(t, err, "list events")
+		if want := filterEvents(all, q); !reflect.DeepEqual(got, want) {
+			t.Fatalf("ListEvents(%+v):\n got %+v\nwant %+v", q, got, want)
+		}
+	}
+	for _, q := range []store.EventQuery{
+		{}, {Limit: 3}, {SinceID: all[4].ID}, {SinceID: all[4].ID, Machine: "a"}, {Machine: "b", Limit: 2},
+		{SinceID: last}, {Machine: "nobody"},
+		{Newest: true, Limit: 3}, {Newest: true, Limit: 2, Machine: "a"}, {Newest: true},
+		{Since: all[6].Time}, {Since: all[6].Time, Newest: true, Limit: 1},
+		{Kind: "rpo_exceeded", Severity: api.SeverityError}, {Kind: "rpo_exceeded", Severity: api.SeverityWarning, Limit: 4},
+		{Kind: "other"}, {Severity: api.SeverityError},
+	} {
+		check(q)
+	}
+
+	// Concurrent adds still get distinct, increasing IDs.
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	seen := map[int64]bool{}
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 5; i++ {
+				id, err := s.AddEvent(ctx, api.Event{Time: T0, Severity: api.SeverityInfo, Kind: "x", Message: "m"})
+				if err != nil {
+					t.Errorf("concurrent add event: %v", err)
+					return
+				}
+				mu.Lock()
+				seen[id] = true
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if len(seen) != 40 {
+		t.Fatalf("40 concurrent events got %d distinct ids", len(seen))
+	}
+	got, err := s.ListEvents(ctx, store.EventQuery{SinceID: last})
+	must(t, err, "list new")
+	if len(got) != 40 {
+		t.Fatalf("listed %d new events, want 40", len(got))
+	}
+	for i := 1; i < len(got); i++ {
+		if got[i].ID <= got[i-1].ID {
+			t.Fatalf("events not oldest first: %d then %d", got[i-1].ID, got[i].ID)
+		}
+	}
+}
+
+// filterEvents is what ListEvents(q) must return of all (oldest first).
+func filterEvents(all []api.Event, q store.EventQuery) []api.Event {
+	var out []api.Event
+	for _, e := range all {
+		if e.ID > q.SinceID && !e.Time.Before(q.Since) && (q.Machine == "" || e.Machine == q.Machine) &&
+			(q.Kind == "" || e.Kind == q.Kind) && (q.Severity == "" || e.Severity == q.Severity) {
+			out = append(out, e)
+		}
+	}
+	if q.Limit > 0 && len(out) > q.Limit {
+		if q.Newest {
+			return out[len(out)-q.Limit:]
+		}
+		return out[:q.Limit]
+	}
+	return out
 }
