@@ -15,7 +15,7 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/client"
 	"github.com/lifeboat-dr/lifeboat/internal/clock"
-	"github.com/lifeboat-dr/lifeboat/internal/ingest"
+	"github.com/lifeboat-dr/lifeboat/internal/ingest/ingestclient"
 	"github.com/lifeboat-dr/lifeboat/internal/pki"
 )
 
@@ -73,7 +73,7 @@ type Agent struct {
 	acks        []api.CutAck
 	cycleCancel context.CancelFunc
 	openCut     *openCut
-	ic          *ingest.Client
+	ic          *ingestclient.Client
 	icURL       string
 	icGen       int
 	snapModes   map[string]string // disk name → resolved snapshot mode

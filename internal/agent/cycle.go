@@ -15,7 +15,8 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/capture"
 	"github.com/lifeboat-dr/lifeboat/internal/capture/scan"
-	"github.com/lifeboat-dr/lifeboat/internal/ingest"
+	"github.com/lifeboat-dr/lifeboat/internal/ingest/ingestclient"
+	"github.com/lifeboat-dr/lifeboat/internal/ingest/wire"
 	"github.com/lifeboat-dr/lifeboat/internal/pki"
 )
 
@@ -456,14 +457,14 @@ func (a *Agent) runCycle(ctx context.Context, cfg api.AgentConfig, spec cycleSpe
 
 // ingestClient returns the client for url, rebuilding it when the URL or
 // the identity changed.
-func (a *Agent) ingestClient(url string, bandwidth int64) *ingest.Client {
+func (a *Agent) ingestClient(url string, bandwidth int64) *ingestclient.Client {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.ic == nil || a.icURL != url || a.icGen != a.idGen {
 		// Only a process server certificate is accepted on ingest.
 		tr := &http.Transport{TLSClientConfig: pki.ClientTLSFor(&a.id.Cert, a.id.CAPool, pki.RoleProcess), ForceAttemptHTTP2: true,
 			IdleConnTimeout: 90 * time.Second, TLSHandshakeTimeout: 15 * time.Second}
-		a.ic = ingest.NewClient(url, &http.Client{Transport: tr}, a.log.With("process", url))
+		a.ic = ingestclient.New(url, &http.Client{Transport: tr}, a.log.With("process", url))
 		a.icURL, a.icGen = url, a.idGen
 	}
 	a.ic.SetBandwidth(bandwidth)
@@ -658,12 +659,12 @@ func (a *Agent) cycle(ctx context.Context, cfg api.AgentConfig, spec *cycleSpec)
 		a.log.Warn("point taken without VM spec", "err", err)
 		vmspec = nil
 	}
-	open := func() (*ingest.Session, error) {
-		req := ingest.SessionRequest{Machine: a.cfg.Machine, Kind: spec.kind, Group: spec.group, CutID: spec.cutID,
+	open := func() (*ingestclient.Session, error) {
+		req := wire.SessionRequest{Machine: a.cfg.Machine, Kind: spec.kind, Group: spec.group, CutID: spec.cutID,
 			Time: res.Time, VMSpec: vmspec, Labels: map[string]string{"agent": a.version}}
 		maps.Copy(req.Labels, spec.labels)
 		for _, dc := range dcs {
-			sd := ingest.SessionDisk{Name: dc.disk.Name, Size: dc.cycle.Size(), Driver: dc.driver}
+			sd := wire.SessionDisk{Name: dc.disk.Name, Size: dc.cycle.Size(), Driver: dc.driver}
 			if dc.cycle.Incremental() {
 				sd.Base = dc.base
 			}
@@ -672,7 +673,7 @@ func (a *Agent) cycle(ctx context.Context, cfg api.AgentConfig, spec *cycleSpec)
 		return ic.Open(ctx, req)
 	}
 	sess, err := open()
-	if errors.Is(err, ingest.ErrStaleBase) {
+	if errors.Is(err, ingestclient.ErrStaleBase) {
 		a.log.Warn("the base point is gone from the vault: reading every block (the process server sends only what the vault lacks)", "err", err)
 		abort()
 		for _, dc := range dcs {

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/lifeboat-dr/lifeboat/internal/capture"
+	"github.com/lifeboat-dr/lifeboat/internal/ingest/wire"
 )
 
 // BenchmarkIngest ships new data from concurrent sessions through
@@ -37,7 +38,7 @@ func BenchmarkIngest(b *testing.B) {
 					go func() {
 						defer wg.Done()
 						m := fmt.Sprintf("m%d", s)
-						sess, err := newClient(b, hs.URL, m).Open(ctx, SessionRequest{Machine: m, Disks: []SessionDisk{{Name: "vda", Size: perDisk}}})
+						sess, err := newClient(b, hs.URL, m).Open(ctx, wire.SessionRequest{Machine: m, Disks: []wire.SessionDisk{{Name: "vda", Size: perDisk}}})
 						if err != nil {
 							errs[s] = err
 							return

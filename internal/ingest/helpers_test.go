@@ -21,6 +21,8 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/capture"
 	"github.com/lifeboat-dr/lifeboat/internal/capture/capturetest"
 	"github.com/lifeboat-dr/lifeboat/internal/capture/scan"
+	"github.com/lifeboat-dr/lifeboat/internal/ingest/ingestclient"
+	"github.com/lifeboat-dr/lifeboat/internal/ingest/wire"
 	"github.com/lifeboat-dr/lifeboat/internal/vault"
 	"github.com/lifeboat-dr/lifeboat/internal/vault/backend/local"
 )
@@ -136,9 +138,9 @@ func (m machineTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	return m.rt.RoundTrip(r)
 }
 
-func newClient(t testing.TB, url, machine string) *Client {
+func newClient(t testing.TB, url, machine string) *ingestclient.Client {
 	hc := &http.Client{Transport: machineTransport{rt: http.DefaultTransport, machine: machine}}
-	return NewClient(url, hc, testLogger(t))
+	return ingestclient.New(url, hc, testLogger(t))
 }
 
 // ---- disks and the agent side ----
@@ -198,16 +200,16 @@ func (d *testDisk) set(t testing.TB, img []byte) {
 func randomImage(r *rand.Rand, size int64) []byte { return capturetest.RandomImage(r, size, bs) }
 
 type cycleResult struct {
-	CommitResult
-	Stats SessionStats
+	ingestclient.CommitResult
+	Stats ingestclient.SessionStats
 }
 
 // runCycle is what an agent does for one cycle: begin every disk's cycle
 // on its baseline, open a session (a full cycle if a base is stale), ship
 // the changes, commit, and record the point as the drivers' baseline.
-func runCycle(ctx context.Context, c *Client, machine string, disks []*testDisk, tweak func(*SessionRequest)) (cycleResult, error) {
-	begin := func(full bool) ([]capture.Cycle, SessionRequest, error) {
-		req := SessionRequest{Machine: machine, Kind: vault.KindCrash, Time: time.Now()}
+func runCycle(ctx context.Context, c *ingestclient.Client, machine string, disks []*testDisk, tweak func(*wire.SessionRequest)) (cycleResult, error) {
+	begin := func(full bool) ([]capture.Cycle, wire.SessionRequest, error) {
+		req := wire.SessionRequest{Machine: machine, Kind: vault.KindCrash, Time: time.Now()}
 		if tweak != nil {
 			tweak(&req)
 		}
@@ -225,7 +227,7 @@ func runCycle(ctx context.Context, c *Client, machine string, disks []*testDisk,
 				return cycles, req, err
 			}
 			cycles = append(cycles, cy)
-			sd := SessionDisk{Name: d.name, Size: cy.Size(), Driver: d.drv.Name()}
+			sd := wire.SessionDisk{Name: d.name, Size: cy.Size(), Driver: d.drv.Name()}
 			if cy.Incremental() {
 				sd.Base = base
 			}
@@ -244,7 +246,7 @@ func runCycle(ctx context.Context, c *Client, machine string, disks []*testDisk,
 		return cycleResult{}, err
 	}
 	sess, err := c.Open(ctx, req)
-	if errors.Is(err, ErrStaleBase) {
+	if errors.Is(err, ingestclient.ErrStaleBase) {
 		abortAll(cycles)
 		if cycles, req, err = begin(true); err != nil {
 			abortAll(cycles)

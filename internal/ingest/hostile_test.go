@@ -12,6 +12,7 @@ import (
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/capture"
+	"github.com/lifeboat-dr/lifeboat/internal/ingest/wire"
 	"github.com/lifeboat-dr/lifeboat/internal/vault"
 )
 
@@ -78,50 +79,50 @@ func TestHostileHTTP(t *testing.T) {
 		b, _ := json.Marshal(req)
 		return raw(t, u, machine, "POST", "/ingest/v1/sessions", "application/json", b)
 	}
-	disk := []SessionDisk{{Name: "vda", Size: 10*bs + 100}}
+	disk := []wire.SessionDisk{{Name: "vda", Size: 10*bs + 100}}
 	expect(t, "no certificate", raw(t, u, "", "GET", "/ingest/v1/info", "", nil), 401, api.CodeUnauthenticated)
 	expect(t, "invalid machine name", raw(t, u, "a b", "GET", "/ingest/v1/info", "", nil), 403, api.CodeForbidden)
 	expect(t, "unknown endpoint", raw(t, u, "m", "GET", "/ingest/v1/nothing", "", nil), 404, api.CodeNotFound)
-	expect(t, "wrong machine", open("m", SessionRequest{Machine: "other", Disks: disk}), 403, api.CodeForbidden)
+	expect(t, "wrong machine", open("m", wire.SessionRequest{Machine: "other", Disks: disk}), 403, api.CodeForbidden)
 	expect(t, "malformed JSON", raw(t, u, "m", "POST", "/ingest/v1/sessions", "application/json", []byte(`{"disks":[`)), 400, api.CodeBadRequest)
 	expect(t, "trailing JSON", raw(t, u, "m", "POST", "/ingest/v1/sessions", "application/json", []byte(`{} {}`)), 400, api.CodeBadRequest)
 	expect(t, "huge JSON", raw(t, u, "m", "POST", "/ingest/v1/sessions", "application/json", []byte(`{"labels":{"a":"`+strings.Repeat("x", 2<<20)+`"}}`)), 400, api.CodeBadRequest)
-	expect(t, "no disks", open("m", SessionRequest{}), 400, api.CodeBadRequest)
-	expect(t, "bad disk name", open("m", SessionRequest{Disks: []SessionDisk{{Name: "../x", Size: 1}}}), 400, api.CodeBadRequest)
-	expect(t, "disk twice", open("m", SessionRequest{Disks: append(disk, disk...)}), 400, api.CodeBadRequest)
-	expect(t, "negative size", open("m", SessionRequest{Disks: []SessionDisk{{Name: "vda", Size: -1}}}), 400, api.CodeBadRequest)
-	expect(t, "bad kind", open("m", SessionRequest{Kind: "warm", Disks: disk}), 400, api.CodeBadRequest)
-	expect(t, "bad group", open("m", SessionRequest{Group: "g/1", Disks: disk}), 400, api.CodeBadRequest)
-	expect(t, "bad base", open("m", SessionRequest{Disks: []SessionDisk{{Name: "vda", Size: 1, Base: "xyz"}}}), 400, api.CodeBadRequest)
-	expect(t, "missing base", open("m", SessionRequest{Disks: []SessionDisk{{Name: "vda", Size: 1, Base: strings.Repeat("ab", 32)}}}), 409, api.CodeStale)
-	expect(t, "base of another machine", open("m", SessionRequest{Disks: []SessionDisk{{Name: "vda", Size: 1, Base: ores.Point}}}), 403, api.CodeForbidden)
-	expect(t, "base lacking the disk", open("other", SessionRequest{Disks: []SessionDisk{{Name: "vdz", Size: 1, Base: ores.Point}}}), 409, api.CodeStale)
+	expect(t, "no disks", open("m", wire.SessionRequest{}), 400, api.CodeBadRequest)
+	expect(t, "bad disk name", open("m", wire.SessionRequest{Disks: []wire.SessionDisk{{Name: "../x", Size: 1}}}), 400, api.CodeBadRequest)
+	expect(t, "disk twice", open("m", wire.SessionRequest{Disks: append(disk, disk...)}), 400, api.CodeBadRequest)
+	expect(t, "negative size", open("m", wire.SessionRequest{Disks: []wire.SessionDisk{{Name: "vda", Size: -1}}}), 400, api.CodeBadRequest)
+	expect(t, "bad kind", open("m", wire.SessionRequest{Kind: "warm", Disks: disk}), 400, api.CodeBadRequest)
+	expect(t, "bad group", open("m", wire.SessionRequest{Group: "g/1", Disks: disk}), 400, api.CodeBadRequest)
+	expect(t, "bad base", open("m", wire.SessionRequest{Disks: []wire.SessionDisk{{Name: "vda", Size: 1, Base: "xyz"}}}), 400, api.CodeBadRequest)
+	expect(t, "missing base", open("m", wire.SessionRequest{Disks: []wire.SessionDisk{{Name: "vda", Size: 1, Base: strings.Repeat("ab", 32)}}}), 409, api.CodeStale)
+	expect(t, "base of another machine", open("m", wire.SessionRequest{Disks: []wire.SessionDisk{{Name: "vda", Size: 1, Base: ores.Point}}}), 403, api.CodeForbidden)
+	expect(t, "base lacking the disk", open("other", wire.SessionRequest{Disks: []wire.SessionDisk{{Name: "vdz", Size: 1, Base: ores.Point}}}), 409, api.CodeStale)
 
 	// A real session.
-	a := open("m", SessionRequest{Machine: "m", Disks: disk})
+	a := open("m", wire.SessionRequest{Machine: "m", Disks: disk})
 	expect(t, "open", a, 200, "")
-	var or openResponse
+	var or wire.OpenResponse
 	if err := json.Unmarshal(a.body, &or); err != nil {
 		t.Fatal(err)
 	}
 	sp := "/ingest/v1/sessions/" + or.Session
 	for _, p := range []string{"/have", "/batches", "/commit"} {
-		expect(t, "unknown session "+p, raw(t, u, "m", "POST", "/ingest/v1/sessions/nope"+p, ctBatch, []byte("x")), 404, api.CodeNotFound)
-		expect(t, "another machine's session "+p, raw(t, u, "other", "POST", sp+p, ctBatch, []byte("x")), 403, api.CodeForbidden)
+		expect(t, "unknown session "+p, raw(t, u, "m", "POST", "/ingest/v1/sessions/nope"+p, wire.ContentTypeBatch, []byte("x")), 404, api.CodeNotFound)
+		expect(t, "another machine's session "+p, raw(t, u, "other", "POST", sp+p, wire.ContentTypeBatch, []byte("x")), 403, api.CodeForbidden)
 	}
 	expect(t, "unknown session delete", raw(t, u, "m", "DELETE", "/ingest/v1/sessions/nope", "", nil), 404, api.CodeNotFound)
 	expect(t, "another machine's delete", raw(t, u, "other", "DELETE", sp, "", nil), 403, api.CodeForbidden)
 
 	// Have requests.
-	have, _ := encodeHave(nil, []vault.ID{{1}, {2}})
-	expect(t, "truncated have", raw(t, u, "m", "POST", sp+"/have", ctHave, have[:len(have)-3]), 400, api.CodeBadRequest)
-	expect(t, "have wrong tag", raw(t, u, "m", "POST", sp+"/have", ctHave, append([]byte("XXXX"), have[4:]...)), 400, api.CodeBadRequest)
+	have, _ := wire.EncodeHave(nil, []vault.ID{{1}, {2}})
+	expect(t, "truncated have", raw(t, u, "m", "POST", sp+"/have", wire.ContentTypeHave, have[:len(have)-3]), 400, api.CodeBadRequest)
+	expect(t, "have wrong tag", raw(t, u, "m", "POST", sp+"/have", wire.ContentTypeHave, append([]byte("XXXX"), have[4:]...)), 400, api.CodeBadRequest)
 	hv := bytes.Clone(have)
 	hv[3] = 9
-	expect(t, "have wrong version", raw(t, u, "m", "POST", sp+"/have", ctHave, hv), 400, api.CodeBadRequest)
-	expect(t, "have too large", raw(t, u, "m", "POST", sp+"/have", ctHave, make([]byte, maxHaveBody+1)), 413, api.CodeTooLarge)
-	ok := raw(t, u, "m", "POST", sp+"/have", ctHave, have)
-	if bits, err := decodeHaveReply(ok.body, 2); ok.status != 200 || err != nil || bits[0] || bits[1] {
+	expect(t, "have wrong version", raw(t, u, "m", "POST", sp+"/have", wire.ContentTypeHave, hv), 400, api.CodeBadRequest)
+	expect(t, "have too large", raw(t, u, "m", "POST", sp+"/have", wire.ContentTypeHave, make([]byte, wire.MaxHaveBody+1)), 413, api.CodeTooLarge)
+	ok := raw(t, u, "m", "POST", sp+"/have", wire.ContentTypeHave, have)
+	if bits, err := wire.DecodeHaveReply(ok.body, 2); ok.status != 200 || err != nil || bits[0] || bits[1] {
 		t.Fatalf("have: %d %v %v", ok.status, bits, err)
 	}
 
@@ -133,11 +134,11 @@ func TestHostileHTTP(t *testing.T) {
 	}
 	other2 := bytes.Clone(blk)
 	other2[0] ^= 1
-	good := func(seq uint64) *batch {
-		return &batch{Seq: seq, Disk: "vda", Records: []record{{Index: 2, Flags: flagData, ID: h.ID(blk), Data: blk}}}
+	good := func(seq uint64) *wire.Batch {
+		return &wire.Batch{Seq: seq, Disk: "vda", Records: []wire.Record{{Index: 2, Flags: wire.FlagData, ID: h.ID(blk), Data: blk}}}
 	}
-	enc := func(b *batch) []byte {
-		e, err := encodeBatch(nil, b)
+	enc := func(b *wire.Batch) []byte {
+		e, err := wire.EncodeBatch(nil, b)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -145,7 +146,7 @@ func TestHostileHTTP(t *testing.T) {
 	}
 	put := func(what string, body []byte, status int, code string) {
 		t.Helper()
-		expect(t, what, raw(t, u, "m", "POST", sp+"/batches", ctBatch, body), status, code)
+		expect(t, what, raw(t, u, "m", "POST", sp+"/batches", wire.ContentTypeBatch, body), status, code)
 	}
 	g := enc(good(0))
 	before := srv.Stats().BytesReceived
@@ -165,7 +166,7 @@ func TestHostileHTTP(t *testing.T) {
 	short.Records[0].Data = blk[:100]
 	short.Records[0].ID = h.ID(blk[:100])
 	put("short block", enc(short), 400, api.CodeBadRequest)
-	last := &batch{Seq: 0, Disk: "vda", Records: []record{{Index: 10, Flags: flagData, ID: h.ID(blk), Data: blk}}}
+	last := &wire.Batch{Seq: 0, Disk: "vda", Records: []wire.Record{{Index: 10, Flags: wire.FlagData, ID: h.ID(blk), Data: blk}}}
 	put("full block where the disk's last block is short", enc(last), 400, api.CodeBadRequest)
 	beyond := good(0)
 	beyond.Records[0].Index = 11
@@ -173,11 +174,11 @@ func TestHostileHTTP(t *testing.T) {
 	nodisk := good(0)
 	nodisk.Disk = "vdb"
 	put("unknown disk", enc(nodisk), 400, api.CodeBadRequest)
-	ref := &batch{Seq: 0, Disk: "vda", Records: []record{{Index: 1, Flags: flagRef, ID: h.ID(other2)}}}
+	ref := &wire.Batch{Seq: 0, Disk: "vda", Records: []wire.Record{{Index: 1, Flags: wire.FlagRef, ID: h.ID(other2)}}}
 	put("reference to a block nobody holds", enc(ref), 409, api.CodeConflict)
 	put("batch far ahead", enc(good(1000)), 400, api.CodeBadRequest)
-	tooBig := make([]byte, maxBatchBody+1)
-	copy(tooBig, tagBatch)
+	tooBig := make([]byte, wire.MaxBatchBody+1)
+	copy(tooBig, wire.TagBatch)
 	put("batch too large", tooBig, 413, api.CodeTooLarge)
 	expect(t, "commit with missing batches", raw(t, u, "m", "POST", sp+"/commit", "application/json", []byte(`{"batches":3}`)), 409, api.CodeConflict)
 	expect(t, "commit malformed", raw(t, u, "m", "POST", sp+"/commit", "application/json", []byte(`{"batches":-1}`)), 400, api.CodeBadRequest)
@@ -193,13 +194,13 @@ func TestHostileHTTP(t *testing.T) {
 
 	// The session still works: the good batch, a repeat of it (stored
 	// once), a reference to it, and a commit.
-	expect(t, "good batch", raw(t, u, "m", "POST", sp+"/batches", ctBatch, g), 200, "")
-	rep := raw(t, u, "m", "POST", sp+"/batches", ctBatch, g)
+	expect(t, "good batch", raw(t, u, "m", "POST", sp+"/batches", wire.ContentTypeBatch, g), 200, "")
+	rep := raw(t, u, "m", "POST", sp+"/batches", wire.ContentTypeBatch, g)
 	if rep.status != 200 || !strings.Contains(string(rep.body), `"duplicate":true`) {
 		t.Fatalf("repeated batch: %d %s", rep.status, rep.body)
 	}
-	put("blocks out of order across batches", enc(&batch{Seq: 1, Disk: "vda", Records: []record{{Index: 1, Flags: flagZero}}}), 400, api.CodeBadRequest)
-	expect(t, "session failed by the disorder", raw(t, u, "m", "POST", sp+"/batches", ctBatch, enc(&batch{Seq: 2, Disk: "vda", Records: []record{{Index: 5, Flags: flagZero}}})), 400, api.CodeBadRequest)
+	put("blocks out of order across batches", enc(&wire.Batch{Seq: 1, Disk: "vda", Records: []wire.Record{{Index: 1, Flags: wire.FlagZero}}}), 400, api.CodeBadRequest)
+	expect(t, "session failed by the disorder", raw(t, u, "m", "POST", sp+"/batches", wire.ContentTypeBatch, enc(&wire.Batch{Seq: 2, Disk: "vda", Records: []wire.Record{{Index: 5, Flags: wire.FlagZero}}})), 400, api.CodeBadRequest)
 	expect(t, "commit of the failed session", raw(t, u, "m", "POST", sp+"/commit", "application/json", []byte(`{"batches":2}`)), 400, api.CodeBadRequest)
 	if srv.Stats().Sessions != 0 {
 		t.Fatal("failed session not removed")
@@ -210,7 +211,7 @@ func TestHostileHTTP(t *testing.T) {
 
 	// A clean session through the client still publishes a good point.
 	c := newClient(t, u, "m")
-	sess, err := c.Open(ctx, SessionRequest{Machine: "m", Disks: []SessionDisk{{Name: "vda", Size: 3 * bs, Driver: "scan"}}})
+	sess, err := c.Open(ctx, wire.SessionRequest{Machine: "m", Disks: []wire.SessionDisk{{Name: "vda", Size: 3 * bs, Driver: "scan"}}})
 	if err != nil {
 		t.Fatal(err)
 	}

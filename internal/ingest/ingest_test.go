@@ -13,6 +13,8 @@ import (
 
 	"github.com/lifeboat-dr/lifeboat/internal/capture"
 	"github.com/lifeboat-dr/lifeboat/internal/capture/capturetest"
+	"github.com/lifeboat-dr/lifeboat/internal/ingest/ingestclient"
+	"github.com/lifeboat-dr/lifeboat/internal/ingest/wire"
 	"github.com/lifeboat-dr/lifeboat/internal/recover"
 	"github.com/lifeboat-dr/lifeboat/internal/vault"
 )
@@ -53,7 +55,7 @@ func TestCycles(t *testing.T) {
 				d.set(t, capturetest.Mutate(r, d.img, bs, i == 1))
 			}
 		}
-		res, err := runCycle(ctx, c, "web1", disks, func(req *SessionRequest) {
+		res, err := runCycle(ctx, c, "web1", disks, func(req *wire.SessionRequest) {
 			req.Labels = map[string]string{"cycle": fmt.Sprint(cycle)}
 			req.CutID = "cut-7"
 			req.Group = "g1"
@@ -138,9 +140,9 @@ func TestStaleBase(t *testing.T) {
 	if err := v.DeletePoint(ctx, id); err != nil {
 		t.Fatal(err)
 	}
-	_, err = c.Open(ctx, SessionRequest{Machine: "db1", Disks: []SessionDisk{{Name: "vda", Size: int64(len(d.img)), Base: res.Point}}})
-	if !errors.Is(err, ErrStaleBase) {
-		t.Fatalf("open on a deleted base: %v, want ErrStaleBase", err)
+	_, err = c.Open(ctx, wire.SessionRequest{Machine: "db1", Disks: []wire.SessionDisk{{Name: "vda", Size: int64(len(d.img)), Base: res.Point}}})
+	if !errors.Is(err, ingestclient.ErrStaleBase) {
+		t.Fatalf("open on a deleted base: %v, want ingestclient.ErrStaleBase", err)
 	}
 	d.set(t, capturetest.Mutate(r, d.img, bs, false))
 	res2, err := runCycle(ctx, c, "db1", []*testDisk{d}, nil)
@@ -200,7 +202,7 @@ func TestCrashResume(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sess, err := c1.Open(ctx, SessionRequest{Machine: "app1", Disks: []SessionDisk{{Name: "vda", Size: cy.Size(), Driver: "scan"}}})
+	sess, err := c1.Open(ctx, wire.SessionRequest{Machine: "app1", Disks: []wire.SessionDisk{{Name: "vda", Size: cy.Size(), Driver: "scan"}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -324,12 +326,12 @@ func TestCheckpoint(t *testing.T) {
 	}
 	d := newDisk(t, t.TempDir(), "vda", img)
 	c := newClient(t, hs.URL, "m")
-	c.batchRecs = 16 // 64 KiB batches
+	c.SetBatchRecords(16) // 64 KiB batches
 	cy, err := d.drv.Begin(ctx, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	sess, err := c.Open(ctx, SessionRequest{Machine: "m", Disks: []SessionDisk{{Name: "vda", Size: cy.Size(), Driver: "scan"}}})
+	sess, err := c.Open(ctx, wire.SessionRequest{Machine: "m", Disks: []wire.SessionDisk{{Name: "vda", Size: cy.Size(), Driver: "scan"}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -436,8 +438,8 @@ func TestBandwidth(t *testing.T) {
 	v, _ := newVault(t, bs, 1<<20)
 	srv, hs, _ := startServer(t, v, t.TempDir(), nil)
 	r := rand.New(rand.NewPCG(15, 16))
-	send := func(c *Client, machine string, n int, limit func(*Session)) time.Duration {
-		sess, err := c.Open(ctx, SessionRequest{Machine: machine, Disks: []SessionDisk{{Name: "vda", Size: int64(n)}}})
+	send := func(c *ingestclient.Client, machine string, n int, limit func(*ingestclient.Session)) time.Duration {
+		sess, err := c.Open(ctx, wire.SessionRequest{Machine: machine, Disks: []wire.SessionDisk{{Name: "vda", Size: int64(n)}}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -470,7 +472,7 @@ func TestBandwidth(t *testing.T) {
 		t.Logf("server-limited: %v", d)
 	}
 	srv.SetBandwidth(0)
-	if d := send(newClient(t, hs.URL, "b"), "b", 2<<20, func(s *Session) { s.SetBandwidth(1 << 20) }); d < 1500*time.Millisecond {
+	if d := send(newClient(t, hs.URL, "b"), "b", 2<<20, func(s *ingestclient.Session) { s.SetBandwidth(1 << 20) }); d < 1500*time.Millisecond {
 		t.Fatalf("2 MiB at a session limit of 1 MiB/s took %v", d)
 	} else {
 		t.Logf("session-limited: %v", d)
@@ -498,7 +500,7 @@ func TestAbortStoresAcknowledged(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sess, err := c.Open(ctx, SessionRequest{Machine: "m", Disks: []SessionDisk{{Name: "vda", Size: cy.Size(), Driver: "scan"}}})
+	sess, err := c.Open(ctx, wire.SessionRequest{Machine: "m", Disks: []wire.SessionDisk{{Name: "vda", Size: cy.Size(), Driver: "scan"}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -533,7 +535,7 @@ func TestIdleSessionExpires(t *testing.T) {
 	ctx := testCtx(t)
 	v, _ := newVault(t, bs, 1<<20)
 	srv, hs, _ := startServer(t, v, t.TempDir(), func(o *Options) { o.SessionIdle = 200 * time.Millisecond })
-	sess, err := newClient(t, hs.URL, "m").Open(ctx, SessionRequest{Machine: "m", Disks: []SessionDisk{{Name: "vda", Size: bs}}})
+	sess, err := newClient(t, hs.URL, "m").Open(ctx, wire.SessionRequest{Machine: "m", Disks: []wire.SessionDisk{{Name: "vda", Size: bs}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -543,7 +545,7 @@ func TestIdleSessionExpires(t *testing.T) {
 	if srv.Stats().Sessions != 0 {
 		t.Fatal("idle session not aborted")
 	}
-	if _, err := sess.Commit(ctx); !errors.Is(err, ErrSessionLost) {
-		t.Fatalf("commit of an expired session: %v, want ErrSessionLost", err)
+	if _, err := sess.Commit(ctx); !errors.Is(err, ingestclient.ErrSessionLost) {
+		t.Fatalf("commit of an expired session: %v, want ingestclient.ErrSessionLost", err)
 	}
 }

@@ -26,17 +26,14 @@ import (
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/ingest/wire"
 	"github.com/lifeboat-dr/lifeboat/internal/vault"
 )
 
 const (
 	// EventLockLost is the kind of the event raised when a session loses
 	// its vault write lock (severity error).
-	EventLockLost = "lock_lost"
-	// CodeLockLost is the error code (HTTP 410) of requests to a session
-	// whose vault write lock was lost: the session is over.
-	CodeLockLost = "lock_lost"
-
+	EventLockLost  = "lock_lost"
 	lostRemember   = 10 * time.Minute // how long a lost session's ID answers lock_lost
 	lostRetryFirst = time.Second
 	lostRetryMax   = time.Minute
@@ -69,7 +66,7 @@ func (ss *session) lostErr() error {
 }
 
 func (s *Server) lostAnswer(id string, why error) *httpError {
-	return herr(http.StatusGone, CodeLockLost, "process server %s lost its vault write lock (%v): session %s is over and publishes no point; start a new cycle (the blocks it acknowledged are kept)", s.o.Name, why, id)
+	return herr(http.StatusGone, wire.CodeLockLost, "process server %s lost its vault write lock (%v): session %s is over and publishes no point; start a new cycle (the blocks it acknowledged are kept)", s.o.Name, why, id)
 }
 
 // watchLock aborts the session when its lock is lost.

@@ -13,6 +13,8 @@ import (
 
 	"github.com/lifeboat-dr/lifeboat/internal/capture"
 	"github.com/lifeboat-dr/lifeboat/internal/clock"
+	"github.com/lifeboat-dr/lifeboat/internal/ingest/ingestclient"
+	"github.com/lifeboat-dr/lifeboat/internal/ingest/wire"
 	"github.com/lifeboat-dr/lifeboat/internal/vault"
 	"github.com/lifeboat-dr/lifeboat/internal/vault/backend"
 	"github.com/lifeboat-dr/lifeboat/internal/vault/backend/local"
@@ -86,7 +88,7 @@ func TestSessionLockLost(t *testing.T) {
 		img[i] = byte(r.Uint32())
 	}
 	d := newDisk(t, t.TempDir(), "vda", img)
-	sess, err := c.Open(ctx, SessionRequest{Machine: "m", Disks: []SessionDisk{{Name: "vda", Size: int64(len(img)), Driver: "scan"}}})
+	sess, err := c.Open(ctx, wire.SessionRequest{Machine: "m", Disks: []wire.SessionDisk{{Name: "vda", Size: int64(len(img)), Driver: "scan"}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,9 +110,9 @@ func TestSessionLockLost(t *testing.T) {
 	waitUntil(t, ctx, "the session to be aborted", func() bool { return srv.Stats().Sessions == 0 })
 
 	err = put(128, 256)
-	var e *Error
-	if !errors.Is(err, ErrSessionLost) || !errors.As(err, &e) || e.Code != CodeLockLost || e.Status != http.StatusGone {
-		t.Fatalf("batch after the loss: %v, want ErrSessionLost with HTTP 410 %s", err, CodeLockLost)
+	var e *ingestclient.Error
+	if !errors.Is(err, ingestclient.ErrSessionLost) || !errors.As(err, &e) || e.Code != wire.CodeLockLost || e.Status != http.StatusGone {
+		t.Fatalf("batch after the loss: %v, want ingestclient.ErrSessionLost with HTTP 410 %s", err, wire.CodeLockLost)
 	}
 	if !strings.Contains(e.Message, "lost its vault write lock") || !strings.Contains(e.Message, "start a new cycle") {
 		t.Fatalf("refusal %q does not say what happened and what to do", e.Message)
@@ -118,7 +120,7 @@ func TestSessionLockLost(t *testing.T) {
 	if sess.Stats().Batches != acked {
 		t.Fatal("a batch was acknowledged after the loss")
 	}
-	if _, err := sess.Commit(ctx); !errors.Is(err, ErrSessionLost) {
+	if _, err := sess.Commit(ctx); !errors.Is(err, ingestclient.ErrSessionLost) {
 		t.Fatalf("commit after the loss: %v", err)
 	}
 	if err := sess.Abort(ctx); err != nil {

@@ -31,6 +31,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/lifeboat-dr/lifeboat/internal/ingest/wire"
 	"github.com/lifeboat-dr/lifeboat/internal/vault"
 )
 
@@ -78,10 +79,10 @@ func createSegment(path string) (*segment, error) {
 }
 
 // segRecordsLen is how many bytes appending the data records of recs takes.
-func segRecordsLen(recs []record) int64 {
+func segRecordsLen(recs []wire.Record) int64 {
 	var n int64
 	for i := range recs {
-		if recs[i].Flags == flagData {
+		if recs[i].Flags == wire.FlagData {
 			n += segRecHeader + vault.IDSize + int64(len(recs[i].Data))
 		}
 	}
@@ -92,13 +93,13 @@ func segRecordsLen(recs []record) int64 {
 // copy of the data) and syncs them. On failure it truncates the file
 // back, so that the segment never holds a torn record followed by good
 // ones. hdrs is scratch space, returned for reuse.
-func (s *segment) appendRecords(recs []record, hdrs []byte) ([]byte, error) {
+func (s *segment) appendRecords(recs []wire.Record, hdrs []byte) ([]byte, error) {
 	if s.bad {
 		return hdrs, fmt.Errorf("cache segment %s is damaged by an earlier write error", s.path)
 	}
 	n := 0
 	for i := range recs {
-		if recs[i].Flags == flagData {
+		if recs[i].Flags == wire.FlagData {
 			n++
 		}
 	}
@@ -110,7 +111,7 @@ func (s *segment) appendRecords(recs []record, hdrs []byte) ([]byte, error) {
 	iovs := make([][]byte, 0, 2*n)
 	for i := range recs {
 		r := &recs[i]
-		if r.Flags != flagData {
+		if r.Flags != wire.FlagData {
 			continue
 		}
 		start := len(hdrs)

@@ -1,5 +1,7 @@
-// Package ingest is the process server's data path and the agent's client
-// for it.
+// Package ingest is the process server's data path: the ingest endpoint
+// that agents ship their capture cycles to. The wire format is in
+// internal/ingest/wire, the agent's client in internal/ingest/ingestclient
+// (which import nothing of this package).
 //
 // An agent ships each capture cycle as one session: it opens a session
 // naming the machine, the cut and every disk (with the point the disk's
@@ -7,7 +9,7 @@
 // commits; the process server then publishes one recovery point. The
 // agent names blocks itself with the vault's block key (Info) and asks
 // which blocks the process server already holds, so only new data
-// crosses the network. wire.go documents the binary framing.
+// crosses the network. Package wire documents the binary framing.
 //
 // Durability and order on the process server:
 //
@@ -53,6 +55,7 @@ import (
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/clock"
+	"github.com/lifeboat-dr/lifeboat/internal/ingest/wire"
 	"github.com/lifeboat-dr/lifeboat/internal/vault"
 	"github.com/lifeboat-dr/lifeboat/internal/vault/backend"
 )
@@ -154,7 +157,7 @@ type Server struct {
 
 type doneSession struct {
 	machine string
-	resp    commitResponse
+	resp    wire.CommitResponse
 	expires time.Time
 }
 
@@ -200,7 +203,7 @@ func NewServer(ctx context.Context, o Options) (*Server, error) {
 		return nil, fmt.Errorf("ingest: cache directory %s is in use by another process server (give each its own CacheDir): %w", o.CacheDir, err)
 	}
 	s := &Server{o: o, v: o.Vault, log: o.Logger.With("process", o.Name), clock: o.Clock, segDir: segDir, lockF: lf,
-		limiter: newLimiter(o.Bandwidth), bodies: make(chan struct{}, maxBodies),
+		limiter: wire.NewLimiter(o.Bandwidth), bodies: make(chan struct{}, maxBodies),
 		sessions: map[string]*session{}, done: map[string]doneSession{}, lost: map[string]lostSession{}}
 	s.bufs.New = func() any { b := make([]byte, 0, 1<<20); return &b }
 	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
@@ -366,7 +369,7 @@ func (s *Server) OpenSessions() []api.OpenSession {
 }
 
 // SetBandwidth limits the block data received to bytesPerSec (0: unlimited).
-func (s *Server) SetBandwidth(bytesPerSec int64) { setLimit(s.limiter, bytesPerSec) }
+func (s *Server) SetBandwidth(bytesPerSec int64) { wire.SetLimit(s.limiter, bytesPerSec) }
 
 // Close aborts every open session without storing its pending blocks:
 // their segments stay in the cache and the next NewServer stores them.
@@ -517,42 +520,14 @@ func (s *Server) Handler() http.Handler {
 	return mux
 }
 
-// infoWire is GET /ingest/v1/info and part of the open answer.
-type infoWire struct {
-	Name      string `json:"name"`
-	VaultID   string `json:"vault_id"`
-	BlockSize int    `json:"block_size"`
-	BlockKey  string `json:"block_key"` // hex
-}
-
-func (s *Server) info() infoWire {
+func (s *Server) info() wire.InfoResponse {
 	k := s.v.BlockKey()
-	return infoWire{Name: s.o.Name, VaultID: s.v.Config().ID, BlockSize: s.v.Config().BlockSize, BlockKey: hex.EncodeToString(k[:])}
+	return wire.InfoResponse{Name: s.o.Name, VaultID: s.v.Config().ID, BlockSize: s.v.Config().BlockSize, BlockKey: hex.EncodeToString(k[:])}
 }
 
 func (s *Server) handleInfo(w http.ResponseWriter, r *http.Request, _ string) error {
 	writeJSON(w, http.StatusOK, s.info())
 	return nil
-}
-
-type openResponse struct {
-	Session string   `json:"session"`
-	Info    infoWire `json:"info"`
-}
-
-type commitRequest struct {
-	Batches uint64 `json:"batches"`
-}
-
-type commitResponse struct {
-	Point string    `json:"point"`
-	Time  time.Time `json:"time"`
-}
-
-type batchResponse struct {
-	Seq       uint64 `json:"seq"`
-	Duplicate bool   `json:"duplicate,omitempty"`
-	DataBytes int64  `json:"data_bytes"`
 }
 
 // reqContext is the request's context, also cancelled when the server closes.
@@ -570,7 +545,7 @@ func (s *Server) readBody(ctx context.Context, r *http.Request, maxLen int, limi
 	}
 	var src io.Reader = r.Body
 	if limit {
-		src = &limitedReader{ctx: ctx, r: r.Body, ls: []*rate.Limiter{s.limiter}}
+		src = wire.LimitReader(ctx, r.Body, s.limiter)
 	}
 	buf = buf[:0]
 	if r.ContentLength > 0 && cap(buf) <= int(r.ContentLength) {
@@ -632,7 +607,7 @@ func (s *Server) session(r *http.Request, machine string) (*session, error) {
 }
 
 func (s *Server) handleOpen(w http.ResponseWriter, r *http.Request, machine string) error {
-	var req SessionRequest
+	var req wire.SessionRequest
 	if err := decodeJSON(r, &req); err != nil {
 		return err
 	}
@@ -640,7 +615,7 @@ func (s *Server) handleOpen(w http.ResponseWriter, r *http.Request, machine stri
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, openResponse{Session: ss.id, Info: s.info()})
+	writeJSON(w, http.StatusOK, wire.OpenResponse{Session: ss.id, Info: s.info()})
 	return nil
 }
 
@@ -651,11 +626,11 @@ func (s *Server) handleHave(w http.ResponseWriter, r *http.Request, machine stri
 	}
 	ctx, cancel := s.reqContext(r)
 	defer cancel()
-	body, err := s.readBody(ctx, r, maxHaveBody, false, nil)
+	body, err := s.readBody(ctx, r, wire.MaxHaveBody, false, nil)
 	if err != nil {
 		return err
 	}
-	ids, err := decodeHave(body)
+	ids, err := wire.DecodeHave(body)
 	if err != nil {
 		return herr(http.StatusBadRequest, api.CodeBadRequest, "%v", err)
 	}
@@ -663,8 +638,8 @@ func (s *Server) handleHave(w http.ResponseWriter, r *http.Request, machine stri
 	for i, id := range ids {
 		have[i] = ss.has(id)
 	}
-	w.Header().Set("Content-Type", ctHaveReply)
-	_, _ = w.Write(encodeHaveReply(nil, have))
+	w.Header().Set("Content-Type", wire.ContentTypeHaveReply)
+	_, _ = w.Write(wire.EncodeHaveReply(nil, have))
 	return nil
 }
 
@@ -683,12 +658,12 @@ func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request, machine str
 	defer func() { <-s.bodies }()
 	bufp := s.bufs.Get().(*[]byte)
 	defer s.bufs.Put(bufp)
-	body, err := s.readBody(ctx, r, maxBatchBody, true, *bufp)
+	body, err := s.readBody(ctx, r, wire.MaxBatchBody, true, *bufp)
 	*bufp = body[:0]
 	if err != nil {
 		return err
 	}
-	b, err := decodeBatch(body)
+	b, err := wire.DecodeBatch(body)
 	if err != nil {
 		return herr(http.StatusBadRequest, api.CodeBadRequest, "%v", err)
 	}
@@ -713,7 +688,7 @@ func (s *Server) handleCommit(w http.ResponseWriter, r *http.Request, machine st
 	if err != nil {
 		return err
 	}
-	var req commitRequest
+	var req wire.CommitRequest
 	if err := decodeJSON(r, &req); err != nil {
 		return err
 	}
@@ -727,7 +702,7 @@ func (s *Server) handleCommit(w http.ResponseWriter, r *http.Request, machine st
 
 func (s *Server) handleAbort(w http.ResponseWriter, r *http.Request, machine string) error {
 	ss, err := s.session(r, machine)
-	if he := (*httpError)(nil); errors.As(err, &he) && he.code == CodeLockLost {
+	if he := (*httpError)(nil); errors.As(err, &he) && he.code == wire.CodeLockLost {
 		w.WriteHeader(http.StatusNoContent) // over already: aborted for its lost lock
 		return nil
 	}
@@ -741,7 +716,7 @@ func (s *Server) handleAbort(w http.ResponseWriter, r *http.Request, machine str
 
 // ---- opening a session ----
 
-func validateRequest(machine string, req *SessionRequest) error {
+func validateRequest(machine string, req *wire.SessionRequest) error {
 	bad := func(format string, args ...any) error {
 		return herr(http.StatusBadRequest, api.CodeBadRequest, format, args...)
 	}
@@ -801,7 +776,7 @@ func validateRequest(machine string, req *SessionRequest) error {
 
 // open validates a session request, takes a write lock, loads the index
 // and prepares every disk's tree on its base point.
-func (s *Server) open(ctx context.Context, machine string, req SessionRequest) (_ *session, err error) {
+func (s *Server) open(ctx context.Context, machine string, req wire.SessionRequest) (_ *session, err error) {
 	if err := validateRequest(machine, &req); err != nil {
 		return nil, err
 	}
@@ -914,7 +889,7 @@ func (s *Server) removeSession(ss *session) {
 }
 
 // remember keeps a commit's answer for a retried commit request.
-func (s *Server) remember(ss *session, resp commitResponse) {
+func (s *Server) remember(ss *session, resp wire.CommitResponse) {
 	s.mu.Lock()
 	s.done[ss.id] = doneSession{machine: ss.machine, resp: resp, expires: s.clock.Now().Add(10 * time.Minute)}
 	s.mu.Unlock()
@@ -933,7 +908,7 @@ type session struct {
 	s       *Server
 	id      string
 	machine string
-	req     SessionRequest
+	req     wire.SessionRequest
 	parent  string
 	lock    *vault.Lock
 	nodeW   *vault.Writer // tree nodes, for the whole session
@@ -1031,7 +1006,7 @@ func (ss *session) has(id vault.ID) bool {
 }
 
 // put checks, stores and applies one batch.
-func (ss *session) put(ctx context.Context, b *batch) (*batchResponse, error) {
+func (ss *session) put(ctx context.Context, b *wire.Batch) (*wire.BatchResponse, error) {
 	s := ss.s
 	d, ok := ss.disks[b.Disk]
 	if !ok {
@@ -1044,7 +1019,7 @@ func (ss *session) put(ctx context.Context, b *batch) (*batchResponse, error) {
 		if r.Index >= d.blocks {
 			return nil, herr(http.StatusBadRequest, api.CodeBadRequest, "disk %s: block %d is beyond the disk's %d blocks", d.name, r.Index, d.blocks)
 		}
-		if r.Flags != flagData {
+		if r.Flags != wire.FlagData {
 			continue
 		}
 		if want := min(bs, d.size-r.Index*bs); int64(len(r.Data)) != want {
@@ -1057,7 +1032,7 @@ func (ss *session) put(ctx context.Context, b *batch) (*batchResponse, error) {
 	}
 	for i := range b.Records {
 		r := &b.Records[i]
-		if r.Flags == flagRef && !ss.has(r.ID) {
+		if r.Flags == wire.FlagRef && !ss.has(r.ID) {
 			return nil, herr(http.StatusConflict, api.CodeConflict, "disk %s: block %d references %s, which this process server does not hold: send the batch again with its data", d.name, r.Index, r.ID.Short())
 		}
 	}
@@ -1073,7 +1048,7 @@ func (ss *session) put(ctx context.Context, b *batch) (*batchResponse, error) {
 		return nil, err
 	case b.Seq < ss.next || ss.pending[b.Seq].recs != nil:
 		ss.mu.Unlock()
-		return &batchResponse{Seq: b.Seq, Duplicate: true}, nil
+		return &wire.BatchResponse{Seq: b.Seq, Duplicate: true}, nil
 	case ss.inflight[b.Seq]:
 		ss.mu.Unlock()
 		return nil, herr(http.StatusServiceUnavailable, api.CodeBusy, "batch %d is being stored right now", b.Seq)
@@ -1139,12 +1114,12 @@ func (ss *session) put(ctx context.Context, b *batch) (*batchResponse, error) {
 	if full {
 		ss.checkpoint()
 	}
-	return &batchResponse{Seq: b.Seq, DataBytes: data}, nil
+	return &wire.BatchResponse{Seq: b.Seq, DataBytes: data}, nil
 }
 
 // store makes a batch's blocks durable in the cache, then puts them into
 // the current generation's writer.
-func (ss *session) store(b *batch, need int64) error {
+func (ss *session) store(b *wire.Batch, need int64) error {
 	s := ss.s
 	ss.genMu.RLock()
 	defer ss.genMu.RUnlock()
@@ -1167,7 +1142,7 @@ func (ss *session) store(b *batch, need int64) error {
 	}
 	for i := range b.Records {
 		r := &b.Records[i]
-		if r.Flags != flagData {
+		if r.Flags != wire.FlagData {
 			continue
 		}
 		if _, err := g.w.PutBlob(ss.ctx, vault.BlobData, r.ID, r.Data); err != nil {
@@ -1298,7 +1273,7 @@ func (ss *session) finishGen(g *generation, store bool) error {
 }
 
 // commit finishes the trees and publishes the point.
-func (ss *session) commit(n uint64) (*commitResponse, error) {
+func (ss *session) commit(n uint64) (*wire.CommitResponse, error) {
 	s := ss.s
 	ss.mu.Lock()
 	switch {
@@ -1339,7 +1314,7 @@ func (ss *session) commit(n uint64) (*commitResponse, error) {
 	ss.cancel()
 	s.removeSession(ss)
 	s.points.Add(1)
-	resp := commitResponse{Point: p.ID.String(), Time: p.Time}
+	resp := wire.CommitResponse{Point: p.ID.String(), Time: p.Time}
 	s.remember(ss, resp)
 	s.log.Info("recovery point published", "point", p.ID.Short(), "machine", p.Machine, "time", p.Time, "session", ss.id)
 	if s.o.OnPoint != nil {
@@ -1433,3 +1408,34 @@ func (ss *session) abort(store bool) {
 type errStore struct{ err error }
 
 func (e errStore) Error() string { return e.err.Error() }
+
+// rateWindow measures bytes per second over the last 10 seconds.
+type rateWindow struct {
+	mu      sync.Mutex
+	secs    [10]int64
+	buckets [10]int64
+}
+
+func (w *rateWindow) add(now time.Time, n int64) {
+	sec := now.Unix()
+	i := int(uint64(sec) % uint64(len(w.secs)))
+	w.mu.Lock()
+	if w.secs[i] != sec {
+		w.secs[i], w.buckets[i] = sec, 0
+	}
+	w.buckets[i] += n
+	w.mu.Unlock()
+}
+
+func (w *rateWindow) rate(now time.Time) float64 {
+	sec := now.Unix()
+	var sum int64
+	w.mu.Lock()
+	for i := range w.secs {
+		if d := sec - w.secs[i]; d >= 0 && d < int64(len(w.secs)) {
+			sum += w.buckets[i]
+		}
+	}
+	w.mu.Unlock()
+	return float64(sum) / float64(len(w.secs))
+}

@@ -50,6 +50,8 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/capture"
 	"github.com/lifeboat-dr/lifeboat/internal/ingest"
+	"github.com/lifeboat-dr/lifeboat/internal/ingest/ingestclient"
+	"github.com/lifeboat-dr/lifeboat/internal/ingest/wire"
 	"github.com/lifeboat-dr/lifeboat/internal/pki"
 	"github.com/lifeboat-dr/lifeboat/internal/vault"
 	"github.com/lifeboat-dr/lifeboat/internal/vault/backend/local"
@@ -288,7 +290,7 @@ func oneRun(ctx context.Context, self, dir string, n int, total int64, random fl
 	url := "https://" + addr
 
 	// The agents: own key, certificate and machine name each.
-	clients := make([]*ingest.Client, n)
+	clients := make([]*ingestclient.Client, n)
 	for i := range n {
 		name := fmt.Sprintf("bench-agent-%03d", i)
 		keyPEM, csrPEM, err := pki.NewKeyAndCSR(name)
@@ -306,7 +308,7 @@ func oneRun(ctx context.Context, self, dir string, n int, total int64, random fl
 		tr := &http.Transport{TLSClientConfig: pki.ClientTLSFor(&cert, ca.Pool(), pki.RoleProcess), ForceAttemptHTTP2: true,
 			IdleConnTimeout: 90 * time.Second, TLSHandshakeTimeout: 15 * time.Second}
 		defer tr.CloseIdleConnections()
-		clients[i] = ingest.NewClient(url, &http.Client{Transport: tr}, slog.New(slog.DiscardHandler))
+		clients[i] = ingestclient.New(url, &http.Client{Transport: tr}, slog.New(slog.DiscardHandler))
 		if _, err := clients[i].Info(ctx); err != nil { // handshake outside the timed window
 			return res, fmt.Errorf("agent %s: %w", name, err)
 		}
@@ -358,8 +360,8 @@ func oneRun(ctx context.Context, self, dir string, n int, total int64, random fl
 }
 
 // agent ships one session of count distinct blocks and commits it.
-func agent(ctx context.Context, c *ingest.Client, name string, a int, count, diskSize int64, random float64, p *pools) error {
-	sess, err := c.Open(ctx, ingest.SessionRequest{Machine: name, Disks: []ingest.SessionDisk{{Name: "vda", Size: diskSize, Driver: "scan"}}})
+func agent(ctx context.Context, c *ingestclient.Client, name string, a int, count, diskSize int64, random float64, p *pools) error {
+	sess, err := c.Open(ctx, wire.SessionRequest{Machine: name, Disks: []wire.SessionDisk{{Name: "vda", Size: diskSize, Driver: "scan"}}})
 	if err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}

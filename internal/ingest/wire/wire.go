@@ -1,6 +1,8 @@
-package ingest
-
-// Wire format of the ingest data path, version 1.
+// Package wire is the wire format of the ingest data path, version 1: the
+// binary messages, the JSON requests and answers, the error codes and the
+// limits that the process server (internal/ingest) and the agent's client
+// (internal/ingest/ingestclient) share. It imports neither, so the agent
+// links no server code.
 //
 // Sessions are opened, committed and aborted with JSON requests; block
 // data travels in two small binary messages inside HTTP bodies. All
@@ -51,9 +53,10 @@ package ingest
 // the client resends the batch with data).
 //
 // Any request to a session whose process server lost the session's vault
-// write lock is answered 410 lock_lost (locklost.go): the session is over,
+// write lock is answered 410 lock_lost (CodeLockLost): the session is over,
 // nothing more of it is acknowledged or published, and the client ends
-// the cycle (ErrSessionLost) and opens a new session next time.
+// the cycle (ingestclient.ErrSessionLost) and opens a new session next time.
+package wire
 
 import (
 	"encoding/binary"
@@ -70,54 +73,58 @@ const (
 	MaxRecords   = 1024
 	MaxBlockData = 4 << 20 // the vault's largest block size
 	MaxBatchData = 8 << 20
-	// maxBatchBody bounds a whole put-batch body.
-	maxBatchBody = 4 + 8 + 1 + 255 + 4 + MaxRecords*(8+1+vault.IDSize+4) + MaxBatchData
-	maxHaveBody  = 4 + 4 + MaxHaveIDs*vault.IDSize
+	// MaxBatchBody bounds a whole put-batch body, MaxHaveBody a have
+	// request's.
+	MaxBatchBody = 4 + 8 + 1 + 255 + 4 + MaxRecords*(8+1+vault.IDSize+4) + MaxBatchData
+	MaxHaveBody  = 4 + 4 + MaxHaveIDs*vault.IDSize
 )
 
-// Record flags.
+// Record flags (Record.Flags).
 const (
-	flagRef  = 0x00
-	flagZero = 0x01
-	flagData = 0x02
+	FlagRef  = 0x00
+	FlagZero = 0x01
+	FlagData = 0x02
 )
 
+// Message tags: three letters and the format version.
 const (
-	tagHave      = "LBH\x01"
-	tagHaveReply = "LBh\x01"
-	tagBatch     = "LBB\x01"
+	TagHave      = "LBH\x01"
+	TagHaveReply = "LBh\x01"
+	TagBatch     = "LBB\x01"
 )
 
 // Content types.
 const (
-	ctHave      = "application/x-lifeboat-have"
-	ctHaveReply = "application/x-lifeboat-have-reply"
-	ctBatch     = "application/x-lifeboat-batch"
+	ContentTypeHave      = "application/x-lifeboat-have"
+	ContentTypeHaveReply = "application/x-lifeboat-have-reply"
+	ContentTypeBatch     = "application/x-lifeboat-batch"
 )
 
-// record is one block of a batch.
-type record struct {
+// Record is one block of a batch.
+type Record struct {
 	Index int64
 	Flags uint8
 	ID    vault.ID
-	Data  []byte // only with flagData
+	Data  []byte // only with FlagData
 }
 
-// batch is a decoded put batch. Data slices alias the decoded buffer.
-type batch struct {
+// Batch is a put batch. In a decoded batch, Data slices alias the decoded
+// buffer.
+type Batch struct {
 	Seq     uint64
 	Disk    string
-	Records []record
+	Records []Record
 }
 
-var errWire = errors.New("malformed message")
+// ErrMalformed is wrapped by every error of the encoders and decoders.
+var ErrMalformed = errors.New("malformed message")
 
 func wireErr(format string, args ...any) error {
-	return fmt.Errorf("%w: %s", errWire, fmt.Sprintf(format, args...))
+	return fmt.Errorf("%w: %s", ErrMalformed, fmt.Sprintf(format, args...))
 }
 
-// validate checks everything the decoder checks.
-func (b *batch) validate() error {
+// Validate checks everything the decoder checks.
+func (b *Batch) Validate() error {
 	if err := vault.ValidateName("disk", b.Disk); err != nil {
 		return wireErr("%v", err)
 	}
@@ -133,18 +140,18 @@ func (b *batch) validate() error {
 		}
 		last = r.Index
 		switch r.Flags {
-		case flagZero:
+		case FlagZero:
 			if !r.ID.IsZero() || r.Data != nil {
 				return wireErr("record %d: a zero block carries no ID or data", i)
 			}
-		case flagRef, flagData:
+		case FlagRef, FlagData:
 			if r.ID.IsZero() {
 				return wireErr("record %d: zero ID (send the block as a zero record)", i)
 			}
-			if r.Flags == flagRef && r.Data != nil {
+			if r.Flags == FlagRef && r.Data != nil {
 				return wireErr("record %d: a reference carries no data", i)
 			}
-			if r.Flags == flagData {
+			if r.Flags == FlagData {
 				if len(r.Data) == 0 || len(r.Data) > MaxBlockData {
 					return wireErr("record %d: data length %d outside 1..%d", i, len(r.Data), MaxBlockData)
 				}
@@ -160,27 +167,27 @@ func (b *batch) validate() error {
 	return nil
 }
 
-// encodedLen is the size of the encoded batch.
-func (b *batch) encodedLen() int {
+// EncodedLen is the size of the encoded batch.
+func (b *Batch) EncodedLen() int {
 	n := 4 + 8 + 1 + len(b.Disk) + 4
 	for i := range b.Records {
 		n += 8 + 1
 		switch b.Records[i].Flags {
-		case flagRef:
+		case FlagRef:
 			n += vault.IDSize
-		case flagData:
+		case FlagData:
 			n += vault.IDSize + 4 + len(b.Records[i].Data)
 		}
 	}
 	return n
 }
 
-// encodeBatch appends the encoded batch to dst.
-func encodeBatch(dst []byte, b *batch) ([]byte, error) {
-	if err := b.validate(); err != nil {
+// EncodeBatch appends the encoded batch to dst.
+func EncodeBatch(dst []byte, b *Batch) ([]byte, error) {
+	if err := b.Validate(); err != nil {
 		return dst, err
 	}
-	dst = append(dst, tagBatch...)
+	dst = append(dst, TagBatch...)
 	dst = binary.BigEndian.AppendUint64(dst, b.Seq)
 	dst = append(dst, byte(len(b.Disk)))
 	dst = append(dst, b.Disk...)
@@ -189,11 +196,11 @@ func encodeBatch(dst []byte, b *batch) ([]byte, error) {
 		r := &b.Records[i]
 		dst = binary.BigEndian.AppendUint64(dst, uint64(r.Index))
 		dst = append(dst, r.Flags)
-		if r.Flags == flagZero {
+		if r.Flags == FlagZero {
 			continue
 		}
 		dst = append(dst, r.ID[:]...)
-		if r.Flags == flagData {
+		if r.Flags == FlagData {
 			dst = binary.BigEndian.AppendUint32(dst, uint32(len(r.Data)))
 			dst = append(dst, r.Data...)
 		}
@@ -255,16 +262,16 @@ func checkTag(r *reader, tag, what string) error {
 	return nil
 }
 
-// decodeBatch parses a put batch. Data slices alias b.
-func decodeBatch(b []byte) (*batch, error) {
-	if len(b) > maxBatchBody {
-		return nil, wireErr("batch of %d bytes exceeds %d", len(b), maxBatchBody)
+// DecodeBatch parses a put batch. Data slices alias b.
+func DecodeBatch(b []byte) (*Batch, error) {
+	if len(b) > MaxBatchBody {
+		return nil, wireErr("batch of %d bytes exceeds %d", len(b), MaxBatchBody)
 	}
 	r := &reader{b: b}
-	if err := checkTag(r, tagBatch, "put batch"); err != nil {
+	if err := checkTag(r, TagBatch, "put batch"); err != nil {
 		return nil, err
 	}
-	out := &batch{Seq: r.u64("seq")}
+	out := &Batch{Seq: r.u64("seq")}
 	nl := int(r.u8("disk name length"))
 	out.Disk = string(r.take(nl, "disk name"))
 	n := r.u32("record count")
@@ -277,7 +284,7 @@ func decodeBatch(b []byte) (*batch, error) {
 	if n == 0 || n > MaxRecords {
 		return nil, wireErr("batch has %d records, want 1..%d", n, MaxRecords)
 	}
-	out.Records = make([]record, 0, n)
+	out.Records = make([]Record, 0, n)
 	var total int64
 	last := int64(-1)
 	for i := range int(n) {
@@ -290,10 +297,10 @@ func decodeBatch(b []byte) (*batch, error) {
 			return nil, wireErr("record %d: block index %d is not ascending (previous %d)", i, idx, last)
 		}
 		last = int64(idx)
-		rec := record{Index: int64(idx), Flags: flags}
+		rec := Record{Index: int64(idx), Flags: flags}
 		switch flags {
-		case flagZero:
-		case flagRef, flagData:
+		case FlagZero:
+		case FlagRef, FlagData:
 			copy(rec.ID[:], r.take(vault.IDSize, "block ID"))
 			if r.err != nil {
 				return nil, r.err
@@ -301,7 +308,7 @@ func decodeBatch(b []byte) (*batch, error) {
 			if rec.ID.IsZero() {
 				return nil, wireErr("record %d: zero ID (send the block as a zero record)", i)
 			}
-			if flags == flagData {
+			if flags == FlagData {
 				l := r.u32("data length")
 				if r.err != nil {
 					return nil, r.err
@@ -329,12 +336,12 @@ func decodeBatch(b []byte) (*batch, error) {
 	return out, nil
 }
 
-// encodeHave appends a have request for ids.
-func encodeHave(dst []byte, ids []vault.ID) ([]byte, error) {
+// EncodeHave appends a have request for ids.
+func EncodeHave(dst []byte, ids []vault.ID) ([]byte, error) {
 	if len(ids) > MaxHaveIDs {
 		return dst, wireErr("%d IDs in one have request, at most %d", len(ids), MaxHaveIDs)
 	}
-	dst = append(dst, tagHave...)
+	dst = append(dst, TagHave...)
 	dst = binary.BigEndian.AppendUint32(dst, uint32(len(ids)))
 	for i := range ids {
 		dst = append(dst, ids[i][:]...)
@@ -342,13 +349,13 @@ func encodeHave(dst []byte, ids []vault.ID) ([]byte, error) {
 	return dst, nil
 }
 
-// decodeHave parses a have request.
-func decodeHave(b []byte) ([]vault.ID, error) {
-	if len(b) > maxHaveBody {
-		return nil, wireErr("have request of %d bytes exceeds %d", len(b), maxHaveBody)
+// DecodeHave parses a have request.
+func DecodeHave(b []byte) ([]vault.ID, error) {
+	if len(b) > MaxHaveBody {
+		return nil, wireErr("have request of %d bytes exceeds %d", len(b), MaxHaveBody)
 	}
 	r := &reader{b: b}
-	if err := checkTag(r, tagHave, "have request"); err != nil {
+	if err := checkTag(r, TagHave, "have request"); err != nil {
 		return nil, err
 	}
 	n := r.u32("ID count")
@@ -368,9 +375,9 @@ func decodeHave(b []byte) ([]vault.ID, error) {
 	return ids, nil
 }
 
-// encodeHaveReply appends the reply bitmap.
-func encodeHaveReply(dst []byte, have []bool) []byte {
-	dst = append(dst, tagHaveReply...)
+// EncodeHaveReply appends the reply bitmap.
+func EncodeHaveReply(dst []byte, have []bool) []byte {
+	dst = append(dst, TagHaveReply...)
 	dst = binary.BigEndian.AppendUint32(dst, uint32(len(have)))
 	start := len(dst)
 	dst = append(dst, make([]byte, (len(have)+7)/8)...)
@@ -382,10 +389,10 @@ func encodeHaveReply(dst []byte, have []bool) []byte {
 	return dst
 }
 
-// decodeHaveReply parses a reply to a request of want IDs (want < 0: any).
-func decodeHaveReply(b []byte, want int) ([]bool, error) {
+// DecodeHaveReply parses a reply to a request of want IDs (want < 0: any).
+func DecodeHaveReply(b []byte, want int) ([]bool, error) {
 	r := &reader{b: b}
-	if err := checkTag(r, tagHaveReply, "have reply"); err != nil {
+	if err := checkTag(r, TagHaveReply, "have reply"); err != nil {
 		return nil, err
 	}
 	n := r.u32("count")

@@ -1,4 +1,4 @@
-package ingest
+package ingestclient
 
 import (
 	"context"
@@ -23,7 +23,7 @@ func TestClientGivesUpOnAStalledServer(t *testing.T) {
 	}))
 	defer srv.Close()
 	defer close(release)
-	c := NewClient(srv.URL, srv.Client(), nil)
+	c := New(srv.URL, srv.Client(), nil)
 	c.attemptBase = 100 * time.Millisecond
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

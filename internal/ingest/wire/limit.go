@@ -1,24 +1,26 @@
-package ingest
+package wire
+
+// Bandwidth limits: both sides limit the block data they move (the
+// agent's client what it sends, per client and per session; the process
+// server what it receives).
 
 import (
 	"context"
 	"io"
-	"sync"
-	"time"
 
 	"golang.org/x/time/rate"
 )
 
-// newLimiter returns a bandwidth limiter of bps bytes/s (0: unlimited).
-func newLimiter(bps int64) *rate.Limiter {
+// NewLimiter returns a bandwidth limiter of bps bytes/s (0: unlimited).
+func NewLimiter(bps int64) *rate.Limiter {
 	l := rate.NewLimiter(rate.Inf, 0)
-	setLimit(l, bps)
+	SetLimit(l, bps)
 	return l
 }
 
-// setLimit changes a limiter to bps bytes/s (<= 0: unlimited). The burst
+// SetLimit changes a limiter to bps bytes/s (<= 0: unlimited). The burst
 // is an eighth of a second's worth, so a limit applies within a second.
-func setLimit(l *rate.Limiter, bps int64) {
+func SetLimit(l *rate.Limiter, bps int64) {
 	if bps <= 0 {
 		l.SetLimit(rate.Inf)
 		return
@@ -55,6 +57,12 @@ func chunkFor(ls ...*rate.Limiter) int {
 	return c
 }
 
+// LimitReader returns a reader of r that reads no faster than every
+// limiter of ls allows; waiting ends with ctx.
+func LimitReader(ctx context.Context, r io.Reader, ls ...*rate.Limiter) io.Reader {
+	return &limitedReader{ctx: ctx, r: r, ls: ls}
+}
+
 // limitedReader reads r no faster than every limiter allows.
 type limitedReader struct {
 	ctx context.Context
@@ -73,35 +81,4 @@ func (lr *limitedReader) Read(p []byte) (int, error) {
 		}
 	}
 	return n, err
-}
-
-// rateWindow measures bytes per second over the last 10 seconds.
-type rateWindow struct {
-	mu      sync.Mutex
-	secs    [10]int64
-	buckets [10]int64
-}
-
-func (w *rateWindow) add(now time.Time, n int64) {
-	sec := now.Unix()
-	i := int(uint64(sec) % uint64(len(w.secs)))
-	w.mu.Lock()
-	if w.secs[i] != sec {
-		w.secs[i], w.buckets[i] = sec, 0
-	}
-	w.buckets[i] += n
-	w.mu.Unlock()
-}
-
-func (w *rateWindow) rate(now time.Time) float64 {
-	sec := now.Unix()
-	var sum int64
-	w.mu.Lock()
-	for i := range w.secs {
-		if d := sec - w.secs[i]; d >= 0 && d < int64(len(w.secs)) {
-			sum += w.buckets[i]
-		}
-	}
-	w.mu.Unlock()
-	return float64(sum) / float64(len(w.secs))
 }

@@ -1,4 +1,10 @@
-package ingest
+// Package ingestclient is the agent's client of a process server's ingest
+// endpoint (internal/ingest): it ships one capture cycle as one session —
+// open, have-check, put batches, commit — with retries of busy answers and
+// network errors, keepalives while idle, and bandwidth limits per client
+// and per session. It speaks internal/ingest/wire and links no server
+// code.
+package ingestclient
 
 import (
 	"bytes"
@@ -22,6 +28,7 @@ import (
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/capture"
+	"github.com/lifeboat-dr/lifeboat/internal/ingest/wire"
 	"github.com/lifeboat-dr/lifeboat/internal/vault"
 )
 
@@ -31,26 +38,6 @@ type Info struct {
 	VaultID   string
 	BlockSize int
 	BlockKey  [32]byte
-}
-
-// SessionDisk is one disk of a session.
-type SessionDisk struct {
-	Name   string `json:"name"`
-	Size   int64  `json:"size"`           // bytes at the cut
-	Base   string `json:"base,omitempty"` // point ID (hex) the changes apply to; "" for none
-	Driver string `json:"driver,omitempty"`
-}
-
-// SessionRequest opens a session: one capture cycle of one machine.
-type SessionRequest struct {
-	Machine string            `json:"machine"` // must be the machine the client certificate names
-	Kind    string            `json:"kind"`    // crash (default) | app
-	Group   string            `json:"group,omitempty"`
-	CutID   string            `json:"cut_id,omitempty"` // group cut; stored as label cut_id
-	Time    time.Time         `json:"time"`             // the cut instant; zero: when the session opens
-	Labels  map[string]string `json:"labels,omitempty"`
-	VMSpec  json.RawMessage   `json:"vm_spec,omitempty"`
-	Disks   []SessionDisk     `json:"disks"`
 }
 
 // CommitResult describes a published point.
@@ -113,21 +100,35 @@ type Client struct {
 	attemptBase time.Duration
 }
 
-// NewClient returns a client for the process server at baseURL
+// New returns a client for the process server at baseURL
 // (https://host:port). hc carries the client certificate.
-func NewClient(baseURL string, hc *http.Client, log *slog.Logger) *Client {
+func New(baseURL string, hc *http.Client, log *slog.Logger) *Client {
 	if hc == nil {
 		hc = http.DefaultClient
 	}
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Client{base: strings.TrimRight(baseURL, "/"), hc: hc, log: log, lim: newLimiter(0), batchRecs: batchRecords, attemptBase: attemptBase}
+	return &Client{base: strings.TrimRight(baseURL, "/"), hc: hc, log: log, lim: wire.NewLimiter(0), batchRecs: batchRecords, attemptBase: attemptBase}
 }
 
 // SetBandwidth limits what all sessions of this client send, bytes/s (0:
 // unlimited).
-func (c *Client) SetBandwidth(bytesPerSec int64) { setLimit(c.lim, bytesPerSec) }
+func (c *Client) SetBandwidth(bytesPerSec int64) { wire.SetLimit(c.lim, bytesPerSec) }
+
+// SetBatchRecords sets the most records per batch of the sessions opened
+// from now on: n <= 0 restores the default (256), more than
+// wire.MaxRecords is wire.MaxRecords. Small batches exercise a process
+// server's checkpoints in tests.
+func (c *Client) SetBatchRecords(n int) {
+	switch {
+	case n <= 0:
+		n = batchRecords
+	case n > wire.MaxRecords:
+		n = wire.MaxRecords
+	}
+	c.batchRecs = n
+}
 
 const (
 	maxNetRetries   = 5
@@ -215,7 +216,7 @@ func (c *Client) attempt(ctx context.Context, method, path, ctype string, body [
 	if body != nil {
 		rd = bytes.NewReader(body)
 		if sessLim != nil {
-			rd = &limitedReader{ctx: actx, r: rd, ls: []*rate.Limiter{c.lim, sessLim}}
+			rd = wire.LimitReader(actx, rd, c.lim, sessLim)
 		}
 	}
 	req, err := http.NewRequestWithContext(actx, method, c.base+path, rd)
@@ -238,7 +239,7 @@ func (c *Client) attempt(ctx context.Context, method, path, ctype string, body [
 	return resp, out, rerr, nil
 }
 
-func decodeInfo(w infoWire) (Info, error) {
+func decodeInfo(w wire.InfoResponse) (Info, error) {
 	k, err := hex.DecodeString(w.BlockKey)
 	if err != nil || len(k) != 32 {
 		return Info{}, fmt.Errorf("process server sent a malformed block key")
@@ -254,7 +255,7 @@ func (c *Client) Info(ctx context.Context) (Info, error) {
 	if err != nil {
 		return Info{}, err
 	}
-	var w infoWire
+	var w wire.InfoResponse
 	if err := json.Unmarshal(out, &w); err != nil {
 		return Info{}, fmt.Errorf("process server info: %w", err)
 	}
@@ -276,7 +277,7 @@ type Session struct {
 	c     *Client
 	id    string
 	info  Info
-	disks map[string]SessionDisk
+	disks map[string]wire.SessionDisk
 	lim   *rate.Limiter
 	recs  int // records per batch
 
@@ -303,13 +304,13 @@ type Session struct {
 
 type outBatch struct {
 	disk  string
-	recs  []record
+	recs  []wire.Record
 	arena *[]byte
 }
 
 // Open starts a session. errors.Is(err, ErrStaleBase) means a base point
 // is missing or lacks its disk: run a full cycle instead.
-func (c *Client) Open(ctx context.Context, r SessionRequest) (*Session, error) {
+func (c *Client) Open(ctx context.Context, r wire.SessionRequest) (*Session, error) {
 	body, err := json.Marshal(r)
 	if err != nil {
 		return nil, err
@@ -322,7 +323,7 @@ func (c *Client) Open(ctx context.Context, r SessionRequest) (*Session, error) {
 		}
 		return nil, fmt.Errorf("open ingest session: %w", err)
 	}
-	var or openResponse
+	var or wire.OpenResponse
 	if err := json.Unmarshal(out, &or); err != nil || or.Session == "" {
 		return nil, fmt.Errorf("open ingest session: malformed answer")
 	}
@@ -330,7 +331,7 @@ func (c *Client) Open(ctx context.Context, r SessionRequest) (*Session, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Session{c: c, id: or.Session, info: info, disks: map[string]SessionDisk{}, lim: newLimiter(0), recs: c.batchRecs,
+	s := &Session{c: c, id: or.Session, info: info, disks: map[string]wire.SessionDisk{}, lim: wire.NewLimiter(0), recs: c.batchRecs,
 		open: map[string]*outBatch{}, last: map[string]int64{}, sem: make(chan struct{}, inFlight), kaDone: make(chan struct{})}
 	for _, d := range r.Disks {
 		s.disks[d.Name] = d
@@ -351,7 +352,7 @@ func (s *Session) ID() string { return s.id }
 func (s *Session) Info() Info { return s.info }
 
 // SetBandwidth limits what this session sends, bytes/s (0: unlimited).
-func (s *Session) SetBandwidth(bytesPerSec int64) { setLimit(s.lim, bytesPerSec) }
+func (s *Session) SetBandwidth(bytesPerSec int64) { wire.SetLimit(s.lim, bytesPerSec) }
 
 // Stats returns the session's counters.
 func (s *Session) Stats() SessionStats {
@@ -388,7 +389,7 @@ func (s *Session) request(method, op, ctype string, body []byte, limit bool) ([]
 	out, err := s.c.call(s.ctx, method, path, ctype, body, lim, &s.retries)
 	if err != nil {
 		var e *Error
-		if errors.As(err, &e) && (e.Status == http.StatusNotFound || e.Code == CodeLockLost) {
+		if errors.As(err, &e) && (e.Status == http.StatusNotFound || e.Code == wire.CodeLockLost) {
 			// Gone, or its process server lost the vault lock: the
 			// session is over; a new cycle opens a new one.
 			return nil, fmt.Errorf("%w: %w", ErrSessionLost, err)
@@ -412,8 +413,8 @@ func (s *Session) keepalive() {
 		if time.Since(time.Unix(0, s.lastReq.Load())) < keepalive {
 			continue
 		}
-		body, _ := encodeHave(nil, nil)
-		if _, err := s.request(http.MethodPost, "have", ctHave, body, false); err != nil && errors.Is(err, ErrSessionLost) {
+		body, _ := wire.EncodeHave(nil, nil)
+		if _, err := s.request(http.MethodPost, "have", wire.ContentTypeHave, body, false); err != nil && errors.Is(err, ErrSessionLost) {
 			s.fail(err)
 			return
 		}
@@ -468,12 +469,12 @@ func (s *Session) Put(ctx context.Context, disk string, b capture.Block) error {
 		s.open[disk] = ob
 	}
 	if b.Zero || vault.IsZeroBlock(b.Data) {
-		ob.recs = append(ob.recs, record{Index: b.Index, Flags: flagZero})
+		ob.recs = append(ob.recs, wire.Record{Index: b.Index, Flags: wire.FlagZero})
 		s.zeros.Add(1)
 	} else {
 		start := len(*ob.arena)
 		*ob.arena = append(*ob.arena, b.Data...)
-		ob.recs = append(ob.recs, record{Index: b.Index, Flags: flagData, Data: (*ob.arena)[start:len(*ob.arena):len(*ob.arena)]})
+		ob.recs = append(ob.recs, wire.Record{Index: b.Index, Flags: wire.FlagData, Data: (*ob.arena)[start:len(*ob.arena):len(*ob.arena)]})
 		s.changed.Add(int64(len(b.Data)))
 	}
 	s.mu.Unlock()
@@ -516,7 +517,7 @@ func (s *Session) send(seq uint64, ob *outBatch) error {
 	var at []int
 	for i := range ob.recs {
 		r := &ob.recs[i]
-		if r.Flags == flagData {
+		if r.Flags == wire.FlagData {
 			r.ID = h.ID(r.Data)
 			ids = append(ids, r.ID)
 			at = append(at, i)
@@ -525,15 +526,15 @@ func (s *Session) send(seq uint64, ob *outBatch) error {
 	s.hashers.Put(h)
 	held := make([]bool, len(ob.recs))
 	if len(ids) > 0 {
-		body, err := encodeHave(nil, ids)
+		body, err := wire.EncodeHave(nil, ids)
 		if err != nil {
 			return err
 		}
-		out, err := s.request(http.MethodPost, "have", ctHave, body, false)
+		out, err := s.request(http.MethodPost, "have", wire.ContentTypeHave, body, false)
 		if err != nil {
 			return fmt.Errorf("have-check: %w", err)
 		}
-		have, err := decodeHaveReply(out, len(ids))
+		have, err := wire.DecodeHaveReply(out, len(ids))
 		if err != nil {
 			return fmt.Errorf("have-check: %w", err)
 		}
@@ -542,24 +543,24 @@ func (s *Session) send(seq uint64, ob *outBatch) error {
 		}
 	}
 	for attempt := 0; ; attempt++ {
-		b := &batch{Seq: seq, Disk: ob.disk, Records: make([]record, len(ob.recs))}
+		b := &wire.Batch{Seq: seq, Disk: ob.disk, Records: make([]wire.Record, len(ob.recs))}
 		var data, dedup int64
 		for i, r := range ob.recs {
-			if r.Flags == flagData && held[i] {
-				r.Flags, r.Data = flagRef, nil
+			if r.Flags == wire.FlagData && held[i] {
+				r.Flags, r.Data = wire.FlagRef, nil
 				dedup += int64(len(ob.recs[i].Data))
-			} else if r.Flags == flagData {
+			} else if r.Flags == wire.FlagData {
 				data += int64(len(r.Data))
 			}
 			b.Records[i] = r
 		}
 		bufp := getBuf(s.encBufs, batchBytes+64<<10)
-		body, err := encodeBatch(slices.Grow((*bufp)[:0], b.encodedLen()), b)
+		body, err := wire.EncodeBatch(slices.Grow((*bufp)[:0], b.EncodedLen()), b)
 		if err != nil {
 			putBuf(s.encBufs, bufp)
 			return err
 		}
-		_, err = s.request(http.MethodPost, "batches", ctBatch, body, true)
+		_, err = s.request(http.MethodPost, "batches", wire.ContentTypeBatch, body, true)
 		*bufp = body[:0]
 		putBuf(s.encBufs, bufp)
 		var e *Error
@@ -624,7 +625,7 @@ func (s *Session) Commit(ctx context.Context) (CommitResult, error) {
 	n := s.seq
 	s.closed = true
 	s.mu.Unlock()
-	body, _ := json.Marshal(commitRequest{Batches: n})
+	body, _ := json.Marshal(wire.CommitRequest{Batches: n})
 	stop := context.AfterFunc(ctx, s.cancel)
 	defer stop()
 	out, err := s.request(http.MethodPost, "commit", "application/json", body, false)
@@ -635,7 +636,7 @@ func (s *Session) Commit(ctx context.Context) (CommitResult, error) {
 		return CommitResult{}, err
 	}
 	s.stop()
-	var cr commitResponse
+	var cr wire.CommitResponse
 	if err := json.Unmarshal(out, &cr); err != nil {
 		return CommitResult{}, fmt.Errorf("commit: malformed answer: %w", err)
 	}
