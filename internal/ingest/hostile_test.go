@@ -75,6 +75,40 @@ func TestHostileHTTP(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	sp := hostileOpen(t, u, ores.Point)
+	hostileHave(t, u, sp)
+	blk := hostileBatches(t, srv, u, sp, vdir, r)
+
+	// A clean session through the client still publishes a good point.
+	c := newClient(t, u, "m")
+	sess, err := c.Open(ctx, wire.SessionRequest{Machine: "m", Disks: []wire.SessionDisk{{Name: "vda", Size: 3 * bs, Driver: "scan"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := range 3 {
+		if err := sess.Put(ctx, "vda", capture.Block{Index: int64(k), Data: blk}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := sess.Commit(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.SentBytes != 0 || res.DedupBytes != 3*bs {
+		t.Fatalf("sent %d, dedup %d", res.SentBytes, res.DedupBytes)
+	}
+	checkPoint(t, openVault(t, vdir), res.Point, "m", []*testDisk{{name: "vda", img: bytes.Repeat(blk, 3)}})
+	// A retried commit gets the same answer.
+	cr := raw(t, u, "m", "POST", "/ingest/v1/sessions/"+sess.ID()+"/commit", "application/json", []byte(`{"batches":1}`))
+	if cr.status != 200 || !strings.Contains(string(cr.body), res.Point) {
+		t.Fatalf("retried commit: %d %s", cr.status, cr.body)
+	}
+}
+
+// hostileOpen sends the malformed and forged opens (otherPoint is a point
+// of machine "other") and opens a real session of machine "m" on a disk
+// of 10 blocks and 100 bytes; it returns the session's path.
+func hostileOpen(t *testing.T, u, otherPoint string) string {
 	open := func(machine string, req any) rawAnswer {
 		b, _ := json.Marshal(req)
 		return raw(t, u, machine, "POST", "/ingest/v1/sessions", "application/json", b)
@@ -95,8 +129,8 @@ func TestHostileHTTP(t *testing.T) {
 	expect(t, "bad group", open("m", wire.SessionRequest{Group: "g/1", Disks: disk}), 400, api.CodeBadRequest)
 	expect(t, "bad base", open("m", wire.SessionRequest{Disks: []wire.SessionDisk{{Name: "vda", Size: 1, Base: "xyz"}}}), 400, api.CodeBadRequest)
 	expect(t, "missing base", open("m", wire.SessionRequest{Disks: []wire.SessionDisk{{Name: "vda", Size: 1, Base: strings.Repeat("ab", 32)}}}), 409, api.CodeStale)
-	expect(t, "base of another machine", open("m", wire.SessionRequest{Disks: []wire.SessionDisk{{Name: "vda", Size: 1, Base: ores.Point}}}), 403, api.CodeForbidden)
-	expect(t, "base lacking the disk", open("other", wire.SessionRequest{Disks: []wire.SessionDisk{{Name: "vdz", Size: 1, Base: ores.Point}}}), 409, api.CodeStale)
+	expect(t, "base of another machine", open("m", wire.SessionRequest{Disks: []wire.SessionDisk{{Name: "vda", Size: 1, Base: otherPoint}}}), 403, api.CodeForbidden)
+	expect(t, "base lacking the disk", open("other", wire.SessionRequest{Disks: []wire.SessionDisk{{Name: "vdz", Size: 1, Base: otherPoint}}}), 409, api.CodeStale)
 
 	// A real session.
 	a := open("m", wire.SessionRequest{Machine: "m", Disks: disk})
@@ -113,7 +147,11 @@ func TestHostileHTTP(t *testing.T) {
 	expect(t, "unknown session delete", raw(t, u, "m", "DELETE", "/ingest/v1/sessions/nope", "", nil), 404, api.CodeNotFound)
 	expect(t, "another machine's delete", raw(t, u, "other", "DELETE", sp, "", nil), 403, api.CodeForbidden)
 
-	// Have requests.
+	return sp
+}
+
+// hostileHave sends malformed have requests to the session at sp.
+func hostileHave(t *testing.T, u, sp string) {
 	have, _ := wire.EncodeHave(nil, []vault.ID{{1}, {2}})
 	expect(t, "truncated have", raw(t, u, "m", "POST", sp+"/have", wire.ContentTypeHave, have[:len(have)-3]), 400, api.CodeBadRequest)
 	expect(t, "have wrong tag", raw(t, u, "m", "POST", sp+"/have", wire.ContentTypeHave, append([]byte("XXXX"), have[4:]...)), 400, api.CodeBadRequest)
@@ -126,8 +164,13 @@ func TestHostileHTTP(t *testing.T) {
 		t.Fatalf("have: %d %v %v", ok.status, bits, err)
 	}
 
-	// Batches.
-	h := vault.NewBlockHasher(v.BlockKey())
+}
+
+// hostileBatches sends malformed and forged batches to the session at sp,
+// checks nothing of them was stored, then fails the session by a batch
+// out of order. It returns the block of its one good batch.
+func hostileBatches(t *testing.T, srv *Server, u, sp, vdir string, r *rand.Rand) []byte {
+	h := vault.NewBlockHasher(srv.v.BlockKey())
 	blk := make([]byte, bs)
 	for i := range blk {
 		blk[i] = byte(r.Uint32())
@@ -209,28 +252,5 @@ func TestHostileHTTP(t *testing.T) {
 		t.Fatal("the acknowledged block of the failed session did not reach the vault")
 	}
 
-	// A clean session through the client still publishes a good point.
-	c := newClient(t, u, "m")
-	sess, err := c.Open(ctx, wire.SessionRequest{Machine: "m", Disks: []wire.SessionDisk{{Name: "vda", Size: 3 * bs, Driver: "scan"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for k := range 3 {
-		if err := sess.Put(ctx, "vda", capture.Block{Index: int64(k), Data: blk}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	res, err := sess.Commit(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if res.SentBytes != 0 || res.DedupBytes != 3*bs {
-		t.Fatalf("sent %d, dedup %d", res.SentBytes, res.DedupBytes)
-	}
-	checkPoint(t, openVault(t, vdir), res.Point, "m", []*testDisk{{name: "vda", img: bytes.Repeat(blk, 3)}})
-	// A retried commit gets the same answer.
-	cr := raw(t, u, "m", "POST", "/ingest/v1/sessions/"+sess.ID()+"/commit", "application/json", []byte(`{"batches":1}`))
-	if cr.status != 200 || !strings.Contains(string(cr.body), res.Point) {
-		t.Fatalf("retried commit: %d %s", cr.status, cr.body)
-	}
+	return blk
 }
