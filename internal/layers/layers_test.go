@@ -101,6 +101,14 @@ var rules = []rule{
 		func(_, imp string) bool {
 			return !under(imp, "internal/control", "internal/agent", "internal/processd", "internal/push")
 		}},
+	{"the agent and the ingest client link no ingest server",
+		func(p string) bool {
+			return under(p, "internal/agent", "internal/ingest/ingestclient") && !testSupport(p)
+		},
+		func(_, imp string) bool { return imp != "internal/ingest" }},
+	{"the ingest wire format imports neither the server nor the client",
+		func(p string) bool { return under(p, "internal/ingest/wire") },
+		func(_, imp string) bool { return !under(imp, "internal/ingest") || under(imp, "internal/ingest/wire") }},
 	{"test helpers and conformance suites stay out of the product",
 		func(p string) bool { return !testSupport(p) },
 		func(_, imp string) bool { return !testSupport(imp) }},
@@ -145,6 +153,10 @@ func TestRulesCatch(t *testing.T) {
 		{"internal/compute/qemu", []string{"internal/vault"}},
 		{"internal/orchestrate", []string{"internal/control"}},
 		{"internal/agent", []string{"internal/testutil/guest"}},
+		{"internal/agent", []string{"internal/ingest"}},
+		{"internal/ingest/ingestclient", []string{"internal/ingest"}},
+		{"internal/ingest/wire", []string{"internal/ingest"}},
+		{"internal/ingest/wire", []string{"internal/ingest/ingestclient"}},
 	} {
 		if v := violations([]pkg{bad}); len(v) == 0 {
 			t.Errorf("%s importing %v is not caught", bad.Path, bad.Imports)
