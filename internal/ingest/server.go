@@ -91,7 +91,7 @@ type Options struct {
 	// batch that would exceed it is answered 503 busy.
 	CacheLimit int64
 	// CheckpointBytes of segment data make a session store its blocks
-	// into the vault and drop its segments (default 256 MiB).
+	// into the vault and drop its segments (default 64 MiB).
 	CheckpointBytes int64
 	// Bandwidth limits the block data received, bytes/s (0: unlimited).
 	Bandwidth int64

@@ -661,6 +661,11 @@ func (s *Session) Abort(ctx context.Context) error {
 	s.fail(errors.New("ingest session aborted"))
 	s.cancel()
 	s.wg.Wait()
+	// Bounded like any attempt: callers abort with a context that never
+	// ends (the cycle already failed), and a stalled process server must
+	// not hang the agent; the server reaps the session when idle anyway.
+	ctx, done := context.WithTimeout(ctx, s.c.attemptTimeout(0))
+	defer done()
 	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, s.c.base+"/ingest/v1/sessions/"+s.id, nil)
 	if err != nil {
 		return err
