@@ -13,6 +13,7 @@ import (
 
 	"github.com/lifeboat-dr/lifeboat/internal/capture"
 	"github.com/lifeboat-dr/lifeboat/internal/capture/capturetest"
+	"github.com/lifeboat-dr/lifeboat/internal/clock"
 	"github.com/lifeboat-dr/lifeboat/internal/ingest/ingestclient"
 	"github.com/lifeboat-dr/lifeboat/internal/ingest/wire"
 	"github.com/lifeboat-dr/lifeboat/internal/recover"
@@ -530,17 +531,27 @@ func TestAbortStoresAcknowledged(t *testing.T) {
 }
 
 // TestIdleSessionExpires: a session nobody uses is aborted; the agent
-// then sees ErrSessionLost.
+// then sees ErrSessionLost. The server's clock is fake: the reaper sees
+// the session idle only once the clock passes SessionIdle.
 func TestIdleSessionExpires(t *testing.T) {
 	ctx := testCtx(t)
 	v, _ := newVault(t, bs, 1<<20)
-	srv, hs, _ := startServer(t, v, t.TempDir(), func(o *Options) { o.SessionIdle = 200 * time.Millisecond })
+	fc := clock.NewFake(time.Now())
+	srv, hs, _ := startServer(t, v, t.TempDir(), func(o *Options) { o.SessionIdle = time.Minute; o.Clock = fc })
 	sess, err := newClient(t, hs.URL, "m").Open(ctx, wire.SessionRequest{Machine: "m", Disks: []wire.SessionDisk{{Name: "vda", Size: bs}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i := 0; i < 100 && srv.Stats().Sessions > 0; i++ {
-		time.Sleep(20 * time.Millisecond)
+	if err := fc.BlockUntil(ctx, 1); err != nil { // the reaper's ticker
+		t.Fatal(err)
+	}
+	fc.Advance(30 * time.Second)
+	if srv.Stats().Sessions != 1 {
+		t.Fatal("a session idle for half of SessionIdle was aborted")
+	}
+	fc.Advance(45 * time.Second)
+	for deadline := time.Now().Add(10 * time.Second); srv.Stats().Sessions > 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond) // the reaper runs on its own goroutine
 	}
 	if srv.Stats().Sessions != 0 {
 		t.Fatal("idle session not aborted")

@@ -161,12 +161,12 @@ func (s *Server) storeLost(ss *session, segs []leftSeg) {
 			return // closing: the segments stay for the next start
 		}
 		s.log.Warn("cannot store the acknowledged blocks of a session that lost its vault lock yet; retrying", "session", ss.id, "retry_in", delay, "err", err)
-		t := time.NewTimer(delay)
+		t := s.clock.NewTimer(delay)
 		select {
 		case <-s.ctx.Done():
 			t.Stop()
 			return
-		case <-t.C:
+		case <-t.C():
 		}
 		delay = min(delay*2, lostRetryMax)
 	}

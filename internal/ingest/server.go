@@ -259,13 +259,13 @@ func (s *Server) event(sev, kind, machine, msg string) {
 // reaper aborts idle sessions and forgets old commit answers.
 func (s *Server) reaper() {
 	defer s.wg.Done()
-	t := time.NewTicker(min(s.o.SessionIdle/4, 30*time.Second))
+	t := s.clock.NewTicker(min(s.o.SessionIdle/4, 30*time.Second))
 	defer t.Stop()
 	for {
 		select {
 		case <-s.ctx.Done():
 			return
-		case <-t.C:
+		case <-t.C():
 		}
 		now := s.clock.Now()
 		var idle []*session

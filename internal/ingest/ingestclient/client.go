@@ -28,6 +28,7 @@ import (
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/capture"
+	"github.com/lifeboat-dr/lifeboat/internal/clock"
 	"github.com/lifeboat-dr/lifeboat/internal/ingest/wire"
 	"github.com/lifeboat-dr/lifeboat/internal/vault"
 )
@@ -98,6 +99,7 @@ type Client struct {
 	batchRecs int
 	// attemptBase bounds one attempt of a request (attemptTimeout).
 	attemptBase time.Duration
+	clock       clock.Clock
 }
 
 // New returns a client for the process server at baseURL
@@ -109,12 +111,21 @@ func New(baseURL string, hc *http.Client, log *slog.Logger) *Client {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Client{base: strings.TrimRight(baseURL, "/"), hc: hc, log: log, lim: wire.NewLimiter(0), batchRecs: batchRecords, attemptBase: attemptBase}
+	return &Client{base: strings.TrimRight(baseURL, "/"), hc: hc, log: log, lim: wire.NewLimiter(0), batchRecs: batchRecords, attemptBase: attemptBase, clock: clock.System{}}
 }
 
 // SetBandwidth limits what all sessions of this client send, bytes/s (0:
 // unlimited).
 func (c *Client) SetBandwidth(bytesPerSec int64) { wire.SetLimit(c.lim, bytesPerSec) }
+
+// SetClock sets the clock of retry back-off and keepalives (tests drive
+// them with a clock.Fake); nil restores the system clock.
+func (c *Client) SetClock(clk clock.Clock) {
+	if clk == nil {
+		clk = clock.System{}
+	}
+	c.clock = clk
+}
 
 // SetBatchRecords sets the most records per batch of the sessions opened
 // from now on: n <= 0 restores the default (256), more than
@@ -196,12 +207,12 @@ func (c *Client) call(ctx context.Context, method, path, ctype string, body []by
 		if retries != nil {
 			retries.Add(1)
 		}
-		t := time.NewTimer(min(wait, maxRetryDelay))
+		t := c.clock.NewTimer(min(wait, maxRetryDelay))
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return nil, ctx.Err()
-		case <-t.C:
+		case <-t.C():
 		}
 		delay = min(delay*2, 5*time.Second)
 	}
@@ -340,7 +351,7 @@ func (c *Client) Open(ctx context.Context, r wire.SessionRequest) (*Session, err
 	s.hashers.New = func() any { return vault.NewBlockHasher(info.BlockKey) }
 	s.arenas = make(chan *[]byte, inFlight+2)
 	s.encBufs = make(chan *[]byte, inFlight)
-	s.lastReq.Store(time.Now().UnixNano())
+	s.lastReq.Store(s.c.clock.Now().UnixNano())
 	go s.keepalive()
 	return s, nil
 }
@@ -385,7 +396,7 @@ func (s *Session) request(method, op, ctype string, body []byte, limit bool) ([]
 	if limit {
 		lim = s.lim
 	}
-	s.lastReq.Store(time.Now().UnixNano())
+	s.lastReq.Store(s.c.clock.Now().UnixNano())
 	out, err := s.c.call(s.ctx, method, path, ctype, body, lim, &s.retries)
 	if err != nil {
 		var e *Error
@@ -400,7 +411,7 @@ func (s *Session) request(method, op, ctype string, body []byte, limit bool) ([]
 }
 
 func (s *Session) keepalive() {
-	t := time.NewTicker(keepalive / 4)
+	t := s.c.clock.NewTicker(keepalive / 4)
 	defer t.Stop()
 	for {
 		select {
@@ -408,9 +419,9 @@ func (s *Session) keepalive() {
 			return
 		case <-s.ctx.Done():
 			return
-		case <-t.C:
+		case <-t.C():
 		}
-		if time.Since(time.Unix(0, s.lastReq.Load())) < keepalive {
+		if s.c.clock.Now().Sub(time.Unix(0, s.lastReq.Load())) < keepalive {
 			continue
 		}
 		body, _ := wire.EncodeHave(nil, nil)
