@@ -83,7 +83,7 @@ func TestShutdownInGuest(t *testing.T) {
 		t.Fatalf("final point labels: %v", p.Labels)
 	}
 	res, _, _, _ := h.cp.snapshot()
-	time.Sleep(500 * time.Millisecond)
+	h.waitHeartbeats(t, 3, "from an agent shut down", func(hb api.AgentHeartbeat) bool { return hb.State == "shut down" })
 	if again, _, _, _ := h.cp.snapshot(); len(again) != len(res) {
 		t.Fatalf("the agent cycled after the shutdown: %d results, then %d", len(res), len(again))
 	}
