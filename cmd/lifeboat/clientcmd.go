@@ -112,7 +112,7 @@ func (a *app) loginCmd() *cobra.Command {
 			fmt.Fprintf(a.stdout, "logged in to %s (%s); saved in %s\n", f.server, st.Server, path)
 			var who api.WhoAmI
 			if err := c.Do(ctx, http.MethodGet, client.Path("whoami"), nil, &who); err == nil {
-				fmt.Fprintf(a.stdout, "token %s (%s, role %s) %s\n", who.TokenID, who.Name, who.Role, expiryText(who.Expires))
+				fmt.Fprintf(a.stdout, "token %s (%s, role %s) %s\n", who.TokenID, who.Name, who.Role, expiryText(who.Expires, a.clock().Now()))
 			}
 			a.clients = append(a.clients, c) // warn if it expires soon
 			return nil

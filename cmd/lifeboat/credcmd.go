@@ -49,7 +49,7 @@ Then, on the host: lifeboat %s enroll --token TOKEN --name NAME ...`, noun, cliG
 			}
 			fmt.Fprintln(a.stdout, resp.Token)
 			fmt.Fprintf(a.stderr, "%s %s: revoked %d certificate(s) %s; re-enroll token %s %s; enroll with: lifeboat %s enroll --token TOKEN --name %s ...\n",
-				noun, args[0], len(resp.Revoked), strings.Join(resp.Revoked, ", "), resp.ID, expiryText(resp.Expires), cliGroup(role), args[0])
+				noun, args[0], len(resp.Revoked), strings.Join(resp.Revoked, ", "), resp.ID, expiryText(resp.Expires, a.clock().Now()), cliGroup(role), args[0])
 			return nil
 		},
 	}
@@ -166,7 +166,7 @@ is recorded as an audit event. The token is printed once on stdout.`,
 				return err
 			}
 			fmt.Fprintln(a.stdout, tok)
-			fmt.Fprintf(a.stderr, "admin token %s (%s), %s\n", info.ID, info.Name, expiryText(info.Expires))
+			fmt.Fprintf(a.stderr, "admin token %s (%s), %s\n", info.ID, info.Name, expiryText(info.Expires, a.clock().Now()))
 			return nil
 		},
 	}

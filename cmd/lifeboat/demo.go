@@ -105,7 +105,7 @@ func (a *app) runDemo(ctx context.Context, f demoFlags) error {
 	if f.cycles < 2 {
 		return &codeError{exitUsage, errors.New("--cycles must be at least 2")}
 	}
-	start := time.Now()
+	start := time.Now() // wallclock: the demo's duration, only shown
 	dir := f.dir
 	if dir == "" {
 		d, err := os.MkdirTemp("", "lifeboat-demo-")
@@ -134,7 +134,7 @@ func (a *app) runDemo(ctx context.Context, f demoFlags) error {
 	if err := a.demoRecover(ctx, r); err != nil {
 		return err
 	}
-	a.say("demo finished in %.1fs", time.Since(start).Seconds())
+	a.say("demo finished in %.1fs", time.Since(start).Seconds()) // wallclock: only shown
 	if f.keep || f.dir != "" {
 		a.say("work directory kept: %s (vault passphrase %q)", dir, r.pass)
 	}
@@ -364,7 +364,7 @@ func (a *app) demoRestore(ctx context.Context, v *vault.Vault, p *vault.Point, r
 	os.Remove(restored)
 	a.say("== Restoring point %s (the second) to %s", p.ID.Short(), restored)
 	a.say("   same as: lifeboat restore %s --vault %s --disk root --to %s", p.ID.Short(), r.vaultDir, restored)
-	t0 := time.Now()
+	t0 := time.Now() // wallclock: the restore's duration, only shown
 	rr, err := recover.Restore(ctx, v, p, "root", restored, recover.Options{})
 	if err != nil {
 		return err
@@ -376,7 +376,7 @@ func (a *app) demoRestore(ctx context.Context, v *vault.Vault, p *vault.Point, r
 	if got != r.cuts[1].sum {
 		return fmt.Errorf("restored image differs from the disk at that point: sha256 %s, want %s", got, r.cuts[1].sum)
 	}
-	a.say("   wrote %s in %.2fs; SHA-256 %s… equals the disk as it was at that point", progress.Bytes(rr.BytesWritten), time.Since(t0).Seconds(), got[:16])
+	a.say("   wrote %s in %.2fs; SHA-256 %s… equals the disk as it was at that point", progress.Bytes(rr.BytesWritten), time.Since(t0).Seconds(), got[:16]) // wallclock: only shown
 	if out, err := exec.CommandContext(ctx, "e2fsck", "-fn", demoFS(restored, r.bootable)).CombinedOutput(); err != nil {
 		return fmt.Errorf("e2fsck of the restored image failed: %w\n%s", err, out)
 	}
@@ -438,10 +438,10 @@ const demoFiguresWait = 30 * time.Second
 // pending demoFiguresWait after the point appeared), printing the
 // initial replication's progress meanwhile.
 func (a *app) demoNextPoint(ctx context.Context, c *client.Client, last time.Time, lastPct *float64, agentDone, serverDone <-chan error) (api.CycleResult, error) {
-	deadline := time.Now().Add(5 * time.Minute)
+	deadline := a.clock().Now().Add(5 * time.Minute)
 	var appeared time.Time // when the point was first seen without figures
 	for {
-		if time.Now().After(deadline) {
+		if a.clock().Now().After(deadline) {
 			return api.CycleResult{}, errors.New("no recovery point after 5 minutes; run with --log-level info to see why")
 		}
 		select {
@@ -451,7 +451,7 @@ func (a *app) demoNextPoint(ctx context.Context, c *client.Client, last time.Tim
 			return api.CycleResult{}, stopped("server", err)
 		case <-ctx.Done():
 			return api.CycleResult{}, ctx.Err()
-		case <-time.After(100 * time.Millisecond):
+		case <-time.After(100 * time.Millisecond): // wallclock: how often the server is asked again; the bound is above
 		}
 		var m api.Machine
 		if err := c.Do(ctx, http.MethodGet, client.Path("machines", "demo-vm"), nil, &m); err != nil {
@@ -467,8 +467,8 @@ func (a *app) demoNextPoint(ctx context.Context, c *client.Client, last time.Tim
 		case !lp.FiguresPending:
 			return *lp, nil
 		case appeared.IsZero():
-			appeared = time.Now()
-		case time.Since(appeared) > demoFiguresWait:
+			appeared = a.clock().Now()
+		case a.clock().Now().Sub(appeared) > demoFiguresWait:
 			return *lp, nil // printed as pending
 		}
 	}

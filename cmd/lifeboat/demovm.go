@@ -66,7 +66,7 @@ func (a *app) demoJob(ctx context.Context, d *demoDrill, kind string, p orchestr
 // demoFollow prints each step of the job as it ends, until the job ends.
 func (a *app) demoFollow(ctx context.Context, s jobs.Store, id string) (jobs.Job, error) {
 	printed := map[string]bool{}
-	t := time.NewTicker(50 * time.Millisecond)
+	t := a.clock().NewTicker(50 * time.Millisecond)
 	defer t.Stop()
 	for {
 		j, err := s.GetJob(ctx, id)
@@ -86,7 +86,7 @@ func (a *app) demoFollow(ctx context.Context, s jobs.Store, id string) (jobs.Job
 		select {
 		case <-ctx.Done():
 			return j, ctx.Err()
-		case <-t.C:
+		case <-t.C():
 		}
 	}
 }
@@ -112,7 +112,7 @@ func (a *app) demoTestFailover(ctx context.Context, v *vault.Vault, p *vault.Poi
 		return err
 	}
 	defer func() { cancel(); d.runner.Wait() }()
-	t0 := time.Now()
+	t0 := time.Now() // wallclock: durations of real processes, only shown
 	j, err := a.demoJob(jctx, d, orchestrate.KindTestFailover, orchestrate.Params{Machine: p.Machine, Choice: orchestrate.Choice{Point: p.ID.String()}})
 	var vm orchestrate.VMRecord
 	if ok, _ := j.Get("vm", &vm); ok && vm.Dir != "" {
@@ -126,28 +126,28 @@ func (a *app) demoTestFailover(ctx context.Context, v *vault.Vault, p *vault.Poi
 	if err != nil {
 		return err
 	}
-	running := time.Since(t0)
+	running := time.Since(t0) // wallclock: only shown
 	in, err := d.o.Provider.Inspect(ctx, vm.Name, vm.Dir)
 	if err != nil {
 		return err
 	}
 	a.say("   VM %s of point %s: QEMU running (pid %d, %s) %.2fs after the job was submitted",
 		vm.Name, vm.Point[:12], in.PID, in.Accel, running.Seconds())
-	t1 := time.Now()
+	t1 := time.Now() // wallclock: only shown
 	line, err := demoWaitConsole(ctx, vm.Console, demoGuestWait)
 	if err != nil {
 		return err
 	}
 	a.say("   guest: %s", line)
 	a.say("   its init checked all %d sample files against the manifest on its disk %.1fs after QEMU started (booted by its own bootloader: SeaBIOS, extlinux, kernel, initramfs)",
-		files, time.Since(t1).Seconds())
+		files, time.Since(t1).Seconds()) // wallclock: only shown
 	return nil
 }
 
 // demoWaitConsole waits for the guest's verdict on its manifest and
 // returns that console line.
 func demoWaitConsole(ctx context.Context, console string, limit time.Duration) (string, error) {
-	deadline := time.Now().Add(limit)
+	deadline := time.Now().Add(limit) // wallclock: a bound on a real guest's boot
 	for {
 		b, _ := os.ReadFile(console)
 		for _, l := range strings.Split(string(b), "\n") {
@@ -163,13 +163,13 @@ func demoWaitConsole(ctx context.Context, console string, limit time.Duration) (
 				}
 			}
 		}
-		if time.Now().After(deadline) {
+		if time.Now().After(deadline) { // wallclock: as above
 			return "", fmt.Errorf("the recovered guest printed no %s within %s:\n%s", sampleguest.ManifestPassMarker, limit, consoleTail(b))
 		}
 		select {
 		case <-ctx.Done():
 			return "", ctx.Err()
-		case <-time.After(100 * time.Millisecond):
+		case <-time.After(100 * time.Millisecond): // wallclock: how often the console is read again
 		}
 	}
 }
@@ -192,7 +192,7 @@ func (a *app) demoCleanup(ctx context.Context, d *demoDrill, vm orchestrate.VMRe
 		serverPID = s.PID
 	}
 	a.say("== Cleanup of the test failover (lifeboat recover remove %s --vault %s --site-dir %s)", vm.Name, d.vaultDir, d.siteDir)
-	t0 := time.Now()
+	t0 := time.Now() // wallclock: durations of real processes, only shown
 	if _, err := a.demoJob(ctx, d, orchestrate.KindCleanup, orchestrate.Params{Machine: vm.Machine, VM: &vm}); err != nil {
 		return err
 	}
@@ -212,7 +212,7 @@ func (a *app) demoCleanup(ctx context.Context, d *demoDrill, vm orchestrate.VMRe
 		return fmt.Errorf("the cleanup left %s", strings.Join(left, "; "))
 	}
 	a.say("   removed in %.2fs: QEMU (pid %d) and the point server (pid %d) have exited, the VM's directory is gone; the vault was only read",
-		time.Since(t0).Seconds(), qemuPID, serverPID)
+		time.Since(t0).Seconds(), qemuPID, serverPID) // wallclock: only shown
 	return nil
 }
 
@@ -226,7 +226,7 @@ func demoGone(ctx context.Context, pid int) bool {
 		select {
 		case <-ctx.Done():
 			return false
-		case <-time.After(20 * time.Millisecond):
+		case <-time.After(20 * time.Millisecond): // wallclock: how often the kernel is asked again
 		}
 	}
 	return false

@@ -171,7 +171,7 @@ func (a *app) printPlanSteps(j api.Job, seen map[string]string) {
 			continue
 		}
 		seen[s.Name] = line
-		fmt.Fprintf(a.stdout, "%s %s\n", time.Now().Format(time.TimeOnly), strings.TrimRight(line, " "))
+		fmt.Fprintf(a.stdout, "%s %s\n", a.clock().Now().Format(time.TimeOnly), strings.TrimRight(line, " "))
 		if s.State == jobs.StepWaiting {
 			fmt.Fprintf(a.stdout, "  the job waits for an operator; when done, run:\n    lifeboat jobs resume %s --ack\n  (or --abort to fail the job)\n", j.ID)
 		}

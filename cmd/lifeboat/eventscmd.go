@@ -120,7 +120,7 @@ func (a *app) listEvents(ctx context.Context, c *client.Client, q url.Values, as
 	q.Del("newest")
 	q.Del("after")
 	q.Set("limit", "1000")
-	t := time.NewTicker(followEvery)
+	t := a.clock().NewTicker(followEvery)
 	defer t.Stop()
 	for {
 		if err := a.printEvents(es, asJSON); err != nil {
@@ -132,7 +132,7 @@ func (a *app) listEvents(ctx context.Context, c *client.Client, q url.Values, as
 		select {
 		case <-ctx.Done():
 			return nil // interrupted: the normal end of --follow
-		case <-t.C:
+		case <-t.C():
 		}
 		es = nil
 		if err := c.Do(ctx, http.MethodGet, client.Path("events")+"?"+q.Encode(), nil, &es); err != nil {

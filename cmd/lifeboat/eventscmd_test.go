@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/testutil"
 )
 
 // eventStore is the stand-in server's events: GET /api/v1/events with
@@ -102,13 +103,8 @@ func TestEventsFollow(t *testing.T) {
 	go func() { done <- a.exitCode(root.ExecuteContext(ctx)) }()
 	waitOutput := func(n int) {
 		t.Helper()
-		deadline := time.Now().Add(20 * time.Second)
-		for strings.Count(out.String(), "\n") < n {
-			if time.Now().After(deadline) {
-				t.Fatalf("--follow printed %q, want %d lines", out.String(), n)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		testutil.Eventually(t, 20*time.Second, func() bool { return strings.Count(out.String(), "\n") >= n },
+			"--follow printed %q, want %d lines", out.String(), n)
 	}
 	waitOutput(1)
 	es.add("drill_failed")

@@ -42,8 +42,9 @@ func addPointFlags(cmd *cobra.Command, pf *pointFlags) {
 	cmd.Flags().StringVar(&pf.at, "at", "", "the newest point (of that kind) at or before TIME: RFC 3339, \"2006-01-02 15:04[:05]\" (local time), or how long ago (\"90m\")")
 }
 
-func (pf pointFlags) choice() (string, time.Time, error) {
-	at, err := parseAt(pf.at, time.Now())
+// choice is the point chosen; --at as a duration counts back from now.
+func (pf pointFlags) choice(now time.Time) (string, time.Time, error) {
+	at, err := parseAt(pf.at, now)
 	if err != nil {
 		return "", time.Time{}, &codeError{exitUsage, err}
 	}
@@ -110,7 +111,7 @@ it with "lifeboat test-failover cleanup MACHINE --notes ...".`,
   lifeboat test-failover cleanup web01 --notes "app answered on :443, RTO 4 min" --wait`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			point, at, err := pf.choice()
+			point, at, err := pf.choice(a.clock().Now())
 			if err != nil {
 				return err
 			}
@@ -166,7 +167,7 @@ is booted: nothing written before the shutdown is lost.`,
   lifeboat failover commit web01 --wait`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			point, at, err := pf.choice()
+			point, at, err := pf.choice(a.clock().Now())
 			if err != nil {
 				return err
 			}
@@ -192,7 +193,7 @@ is booted: nothing written before the shutdown is lost.`,
 		Example: `  lifeboat failover change-point web01 --point latest-app --wait`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			point, at, err := cpf.choice()
+			point, at, err := cpf.choice(a.clock().Now())
 			if err != nil {
 				return err
 			}

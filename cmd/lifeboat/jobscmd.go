@@ -184,7 +184,7 @@ func (a *app) printStepChanges(j api.Job, seen map[string]string) {
 			continue
 		}
 		seen[s.Name] = line
-		fmt.Fprintf(a.stdout, "%s %s\n", time.Now().Format(time.TimeOnly), strings.TrimRight(line, " "))
+		fmt.Fprintf(a.stdout, "%s %s\n", a.clock().Now().Format(time.TimeOnly), strings.TrimRight(line, " "))
 	}
 }
 

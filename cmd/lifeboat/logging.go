@@ -108,7 +108,7 @@ func (a *app) emit(lvl slog.Level, prose, msg string, attrs ...any) {
 		fmt.Fprint(a.stderr, prose)
 		return
 	}
-	r := slog.NewRecord(time.Now(), lvl, msg, 0)
+	r := slog.NewRecord(time.Now(), lvl, msg, 0) // wallclock: a log line's time, as slog gives it
 	r.Add(attrs...)
 	_ = a.log.Handler().Handle(context.Background(), r)
 }

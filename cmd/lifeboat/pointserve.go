@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -119,7 +118,7 @@ func (a *app) servePoint(ctx context.Context, ref, sock, listen, ready, events s
 		OnReadError: func(disk string, off int64, n int, err error) {
 			a.log.Error("a read of the point failed: the reader got an I/O error", "point", p.ID.Short(), "disk", disk, "offset", off, "length", n, "err", err)
 			if events != "" {
-				recordReadError(&eventsMu, events, orchestrate.ReadError{Time: time.Now().UTC(), Point: p.ID.String(), Machine: p.Machine,
+				recordReadError(&eventsMu, events, orchestrate.ReadError{Time: a.clock().Now().UTC(), Point: p.ID.String(), Machine: p.Machine,
 					Disk: disk, Offset: off, Length: n, Error: err.Error()})
 			}
 		},

@@ -76,7 +76,7 @@ func loadRecoverPlan(ctx context.Context, v *vault.Vault, name, file string) (pl
 		if p.Name != name {
 			return plan.Record{}, &codeError{exitUsage, fmt.Errorf("%s is plan %q, not %q", file, p.Name, name)}
 		}
-		return plan.Record{Name: name, YAML: string(b), Created: time.Now().UTC()}, nil
+		return plan.Record{Name: name, YAML: string(b), Created: v.Clock().Now().UTC()}, nil
 	}
 	cat := map[string]plan.Record{}
 	ok, err := v.GetCatalog(ctx, plan.CatalogPlans, &cat)
@@ -198,7 +198,7 @@ func (a *app) answer(j jobs.Job, in *bufio.Scanner, ack bool) (bool, error) {
 // ends.
 func (a *app) followUntil(ctx context.Context, s jobs.Store, id string, stop func(jobs.Job) bool) (jobs.Job, error) {
 	seen := map[string]string{}
-	t := time.NewTicker(200 * time.Millisecond)
+	t := a.clock().NewTicker(200 * time.Millisecond)
 	defer t.Stop()
 	for {
 		j, err := s.GetJob(context.WithoutCancel(ctx), id)
@@ -218,7 +218,7 @@ func (a *app) followUntil(ctx context.Context, s jobs.Store, id string, stop fun
 		select {
 		case <-ctx.Done():
 			return j, ctx.Err()
-		case <-t.C:
+		case <-t.C():
 		}
 	}
 }

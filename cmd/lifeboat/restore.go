@@ -68,7 +68,7 @@ anything that is neither a file nor a block device.`,
 				}
 				bar.Set(done, total)
 			}
-			start := time.Now()
+			start := time.Now() // wallclock: the duration and rate are only shown
 			res, err := recover.Restore(ctx, v, p, disk, to, o)
 			if bar != nil {
 				bar.Finish()
@@ -76,7 +76,7 @@ anything that is neither a file nor a block device.`,
 			if err != nil {
 				return fmt.Errorf("restore of point %s disk %s to %s failed: %w", p.ID.Short(), disk, to, err)
 			}
-			el := time.Since(start)
+			el := time.Since(start) // wallclock: only shown
 			if asJSON {
 				return a.printJSON(newRestoreJSON(p, disk, to, res, el))
 			}

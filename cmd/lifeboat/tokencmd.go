@@ -64,7 +64,7 @@ that never expires.`,
 				return a.printJSON(resp)
 			}
 			fmt.Fprintln(a.stdout, resp.Token)
-			fmt.Fprintf(a.stderr, "token %s (%s%s), %s\n", resp.ID, resp.Role, forName(resp), expiryText(resp.Expires))
+			fmt.Fprintf(a.stderr, "token %s (%s%s), %s\n", resp.ID, resp.Role, forName(resp), expiryText(resp.Expires, a.clock().Now()))
 			return nil
 		},
 	}
@@ -89,11 +89,12 @@ func forName(t api.TokenResponse) string {
 	return " for " + kindName(t.Role) + " " + t.Name
 }
 
-func expiryText(t time.Time) string {
+// expiryText says when t is, and how long after now.
+func expiryText(t, now time.Time) string {
 	if t.IsZero() {
 		return "never expires"
 	}
-	return fmt.Sprintf("expires %s (in %s)", t.Local().Format(time.DateTime), time.Until(t).Round(time.Minute))
+	return fmt.Sprintf("expires %s (in %s)", t.Local().Format(time.DateTime), t.Sub(now).Round(time.Minute))
 }
 
 func (a *app) tokenListCmd(f *clientFlags) *cobra.Command {
@@ -113,6 +114,7 @@ func (a *app) tokenListCmd(f *clientFlags) *cobra.Command {
 			}
 			w := a.table()
 			fmt.Fprintln(w, "ID\tROLE\tNAME\tENROLLS\tCREATED\tEXPIRES\tSTATE")
+			now := a.clock().Now()
 			for _, t := range ts {
 				state := "valid"
 				switch {
@@ -120,7 +122,7 @@ func (a *app) tokenListCmd(f *clientFlags) *cobra.Command {
 					state = "revoked"
 				case !t.Used.IsZero() && t.OneTime:
 					state = "used " + t.Used.Local().Format(time.DateTime)
-				case !t.Expires.IsZero() && time.Now().After(t.Expires):
+				case !t.Expires.IsZero() && now.After(t.Expires):
 					state = "expired"
 				}
 				exp := "never"
@@ -171,7 +173,7 @@ func (a *app) warnTokenExpiry() {
 		if exp.IsZero() {
 			continue
 		}
-		if left := time.Until(exp); left < tokenWarnBefore {
+		if left := exp.Sub(a.clock().Now()); left < tokenWarnBefore {
 			fmt.Fprintf(a.stderr, "lifeboat: warning: this API token expires %s (in %s): ask an admin for a new one (`lifeboat token create --role ROLE`) and run `lifeboat login` with it\n",
 				exp.Local().Format(time.DateTime), left.Round(time.Minute))
 		}

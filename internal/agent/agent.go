@@ -202,12 +202,24 @@ func wake(ch chan struct{}) {
 	}
 }
 
-// sleepCtx sleeps d, or less if ctx ends or one of chans fires.
+// sleepCtx is sleepOn on the system clock, for cycle.go.
 func sleepCtx(ctx context.Context, d time.Duration, chans ...chan struct{}) {
+	// wallclock: TODO(issue 12) cycle.go's sleeps, until its rewrite moves them to a.sleep
+	sleepOn(ctx, clock.System{}, d, chans...)
+}
+
+// sleep sleeps d on the agent's clock, or less if ctx ends or one of
+// chans fires.
+func (a *Agent) sleep(ctx context.Context, d time.Duration, chans ...chan struct{}) {
+	sleepOn(ctx, a.clk, d, chans...)
+}
+
+// sleepOn sleeps d on clk, or less if ctx ends or one of chans fires.
+func sleepOn(ctx context.Context, clk clock.Clock, d time.Duration, chans ...chan struct{}) {
 	if d <= 0 {
 		return
 	}
-	t := time.NewTimer(d)
+	t := clk.NewTimer(d)
 	defer t.Stop()
 	var c0, c1 chan struct{}
 	if len(chans) > 0 {
@@ -218,7 +230,7 @@ func sleepCtx(ctx context.Context, d time.Duration, chans ...chan struct{}) {
 	}
 	select {
 	case <-ctx.Done():
-	case <-t.C:
+	case <-t.C():
 	case <-c0:
 	case <-c1:
 	}
@@ -285,7 +297,7 @@ func (a *Agent) busy() bool {
 func (a *Agent) controlLoop(ctx context.Context) {
 	backoff := time.Duration(0)
 	for ctx.Err() == nil {
-		start := time.Now()
+		start := a.clk.Now()
 		a.maybeRenew(ctx)
 		hb, payload := a.buildHeartbeat()
 		busy := a.busy()
@@ -329,7 +341,7 @@ func (a *Agent) controlLoop(ctx context.Context) {
 		if err != nil {
 			backoff = min(max(backoffMin, backoff*2), backoffMax)
 			a.log.Warn("heartbeat failed; cycles continue with the last configuration", "err", err, "retry_in", backoff)
-			sleepCtx(ctx, backoff)
+			a.sleep(ctx, backoff)
 			continue
 		}
 		backoff = 0
@@ -349,7 +361,7 @@ func (a *Agent) controlLoop(ctx context.Context) {
 			// for up to heartbeat_every.
 			every = 0
 		}
-		sleepCtx(ctx, max(50*time.Millisecond, every-time.Since(start)), a.kick)
+		a.sleep(ctx, max(50*time.Millisecond, every-a.clk.Now().Sub(start)), a.kick)
 	}
 }
 

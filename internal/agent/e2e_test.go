@@ -121,8 +121,28 @@ func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out after %v waiting for %s", d, what)
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond) // poll pause under the deadline above
 	}
+}
+
+// waitHeartbeats waits until the control plane received n more heartbeats
+// than now for which ok holds (nil: any): the agent's loops ran meanwhile
+// (the data loop ticks every 20 ms, a heartbeat comes every 200 ms at
+// most), which a check that something did not happen needs.
+func (h *harness) waitHeartbeats(t *testing.T, n int, what string, ok func(api.AgentHeartbeat) bool) {
+	t.Helper()
+	_, _, _, hbs := h.cp.snapshot()
+	from := len(hbs)
+	waitFor(t, 20*time.Second, fmt.Sprintf("%d heartbeats %s", n, what), func() bool {
+		_, _, _, hbs := h.cp.snapshot()
+		got := 0
+		for _, hb := range hbs[from:] {
+			if ok == nil || ok(hb) {
+				got++
+			}
+		}
+		return got >= n
+	})
 }
 
 // harness is a CA, a vault, a real process server (ingest) and the test
@@ -363,7 +383,7 @@ func churn(paths []string, seed uint64, stop <-chan struct{}, wg *sync.WaitGroup
 			f.WriteAt(buf, r.Int64N(blocks)*testBlock)
 		}
 		f.Close()
-		time.Sleep(time.Duration(r.IntN(5)) * time.Millisecond)
+		time.Sleep(time.Duration(r.IntN(5)) * time.Millisecond) // deliberate: random pacing of the writer
 	}
 }
 
@@ -595,7 +615,7 @@ func TestGroupAppCut(t *testing.T) {
 	}
 	// No point is taken while the cut waits at the barrier, and none by
 	// the machine's own schedule.
-	time.Sleep(300 * time.Millisecond)
+	h.waitHeartbeats(t, 2, "while the cut waits at the barrier", nil)
 	if res, _, _, _ := h.cp.snapshot(); len(res) != 0 {
 		t.Fatalf("points before the snapshot phase: %+v", res)
 	}
@@ -605,7 +625,7 @@ func TestGroupAppCut(t *testing.T) {
 		return hasAck("snapped") && len(res) > 0
 	})
 	// Leave the cut listed a while: it must not be acted on twice.
-	time.Sleep(500 * time.Millisecond)
+	h.waitHeartbeats(t, 3, "with the cut still listed", nil)
 	stop()
 	res, _, acks, _ := h.cp.snapshot()
 	if len(res) != 1 {
@@ -655,7 +675,7 @@ func TestResync(t *testing.T) {
 		return done
 	})
 	h.cp.setConfig(func(c *api.AgentConfig) { c.Resync = false })
-	time.Sleep(300 * time.Millisecond)
+	h.waitHeartbeats(t, 2, "after the resync was withdrawn", nil)
 	stop()
 	res, _, _, _ := h.cp.snapshot()
 	if len(res) != 2 {

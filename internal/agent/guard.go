@@ -59,7 +59,7 @@ func (a *Agent) guardLoop(ctx context.Context, name string, loop func(context.Co
 		if !a.runLoop(ctx, name, loop) {
 			return
 		}
-		sleepCtx(ctx, panicRestartDelay)
+		a.sleep(ctx, panicRestartDelay)
 	}
 }
 

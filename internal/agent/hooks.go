@@ -14,6 +14,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/lifeboat-dr/lifeboat/internal/clock"
 )
 
 // DefaultHookTimeout bounds each hook when the policy sets no hook_timeout.
@@ -55,6 +57,15 @@ type consistency struct {
 	// quiesce, if set, freezes a VM guest's filesystems (through its
 	// guest agent) after the hooks and mounts, and returns the thaw.
 	quiesce func(ctx context.Context) (func(context.Context) error, error)
+	// clk times the hooks out (nil: the system clock).
+	clk clock.Clock
+}
+
+func (c *consistency) clock() clock.Clock {
+	if c.clk == nil {
+		return clock.System{}
+	}
+	return c.clk
 }
 
 // thawer undoes a freeze. thaw runs FITHAW on every mount that was frozen
@@ -231,18 +242,18 @@ func (c *consistency) runHook(ctx context.Context, path, stage string) error {
 	cmd.Env = append(append(os.Environ(), c.env...), "LIFEBOAT_HOOK_STAGE="+stage)
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	start := time.Now()
+	start := time.Now() // wallclock: only logged
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start: %w", err)
 	}
 	waited := make(chan error, 1)
 	go func() { waited <- cmd.Wait() }()
-	timer := time.NewTimer(timeout)
+	timer := c.clock().NewTimer(timeout)
 	defer timer.Stop()
 	var werr error
 	select {
 	case werr = <-waited:
-	case <-timer.C:
+	case <-timer.C():
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		<-waited
 		return fmt.Errorf("timed out after %s; its process group was killed: make the hook faster or raise the policy's hook_timeout%s", timeout, quoteOutput(out))
@@ -254,7 +265,7 @@ func (c *consistency) runHook(ctx context.Context, path, stage string) error {
 	if werr != nil {
 		return fmt.Errorf("%w%s", werr, quoteOutput(out))
 	}
-	c.log.Info("hook ran", "stage", stage, "hook", path, "took", time.Since(start).Round(time.Millisecond))
+	c.log.Info("hook ran", "stage", stage, "hook", path, "took", time.Since(start).Round(time.Millisecond)) // wallclock: only logged
 	return nil
 }
 

@@ -207,7 +207,7 @@ func TestHookTimeoutKillsProcessGroup(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("the hook's child %s still runs after the timeout: %s", pid, st)
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond) // poll pause under a deadline
 	}
 }
 

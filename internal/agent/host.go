@@ -241,7 +241,7 @@ func (a *Agent) hostLoop(ctx context.Context) {
 				delete(runners, name)
 			}
 		}
-		sleepCtx(ctx, every)
+		a.sleep(ctx, every)
 	}
 }
 
@@ -436,7 +436,7 @@ func (a *Agent) target(d discovered) *vmTarget {
 	default:
 		qmpSock, qga, nbdSock := d.qmp, d.qga, d.nbd
 		t.powerOff = func(ctx context.Context, timeout time.Duration) (func(context.Context) error, error) {
-			return qmpPowerOff(ctx, qmpSock, timeout)
+			return qmpPowerOff(ctx, a.clk, qmpSock, timeout)
 		}
 		t.open = func(ctx context.Context, disks []DiskConfig, blockSize int) (capture.Machine, error) {
 			if err := mkdirs(stateDir, filepath.Join(scratch, name)); err != nil {

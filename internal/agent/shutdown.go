@@ -186,8 +186,8 @@ func (a *Agent) runHooks(ctx context.Context, c *consistency, dir, stage string)
 // waitDelivered waits until the server received the acknowledgement in
 // state (or d passes).
 func (a *Agent) waitDelivered(ctx context.Context, state string, d time.Duration) bool {
-	deadline := time.Now().Add(d)
-	for time.Now().Before(deadline) {
+	deadline := a.clk.Now().Add(d)
+	for a.clk.Now().Before(deadline) {
 		a.mu.Lock()
 		sent := a.shutdownSent == state
 		a.mu.Unlock()
@@ -197,7 +197,7 @@ func (a *Agent) waitDelivered(ctx context.Context, state string, d time.Duration
 		select {
 		case <-ctx.Done():
 			return false
-		case <-time.After(50 * time.Millisecond):
+		case <-time.After(50 * time.Millisecond): // wallclock: how often to look again, not a bound
 		}
 	}
 	return false

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/clock"
 	"github.com/lifeboat-dr/lifeboat/internal/vault"
 	"github.com/lifeboat-dr/lifeboat/internal/vault/backend/local"
 )
@@ -82,7 +83,7 @@ func TestShutdownInGuest(t *testing.T) {
 		t.Fatalf("final point labels: %v", p.Labels)
 	}
 	res, _, _, _ := h.cp.snapshot()
-	time.Sleep(500 * time.Millisecond)
+	h.waitHeartbeats(t, 3, "from an agent shut down", func(hb api.AgentHeartbeat) bool { return hb.State == "shut down" })
 	if again, _, _, _ := h.cp.snapshot(); len(again) != len(res) {
 		t.Fatalf("the agent cycled after the shutdown: %d results, then %d", len(res), len(again))
 	}
@@ -223,7 +224,7 @@ func TestQMPPowerOff(t *testing.T) {
 	ctx := context.Background()
 	f := &fakeQMP{status: "running", powerOffAfter: 2}
 	sock := f.serve(t)
-	end, err := qmpPowerOff(ctx, sock, 5*time.Second)
+	end, err := qmpPowerOff(ctx, clock.System{}, sock, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -235,13 +236,13 @@ func TestQMPPowerOff(t *testing.T) {
 	}
 	// A second attempt finds the guest off already.
 	f.cmds = nil
-	if _, err := qmpPowerOff(ctx, sock, time.Second); err != nil || strings.Contains(f.commands(), "system_powerdown") {
+	if _, err := qmpPowerOff(ctx, clock.System{}, sock, time.Second); err != nil || strings.Contains(f.commands(), "system_powerdown") {
 		t.Fatalf("again: %v, %s", err, f.commands())
 	}
 
 	stubborn := &fakeQMP{status: "running", powerOffAfter: -1}
 	sock = stubborn.serve(t)
-	_, err = qmpPowerOff(ctx, sock, 500*time.Millisecond)
+	_, err = qmpPowerOff(ctx, clock.System{}, sock, 500*time.Millisecond)
 	if err == nil || !strings.Contains(err.Error(), "did not power off") || stubborn.action != "poweroff" {
 		t.Fatalf("a guest that ignores the button: %v, shutdown action %q", err, stubborn.action)
 	}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	lvdriver "github.com/lifeboat-dr/lifeboat/internal/capture/libvirt"
+	"github.com/lifeboat-dr/lifeboat/internal/clock"
 	"github.com/lifeboat-dr/lifeboat/internal/qemu/qmp"
 )
 
@@ -21,7 +22,7 @@ const qmpStatusPoll = 200 * time.Millisecond
 // power button), then query-status until it says shutdown. The returned
 // end quits QEMU. If the guest does not power off in time, the shutdown
 // action is set back to poweroff and the VM keeps running.
-func qmpPowerOff(ctx context.Context, sock string, timeout time.Duration) (func(context.Context) error, error) {
+func qmpPowerOff(ctx context.Context, clk clock.Clock, sock string, timeout time.Duration) (func(context.Context) error, error) {
 	c, err := qmp.Dial(ctx, sock)
 	if err != nil {
 		return nil, err
@@ -51,9 +52,9 @@ func qmpPowerOff(ctx context.Context, sock string, timeout time.Duration) (func(
 	if err := c.Execute(ctx, "system_powerdown", nil, nil); err != nil {
 		return nil, fmt.Errorf("qmp system_powerdown: %w", err)
 	}
-	deadline := time.NewTimer(timeout)
+	deadline := clk.NewTimer(timeout)
 	defer deadline.Stop()
-	tick := time.NewTicker(qmpStatusPoll)
+	tick := time.NewTicker(qmpStatusPoll) // wallclock: how often QEMU is asked again, not a bound
 	defer tick.Stop()
 	for {
 		if st, err = qmpStatus(ctx, c); err != nil {
@@ -65,7 +66,7 @@ func qmpPowerOff(ctx context.Context, sock string, timeout time.Duration) (func(
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
-		case <-deadline.C:
+		case <-deadline.C():
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 			_ = c.Execute(rctx, "set-action", map[string]string{"shutdown": "poweroff"}, nil)
 			cancel()

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/clock"
 	"github.com/lifeboat-dr/lifeboat/internal/pki"
 	"github.com/lifeboat-dr/lifeboat/internal/store"
 	"github.com/lifeboat-dr/lifeboat/internal/store/sqlstore"
@@ -18,7 +19,7 @@ type AdminTokenOptions struct {
 	Name     string        // a label (default "admin-local")
 	TTL      time.Duration // default DefaultAPITokenTTL
 	NoExpiry bool
-	Now      time.Time // default time.Now()
+	Now      time.Time // default the system clock's now
 }
 
 // NewAdminToken makes an admin API token straight in the state database
@@ -36,7 +37,7 @@ func NewAdminToken(ctx context.Context, dataDir string, o AdminTokenOptions) (st
 		return "", TokenInfo{}, err
 	}
 	if o.Now.IsZero() {
-		o.Now = time.Now()
+		o.Now = clock.System{}.Now()
 	}
 	if o.Name == "" {
 		o.Name = "admin-local"

@@ -304,7 +304,7 @@ func (s *Server) agentHeartbeat(w http.ResponseWriter, r *http.Request, c *calle
 			}
 			s.mu.Unlock()
 		}()
-		timer := time.NewTimer(wait)
+		timer := time.NewTimer(wait) // wallclock: the agent asked to be answered within wait of real time (its HTTP timeout)
 		defer timer.Stop()
 	poll:
 		for cfg.Version == hb.KnownVersion {

@@ -299,7 +299,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond) // poll pause under the deadline of eventually
 	}
 }
 
@@ -576,7 +576,7 @@ func TestAuthRolesPoliciesProtect(t *testing.T) {
 	eventually(t, "long-poll in progress", func() bool {
 		return strings.Contains(string(ts.api("GET", "/api/v1/machines/app1", viewer, nil).body), "app1")
 	})
-	time.Sleep(200 * time.Millisecond)
+	time.Sleep(200 * time.Millisecond) // lets the handler reach its wait; a long poll leaves no trace to wait for
 	var m api.Machine
 	ts.mustAPI("POST", "/api/v1/machines/app1/protect", operator, api.ProtectRequest{Policy: "gold", Disks: []string{"vda"}}, 200, &m)
 	if m.State != api.StateInitial || m.Policy != "gold" {
@@ -725,7 +725,7 @@ func TestRPOEvents(t *testing.T) {
 	if st.Machines[0].RPO.Std() < 90*time.Second {
 		t.Fatalf("RPO in status: %s", st.Machines[0].RPO.Std())
 	}
-	time.Sleep(100 * time.Millisecond) // several ticks: still one event
+	time.Sleep(100 * time.Millisecond) // negative check: several scheduler ticks (20 ms, real time) add no event
 	if n := len(ts.events("rpo_exceeded")); n != 1 {
 		t.Fatalf("%d rpo_exceeded events, want 1", n)
 	}

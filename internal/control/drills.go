@@ -136,7 +136,7 @@ func (s *Server) getDrillHTML(w http.ResponseWriter, r *http.Request, _ *caller)
 	page := s.readReportFile(rep.HTML)
 	if page == nil {
 		var b bytes.Buffer
-		if err := plan.RenderHTML(&b, rep, plan.ReadConsoles(rep)); err != nil {
+		if err := plan.RenderHTML(&b, rep, plan.ReadConsoles(rep), s.clock.Now()); err != nil {
 			return err
 		}
 		page = b.Bytes()

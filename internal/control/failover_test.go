@@ -333,7 +333,7 @@ func TestLatestWaitsForOpenSessions(t *testing.T) {
 		st := v.Step("choose point")
 		return st != nil && strings.Contains(st.Message, "waiting for acknowledged blocks")
 	})
-	time.Sleep(300 * time.Millisecond)
+	time.Sleep(300 * time.Millisecond) // negative check: the job still waits after a few rounds of its 100 ms poll, which leave no trace to wait for
 	var v api.Job
 	s.mustAPI("GET", "/api/v1/jobs/"+j.ID, s.admin, nil, 200, &v)
 	if v.State != "running" || v.Point != "" {
@@ -397,7 +397,7 @@ func TestPointReadErrorEvents(t *testing.T) {
 			if len(es) >= n || time.Now().After(deadline) {
 				return es
 			}
-			time.Sleep(20 * time.Millisecond)
+			time.Sleep(20 * time.Millisecond) // poll pause under a deadline
 		}
 	}
 	es := waitEvents(1)
@@ -411,7 +411,7 @@ func TestPointReadErrorEvents(t *testing.T) {
 	if es = waitEvents(2); len(es) != 2 || !strings.Contains(es[0].Message+es[1].Message, "offset 131072") {
 		t.Fatalf("events after the second line was completed: %+v", es)
 	}
-	time.Sleep(100 * time.Millisecond) // several ticks: nothing is reported twice
+	time.Sleep(100 * time.Millisecond) // negative check: several scheduler ticks (20 ms, real time) report nothing twice
 	if es = s.events(EventPointReadError); len(es) != 2 {
 		t.Fatalf("%d events for 2 failed reads", len(es))
 	}

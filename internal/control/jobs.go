@@ -280,7 +280,7 @@ func (s *Server) getJob(w http.ResponseWriter, r *http.Request, _ *caller) error
 		return err
 	}
 	if wait > 0 && jobVersion(j) == known && !jobs.Terminal(j.State) {
-		timer := time.NewTimer(wait)
+		timer := time.NewTimer(wait) // wallclock: the client asked to be answered within wait of real time (its HTTP timeout)
 		defer timer.Stop()
 		for jobVersion(j) == known && !jobs.Terminal(j.State) {
 			ch := s.rec.jobWake.wait(j.ID)

@@ -281,13 +281,13 @@ func (s *Server) staleKey(ctx context.Context, name, key string) (string, error)
 
 // keyJanitor retries failed key deletions every minute until ctx ends.
 func (s *Server) keyJanitor(ctx context.Context) {
-	t := time.NewTicker(time.Minute)
+	t := s.clock.NewTicker(time.Minute)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-t.C():
 		}
 		if s.keysDirty.Load() {
 			if err := s.reconcileProcessKeys(ctx); err != nil {

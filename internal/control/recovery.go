@@ -139,11 +139,11 @@ func (s *Server) newRecovery(o RunOptions) *recovery {
 		}
 		sort.Strings(env)
 		points = &orchestrate.PointServers{Vault: s.cfg.Vault, PassphraseFile: filepath.Join(s.dataDir, PassphraseFile),
-			Env: env, CacheBytes: rc.CacheBytes, Logger: s.log}
+			Env: env, CacheBytes: rc.CacheBytes, Logger: s.log, Clock: s.clock}
 	}
 	rec.orch = &orchestrate.Orchestrator{Vault: s.vault, Site: rc.Site, Overrides: s.overridesOf, Provider: rec.provider,
 		Points: points, Control: siteControl{s}, Logger: s.log,
-		Machines: planJobs{s}, RunDir: filepath.Join(s.dataDir, "plan-runs")}
+		Machines: planJobs{s}, RunDir: filepath.Join(s.dataDir, "plan-runs"), Clock: s.clock}
 	rec.runner = jobs.NewRunner(jobs.Options{Store: s.store, Kinds: s.jobKinds(rec.orch), Clock: s.clock, Logger: s.log,
 		OnChange: s.jobChanged})
 	return rec

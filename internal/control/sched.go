@@ -25,12 +25,16 @@ const (
 // offlineAfter is how many heartbeat periods of silence mark an agent offline.
 const offlineAfter = 3
 
-// schedule runs the scheduler every tick until ctx ends.
 // fallbackLead is how far ahead a fallen-back cut's instant is set, so
 // that every member learns it before it comes.
 const fallbackLead = time.Second
 
+// schedule runs the scheduler every tick of real time until ctx ends. The
+// tick is only how promptly it notices: Tick decides what is due at the
+// clock's time, so a test with a fake clock moves the clock and the next
+// tick acts on it.
 func (s *Server) schedule(ctx context.Context, tick time.Duration) {
+	// wallclock: how often the scheduler looks; what is due is decided at s.clock's time in Tick
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	for {

@@ -36,9 +36,9 @@ func (c siteControl) WaitPending(ctx context.Context, machine string) error {
 	seq := s.rec.reportSeq
 	s.rec.mu.Unlock()
 	bound := s.cfg.Recovery.PendingWait.Std()
-	deadline := time.NewTimer(bound)
+	deadline := s.clock.NewTimer(bound)
 	defer deadline.Stop()
-	tick := time.NewTicker(100 * time.Millisecond)
+	tick := time.NewTicker(100 * time.Millisecond) // wallclock: how often the store is read again, not a bound
 	defer tick.Stop()
 	for {
 		why, err := c.pendingOf(ctx, machine, seq)
@@ -48,7 +48,7 @@ func (c siteControl) WaitPending(ctx context.Context, machine string) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-deadline.C:
+		case <-deadline.C():
 			s.event(ctx, api.Event{Kind: "pending_timeout", Severity: api.SeverityWarning, Machine: machine,
 				Message: fmt.Sprintf("failover of %s to latest: %s after %s; taking the newest published point", machine, why, bound)})
 			return nil
@@ -167,9 +167,9 @@ func (c siteControl) FinalPoint(ctx context.Context, machine string) (string, er
 // states, fails when it reports failure or goes silent, or bound passes.
 func (c siteControl) waitAck(ctx context.Context, machine, id string, bound time.Duration, states ...string) (api.ShutdownAck, error) {
 	s := c.s
-	deadline := time.NewTimer(bound)
+	deadline := s.clock.NewTimer(bound)
 	defer deadline.Stop()
-	tick := time.NewTicker(time.Second)
+	tick := time.NewTicker(time.Second) // wallclock: how often the store is read again, not a bound
 	defer tick.Stop()
 	for {
 		wake := s.rec.ackWake.wait(machine)
@@ -197,7 +197,7 @@ func (c siteControl) waitAck(ctx context.Context, machine, id string, bound time
 		select {
 		case <-ctx.Done():
 			return api.ShutdownAck{}, ctx.Err()
-		case <-deadline.C:
+		case <-deadline.C():
 			return api.ShutdownAck{}, fmt.Errorf("the agent of %s did not report %v within %s: check it (`lifeboat machines show %s`), or use an unplanned failover", machine, states, bound, machine)
 		case <-wake:
 		case <-tick.C:

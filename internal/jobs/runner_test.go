@@ -84,7 +84,7 @@ func waitJob(t *testing.T, s jobs.Store, id string, cond func(jobs.Job) bool) jo
 		if time.Now().After(deadline) {
 			t.Fatalf("job %s: condition not met in time: %+v (%v)", id, j, err)
 		}
-		time.Sleep(5 * time.Millisecond)
+		time.Sleep(5 * time.Millisecond) // poll pause under a deadline
 	}
 }
 

@@ -89,12 +89,12 @@ var rules = []rule{
 	{"the state store knows only the models",
 		func(p string) bool { return under(p, "internal/store") && !testSupport(p) },
 		func(_, imp string) bool {
-			return under(imp, "internal/store", "internal/api", "internal/jobs", "internal/plan")
+			return under(imp, "internal/store", "internal/api", "internal/jobs", "internal/plan", "internal/clock")
 		}},
 	{"capture drivers and compute providers know no vault, store or role",
 		func(p string) bool { return under(p, "internal/capture", "internal/compute") && !testSupport(p) },
 		func(_, imp string) bool {
-			return under(imp, "internal/capture", "internal/compute", "internal/nbd", "internal/qemu/qmp", "internal/api", "internal/leftover")
+			return under(imp, "internal/capture", "internal/compute", "internal/nbd", "internal/qemu/qmp", "internal/api", "internal/leftover", "internal/clock")
 		}},
 	{"roles are imported only by the binary",
 		func(p string) bool { return !under(p, "cmd") && !testSupport(p) },

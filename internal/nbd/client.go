@@ -217,7 +217,7 @@ func (c *Client) Close() error {
 		select {
 		case c.sem <- struct{}{}:
 			if c.broken == nil {
-				_ = c.conn.SetWriteDeadline(time.Now().Add(time.Second))
+				_ = c.conn.SetWriteDeadline(time.Now().Add(time.Second)) // wallclock: a socket deadline
 				_ = c.request(cmdDisc, 0, 0, nil)
 			}
 			<-c.sem

@@ -541,7 +541,7 @@ func TestFakeCancel(t *testing.T) {
 	first := make(chan error, 1)
 	firstCtx, cancelFirst := context.WithCancel(context.Background())
 	go func() { first <- c.ReadAt(firstCtx, make([]byte, 10), 0) }()
-	time.Sleep(20 * time.Millisecond)
+	time.Sleep(20 * time.Millisecond) // deliberate: the first caller is likely waiting; either order passes
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	start := time.Now()

@@ -143,7 +143,7 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn) error {
 	stop := context.AfterFunc(ctx, func() { sc.conn.Close() })
 	defer stop()
 	sc.reset(conn)
-	conn.SetDeadline(time.Now().Add(s.o.HandshakeTimeout))
+	conn.SetDeadline(time.Now().Add(s.o.HandshakeTimeout)) // wallclock: a socket deadline
 	if err := sc.negotiate(); err != nil {
 		return err
 	}

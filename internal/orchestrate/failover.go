@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/lifeboat-dr/lifeboat/internal/clock"
 	"github.com/lifeboat-dr/lifeboat/internal/compute"
 	"github.com/lifeboat-dr/lifeboat/internal/jobs"
 	"github.com/lifeboat-dr/lifeboat/internal/vault"
@@ -118,6 +119,16 @@ type Orchestrator struct {
 	// RunDir holds a directory per plan job (script state, kept console
 	// logs, the HTML report); "" is plan-runs beside Site.Dir.
 	RunDir string
+	// Clock times scripts, records their start and bounds their resume
+	// (nil: clock.System{}).
+	Clock clock.Clock
+}
+
+func (o *Orchestrator) clock() clock.Clock {
+	if o.Clock == nil {
+		return clock.System{}
+	}
+	return o.Clock
 }
 
 // Kinds are the job kinds the orchestrator runs.

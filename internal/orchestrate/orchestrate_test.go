@@ -258,7 +258,7 @@ func (e *env) wait(id string) jobs.Job {
 		if time.Now().After(deadline) {
 			e.t.Fatalf("job %s did not end: %s", id, summary(j))
 		}
-		time.Sleep(5 * time.Millisecond)
+		time.Sleep(5 * time.Millisecond) // poll pause under a deadline
 	}
 }
 

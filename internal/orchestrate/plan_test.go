@@ -78,7 +78,7 @@ func (e *env) waitFor(id string, what string, cond func(jobs.Job) bool) jobs.Job
 		if time.Now().After(deadline) {
 			e.t.Fatalf("job %s: %s did not happen: %s", id, what, summary(j))
 		}
-		time.Sleep(5 * time.Millisecond)
+		time.Sleep(5 * time.Millisecond) // poll pause under a deadline
 	}
 }
 

@@ -168,7 +168,7 @@ func (r *planRun) guestAction(ctx context.Context, sc *jobs.StepContext, key str
 // stderr) and status (the exit status, or "timeout").
 func (r *planRun) script(ctx context.Context, sc *jobs.StepContext, gi int, key string, a plan.Action, when string) error {
 	dir := filepath.Join(r.runDir(sc.ID()), "actions", key)
-	s := scriptRun{dir: dir, timeout: a.TimeoutOr()}
+	s := scriptRun{dir: dir, timeout: a.TimeoutOr(), clk: r.o.clock()}
 	if err := s.resume(ctx); err != nil {
 		return err
 	}

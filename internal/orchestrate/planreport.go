@@ -78,7 +78,7 @@ func (r *planRun) report(ctx context.Context, sc *jobs.StepContext) error {
 		return err
 	}
 	var b bytes.Buffer
-	if err := plan.RenderHTML(&b, rep, plan.ReadConsoles(rep)); err != nil {
+	if err := plan.RenderHTML(&b, rep, plan.ReadConsoles(rep), sc.Now()); err != nil {
 		return err
 	}
 	if err := writeFileAtomic(rep.HTML, b.Bytes()); err != nil {

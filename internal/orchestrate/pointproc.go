@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/lifeboat-dr/lifeboat/internal/clock"
 	"github.com/lifeboat-dr/lifeboat/internal/leftover"
 )
 
@@ -55,6 +56,16 @@ type PointServers struct {
 	// StartTimeout bounds the wait for the exports (default 60 s).
 	StartTimeout time.Duration
 	Logger       *slog.Logger
+	// Clock bounds the waits for a server to start and to stop (nil:
+	// clock.System{}).
+	Clock clock.Clock
+}
+
+func (ps *PointServers) clock() clock.Clock {
+	if ps.Clock == nil {
+		return clock.System{}
+	}
+	return ps.Clock
 }
 
 // Served describes a running point server.
@@ -180,9 +191,9 @@ func (ps *PointServers) waitReady(ctx context.Context, dir string, pid int, exit
 	if timeout <= 0 {
 		timeout = 60 * time.Second
 	}
-	deadline := time.NewTimer(timeout)
+	deadline := ps.clock().NewTimer(timeout)
 	defer deadline.Stop()
-	tick := time.NewTicker(20 * time.Millisecond)
+	tick := time.NewTicker(20 * time.Millisecond) // wallclock: how often the ready file is looked for, not a bound
 	defer tick.Stop()
 	for {
 		if s, ok := ps.Running(dir); ok && s.PID == pid {
@@ -194,7 +205,7 @@ func (ps *PointServers) waitReady(ctx context.Context, dir string, pid int, exit
 		select {
 		case err := <-exited:
 			return Served{}, fmt.Errorf("the point server exited (%v): %s", err, logTail(filepath.Join(dir, serverLog)))
-		case <-deadline.C:
+		case <-deadline.C():
 			syscall.Kill(pid, syscall.SIGKILL)
 			return Served{}, fmt.Errorf("the point server did not serve within %s: %s", timeout, logTail(filepath.Join(dir, serverLog)))
 		case <-ctx.Done():
@@ -210,9 +221,9 @@ func (ps *PointServers) Stop(ctx context.Context, dir string) error {
 	s, ok := ps.Running(dir)
 	if ok {
 		syscall.Kill(s.PID, syscall.SIGTERM)
-		if err := waitGone(ctx, s.PID, 10*time.Second); err != nil {
+		if err := waitGone(ctx, ps.clock(), s.PID, 10*time.Second); err != nil {
 			syscall.Kill(s.PID, syscall.SIGKILL)
-			if err := waitGone(ctx, s.PID, 5*time.Second); err != nil {
+			if err := waitGone(ctx, ps.clock(), s.PID, 5*time.Second); err != nil {
 				return fmt.Errorf("stop the point server (pid %d): %w", s.PID, err)
 			}
 		}
@@ -230,16 +241,16 @@ func (ps *PointServers) Stop(ctx context.Context, dir string) error {
 	return nil
 }
 
-func waitGone(ctx context.Context, pid int, d time.Duration) error {
-	deadline := time.Now().Add(d)
+func waitGone(ctx context.Context, clk clock.Clock, pid int, d time.Duration) error {
+	deadline := clk.Now().Add(d)
 	for leftover.ProcessRuns(pid) && !isZombie(pid) {
-		if time.Now().After(deadline) {
+		if clk.Now().After(deadline) {
 			return fmt.Errorf("still running after %s", d)
 		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
+		case <-time.After(20 * time.Millisecond): // wallclock: how often to look again, not a bound
 		}
 	}
 	return nil

@@ -41,7 +41,7 @@ func (o *Orchestrator) Await(ctx context.Context, vm VMRecord, c plan.Condition)
 		return err
 	}
 	var last error
-	t := time.NewTimer(0)
+	t := time.NewTimer(0) // wallclock: retries against a guest that boots in real time; the bound is ctx's
 	defer t.Stop()
 	for {
 		select {
@@ -147,7 +147,7 @@ func dialTCP(ctx context.Context, addr string) error {
 	// when it sends something (a banner) or stays open for a while (a
 	// server that waits for its client to speak); EOF or a reset at once
 	// means nothing listens.
-	c.SetReadDeadline(time.Now().Add(time.Second))
+	c.SetReadDeadline(time.Now().Add(time.Second)) // wallclock: a socket deadline
 	n, rerr := c.Read(make([]byte, 1))
 	c.Close()
 	var ne net.Error
@@ -234,7 +234,7 @@ func guestWait(ctx context.Context, g *qmp.GuestAgent, pid int) (qmp.ExecStatus,
 		select {
 		case <-ctx.Done():
 			return st, ctx.Err()
-		case <-time.After(200 * time.Millisecond):
+		case <-time.After(200 * time.Millisecond): // wallclock: how often the guest agent is asked again; the bound is ctx's
 		}
 	}
 }

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/lifeboat-dr/lifeboat/internal/clock"
 )
 
 // scriptRun is one script action in its directory. The script runs under
@@ -25,6 +27,7 @@ import (
 type scriptRun struct {
 	dir     string
 	timeout time.Duration
+	clk     clock.Clock // records the start, bounds the run and the resume
 
 	launched bool
 	started  time.Time
@@ -55,7 +58,7 @@ func (s *scriptRun) resume(ctx context.Context) error {
 	if s.started, err = time.Parse(time.RFC3339Nano, strings.TrimSpace(string(b))); err != nil {
 		return fmt.Errorf("%s: %w", filepath.Join(s.dir, "started"), err)
 	}
-	deadline := time.Now().Add(launchGrace)
+	deadline := s.clk.Now().Add(launchGrace)
 	for {
 		if s.done() {
 			s.launched = true
@@ -65,7 +68,7 @@ func (s *scriptRun) resume(ctx context.Context) error {
 			s.launched, s.pid = true, pid
 			return nil
 		}
-		if time.Now().After(deadline) {
+		if s.clk.Now().After(deadline) {
 			// The wrapper never started: the server stopped between
 			// recording the start and starting it.
 			return os.Remove(filepath.Join(s.dir, "started"))
@@ -81,7 +84,7 @@ func (s *scriptRun) start(ctx context.Context, script string, args, env []string
 	if err := os.MkdirAll(s.dir, 0o700); err != nil {
 		return fmt.Errorf("script directory: %w", err)
 	}
-	s.started = time.Now().UTC()
+	s.started = s.clk.Now().UTC()
 	if err := writeFileAtomic(filepath.Join(s.dir, "started"), []byte(s.started.Format(time.RFC3339Nano)+"\n")); err != nil {
 		return err
 	}
@@ -115,7 +118,7 @@ func (s *scriptRun) wait(ctx context.Context) error {
 			}
 			return s.record("lost", fmt.Errorf("the script (PID %d) ended without leaving its exit status (the host restarted?): its outcome is unknown, so it is not run again", s.pid))
 		}
-		if time.Now().After(deadline) {
+		if s.clk.Now().After(deadline) {
 			if s.pid != 0 {
 				syscall.Kill(-s.pid, syscall.SIGKILL)
 			}
@@ -192,8 +195,9 @@ func readInt(path string) (int, error) {
 	return strconv.Atoi(strings.TrimSpace(string(b)))
 }
 
+// sleepCtx pauses a loop that looks at a running script's files.
 func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
+	t := time.NewTimer(d) // wallclock: how often to look again; the bounds are on scriptRun.clk
 	defer t.Stop()
 	select {
 	case <-ctx.Done():

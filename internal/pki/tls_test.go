@@ -45,7 +45,7 @@ func (b *syncBuf) waitFor(t *testing.T, s string) {
 		if strings.Contains(b.String(), s) {
 			return
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond) // poll pause under a deadline
 	}
 	t.Fatalf("log never contained %q; log:\n%s", s, b.String())
 }

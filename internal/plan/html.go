@@ -48,9 +48,9 @@ type htmlConsole struct {
 
 // RenderHTML writes the report page of r. consoles maps a machine to its
 // console log's text (ReadConsoles); only the last ConsoleLines lines of
-// each are shown.
-func RenderHTML(w io.Writer, r Report, consoles map[string]string) error {
-	p := htmlPage{R: r, Result: Result(r), Rendered: time.Now().UTC()}
+// each are shown; rendered is the time the page says it was made.
+func RenderHTML(w io.Writer, r Report, consoles map[string]string, rendered time.Time) error {
+	p := htmlPage{R: r, Result: Result(r), Rendered: rendered.UTC()}
 	for _, m := range r.Machines {
 		text, ok := consoles[m.Machine]
 		if !ok {

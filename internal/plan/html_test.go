@@ -42,7 +42,7 @@ func TestRenderHTML(t *testing.T) {
 	}
 	consoles := map[string]string{"db1": strings.Join(lines, "\n") + "\n"}
 	var b bytes.Buffer
-	if err := RenderHTML(&b, sampleReport(), consoles); err != nil {
+	if err := RenderHTML(&b, sampleReport(), consoles, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	page := b.String()
@@ -84,7 +84,7 @@ func TestRenderHTMLEscapes(t *testing.T) {
 	evil := r.Machines[1].Machine
 	consoles := map[string]string{"db1": "login: </pre><script>alert(4)</script>\x1b[0m\xff\r\n", evil: "<script>alert(5)</script>"}
 	var b bytes.Buffer
-	if err := RenderHTML(&b, r, consoles); err != nil {
+	if err := RenderHTML(&b, r, consoles, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	page := b.String()

@@ -28,7 +28,7 @@ type Bar struct {
 // New returns a bar writing to w. On a terminal it redraws ten times a
 // second; otherwise it prints a line every 5 seconds.
 func New(w io.Writer, label string, total int64, tty bool) *Bar {
-	b := &Bar{w: w, label: label, total: total, tty: tty, now: time.Now, interval: 5 * time.Second}
+	b := &Bar{w: w, label: label, total: total, tty: tty, now: time.Now, interval: 5 * time.Second} // wallclock: a bar's redraws and rate, only shown
 	if tty {
 		b.interval = 100 * time.Millisecond
 	}

@@ -380,7 +380,7 @@ func TestPushFakeAgentNohup(t *testing.T) {
 		if b, err := os.ReadFile(filepath.Join(l.state, "run.json")); err == nil && json.Unmarshal(b, &run) == nil {
 			break
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond) // poll pause under a deadline
 	}
 	if run.PID != res.PID || fmt.Sprint(run.Args) != fmt.Sprint([]string{l.bin, "agent", "run", "--state-dir", l.state}) {
 		t.Errorf("agent runs as %+v, want pid %d with args [%s agent run --state-dir %s]", run, res.PID, l.bin, l.state)
@@ -410,7 +410,7 @@ func TestPushFakeAgentNohup(t *testing.T) {
 		t.Errorf("second push %+v (first pid %d)", res2, res.PID)
 	}
 	for i := 0; i < 100 && pidAlive(res.PID); i++ {
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond) // poll pause under a deadline
 	}
 	if pidAlive(res.PID) {
 		t.Errorf("old agent %d still running after the second push", res.PID)

@@ -336,7 +336,7 @@ func dialOnce(ctx context.Context, t target, cfg *ssh.ClientConfig) (*ssh.Client
 	}
 	// Bound the handshake; a context cancel aborts it too.
 	if cfg.Timeout > 0 {
-		_ = conn.SetDeadline(time.Now().Add(cfg.Timeout))
+		_ = conn.SetDeadline(time.Now().Add(cfg.Timeout)) // wallclock: a socket deadline
 	}
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	sc, chans, reqs, err := ssh.NewClientConn(conn, t.Addr(), cfg)

@@ -269,7 +269,7 @@ func installExtlinux(ctx context.Context, stage, disk string, files map[string]s
 		if i == 50 {
 			return fmt.Errorf("partx -a %s: %s did not appear", loop, part)
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond) // wallclock: waits for udev to make the partition's node
 	}
 	mnt := filepath.Join(stage, "mnt")
 	if err := os.Mkdir(mnt, 0o755); err != nil {

@@ -190,7 +190,7 @@ func lockFile(ctx context.Context, path string) (func(), error) {
 		case <-ctx.Done():
 			f.Close()
 			return nil, fmt.Errorf("waiting for another process to download the guest kernel (lock %s): %w", path, ctx.Err())
-		case <-time.After(200 * time.Millisecond):
+		case <-time.After(200 * time.Millisecond): // wallclock: how often another process's lock is tried again; the bound is ctx's
 		}
 	}
 }

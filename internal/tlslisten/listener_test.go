@@ -154,7 +154,7 @@ func waitStats(t *testing.T, l *Listener, ok func(Stats) bool) {
 		if ok(l.Stats()) {
 			return
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond) // poll pause, at most 100 times
 	}
 	t.Fatalf("stats %+v", l.Stats())
 }

@@ -225,7 +225,7 @@ func (cl *cluster) waitFor(what string, d time.Duration, cond func() bool) {
 			cl.mu.Unlock()
 			cl.t.Fatalf("timed out after %s waiting for %s", d, what)
 		}
-		time.Sleep(200 * time.Millisecond)
+		time.Sleep(200 * time.Millisecond) // poll pause under the deadline above
 	}
 }
 

@@ -61,7 +61,7 @@ func TestPruneWhileReplicating(t *testing.T) {
 	runs, kills, deleted, resurrected, pending := 0, 0, 0, 0, 0
 	for i := 0; time.Now().Before(deadline) && i < 40; i++ {
 		newVersion()
-		time.Sleep(time.Duration(100+r.IntN(300)) * time.Millisecond)
+		time.Sleep(time.Duration(100+r.IntN(300)) * time.Millisecond) // deliberate: random pacing of the concurrent load
 		if i%4 == 3 {
 			if e.killAfter(time.Duration(r.IntN(200))*time.Millisecond, prune...) {
 				kills++

@@ -174,7 +174,7 @@ func TestKillPruneAtRandomMoments(t *testing.T) {
 		verifyAll(t, e, want, false)
 		churn(t, disk, 80, r)
 		replicate(fmt.Sprint("k", i))
-		time.Sleep(time.Duration(r.IntN(1500)) * time.Millisecond)
+		time.Sleep(time.Duration(r.IntN(1500)) * time.Millisecond) // deliberate: a random moment for the kill
 	}
 	// Two full prunes (mark, then sweep) and a full read of what is left.
 	first := e.mustRun(prune...)

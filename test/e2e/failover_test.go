@@ -75,7 +75,7 @@ func gone(t *testing.T, vm api.RecoveredVM) {
 		if time.Now().After(deadline) {
 			t.Fatalf("VM %s: QEMU %v and %d point servers still run", vm.Name, computetest.Processes(vm.Name), pointServers(vm.Dir))
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond) // poll pause under the deadline above
 	}
 	if _, err := os.Stat(vm.Dir); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("VM %s: its directory is left: %v", vm.Name, err)

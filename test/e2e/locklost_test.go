@@ -51,7 +51,7 @@ func pruneUntilDeleted(t *testing.T, e *env, within time.Duration) []pruneReport
 		if time.Now().After(deadline) {
 			t.Fatalf("no prune deleted packs within %s of pausing the writer: %+v", within, reps)
 		}
-		time.Sleep(250 * time.Millisecond)
+		time.Sleep(250 * time.Millisecond) // poll pause under the deadline above
 	}
 }
 
@@ -75,7 +75,7 @@ func waitCond(t *testing.T, what string, d time.Duration, cond func() bool) {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out after %s waiting for %s", d, what)
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond) // poll pause under a deadline
 	}
 }
 

@@ -37,7 +37,7 @@ func TestAgentPush(t *testing.T) {
 	t.Cleanup(func() {
 		_ = syscall.Kill(pid, syscall.SIGTERM)
 		for i := 0; i < 100 && syscall.Kill(pid, 0) == nil; i++ {
-			time.Sleep(50 * time.Millisecond)
+			time.Sleep(50 * time.Millisecond) // poll pause, at most 100 times
 		}
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	})

@@ -76,7 +76,7 @@ func waitConsole(t *testing.T, path, want string, d time.Duration) {
 		if strings.Contains(string(b), guest.ManifestFailMarker) || time.Now().After(deadline) {
 			t.Fatalf("console %s has no %q:\n%s", path, want, b)
 		}
-		time.Sleep(200 * time.Millisecond)
+		time.Sleep(200 * time.Millisecond) // poll pause under the deadline above
 	}
 }
 

@@ -29,8 +29,10 @@ func TestCertificateRenewal(t *testing.T) {
 		m, err := cl.machine("r1")
 		return err == nil && m.LastPoint != nil && m.LastPoint.Time.After(renewed) && m.LastPoint.Error == ""
 	})
-	// Past the first certificates' expiry, replication still works.
-	time.Sleep(time.Until(renewed.Add(20 * time.Second)))
+	// Past the first certificates' expiry, replication still works. The
+	// wait is for the real certificates to expire (their lifetime is
+	// set on the server, in real time), not for something to happen.
+	time.Sleep(time.Until(renewed.Add(20 * time.Second))) // deliberate: see above
 	after := time.Now()
 	cl.waitFor("a point after the first certificates expired", 60*time.Second, func() bool {
 		m, err := cl.machine("r1")

@@ -46,7 +46,14 @@ func TestServiceRefusals(t *testing.T) {
 	}
 	expectFail(t, enroll("a2", tok), 1, "already used")
 	short := strings.TrimSpace(cl.mustRun("token", "create", "--role", "agent", "--name", "a3", "--ttl", "1s"))
-	time.Sleep(1500 * time.Millisecond)
+	cl.waitFor("token a3 to expire", 30*time.Second, func() bool {
+		for _, l := range strings.Split(cl.mustRun("token", "list"), "\n") {
+			if f := strings.Fields(l); len(f) > 2 && f[2] == "a3" && f[len(f)-1] == "expired" {
+				return true
+			}
+		}
+		return false
+	})
 	expectFail(t, enroll("a3", short), 1, "expired")
 	expectFail(t, enroll("a4", cl.token("process", "a4")), 1, "token")
 

@@ -148,7 +148,10 @@ func TestVMReplicationQMP(t *testing.T) {
 		t.Fatalf("stop VM: %v", err)
 	}
 	cancel()
-	time.Sleep(4 * time.Second) // at least one cycle meets the VM down
+	cl.waitFor("the agent to meet the VM down", time.Minute, func() bool {
+		m, err := cl.machine("web")
+		return host.grepLog("VM is gone from this host") || err == nil && m.State == api.StateError
+	})
 	vm = img.Start(t)
 	before = len(cl.vmPoints("web"))
 	cl.waitFor("points after QEMU's restart", 2*time.Minute, func() bool { return len(cl.vmPoints("web")) >= before+3 })
@@ -228,7 +231,7 @@ func TestVMReplicationLibvirt(t *testing.T) {
 			if b, _ := os.ReadFile(serial); strings.Contains(string(b), marker) {
 				return
 			}
-			time.Sleep(200 * time.Millisecond)
+			time.Sleep(200 * time.Millisecond) // poll pause under a deadline
 		}
 		b, _ := os.ReadFile(serial)
 		t.Fatalf("the guest did not print %q within %s; serial log:\n%s", marker, d, b)

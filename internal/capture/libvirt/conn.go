@@ -119,7 +119,7 @@ func (c *conn) close() error {
 	var err error
 	select {
 	case err = <-done:
-	case <-time.After(5 * time.Second):
+	case <-time.After(5 * time.Second): // wallclock: a bound on libvirtd's answer on a socket
 		err = errors.New("libvirtd did not answer the disconnect request in 5 s")
 	}
 	raw.Close()

@@ -60,7 +60,7 @@ func ensureLibvirtd(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("libvirtd did not come up on %s within 20 s (started with `virtlogd -d; libvirtd -d`)", DefaultSocket)
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond) // poll pause under a deadline
 	}
 	t.Logf("started virtlogd and libvirtd (left running)")
 }

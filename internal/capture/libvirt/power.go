@@ -83,9 +83,9 @@ func (m *Machine) state(ctx context.Context, dom golibvirt.Domain) (golibvirt.Do
 
 // waitState polls the domain's state until it is want, or timeout.
 func (m *Machine) waitState(ctx context.Context, dom golibvirt.Domain, want golibvirt.DomainState, timeout time.Duration) error {
-	deadline := time.NewTimer(timeout)
+	deadline := time.NewTimer(timeout) // wallclock: a bound on libvirt and the guest, which work in real time
 	defer deadline.Stop()
-	tick := time.NewTicker(200 * time.Millisecond)
+	tick := time.NewTicker(200 * time.Millisecond) // wallclock: how often libvirt is asked again
 	defer tick.Stop()
 	for {
 		st, err := m.state(ctx, dom)

@@ -65,7 +65,7 @@ func (v *pausedVM) start(extra ...string) {
 		if time.Now().After(deadline) {
 			t.Fatalf("QEMU did not open %s: %s", v.sock, v.out.String())
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond) // poll pause under a deadline
 	}
 }
 

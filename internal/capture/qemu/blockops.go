@@ -182,19 +182,19 @@ func (m *Machine) queryNodes(ctx context.Context) (map[string]*nodeInfo, error) 
 // poll calls done every 20 ms until it reports true, ctx ends or
 // timeout passes.
 func poll(ctx context.Context, timeout time.Duration, what string, done func() (bool, error)) error {
-	deadline := time.Now().Add(timeout)
+	deadline := time.Now().Add(timeout) // wallclock: a bound on QEMU, which works in real time
 	for {
 		ok, err := done()
 		if err != nil || ok {
 			return err
 		}
-		if time.Now().After(deadline) {
+		if time.Now().After(deadline) { // wallclock: as above
 			return fmt.Errorf("qemu: %s did not happen within %v", what, timeout)
 		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("qemu: waiting until %s: %w", what, ctx.Err())
-		case <-time.After(20 * time.Millisecond):
+		case <-time.After(20 * time.Millisecond): // wallclock: how often QEMU is asked again
 		}
 	}
 }

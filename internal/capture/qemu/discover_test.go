@@ -79,7 +79,7 @@ func TestDiscoverVM(t *testing.T) {
 		if i > 500 {
 			t.Fatalf("QEMU did not open %s: %s", sock, out.String())
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond) // poll pause under a deadline
 	}
 	spec, err := Discover(t.Context(), sock)
 	if err != nil {

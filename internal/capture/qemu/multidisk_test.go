@@ -460,7 +460,7 @@ func TestTwoDisksOneCut(t *testing.T) {
 	cycle := func(wantIncremental bool) ([]*Cycle, []capturetest.Result, int64) {
 		t.Helper()
 		e.w.start(ctx)
-		time.Sleep(40 * time.Millisecond)
+		time.Sleep(40 * time.Millisecond) // poll pause under a deadline
 		cs, cut := e.cut()
 		e.inspect(cs)
 		res := e.applyAll(cs) // the writer goes on: the views must not move
@@ -521,7 +521,7 @@ func TestTwoDisksOneCut(t *testing.T) {
 
 	t.Log("a cut with the writer running across Begin")
 	e.w.start(ctx)
-	time.Sleep(20 * time.Millisecond)
+	time.Sleep(20 * time.Millisecond) // deliberate: the writer is mid-stream when Begin cuts
 	from := e.w.writes()
 	cm, err := e.m.Begin(ctx, e.bases())
 	if err != nil {

@@ -415,12 +415,12 @@ func (m *Machine) Begin(ctx context.Context, bases map[string]string) (map[strin
 			"node": c.node, "name": c.active, "persistent": c.persistent, "granularity": granularity,
 		}})
 	}
-	start := time.Now()
+	start := time.Now() // wallclock: the cut's duration, only logged
 	if err := m.exec(ctx, "transaction", map[string]any{"actions": actions}, nil); err != nil {
 		return nil, fmt.Errorf("qemu: cut the disks (fleece and rotate bitmaps in one transaction): %w", err)
 	}
 	rotated = true
-	cut := time.Since(start)
+	cut := time.Since(start) // wallclock: only logged
 	for _, c := range cycles {
 		ds := m.st.disk(c.disk)
 		ds.Gen = max(ds.Gen, c.gen)

@@ -271,7 +271,7 @@ func (e *env) cycle(wantIncremental bool) {
 // settle lets the writer run a while.
 func (e *env) settle(ctx context.Context) {
 	e.w.start(ctx)
-	time.Sleep(60 * time.Millisecond)
+	time.Sleep(60 * time.Millisecond) // deliberate: writes land during the cycle that follows
 }
 
 // bitmaps lists the node's dirty bitmaps.
@@ -622,7 +622,7 @@ func TestResize(t *testing.T) {
 			if i > 250 {
 				t.Fatal("export live not deleted")
 			}
-			time.Sleep(20 * time.Millisecond)
+			time.Sleep(20 * time.Millisecond) // poll pause under a deadline
 		}
 		e.d.Exec(t, "block_resize", map[string]any{"node-name": "disk0", "size": size})
 		e.w.connect(t, e.d)

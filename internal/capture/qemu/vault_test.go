@@ -62,7 +62,7 @@ func TestPointsRestoreExactly(t *testing.T) {
 		}
 		t.Logf("cycle %d: incremental %v, %d blocks changed, %d bytes", i, dr.Incremental, dr.ChangedBlocks, dr.ChangedBytes)
 		points = append(points, res.Point)
-		time.Sleep(40 * time.Millisecond)
+		time.Sleep(40 * time.Millisecond) // poll pause under a deadline
 	}
 	e.w.pause(t)
 	for i, p := range points {

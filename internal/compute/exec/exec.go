@@ -294,7 +294,7 @@ func (p *Provider) Stop(ctx context.Context, name, dir string, force bool) error
 	defer unlock()
 	req := request{Action: "stop", Name: name, Dir: dir, Force: force, Timeout: 60}
 	if dl, ok := ctx.Deadline(); ok {
-		req.Timeout = max(time.Until(dl).Seconds()-5, 1)
+		req.Timeout = max(time.Until(dl).Seconds()-5, 1) // wallclock: ctx's deadline is on the wall clock
 	}
 	if _, err := p.run(ctx, req, p.o.Timeout, nil); err != nil {
 		if errors.Is(err, compute.ErrNotFound) {

@@ -199,7 +199,7 @@ func TestLockDir(t *testing.T) {
 			if n := in.Add(1); n > max.Load() {
 				max.Store(n)
 			}
-			time.Sleep(20 * time.Millisecond)
+			time.Sleep(20 * time.Millisecond) // poll pause under a deadline
 			in.Add(-1)
 			os.Remove(filepath.Join(dir, "lock")) // as Remove does
 			unlock()

@@ -99,7 +99,7 @@ func flock(ctx context.Context, f *os.File) error {
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("another call holds the VM's lock: %w", ctx.Err())
-		case <-time.After(50 * time.Millisecond):
+		case <-time.After(50 * time.Millisecond): // wallclock: how often the flock is tried again; the bound is ctx's
 		}
 	}
 }
@@ -136,7 +136,7 @@ func WaitGone(ctx context.Context, pid int) error {
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("process %d still runs: %w", pid, ctx.Err())
-		case <-time.After(20 * time.Millisecond):
+		case <-time.After(20 * time.Millisecond): // wallclock: how often the kernel is asked again; the bound is ctx's
 		}
 	}
 	return nil

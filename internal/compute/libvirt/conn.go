@@ -89,7 +89,7 @@ func (c *conn) close() {
 	go func() { l.Disconnect(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(5 * time.Second):
+	case <-time.After(5 * time.Second): // wallclock: a bound on a socket's goodbye, then it is closed anyway
 	}
 	raw.Close()
 	c.l, c.raw = nil, nil

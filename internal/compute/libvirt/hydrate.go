@@ -42,7 +42,7 @@ func (p *Provider) Hydrate(ctx context.Context, name, dir string, progress func(
 		return fmt.Errorf("hydrate VM %s: %w", name, err)
 	}
 	h := &hydration{p: p, st: st, dir: dir, devs: devs, lastJob: map[int]time.Time{}}
-	t := time.NewTicker(hydratePoll)
+	t := time.NewTicker(hydratePoll) // wallclock: how often libvirt is asked; its pulls run in real time
 	defer t.Stop()
 	for {
 		jobs, err := h.step(ctx)
@@ -96,7 +96,7 @@ func (h *hydration) step(ctx context.Context) (map[int]job, error) {
 			return nil, fmt.Errorf("disk %s: block job info: %w", disk, err)
 		}
 		if found {
-			h.lastJob[i] = time.Now()
+			h.lastJob[i] = h.p.o.Clock.Now()
 			jobs[i] = job{cur, end}
 			continue
 		}
@@ -111,7 +111,7 @@ func (h *hydration) step(ctx context.Context) (map[int]job, error) {
 			continue
 		}
 		if t, ok := h.lastJob[i]; ok {
-			if time.Since(t) > settle {
+			if h.p.o.Clock.Now().Sub(t) > settle {
 				return nil, fmt.Errorf("disk %s: the block pull ended but the disk still has its backing store: it failed (see libvirt's log); call Hydrate again to retry", disk)
 			}
 			jobs[i] = job{1, 1}
@@ -121,7 +121,7 @@ func (h *hydration) step(ctx context.Context) (map[int]job, error) {
 			return nil, fmt.Errorf("disk %s: start the block pull: %w", disk, err)
 		}
 		h.p.log.Info("hydration started", "vm", h.st.Spec.Name, "disk", disk, "target", dev)
-		h.lastJob[i] = time.Now()
+		h.lastJob[i] = h.p.o.Clock.Now()
 		jobs[i] = job{0, h.st.Spec.Disks[i].Size}
 	}
 	return jobs, nil

@@ -52,6 +52,7 @@ import (
 
 	golibvirt "github.com/digitalocean/go-libvirt"
 
+	"github.com/lifeboat-dr/lifeboat/internal/clock"
 	"github.com/lifeboat-dr/lifeboat/internal/compute"
 	"github.com/lifeboat-dr/lifeboat/internal/compute/hostvm"
 )
@@ -98,6 +99,9 @@ type Options struct {
 	RunDir string
 	Probe  hostvm.Probe
 	Logger *slog.Logger
+	// Clock decides when a block pull that vanished without hydrating
+	// its disk has failed; default clock.System{}.
+	Clock clock.Clock
 }
 
 // Provider runs VMs as libvirt domains. It keeps a connection to
@@ -129,6 +133,9 @@ func New(o Options) (*Provider, error) {
 	}
 	if o.RunDir == "" {
 		o.RunDir = "/run/libvirt/qemu"
+	}
+	if o.Clock == nil {
+		o.Clock = clock.System{}
 	}
 	switch o.Accel {
 	case "", hostvm.AccelAuto, hostvm.AccelKVM, hostvm.AccelTCG:

@@ -59,7 +59,7 @@ func ensureLibvirtd(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("libvirtd did not come up on %s (started with `virtlogd -d; libvirtd -d`)", DefaultSocket)
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond) // poll pause under a deadline
 	}
 }
 

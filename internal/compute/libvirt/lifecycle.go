@@ -130,7 +130,7 @@ func (p *Provider) shutdown(ctx context.Context, name string) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
+		case <-time.After(100 * time.Millisecond): // wallclock: how often libvirt is asked again; the bound is ctx's
 		}
 	}
 }

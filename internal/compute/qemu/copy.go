@@ -266,7 +266,7 @@ func waitConcluded(ctx context.Context, c *qmp.Conn, j job) (job, error) {
 		select {
 		case <-ctx.Done():
 			return j, ctx.Err()
-		case <-time.After(5 * time.Millisecond):
+		case <-time.After(5 * time.Millisecond): // wallclock: how often QEMU is asked again; the bound is ctx's
 		}
 	}
 	return j, nil

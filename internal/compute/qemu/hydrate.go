@@ -36,7 +36,7 @@ func (p *Provider) Hydrate(ctx context.Context, name, dir string, progress func(
 	case inst.State != compute.StateRunning:
 		return fmt.Errorf("hydrate VM %s: the VM is stopped: hydration copies while it runs; start it first", name)
 	}
-	t := time.NewTimer(hydratePoll)
+	t := time.NewTimer(hydratePoll) // wallclock: how often QEMU is asked; its copies run in real time
 	defer t.Stop()
 	logged := false
 	var last sample
@@ -72,7 +72,7 @@ type sample struct {
 }
 
 func sampleOf(jobs map[string]job) sample {
-	s := sample{at: time.Now()}
+	s := sample{at: time.Now()} // wallclock: measures the rate of QEMU's copies
 	for _, j := range jobs {
 		s.done += j.Current
 		s.total += j.Total

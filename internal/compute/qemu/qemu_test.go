@@ -302,7 +302,7 @@ func TestPointServerRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	pt.Stop()
-	time.Sleep(5 * time.Second)
+	time.Sleep(5 * time.Second) // deliberate: the outage under test, longer than a reconnect attempt
 	pt.Restart()
 	if err := p.Hydrate(ctx, name, dir, nil); err != nil {
 		t.Fatalf("Hydrate after the point server restarted: %v", err)

@@ -152,12 +152,14 @@ func TestGuestAgentNoAnswer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
+	release := make(chan struct{}) // the connection stays open until the test ends
+	defer close(release)
 	go func() {
 		nc, err := ln.Accept()
 		if err == nil {
 			defer nc.Close()
 			nc.Write(bytes.Repeat([]byte("x"), 100)) // never a delimiter
-			time.Sleep(3 * time.Second)
+			<-release
 		}
 	}()
 	start := time.Now()
@@ -183,7 +185,7 @@ func TestGuestAgentReal(t *testing.T) {
 		if g, err = DialGuestAgent(ctx, sock); err == nil {
 			break
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond) // retry pause, at most 50 times, until qemu-ga accepts
 	}
 	if err != nil {
 		t.Fatal(err)
@@ -214,7 +216,7 @@ func TestGuestAgentReal(t *testing.T) {
 		if g2, err = DialGuestAgent(ctxTimeout(t, time.Second), sock); err == nil {
 			break
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond) // retry pause under a bounded loop
 	}
 	if err != nil {
 		t.Fatal(err)

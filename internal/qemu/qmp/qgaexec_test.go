@@ -137,7 +137,7 @@ func TestGuestAgentExecReal(t *testing.T) {
 		if g, err = DialGuestAgent(ctxTimeout(t, time.Second), sock); err == nil {
 			break
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond) // poll pause under a deadline
 	}
 	if err != nil {
 		t.Fatal(err)

@@ -204,11 +204,13 @@ func TestHostileServer(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer ln.Close()
+		release := make(chan struct{}) // silent until the test ends
+		defer close(release)
 		go func() {
 			nc, err := ln.Accept()
 			if err == nil {
 				defer nc.Close()
-				time.Sleep(2 * time.Second)
+				<-release
 			}
 		}()
 		_, err = Dial(ctxTimeout(t, 200*time.Millisecond), sock)
@@ -275,7 +277,7 @@ func startProcess(t *testing.T, sock string, name string, args ...string) {
 		if time.Now().After(deadline) {
 			t.Fatalf("%s did not create %s: %s", name, sock, stderr.String())
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond) // poll pause under a deadline
 	}
 }
 

@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"fmt"
 	"strings"
-	"time"
 )
 
 // migrations is the schema, one entry per version (entry i brings the
@@ -217,7 +216,7 @@ func (s *Store) migrate(ctx context.Context) error {
 					return fmt.Errorf("migration %d statement %d: %w", v, i+1, err)
 				}
 			}
-			if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO schema_version (version, applied) VALUES (?, ?)`), v, time.Now().UTC().UnixMicro()); err != nil {
+			if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO schema_version (version, applied) VALUES (?, ?)`), v, s.clk.Now().UTC().UnixMicro()); err != nil {
 				return fmt.Errorf("record schema version %d: %w", v, err)
 			}
 		}

@@ -50,6 +50,7 @@ import (
 	"modernc.org/sqlite"               // registers driver "sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
 
+	"github.com/lifeboat-dr/lifeboat/internal/clock"
 	"github.com/lifeboat-dr/lifeboat/internal/store"
 )
 
@@ -70,6 +71,13 @@ type Store struct {
 	w  *sql.DB // writes; for SQLite a single connection
 	r  *sql.DB // reads; for PostgreSQL the same pool as w
 	pg bool
+	// clk paces retries and stamps schema migrations.
+	clk clock.Clock
+}
+
+// Options are the optional inputs of OpenOptions.
+type Options struct {
+	Clock clock.Clock // default clock.System{}
 }
 
 var _ store.Store = (*Store)(nil)
@@ -82,13 +90,21 @@ func IsPostgres(dsn string) bool {
 // Open opens (creating if needed) the database dsn names and brings its
 // schema up to date.
 func Open(ctx context.Context, dsn string) (*Store, error) {
-	if IsPostgres(dsn) {
-		return openPostgres(ctx, dsn)
-	}
-	return openSQLite(ctx, dsn)
+	return OpenOptions(ctx, dsn, Options{})
 }
 
-func openPostgres(ctx context.Context, dsn string) (*Store, error) {
+// OpenOptions is Open with options.
+func OpenOptions(ctx context.Context, dsn string, o Options) (*Store, error) {
+	if o.Clock == nil {
+		o.Clock = clock.System{}
+	}
+	if IsPostgres(dsn) {
+		return openPostgres(ctx, dsn, o)
+	}
+	return openSQLite(ctx, dsn, o)
+}
+
+func openPostgres(ctx context.Context, dsn string, o Options) (*Store, error) {
 	db, err := sql.Open("pgx", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("sqlstore: open PostgreSQL: %w (check the DSN)", err)
@@ -100,7 +116,7 @@ func openPostgres(ctx context.Context, dsn string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("sqlstore: connect to PostgreSQL %s: %w (is the server running and the DSN right?)", redact(dsn), err)
 	}
-	s := &Store{w: db, r: db, pg: true}
+	s := &Store{w: db, r: db, pg: true, clk: o.Clock}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		return nil, err
@@ -108,7 +124,7 @@ func openPostgres(ctx context.Context, dsn string) (*Store, error) {
 	return s, nil
 }
 
-func openSQLite(ctx context.Context, dsn string) (*Store, error) {
+func openSQLite(ctx context.Context, dsn string, o Options) (*Store, error) {
 	if dsn == "" || dsn == ":memory:" || strings.Contains(dsn, "mode=memory") {
 		return nil, fmt.Errorf("sqlstore: SQLite database %q: %w: give a file path (in-memory databases are not supported)", dsn, ErrInvalidInput)
 	}
@@ -147,7 +163,7 @@ func openSQLite(ctx context.Context, dsn string) (*Store, error) {
 		w.Close()
 		return nil, fmt.Errorf("sqlstore: open SQLite %s: %w (check the path and its permissions)", dsn, err)
 	}
-	s := &Store{w: w, r: w}
+	s := &Store{w: w, r: w, clk: o.Clock}
 	if err := s.migrate(ctx); err != nil {
 		w.Close()
 		return nil, err
@@ -263,7 +279,7 @@ func isUnique(err error) bool {
 
 // retry runs fn until it succeeds, fails with a non-transient error, the
 // context ends or maxRetries is reached.
-func retry(ctx context.Context, fn func() error) error {
+func (s *Store) retry(ctx context.Context, fn func() error) error {
 	var err error
 	for attempt := 0; attempt < maxRetries; attempt++ {
 		err = fn()
@@ -271,12 +287,12 @@ func retry(ctx context.Context, fn func() error) error {
 			return err
 		}
 		d := time.Duration(attempt+1) * 5 * time.Millisecond
-		t := time.NewTimer(d)
+		t := s.clk.NewTimer(d)
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return fmt.Errorf("%w (after: %v)", ctx.Err(), err)
-		case <-t.C:
+		case <-t.C():
 		}
 	}
 	return fmt.Errorf("sqlstore: giving up after %d tries: %w (the database is overloaded or another process holds a lock)", maxRetries, err)
@@ -285,7 +301,7 @@ func retry(ctx context.Context, fn func() error) error {
 // exec runs one write statement.
 func (s *Store) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
 	var res sql.Result
-	err := retry(ctx, func() error {
+	err := s.retry(ctx, func() error {
 		var err error
 		res, err = s.w.ExecContext(ctx, s.q(query), args...)
 		return err
@@ -296,7 +312,7 @@ func (s *Store) exec(ctx context.Context, query string, args ...any) (sql.Result
 // tx runs fn in a write transaction, retrying transient failures (fn may
 // run more than once).
 func (s *Store) tx(ctx context.Context, fn func(*sql.Tx) error) error {
-	return retry(ctx, func() error {
+	return s.retry(ctx, func() error {
 		tx, err := s.w.BeginTx(ctx, nil)
 		if err != nil {
 			return err

@@ -63,7 +63,7 @@ func TestKillVerify(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(time.Duration(rand.IntN(800)) * time.Millisecond)
+	time.Sleep(time.Duration(rand.IntN(800)) * time.Millisecond) // deliberate: a random moment
 	if err := vm.Kill(); err != nil {
 		t.Fatal(err)
 	}

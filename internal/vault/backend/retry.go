@@ -28,7 +28,7 @@ type RetryOptions struct {
 	// Logger receives one Warn record per retry (slog.Default()).
 	Logger *slog.Logger
 	// Clock and Sleep drive time; tests replace them (clock.System{} and a
-	// timer that stops early, returning ctx.Err(), when ctx is done).
+	// timer on Clock that stops early, returning ctx.Err(), when ctx is done).
 	Clock clock.Clock
 	Sleep func(ctx context.Context, d time.Duration) error
 }
@@ -56,16 +56,18 @@ func (o RetryOptions) withDefaults() RetryOptions {
 		o.Clock = clock.System{}
 	}
 	if o.Sleep == nil {
-		o.Sleep = sleep
+		clk := o.Clock
+		o.Sleep = func(ctx context.Context, d time.Duration) error { return sleepOn(ctx, clk, d) }
 	}
 	return o
 }
 
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
+// sleepOn waits d on clk, or until ctx is done (returning ctx.Err()).
+func sleepOn(ctx context.Context, clk clock.Clock, d time.Duration) error {
+	t := clk.NewTimer(d)
 	defer t.Stop()
 	select {
-	case <-t.C:
+	case <-t.C():
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()

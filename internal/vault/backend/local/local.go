@@ -378,7 +378,7 @@ func fsError(verb, path string, err error) error {
 // RemoveStaleTemp removes temporary files of interrupted Puts (a process
 // killed mid-write) whose last modification is older than olderThan.
 func (b *Backend) RemoveStaleTemp(ctx context.Context, olderThan time.Duration) (files int, bytes int64, err error) {
-	cutoff := time.Now().Add(-olderThan)
+	cutoff := time.Now().Add(-olderThan) // wallclock: compared with the modification times the kernel gave the files
 	err = filepath.WalkDir(b.dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) {

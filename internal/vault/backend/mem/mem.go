@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/lifeboat-dr/lifeboat/internal/clock"
 	"github.com/lifeboat-dr/lifeboat/internal/vault/backend"
 )
 
@@ -42,7 +43,7 @@ type Backend struct {
 }
 
 // New returns an empty in-memory backend.
-func New() *Backend { return &Backend{objs: map[string]object{}, Now: time.Now} }
+func New() *Backend { return &Backend{objs: map[string]object{}, Now: clock.System{}.Now} }
 
 // Location implements backend.Backend.
 func (b *Backend) Location() string { return "mem:" }
