@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -36,6 +37,7 @@ type testServer struct {
 	pool    *x509.CertPool
 	vaultAt string
 	logs    *bytes.Buffer
+	ticks   *atomic.Int64 // scheduler rounds done
 }
 
 type serverOpts struct {
@@ -48,7 +50,7 @@ func startServer(t *testing.T, o serverOpts) *testServer {
 	t.Helper()
 	dir := t.TempDir()
 	data := filepath.Join(dir, "server")
-	ts := &testServer{t: t, dir: data, clock: clock.NewFake(time.Now().Truncate(time.Second)), vaultAt: filepath.Join(dir, "vault"),
+	ts := &testServer{t: t, dir: data, ticks: new(atomic.Int64), clock: clock.NewFake(time.Now().Truncate(time.Second)), vaultAt: filepath.Join(dir, "vault"),
 		logs: &bytes.Buffer{}}
 	ctx := context.Background()
 	res, err := Init(ctx, InitOptions{DataDir: data, VaultURL: ts.vaultAt, Passphrase: []byte("secret pass"),
@@ -78,7 +80,7 @@ func startServer(t *testing.T, o serverOpts) *testServer {
 	done := make(chan error, 1)
 	log := slog.New(slog.NewTextHandler(&lockedWriter{w: ts.logs}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	go func() {
-		done <- Run(rctx, RunOptions{DataDir: data, Clock: ts.clock, Logger: log, Tick: 20 * time.Millisecond,
+		done <- Run(rctx, RunOptions{DataDir: data, Clock: ts.clock, Logger: log, Tick: 20 * time.Millisecond, OnTick: func() { ts.ticks.Add(1) },
 			VaultKDF: cheapKDF, RetentionEvery: o.retentionEvery, Ready: func(a Addrs) { ready <- a }})
 	}()
 	select {
@@ -301,6 +303,14 @@ func eventually(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(20 * time.Millisecond) // poll pause under the deadline of eventually
 	}
+}
+
+// waitTicks waits until the scheduler has run n more rounds: a negative
+// check ("nothing happened") looks after them rather than after a sleep.
+func (ts *testServer) waitTicks(n int64) {
+	ts.t.Helper()
+	want := ts.ticks.Load() + n + 1 // +1: the round under way may have read the state before the caller changed it
+	eventually(ts.t, fmt.Sprintf("%d scheduler rounds", n), func() bool { return ts.ticks.Load() >= want })
 }
 
 func (ts *testServer) events(kind string) []api.Event {
@@ -725,7 +735,7 @@ func TestRPOEvents(t *testing.T) {
 	if st.Machines[0].RPO.Std() < 90*time.Second {
 		t.Fatalf("RPO in status: %s", st.Machines[0].RPO.Std())
 	}
-	time.Sleep(100 * time.Millisecond) // negative check: several scheduler ticks (20 ms, real time) add no event
+	ts.waitTicks(3) // negative check: later rounds add no event
 	if n := len(ts.events("rpo_exceeded")); n != 1 {
 		t.Fatalf("%d rpo_exceeded events, want 1", n)
 	}

@@ -83,7 +83,7 @@ func TestGroupCuts(t *testing.T) {
 	isFreeze := func(c api.Cut) bool { return c.Kind == "app" && c.Phase == api.PhaseFreeze }
 	app := a1.cutOf(t, "app cut", nil, isFreeze)
 	a1.heartbeat(api.AgentHeartbeat{CutAcks: []api.CutAck{{ID: app.ID, Status: "frozen"}}})
-	time.Sleep(60 * time.Millisecond) // negative check: a few scheduler ticks (20 ms, real time) still wait for web
+	ts.waitTicks(3) // negative check: later rounds still wait for web
 	if c := a1.heartbeat(api.AgentHeartbeat{}); len(c.Cuts) != 1 || c.Cuts[0].Phase != api.PhaseFreeze {
 		t.Fatalf("cut left freeze before every member froze: %+v", c.Cuts)
 	}

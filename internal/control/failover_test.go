@@ -411,7 +411,7 @@ func TestPointReadErrorEvents(t *testing.T) {
 	if es = waitEvents(2); len(es) != 2 || !strings.Contains(es[0].Message+es[1].Message, "offset 131072") {
 		t.Fatalf("events after the second line was completed: %+v", es)
 	}
-	time.Sleep(100 * time.Millisecond) // negative check: several scheduler ticks (20 ms, real time) report nothing twice
+	s.waitTicks(3) // negative check: later rounds report nothing twice
 	if es = s.events(EventPointReadError); len(es) != 2 {
 		t.Fatalf("%d events for 2 failed reads", len(es))
 	}

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -256,7 +257,7 @@ func startSite(t *testing.T) *site {
 	t.Helper()
 	dir := t.TempDir()
 	data := filepath.Join(dir, "server")
-	ts := &testServer{t: t, dir: data, clock: clock.NewFake(time.Now().Truncate(time.Second)), vaultAt: filepath.Join(dir, "vault"), logs: &bytes.Buffer{}}
+	ts := &testServer{t: t, dir: data, ticks: new(atomic.Int64), clock: clock.NewFake(time.Now().Truncate(time.Second)), vaultAt: filepath.Join(dir, "vault"), logs: &bytes.Buffer{}}
 	res, err := Init(context.Background(), InitOptions{DataDir: data, VaultURL: ts.vaultAt, Passphrase: []byte("secret pass"),
 		Listen: "127.0.0.1:0", IngestListen: "127.0.0.1:0", VaultKDF: cheapKDF, Clock: ts.clock})
 	if err != nil {
@@ -304,7 +305,7 @@ func (s *site) start() {
 	done := make(chan error, 1)
 	log := slog.New(slog.NewTextHandler(&lockedWriter{w: s.logs}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	go func() {
-		done <- Run(ctx, RunOptions{DataDir: s.dir, Clock: s.clock, Logger: log, Tick: 20 * time.Millisecond, VaultKDF: cheapKDF,
+		done <- Run(ctx, RunOptions{DataDir: s.dir, Clock: s.clock, Logger: log, Tick: 20 * time.Millisecond, OnTick: func() { s.ticks.Add(1) }, VaultKDF: cheapKDF,
 			Provider: s.prov, Exporter: s.exp, Ready: func(a Addrs) { ready <- a }})
 	}()
 	select {

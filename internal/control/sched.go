@@ -33,12 +33,15 @@ const fallbackLead = time.Second
 // tick is only how promptly it notices: Tick decides what is due at the
 // clock's time, so a test with a fake clock moves the clock and the next
 // tick acts on it.
-func (s *Server) schedule(ctx context.Context, tick time.Duration) {
+func (s *Server) schedule(ctx context.Context, tick time.Duration, onTick func()) {
 	// wallclock: how often the scheduler looks; what is due is decided at s.clock's time in Tick
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	for {
 		s.Tick(ctx)
+		if onTick != nil {
+			onTick()
+		}
 		select {
 		case <-ctx.Done():
 			return

@@ -51,6 +51,9 @@ type RunOptions struct {
 	Version string
 	// Tick is the scheduler period (default 1 s).
 	Tick time.Duration
+	// OnTick, if set, is called after every scheduler round: tests count
+	// rounds to check that something did not happen.
+	OnTick func()
 	// RetentionEvery overrides the config's retention period (tests).
 	RetentionEvery time.Duration
 	// VaultKDF is the KDF for keys created through the vault handle (tests).
@@ -294,7 +297,7 @@ func Run(ctx context.Context, o RunOptions) error {
 	wg.Add(3)
 	go func() {
 		defer wg.Done()
-		s.schedule(runCtx, tick)
+		s.schedule(runCtx, tick, o.OnTick)
 	}()
 	go func() {
 		defer wg.Done()
