@@ -21,6 +21,7 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/processd"
 	"github.com/lifeboat-dr/lifeboat/internal/progress"
 	"github.com/lifeboat-dr/lifeboat/internal/push"
+	"github.com/lifeboat-dr/lifeboat/internal/sdnotify"
 )
 
 // ---- server ----
@@ -87,10 +88,17 @@ func (a *app) serverCmd() *cobra.Command {
 			if data == "" {
 				return &codeError{exitUsage, errors.New("--data DIR is required")}
 			}
+			sd := a.systemd(cmd.Context(), "server")
+			defer sd.close()
 			return control.Run(cmd.Context(), control.RunOptions{DataDir: data, Logger: a.log, Version: build().String(),
 				Ready: func(ad control.Addrs) {
 					a.announce(fmt.Sprintf("lifeboat server: API on https://%s, process server on https://%s\n", ad.API, ad.Ingest),
 						"server ready", "api", "https://"+ad.API, "ingest", "https://"+ad.Ingest)
+					alive, err := serverAlive(data, ad.API)
+					if err != nil {
+						a.log.Warn("the systemd watchdog will not check the API", "err", err)
+					}
+					sd.ready(fmt.Sprintf("API on https://%s, process server on https://%s", ad.API, ad.Ingest), alive)
 				}})
 		},
 	}
@@ -204,10 +212,14 @@ func (a *app) agentCmd() *cobra.Command {
 			// LIFEBOAT_TEST_PANIC_CYCLE makes the cycles of the named
 			// machine panic: for tests of the agent's fault handling only.
 			faults := agent.Faults{PanicCycle: a.getenvOr("LIFEBOAT_TEST_PANIC_CYCLE", "")}
-			ag, err := agent.New(cfg, agent.Options{Logger: a.log, Version: build().String(), Faults: faults})
+			hb := sdnotify.NewHeartbeat(agentSilence, nil)
+			ag, err := agent.New(cfg, agent.Options{Logger: a.log, Version: build().String(), Faults: faults, Beat: hb.Beat})
 			if err != nil {
 				return err
 			}
+			sd := a.systemd(cmd.Context(), "agent")
+			defer sd.close()
+			sd.ready(fmt.Sprintf("agent of %s, server %s, %d disk(s)", cfg.Machine, cfg.Server, len(cfg.Disks)), hb.Check)
 			err = ag.Run(cmd.Context())
 			if errors.Is(err, cmd.Context().Err()) {
 				return nil
@@ -381,8 +393,13 @@ func (a *app) processCmd() *cobra.Command {
 		Short: "Run the process server (see dist/lifeboat-process.service)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			err := processd.Run(cmd.Context(), stateDir, processd.Options{Logger: a.log, Version: build().String(), Ready: func(addr string) {
+			sd := a.systemd(cmd.Context(), "process server")
+			defer sd.close()
+			hb := sdnotify.NewHeartbeat(processSilence, nil)
+			err := processd.Run(cmd.Context(), stateDir, processd.Options{Logger: a.log, Version: build().String(), Beat: hb.Beat, Ready: func(addr string) {
 				a.announce(fmt.Sprintf("lifeboat process: serving agents on https://%s\n", addr), "process server ready", "listen", "https://"+addr)
+				hb.Beat() // the wait for the server before does not count
+				sd.ready("serving agents on https://"+addr, hb.Check)
 			}})
 			if errors.Is(err, cmd.Context().Err()) {
 				return nil
