@@ -22,6 +22,7 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/progress"
 	"github.com/lifeboat-dr/lifeboat/internal/push"
 	"github.com/lifeboat-dr/lifeboat/internal/sdnotify"
+	"github.com/lifeboat-dr/lifeboat/internal/units"
 )
 
 // ---- server ----
@@ -140,7 +141,8 @@ func parseDisks(specs []string) ([]agent.DiskConfig, error) {
 // agentEnrollCmd is `agent enroll`; stateDir is the --state-dir it shares
 // with `agent run`.
 func (a *app) agentEnrollCmd(stateDir *string) *cobra.Command {
-	var server, token, name, hooks, qmpDir, libvirtSock, discoverEvery, scratch string
+	var server, token, name, hooks, qmpDir, libvirtSock, scratch string
+	var discoverEvery time.Duration
 	var disks []string
 	var enrollJSON bool
 	enroll := &cobra.Command{
@@ -164,6 +166,9 @@ func (a *app) agentEnrollCmd(stateDir *string) *cobra.Command {
 			if o.HooksDir, err = absIfSet(hooks); err != nil {
 				return err
 			}
+			if discoverEvery != 0 && discoverEvery < time.Second {
+				return &codeError{exitUsage, fmt.Errorf("--vm-discover-every %s: at least 1s", discoverEvery)}
+			}
 			if qmpDir != "" || libvirtSock != "" {
 				if qmpDir, err = absIfSet(qmpDir); err != nil {
 					return err
@@ -171,7 +176,10 @@ func (a *app) agentEnrollCmd(stateDir *string) *cobra.Command {
 				if scratch, err = absIfSet(scratch); err != nil {
 					return err
 				}
-				o.VMs = &agent.VMHostConfig{QMPDir: qmpDir, Libvirt: libvirtSock, DiscoverEvery: discoverEvery, ScratchDir: scratch}
+				o.VMs = &agent.VMHostConfig{QMPDir: qmpDir, Libvirt: libvirtSock, ScratchDir: scratch}
+				if discoverEvery > 0 {
+					o.VMs.DiscoverEvery = discoverEvery.String()
+				}
 			}
 			if err := agent.Enroll(cmd.Context(), o); err != nil {
 				return err
@@ -191,7 +199,7 @@ func (a *app) agentEnrollCmd(stateDir *string) *cobra.Command {
 	enroll.Flags().StringVar(&hooks, "hooks-dir", "", "directory with pre-freeze.d/ and post-thaw.d/ scripts (default STATE/hooks)")
 	enroll.Flags().StringVar(&qmpDir, "vm-qmp-dir", "", "host agent: discover QEMU VMs by their QMP sockets NAME.qmp in this directory (NAME.qga: guest agent)")
 	enroll.Flags().StringVar(&libvirtSock, "vm-libvirt", "", "host agent: discover libvirt domains through this socket (\"default\": /var/run/libvirt/libvirt-sock)")
-	enroll.Flags().StringVar(&discoverEvery, "vm-discover-every", "", "host agent: how often to look for VMs (default 30s)")
+	durVar(enroll.Flags(), &discoverEvery, "vm-discover-every", 0, "host agent: how often to look for VMs, at least 1s, such as 30s, 5m or 1d (default 30s)")
 	enroll.Flags().StringVar(&scratch, "vm-scratch-dir", "", "host agent: where point-in-time overlays live during cycles (default STATE/scratch; for libvirt, QEMU's user must reach it)")
 	return enroll
 }
@@ -387,7 +395,8 @@ func (a *app) processCmd() *cobra.Command {
 	enroll.Flags().StringVar(&name, "name", "", "process server name")
 	enroll.Flags().StringVar(&listen, "listen", "127.0.0.1:8445", "address to serve agents on")
 	enroll.Flags().StringVar(&advertise, "advertise", "", "URL agents use to reach it (default https://LISTEN)")
-	enroll.Flags().Int64Var(&cacheLimit, "cache-limit", 2<<30, "bytes of local cache before agents are slowed down")
+	cacheLimit = 2 << 30
+	enroll.Flags().Var(units.SizeFlag{P: &cacheLimit}, "cache-limit", "local cache before agents are slowed down: bytes, or a size such as 512MiB, 2GiB, 1.5TB")
 	run := &cobra.Command{
 		Use:   "run [--state-dir DIR]",
 		Short: "Run the process server (see dist/lifeboat-process.service)",
