@@ -50,6 +50,7 @@ server keeps there; flags override them.`,
 	pf.StringVar(&f.accel, "accel", "", "qemu/libvirt accelerator: auto, kvm or tcg")
 	pf.StringVar(&f.exec, "exec", "", "the exec provider's script (with --provider exec; default: the catalog's)")
 	pf.BoolVar(&f.json, "json", false, "print JSON")
+	a.vaultFlags(pf)
 	c.AddCommand(a.recoverMachinesCmd(&f), a.recoverPointsCmd(&f), a.recoverBootCmd(&f), a.recoverPlanCmd(&f), a.recoverListCmd(&f), a.recoverRemoveCmd(&f))
 	return c
 }

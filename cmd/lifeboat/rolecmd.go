@@ -81,6 +81,7 @@ func (a *app) serverCmd() *cobra.Command {
 	initCmd.Flags().StringVar(&listen, "listen", "127.0.0.1:8443", "API address")
 	initCmd.Flags().StringVar(&ingestListen, "ingest-listen", "127.0.0.1:8444", "embedded process server's address for agents (\"off\": none)")
 	initCmd.Flags().StringSliceVar(&hosts, "host", nil, "extra names or IPs for the server's certificate")
+	a.vaultFlags(initCmd.Flags())
 	runCmd := &cobra.Command{
 		Use:   "run --data DIR",
 		Short: "Serve the API, the embedded process server and the scheduler",
