@@ -58,6 +58,7 @@ type app struct {
 	log            *slog.Logger
 	stopProfile    func()
 	clients        []*client.Client // API clients the command made (warnTokenExpiry)
+	lines          *jsonLines       // JSON lines output (demo, recover --json), else nil
 }
 
 func main() {
