@@ -36,6 +36,7 @@ type demoFlags struct {
 	cycles      int
 	keep        bool
 	fetchKernel bool
+	json        bool
 }
 
 func (a *app) demoCmd() *cobra.Command {
@@ -67,18 +68,36 @@ command that gets it.
 
 It needs mkfs.ext4 and debugfs (Debian package e2fsprogs).`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error { return a.runDemo(cmd.Context(), f) },
+		RunE: func(cmd *cobra.Command, _ []string) error { return a.runDemoJSON(cmd.Context(), f) },
 	}
 	c.Flags().StringVar(&f.dir, "dir", "", "work directory (default: a new temporary directory, removed at the end)")
 	c.Flags().Int64Var(&f.sizeMB, "size", 512, "disk image size in MiB")
 	c.Flags().Int64Var(&f.dataMB, "data", 48, "MiB of files copied into the filesystem (the recovered guest checks them all at boot)")
 	c.Flags().IntVar(&f.cycles, "cycles", 4, "replication cycles (the first is the full copy)")
 	c.Flags().BoolVar(&f.keep, "keep", false, "keep the work directory")
+	c.Flags().BoolVar(&f.json, "json", false, "print progress and the result as JSON lines: {\"phase\":…,\"msg\":…} or {\"phase\":…,\"done\":…,\"total\":…}, then {\"result\":…}")
 	c.Flags().BoolVar(&f.fetchKernel, "fetch-kernel", false, "first download Debian's kernel into the guest kernel cache with apt-get download (needs the network and root), for the test failover")
 	return c
 }
 
 func (a *app) say(format string, args ...any) { fmt.Fprintf(a.stdout, format+"\n", args...) }
+
+// runDemoJSON runs the demo, with --json as JSON lines: every line it
+// prints becomes a message of its phase, each point a counted step, and
+// the last line the result.
+func (a *app) runDemoJSON(ctx context.Context, f demoFlags) error {
+	if !f.json {
+		return a.runDemo(ctx, f)
+	}
+	jl := newJSONLines(a.stdout, demoPhase)
+	a.stdout, a.lines = jl, jl
+	start := time.Now()
+	if err := a.runDemo(ctx, f); err != nil {
+		_ = jl.Result("failed", map[string]any{"error": err.Error(), "seconds": time.Since(start).Seconds()})
+		return err
+	}
+	return jl.Result("ok", map[string]any{"seconds": time.Since(start).Seconds()})
+}
 
 // demoRun is one run of the demo: its directory, sample disk and points.
 type demoRun struct {
@@ -289,6 +308,9 @@ func (a *app) demoReplicate(ctx context.Context, f demoFlags, r *demoRun) error 
 		last = lp.Time
 		r.cuts = append(r.cuts, demoCut{lp.Point, sum})
 		a.say("   point %s at %s: %s", shortID(lp.Point), lp.Time.Local().Format("15:04:05.000"), resultText(lp))
+		if a.lines != nil {
+			_ = a.lines.Progress("replicate", i+1, f.cycles, map[string]any{"point": lp.Point, "time": lp.Time})
+		}
 		if i == f.cycles-1 {
 			break
 		}

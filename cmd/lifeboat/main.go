@@ -58,6 +58,7 @@ type app struct {
 	log            *slog.Logger
 	stopProfile    func()
 	clients        []*client.Client // API clients the command made (warnTokenExpiry)
+	lines          *jsonLines       // JSON lines output (demo, recover --json), else nil
 }
 
 func main() {
@@ -127,9 +128,6 @@ Start with "lifeboat demo" to see the whole cycle on a sample disk.`,
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &codeError{exitUsage, err} })
 	pf := root.PersistentFlags()
-	pf.StringVar(&a.vaultLoc, "vault", os.Getenv("LIFEBOAT_VAULT"), "vault location: a directory or s3://BUCKET/PREFIX (env LIFEBOAT_VAULT)")
-	pf.StringVar(&a.passphraseFile, "passphrase-file", os.Getenv("LIFEBOAT_PASSPHRASE_FILE"), "read the vault passphrase from this file (env LIFEBOAT_PASSPHRASE_FILE; or set LIFEBOAT_PASSPHRASE)")
-	pf.StringVar(&a.s3Endpoint, "s3-endpoint", "", "S3 endpoint for S3-compatible services, e.g. http://127.0.0.1:7070 (env AWS_ENDPOINT_URL)")
 	pf.StringVar(&a.logLevel, "log-level", "", "log level: debug, info, warn, error (env "+envLogLevel+"; default info for daemons, warn otherwise)")
 	pf.StringVar(&a.logFormat, "log-format", "", "log format: text or json (env "+envLogFormat+"; default text)")
 	pf.StringVar(&a.cpuProfile, "cpuprofile", "", "write a Go CPU profile to this file (diagnostics)")
@@ -139,6 +137,7 @@ Start with "lifeboat demo" to see the whole cycle on a sample disk.`,
 		a.statusCmd(), a.eventsCmd(), a.groupsCmd(), a.testFailoverCmd(), a.failoverCmd(), a.jobsCmd(), a.recoveryCmd(), a.recoverCmd(),
 		a.planCmd(), a.drillsCmd())
 	root.AddCommand(a.protectCmds()...)
+	a.acceptVaultFlags(root)
 	a.versionFlag(root)
 	setExamples(root)
 	return root

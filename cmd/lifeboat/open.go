@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"golang.org/x/term"
 
 	"github.com/lifeboat-dr/lifeboat/internal/vault"
@@ -96,4 +98,33 @@ func (a *app) openVault(ctx context.Context) (*vault.Vault, error) {
 func (a *app) isTTYWriter() bool {
 	f, ok := a.stderr.(*os.File)
 	return ok && a.isTTY(f)
+}
+
+// vaultFlagNames are the flags of the commands that open a vault.
+func vaultFlagNames() []string { return []string{"vault", "passphrase-file", "s3-endpoint"} }
+
+// vaultFlags defines the vault flags on fs: the commands that open a
+// vault (vault, points, recover, replicate, restore, server init) have
+// them, client commands of the server do not.
+func (a *app) vaultFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&a.vaultLoc, "vault", a.getenv("LIFEBOAT_VAULT"), "vault location: a directory or s3://BUCKET/PREFIX (env LIFEBOAT_VAULT)")
+	fs.StringVar(&a.passphraseFile, "passphrase-file", a.getenv("LIFEBOAT_PASSPHRASE_FILE"), "read the vault passphrase from this file (env LIFEBOAT_PASSPHRASE_FILE; or set LIFEBOAT_PASSPHRASE)")
+	fs.StringVar(&a.s3Endpoint, "s3-endpoint", "", "S3 endpoint for S3-compatible services, e.g. http://127.0.0.1:7070 (env AWS_ENDPOINT_URL)")
+}
+
+// acceptVaultFlags gives every other command the vault flags hidden and
+// without effect, as they were when every command inherited them: a
+// command line that passed one (lifeboat status --vault X) still runs,
+// with a warning that the flag does nothing there.
+func (a *app) acceptVaultFlags(c *cobra.Command) {
+	for _, name := range vaultFlagNames() {
+		if c.Flag(name) != nil {
+			continue
+		}
+		c.Flags().String(name, "", "")
+		_ = c.Flags().MarkDeprecated(name, c.CommandPath()+" does not open a vault: the flag has no effect")
+	}
+	for _, s := range c.Commands() {
+		a.acceptVaultFlags(s)
+	}
 }

@@ -28,6 +28,7 @@ they ask the server (the saved login), whose records add the agent's
 figures for the cycle that made each point: bytes changed, read and
 sent, and the cycle's duration. diff reads the vault.`}
 	c.AddCommand(a.pointsListCmd(), a.pointsShowCmd(), a.pointsServeCmd())
+	a.vaultFlags(c.PersistentFlags())
 
 	var diskName string
 	var ranges, diffJSON bool

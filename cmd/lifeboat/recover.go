@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -50,6 +49,7 @@ server keeps there; flags override them.`,
 	pf.StringVar(&f.accel, "accel", "", "qemu/libvirt accelerator: auto, kvm or tcg")
 	pf.StringVar(&f.exec, "exec", "", "the exec provider's script (with --provider exec; default: the catalog's)")
 	pf.BoolVar(&f.json, "json", false, "print JSON")
+	a.vaultFlags(pf)
 	c.AddCommand(a.recoverMachinesCmd(&f), a.recoverPointsCmd(&f), a.recoverBootCmd(&f), a.recoverPlanCmd(&f), a.recoverListCmd(&f), a.recoverRemoveCmd(&f))
 	return c
 }
@@ -268,38 +268,59 @@ func (a *app) recoverEnv(ctx context.Context, f *recoverFlags) (*orchestrate.Orc
 		Overrides: func(_ context.Context, m string) orchestrate.Overrides { return ov[m] }}, nil
 }
 
+// recoverJSON starts the JSON lines of --json: the job's steps as they
+// change, then {"result": STATE, "job": …}, or {"result": "failed",
+// "error": …} when the job could not run.
+func (a *app) recoverJSON(f *recoverFlags) func(j *jobs.Job, err error) error {
+	if !f.json {
+		return func(_ *jobs.Job, err error) error { return err }
+	}
+	a.lines = newJSONLines(a.stdout, nil)
+	return func(j *jobs.Job, err error) error {
+		if j == nil {
+			_ = a.lines.Result("failed", map[string]any{"error": err.Error()})
+			return err
+		}
+		fields := map[string]any{"job": j}
+		if err != nil {
+			fields["error"] = err.Error()
+		}
+		if werr := a.lines.Result(j.State, fields); werr != nil && err == nil {
+			return werr
+		}
+		return err
+	}
+}
+
 // recoverRun runs one job in this process and prints its outcome.
 func (a *app) recoverRun(ctx context.Context, f *recoverFlags, kind, target string, p orchestrate.Params) error {
+	end := a.recoverJSON(f)
 	o, err := a.recoverEnv(ctx, f)
 	if err != nil {
-		return err
+		return end(nil, err)
 	}
 	store := jobs.NewMemStore()
 	r := jobs.NewRunner(jobs.Options{Store: store, Kinds: o.Kinds(), Logger: a.log})
 	rctx, cancel := context.WithCancel(ctx)
 	defer func() { cancel(); r.Wait() }()
 	if err := r.Start(rctx); err != nil {
-		return err
+		return end(nil, err)
 	}
 	j, err := r.Submit(ctx, kind, target, p, "recover")
 	if err != nil {
-		return err
+		return end(nil, err)
 	}
 	j, err = a.followJob(ctx, store, j.ID)
 	if err != nil {
-		return err
+		return end(nil, err)
 	}
-	if f.json {
-		if err := a.printJSON(j); err != nil {
-			return err
-		}
-	} else {
+	if !f.json {
 		a.printRecoverJob(j)
 	}
 	if j.State != jobs.StateSucceeded {
-		return fmt.Errorf("%s of %s %s: %s", kind, target, j.State, j.Error)
+		return end(&j, fmt.Errorf("%s of %s %s: %s", kind, target, j.State, j.Error))
 	}
-	return nil
+	return end(&j, nil)
 }
 
 // followJob prints step changes until the job ends.
@@ -384,28 +405,26 @@ func (a *app) recoverRemoveCmd(f *recoverFlags) *cobra.Command {
 
 // recoverRunKind runs a cleanup of vm with the orchestrator o.
 func (a *app) recoverRunKind(ctx context.Context, f *recoverFlags, o *orchestrate.Orchestrator, kind string, vm orchestrate.VMRecord) error {
+	end := a.recoverJSON(f)
 	store := jobs.NewMemStore()
 	r := jobs.NewRunner(jobs.Options{Store: store, Kinds: o.Kinds(), Logger: a.log})
 	rctx, cancel := context.WithCancel(ctx)
 	defer func() { cancel(); r.Wait() }()
 	if err := r.Start(rctx); err != nil {
-		return err
+		return end(nil, err)
 	}
 	j, err := r.Submit(ctx, kind, vm.Machine, orchestrate.Params{Machine: vm.Machine, VM: &vm}, "recover")
 	if err != nil {
-		return err
+		return end(nil, err)
 	}
 	if j, err = a.followJob(ctx, store, j.ID); err != nil {
-		return err
+		return end(nil, err)
 	}
-	if f.json {
-		b, _ := json.Marshal(j)
-		fmt.Fprintln(a.stdout, string(b))
-	} else if j.State == jobs.StateSucceeded {
+	if !f.json && j.State == jobs.StateSucceeded {
 		fmt.Fprintf(a.stdout, "removed VM %s of %s\n", vm.Name, vm.Machine)
 	}
 	if j.State != jobs.StateSucceeded {
-		return fmt.Errorf("remove %s: %s", vm.Name, j.Error)
+		return end(&j, fmt.Errorf("remove %s: %s", vm.Name, j.Error))
 	}
-	return nil
+	return end(&j, nil)
 }

@@ -205,10 +205,20 @@ func (a *app) followUntil(ctx context.Context, s jobs.Store, id string, stop fun
 		if err != nil {
 			return j, err
 		}
+		done := 0
+		for _, st := range j.Steps {
+			if st.State == jobs.StepDone {
+				done++
+			}
+		}
 		for _, st := range j.Steps {
 			line := st.State + " " + st.Message
 			if seen[st.Name] != line && st.State != jobs.StepPending {
 				seen[st.Name] = line
+				if a.lines != nil {
+					_ = a.lines.Progress(st.Name, done, len(j.Steps), map[string]any{"state": st.State, "msg": st.Message, "job": j.ID})
+					continue
+				}
 				fmt.Fprintf(a.stderr, "  %-32s %-8s %s\n", st.Name, st.State, st.Message)
 			}
 		}

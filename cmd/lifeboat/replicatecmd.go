@@ -79,6 +79,7 @@ files (XFS, btrfs), so points are crash-consistent while the disks change.`,
 	fl.BoolVar(&f.json, "json", false, "print one JSON object per cycle instead of a summary line")
 	fl.IntVar(&f.workers, "workers", 0, "blocks hashed, compressed and encrypted in parallel (default: number of CPUs)")
 	_ = fl.MarkHidden("workers")
+	a.vaultFlags(c.Flags())
 	return c
 }
 

@@ -94,5 +94,6 @@ anything that is neither a file nor a block device.`,
 	c.Flags().BoolVar(&o.Incremental, "incremental", false, "update an existing target in place, writing only differing blocks")
 	c.Flags().BoolVar(&o.Force, "force", false, "overwrite an existing file completely")
 	c.Flags().BoolVar(&asJSON, "json", false, "print one JSON object (point, disk, target, bytes and blocks written, time) instead of a summary line")
+	a.vaultFlags(c.Flags())
 	return c
 }

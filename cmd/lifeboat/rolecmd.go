@@ -21,6 +21,8 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/processd"
 	"github.com/lifeboat-dr/lifeboat/internal/progress"
 	"github.com/lifeboat-dr/lifeboat/internal/push"
+	"github.com/lifeboat-dr/lifeboat/internal/sdnotify"
+	"github.com/lifeboat-dr/lifeboat/internal/units"
 )
 
 // ---- server ----
@@ -79,6 +81,7 @@ func (a *app) serverCmd() *cobra.Command {
 	initCmd.Flags().StringVar(&listen, "listen", "127.0.0.1:8443", "API address")
 	initCmd.Flags().StringVar(&ingestListen, "ingest-listen", "127.0.0.1:8444", "embedded process server's address for agents (\"off\": none)")
 	initCmd.Flags().StringSliceVar(&hosts, "host", nil, "extra names or IPs for the server's certificate")
+	a.vaultFlags(initCmd.Flags())
 	runCmd := &cobra.Command{
 		Use:   "run --data DIR",
 		Short: "Serve the API, the embedded process server and the scheduler",
@@ -87,10 +90,17 @@ func (a *app) serverCmd() *cobra.Command {
 			if data == "" {
 				return &codeError{exitUsage, errors.New("--data DIR is required")}
 			}
+			sd := a.systemd(cmd.Context(), "server")
+			defer sd.close()
 			return control.Run(cmd.Context(), control.RunOptions{DataDir: data, Logger: a.log, Version: build().String(),
 				Ready: func(ad control.Addrs) {
 					a.announce(fmt.Sprintf("lifeboat server: API on https://%s, process server on https://%s\n", ad.API, ad.Ingest),
 						"server ready", "api", "https://"+ad.API, "ingest", "https://"+ad.Ingest)
+					alive, err := serverAlive(data, ad.API)
+					if err != nil {
+						a.log.Warn("the systemd watchdog will not check the API", "err", err)
+					}
+					sd.ready(fmt.Sprintf("API on https://%s, process server on https://%s", ad.API, ad.Ingest), alive)
 				}})
 		},
 	}
@@ -132,7 +142,8 @@ func parseDisks(specs []string) ([]agent.DiskConfig, error) {
 // agentEnrollCmd is `agent enroll`; stateDir is the --state-dir it shares
 // with `agent run`.
 func (a *app) agentEnrollCmd(stateDir *string) *cobra.Command {
-	var server, token, name, hooks, qmpDir, libvirtSock, discoverEvery, scratch string
+	var server, token, name, hooks, qmpDir, libvirtSock, scratch string
+	var discoverEvery time.Duration
 	var disks []string
 	var enrollJSON bool
 	enroll := &cobra.Command{
@@ -156,6 +167,9 @@ func (a *app) agentEnrollCmd(stateDir *string) *cobra.Command {
 			if o.HooksDir, err = absIfSet(hooks); err != nil {
 				return err
 			}
+			if discoverEvery != 0 && discoverEvery < time.Second {
+				return &codeError{exitUsage, fmt.Errorf("--vm-discover-every %s: at least 1s", discoverEvery)}
+			}
 			if qmpDir != "" || libvirtSock != "" {
 				if qmpDir, err = absIfSet(qmpDir); err != nil {
 					return err
@@ -163,7 +177,10 @@ func (a *app) agentEnrollCmd(stateDir *string) *cobra.Command {
 				if scratch, err = absIfSet(scratch); err != nil {
 					return err
 				}
-				o.VMs = &agent.VMHostConfig{QMPDir: qmpDir, Libvirt: libvirtSock, DiscoverEvery: discoverEvery, ScratchDir: scratch}
+				o.VMs = &agent.VMHostConfig{QMPDir: qmpDir, Libvirt: libvirtSock, ScratchDir: scratch}
+				if discoverEvery > 0 {
+					o.VMs.DiscoverEvery = discoverEvery.String()
+				}
 			}
 			if err := agent.Enroll(cmd.Context(), o); err != nil {
 				return err
@@ -183,7 +200,7 @@ func (a *app) agentEnrollCmd(stateDir *string) *cobra.Command {
 	enroll.Flags().StringVar(&hooks, "hooks-dir", "", "directory with pre-freeze.d/ and post-thaw.d/ scripts (default STATE/hooks)")
 	enroll.Flags().StringVar(&qmpDir, "vm-qmp-dir", "", "host agent: discover QEMU VMs by their QMP sockets NAME.qmp in this directory (NAME.qga: guest agent)")
 	enroll.Flags().StringVar(&libvirtSock, "vm-libvirt", "", "host agent: discover libvirt domains through this socket (\"default\": /var/run/libvirt/libvirt-sock)")
-	enroll.Flags().StringVar(&discoverEvery, "vm-discover-every", "", "host agent: how often to look for VMs (default 30s)")
+	durVar(enroll.Flags(), &discoverEvery, "vm-discover-every", 0, "host agent: how often to look for VMs, at least 1s, such as 30s, 5m or 1d (default 30s)")
 	enroll.Flags().StringVar(&scratch, "vm-scratch-dir", "", "host agent: where point-in-time overlays live during cycles (default STATE/scratch; for libvirt, QEMU's user must reach it)")
 	return enroll
 }
@@ -204,10 +221,14 @@ func (a *app) agentCmd() *cobra.Command {
 			// LIFEBOAT_TEST_PANIC_CYCLE makes the cycles of the named
 			// machine panic: for tests of the agent's fault handling only.
 			faults := agent.Faults{PanicCycle: a.getenvOr("LIFEBOAT_TEST_PANIC_CYCLE", "")}
-			ag, err := agent.New(cfg, agent.Options{Logger: a.log, Version: build().String(), Faults: faults})
+			hb := sdnotify.NewHeartbeat(agentSilence, nil)
+			ag, err := agent.New(cfg, agent.Options{Logger: a.log, Version: build().String(), Faults: faults, Beat: hb.Beat})
 			if err != nil {
 				return err
 			}
+			sd := a.systemd(cmd.Context(), "agent")
+			defer sd.close()
+			sd.ready(fmt.Sprintf("agent of %s, server %s, %d disk(s)", cfg.Machine, cfg.Server, len(cfg.Disks)), hb.Check)
 			err = ag.Run(cmd.Context())
 			if errors.Is(err, cmd.Context().Err()) {
 				return nil
@@ -375,14 +396,20 @@ func (a *app) processCmd() *cobra.Command {
 	enroll.Flags().StringVar(&name, "name", "", "process server name")
 	enroll.Flags().StringVar(&listen, "listen", "127.0.0.1:8445", "address to serve agents on")
 	enroll.Flags().StringVar(&advertise, "advertise", "", "URL agents use to reach it (default https://LISTEN)")
-	enroll.Flags().Int64Var(&cacheLimit, "cache-limit", 2<<30, "bytes of local cache before agents are slowed down")
+	cacheLimit = 2 << 30
+	enroll.Flags().Var(units.SizeFlag{P: &cacheLimit}, "cache-limit", "local cache before agents are slowed down: bytes, or a size such as 512MiB, 2GiB, 1.5TB")
 	run := &cobra.Command{
 		Use:   "run [--state-dir DIR]",
 		Short: "Run the process server (see dist/lifeboat-process.service)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			err := processd.Run(cmd.Context(), stateDir, processd.Options{Logger: a.log, Version: build().String(), Ready: func(addr string) {
+			sd := a.systemd(cmd.Context(), "process server")
+			defer sd.close()
+			hb := sdnotify.NewHeartbeat(processSilence, nil)
+			err := processd.Run(cmd.Context(), stateDir, processd.Options{Logger: a.log, Version: build().String(), Beat: hb.Beat, Ready: func(addr string) {
 				a.announce(fmt.Sprintf("lifeboat process: serving agents on https://%s\n", addr), "process server ready", "listen", "https://"+addr)
+				hb.Beat() // the wait for the server before does not count
+				sd.ready("serving agents on https://"+addr, hb.Check)
 			}})
 			if errors.Is(err, cmd.Context().Err()) {
 				return nil

@@ -22,6 +22,7 @@ const DefaultRetention = "1h:all,24h:5m,72h:1h,keep-app=15d"
 func (a *app) vaultCmd() *cobra.Command {
 	c := &cobra.Command{Use: "vault", Short: "Create, check and maintain a vault"}
 	c.AddCommand(a.vaultInitCmd(), a.vaultKeyCmd(), a.vaultCheckCmd(), a.vaultPruneCmd(), a.vaultRepairCmd())
+	a.vaultFlags(c.PersistentFlags())
 	return c
 }
 

@@ -38,6 +38,10 @@ type Options struct {
 	Version string // agent version reported in the inventory
 	// Faults inject failures (tests only).
 	Faults Faults
+	// Beat, if set, is called at every turn of the control loop (each
+	// heartbeat to the server, at least every few minutes even while the
+	// server is unreachable): a liveness signal for a watchdog.
+	Beat func()
 }
 
 // Agent is the running mobility service of one machine.
@@ -49,6 +53,7 @@ type Agent struct {
 	version string
 	idDir   string
 	faults  Faults
+	beat    func() // Options.Beat, never nil
 
 	// Knobs (tests shorten them).
 	tick         time.Duration // how often the data loop re-checks the clock
@@ -116,6 +121,9 @@ func New(cfg *Config, o Options) (*Agent, error) {
 	if o.Version == "" {
 		o.Version = "dev"
 	}
+	if o.Beat == nil {
+		o.Beat = func() {}
+	}
 	a := &Agent{
 		cfg:        cfg,
 		log:        o.Logger.With("machine", cfg.Machine),
@@ -123,6 +131,7 @@ func New(cfg *Config, o Options) (*Agent, error) {
 		clk:        o.Clock,
 		version:    o.Version,
 		faults:     o.Faults,
+		beat:       o.Beat,
 		idDir:      filepath.Join(cfg.StateDir, IdentityDir),
 		tick:       time.Second,
 		longWait:   longPollWait,
@@ -297,6 +306,7 @@ func (a *Agent) busy() bool {
 func (a *Agent) controlLoop(ctx context.Context) {
 	backoff := time.Duration(0)
 	for ctx.Err() == nil {
+		a.beat()
 		start := a.clk.Now()
 		a.maybeRenew(ctx)
 		hb, payload := a.buildHeartbeat()

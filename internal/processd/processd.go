@@ -139,6 +139,9 @@ type Options struct {
 	Clock  clock.Clock
 	// Ready, if set, is called with the ingest listener's address.
 	Ready func(addr string)
+	// Beat, if set, is called at every turn of the main loop (each
+	// heartbeat period): a liveness signal for a watchdog.
+	Beat func()
 	// HeartbeatEvery defaults to 5 s.
 	HeartbeatEvery time.Duration
 	// Version is reported to the server in every heartbeat (default:
@@ -146,8 +149,7 @@ type Options struct {
 	Version string
 }
 
-// Run serves until ctx ends.
-func Run(ctx context.Context, stateDir string, o Options) error {
+func (o Options) withDefaults() Options {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -157,133 +159,195 @@ func Run(ctx context.Context, stateDir string, o Options) error {
 	if o.HeartbeatEvery <= 0 {
 		o.HeartbeatEvery = 5 * time.Second
 	}
-	log := o.Logger.With("process", "")
-	cfg, err := LoadConfig(stateDir)
-	if err != nil {
-		return err
+	if o.Beat == nil {
+		o.Beat = func() {}
 	}
-	log = o.Logger.With("process", cfg.Name)
-	id, err := pki.LoadIdentity(stateDir)
-	if err != nil {
-		return err
-	}
-	d := &daemon{cfg: cfg, id: id, log: log, clock: o.Clock, revoked: pki.NewRevocationList(), version: cmp.Or(o.Version, buildinfo.Read("").String())}
-	d.hc = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: pki.ClientTLS(&id.Cert, id.CAPool)}}
+	return o
+}
 
-	// The vault's location comes from the server: retry until it answers.
-	var pc api.ProcessConfig
-	for {
-		pc, err = d.heartbeat(ctx, api.ProcessHeartbeat{URL: cfg.Advertise, NeedKey: true})
-		if err == nil {
-			break
-		}
-		if revoked(err) {
-			return revokedError(cfg.Name, err)
-		}
-		log.Warn("cannot reach the server for the vault's location; retrying", "server", cfg.Server, "err", err)
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(2 * time.Second):
-		}
-	}
-	if pc.Passphrase == "" {
-		return fmt.Errorf("the server at %s handed no vault key to process server %s: run the same Lifeboat version on the server", cfg.Server, cfg.Name)
-	}
-	d.revoked.Set(pc.Revoked)
-	getenv := func(k string) string {
-		if v, ok := pc.Env[k]; ok {
-			return v
-		}
-		return os.Getenv(k)
-	}
-	be, err := open.Backend(ctx, pc.Vault, open.Options{Getenv: getenv, Logger: log})
-	if err != nil {
-		return fmt.Errorf("open vault %s: %w", pc.Vault, err)
-	}
-	vo := vault.Options{Logger: log, Clock: o.Clock}
-	if err := vo.ApplyTestLockTiming(os.Getenv); err != nil {
-		return err
-	}
-	v, err := vault.Open(ctx, be, []byte(pc.Passphrase), vo)
-	if err != nil {
-		return fmt.Errorf("open vault %s: %w", pc.Vault, err)
-	}
-	srv, err := ingest.NewServer(ctx, ingest.Options{
-		Name: cfg.Name, Vault: v, CacheDir: cfg.CacheDir, CacheLimit: cfg.CacheLimit, Bandwidth: pc.Bandwidth,
-		Authorize: func(r *http.Request) (string, error) {
-			p, err := pki.Authenticate(r, d.revoked, log, api.RoleAgent)
-			return p.Name, err
-		},
-		OnEvent: d.addEvent, OnPoint: d.addPoint, Clock: o.Clock, Logger: log,
-	})
+// Run serves until ctx ends: it asks the server where the vault is,
+// opens it, serves agents and heartbeats to the server.
+func Run(ctx context.Context, stateDir string, o Options) error {
+	o = o.withDefaults()
+	d, err := newDaemon(stateDir, o)
 	if err != nil {
 		return err
 	}
-	hs, ln, err := d.listen(srv.Handler(), log)
+	pc, err := d.firstHeartbeat(ctx)
+	if err != nil {
+		return err
+	}
+	v, err := d.openVault(ctx, pc)
+	if err != nil {
+		return err
+	}
+	srv, err := d.newIngest(ctx, v, pc.Bandwidth)
+	if err != nil {
+		return err
+	}
+	hs, ln, err := d.listen(srv.Handler(), d.log)
 	if err != nil {
 		_ = srv.Close(context.Background())
 		return err
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- hs.Serve(ln) }()
-	log.Info("process server serving agents", "listen", ln.Addr().String(), "vault", pc.Vault, "vault_key", pc.KeyID)
+	d.log.Info("process server serving agents", "listen", ln.Addr().String(), "vault", pc.Vault, "vault_key", pc.KeyID)
 	if o.Ready != nil {
 		o.Ready(ln.Addr().String())
 	}
+	return d.serve(ctx, stateDir, o, srv, hs, serveErr, pc.Bandwidth)
+}
 
-	bw := pc.Bandwidth
+// newDaemon loads the state directory: process.json and the identity.
+func newDaemon(stateDir string, o Options) (*daemon, error) {
+	cfg, err := LoadConfig(stateDir)
+	if err != nil {
+		return nil, err
+	}
+	log := o.Logger.With("process", cfg.Name)
+	id, err := pki.LoadIdentity(stateDir)
+	if err != nil {
+		return nil, err
+	}
+	d := &daemon{cfg: cfg, id: id, log: log, clock: o.Clock, revoked: pki.NewRevocationList(), version: cmp.Or(o.Version, buildinfo.Read("").String())}
+	d.hc = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: pki.ClientTLS(&id.Cert, id.CAPool)}}
+	return d, nil
+}
+
+// firstHeartbeat asks the server for the vault's location and key,
+// retrying until it answers.
+func (d *daemon) firstHeartbeat(ctx context.Context) (api.ProcessConfig, error) {
+	for {
+		pc, err := d.heartbeat(ctx, api.ProcessHeartbeat{URL: d.cfg.Advertise, NeedKey: true})
+		if err == nil {
+			if pc.Passphrase == "" {
+				return pc, fmt.Errorf("the server at %s handed no vault key to process server %s: run the same Lifeboat version on the server", d.cfg.Server, d.cfg.Name)
+			}
+			d.revoked.Set(pc.Revoked)
+			return pc, nil
+		}
+		if revoked(err) {
+			return pc, revokedError(d.cfg.Name, err)
+		}
+		d.log.Warn("cannot reach the server for the vault's location; retrying", "server", d.cfg.Server, "err", err)
+		select {
+		case <-ctx.Done():
+			return pc, ctx.Err()
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+// openVault opens the vault the server named, with the environment it
+// handed (AWS_* for S3) over this process's.
+func (d *daemon) openVault(ctx context.Context, pc api.ProcessConfig) (*vault.Vault, error) {
+	getenv := func(k string) string {
+		if v, ok := pc.Env[k]; ok {
+			return v
+		}
+		return os.Getenv(k)
+	}
+	be, err := open.Backend(ctx, pc.Vault, open.Options{Getenv: getenv, Logger: d.log})
+	if err != nil {
+		return nil, fmt.Errorf("open vault %s: %w", pc.Vault, err)
+	}
+	vo := vault.Options{Logger: d.log, Clock: d.clock}
+	if err := vo.ApplyTestLockTiming(os.Getenv); err != nil {
+		return nil, err
+	}
+	v, err := vault.Open(ctx, be, []byte(pc.Passphrase), vo)
+	if err != nil {
+		return nil, fmt.Errorf("open vault %s: %w", pc.Vault, err)
+	}
+	return v, nil
+}
+
+// newIngest makes the ingest server that takes agents' batches into v.
+func (d *daemon) newIngest(ctx context.Context, v *vault.Vault, bandwidth int64) (*ingest.Server, error) {
+	return ingest.NewServer(ctx, ingest.Options{
+		Name: d.cfg.Name, Vault: v, CacheDir: d.cfg.CacheDir, CacheLimit: d.cfg.CacheLimit, Bandwidth: bandwidth,
+		Authorize: func(r *http.Request) (string, error) {
+			p, err := pki.Authenticate(r, d.revoked, d.log, api.RoleAgent)
+			return p.Name, err
+		},
+		OnEvent: d.addEvent, OnPoint: d.addPoint, Clock: d.clock, Logger: d.log,
+	})
+}
+
+// serve is the main loop: a heartbeat every period until ctx ends, the
+// listener fails or the server revokes this process server.
+func (d *daemon) serve(ctx context.Context, stateDir string, o Options, srv *ingest.Server, hs *http.Server, serveErr <-chan error, bw int64) error {
 	t := time.NewTicker(o.HeartbeatEvery)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			_ = hs.Shutdown(sctx)
-			err := srv.Close(sctx)
-			cancel()
-			return err
+			return shutdown(hs, srv)
 		case err := <-serveErr:
 			_ = srv.Close(context.Background())
 			return fmt.Errorf("serve: %w", err)
 		case <-t.C:
 		}
-		st := srv.Stats()
-		hb := api.ProcessHeartbeat{URL: cfg.Advertise, CacheUsed: st.CacheUsed, CacheLimit: st.CacheLimit,
-			Sessions: st.Sessions, Throttled: st.Throttled, IngestRate: st.IngestRate, Open: srv.OpenSessions()}
-		hb.Events, hb.Points = d.take()
-		pc, err := d.heartbeat(ctx, hb)
+		o.Beat()
+		pc, err := d.beat(ctx, srv)
 		if err != nil {
-			d.putBack(hb.Events, hb.Points)
 			if revoked(err) {
-				sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				_ = hs.Shutdown(sctx)
-				_ = srv.Close(sctx)
-				cancel()
-				return revokedError(cfg.Name, err)
+				_ = shutdown(hs, srv)
+				return revokedError(d.cfg.Name, err)
 			}
-			log.Warn("heartbeat to the server failed; serving agents with the last settings", "err", err)
+			d.log.Warn("heartbeat to the server failed; serving agents with the last settings", "err", err)
 			continue
 		}
 		d.revoked.Set(pc.Revoked)
 		if pc.Bandwidth != bw {
 			bw = pc.Bandwidth
 			srv.SetBandwidth(bw)
-			log.Info("bandwidth limit changed", "bytes_per_second", bw)
+			d.log.Info("bandwidth limit changed", "bytes_per_second", bw)
 		}
-		d.mu.Lock()
-		due := d.id.NeedsRenewal(o.Clock.Now()) || pc.RotateKey
-		d.mu.Unlock()
-		if due {
-			if err := d.renew(ctx, stateDir, pc.RotateKey); err != nil {
-				log.Warn("cannot renew the process server's certificate; retrying at the next heartbeat", "err", err, "rotate", pc.RotateKey)
-				d.addEvent(api.Event{Time: o.Clock.Now(), Severity: api.SeverityWarning, Kind: "cert_renew_failed", Message: err.Error()})
-			} else if pc.RotateKey {
-				log.Info("certificate renewed for a new key, as an operator approved (key rotated)")
-			} else {
-				log.Info("certificate renewed")
-			}
-		}
+		d.maybeRenew(ctx, stateDir, pc.RotateKey)
+	}
+}
+
+// shutdown stops serving agents and closes the ingest server, within 10 s.
+func shutdown(hs *http.Server, srv *ingest.Server) error {
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = hs.Shutdown(sctx)
+	return srv.Close(sctx)
+}
+
+// beat sends one heartbeat with the ingest statistics and what is queued
+// for the server; what it could not deliver goes back into the queue.
+func (d *daemon) beat(ctx context.Context, srv *ingest.Server) (api.ProcessConfig, error) {
+	st := srv.Stats()
+	hb := api.ProcessHeartbeat{URL: d.cfg.Advertise, CacheUsed: st.CacheUsed, CacheLimit: st.CacheLimit,
+		Sessions: st.Sessions, Throttled: st.Throttled, IngestRate: st.IngestRate, Open: srv.OpenSessions()}
+	hb.Events, hb.Points = d.take()
+	pc, err := d.heartbeat(ctx, hb)
+	if err != nil {
+		d.putBack(hb.Events, hb.Points)
+	}
+	return pc, err
+}
+
+// maybeRenew renews the certificate when it is due or an operator
+// approved a new key; a failure is retried at the next heartbeat.
+func (d *daemon) maybeRenew(ctx context.Context, stateDir string, rotate bool) {
+	d.mu.Lock()
+	due := d.id.NeedsRenewal(d.clock.Now()) || rotate
+	d.mu.Unlock()
+	if !due {
+		return
+	}
+	switch err := d.renew(ctx, stateDir, rotate); {
+	case err != nil:
+		d.log.Warn("cannot renew the process server's certificate; retrying at the next heartbeat", "err", err, "rotate", rotate)
+		d.addEvent(api.Event{Time: d.clock.Now(), Severity: api.SeverityWarning, Kind: "cert_renew_failed", Message: err.Error()})
+	case rotate:
+		d.log.Info("certificate renewed for a new key, as an operator approved (key rotated)")
+	default:
+		d.log.Info("certificate renewed")
 	}
 }
 
