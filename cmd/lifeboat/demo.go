@@ -91,12 +91,13 @@ func (a *app) runDemoJSON(ctx context.Context, f demoFlags) error {
 	}
 	jl := newJSONLines(a.stdout, demoPhase)
 	a.stdout, a.lines = jl, jl
-	start := time.Now()
+	clk := a.clock()
+	start := clk.Now()
 	if err := a.runDemo(ctx, f); err != nil {
-		_ = jl.Result("failed", map[string]any{"error": err.Error(), "seconds": time.Since(start).Seconds()})
+		_ = jl.Result("failed", map[string]any{"error": err.Error(), "seconds": clk.Now().Sub(start).Seconds()})
 		return err
 	}
-	return jl.Result("ok", map[string]any{"seconds": time.Since(start).Seconds()})
+	return jl.Result("ok", map[string]any{"seconds": clk.Now().Sub(start).Seconds()})
 }
 
 // demoRun is one run of the demo: its directory, sample disk and points.

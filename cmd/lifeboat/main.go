@@ -18,6 +18,7 @@ import (
 
 	"github.com/lifeboat-dr/lifeboat/internal/capture/scan"
 	"github.com/lifeboat-dr/lifeboat/internal/client"
+	"github.com/lifeboat-dr/lifeboat/internal/clock"
 	"github.com/lifeboat-dr/lifeboat/internal/recover"
 	"github.com/lifeboat-dr/lifeboat/internal/vault"
 )
@@ -59,6 +60,7 @@ type app struct {
 	stopProfile    func()
 	clients        []*client.Client // API clients the command made (warnTokenExpiry)
 	lines          *jsonLines       // JSON lines output (demo, recover --json), else nil
+	clk            clock.Clock      // nil: the system clock (tests set a clock.Fake)
 }
 
 func main() {

@@ -221,7 +221,7 @@ func (a *app) agentCmd() *cobra.Command {
 			// LIFEBOAT_TEST_PANIC_CYCLE makes the cycles of the named
 			// machine panic: for tests of the agent's fault handling only.
 			faults := agent.Faults{PanicCycle: a.getenvOr("LIFEBOAT_TEST_PANIC_CYCLE", "")}
-			hb := sdnotify.NewHeartbeat(agentSilence, nil)
+			hb := sdnotify.NewHeartbeat(agentSilence, a.clock())
 			ag, err := agent.New(cfg, agent.Options{Logger: a.log, Version: build().String(), Faults: faults, Beat: hb.Beat})
 			if err != nil {
 				return err
@@ -405,7 +405,7 @@ func (a *app) processCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			sd := a.systemd(cmd.Context(), "process server")
 			defer sd.close()
-			hb := sdnotify.NewHeartbeat(processSilence, nil)
+			hb := sdnotify.NewHeartbeat(processSilence, a.clock())
 			err := processd.Run(cmd.Context(), stateDir, processd.Options{Logger: a.log, Version: build().String(), Beat: hb.Beat, Ready: func(addr string) {
 				a.announce(fmt.Sprintf("lifeboat process: serving agents on https://%s\n", addr), "process server ready", "listen", "https://"+addr)
 				hb.Beat() // the wait for the server before does not count

@@ -35,10 +35,7 @@ var wallclockPending = []string{
 	"internal/capture/scan/cycle.go",
 	"internal/capture/qemu/cycle.go",
 	"internal/capture/libvirt/cycle.go",
-	"internal/processd/processd.go",
 	"cmd/lifeboat/replicatecmd.go",
-	"cmd/lifeboat/main.go",
-	"cmd/lifeboat/rolecmd.go",
 }
 
 // wallclockFree reports whether the file at path (relative to the module,

@@ -231,10 +231,12 @@ func (d *daemon) firstHeartbeat(ctx context.Context) (api.ProcessConfig, error) 
 			return pc, revokedError(d.cfg.Name, err)
 		}
 		d.log.Warn("cannot reach the server for the vault's location; retrying", "server", d.cfg.Server, "err", err)
+		t := d.clock.NewTimer(2 * time.Second)
 		select {
 		case <-ctx.Done():
+			t.Stop()
 			return pc, ctx.Err()
-		case <-time.After(2 * time.Second):
+		case <-t.C():
 		}
 	}
 }
@@ -278,7 +280,7 @@ func (d *daemon) newIngest(ctx context.Context, v *vault.Vault, bandwidth int64)
 // serve is the main loop: a heartbeat every period until ctx ends, the
 // listener fails or the server revokes this process server.
 func (d *daemon) serve(ctx context.Context, stateDir string, o Options, srv *ingest.Server, hs *http.Server, serveErr <-chan error, bw int64) error {
-	t := time.NewTicker(o.HeartbeatEvery)
+	t := d.clock.NewTicker(o.HeartbeatEvery)
 	defer t.Stop()
 	for {
 		select {
@@ -287,7 +289,7 @@ func (d *daemon) serve(ctx context.Context, stateDir string, o Options, srv *ing
 		case err := <-serveErr:
 			_ = srv.Close(context.Background())
 			return fmt.Errorf("serve: %w", err)
-		case <-t.C:
+		case <-t.C():
 		}
 		o.Beat()
 		pc, err := d.beat(ctx, srv)

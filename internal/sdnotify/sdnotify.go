@@ -20,6 +20,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/lifeboat-dr/lifeboat/internal/clock"
 )
 
 // Notifier sends notifications to the socket systemd gave; its zero
@@ -28,6 +30,7 @@ type Notifier struct {
 	addr        *net.UnixAddr
 	watchdog    time.Duration // WATCHDOG_USEC, 0 when no watchdog is asked for
 	sendTimeout time.Duration
+	clk         clock.Clock // paces the watchdog pings
 }
 
 // New reads $NOTIFY_SOCKET, $WATCHDOG_USEC and $WATCHDOG_PID through
@@ -37,7 +40,7 @@ type Notifier struct {
 // An unusable setting is an error; the Notifier returned with it sends
 // nothing.
 func New(getenv func(string) string, pid int) (*Notifier, error) {
-	n := &Notifier{sendTimeout: 2 * time.Second}
+	n := &Notifier{sendTimeout: 2 * time.Second, clk: clock.System{}}
 	sock := getenv("NOTIFY_SOCKET")
 	if sock == "" {
 		return n, nil
@@ -97,7 +100,7 @@ func (n *Notifier) Send(ctx context.Context, state ...string) error {
 		return fmt.Errorf("notify systemd at %s: %w", n.addr.Name, err)
 	}
 	defer c.Close()
-	if err := c.SetWriteDeadline(time.Now().Add(n.sendTimeout)); err != nil {
+	if err := c.SetWriteDeadline(time.Now().Add(n.sendTimeout)); err != nil { // wallclock: a socket deadline is kernel time
 		return fmt.Errorf("notify systemd at %s: %w", n.addr.Name, err)
 	}
 	if _, err := c.Write([]byte(strings.Join(state, "\n") + "\n")); err != nil {
@@ -130,6 +133,10 @@ func (n *Notifier) Status(ctx context.Context, status string) error {
 
 func oneLine(s string) string { return strings.ReplaceAll(s, "\n", " ") }
 
+// SetClock sets the clock that paces the watchdog pings (tests drive it
+// with a clock.Fake).
+func (n *Notifier) SetClock(clk clock.Clock) { n.clk = clk }
+
 // Watchdog pings the watchdog every half period until ctx ends, but only
 // while alive answers nil: a daemon whose main loop is stuck stops
 // pinging and systemd restarts it. A failed check sets the status line
@@ -143,7 +150,11 @@ func (n *Notifier) Watchdog(ctx context.Context, alive func(context.Context) err
 	if log == nil {
 		log = slog.Default()
 	}
-	t := time.NewTicker(period / 2)
+	clk := n.clk
+	if clk == nil {
+		clk = clock.System{}
+	}
+	t := clk.NewTicker(period / 2)
 	defer t.Stop()
 	var failing bool
 	for {
@@ -170,7 +181,7 @@ func (n *Notifier) Watchdog(ctx context.Context, alive func(context.Context) err
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-t.C():
 		}
 	}
 }
@@ -191,29 +202,29 @@ func check(ctx context.Context, alive func(context.Context) error, within time.D
 type Heartbeat struct {
 	last    atomic.Int64 // UnixNano of the last beat
 	silence time.Duration
-	now     func() time.Time
+	clk     clock.Clock
 }
 
 // NewHeartbeat makes a Heartbeat that tolerates silence between beats;
 // it counts as beaten at creation.
-func NewHeartbeat(silence time.Duration, now func() time.Time) *Heartbeat {
-	if now == nil {
-		now = time.Now
+func NewHeartbeat(silence time.Duration, clk clock.Clock) *Heartbeat {
+	if clk == nil {
+		clk = clock.System{}
 	}
-	h := &Heartbeat{silence: silence, now: now}
+	h := &Heartbeat{silence: silence, clk: clk}
 	h.Beat()
 	return h
 }
 
 // Beat records that the main loop turned.
-func (h *Heartbeat) Beat() { h.last.Store(h.now().UnixNano()) }
+func (h *Heartbeat) Beat() { h.last.Store(h.clk.Now().UnixNano()) }
 
 // ErrSilent is Check's error when the main loop did not turn in time.
 var ErrSilent = errors.New("the daemon's main loop did not turn")
 
 // Check is nil while the last beat is recent enough.
 func (h *Heartbeat) Check(context.Context) error {
-	ago := h.now().Sub(time.Unix(0, h.last.Load()))
+	ago := h.clk.Now().Sub(time.Unix(0, h.last.Load()))
 	if ago > h.silence {
 		return fmt.Errorf("%w for %s (at most %s allowed)", ErrSilent, ago.Round(time.Second), h.silence)
 	}

@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/lifeboat-dr/lifeboat/internal/clock"
 )
 
 // listen makes the socket systemd would listen on and returns its name.
@@ -155,12 +157,12 @@ func TestWatchdogWithoutPeriodReturns(t *testing.T) {
 }
 
 func TestHeartbeat(t *testing.T) {
-	now := time.Unix(1000, 0)
-	h := NewHeartbeat(time.Minute, func() time.Time { return now })
+	fc := clock.NewFake(time.Unix(1000, 0))
+	h := NewHeartbeat(time.Minute, fc)
 	if err := h.Check(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	now = now.Add(61 * time.Second)
+	fc.Advance(61 * time.Second)
 	if err := h.Check(context.Background()); !errors.Is(err, ErrSilent) {
 		t.Fatalf("after 61 s of silence: %v", err)
 	}
