@@ -11,7 +11,6 @@ package engine
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strings"
 	"time"
 
@@ -97,15 +96,16 @@ type StaleBaseError struct {
 	Err   error // the sink's reason, if any
 }
 
+// Error is the sink's reason, or says which disks' bases are stale.
 func (e *StaleBaseError) Error() string {
-	msg := ErrStaleBase.Error()
+	var on string
 	if len(e.Disks) > 0 {
-		msg += " for disk " + strings.Join(e.Disks, ", ")
+		on = "disk " + strings.Join(e.Disks, ", ") + ": "
 	}
 	if e.Err != nil {
-		msg = fmt.Sprintf("%s: %v", msg, e.Err)
+		return on + e.Err.Error()
 	}
-	return msg
+	return on + ErrStaleBase.Error()
 }
 
 // Unwrap lets errors.Is find ErrStaleBase and the sink's reason.
