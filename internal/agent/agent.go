@@ -15,7 +15,6 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/client"
 	"github.com/lifeboat-dr/lifeboat/internal/clock"
-	"github.com/lifeboat-dr/lifeboat/internal/ingest/ingestclient"
 	"github.com/lifeboat-dr/lifeboat/internal/pki"
 )
 
@@ -78,12 +77,11 @@ type Agent struct {
 	acks        []api.CutAck
 	cycleCancel context.CancelFunc
 	openCut     *openCut
-	ic          *ingestclient.Client
-	icURL       string
-	icGen       int
-	snapModes   map[string]string // disk name → resolved snapshot mode
-	unsureVMs   map[string]bool   // host loop only: VMs whose socket is there but did not answer discovery
-	refusedVMs  map[string]string // host loop only: VMs the server refused, with its reason
+	ingest      ingestConn            // the process server's client (sink.go)
+	snapModes   map[string]string     // disk name → resolved snapshot mode
+	scans       map[string]cachedScan // disk name → scan driver kept across cycles
+	unsureVMs   map[string]bool       // host loop only: VMs whose socket is there but did not answer discovery
+	refusedVMs  map[string]string     // host loop only: VMs the server refused, with its reason
 	lastInvWarn string
 	nextRenew   time.Time
 	// shutdownSent is the state of the shutdown acknowledgement the
@@ -193,9 +191,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	wg.Wait()
 	a.mu.Lock()
-	if a.ic != nil {
-		a.ic = nil
-	}
+	a.ingest = ingestConn{}
 	ctrl := a.ctrl
 	a.mu.Unlock()
 	ctrl.CloseIdleConnections()
@@ -500,9 +496,7 @@ func (a *Agent) applyConfig(cfg api.AgentConfig) {
 	c := cfg
 	a.st.Config = &c
 	a.saveStateLocked()
-	if a.ic != nil && a.icURL == cfg.ProcessURL {
-		a.ic.SetBandwidth(cfg.Bandwidth)
-	}
+	a.ingest.setBandwidth(cfg.ProcessURL, cfg.Bandwidth)
 	stop := (!cfg.Protected || cfg.Paused) && a.cycleCancel != nil
 	if stop {
 		a.cycleCancel()

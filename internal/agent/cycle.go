@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"net/http"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -15,9 +14,7 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/capture"
 	"github.com/lifeboat-dr/lifeboat/internal/capture/scan"
-	"github.com/lifeboat-dr/lifeboat/internal/ingest/ingestclient"
-	"github.com/lifeboat-dr/lifeboat/internal/ingest/wire"
-	"github.com/lifeboat-dr/lifeboat/internal/pki"
+	"github.com/lifeboat-dr/lifeboat/internal/engine"
 )
 
 // Progress phases.
@@ -351,15 +348,6 @@ func (a *Agent) snapshotCut(ctx context.Context, cfg api.AgentConfig, cut api.Cu
 
 // ---- one cycle ----
 
-// diskCycle is one disk's part of a cycle.
-type diskCycle struct {
-	disk   DiskConfig
-	driver string         // resolved driver name
-	drv    capture.Driver // per-disk driver (scan); nil for machine disks
-	base   string         // baseline the cycle is relative to ("" full)
-	cycle  capture.Cycle
-}
-
 // progressTracker aggregates per-disk progress into api.Progress.
 type progressTracker struct {
 	mu      sync.Mutex
@@ -455,22 +443,6 @@ func (a *Agent) runCycle(ctx context.Context, cfg api.AgentConfig, spec cycleSpe
 	return res, err
 }
 
-// ingestClient returns the client for url, rebuilding it when the URL or
-// the identity changed.
-func (a *Agent) ingestClient(url string, bandwidth int64) *ingestclient.Client {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.ic == nil || a.icURL != url || a.icGen != a.idGen {
-		// Only a process server certificate is accepted on ingest.
-		tr := &http.Transport{TLSClientConfig: pki.ClientTLSFor(&a.id.Cert, a.id.CAPool, pki.RoleProcess), ForceAttemptHTTP2: true,
-			IdleConnTimeout: 90 * time.Second, TLSHandshakeTimeout: 15 * time.Second}
-		a.ic = ingestclient.New(url, &http.Client{Transport: tr}, a.log.With("process", url))
-		a.icURL, a.icGen = url, a.idGen
-	}
-	a.ic.SetBandwidth(bandwidth)
-	return a.ic
-}
-
 // selectDisks returns the configured disks the server protects (all when
 // its list is empty).
 func (a *Agent) selectDisks(names []string) ([]DiskConfig, error) {
@@ -507,8 +479,105 @@ func (a *Agent) snapshotMode(d DiskConfig) string {
 	return m
 }
 
+// scanKey is what a scan driver depends on.
+type scanKey struct {
+	path, stateFile string
+	blockSize       int
+	snapshot        string
+}
+
+// cachedScan is a scan driver kept across cycles.
+type cachedScan struct {
+	key scanKey
+	drv *scan.Driver
+}
+
+// scanDriver returns the scan driver of disk d, the one of the previous
+// cycles unless what it depends on changed. A driver holds nothing between
+// cycles but its settings, and one cycle at a time is active.
+func (a *Agent) scanDriver(d DiskConfig, blockSize int) (*scan.Driver, error) {
+	key := scanKey{path: d.Path, stateFile: filepath.Join(a.cfg.StateDir, "disks", d.Name), blockSize: blockSize, snapshot: a.snapshotMode(d)}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if c, ok := a.scans[d.Name]; ok && c.key == key {
+		return c.drv, nil
+	}
+	drv, err := scan.New(scan.Options{Path: key.path, StateFile: key.stateFile, BlockSize: blockSize, Snapshot: key.snapshot, Logger: a.log})
+	if err != nil {
+		return nil, fmt.Errorf("disk %s: %w", d.Name, err)
+	}
+	if a.scans == nil {
+		a.scans = map[string]cachedScan{}
+	}
+	a.scans[d.Name] = cachedScan{key: key, drv: drv}
+	return drv, nil
+}
+
+// cycleMachine returns the machine that cuts disks: the scan drivers of
+// the disks scanned here and the VM's hypervisor machine for the others.
+// The caller closes it.
+func (a *Agent) cycleMachine(ctx context.Context, cfg api.AgentConfig, disks []DiskConfig, blockSize int) (capture.Machine, error) {
+	var scans []capture.DiskDriver
+	var vmDisks []DiskConfig
+	var vmNames []string
+	vmDriver := ""
+	for _, d := range disks {
+		driver := a.driverFor(cfg, d)
+		if driver == api.DriverScan {
+			if d.Format == "qcow2" {
+				return nil, fmt.Errorf("disk %s is a qcow2 image: the scan driver reads raw disks only; protect it with --driver qemu", d.Name)
+			}
+			drv, err := a.scanDriver(d, blockSize)
+			if err != nil {
+				return nil, err
+			}
+			scans = append(scans, capture.DiskDriver{Disk: d.Name, Driver: drv})
+			continue
+		}
+		driver, err := a.machineDriver(driver, d)
+		if err != nil {
+			return nil, err
+		}
+		if vmDriver == "" {
+			vmDriver = driver
+		}
+		vmDisks, vmNames = append(vmDisks, d), append(vmNames, d.Name)
+	}
+	var parts []capture.Part
+	if len(vmDisks) > 0 {
+		m, err := a.cfg.vm.open(ctx, vmDisks, blockSize)
+		if err != nil {
+			return nil, fmt.Errorf("%s driver: %w", vmDriver, err)
+		}
+		// The machine's disks first, in one cut; then the scanned disks.
+		parts = append(parts, capture.Part{Machine: m, Disks: vmNames})
+	}
+	if len(scans) > 0 {
+		var names []string
+		for _, s := range scans {
+			names = append(names, s.Disk)
+		}
+		parts = append(parts, capture.Part{Machine: capture.Drivers(scans...), Disks: names})
+	}
+	return capture.Join(parts...), nil
+}
+
+// pointVMSpec is the VM spec recorded in the point, or nil.
+func (a *Agent) pointVMSpec() []byte {
+	vmspec, err := readVMSpec(a.cfg.VMSpec)
+	if a.cfg.vm != nil {
+		vmspec, err = json.Marshal(a.cfg.vm.spec)
+	}
+	if err != nil {
+		a.log.Warn("point taken without VM spec", "err", err)
+		return nil
+	}
+	return vmspec
+}
+
 // cycle does the work of one cycle: cut every disk, ship the changes in
-// one ingest session, and commit the drivers once the point is published.
+// one ingest session, and commit the drivers once the point is published
+// (internal/engine, with the ingest sink of sink.go).
 func (a *Agent) cycle(ctx context.Context, cfg api.AgentConfig, spec *cycleSpec) (api.CycleResult, error) {
 	var res api.CycleResult
 	if cfg.ProcessURL == "" {
@@ -518,231 +587,99 @@ func (a *Agent) cycle(ctx context.Context, cfg api.AgentConfig, spec *cycleSpec)
 	if err != nil {
 		return res, err
 	}
-	ic := a.ingestClient(cfg.ProcessURL, cfg.Bandwidth)
-	ictx, icancel := context.WithTimeout(ctx, 60*time.Second)
-	info, err := ic.Info(ictx)
-	icancel()
+	sink, err := a.openSink(ctx, cfg.ProcessURL, cfg.Bandwidth)
 	if err != nil {
-		return res, fmt.Errorf("process server %s: %w", cfg.ProcessURL, err)
-	}
-	var dcs []*diskCycle
-	var machDisks []DiskConfig
-	for _, d := range disks {
-		dc := &diskCycle{disk: d, driver: a.driverFor(cfg, d)}
-		if dc.driver == api.DriverScan {
-			if d.Format == "qcow2" {
-				return res, fmt.Errorf("disk %s is a qcow2 image: the scan driver reads raw disks only; protect it with --driver qemu", d.Name)
-			}
-			drv, err := scan.New(scan.Options{
-				Path:      d.Path,
-				StateFile: filepath.Join(a.cfg.StateDir, "disks", d.Name),
-				BlockSize: info.BlockSize,
-				Snapshot:  a.snapshotMode(d),
-				Logger:    a.log,
-			})
-			if err != nil {
-				return res, fmt.Errorf("disk %s: %w", d.Name, err)
-			}
-			dc.drv = drv
-		} else {
-			if dc.driver, err = a.machineDriver(dc.driver, d); err != nil {
-				return res, err
-			}
-			machDisks = append(machDisks, d)
-		}
-		dcs = append(dcs, dc)
-	}
-	var mach capture.Machine
-	if len(machDisks) > 0 {
-		if mach, err = a.cfg.vm.open(ctx, machDisks, info.BlockSize); err != nil {
-			return res, fmt.Errorf("%s driver: %w", dcs[0].driver, err)
-		}
-		defer mach.Close()
-	}
-	if !spec.resync {
-		for _, dc := range dcs {
-			if dc.drv != nil {
-				dc.base, err = dc.drv.Baseline(ctx)
-			} else {
-				dc.base, err = mach.Baseline(ctx, dc.disk.Name)
-			}
-			if err != nil {
-				return res, fmt.Errorf("disk %s: %w", dc.disk.Name, err)
-			}
-		}
-	}
-	abort := func() {
-		for _, dc := range dcs {
-			if dc.cycle != nil {
-				if err := dc.cycle.Abort(context.WithoutCancel(ctx)); err != nil {
-					a.log.Warn("abort capture cycle", "disk", dc.disk.Name, "err", err)
-				}
-				dc.cycle = nil
-			}
-		}
-	}
-	defer abort() // no-op after Commit (the cycles are committed or aborted)
-
-	// Cut every disk at (nearly) the same instant.
-	begin := func() error {
-		// The machine's disks first, in one cut; then per-disk drivers.
-		if mach != nil {
-			bases := map[string]string{}
-			for _, dc := range dcs {
-				if dc.drv == nil {
-					bases[dc.disk.Name] = dc.base
-				}
-			}
-			cycles, err := mach.Begin(ctx, bases)
-			if err != nil {
-				return fmt.Errorf("%s driver: %w", mach.Name(), err)
-			}
-			for _, dc := range dcs {
-				if dc.drv == nil {
-					if dc.cycle = cycles[dc.disk.Name]; dc.cycle == nil {
-						return fmt.Errorf("%s driver returned no cycle for disk %s", mach.Name(), dc.disk.Name)
-					}
-				}
-			}
-		}
-		for _, dc := range dcs {
-			if dc.drv != nil {
-				c, err := dc.drv.Begin(ctx, dc.base)
-				if err != nil {
-					return fmt.Errorf("disk %s: %w", dc.disk.Name, err)
-				}
-				dc.cycle = c
-			}
-		}
-		for _, dc := range dcs {
-			if dc.cycle.BlockSize() != info.BlockSize {
-				return fmt.Errorf("disk %s: the driver reads %d-byte blocks, the vault uses %d", dc.disk.Name, dc.cycle.BlockSize(), info.BlockSize)
-			}
-		}
-		return nil
-	}
-	if spec.freezeNow != nil {
-		t, err := spec.freezeNow.preFreeze(ctx)
-		spec.thawer = t
-		if err != nil {
-			if terr := t.thaw(); terr != nil {
-				err = errors.Join(err, terr)
-			}
-			spec.kind = KindCrash
-			a.hookFailed(err)
-		}
-	}
-	snapAt := a.clk.Now()
-	if err := begin(); err != nil {
 		return res, err
 	}
-	res.Time = snapAt
-	if !spec.at.IsZero() {
-		res.Time = spec.at
+	mach, err := a.cycleMachine(ctx, cfg, disks, sink.BlockSize())
+	if err != nil {
+		return res, err
 	}
-	// The snapshot is taken: thaw at once, then acknowledge.
-	if spec.thawer != nil {
-		if terr := spec.thawer.thaw(); terr != nil {
-			a.event(api.SeverityWarning, "hook_failed", fmt.Sprintf("post-thaw: %v", terr))
-		}
+	defer mach.Close()
+	o := a.engineOptions(spec, sink, &res)
+	for _, d := range disks {
+		o.Disks = append(o.Disks, d.Name)
 	}
-	if spec.snapped != nil {
-		spec.snapped(nil)
-		spec.snapped = nil
-	}
-
-	vmspec, err := readVMSpec(a.cfg.VMSpec)
-	if a.cfg.vm != nil {
-		vmspec, err = json.Marshal(a.cfg.vm.spec)
+	er, err := engine.Run(ctx, mach, sink, o)
+	if er != nil {
+		res.Time, spec.kind = er.Time, er.Kind
 	}
 	if err != nil {
-		a.log.Warn("point taken without VM spec", "err", err)
-		vmspec = nil
+		return res, err
 	}
-	open := func() (*ingestclient.Session, error) {
-		req := wire.SessionRequest{Machine: a.cfg.Machine, Kind: spec.kind, Group: spec.group, CutID: spec.cutID,
-			Time: res.Time, VMSpec: vmspec, Labels: map[string]string{"agent": a.version}}
-		maps.Copy(req.Labels, spec.labels)
-		for _, dc := range dcs {
-			sd := wire.SessionDisk{Name: dc.disk.Name, Size: dc.cycle.Size(), Driver: dc.driver}
-			if dc.cycle.Incremental() {
-				sd.Base = dc.base
-			}
-			req.Disks = append(req.Disks, sd)
-		}
-		return ic.Open(ctx, req)
+	for _, d := range er.Disks {
+		res.ReadBytes += d.ReadBytes
 	}
-	sess, err := open()
-	if errors.Is(err, ingestclient.ErrStaleBase) {
-		a.log.Warn("the base point is gone from the vault: reading every block (the process server sends only what the vault lacks)", "err", err)
-		abort()
-		for _, dc := range dcs {
-			dc.base = ""
-		}
-		if spec.kind == KindApp {
-			spec.kind = KindCrash // the new view is taken after the thaw
-		}
-		if err := begin(); err != nil {
-			return res, err
-		}
-		if spec.at.IsZero() {
-			res.Time = a.clk.Now()
-		}
-		sess, err = open()
-	}
-	if err != nil {
-		return res, fmt.Errorf("open ingest session at %s: %w", cfg.ProcessURL, err)
-	}
-	committed := false
-	defer func() {
-		if !committed {
-			if aerr := sess.Abort(context.WithoutCancel(ctx)); aerr != nil {
-				a.log.Warn("abort ingest session", "err", aerr)
-			}
-		}
-	}()
-
-	phase := PhaseIncremental
-	for _, dc := range dcs {
-		if !dc.cycle.Incremental() {
-			a.mu.Lock()
-			phase = PhaseResync
-			if a.st.LastPoint == "" {
-				phase = PhaseInitial
-			}
-			a.mu.Unlock()
-			res.Resync = phase == PhaseResync
-		}
-	}
-	pt := &progressTracker{a: a, phase: phase, started: snapAt, done: map[string]int64{}, sent: func() int64 { return sess.Stats().SentBytes }}
-	for _, dc := range dcs {
-		pt.total += dc.cycle.Size()
-	}
-	pt.update("", 0)
-	for _, dc := range dcs {
-		name := dc.disk.Name
-		reported := sess.Stats().ChangedBytes
-		err := dc.cycle.Changes(ctx, func(b capture.Block) error {
-			return sess.Put(ctx, name, b)
-		}, func(p capture.Progress) { pt.update(name, p.Done) })
-		if err != nil {
-			return res, fmt.Errorf("disk %s: %w", name, err)
-		}
-		res.ReadBytes += cycleBytesRead(dc.cycle, sess.Stats().ChangedBytes-reported)
-	}
-	cr, err := sess.Commit(ctx)
-	if err != nil {
-		return res, fmt.Errorf("publish point at %s: %w", cfg.ProcessURL, err)
-	}
-	committed = true
-	// The point is published: only now may the drivers move their baseline.
-	for _, dc := range dcs {
-		if err := dc.cycle.Commit(context.WithoutCancel(ctx), cr.Point); err != nil {
-			a.log.Warn("capture driver could not record its baseline; the next cycle re-reads the changes", "disk", dc.disk.Name, "err", err)
-		}
-		dc.cycle = nil
-	}
-	res.Point = cr.Point
-	res.ChangedBytes, res.SentBytes = cr.ChangedBytes, cr.SentBytes
+	res.Point = er.Point
+	res.ChangedBytes, res.SentBytes = er.Published.ChangedBytes, er.Published.SentBytes
 	return res, nil
+}
+
+// engineOptions maps spec to the engine's options and hooks: the
+// pre-freeze right before the cut, the thaw and the group cut's ack right
+// after it, progress by phase.
+func (a *Agent) engineOptions(spec *cycleSpec, sink *ingestSink, res *api.CycleResult) engine.Options {
+	labels := map[string]string{"agent": a.version}
+	maps.Copy(labels, spec.labels)
+	var snapAt time.Time
+	var pt *progressTracker
+	return engine.Options{
+		Machine: a.cfg.Machine, Kind: spec.kind, At: spec.at, Group: spec.group, CutID: spec.cutID,
+		Labels: labels, VMSpec: a.pointVMSpec(), Resync: spec.resync, Logger: a.log,
+		Now: func() time.Time {
+			t := a.clk.Now()
+			if snapAt.IsZero() {
+				snapAt = t // the first snapshot's instant
+			}
+			return t
+		},
+		BeforeCut: func(ctx context.Context) bool {
+			if spec.freezeNow == nil {
+				return true
+			}
+			t, err := spec.freezeNow.preFreeze(ctx)
+			spec.thawer = t
+			if err != nil {
+				if terr := t.thaw(); terr != nil {
+					err = errors.Join(err, terr)
+				}
+				spec.kind = KindCrash
+				a.hookFailed(err)
+				return false
+			}
+			return true
+		},
+		// The snapshot is taken: thaw at once, then acknowledge.
+		AfterCut: func() {
+			if spec.thawer != nil {
+				if terr := spec.thawer.thaw(); terr != nil {
+					a.event(api.SeverityWarning, "hook_failed", fmt.Sprintf("post-thaw: %v", terr))
+				}
+			}
+			if spec.snapped != nil {
+				spec.snapped(nil)
+				spec.snapped = nil
+			}
+		},
+		Streaming: func(cut engine.Cut) {
+			phase := PhaseIncremental
+			for _, d := range cut.Disks {
+				if d.Base == "" {
+					a.mu.Lock()
+					phase = PhaseResync
+					if a.st.LastPoint == "" {
+						phase = PhaseInitial
+					}
+					a.mu.Unlock()
+					res.Resync = phase == PhaseResync
+				}
+			}
+			pt = &progressTracker{a: a, phase: phase, started: snapAt, done: map[string]int64{}, sent: sink.sent}
+			for _, d := range cut.Disks {
+				pt.total += d.Size
+			}
+			pt.update("", 0)
+		},
+		Progress: func(disk string, p capture.Progress) { pt.update(disk, p.Done) },
+	}
 }

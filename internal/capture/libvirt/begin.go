@@ -164,6 +164,7 @@ func (m *Machine) openCycles(ctx context.Context, b *batch, info domainInfo, dis
 			incremental: d.Incremental != "",
 			baseSize:    m.st.Disks[d.Target].Size,
 			source:      dd.Source,
+			lc:          capture.Lifecycle{Driver: "libvirt"},
 		}
 		b.cycles = append(b.cycles, c)
 		data, err := nbd.Dial(ctx, "unix", m.sock, nbd.Options{Export: exp.Export, MetaContexts: []string{metaAllocation}})

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/capture"
@@ -61,13 +60,11 @@ type Cycle struct {
 
 	stats Stats
 
-	mu       sync.Mutex
-	started  bool
-	done     bool // Changes succeeded
-	finished bool // committed or aborted
+	lc capture.Lifecycle // order of Changes, Commit, Abort
 }
 
 var _ capture.Cycle = (*Cycle)(nil)
+var _ capture.ReadCounter = (*Cycle)(nil)
 
 // Size returns the disk's size at the cut.
 func (c *Cycle) Size() int64 { return c.size }
@@ -81,6 +78,10 @@ func (c *Cycle) Incremental() bool { return c.incremental }
 
 // Stats returns the cycle's counters; call it after Changes returns.
 func (c *Cycle) Stats() Stats { return c.stats }
+
+// BytesRead is what the cycle read from the disk (capture.ReadCounter);
+// call it after Changes returns.
+func (c *Cycle) BytesRead() int64 { return c.stats.BytesRead }
 
 // span is a run of blocks [from, to).
 type span struct{ from, to int64 }
@@ -103,31 +104,16 @@ func appendSpan(spans []span, s span) []span {
 // marks (and, when the disk's size changed, every block from the last one
 // both sizes share), in a full cycle every block that is not zero.
 func (c *Cycle) Changes(ctx context.Context, fn func(capture.Block) error, progress func(capture.Progress)) error {
-	c.mu.Lock()
-	switch {
-	case c.finished:
-		c.mu.Unlock()
-		return errors.New("libvirt: Changes: the cycle was already committed or aborted")
-	case c.started:
-		c.mu.Unlock()
-		return errors.New("libvirt: Changes may be called once per cycle")
-	}
-	c.started = true
-	c.mu.Unlock()
-
-	err := c.changes(ctx, fn, progress)
-	if err != nil {
-		if c.m.domainGone(ctx, c.b) {
-			err = fmt.Errorf("libvirt: disk %s: domain %s stopped during the cycle (start it again; the next cycle reports these changes): %w", c.disk, c.m.o.Domain, err)
-		} else {
-			err = fmt.Errorf("libvirt: disk %s of domain %s: %w", c.disk, c.m.o.Domain, err)
+	return c.lc.Changes(func() error {
+		err := c.changes(ctx, fn, progress)
+		if err == nil {
+			return nil
 		}
-		return err
-	}
-	c.mu.Lock()
-	c.done = true
-	c.mu.Unlock()
-	return nil
+		if c.m.domainGone(ctx, c.b) {
+			return fmt.Errorf("libvirt: disk %s: domain %s stopped during the cycle (start it again; the next cycle reports these changes): %w", c.disk, c.m.o.Domain, err)
+		}
+		return fmt.Errorf("libvirt: disk %s of domain %s: %w", c.disk, c.m.o.Domain, err)
+	})
 }
 
 func (c *Cycle) changes(ctx context.Context, fn func(capture.Block) error, progress func(capture.Progress)) error {
@@ -305,20 +291,13 @@ func (c *Cycle) Commit(ctx context.Context, point string) error {
 	if point == "" {
 		return errors.New("libvirt: Commit: the point ID is empty")
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.finished {
-		return errors.New("libvirt: Commit: the cycle was already committed or aborted")
-	}
-	if !c.done {
-		return errors.New("libvirt: Commit: Changes has not completed successfully in this cycle: call Abort")
-	}
-	if err := c.m.commit(ctx, c, point); err != nil {
-		return err
-	}
-	c.finished = true
-	c.m.cycleFinished(ctx, c)
-	return nil
+	return c.lc.Commit(func() error {
+		if err := c.m.commit(ctx, c, point); err != nil {
+			return err
+		}
+		c.m.cycleFinished(ctx, c)
+		return nil
+	})
 }
 
 // Abort keeps the disk's previous baseline. When it is the last cycle of
@@ -328,14 +307,10 @@ func (c *Cycle) Commit(ctx context.Context, point string) error {
 // reports this cycle's changes). Cleanup that fails is retried by the next
 // Begin. Aborting a finished cycle does nothing.
 func (c *Cycle) Abort(ctx context.Context) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.finished {
+	return c.lc.Abort(func() error {
+		c.m.cycleFinished(ctx, c)
 		return nil
-	}
-	c.finished = true
-	c.m.cycleFinished(ctx, c)
-	return nil
+	})
 }
 
 // closeExports closes the cycle's NBD connections.

@@ -52,13 +52,11 @@ type Cycle struct {
 
 	stats Stats
 
-	mu       sync.Mutex
-	started  bool
-	done     bool
-	finished bool
+	lc capture.Lifecycle // order of Changes, Commit, Abort
 }
 
 var _ capture.Cycle = (*Cycle)(nil)
+var _ capture.ReadCounter = (*Cycle)(nil)
 
 // Size is the disk's size at the cut.
 func (c *Cycle) Size() int64 { return c.size }
@@ -72,6 +70,10 @@ func (c *Cycle) Incremental() bool { return c.incremental }
 
 // Stats returns the cycle's counters; call it after Changes.
 func (c *Cycle) Stats() Stats { return c.stats }
+
+// BytesRead is what the cycle read from the disk (capture.ReadCounter);
+// call it after Changes returns.
+func (c *Cycle) BytesRead() int64 { return c.stats.BytesRead }
 
 // run is consecutive blocks to read.
 type run struct {
@@ -89,20 +91,10 @@ type readJob struct {
 // incremental) from the point-in-time view and calls fn in ascending
 // block order.
 func (c *Cycle) Changes(ctx context.Context, fn func(capture.Block) error, progress func(capture.Progress)) error {
-	c.mu.Lock()
-	if c.started || c.finished {
-		c.mu.Unlock()
-		return errors.New("qemu: Changes may be called only once per cycle, before Commit or Abort")
-	}
-	c.started = true
-	c.mu.Unlock()
 	start := time.Now()
-	if err := c.changes(ctx, fn, progress); err != nil {
+	if err := c.lc.Changes(func() error { return c.changes(ctx, fn, progress) }); err != nil {
 		return err
 	}
-	c.mu.Lock()
-	c.done = true
-	c.mu.Unlock()
 	c.m.log.Info("changes read", "disk", c.disk, "incremental", c.incremental, "size", c.size,
 		"extents", c.stats.Extents, "extent_bytes", c.stats.ExtentBytes, "read", c.stats.BytesRead,
 		"emitted", c.stats.BlocksEmitted, "zero", c.stats.BlocksZero, "elapsed", time.Since(start).Round(time.Millisecond))
@@ -348,14 +340,11 @@ func (c *Cycle) Commit(ctx context.Context, point string) error {
 	if point == "" {
 		return errors.New("qemu: Commit with an empty point ID")
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.finished {
-		return errors.New("qemu: Commit of a cycle already committed or aborted")
-	}
-	if !c.done {
-		return errors.New("qemu: Commit before Changes completed: the point cannot contain this cycle's changes")
-	}
+	return c.lc.Commit(func() error { return c.commit(ctx, point) })
+}
+
+// commit records the baseline; the caller holds the lifecycle's lock.
+func (c *Cycle) commit(ctx context.Context, point string) error {
 	m := c.m
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -375,7 +364,6 @@ func (c *Cycle) Commit(ctx context.Context, point string) error {
 	if err := m.st.save(m.o.StateDir); err != nil {
 		return err
 	}
-	c.finished = true
 	m.active--
 	if c.frozen != "" {
 		// A crash before this leaves the frozen bitmap, older than the
@@ -391,18 +379,17 @@ func (c *Cycle) Commit(ctx context.Context, point string) error {
 // Abort tears the view down and merges the frozen bitmap back into the
 // recording one: the next cycle reports this cycle's changes again.
 func (c *Cycle) Abort(ctx context.Context) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.finished {
-		return nil
-	}
+	// Finished even if teardown fails: the next Begin cleans leftovers
+	// and merges the frozen bitmap.
+	return c.lc.Abort(func() error { return c.abort(ctx) })
+}
+
+// abort releases the cut; the caller holds the lifecycle's lock.
+func (c *Cycle) abort(ctx context.Context) error {
 	m := c.m
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	defer m.hangUp()
-	// Finished even if teardown fails: the next Begin cleans leftovers
-	// and merges the frozen bitmap.
-	c.finished = true
 	m.active--
 	err := c.teardown(ctx)
 	if uerr := c.undoRotation(ctx); uerr != nil {

@@ -341,7 +341,8 @@ func (m *Machine) Begin(ctx context.Context, bases map[string]string) (map[strin
 			return nil, fmt.Errorf("qemu: Begin for disk %s with base %q, but its baseline is %q: use the baseline, or \"\" for a full read", d.Name, base, ds.Baseline)
 		}
 		c := &Cycle{m: m, disk: d.Name, node: n.NodeName, names: m.namesFor(d.Name, cycleID), blockSize: m.blockSize,
-			size: n.Image.VirtualSize, prevSize: ds.Size, persistent: n.Drv == "qcow2", base: base}
+			size: n.Image.VirtualSize, prevSize: ds.Size, persistent: n.Drv == "qcow2", base: base,
+			lc: capture.Lifecycle{Driver: "qemu"}}
 		if c.size <= 0 {
 			return nil, fmt.Errorf("qemu: node %s of disk %s reports virtual size %d", n.NodeName, d.Name, c.size)
 		}

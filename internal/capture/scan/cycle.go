@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sync"
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/capture"
@@ -44,13 +43,13 @@ type Cycle struct {
 	entriesSum uint64
 	stats      Stats
 
-	mu       sync.Mutex
-	started  bool // Changes was called
-	done     bool // Changes succeeded: the new table is complete
-	finished bool // committed or aborted
+	// lc keeps the order of Changes, Commit and Abort; Changes done
+	// means the new table is complete.
+	lc capture.Lifecycle
 }
 
 var _ capture.Cycle = (*Cycle)(nil)
+var _ capture.ReadCounter = (*Cycle)(nil)
 
 // Size returns the disk's size at Begin.
 func (c *Cycle) Size() int64 { return c.size }
@@ -64,26 +63,18 @@ func (c *Cycle) Incremental() bool { return c.incremental }
 // Stats returns the cycle's counters; call it after Changes returns.
 func (c *Cycle) Stats() Stats { return c.stats }
 
+// BytesRead is what the cycle read from the disk (capture.ReadCounter);
+// call it after Changes returns.
+func (c *Cycle) BytesRead() int64 { return c.stats.BytesRead }
+
 // Changes reads the whole disk and calls fn for every block that differs
 // from the baseline (every non-zero block in a full cycle), in ascending
 // order. Block.Data is valid only during fn.
 func (c *Cycle) Changes(ctx context.Context, fn func(capture.Block) error, progress func(capture.Progress)) error {
-	c.mu.Lock()
-	if c.started || c.finished {
-		c.mu.Unlock()
-		return errors.New("scan: Changes may be called only once per cycle, before Commit or Abort")
-	}
-	c.started = true
-	c.mu.Unlock()
-
 	start := time.Now()
-	err := c.scan(ctx, fn, progress)
-	if err != nil {
+	if err := c.lc.Changes(func() error { return c.scan(ctx, fn, progress) }); err != nil {
 		return err
 	}
-	c.mu.Lock()
-	c.done = true
-	c.mu.Unlock()
 	el := time.Since(start)
 	c.d.log.Info("disk scanned", "size", c.size, "incremental", c.incremental,
 		"read", c.stats.BytesRead, "hashed", c.stats.BlocksHashed, "zero", c.stats.BlocksZero,
@@ -225,14 +216,11 @@ func (c *Cycle) Commit(ctx context.Context, point string) error {
 	if point == "" || len(point) > MaxPointLen {
 		return fmt.Errorf("scan: Commit: point ID must be 1 to %d bytes, got %d", MaxPointLen, len(point))
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.finished {
-		return errors.New("scan: Commit: the cycle was already committed or aborted")
-	}
-	if !c.done {
-		return errors.New("scan: Commit: Changes has not completed successfully in this cycle: call Abort")
-	}
+	return c.lc.Commit(func() error { return c.commit(point) })
+}
+
+// commit writes the state file; the caller holds the lifecycle's lock.
+func (c *Cycle) commit(point string) error {
 	h := header{blockSize: c.blockSize, size: c.size, seed: c.seed, entriesSum: c.entriesSum, point: point}
 	if _, err := c.tmp.WriteAt(h.encode(), 0); err != nil {
 		return fmt.Errorf("scan: Commit: write state file header: %w", err)
@@ -250,7 +238,6 @@ func (c *Cycle) Commit(ctx context.Context, point string) error {
 		// back on its previous baseline, which is safe.
 		c.d.log.Warn("cannot sync state file directory", "err", err)
 	}
-	c.finished = true
 	if err := c.release(); err != nil {
 		c.d.log.Warn("cycle committed, but cleaning up failed", "err", err)
 	}
@@ -261,13 +248,7 @@ func (c *Cycle) Commit(ctx context.Context, point string) error {
 // Abort releases the view and drops the cycle's table; the baseline stays.
 // Aborting a finished cycle does nothing.
 func (c *Cycle) Abort(ctx context.Context) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.finished {
-		return nil
-	}
-	c.finished = true
-	return c.release()
+	return c.lc.Abort(c.release)
 }
 
 // release closes and removes what the cycle holds and lets the driver

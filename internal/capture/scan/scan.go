@@ -231,7 +231,7 @@ func (d *Driver) Begin(ctx context.Context, base string) (capture.Cycle, error) 
 	d.active = true
 	d.mu.Unlock()
 
-	c := &Cycle{d: d, blockSize: d.blockSize}
+	c := &Cycle{d: d, blockSize: d.blockSize, lc: capture.Lifecycle{Driver: "scan"}}
 	ok := false
 	defer func() {
 		if !ok {
