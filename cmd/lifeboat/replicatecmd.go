@@ -160,8 +160,9 @@ func (a *app) runReplicate(ctx context.Context, f replicateFlags) error {
 		return err
 	}
 
+	clk := a.clock()
 	for cycle := 0; ; cycle++ {
-		start := time.Now()
+		start := clk.Now()
 		var bar *progress.Bar
 		var barDisk string
 		o := replicate.Options{Vault: v, Machine: f.machine, Disks: disks, Labels: labels, VMSpec: spec,
@@ -201,14 +202,12 @@ func (a *app) runReplicate(ctx context.Context, f replicateFlags) error {
 		if f.once {
 			return nil
 		}
-		wait := time.Until(start.Add(f.interval))
-		if wait < 0 {
-			wait = 0
-		}
+		t := clk.NewTimer(max(start.Add(f.interval).Sub(clk.Now()), 0))
 		select {
 		case <-ctx.Done():
+			t.Stop()
 			return nil
-		case <-time.After(wait):
+		case <-t.C():
 		}
 	}
 }

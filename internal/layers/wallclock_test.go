@@ -24,20 +24,6 @@ var wallclockFuncs = []string{"Now", "Since", "Until", "NewTimer", "NewTicker", 
 // clock: on its line or the line above.
 const wallclockMarker = "// wallclock:"
 
-// wallclockPending are files other branches are rewriting while the
-// clock was routed (issue 12): they are checked again once those land.
-//
-// TODO(issue 12): route these through clock.Clock after the ingest,
-// replicate and cycle rewrites are merged, then delete this list.
-var wallclockPending = []string{
-	"internal/replicate/",
-	"internal/agent/cycle.go",
-	"internal/capture/scan/cycle.go",
-	"internal/capture/qemu/cycle.go",
-	"internal/capture/libvirt/cycle.go",
-	"cmd/lifeboat/replicatecmd.go",
-}
-
 // wallclockFree reports whether the file at path (relative to the module,
 // slash-separated) may use the wall clock without saying why: the clock
 // itself, test helpers and suites, benchmarks and test data.
@@ -121,9 +107,6 @@ func TestWallclock(t *testing.T) {
 			return nil
 		}
 		files++
-		if slices.ContainsFunc(wallclockPending, func(p string) bool { return rel == p || strings.HasPrefix(rel, p) }) {
-			return nil
-		}
 		f, err := parser.ParseFile(fset, path, nil, parser.ParseComments)
 		if err != nil {
 			return err

@@ -139,11 +139,11 @@ func (c *Cycle) changes(ctx context.Context, fn func(capture.Block) error, progr
 	c.stats.Examined = total
 
 	var done int64
-	last := time.Now()
+	last := time.Now() // wallclock: paces progress reports of real disk reads
 	report := func(force bool) {
-		if progress != nil && (force || time.Since(last) >= progressEvery) {
+		if progress != nil && (force || time.Since(last) >= progressEvery) { // wallclock: paces progress reports of real disk reads
 			progress(capture.Progress{Done: done, Total: total})
-			last = time.Now()
+			last = time.Now() // wallclock: paces progress reports of real disk reads
 		}
 	}
 	report(true)

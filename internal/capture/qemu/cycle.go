@@ -91,13 +91,13 @@ type readJob struct {
 // incremental) from the point-in-time view and calls fn in ascending
 // block order.
 func (c *Cycle) Changes(ctx context.Context, fn func(capture.Block) error, progress func(capture.Progress)) error {
-	start := time.Now()
+	start := time.Now() // wallclock: elapsed time of real reads, only logged
 	if err := c.lc.Changes(func() error { return c.changes(ctx, fn, progress) }); err != nil {
 		return err
 	}
 	c.m.log.Info("changes read", "disk", c.disk, "incremental", c.incremental, "size", c.size,
 		"extents", c.stats.Extents, "extent_bytes", c.stats.ExtentBytes, "read", c.stats.BytesRead,
-		"emitted", c.stats.BlocksEmitted, "zero", c.stats.BlocksZero, "elapsed", time.Since(start).Round(time.Millisecond))
+		"emitted", c.stats.BlocksEmitted, "zero", c.stats.BlocksZero, "elapsed", time.Since(start).Round(time.Millisecond)) // wallclock: elapsed time of real reads, only logged
 	return nil
 }
 
@@ -246,7 +246,7 @@ func (c *Cycle) changes(ctx context.Context, fn func(capture.Block) error, progr
 	}()
 
 	zeros := make([]byte, bs)
-	lastProgress := time.Now()
+	lastProgress := time.Now() // wallclock: paces progress reports of real disk reads
 	report := func(done int64) {
 		if progress != nil {
 			progress(capture.Progress{Done: min(done, c.size), Total: c.size})
@@ -278,8 +278,8 @@ func (c *Cycle) changes(ctx context.Context, fn func(capture.Block) error, progr
 		}
 		if err2 == nil {
 			bufs <- j.buf
-			if time.Since(lastProgress) >= progressEvery {
-				lastProgress = time.Now()
+			if time.Since(lastProgress) >= progressEvery { // wallclock: paces progress reports of real disk reads
+				lastProgress = time.Now() // wallclock: paces progress reports of real disk reads
 				report(max(examined.Load(), (j.r.first+j.r.n)*bs))
 			}
 		}

@@ -71,11 +71,11 @@ func (c *Cycle) BytesRead() int64 { return c.stats.BytesRead }
 // from the baseline (every non-zero block in a full cycle), in ascending
 // order. Block.Data is valid only during fn.
 func (c *Cycle) Changes(ctx context.Context, fn func(capture.Block) error, progress func(capture.Progress)) error {
-	start := time.Now()
+	start := time.Now() // wallclock: elapsed time of real reads, only logged
 	if err := c.lc.Changes(func() error { return c.scan(ctx, fn, progress) }); err != nil {
 		return err
 	}
-	el := time.Since(start)
+	el := time.Since(start) // wallclock: elapsed time of real reads, only logged
 	c.d.log.Info("disk scanned", "size", c.size, "incremental", c.incremental,
 		"read", c.stats.BytesRead, "hashed", c.stats.BlocksHashed, "zero", c.stats.BlocksZero,
 		"emitted", c.stats.BlocksEmitted, "elapsed", el.Round(time.Millisecond),
@@ -147,7 +147,7 @@ func (c *Cycle) scan(ctx context.Context, fn func(capture.Block) error, progress
 	defer stop()
 
 	var done int64
-	last := time.Now()
+	last := time.Now() // wallclock: paces progress reports of real disk reads
 	if progress != nil {
 		progress(capture.Progress{Done: 0, Total: c.size})
 	}
@@ -176,9 +176,9 @@ func (c *Cycle) scan(ctx context.Context, fn func(capture.Block) error, progress
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if progress != nil && time.Since(last) >= progressEvery {
+		if progress != nil && time.Since(last) >= progressEvery { // wallclock: paces progress reports of real disk reads
 			progress(capture.Progress{Done: done, Total: c.size})
-			last = time.Now()
+			last = time.Now() // wallclock: paces progress reports of real disk reads
 		}
 	}
 	if err := ctx.Err(); err != nil {
