@@ -31,6 +31,21 @@ type Options struct {
 	Workers int
 	// Progress, if set, is called with bytes of the disk done so far.
 	Progress func(done, total int64)
+
+	// FromLeaf (in place only) skips the leaves before it: the caller
+	// knows those blocks of the target equal the point already (an
+	// apply resumed after a crash).
+	FromLeaf int64
+	// Blind (with Incremental, files only) writes every non-zero block
+	// without reading the target: for a file the caller created empty
+	// (all holes) to receive this point.
+	Blind bool
+	// LeafDone, if set, is called after each leaf (Fanout blocks) is
+	// written, from several goroutines and in no particular order, with
+	// the leaf's content as the point has it (valid only during the
+	// call) and a function that makes everything written so far to the
+	// target durable (fsync). An error stops the restore.
+	LeafDone func(leaf int64, content []byte, sync func() error) error
 }
 
 // Result reports what a restore did.
@@ -39,6 +54,7 @@ type Result struct {
 	BytesWritten  int64 // data bytes written to the target (zeros included)
 	BlocksWritten int64
 	BytesRead     int64 // bytes of the target read (incremental)
+	BytesFetched  int64 // bytes of non-zero blocks read from the vault
 	Device        bool
 }
 
@@ -68,6 +84,8 @@ func Restore(ctx context.Context, v *vault.Vault, p *vault.Point, name, target s
 		return nil, refused("--incremental needs an existing target, and %s does not exist", target)
 	case exists && !device && !fi.Mode().IsRegular():
 		return nil, refused("%s is neither a regular file nor a block device (%s): give a file or a block device with --to", target, fi.Mode().Type())
+	case (o.Blind && (!o.Incremental || device)) || (o.FromLeaf != 0 && !o.Incremental && !device):
+		return nil, fmt.Errorf("restore options: Blind needs Incremental and a file, FromLeaf needs an in-place restore")
 	case exists && !device && !o.Incremental && !o.Force:
 		return nil, refused("%s exists: use --incremental to update it in place (writes only differing blocks) or --force to overwrite it", target)
 	}
@@ -97,7 +115,7 @@ func restoreInPlace(ctx context.Context, r *vault.DiskReader, target string, fi 
 	}
 	// A device without --incremental is still compared block by block:
 	// its content is unknown, and reading is cheaper than writing.
-	err = run(ctx, r, f, true, device, o, res)
+	err = run(ctx, r, f, !o.Blind || device, device, o, res)
 	if serr := f.Sync(); err == nil && serr != nil {
 		err = fmt.Errorf("sync %s: %w", target, serr)
 	}
@@ -144,99 +162,35 @@ func restoreNew(ctx context.Context, r *vault.DiskReader, target string, o Optio
 	return nil
 }
 
-// run restores every leaf with o.Workers workers. compare: read the target
-// and skip equal blocks; device: zero blocks must be written (no holes).
+// run restores every leaf from o.FromLeaf on with o.Workers workers.
+// compare: read the target and skip equal blocks; device: zero blocks
+// must be written (no holes).
 func run(ctx context.Context, r *vault.DiskReader, f *os.File, compare, device bool, o Options, res *Result) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
+	if o.FromLeaf < 0 || o.FromLeaf > r.Leaves() {
+		return fmt.Errorf("resume at leaf %d of a disk of %d leaves", o.FromLeaf, r.Leaves())
+	}
+	lr := &leafRestorer{r: r, f: f, compare: compare, device: device, o: o,
+		fanout: int64(r.Disk().Fanout), bs: int64(r.Disk().BlockSize)}
+	lr.done.Store(min(r.Disk().Size, o.FromLeaf*lr.fanout*lr.bs))
 	leaves := make(chan int64)
-	var (
-		wg                     sync.WaitGroup
-		done, written, nblocks atomic.Int64
-		readBytes              atomic.Int64
-	)
-	fanout := int64(r.Disk().Fanout)
-	bs := int64(r.Disk().BlockSize)
+	var wg sync.WaitGroup
 	for range o.Workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			var cur []byte
 			for leaf := range leaves {
-				ids, err := r.Leaf(ctx, leaf)
-				if err != nil {
+				var err error
+				if cur, err = lr.leaf(ctx, leaf, cur); err != nil {
 					cancel(err)
-					continue
-				}
-				first := leaf * fanout
-				if compare {
-					lo := first * bs
-					hi := min(r.Disk().Size, (first+int64(len(ids)))*bs)
-					if int64(cap(cur)) < hi-lo {
-						cur = make([]byte, hi-lo)
-					}
-					cur = cur[:hi-lo]
-					if _, err := f.ReadAt(cur, lo); err != nil && !errors.Is(err, io.EOF) {
-						cancel(fmt.Errorf("read target at %d: %w", lo, err))
-						continue
-					}
-					readBytes.Add(hi - lo)
-				}
-				var need []vault.ID
-				var where []int64
-				for i, id := range ids {
-					k := first + int64(i)
-					if compare {
-						blk := cur[int64(i)*bs : int64(i)*bs+int64(r.BlockLen(k))]
-						if (id.IsZero() && vault.IsZeroBlock(blk)) || (!id.IsZero() && r.Vault().BlockID(blk) == id) {
-							continue
-						}
-					}
-					if id.IsZero() {
-						if compare || device {
-							if err := zeroRange(f, k*bs, int64(r.BlockLen(k)), device); err != nil {
-								cancel(err)
-								break
-							}
-							written.Add(int64(r.BlockLen(k)))
-							nblocks.Add(1)
-						}
-						continue
-					}
-					need = append(need, id)
-					where = append(where, k)
-				}
-				if len(need) > 0 && ctx.Err() == nil {
-					err := r.Vault().ReadBlobs(ctx, need, func(i int, plain []byte) error {
-						k := where[i]
-						if len(plain) != r.BlockLen(k) {
-							return fmt.Errorf("block %d: %d bytes stored, disk layout needs %d", k, len(plain), r.BlockLen(k))
-						}
-						if _, err := f.WriteAt(plain, k*bs); err != nil {
-							return fmt.Errorf("write target at %d: %w", k*bs, err)
-						}
-						written.Add(int64(len(plain)))
-						nblocks.Add(1)
-						return nil
-					})
-					if err != nil {
-						cancel(err)
-						continue
-					}
-				}
-				// Start writing this leaf back now, so that the final fsync
-				// does not find the whole disk still in the page cache.
-				span := min(r.Disk().Size-first*bs, fanout*bs)
-				_ = unix.SyncFileRange(int(f.Fd()), first*bs, span, unix.SYNC_FILE_RANGE_WRITE)
-				d := done.Add(span)
-				if o.Progress != nil {
-					o.Progress(d, r.Disk().Size)
 				}
 			}
 		}()
 	}
 feed:
-	for leaf := int64(0); leaf < r.Leaves(); leaf++ {
+	for leaf := o.FromLeaf; leaf < r.Leaves(); leaf++ {
 		select {
 		case leaves <- leaf:
 		case <-ctx.Done():
@@ -245,10 +199,111 @@ feed:
 	}
 	close(leaves)
 	wg.Wait()
-	res.BytesWritten = written.Load()
-	res.BlocksWritten = nblocks.Load()
-	res.BytesRead = readBytes.Load()
+	res.BytesWritten = lr.written.Load()
+	res.BlocksWritten = lr.nblocks.Load()
+	res.BytesRead = lr.readBytes.Load()
+	res.BytesFetched = lr.fetched.Load()
 	return context.Cause(ctx)
+}
+
+// leafRestorer restores leaves; its counters are shared by the workers.
+type leafRestorer struct {
+	r                *vault.DiskReader
+	f                *os.File
+	compare, device  bool
+	o                Options
+	fanout, bs       int64
+	done, written    atomic.Int64
+	nblocks, fetched atomic.Int64
+	readBytes        atomic.Int64
+}
+
+// leaf restores one leaf, with cur as its buffer (returned, perhaps grown).
+func (lr *leafRestorer) leaf(ctx context.Context, leaf int64, cur []byte) ([]byte, error) {
+	r, f, bs := lr.r, lr.f, lr.bs
+	ids, err := r.Leaf(ctx, leaf)
+	if err != nil {
+		return cur, err
+	}
+	first := leaf * lr.fanout
+	keep := lr.o.LeafDone != nil // cur must end up holding the leaf's content
+	lo := first * bs
+	hi := min(r.Disk().Size, (first+int64(len(ids)))*bs)
+	if lr.compare || keep {
+		if int64(cap(cur)) < hi-lo {
+			cur = make([]byte, hi-lo)
+		}
+		cur = cur[:hi-lo]
+	}
+	if lr.compare {
+		if _, err := f.ReadAt(cur, lo); err != nil && !errors.Is(err, io.EOF) {
+			return cur, fmt.Errorf("read target at %d: %w", lo, err)
+		}
+		lr.readBytes.Add(hi - lo)
+	} else if keep {
+		clear(cur)
+	}
+	var need []vault.ID
+	var where []int64
+	for i, id := range ids {
+		k := first + int64(i)
+		n := int64(r.BlockLen(k))
+		if lr.compare {
+			blk := cur[int64(i)*bs : int64(i)*bs+n]
+			if (id.IsZero() && vault.IsZeroBlock(blk)) || (!id.IsZero() && r.Vault().BlockID(blk) == id) {
+				continue
+			}
+		}
+		if id.IsZero() {
+			if lr.compare || lr.device {
+				if err := zeroRange(f, k*bs, n, lr.device); err != nil {
+					return cur, err
+				}
+				if keep {
+					clear(cur[int64(i)*bs : int64(i)*bs+n])
+				}
+				lr.written.Add(n)
+				lr.nblocks.Add(1)
+			}
+			continue
+		}
+		need = append(need, id)
+		where = append(where, k)
+	}
+	if len(need) > 0 {
+		err := r.Vault().ReadBlobs(ctx, need, func(i int, plain []byte) error {
+			k := where[i]
+			if len(plain) != r.BlockLen(k) {
+				return fmt.Errorf("block %d: %d bytes stored, disk layout needs %d", k, len(plain), r.BlockLen(k))
+			}
+			if _, err := f.WriteAt(plain, k*bs); err != nil {
+				return fmt.Errorf("write target at %d: %w", k*bs, err)
+			}
+			if keep {
+				copy(cur[(k-first)*bs:], plain)
+			}
+			lr.written.Add(int64(len(plain)))
+			lr.fetched.Add(int64(len(plain)))
+			lr.nblocks.Add(1)
+			return nil
+		})
+		if err != nil {
+			return cur, err
+		}
+	}
+	// Start writing this leaf back now, so that the final fsync does not
+	// find the whole disk still in the page cache.
+	_ = unix.SyncFileRange(int(f.Fd()), lo, hi-lo, unix.SYNC_FILE_RANGE_WRITE)
+	if keep {
+		if err := lr.o.LeafDone(leaf, cur, f.Sync); err != nil {
+			return cur, err
+		}
+	}
+	d := lr.done.Add(hi - lo)
+	if lr.o.Progress != nil {
+		lr.o.Progress(d, r.Disk().Size)
+	}
+	return cur, ctx.Err()
 }
 
 var zeros = make([]byte, 4<<20)
