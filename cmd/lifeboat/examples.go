@@ -47,6 +47,8 @@ var examples = map[string]string{
 	"recover machines":    "  lifeboat recover machines --vault s3://dr-bucket/lifeboat",
 	"recover points":      "  lifeboat recover points web01 --vault /srv/vault",
 	"recover remove":      "  lifeboat recover remove lb-1a2b3c4d-web01-9f2e --vault /srv/vault",
+	"target":              "  lifeboat target apply --vault /srv/vault --point latest --machine web01 --disk vda --to /var/lib/vm/web01.img",
+	"target apply":        "  lifeboat target apply --vault /srv/vault --point latest --machine web01 --disk vda --to /var/lib/vm/web01.img\n  lifeboat target apply --vault /srv/vault --point 1a2b3c4d --machine db01 --disk vda --to /dev/sdb --state-dir /var/lib/lifeboat-target --json",
 	"replicate":           "  lifeboat replicate --vault /srv/vault --machine web01 --disk vda=/dev/vda --once\n  lifeboat replicate --vault /srv/vault --disk vda=/var/lib/vm/web01.img --interval 30s",
 	"restore":             "  lifeboat restore 1a2b3c4d --vault /srv/vault --disk vda --to /var/tmp/vda.img\n  lifeboat restore 1a2b3c4d --vault /srv/vault --disk vda --to /dev/sdb --incremental",
 	"resume":              "  lifeboat resume web01",
