@@ -54,7 +54,7 @@ func TestBaselineReenablesIncrementally(t *testing.T) {
 	target := filepath.Join(dir, "orig.img")
 	writeFile(t, target, changeBlocks(append([]byte(nil), img...), bs, 10, 200))
 	state := filepath.Join(dir, "agent-state")
-	if _, err := Apply(ctx, v, p, "d", target, Options{Baseline: state}); err != nil {
+	if _, err := Apply(ctx, v, p, "d", target, Options{Baseline: state, Logger: quiet()}); err != nil {
 		t.Fatal(err)
 	}
 

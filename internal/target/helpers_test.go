@@ -142,3 +142,5 @@ func (l *logBuf) String() string {
 }
 
 func (l *logBuf) logger() *slog.Logger { return slog.New(slog.NewTextHandler(l, nil)) }
+
+func quiet() *slog.Logger { return slog.New(slog.DiscardHandler) }

@@ -50,7 +50,7 @@ func TestApplyOriginalLocation(t *testing.T) {
 		t.Fatalf("journal left after a complete apply: %v", js)
 	}
 
-	res, err = Apply(ctx, v, p, "d", target, Options{})
+	res, err = Apply(ctx, v, p, "d", target, Options{Logger: quiet()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +69,7 @@ func TestApplyAlternateLocation(t *testing.T) {
 	writeFile(t, filepath.Join(dir, "src.img"), img)
 	p := storePoint(t, v, filepath.Join(dir, "src.img"))
 	target := filepath.Join(dir, "new.img")
-	res, err := Apply(ctx, v, p, "d", target, Options{StateDir: t.TempDir()})
+	res, err := Apply(ctx, v, p, "d", target, Options{StateDir: t.TempDir(), Logger: quiet()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,11 +136,11 @@ func TestApplyRefusesUnsafeTargets(t *testing.T) {
 	writeFile(t, filepath.Join(dir, "src.img"), img)
 	p := storePoint(t, v, filepath.Join(dir, "src.img"))
 	for _, target := range []string{filepath.Join(dir, "vault", "config"), filepath.Join(dir, "vault", "x.img")} {
-		if _, err := Apply(ctx, v, p, "d", target, Options{StateDir: dir}); !errors.Is(err, recover.ErrRefused) {
+		if _, err := Apply(ctx, v, p, "d", target, Options{StateDir: dir, Logger: quiet()}); !errors.Is(err, recover.ErrRefused) {
 			t.Fatalf("%s: %v, want ErrRefused", target, err)
 		}
 	}
-	if _, err := Apply(ctx, v, p, "nodisk", filepath.Join(dir, "t.img"), Options{}); err == nil {
+	if _, err := Apply(ctx, v, p, "nodisk", filepath.Join(dir, "t.img"), Options{Logger: quiet()}); err == nil {
 		t.Fatal("a disk the point lacks was applied")
 	}
 }
