@@ -11,6 +11,7 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/progress"
 	"github.com/lifeboat-dr/lifeboat/internal/recover"
 	"github.com/lifeboat-dr/lifeboat/internal/target"
+	"github.com/lifeboat-dr/lifeboat/internal/units"
 )
 
 func (a *app) targetCmd() *cobra.Command {
@@ -63,7 +64,8 @@ files, a block device that is mounted, swap, or part of another device.`,
 	fl.StringVar(&f.to, "to", "", "target: the original disk image or block device, or a new file")
 	fl.StringVar(&f.o.StateDir, "state-dir", "", "directory of the journal and the partial baseline (default: the target's directory)")
 	fl.StringVar(&f.o.Baseline, "baseline", "", "scan state file to write for the target (default STATE-DIR/TARGET.scan-baseline)")
-	fl.Int64Var(&f.o.CheckpointBytes, "checkpoint", target.DefaultCheckpointBytes, "bytes of the disk applied between two checkpoints")
+	f.o.CheckpointBytes = target.DefaultCheckpointBytes
+	fl.Var(units.SizeFlag{P: &f.o.CheckpointBytes}, "checkpoint", "disk applied between two checkpoints: bytes, or a size such as 64MiB, 1GiB")
 	fl.BoolVar(&f.asJSON, "json", false, `print JSON lines: progress objects {"phase":"apply","done":…,"total":…}, then {"result":"applied",…}`)
 	a.vaultFlags(fl)
 	return c

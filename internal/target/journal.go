@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -63,13 +64,15 @@ func readJournal(path string) (*journal, error) {
 		return nil, fmt.Errorf("open journal: %w", err)
 	}
 	defer f.Close()
-	b := make([]byte, maxJournal+1)
-	n, _ := f.Read(b)
-	if n > maxJournal {
+	b, err := io.ReadAll(io.LimitReader(f, maxJournal+1))
+	if err != nil {
+		return nil, fmt.Errorf("read journal: %w", err)
+	}
+	if len(b) > maxJournal {
 		return nil, fmt.Errorf("%w: larger than %d bytes", errBadJournal, maxJournal)
 	}
 	var j journal
-	if err := json.Unmarshal(b[:n], &j); err != nil {
+	if err := json.Unmarshal(b, &j); err != nil {
 		return nil, fmt.Errorf("%w: %w", errBadJournal, err)
 	}
 	if j.Version != journalVersion {
