@@ -104,7 +104,7 @@ func refuseDrill(s State, a Action, f Facts) *refusal {
 func refuseFailover(s State, a Action, f Facts) *refusal {
 	if a == Failover || a == PlannedFailover {
 		if !forward(s) {
-			return no(api.CodeFailedOver, "it is failed over already")
+			return no(api.CodeFailedOver, "it is already failed over")
 		}
 		if f.FailoverJob {
 			return no(api.CodeJobRunning, "a failover of it is under way")
