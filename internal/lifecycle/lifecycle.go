@@ -165,6 +165,9 @@ func (e *NotAllowedError) Error() string {
 // *NotAllowedError naming the machine, the state, what a needs and what is
 // allowed now.
 func Check(machine string, s State, a Action, f Facts) error {
+	if holds(s, a) && !f.FailoverJob {
+		return nil // asked twice: done already, like systemctl stop on a stopped unit
+	}
 	r := refuse(s, a, f)
 	if r == nil {
 		return nil

@@ -13,6 +13,14 @@ func replicating(s State) bool {
 	return s == Initial || s == Protected || s == Resyncing || s == Error
 }
 
+// holds: the effect of a forward action holds already (pause of a paused
+// machine, resume of one replicating, unprotect of an unprotected one).
+// Check accepts it as a no-op, so scripts may repeat it; Allowed does not
+// list it, since it changes nothing.
+func holds(s State, a Action) bool {
+	return a == Pause && s == Paused || a == Resume && replicating(s) || a == Unprotect && s == Unprotected
+}
+
 // refusal is why an action is not allowed: the API code and what the
 // action needs.
 type refusal struct{ code, why string }
