@@ -356,6 +356,14 @@ func describeState(m api.Machine) string {
 		s = "failed over (not committed)"
 	case api.StateCommitted:
 		s = "failed over (committed)"
+	case api.StateReprotecting:
+		s = "reprotecting (replicating back to the primary site)"
+	case api.StateReprotected:
+		s = "reprotected (protected in reverse)"
+	case api.StateFailingBack:
+		s = "failing back (not committed)"
+	case api.StateFailedBack:
+		s = "failed back (forward protection not re-enabled)"
 	}
 	if r := m.Recovery; r != nil && r.Drill != nil {
 		s += ", test failover running"
@@ -418,6 +426,7 @@ func (a *app) machinesCmd() *cobra.Command {
 			w := a.table()
 			fmt.Fprintf(w, "machine\t%s\n", m.Name)
 			fmt.Fprintf(w, "state\t%s\n", describeState(m))
+			fmt.Fprintf(w, "allowed next actions\t%s\n", nextActions(m))
 			fmt.Fprintf(w, "policy\t%s\n", m.Policy)
 			fmt.Fprintf(w, "group\t%s\n", m.Group)
 			fmt.Fprintf(w, "process server\t%s\n", m.Process)
@@ -495,6 +504,23 @@ func (a *app) machineTable(ms []api.Machine) {
 	_ = w.Flush()
 }
 
+// nextActionsTable lists what each machine's state allows now (the
+// server's allowed_actions).
+func (a *app) nextActionsTable(ms []api.Machine) {
+	sort.Slice(ms, func(i, j int) bool { return ms[i].Name < ms[j].Name })
+	w := a.table()
+	fmt.Fprintln(w, "MACHINE\tALLOWED NEXT ACTIONS")
+	for _, m := range ms {
+		fmt.Fprintf(w, "%s\t%s\n", m.Name, nextActions(m))
+	}
+	_ = w.Flush()
+}
+
+// nextActions is a machine's allowed actions as one line ("-": none).
+func nextActions(m api.Machine) string {
+	return dash(strings.Join(m.AllowedActions, ", "))
+}
+
 func dash(s string) string {
 	if s == "" {
 		return "-"
@@ -520,6 +546,8 @@ func (a *app) statusCmd() *cobra.Command {
 			}
 			fmt.Fprintf(a.stdout, "server %s (%s), vault %s\n\n", st.Server, st.Version, st.Vault)
 			a.machineTable(st.Machines)
+			fmt.Fprintln(a.stdout)
+			a.nextActionsTable(st.Machines)
 			fmt.Fprintln(a.stdout)
 			a.processTable(st.Processes)
 			if len(st.Events) > 0 {

@@ -27,21 +27,24 @@ func TestREADMEStatusSample(t *testing.T) {
 	var out bytes.Buffer
 	a := &app{stdout: &out}
 	a.machineTable(nil)
+	a.nextActionsTable(nil)
 	a.processTable(nil)
 	cols := regexp.MustCompile(`\s{2,}`)
 	for _, header := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		// Tables may share their first column (MACHINE): a header
+		// matches one line that starts like it, column for column.
 		want := cols.Split(strings.TrimSpace(header), -1)
+		var near []string
 		found := false
 		for _, line := range strings.Split(sample, "\n") {
 			if strings.HasPrefix(line, want[0]+" ") {
-				found = true
-				if got := cols.Split(strings.TrimSpace(line), -1); strings.Join(got, "|") != strings.Join(want, "|") {
-					t.Errorf("README's header %q, the CLI prints %q", got, want)
-				}
+				got := cols.Split(strings.TrimSpace(line), -1)
+				found = found || strings.Join(got, "|") == strings.Join(want, "|")
+				near = append(near, strings.Join(got, "|"))
 			}
 		}
 		if !found {
-			t.Errorf("README's status sample has no table %q", want[0])
+			t.Errorf("README's status sample has no table %q; the CLI prints %q, README's headers starting so are %q", want[0], want, near)
 		}
 	}
 }

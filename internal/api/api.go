@@ -63,6 +63,17 @@ const (
 	StateError       = "error"
 )
 
+// Machine states of the way back (Machine.State), after a committed
+// failover (recovery.go): replicating the failed-over machine back to
+// the primary site, then failing back to it. internal/lifecycle holds
+// the model: which actions each state allows.
+const (
+	StateReprotecting = "reprotecting" // replicating the failed-over machine back to the primary site (initial copy)
+	StateReprotected  = "reprotected"  // protected in reverse: the primary site holds the recovery site's changes
+	StateFailingBack  = "failing-back" // failed back to the primary site, not committed
+	StateFailedBack   = "failed-back"  // failback committed: forward protection can be re-enabled
+)
+
 // Duration is a time.Duration that travels as a Go duration string ("15m").
 type Duration time.Duration
 
@@ -339,6 +350,11 @@ type Machine struct {
 	// Recovery is what runs for the machine at the recovery site (a
 	// test failover, a failover) and the planned failover's shutdown.
 	Recovery *Recovery `json:"recovery,omitempty"`
+	// AllowedActions are the actions the machine's state allows now
+	// (internal/lifecycle: protect, pause, test-failover, failover,
+	// commit, ...); the server fills them in every answer, the store
+	// does not keep them.
+	AllowedActions []string `json:"allowed_actions"`
 	// RecoveryOverrides are the machine's recovery settings (GET/PUT
 	// /api/v1/machines/{name}/recovery).
 	RecoveryOverrides *RecoveryOverrides `json:"recovery_overrides,omitempty"`

@@ -25,6 +25,10 @@ const (
 	CodeJobRunning          = "job_running"          // another failover job of the machine has not ended
 	CodeProviderUnavailable = "provider_unavailable" // the recovery site's compute provider cannot run VMs
 	CodeAgentOffline        = "agent_offline"        // planned failover of a machine whose agent is not there
+	// CodeActionNotAllowed refuses an action the machine's state does
+	// not allow (internal/lifecycle); the message names the state, what
+	// the action needs and the actions allowed now.
+	CodeActionNotAllowed = "action_not_allowed"
 )
 
 // RecoveryOverrides are a machine's recovery settings: GET/PUT

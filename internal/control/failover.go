@@ -10,16 +10,17 @@ import (
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/jobs"
+	"github.com/lifeboat-dr/lifeboat/internal/lifecycle"
 	"github.com/lifeboat-dr/lifeboat/internal/orchestrate"
 	"github.com/lifeboat-dr/lifeboat/internal/store"
 )
 
 // The failover family of the API: POST /api/v1/machines/{name}/<action>
-// submits a durable job and answers 202 with it. Each action checks the
-// machine's recovery state first and refuses, with a code, what cannot
-// work: a second drill, a failover of a machine failed over, a commit
-// without a failover. Checks and submission are serialised, so two
-// requests cannot both pass.
+// submits a durable job and answers 202 with it. Each action asks the
+// state model (internal/lifecycle, lifecycle.go) first and refuses, with
+// a code, what the machine's state does not allow: a second drill, a
+// failover of a machine failed over, a commit without a failover. Checks
+// and submission are serialised, so two requests cannot both pass.
 
 // failoverAction is one POST /api/v1/machines/{name}/<path>.
 type failoverAction struct {
@@ -145,12 +146,8 @@ func (s *Server) checkChoice(ctx context.Context, machine string, ch orchestrate
 
 func (s *Server) prepareDrill(ctx context.Context, m api.Machine, active []jobs.Job, req any) (orchestrate.Params, string, error) {
 	tr := req.(*api.TestFailoverRequest)
-	if r := m.Recovery; r != nil && r.Drill != nil {
-		return orchestrate.Params{}, "", errf(http.StatusConflict, api.CodeDrillRunning,
-			"a test failover of %s runs already (VM %s, job %s): clean it up first (lifeboat test-failover cleanup %s --notes ...)", m.Name, r.Drill.Name, r.Drill.Job, m.Name)
-	}
-	if j := activeOf(active, drillKinds); j != nil {
-		return orchestrate.Params{}, "", jobRunning(j, api.CodeDrillRunning, "a test failover of %s is under way", m.Name)
+	if err := s.checkAction(m, active, lifecycle.TestFailover); err != nil {
+		return orchestrate.Params{}, "", err
 	}
 	if err := s.checkProvider(); err != nil {
 		return orchestrate.Params{}, "", err
@@ -171,11 +168,8 @@ func (s *Server) prepareCleanup(_ context.Context, m api.Machine, active []jobs.
 	if err := checkText("notes", cr.Notes, maxMessage/2); err != nil {
 		return orchestrate.Params{}, "", err
 	}
-	if j := activeOf(active, drillKinds); j != nil {
-		return orchestrate.Params{}, "", jobRunning(j, api.CodeJobRunning, "a job acts on the test failover of %s", m.Name)
-	}
-	if m.Recovery == nil || m.Recovery.Drill == nil {
-		return orchestrate.Params{}, "", errf(http.StatusConflict, api.CodeNoDrill, "no test failover of %s runs: nothing to clean up", m.Name)
+	if err := s.checkAction(m, active, lifecycle.Cleanup); err != nil {
+		return orchestrate.Params{}, "", err
 	}
 	return orchestrate.Params{VM: fromRecoveredVM(*m.Recovery.Drill), Notes: cr.Notes},
 		fmt.Sprintf("test failover cleanup requested (VM %s); notes: %s", m.Recovery.Drill.Name, cr.Notes), nil
@@ -183,48 +177,27 @@ func (s *Server) prepareCleanup(_ context.Context, m api.Machine, active []jobs.
 
 func (s *Server) prepareFailover(ctx context.Context, m api.Machine, active []jobs.Job, req any) (orchestrate.Params, string, error) {
 	fr := req.(*api.FailoverRequest)
-	if r := m.Recovery; r != nil && r.Failover != nil {
-		state := "not committed: change its point, commit or cancel it"
-		if r.Committed {
-			state = "committed"
+	action := lifecycle.Failover
+	if fr.Planned {
+		if fr.Point != "" || !fr.At.IsZero() {
+			return orchestrate.Params{}, "", errf(http.StatusBadRequest, api.CodeInvalidPoint, "a planned failover boots the point it cuts after the shutdown: give no --point or --at")
 		}
-		return orchestrate.Params{}, "", errf(http.StatusConflict, api.CodeFailedOver, "machine %s is already failed over (VM %s, %s)", m.Name, r.Failover.Name, state)
+		action = lifecycle.PlannedFailover
 	}
-	if j := activeOf(active, failoverKinds); j != nil {
-		return orchestrate.Params{}, "", jobRunning(j, api.CodeJobRunning, "a failover of %s is under way", m.Name)
+	if err := s.checkAction(m, active, action); err != nil {
+		return orchestrate.Params{}, "", err
 	}
 	if err := s.checkProvider(); err != nil {
 		return orchestrate.Params{}, "", err
 	}
 	ch := orchestrate.Choice{Point: fr.Point, At: fr.At}
 	if fr.Planned {
-		if fr.Point != "" || !fr.At.IsZero() {
-			return orchestrate.Params{}, "", errf(http.StatusBadRequest, api.CodeInvalidPoint, "a planned failover boots the point it cuts after the shutdown: give no --point or --at")
-		}
-		if err := s.checkPlanned(m); err != nil {
-			return orchestrate.Params{}, "", err
-		}
 		return orchestrate.Params{Planned: true}, "planned failover requested (shut the source down, cut a final point, boot it)", nil
 	}
 	if err := s.checkChoice(ctx, m.Name, ch); err != nil {
 		return orchestrate.Params{}, "", err
 	}
 	return orchestrate.Params{Choice: ch}, "failover requested (point " + ch.String() + ")", nil
-}
-
-// checkPlanned refuses a planned failover its agent cannot carry out.
-func (s *Server) checkPlanned(m api.Machine) error {
-	if m.Policy == "" || m.Paused {
-		return errf(http.StatusConflict, api.CodeConflict, "machine %s is not replicating (%s): a planned failover cuts a final point; resume or protect it, or fail over unplanned", m.Name, m.State)
-	}
-	s.mu.Lock()
-	offline := s.offline[m.Name] || m.LastSeen.IsZero()
-	s.mu.Unlock()
-	if offline {
-		return errf(http.StatusConflict, api.CodeAgentOffline, "the agent of %s is not online (last seen %s): a planned failover shuts the machine down through it; fail over unplanned instead",
-			m.Name, orUnknown(fmtTime(m.LastSeen)))
-	}
-	return nil
 }
 
 func fmtTime(t time.Time) string {
@@ -234,24 +207,23 @@ func fmtTime(t time.Time) string {
 	return t.UTC().Format(time.RFC3339)
 }
 
-// uncommitted returns the machine's uncommitted failover, or a refusal.
-func uncommitted(m api.Machine, active []jobs.Job, what string) (*api.RecoveredVM, error) {
-	if j := activeOf(active, failoverKinds); j != nil {
-		return nil, jobRunning(j, api.CodeJobRunning, "a failover job of %s is under way", m.Name)
+// uncommitted returns the machine's uncommitted failover, or the state
+// model's refusal of action a.
+func (s *Server) uncommitted(m api.Machine, active []jobs.Job, a lifecycle.Action) (*api.RecoveredVM, error) {
+	if err := s.checkAction(m, active, a); err != nil {
+		return nil, err
 	}
-	r := m.Recovery
-	if r == nil || r.Failover == nil {
-		return nil, errf(http.StatusConflict, api.CodeNotFailedOver, "machine %s is not failed over: nothing to %s", m.Name, what)
+	if r := m.Recovery; r != nil && r.Failover != nil && !r.Committed {
+		return r.Failover, nil
 	}
-	if r.Committed {
-		return nil, errf(http.StatusConflict, api.CodeNotFailedOver, "the failover of %s is committed: it can no longer %s", m.Name, what)
-	}
-	return r.Failover, nil
+	// The record and its state disagree (a state written by an older
+	// version): refuse as the state model refuses a machine not failed over.
+	return nil, errf(http.StatusConflict, api.CodeNotFailedOver, "machine %s is not failed over (its state is %q): nothing to %s", m.Name, m.State, a)
 }
 
 func (s *Server) prepareChangePoint(ctx context.Context, m api.Machine, active []jobs.Job, req any) (orchestrate.Params, string, error) {
 	cr := req.(*api.ChangePointRequest)
-	vm, err := uncommitted(m, active, "change the point of")
+	vm, err := s.uncommitted(m, active, lifecycle.ChangePoint)
 	if err != nil {
 		return orchestrate.Params{}, "", err
 	}
@@ -267,9 +239,12 @@ func (s *Server) prepareChangePoint(ctx context.Context, m api.Machine, active [
 }
 
 func prepareFailedOver(kind string) func(*Server, context.Context, api.Machine, []jobs.Job, any) (orchestrate.Params, string, error) {
-	verb := map[string]string{orchestrate.KindCommit: "commit", orchestrate.KindCancel: "cancel"}[kind]
-	return func(_ *Server, _ context.Context, m api.Machine, active []jobs.Job, _ any) (orchestrate.Params, string, error) {
-		vm, err := uncommitted(m, active, verb)
+	verb, action := "commit", lifecycle.Commit
+	if kind == orchestrate.KindCancel {
+		verb, action = "cancel", lifecycle.CancelFailover
+	}
+	return func(s *Server, _ context.Context, m api.Machine, active []jobs.Job, _ any) (orchestrate.Params, string, error) {
+		vm, err := s.uncommitted(m, active, action)
 		if err != nil {
 			return orchestrate.Params{}, "", err
 		}

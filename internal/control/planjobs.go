@@ -7,6 +7,7 @@ import (
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/jobs"
+	"github.com/lifeboat-dr/lifeboat/internal/lifecycle"
 	"github.com/lifeboat-dr/lifeboat/internal/orchestrate"
 	"github.com/lifeboat-dr/lifeboat/internal/store"
 )
@@ -85,11 +86,14 @@ func (p planJobs) prepare(ctx context.Context, kind string, m api.Machine, activ
 		if r == nil || r.Failover == nil || prm.VM == nil || r.Failover.Name != prm.VM.Name {
 			return prm, orchestrate.ErrNothingToDo
 		}
-		verb := map[string]string{orchestrate.KindCommit: "commit", orchestrate.KindCancel: "cancel"}[kind]
+		action := lifecycle.Commit
+		if kind == orchestrate.KindCancel {
+			action = lifecycle.CancelFailover
+		}
 		if r.Committed && kind == orchestrate.KindCommit {
 			return prm, orchestrate.ErrNothingToDo
 		}
-		_, err := uncommitted(m, active, verb)
+		_, err := s.uncommitted(m, active, action)
 		return prm, err
 	}
 	return prm, fmt.Errorf("a plan does not run machine jobs of kind %q", kind)

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/jobs"
+	"github.com/lifeboat-dr/lifeboat/internal/lifecycle"
 	"github.com/lifeboat-dr/lifeboat/internal/store"
 	"github.com/lifeboat-dr/lifeboat/internal/vault"
 	"github.com/lifeboat-dr/lifeboat/internal/vault/retention"
@@ -223,10 +225,9 @@ func (s *Server) listMachines(w http.ResponseWriter, r *http.Request, _ *caller)
 	if err != nil {
 		return err
 	}
-	now := s.clock.Now()
-	out := make([]api.Machine, 0, len(ms))
-	for _, m := range ms {
-		out = append(out, s.withRPO(m, now))
+	out, err := s.machineViews(r.Context(), ms)
+	if err != nil {
+		return err
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil
@@ -244,7 +245,11 @@ func (s *Server) getMachine(w http.ResponseWriter, r *http.Request, _ *caller) e
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, s.withRPO(m, s.clock.Now()))
+	v, err := s.oneView(r.Context(), m)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, v)
 	return nil
 }
 
@@ -268,9 +273,6 @@ var machineActions = []machineAction{
 		return fmt.Sprintf("unprotected (was policy %q)", was), nil
 	}},
 	{"pause", nil, func(_ *Server, _ *http.Request, _ any, m *api.Machine) (string, error) {
-		if m.Policy == "" {
-			return "", conflict("machine %s is not protected: nothing to pause", m.Name)
-		}
 		m.Paused = true
 		m.State = machineState(m)
 		return "paused replication", nil
@@ -281,9 +283,6 @@ var machineActions = []machineAction{
 		return "resumed replication", nil
 	}},
 	{"resync", nil, func(_ *Server, _ *http.Request, _ any, m *api.Machine) (string, error) {
-		if m.Policy == "" {
-			return "", conflict("machine %s is not protected: protect it first", m.Name)
-		}
 		m.ResyncWanted = true
 		m.State = machineState(m)
 		return "requested a resync", nil
@@ -407,28 +406,6 @@ func diskNames(ds []api.DiskInfo) string {
 	return strings.Join(n, ", ")
 }
 
-// machineState derives a machine's state from its record.
-func machineState(m *api.Machine) string {
-	r := m.Recovery
-	switch {
-	case r != nil && r.Failover != nil && r.Committed:
-		return api.StateCommitted
-	case r != nil && r.Failover != nil:
-		return api.StateFailedOver
-	case m.Policy == "":
-		return api.StateUnprotected
-	case m.Paused:
-		return api.StatePaused
-	case m.ResyncWanted:
-		return api.StateResyncing
-	case m.LastError != "":
-		return api.StateError
-	case m.LastPoint == nil:
-		return api.StateInitial
-	}
-	return api.StateProtected
-}
-
 func (s *Server) machineAction(a machineAction) func(http.ResponseWriter, *http.Request, *caller) error {
 	return func(w http.ResponseWriter, r *http.Request, c *caller) error {
 		name, err := pathName(r, "machine")
@@ -447,8 +424,24 @@ func (s *Server) machineAction(a machineAction) func(http.ResponseWriter, *http.
 		if a.name == "revoke" {
 			return s.revokeMachine(w, r, c, name)
 		}
+		la, checked := lifecycleAction(a.name)
+		var active []jobs.Job
+		if checked {
+			// Serialised with the failover family's submissions: a
+			// failover cannot start between the check and the change.
+			s.rec.submitMu.Lock()
+			defer s.rec.submitMu.Unlock()
+			if active, err = s.store.ListJobs(r.Context(), jobs.ListOptions{Target: name, Active: true, Limit: 1000}); err != nil {
+				return err
+			}
+		}
 		var what string
 		m, err := s.store.UpdateMachine(r.Context(), name, func(m *api.Machine) error {
+			if checked {
+				if err := s.checkAction(*m, active, la); err != nil {
+					return err
+				}
+			}
 			var err error
 			what, err = a.apply(s, r, req, m)
 			return err
@@ -461,9 +454,20 @@ func (s *Server) machineAction(a machineAction) func(http.ResponseWriter, *http.
 		}
 		s.audit(r, c, name, fmt.Sprintf("machine %s: %s", name, what))
 		s.notify.notify(name)
-		writeJSON(w, http.StatusOK, s.withRPO(m, s.clock.Now()))
+		writeJSON(w, http.StatusOK, s.machineView(m, active, s.clock.Now()))
 		return nil
 	}
+}
+
+// lifecycleAction returns the state model's action of a machine action,
+// if the machine's state decides whether it is allowed (the settings,
+// move, bandwidth and group, and revoke are allowed in every state).
+func lifecycleAction(name string) (lifecycle.Action, bool) {
+	switch a := lifecycle.Action(name); a {
+	case lifecycle.Protect, lifecycle.Unprotect, lifecycle.Pause, lifecycle.Resume, lifecycle.Resync:
+		return a, true
+	}
+	return "", false
 }
 
 // revokeMachine revokes every certificate of the machine's agent; the
@@ -491,7 +495,11 @@ func (s *Server) revokeMachine(w http.ResponseWriter, r *http.Request, c *caller
 	}
 	s.audit(r, c, name, what)
 	s.notify.notify(name)
-	writeJSON(w, http.StatusOK, map[string]any{"machine": s.withRPO(m, s.clock.Now()), "revoked": append([]string{}, serials...)})
+	v, err := s.oneView(ctx, m)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"machine": v, "revoked": append([]string{}, serials...)})
 	return nil
 }
 
@@ -727,9 +735,9 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request, _ *caller) error
 		return err
 	}
 	now := s.clock.Now()
-	st := api.Status{Server: s.cfg.Name, Version: s.version, Time: now.UTC(), Vault: s.cfg.Vault, Machines: []api.Machine{}}
-	for _, m := range ms {
-		st.Machines = append(st.Machines, s.withRPO(m, now))
+	st := api.Status{Server: s.cfg.Name, Version: s.version, Time: now.UTC(), Vault: s.cfg.Vault}
+	if st.Machines, err = s.machineViews(ctx, ms); err != nil {
+		return err
 	}
 	if st.Processes, err = s.processList(ctx); err != nil {
 		return err

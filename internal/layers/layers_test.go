@@ -86,6 +86,9 @@ var rules = []rule{
 		func(_, imp string) bool {
 			return slices.Contains([]string{"internal/units", "internal/plan", "internal/jobs", "internal/clock"}, imp)
 		}},
+	{"the machine state model knows only the wire types",
+		func(p string) bool { return p == "internal/lifecycle" },
+		func(_, imp string) bool { return imp == "internal/api" }},
 	{"the state store knows only the models",
 		func(p string) bool { return under(p, "internal/store") && !testSupport(p) },
 		func(_, imp string) bool {
@@ -161,6 +164,8 @@ func TestRulesCatch(t *testing.T) {
 		{"internal/ingest/wire", []string{"internal/ingest"}},
 		{"internal/ingest/wire", []string{"internal/ingest/ingestclient"}},
 		{"internal/engine", []string{"internal/vault"}},
+		{"internal/lifecycle", []string{"internal/jobs"}},
+		{"internal/api", []string{"internal/lifecycle"}},
 	} {
 		if v := violations([]pkg{bad}); len(v) == 0 {
 			t.Errorf("%s importing %v is not caught", bad.Path, bad.Imports)

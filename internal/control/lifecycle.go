@@ -1,0 +1,116 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/jobs"
+	"github.com/lifeboat-dr/lifeboat/internal/lifecycle"
+)
+
+// The machine state model (internal/lifecycle) on the server: every
+// machine action (protection and the failover family) is checked by
+// lifecycle.Check before it acts, and every machine the API shows
+// carries the actions its state allows now.
+
+// machineState derives a machine's state from its record.
+func machineState(m *api.Machine) string { return string(lifecycle.StateOf(m)) }
+
+// factsOf returns what the state model needs beside the machine's state:
+// its drill, its active jobs (active: the machine's unfinished jobs) and
+// whether its agent is online.
+func (s *Server) factsOf(m api.Machine, active []jobs.Job) lifecycle.Facts {
+	s.mu.Lock()
+	online := !s.offline[m.Name] && !m.LastSeen.IsZero()
+	s.mu.Unlock()
+	return lifecycle.Facts{
+		Drill:       m.Recovery != nil && m.Recovery.Drill != nil,
+		DrillJob:    activeOf(active, drillKinds) != nil,
+		FailoverJob: activeOf(active, failoverKinds) != nil,
+		AgentOnline: online,
+	}
+}
+
+// checkAction refuses action a when the machine's state does not allow
+// it: 409 with the model's code and message, and what to do about the
+// job, the drill or the agent that stands in the way.
+func (s *Server) checkAction(m api.Machine, active []jobs.Job, a lifecycle.Action) error {
+	err := lifecycle.Check(m.Name, lifecycle.State(m.State), a, s.factsOf(m, active))
+	var ne *lifecycle.NotAllowedError
+	if !errors.As(err, &ne) {
+		return err
+	}
+	msg := ne.Error()
+	switch ne.Code {
+	case api.CodeJobRunning:
+		kinds := failoverKinds
+		if a == lifecycle.TestFailover || a == lifecycle.Cleanup {
+			kinds = drillKinds
+		}
+		if j := activeOf(active, kinds); j != nil {
+			return jobRunning(j, ne.Code, "%s", msg)
+		}
+	case api.CodeDrillRunning:
+		if d := m.Recovery; d != nil && d.Drill != nil {
+			msg += fmt.Sprintf("; the drill's VM is %s (job %s): lifeboat test-failover cleanup %s --notes ...", d.Drill.Name, d.Drill.Job, m.Name)
+		} else if j := activeOf(active, drillKinds); j != nil {
+			return jobRunning(j, ne.Code, "%s", msg)
+		}
+	case api.CodeFailedOver:
+		if r := m.Recovery; r != nil && r.Failover != nil {
+			msg += fmt.Sprintf("; its VM at the recovery site is %s", r.Failover.Name)
+		}
+	case api.CodeAgentOffline:
+		msg += fmt.Sprintf("; the agent was last seen %s", orUnknown(fmtTime(m.LastSeen)))
+	}
+	return errf(http.StatusConflict, ne.Code, "%s", msg)
+}
+
+// activeByMachine returns the unfinished jobs of every machine.
+func (s *Server) activeByMachine(ctx context.Context) (map[string][]jobs.Job, error) {
+	active, err := s.store.ListJobs(ctx, jobs.ListOptions{Active: true, Limit: 10000})
+	if err != nil {
+		return nil, err
+	}
+	by := map[string][]jobs.Job{}
+	for _, j := range active {
+		by[j.Target] = append(by[j.Target], j)
+	}
+	return by, nil
+}
+
+// machineView is a machine as the API shows it: its current RPO and the
+// actions its state allows now.
+func (s *Server) machineView(m api.Machine, active []jobs.Job, now time.Time) api.Machine {
+	m = s.withRPO(m, now)
+	m.AllowedActions = lifecycle.Strings(lifecycle.Allowed(lifecycle.State(m.State), s.factsOf(m, active)))
+	return m
+}
+
+// machineViews returns the views of machines, with one query of the
+// active jobs.
+func (s *Server) machineViews(ctx context.Context, ms []api.Machine) ([]api.Machine, error) {
+	by, err := s.activeByMachine(ctx)
+	if err != nil {
+		return nil, err
+	}
+	now := s.clock.Now()
+	out := make([]api.Machine, 0, len(ms))
+	for _, m := range ms {
+		out = append(out, s.machineView(m, by[m.Name], now))
+	}
+	return out, nil
+}
+
+// oneView returns the view of one machine.
+func (s *Server) oneView(ctx context.Context, m api.Machine) (api.Machine, error) {
+	active, err := s.store.ListJobs(ctx, jobs.ListOptions{Target: m.Name, Active: true, Limit: 1000})
+	if err != nil {
+		return api.Machine{}, err
+	}
+	return s.machineView(m, active, s.clock.Now()), nil
+}
