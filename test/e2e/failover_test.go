@@ -300,7 +300,7 @@ func TestFailoverRealGuest(t *testing.T) {
 		Data  map[string]json.RawMessage `json:"data"`
 	}
 	var rvm api.RecoveredVM
-	if err := json.Unmarshal([]byte(out), &rj); err != nil || rj.State != "succeeded" || json.Unmarshal(rj.Data["vm"], &rvm) != nil {
+	if err := json.Unmarshal(recoverJob(t, out), &rj); err != nil || rj.State != "succeeded" || json.Unmarshal(rj.Data["vm"], &rvm) != nil {
 		t.Fatalf("recover boot with the server's data deleted: %v\n%s", err, out)
 	}
 	t.Cleanup(func() { killSite(alone) })

@@ -38,7 +38,7 @@ func TestRecoverFromTheVaultAlone(t *testing.T) {
 		State string                     `json:"state"`
 		Data  map[string]json.RawMessage `json:"data"`
 	}
-	if err := json.Unmarshal([]byte(out), &job); err != nil || job.State != "succeeded" {
+	if err := json.Unmarshal(recoverJob(t, out), &job); err != nil || job.State != "succeeded" {
 		t.Fatalf("recover boot: %v\n%s", err, out)
 	}
 	var vm orchestrate.VMRecord
@@ -102,4 +102,25 @@ func processesWith(s ...string) []int {
 		}
 	}
 	return out
+}
+
+// recoverJob returns the job of `lifeboat recover boot|remove --json`:
+// its output is JSON lines, progress first, then {"result":…,"job":…};
+// every line must be a JSON object.
+func recoverJob(t *testing.T, out string) []byte {
+	t.Helper()
+	var last struct {
+		Result string          `json:"result"`
+		Job    json.RawMessage `json:"job"`
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	for _, l := range lines {
+		if !json.Valid([]byte(l)) {
+			t.Fatalf("recover --json printed a line that is not JSON: %q\n%s", l, out)
+		}
+	}
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &last); err != nil || last.Result == "" || last.Job == nil {
+		t.Fatalf("recover --json: the last line is not a result with its job (%v):\n%s", err, out)
+	}
+	return last.Job
 }
