@@ -294,6 +294,7 @@ func TestFailoverRealGuest(t *testing.T) {
 		t.Fatal(err)
 	}
 	alone := filepath.Join(cl.dir, "vault-alone")
+	t.Cleanup(func() { killSite(alone) }) // registered first: a failure below must not leave the VM running
 	out = cl.mustRun("recover", "boot", "web", "--test", "--site-dir", alone, "--json")
 	var rj struct {
 		State string                     `json:"state"`
@@ -303,7 +304,6 @@ func TestFailoverRealGuest(t *testing.T) {
 	if err := json.Unmarshal(recoverJob(t, out), &rj); err != nil || rj.State != "succeeded" || json.Unmarshal(rj.Data["vm"], &rvm) != nil {
 		t.Fatalf("recover boot with the server's data deleted: %v\n%s", err, out)
 	}
-	t.Cleanup(func() { killSite(alone) })
 	if got := console(t, rvm); got < last {
 		t.Fatalf("recovered from the vault alone: manifest seq %d, want at least %d", got, last)
 	}

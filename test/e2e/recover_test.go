@@ -27,6 +27,7 @@ func TestRecoverFromTheVaultAlone(t *testing.T) {
 	os.Remove(img.Disk) // the source is gone: only the vault is left
 
 	site := filepath.Join(e.dir, "site")
+	t.Cleanup(func() { killSite(site) }) // a failure below must not leave the VM running
 	out := e.mustRun("recover", "machines", "--site-dir", site)
 	if !strings.Contains(out, "web") {
 		t.Fatalf("recover machines:\n%s", out)
