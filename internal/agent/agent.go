@@ -207,12 +207,6 @@ func wake(ch chan struct{}) {
 	}
 }
 
-// sleepCtx is sleepOn on the system clock, for cycle.go.
-func sleepCtx(ctx context.Context, d time.Duration, chans ...chan struct{}) {
-	// wallclock: TODO(issue 12) cycle.go's sleeps, until its rewrite moves them to a.sleep
-	sleepOn(ctx, clock.System{}, d, chans...)
-}
-
 // sleep sleeps d on the agent's clock, or less if ctx ends or one of
 // chans fires.
 func (a *Agent) sleep(ctx context.Context, d time.Duration, chans ...chan struct{}) {

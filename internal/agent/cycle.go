@@ -53,18 +53,18 @@ func (a *Agent) dataLoop(ctx context.Context) {
 		cfg, have := a.serverConfig()
 		if have && a.shutdownRequested(ctx, cfg) {
 			a.setStatus("shut down")
-			sleepCtx(ctx, a.tick, a.cfgChanged)
+			a.sleep(ctx, a.tick, a.cfgChanged)
 			continue
 		}
 		if !have || !cfg.Protected || cfg.Paused {
 			a.closeOpenCut("protection paused or removed")
 			a.setStatus("idle")
-			sleepCtx(ctx, a.tick*5, a.cfgChanged)
+			a.sleep(ctx, a.tick*5, a.cfgChanged)
 			continue
 		}
 		if cfg.Group != "" {
 			if !a.handleCuts(ctx, cfg) {
-				sleepCtx(ctx, a.tick, a.cfgChanged)
+				a.sleep(ctx, a.tick, a.cfgChanged)
 			}
 			continue
 		}
@@ -76,7 +76,7 @@ func (a *Agent) dataLoop(ctx context.Context) {
 		a.mu.Unlock()
 		if now.Before(due) {
 			a.setStatus("idle")
-			sleepCtx(ctx, min(due.Sub(now), a.tick), a.cfgChanged)
+			a.sleep(ctx, min(due.Sub(now), a.tick), a.cfgChanged)
 			continue
 		}
 		spec := cycleSpec{kind: kind, resync: resync}
@@ -245,7 +245,7 @@ func (a *Agent) handleCuts(ctx context.Context, cfg api.AgentConfig) bool {
 			return true
 		case cut.Phase == api.PhaseSnapshot:
 			if d := cut.At.Sub(now); d > 0 {
-				sleepCtx(ctx, min(d, a.tick))
+				a.sleep(ctx, min(d, a.tick))
 				return true
 			}
 			// A point carries the cut's instant. Taking it later is only
