@@ -83,11 +83,14 @@ type Recovery struct {
 	// and Ack its answer.
 	Shutdown    *ShutdownRequest `json:"shutdown,omitempty"`
 	ShutdownAck *ShutdownAck     `json:"shutdown_ack,omitempty"`
+	// Reverse is the reverse replication of a committed failover
+	// (reprotect) and the target writer's progress.
+	Reverse *Reverse `json:"reverse,omitempty"`
 }
 
 // Empty reports whether nothing is recorded.
 func (r *Recovery) Empty() bool {
-	return r == nil || r.Drill == nil && r.Failover == nil && r.Shutdown == nil && r.ShutdownAck == nil
+	return r == nil || r.Drill == nil && r.Failover == nil && r.Shutdown == nil && r.ShutdownAck == nil && r.Reverse == nil
 }
 
 // ShutdownRequest asks a machine's agent (AgentConfig.Shutdown) to shut

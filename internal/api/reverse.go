@@ -1,0 +1,108 @@
+package api
+
+import "time"
+
+// Reverse is the way back of a committed failover: reverse replication
+// of the recovered VM into the vault (reprotect), and what the target
+// writer at the primary site applied of it. It is kept in
+// Machine.Recovery.Reverse from reprotect until failback is committed.
+type Reverse struct {
+	// Job is the reprotect job that started it.
+	Job     string    `json:"job"`
+	Started time.Time `json:"started"`
+	// Policy is the failback policy: the reverse direction's RPO
+	// threshold and crash interval.
+	Policy   string   `json:"policy"`
+	Interval Duration `json:"interval"`
+	RPO      Duration `json:"rpo_threshold,omitempty"`
+	// Point is the newest reverse point published (a point of the
+	// machine with the label direction=reverse).
+	Point *ReversePoint `json:"point,omitempty"`
+	// Cycles counts reverse cycles published; LastError is the last
+	// failed cycle's error ("" after a success).
+	Cycles    int64     `json:"cycles"`
+	LastError string    `json:"last_error,omitempty"`
+	LastCycle time.Time `json:"last_cycle,omitzero"`
+	// Target is the target writer's last report.
+	Target *TargetReport `json:"target,omitempty"`
+}
+
+// Reprotected reports whether the target writer has applied a reverse
+// point in full: the primary site holds a copy of the recovered VM.
+func (r *Reverse) Reprotected() bool {
+	return r != nil && r.Target != nil && r.Target.Applied != ""
+}
+
+// ReversePoint is one reverse point.
+type ReversePoint struct {
+	ID          string        `json:"id"`
+	Time        time.Time     `json:"time"`
+	Incremental bool          `json:"incremental"` // every disk's changes came from tracking, no full read
+	Disks       []ReverseDisk `json:"disks"`
+	// ChangedBytes is the block data the cycle read as changed; SentBytes
+	// what was new to the vault (the rest deduplicated).
+	ChangedBytes int64 `json:"changed_bytes"`
+	SentBytes    int64 `json:"sent_bytes"`
+}
+
+// ReverseDisk is one disk of a reverse point.
+type ReverseDisk struct {
+	Name string `json:"name"`
+	Size int64  `json:"size"`
+}
+
+// LabelDirection is the point label that marks reverse points.
+const (
+	LabelDirection   = "direction"
+	DirectionReverse = "reverse"
+)
+
+// TargetReport is what a target writer (`lifeboat target run`) reports:
+// POST /api/v1/machines/{name}/reverse/target. The server answers with
+// the machine's Reverse, whose Point is what the target writer applies
+// next.
+type TargetReport struct {
+	// Name is the target writer's name (--name).
+	Name string `json:"name"`
+	// Disks are the target's disks: the original location (or the
+	// alternate one) of each disk of the machine, with their sizes.
+	Disks []TargetDisk `json:"disks"`
+	// Applied is the newest point applied in full onto every disk, and
+	// AppliedAt when; Written and Compared in Disks are that apply's.
+	Applied   string    `json:"applied,omitempty"`
+	AppliedAt time.Time `json:"applied_at,omitzero"`
+	// Applying is the point being applied now, with its progress.
+	Applying string          `json:"applying,omitempty"`
+	Progress *TargetProgress `json:"progress,omitempty"`
+	// Error is the last apply's failure ("" after a success).
+	Error string `json:"error,omitempty"`
+	// Seen is set by the server: when the report arrived.
+	Seen time.Time `json:"seen,omitzero"`
+}
+
+// TargetDisk is one disk at the target.
+type TargetDisk struct {
+	Name string `json:"name"` // the vault's disk name
+	Path string `json:"path"` // file or block device
+	Size int64  `json:"size"` // bytes the path holds now (0: does not exist: an alternate location)
+	// Compared and Written are the bytes of the last apply: read and
+	// compared with the point, and written because they differed.
+	Compared int64 `json:"compared"`
+	Written  int64 `json:"written"`
+	Resumed  int64 `json:"resumed,omitempty"` // skipped: applied before a restart
+}
+
+// TargetProgress is an apply under way.
+type TargetProgress struct {
+	Disk  string   `json:"disk"`
+	Done  int64    `json:"done"`  // bytes of all disks examined
+	Total int64    `json:"total"` // bytes of all disks
+	ETA   Duration `json:"eta"`
+}
+
+// ReprotectRequest is POST /api/v1/machines/{name}/reprotect.
+type ReprotectRequest struct {
+	// Policy is the failback policy ("": one named failback-<policy>
+	// is created from the machine's policy, if it does not exist).
+	Policy string `json:"policy,omitempty"`
+}
