@@ -19,6 +19,8 @@
 //     (guest.Verify) and boots again without the point server →
 //     remove leaves no process, no file in Dir but the caller's, no tap
 //     device (and Config.Gone: no libvirt domain) → remove again succeeds.
+//     Config.CheckDisks, if set, looks at the VM's disks after its boot,
+//     its hydration and its restart.
 //   - UEFI: a UEFI point boots (OVMF + systemd-boot on the disk).
 //   - MissingBinary: a provider whose program is missing fails Start with
 //     an error that says what to install, and leaves nothing.
@@ -66,6 +68,11 @@ type Config struct {
 	Prefix string
 	// SkipUEFI skips the UEFI boot.
 	SkipUEFI bool
+	// CheckDisks, if set, checks what the provider keeps of a running
+	// VM's disks beyond the contract (the qemu provider's dirty bitmap)
+	// in the Lifecycle VM whose guest has written to its disk: when is
+	// "booted", "hydrated", then "restarted" (after a graceful stop).
+	CheckDisks func(ctx context.Context, t testing.TB, inst compute.Instance, when string)
 }
 
 // BootTimeout bounds a boot to the guest's ready marker under TCG on a
@@ -131,14 +138,24 @@ func lifecycle(t *testing.T, c Config) {
 	conB := Console{Path: b.Console}
 	waitBoot(t, conA, nameA, start)
 	waitBoot(t, conB, nameB, start)
+	checkDisks(ctx, t, c, a, "booted")
 	if n := len(Processes(nameA)); n != 1 {
 		t.Errorf("%d QEMU processes of %s while %s runs too, want 1", n, nameA, nameB)
 	}
 
 	killAndRemove(ctx, t, c, b, dirB)
 	hydrateAndDetach(ctx, t, c, pt, nameA, dirA, conA)
+	checkDisks(ctx, t, c, a, "hydrated")
 	stopVerifyRestart(ctx, t, c, specA, conA)
 	removeAll(ctx, t, c, nameA, dirA)
+}
+
+// checkDisks runs c.CheckDisks, if any.
+func checkDisks(ctx context.Context, t *testing.T, c Config, inst compute.Instance, when string) {
+	t.Helper()
+	if c.CheckDisks != nil {
+		c.CheckDisks(ctx, t, inst, when)
+	}
 }
 
 // startSame starts spec, then checks that Inspect, a second Start and a
@@ -401,6 +418,7 @@ func stopVerifyRestart(ctx context.Context, t *testing.T, c Config, spec compute
 	if err := restarted.Wait(bctx, fmt.Sprintf("%s seq %d ", guest.ManifestPassMarker, vseq)); err != nil {
 		t.Fatalf("restart from the hydrated overlay: %v", err)
 	}
+	checkDisks(ctx, t, c, again, "restarted")
 	t.Logf("restarted from the hydrated overlay in %v", time.Since(start).Round(100*time.Millisecond))
 }
 

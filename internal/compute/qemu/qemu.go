@@ -9,7 +9,8 @@
 //	console.log  the serial console (firmware, bootloader, kernel), appended
 //	diskN.qcow2  disk N's overlay: the guest's writes; qcow2 whose backing
 //	             file is the point's NBD export (json: with
-//	             reconnect-delay) until hydrated, then diskN.base.qcow2
+//	             reconnect-delay) until hydrated, then diskN.base.qcow2;
+//	             it carries the dirty bitmap lifeboat-1 (SinceBootBitmap)
 //	diskN.base.qcow2       the point's data of disk N, copied by hydration
 //	diskN.base.qcow2.part  the same while being copied
 //	seed.img     the NoCloud seed (vfat "CIDATA"), attached read-only
@@ -39,6 +40,17 @@
 // automatically and polled over short QMP connections, so a Hydrate after
 // a restart of the caller finds a running copy and watches it, and a disk
 // whose overlay's backing is local is already hydrated.
+//
+// Every overlay has a persistent, enabled dirty bitmap SinceBootBitmap
+// ("lifeboat-1", 64 KiB granularity) on its node diskN, added by
+// qemu-img when the first Start creates the overlay, before QEMU opens
+// it: it records every block the guest has written since the VM was
+// created from its point, across hydration and clean restarts (a Start
+// of a stopped VM never recreates overlays or bitmaps). Replicating the
+// VM back to the primary site with the qemu capture driver, seeded with
+// that point and this bitmap, makes the first cycle read only those
+// blocks. QEMU killed (not stopped or quit) leaves the
+// bitmap inconsistent; the capture driver then reads the whole disk.
 package qemu
 
 import (
@@ -229,6 +241,13 @@ func (p *Provider) create(ctx context.Context, s compute.Spec) (*state, error) {
 	})
 	if err != nil {
 		return st, err
+	}
+	// Only here, never for a stopped VM: its bitmaps hold the guest's
+	// writes since it was created.
+	for i, d := range st.Spec.Disks {
+		if err := addSinceBootBitmap(ctx, qemuImg, filepath.Join(s.Dir, overlayFile(i))); err != nil {
+			return st, fmt.Errorf("disk %s: %w", d.Name, err)
+		}
 	}
 	taps, err := makeTaps(ctx, st.Spec)
 	st.Taps = taps
