@@ -27,6 +27,14 @@
 // every allocated block (holes found with base:allocation are skipped),
 // and the bitmap added at the cut tracks from then on.
 //
+// Seed gives a disk its baseline before the driver's first cycle of it:
+// a recovered VM replicated back to the primary site has, on each disk,
+// the bitmap lifeboat-1 that has recorded its writes since the recovery
+// point it was started from (compute/qemu.SinceBootBitmap); seeded with
+// that point and bitmap, the first cycle reads only those blocks. The
+// seed is trusted like the driver's own record: only while the bitmap is
+// there, consistent and recording.
+//
 // Crash safety: the state names the bitmap recording since the baseline;
 // after a crash of the agent mid-cycle, the next Begin removes the fleece
 // nodes, jobs and exports it left and merges its frozen bitmap into the

@@ -14,8 +14,8 @@ import (
 // on its qcow2 node (diskN): added, enabled, when the overlay is created
 // and before QEMU first opens it, so it records every write of the guest
 // since the VM was created from its point. Its name is the first
-// generation of the qemu capture driver's bitmaps (capture/qemu), which
-// can adopt it to make the first cycle replicating the VM back
+// generation of the qemu capture driver's bitmaps, which adopts it
+// (capture/qemu.Seed) to make the first cycle replicating the VM back
 // incremental from that point. It survives clean stops and
 // restarts and hydration; a QEMU that was killed leaves it inconsistent,
 // and the capture driver then reads the whole disk.

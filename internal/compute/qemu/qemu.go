@@ -48,8 +48,8 @@
 // created from its point, across hydration and clean restarts (a Start
 // of a stopped VM never recreates overlays or bitmaps). Replicating the
 // VM back to the primary site with the qemu capture driver, seeded with
-// that point and this bitmap, makes the first cycle read only those
-// blocks. QEMU killed (not stopped or quit) leaves the
+// that point and this bitmap (capture/qemu.Seed), makes the first cycle
+// read only those blocks. QEMU killed (not stopped or quit) leaves the
 // bitmap inconsistent; the capture driver then reads the whole disk.
 package qemu
 
