@@ -424,3 +424,44 @@ func readUserData(path string) (string, error) {
 	}
 	return string(b), nil
 }
+
+// ---- the way back ----
+
+func (a *app) reprotectCmd() *cobra.Command {
+	f := &clientFlags{}
+	var jf jobFlags
+	var policy string
+	cmd := &cobra.Command{
+		Use:   "reprotect MACHINE [--policy P] [--wait] [--json]",
+		Short: "Replicate a machine's committed failover back to the primary site",
+		Long: `Reprotect starts reverse replication of a machine whose failover is
+committed: the server cuts the recovered VM's disks every crash interval of
+the failback policy and publishes reverse points (label direction=reverse)
+into the vault. The first holds only the blocks the guest wrote at the
+recovery site (the provider's since-boot dirty bitmap); blocks the vault
+already holds are not stored again.
+
+A target writer at the primary site applies them onto the machine's original
+disks, writing only the blocks that differ:
+
+  lifeboat target run --name primary1 --disk web01/disk0=/var/lib/images/web01.img \
+      --state-dir /var/lib/lifeboat/target --server URL --token TOKEN --vault VAULT
+
+The job ends when the target writer has applied a reverse point in full: the
+machine is then "reprotected" and can fail back. With --wait --json the job
+printed at the end holds the reverse point (bytes changed and sent) and the
+target's apply (bytes compared and written per disk).
+
+The failback policy is --policy, or failback-<the machine's policy>, made
+from the machine's policy if it does not exist.`,
+		Example: `  lifeboat reprotect web01 --wait`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.submit(cmd, f, &jf, args[0], "reprotect", api.ReprotectRequest{Policy: policy})
+		},
+	}
+	a.addClientFlags(cmd, f)
+	addJobFlags(cmd, &jf)
+	cmd.Flags().StringVar(&policy, "policy", "", "failback policy (default failback-<the machine's policy>)")
+	return cmd
+}

@@ -188,4 +188,9 @@ type Job struct {
 	VMs []RecoveredVM `json:"vms,omitempty"`
 	// Cleanup is, on a test failover, its cleanup (the drill history).
 	Cleanup *DrillCleanup `json:"cleanup,omitempty"`
+	// ReversePoint is, on a reprotect, the first reverse point (bytes
+	// changed and sent per cycle), and Target the target writer's
+	// apply of it (bytes compared and written per disk).
+	ReversePoint *ReversePoint `json:"reverse_point,omitempty"`
+	TargetWriter *TargetReport `json:"target_writer,omitempty"`
 }

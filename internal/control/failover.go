@@ -39,13 +39,14 @@ var failoverActions = []failoverAction{
 	{"failover/change-point", orchestrate.KindChangePoint, func() any { return &api.ChangePointRequest{} }, (*Server).prepareChangePoint},
 	{"failover/commit", orchestrate.KindCommit, nil, prepareFailedOver(orchestrate.KindCommit)},
 	{"failover/cancel", orchestrate.KindCancel, nil, prepareFailedOver(orchestrate.KindCancel)},
+	{"reprotect", kindReprotect, func() any { return &api.ReprotectRequest{} }, (*Server).prepareReprotect},
 }
 
 // drillKinds and failoverKinds are the jobs that act on a machine's drill
 // and on its failover.
 var (
 	drillKinds    = []string{orchestrate.KindTestFailover, orchestrate.KindCleanup}
-	failoverKinds = []string{orchestrate.KindFailover, orchestrate.KindChangePoint, orchestrate.KindCommit, orchestrate.KindCancel}
+	failoverKinds = []string{orchestrate.KindFailover, orchestrate.KindChangePoint, orchestrate.KindCommit, orchestrate.KindCancel, kindReprotect}
 )
 
 func (s *Server) failoverAction(a failoverAction) func(http.ResponseWriter, *http.Request, *caller) error {

@@ -136,7 +136,8 @@ func (s *Server) Routes() []Route {
 		Route{"GET", "/api/v1/jobs", authToken, viewer, s.listJobs},
 		Route{"GET", "/api/v1/jobs/{id}", authToken, viewer, s.getJob},
 		Route{"POST", "/api/v1/jobs/{id}/cancel", authToken, operator, s.cancelJob},
-		Route{"POST", "/api/v1/jobs/{id}/resume", authToken, operator, s.resumeJob})
+		Route{"POST", "/api/v1/jobs/{id}/resume", authToken, operator, s.resumeJob},
+		Route{"POST", "/api/v1/machines/{name}/reverse/target", authToken, operator, s.targetReport})
 	for _, a := range failoverActions {
 		rs = append(rs, Route{"POST", "/api/v1/machines/{name}/" + a.path, authToken, operator, s.failoverAction(a)})
 	}

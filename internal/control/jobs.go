@@ -36,6 +36,7 @@ func (s *Server) jobKinds(o *orchestrate.Orchestrator) []jobs.Kind {
 			return append(defs, jobs.StepDef{Name: "record drill notes", Run: s.recordDrillNotes}), err
 		}
 	}
+	kinds = append(kinds, s.reprotectKind())
 	return append(kinds, o.PlanKindDefs()...)
 }
 
@@ -208,6 +209,14 @@ func (s *Server) jobView(j jobs.Job) api.Job {
 	var c api.DrillCleanup
 	if ok, _ := j.Get("cleanup", &c); ok {
 		v.Cleanup = &c
+	}
+	var rp api.ReversePoint
+	if ok, _ := j.Get("reverse_point", &rp); ok {
+		v.ReversePoint = &rp
+	}
+	var t api.TargetReport
+	if ok, _ := j.Get("target", &t); ok {
+		v.TargetWriter = &t
 	}
 	return v
 }

@@ -110,6 +110,7 @@ type Server struct {
 	polling     map[string]int                   // machines with a long-poll in progress
 	lastEvent   int64                            // newest event ID
 	lastRetain  time.Time
+	reverseProg map[string]reverseProg // machine -> its running reverse cycle (reverse.go)
 	mux         *http.ServeMux
 
 	tokens tokenWatch   // API tokens announced as expiring (tokens.go)
@@ -294,7 +295,11 @@ func Run(ctx context.Context, o RunOptions) error {
 		wg.Add(1)
 		go serve(sv.srv, sv.ln, sv.what)
 	}
-	wg.Add(3)
+	wg.Add(4)
+	go func() {
+		defer wg.Done()
+		s.reverseLoop(runCtx)
+	}()
 	go func() {
 		defer wg.Done()
 		s.schedule(runCtx, tick, o.OnTick)

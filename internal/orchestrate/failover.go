@@ -45,6 +45,8 @@ type Params struct {
 	// Forward lists guest TCP ports the server must reach (a plan's TCP
 	// conditions): on user networking the provider forwards them.
 	Forward []int `json:"forward,omitempty"`
+	// Policy is a reprotect's failback policy.
+	Policy string `json:"policy,omitempty"`
 }
 
 // RecordFile is the VM record in a recovered VM's directory. The

@@ -115,3 +115,11 @@ func removeFiles(dir string, disks int) error {
 	}
 	return hostvm.RemoveNames(dir, names...)
 }
+
+// QMPSocket is the QMP socket of a VM, in its directory: reverse
+// replication (reprotect) cuts the VM's disks through it.
+const QMPSocket = qmpSocket
+
+// NodeName is the block node name of the VM's disk i (its overlay's qcow2
+// node), which carries SinceBootBitmap.
+func NodeName(i int) string { return nodeName(i) }

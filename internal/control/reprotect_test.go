@@ -1,0 +1,143 @@
+package control
+
+import (
+	"context"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/store/sqlstore"
+	"github.com/lifeboat-dr/lifeboat/internal/vault"
+)
+
+// TestReprotectRefusalsAndTargetReport: reprotect is refused before a
+// commit and for VMs reverse replication cannot read; a target writer's
+// reports are checked field by field (hostile ones change nothing); its
+// first applied reverse point makes the machine reprotected, with
+// failback allowed.
+func TestReprotectRefusalsAndTargetReport(t *testing.T) {
+	s := startSite(t)
+	_, pts := s.machine("db", 2)
+	op, viewer := s.token(api.RoleOperator, 0), s.token(api.RoleViewer, 0)
+	report := func(tok string, body any) response {
+		return s.api("POST", "/api/v1/machines/db/reverse/target", tok, body)
+	}
+	good := api.TargetReport{Name: "primary1", Disks: []api.TargetDisk{{Name: "vda", Path: "/var/lib/images/db.img", Size: 1 << 20}}}
+
+	s.refused(s.api("POST", "/api/v1/machines/db/reprotect", op, nil), 409, api.CodeActionNotAllowed, "reprotect of a protected machine")
+	s.waitJob(s.submit(op, "db", "failover", api.FailoverRequest{Point: pts[0][:8]}).ID)
+	s.refused(s.api("POST", "/api/v1/machines/db/reprotect", op, nil), 409, api.CodeActionNotAllowed, "reprotect before commit")
+	s.refused(report(op, good), 409, api.CodeActionNotAllowed, "target report without reverse replication")
+	s.waitJob(s.submit(op, "db", "failover/commit", nil).ID)
+	r := s.api("POST", "/api/v1/machines/db/reprotect", op, nil)
+	s.refused(r, 409, api.CodeActionNotAllowed, "reprotect of a VM of the fake provider")
+	if !strings.Contains(r.err().Message, "qemu provider") {
+		t.Fatalf("refusal does not say why: %s", r.body)
+	}
+	s.refused(s.api("POST", "/api/v1/machines/db/reprotect", viewer, nil), 403, api.CodeForbidden, "viewer reprotect")
+
+	// Reverse replication as startReverse records it, and one reverse
+	// point in the vault.
+	rev := s.reversePoint("db", pts[0])
+	s.setReverse("db", &api.Reverse{Job: "j1", Started: s.clock.Now(), Policy: "p", Interval: api.Duration(time.Minute),
+		Point: &api.ReversePoint{ID: rev, Time: s.clock.Now()}})
+	if m := s.machineRec("db"); m.State != api.StateReprotecting {
+		t.Fatalf("state with reverse replication: %s", m.State)
+	}
+	bad := func(mod func(*api.TargetReport)) api.TargetReport {
+		r := good
+		r.Disks = slices.Clone(good.Disks)
+		mod(&r)
+		return r
+	}
+	for what, body := range map[string]any{
+		"no name":           bad(func(r *api.TargetReport) { r.Name = "" }),
+		"name with a slash": bad(func(r *api.TargetReport) { r.Name = "../x" }),
+		"empty path":        bad(func(r *api.TargetReport) { r.Disks[0].Path = "" }),
+		"bad disk name":     bad(func(r *api.TargetReport) { r.Disks[0].Name = "a/b" }),
+		"negative size":     bad(func(r *api.TargetReport) { r.Disks[0].Written = -1 }),
+		"progress > total":  bad(func(r *api.TargetReport) { r.Progress = &api.TargetProgress{Done: 2, Total: 1} }),
+		"bad point ID":      bad(func(r *api.TargetReport) { r.Applied = "zz" }),
+		"too many disks":    bad(func(r *api.TargetReport) { r.Disks = make([]api.TargetDisk, maxTargetDisks+1) }),
+		"unknown field":     `{"name":"primary1","disks":[],"extra":1}`,
+		"forward point":     bad(func(r *api.TargetReport) { r.Applied = pts[1] }),
+		"unknown point":     bad(func(r *api.TargetReport) { r.Applied = strings.Repeat("ab", vault.IDSize) }),
+	} {
+		r := report(op, body)
+		if r.status != 400 {
+			t.Errorf("%s: %d %s, want 400", what, r.status, r.body)
+		}
+	}
+	s.refused(report(viewer, good), 403, api.CodeForbidden, "viewer target report")
+	if m := s.machineRec("db"); m.Recovery.Reverse.Target != nil {
+		t.Fatalf("refused reports changed the machine: %+v", m.Recovery.Reverse.Target)
+	}
+
+	// Progress, then the applied point.
+	var got api.Reverse
+	prog := good
+	prog.Applying, prog.Progress = rev, &api.TargetProgress{Disk: "vda", Done: 1, Total: 2}
+	s.mustAPI("POST", "/api/v1/machines/db/reverse/target", op, prog, 200, &got)
+	if got.Point == nil || got.Point.ID != rev {
+		t.Fatalf("answer to a target report: %+v, want point %s", got, rev)
+	}
+	if m := s.machineRec("db"); m.State != api.StateReprotecting {
+		t.Fatalf("state while the target applies: %s", m.State)
+	}
+	done := good
+	done.Applied, done.AppliedAt = rev, s.clock.Now()
+	s.mustAPI("POST", "/api/v1/machines/db/reverse/target", op, done, 200, &got)
+	var m api.Machine
+	s.mustAPI("GET", "/api/v1/machines/db", viewer, nil, 200, &m)
+	if m.State != api.StateReprotected || !slices.Contains(m.AllowedActions, "failback") || slices.Contains(m.AllowedActions, "reprotect") {
+		t.Fatalf("after the target applied: %s, allowed %v", m.State, m.AllowedActions)
+	}
+	s.mustAPI("POST", "/api/v1/machines/db/reverse/target", op, done, 200, &got)
+	if n := len(s.events("reprotected")); n != 1 {
+		t.Fatalf("%d reprotected events, want 1", n)
+	}
+}
+
+// reversePoint stores a reverse point of machine (label
+// direction=reverse) with the disks of point parent.
+func (s *site) reversePoint(machine, parent string) string {
+	s.t.Helper()
+	ctx := context.Background()
+	v := s.vault()
+	id, err := vault.ParseID(parent)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	pp, err := v.LoadPoint(ctx, id)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	p := &vault.Point{Machine: machine, Time: s.clock.Now(), Kind: vault.KindCrash, Disks: pp.Disks,
+		Labels: map[string]string{api.LabelDirection: api.DirectionReverse}}
+	if err := v.SavePoint(ctx, p); err != nil {
+		s.t.Fatal(err)
+	}
+	return p.ID.String()
+}
+
+// setReverse records reverse replication in the machine's record, as the
+// reprotect job's first step does.
+func (s *site) setReverse(machine string, rv *api.Reverse) {
+	s.t.Helper()
+	ctx := context.Background()
+	st, err := sqlstore.Open(ctx, filepath.Join(s.dir, DefaultDB))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer st.Close()
+	if _, err := st.UpdateMachine(ctx, machine, func(m *api.Machine) error {
+		m.Recovery.Reverse = rv
+		m.State = machineState(m)
+		return nil
+	}); err != nil {
+		s.t.Fatal(err)
+	}
+}
