@@ -49,6 +49,7 @@ var examples = map[string]string{
 	"recover remove":      "  lifeboat recover remove lb-1a2b3c4d-web01-9f2e --vault /srv/vault",
 	"target":              "  lifeboat target apply --vault /srv/vault --point latest --machine web01 --disk vda --to /var/lib/vm/web01.img",
 	"target apply":        "  lifeboat target apply --vault /srv/vault --point latest --machine web01 --disk vda --to /var/lib/vm/web01.img\n  lifeboat target apply --vault /srv/vault --point 1a2b3c4d --machine db01 --disk vda --to /dev/sdb --state-dir /var/lib/lifeboat-target --json",
+	"target run":          "  lifeboat target run --state-dir /var/lib/lifeboat-target --vault s3://dr-bucket/lifeboat --disk web01/vda=/var/lib/vm/web01.img\n  lifeboat target run --state-dir /var/lib/lifeboat-target --vault /srv/vault --disk db01/vda=/dev/sdb --disk db01/vdb=/dev/sdc --name kvm1",
 	"replicate":           "  lifeboat replicate --vault /srv/vault --machine web01 --disk vda=/dev/vda --once\n  lifeboat replicate --vault /srv/vault --disk vda=/var/lib/vm/web01.img --interval 30s",
 	"restore":             "  lifeboat restore 1a2b3c4d --vault /srv/vault --disk vda --to /var/tmp/vda.img\n  lifeboat restore 1a2b3c4d --vault /srv/vault --disk vda --to /dev/sdb --incremental",
 	"resume":              "  lifeboat resume web01",

@@ -29,6 +29,7 @@ var daemonCmds = map[string]string{
 	"agent run":    "",
 	"process run":  "",
 	"points serve": "",
+	"target run":   "",
 	"replicate":    "once",
 }
 

@@ -1,17 +1,24 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"os"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/client"
 	"github.com/lifeboat-dr/lifeboat/internal/progress"
 	"github.com/lifeboat-dr/lifeboat/internal/recover"
 	"github.com/lifeboat-dr/lifeboat/internal/target"
 	"github.com/lifeboat-dr/lifeboat/internal/units"
+	"github.com/lifeboat-dr/lifeboat/internal/vault"
 )
 
 func (a *app) targetCmd() *cobra.Command {
@@ -19,7 +26,7 @@ func (a *app) targetCmd() *cobra.Command {
 		Use:   "target",
 		Short: "The target writer: apply recovery points onto a machine's original disks (reprotect, failback)",
 	}
-	c.AddCommand(a.targetApplyCmd())
+	c.AddCommand(a.targetApplyCmd(), a.targetRunCmd())
 	return c
 }
 
@@ -182,4 +189,144 @@ func (a *app) targetProgress(f *targetApplyFlags, lines *jsonLines) func() {
 		_ = lines.Progress("apply", int(p.Done), int(p.Total), fields)
 	}
 	return func() {}
+}
+
+type targetRunFlags struct {
+	name, stateDir string
+	disks          []string
+	every          time.Duration
+	client         clientFlags
+}
+
+func (a *app) targetRunCmd() *cobra.Command {
+	var f targetRunFlags
+	c := &cobra.Command{
+		Use:   "run --state-dir DIR --disk MACHINE/DISK=PATH [--disk ...] [--name NAME] [--every 2s]",
+		Short: "Run the target writer: apply the reverse points the server names onto the original disks (reprotect)",
+		Long: `Run is the target writer of reprotect, at the primary site: after a
+failover, the recovered machine replicates back into the vault (reverse
+points), and this command applies those points onto the machine's original
+disks, so that failing back has little left to copy.
+
+Every --every it reports each machine named in --disk to the server (its
+disks and their sizes, the point applied, the progress of an apply, the
+last error) and the server answers with the machine's newest reverse point.
+When the disks do not hold that point yet, it is applied onto every disk of
+the machine as 'target apply' does: an existing file or block device
+(original location) is compared block by block and only the blocks that
+differ are written; a path that does not exist (alternate location) becomes
+a new sparse file. Progress is reported every second and logged every
+tenth; then the bytes compared and written per disk.
+
+Each disk's apply is checkpointed in a journal in --state-dir/MACHINE: when
+the command is stopped or killed, the next run resumes from the last
+checkpoint. The point applied is recorded there (applied.json), so a
+restart does not apply it again, as is each disk's scan baseline
+(DISK.scan-baseline) for re-enabling forward replication with an
+incremental cycle.
+
+Refused, with the reason in the report and nothing written (and tried again
+every --every, so a fixed disk is then applied): an existing disk smaller
+than the point's (grow it or give an alternate location), a disk of the
+point with no --disk, a --disk the point does not have, a point of another
+machine or not in the vault, a target inside the vault, a block device that
+is mounted, swap, or part of another device.
+
+The vault flags name the vault the server publishes into; it is only read.
+A server that cannot be reached is logged and asked again next round. The
+command runs until SIGINT or SIGTERM.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return a.targetRun(cmd.Context(), &f) },
+	}
+	fl := c.Flags()
+	fl.StringVar(&f.name, "name", "", "the target writer's name in its reports (default: the hostname)")
+	fl.StringArrayVar(&f.disks, "disk", nil, "MACHINE/DISK=PATH: apply disk DISK of MACHINE's points onto PATH, the original disk (file or block device) or a path that does not exist (alternate location); repeat for every disk")
+	fl.StringVar(&f.stateDir, "state-dir", "", "directory of the journals, scan baselines and records of the points applied, one subdirectory per machine (required)")
+	fl.DurationVar(&f.every, "every", target.DefaultEvery, "how often to report to the server and ask for the point to apply")
+	a.addClientFlags(c, &f.client)
+	// Nothing is printed: reports go to the server, progress to the logs
+	// (--log-format json for JSON).
+	_ = c.PersistentFlags().MarkHidden("json")
+	a.vaultFlags(fl)
+	return c
+}
+
+func (a *app) targetRun(ctx context.Context, f *targetRunFlags) error {
+	disks, err := parseTargetDisks(f.disks)
+	if err != nil {
+		return err
+	}
+	if f.stateDir == "" {
+		return &codeError{exitUsage, errors.New("give --state-dir DIR: the target writer keeps its journals and the record of the points applied there")}
+	}
+	if f.every <= 0 {
+		return &codeError{exitUsage, fmt.Errorf("--every %s: give a positive interval such as 2s", f.every)}
+	}
+	if f.name == "" {
+		if f.name, err = os.Hostname(); err != nil {
+			return &codeError{exitUsage, fmt.Errorf("no --name and no hostname (%w): give --name", err)}
+		}
+	}
+	c, err := a.client(&f.client)
+	if err != nil {
+		return err
+	}
+	v, err := a.openVault(ctx)
+	if err != nil {
+		return err
+	}
+	w, err := target.NewWriter(target.WriterOptions{Vault: v, Reporter: reverseReporter(c), Name: f.name, Disks: disks,
+		StateDir: f.stateDir, Every: f.every, Clock: a.clock(), Logger: a.log})
+	if err != nil {
+		return &codeError{exitUsage, err}
+	}
+	err = w.Run(ctx)
+	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		a.log.Info("target writer stopped")
+		return nil
+	}
+	return err
+}
+
+// parseTargetDisks reads --disk MACHINE/DISK=PATH flags into machine →
+// disk → path.
+func parseTargetDisks(specs []string) (map[string]map[string]string, error) {
+	if len(specs) == 0 {
+		return nil, &codeError{exitUsage, errors.New("no disks: give --disk MACHINE/DISK=PATH for each disk of each machine to apply")}
+	}
+	disks := map[string]map[string]string{}
+	for _, s := range specs {
+		left, path, ok := strings.Cut(s, "=")
+		machine, disk, ok2 := strings.Cut(left, "/")
+		if !ok || !ok2 || machine == "" || disk == "" || path == "" {
+			return nil, &codeError{exitUsage, fmt.Errorf("--disk %q: use MACHINE/DISK=PATH", s)}
+		}
+		err := vault.ValidateName("machine", machine)
+		if err == nil {
+			err = vault.ValidateName("disk", disk)
+		}
+		if err != nil {
+			return nil, &codeError{exitUsage, fmt.Errorf("--disk %q (MACHINE/DISK=PATH): %w", s, err)}
+		}
+		if disks[machine] == nil {
+			disks[machine] = map[string]string{}
+		}
+		if _, dup := disks[machine][disk]; dup {
+			return nil, &codeError{exitUsage, fmt.Errorf("--disk %q: disk %s/%s is given twice", s, machine, disk)}
+		}
+		disks[machine][disk] = path
+	}
+	return disks, nil
+}
+
+// reverseReporter posts a target writer's reports to the server, which
+// answers with the machine's Reverse.
+func reverseReporter(c *client.Client) target.Reporter {
+	return target.ReporterFunc(func(ctx context.Context, machine string, r api.TargetReport) (*api.Reverse, error) {
+		var rev api.Reverse
+		if err := c.Do(ctx, http.MethodPost, client.Path("machines", machine, "reverse", "target"), r, &rev); err != nil {
+			return nil, err
+		}
+		return &rev, nil
+	})
 }

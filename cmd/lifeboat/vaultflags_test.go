@@ -12,7 +12,7 @@ import (
 // opensVault reports whether the command at path opens a vault.
 func opensVault(path string) bool {
 	for _, p := range []string{"lifeboat vault", "lifeboat points", "lifeboat recover", "lifeboat replicate",
-		"lifeboat restore", "lifeboat server init", "lifeboat target apply"} {
+		"lifeboat restore", "lifeboat server init", "lifeboat target apply", "lifeboat target run"} {
 		if path == p || strings.HasPrefix(path, p+" ") {
 			return true
 		}

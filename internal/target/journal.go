@@ -94,12 +94,22 @@ func writeJournal(path string, j journal) error {
 	if err != nil {
 		return err
 	}
+	if err := replaceFile(path, append(b, '\n')); err != nil {
+		return fmt.Errorf("write journal %s: %w", path, err)
+	}
+	return nil
+}
+
+// replaceFile replaces the file at path with b atomically and durably: a
+// temporary file is written and fsynced, renamed over path, and the
+// directory fsynced.
+func replaceFile(path string, b []byte) error {
 	tmp := path + ".tmp." + strconv.Itoa(os.Getpid())
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
-		return fmt.Errorf("write journal: %w", err)
+		return err
 	}
-	_, err = f.Write(append(b, '\n'))
+	_, err = f.Write(b)
 	if err == nil {
 		err = f.Sync()
 	}
@@ -111,7 +121,7 @@ func writeJournal(path string, j journal) error {
 	}
 	if err != nil {
 		os.Remove(tmp)
-		return fmt.Errorf("write journal %s: %w", path, err)
+		return err
 	}
 	return syncDir(filepath.Dir(path))
 }
