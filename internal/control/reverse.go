@@ -2,20 +2,13 @@ package control
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/capture"
-	capqemu "github.com/lifeboat-dr/lifeboat/internal/capture/qemu"
-	"github.com/lifeboat-dr/lifeboat/internal/compute/qemu"
 	"github.com/lifeboat-dr/lifeboat/internal/engine"
-	"github.com/lifeboat-dr/lifeboat/internal/replicate"
-	"github.com/lifeboat-dr/lifeboat/internal/vault"
-	"github.com/lifeboat-dr/lifeboat/internal/vault/backend"
+	"github.com/lifeboat-dr/lifeboat/internal/reverse"
 )
 
 // Reverse replication (reprotect): the server is the recovery site's host
@@ -27,10 +20,6 @@ import (
 // (reverse/), seeded with the point the VM booted and the provider's
 // since-boot bitmap, so the first reverse point holds only what the guest
 // wrote at the recovery site.
-
-// reverseStateDir is the qemu driver's state directory in a VM's
-// directory.
-const reverseStateDir = "reverse"
 
 // maxReverseWait bounds the reverse loop's sleep when nothing is due.
 const maxReverseWait = 30 * time.Second
@@ -111,7 +100,7 @@ func reverseDue(m api.Machine) (time.Time, bool) {
 func (s *Server) reverseCycle(ctx context.Context, m api.Machine) {
 	vm := m.Recovery.Failover
 	start := s.clock.Now()
-	res, err := s.runReverse(ctx, m.Name, vm)
+	res, err := s.runReverse(ctx, m.Name, vm, false, nil)
 	if ctx.Err() != nil {
 		return // stopping: the next start cuts again
 	}
@@ -156,72 +145,22 @@ func reversePointOf(res *engine.Result) *api.ReversePoint {
 	return rp
 }
 
-// runReverse cuts the recovered VM's disks and publishes a reverse point.
-func (s *Server) runReverse(ctx context.Context, machine string, vm *api.RecoveredVM) (*engine.Result, error) {
+// runReverse cuts the recovered VM's disks (offline: a VM whose guest
+// was shut down) and publishes a reverse point. Cycles run one at a time:
+// the reverse loop's and a failback's final one share the VM's driver
+// state.
+func (s *Server) runReverse(ctx context.Context, machine string, vm *api.RecoveredVM, offline bool, labels map[string]string) (*engine.Result, error) {
 	if vm.Provider != "qemu" {
 		return nil, fmt.Errorf("the recovered VM %s runs on provider %s: reverse replication reads VMs of the qemu provider only", vm.Name, vm.Provider)
 	}
-	base, err := s.reverseBase(ctx, vm)
-	if err != nil {
-		return nil, err
+	s.reverseRun.Lock()
+	defer s.reverseRun.Unlock()
+	rvm := reverse.VM{Name: vm.Name, Dir: vm.Dir, Point: vm.Point}
+	for _, d := range vm.Disks {
+		rvm.Disks = append(rvm.Disks, d.Name)
 	}
-	dir := filepath.Join(vm.Dir, reverseStateDir)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("reverse replication state of %s: %w", vm.Name, err)
-	}
-	var disks []capqemu.Disk
-	var seeds []capqemu.SeedDisk
-	var names []string
-	for i, d := range vm.Disks {
-		node := qemu.NodeName(i)
-		disks = append(disks, capqemu.Disk{Name: d.Name, Node: node})
-		names = append(names, d.Name)
-		if bd := diskOf(base, d.Name); bd != nil {
-			seeds = append(seeds, capqemu.SeedDisk{Name: d.Name, Node: node, Baseline: base.ID.String(),
-				Bitmap: qemu.SinceBootBitmap, Size: bd.Size})
-		}
-	}
-	if err := capqemu.Seed(dir, seeds); err != nil {
-		return nil, err
-	}
-	cm, err := capqemu.Open(ctx, capqemu.Options{QMP: filepath.Join(vm.Dir, qemu.QMPSocket), Disks: disks, StateDir: dir,
-		BlockSize: s.vault.Config().BlockSize, Logger: s.log})
-	if err != nil {
-		return nil, fmt.Errorf("reach the recovered VM %s: %w", vm.Name, err)
-	}
-	defer cm.Close()
-	sink := replicate.NewVaultSink(s.vault, 0, s.log)
-	return engine.Run(ctx, cm, sink, engine.Options{Machine: machine, Disks: names, Kind: engine.KindCrash,
-		Labels: map[string]string{api.LabelDirection: api.DirectionReverse, "vm": vm.Name},
-		VMSpec: base.VMSpec, Now: s.clock.Now, Logger: s.log,
-		Progress: func(disk string, p capture.Progress) { s.reverseProgress(machine, disk, p) }})
-}
-
-// reverseBase loads the point the recovered VM booted.
-func (s *Server) reverseBase(ctx context.Context, vm *api.RecoveredVM) (*vault.Point, error) {
-	id, err := vault.ParseID(vm.Point)
-	if err != nil {
-		return nil, fmt.Errorf("the recovered VM %s names point %q: %w", vm.Name, vm.Point, err)
-	}
-	p, err := s.vault.LoadPoint(ctx, id)
-	if errors.Is(err, backend.ErrNotExist) {
-		// Pruned: the VM's first reverse cycle reads its disks whole
-		// (deduplication makes blocks the vault holds free).
-		return &vault.Point{ID: id}, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("load point %s that VM %s booted: %w", id.Short(), vm.Name, err)
-	}
-	return p, nil
-}
-
-func diskOf(p *vault.Point, name string) *vault.Disk {
-	for i := range p.Disks {
-		if p.Disks[i].Name == name {
-			return &p.Disks[i]
-		}
-	}
-	return nil
+	return reverse.Cycle(ctx, rvm, reverse.Options{Vault: s.vault, Machine: machine, Offline: offline, Labels: labels,
+		Now: s.clock.Now, Logger: s.log, Progress: func(disk string, p capture.Progress) { s.reverseProgress(machine, disk, p) }})
 }
 
 // reverseProgress keeps the running cycle's progress for the reprotect

@@ -111,6 +111,7 @@ type Server struct {
 	lastEvent   int64                            // newest event ID
 	lastRetain  time.Time
 	reverseProg map[string]reverseProg // machine -> its running reverse cycle (reverse.go)
+	reverseRun  sync.Mutex             // held by a reverse cycle (reverse.go)
 	mux         *http.ServeMux
 
 	tokens tokenWatch   // API tokens announced as expiring (tokens.go)

@@ -123,3 +123,7 @@ const QMPSocket = qmpSocket
 // NodeName is the block node name of the VM's disk i (its overlay's qcow2
 // node), which carries SinceBootBitmap.
 func NodeName(i int) string { return nodeName(i) }
+
+// OverlayFile is the file name of the VM's disk i in its directory (the
+// guest's writes; its backing is the export or, hydrated, the base).
+func OverlayFile(i int) string { return overlayFile(i) }
