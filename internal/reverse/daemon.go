@@ -83,7 +83,7 @@ func (d *daemon) waitReady(ctx context.Context) error {
 			return errors.New("it exited")
 		case <-ctx.Done():
 			return fmt.Errorf("its QMP socket did not open: %w", ctx.Err())
-		case <-time.After(20 * time.Millisecond): // poll pause under ctx's deadline
+		case <-time.After(20 * time.Millisecond): // wallclock: polls a real process's socket under ctx's deadline
 		}
 	}
 }
@@ -94,7 +94,7 @@ func (d *daemon) stop(log *slog.Logger) {
 	d.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-d.done:
-	case <-time.After(30 * time.Second): // bounded wait for a clean close
+	case <-time.After(30 * time.Second): // wallclock: bounds a real process's exit
 		log.Warn("qemu-storage-daemon did not stop on SIGTERM; killing it", "pid", d.cmd.Process.Pid)
 		d.kill()
 	}
@@ -126,6 +126,6 @@ func killLeftover(pidFile string) {
 		if syscall.Kill(pid, 0) != nil {
 			return
 		}
-		time.Sleep(50 * time.Millisecond) // poll pause, bounded by the loop
+		time.Sleep(50 * time.Millisecond) // wallclock: the kernel reaping a real process, bounded by the loop
 	}
 }
