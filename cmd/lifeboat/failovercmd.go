@@ -465,3 +465,72 @@ from the machine's policy if it does not exist.`,
 	cmd.Flags().StringVar(&policy, "policy", "", "failback policy (default failback-<the machine's policy>)")
 	return cmd
 }
+
+func (a *app) failbackCmd() *cobra.Command {
+	f := &clientFlags{}
+	var fj, cmj, caj jobFlags
+	cmd := &cobra.Command{
+		Use:   "failback MACHINE [--wait] [--json]",
+		Short: "Fail a reprotected machine back to the primary site, losing no write",
+		Long: `Failback is a planned failover back. The recovery VM's guest is shut down
+(ACPI, within the recovery site's shutdown_timeout), a final reverse point is
+cut from its disks, the target writer at the primary site applies it onto the
+original disks (only the blocks that differ since the last reverse point it
+applied) and then starts the original machine with its --start-command.
+
+Until "failback commit", "failback cancel" undoes it: the target writer stops
+the original machine (--stop-command), the recovery VM boots again and reverse
+replication resumes. After the commit the recovery VM is removed and the
+machine is "failed-back"; "lifeboat re-enable" protects it forward again.`,
+		Example: `  lifeboat failback web01 --wait
+  lifeboat failback commit web01 --wait
+  lifeboat re-enable web01 --wait`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.submit(cmd, f, &fj, args[0], "failback", nil)
+		},
+	}
+	a.addClientFlags(cmd, f)
+	addJobFlags(cmd, &fj)
+	commit := &cobra.Command{
+		Use:   "commit MACHINE [--wait] [--json]",
+		Short: "Commit the failback: the recovery VM is removed; the machine waits for re-enable",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.submit(cmd, f, &cmj, args[0], "failback/commit", nil)
+		},
+	}
+	addJobFlags(commit, &cmj)
+	cancel := &cobra.Command{
+		Use:   "cancel MACHINE [--wait] [--json]",
+		Short: "Cancel the failback before commit: the original stops, the recovery VM runs again, reverse replication resumes",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.submit(cmd, f, &caj, args[0], "failback/cancel", nil)
+		},
+	}
+	addJobFlags(cancel, &caj)
+	cmd.AddCommand(commit, cancel)
+	return cmd
+}
+
+func (a *app) reEnableCmd() *cobra.Command {
+	f := &clientFlags{}
+	var jf jobFlags
+	cmd := &cobra.Command{
+		Use:   "re-enable MACHINE [--wait] [--json]",
+		Short: "Protect a failed-back machine forward again (its agent replicates it to the recovery site)",
+		Long: `Re-enable ends the way back: the machine's agent is told to replicate it
+again under its policy, and the job ends with the first forward point (its
+bytes changed and sent). Blocks the vault holds already, those of the reverse
+points the target writer applied, are not sent again.`,
+		Example: `  lifeboat re-enable web01 --wait --json`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.submit(cmd, f, &jf, args[0], "re-enable", nil)
+		},
+	}
+	a.addClientFlags(cmd, f)
+	addJobFlags(cmd, &jf)
+	return cmd
+}

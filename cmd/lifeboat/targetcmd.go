@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"time"
@@ -192,10 +193,11 @@ func (a *app) targetProgress(f *targetApplyFlags, lines *jsonLines) func() {
 }
 
 type targetRunFlags struct {
-	name, stateDir string
-	disks          []string
-	every          time.Duration
-	client         clientFlags
+	name, stateDir    string
+	startCmd, stopCmd string
+	disks             []string
+	every             time.Duration
+	client            clientFlags
 }
 
 func (a *app) targetRunCmd() *cobra.Command {
@@ -232,6 +234,13 @@ point with no --disk, a --disk the point does not have, a point of another
 machine or not in the vault, a target inside the vault, a block device that
 is mounted, swap, or part of another device.
 
+Failback: once the disks hold a failback's final point, --start-command
+starts the original machine (for example "virsh start web01"); a cancelled
+failback runs --stop-command. Each runs with sh -c, bounded by 10 minutes,
+with LIFEBOAT_MACHINE, LIFEBOAT_POINT and LIFEBOAT_DISK_<DISK>=PATH in its
+environment; its output goes to the log. While the original machine runs,
+no point is applied onto its disks.
+
 The vault flags name the vault the server publishes into; it is only read.
 A server that cannot be reached is logged and asked again next round. The
 command runs until SIGINT or SIGTERM.`,
@@ -243,6 +252,8 @@ command runs until SIGINT or SIGTERM.`,
 	fl.StringArrayVar(&f.disks, "disk", nil, "MACHINE/DISK=PATH: apply disk DISK of MACHINE's points onto PATH, the original disk (file or block device) or a path that does not exist (alternate location); repeat for every disk")
 	fl.StringVar(&f.stateDir, "state-dir", "", "directory of the journals, scan baselines and records of the points applied, one subdirectory per machine (required)")
 	fl.DurationVar(&f.every, "every", target.DefaultEvery, "how often to report to the server and ask for the point to apply")
+	fl.StringVar(&f.startCmd, "start-command", "", "shell command that starts the original machine in a failback, once its disks hold the final point")
+	fl.StringVar(&f.stopCmd, "stop-command", "", "shell command that stops the original machine again when a failback is cancelled")
 	a.addClientFlags(c, &f.client)
 	// Nothing is printed: reports go to the server, progress to the logs
 	// (--log-format json for JSON).
@@ -276,7 +287,8 @@ func (a *app) targetRun(ctx context.Context, f *targetRunFlags) error {
 		return err
 	}
 	w, err := target.NewWriter(target.WriterOptions{Vault: v, Reporter: reverseReporter(c), Name: f.name, Disks: disks,
-		StateDir: f.stateDir, Every: f.every, Clock: a.clock(), Logger: a.log})
+		StateDir: f.stateDir, Every: f.every, Clock: a.clock(), Logger: a.log,
+		Start: a.powerCommand(f.startCmd, disks), Stop: a.powerCommand(f.stopCmd, disks)})
 	if err != nil {
 		return &codeError{exitUsage, err}
 	}
@@ -286,6 +298,28 @@ func (a *app) targetRun(ctx context.Context, f *targetRunFlags) error {
 		return nil
 	}
 	return err
+}
+
+// powerCommand runs a --start-command or --stop-command (nil when none).
+func (a *app) powerCommand(command string, disks map[string]map[string]string) func(ctx context.Context, machine, point string) error {
+	if command == "" {
+		return nil
+	}
+	return func(ctx context.Context, machine, point string) error {
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, "sh", "-c", command)
+		cmd.Env = append(os.Environ(), "LIFEBOAT_MACHINE="+machine, "LIFEBOAT_POINT="+point)
+		for d, p := range disks[machine] {
+			cmd.Env = append(cmd.Env, "LIFEBOAT_DISK_"+strings.ToUpper(strings.NewReplacer("-", "_", ".", "_").Replace(d))+"="+p)
+		}
+		out, err := cmd.CombinedOutput()
+		a.log.Info("ran the failback command", "command", command, "machine", machine, "output", strings.TrimSpace(string(out)), "err", err)
+		if err != nil {
+			return fmt.Errorf("%s: %w: %s", command, err, strings.TrimSpace(string(out)))
+		}
+		return nil
+	}
 }
 
 // parseTargetDisks reads --disk MACHINE/DISK=PATH flags into machine →

@@ -86,11 +86,13 @@ type Recovery struct {
 	// Reverse is the reverse replication of a committed failover
 	// (reprotect) and the target writer's progress.
 	Reverse *Reverse `json:"reverse,omitempty"`
+	// FailedBack is a committed failback, until re-enable.
+	FailedBack *FailedBack `json:"failed_back,omitempty"`
 }
 
 // Empty reports whether nothing is recorded.
 func (r *Recovery) Empty() bool {
-	return r == nil || r.Drill == nil && r.Failover == nil && r.Shutdown == nil && r.ShutdownAck == nil && r.Reverse == nil
+	return r == nil || r.Drill == nil && r.Failover == nil && r.Shutdown == nil && r.ShutdownAck == nil && r.Reverse == nil && r.FailedBack == nil
 }
 
 // ShutdownRequest asks a machine's agent (AgentConfig.Shutdown) to shut
@@ -192,5 +194,8 @@ type Job struct {
 	// changed and sent per cycle), and Target the target writer's
 	// apply of it (bytes compared and written per disk).
 	ReversePoint *ReversePoint `json:"reverse_point,omitempty"`
+	// FailedBack is, on a failback or its commit, the final point and
+	// what the target wrote.
+	FailedBack   *FailedBack   `json:"failed_back,omitempty"`
 	TargetWriter *TargetReport `json:"target_writer,omitempty"`
 }

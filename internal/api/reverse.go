@@ -25,6 +25,37 @@ type Reverse struct {
 	LastCycle time.Time `json:"last_cycle,omitzero"`
 	// Target is the target writer's last report.
 	Target *TargetReport `json:"target,omitempty"`
+	// Failback is the failback under way (nil: none).
+	Failback *Failback `json:"failback,omitempty"`
+}
+
+// Failback is a failback under way: the recovery VM's guest is shut
+// down, a final reverse point is cut and applied at the primary site, and
+// the target writer starts the original machine.
+type Failback struct {
+	Job     string    `json:"job"`
+	Started time.Time `json:"started"`
+	// Halted: the recovery VM's guest was shut down (its disks stay).
+	Halted bool `json:"halted,omitempty"`
+	// Final is the final reverse point, cut after the shutdown.
+	Final string `json:"final,omitempty"`
+	// Start asks the target writer to start the original machine once it
+	// holds Final (its --start-command); Stop, a cancel, to stop it again
+	// (--stop-command).
+	Start bool `json:"start,omitempty"`
+	Stop  bool `json:"stop,omitempty"`
+}
+
+// FailedBack is a committed failback: the machine runs at the primary
+// site again, from point Point, until re-enable protects it forward.
+type FailedBack struct {
+	Job    string    `json:"job"`
+	Point  string    `json:"point"`  // the final reverse point
+	Target string    `json:"target"` // the target writer that applied it
+	At     time.Time `json:"at"`
+	// Disks are the target's disks, with what the final apply compared
+	// and wrote.
+	Disks []TargetDisk `json:"disks,omitempty"`
 }
 
 // Reprotected reports whether the target writer has applied a reverse
@@ -76,6 +107,10 @@ type TargetReport struct {
 	Progress *TargetProgress `json:"progress,omitempty"`
 	// Error is the last apply's failure ("" after a success).
 	Error string `json:"error,omitempty"`
+	// Started is the point the target writer started the original
+	// machine on (its --start-command), during a failback; "" when it has
+	// not, or stopped it again (a cancelled failback).
+	Started string `json:"started,omitempty"`
 	// Seen is set by the server: when the report arrived.
 	Seen time.Time `json:"seen,omitzero"`
 }

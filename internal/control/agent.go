@@ -89,7 +89,7 @@ func applyRecovery(c *api.AgentConfig, r *api.Recovery) {
 		return
 	}
 	switch {
-	case r.Failover != nil && r.Committed:
+	case r.Failover != nil && r.Committed, r.FailedBack != nil:
 		c.Protected, c.Paused = false, false
 		return
 	case r.Failover != nil:

@@ -40,13 +40,18 @@ var failoverActions = []failoverAction{
 	{"failover/commit", orchestrate.KindCommit, nil, prepareFailedOver(orchestrate.KindCommit)},
 	{"failover/cancel", orchestrate.KindCancel, nil, prepareFailedOver(orchestrate.KindCancel)},
 	{"reprotect", kindReprotect, func() any { return &api.ReprotectRequest{} }, (*Server).prepareReprotect},
+	{"failback", kindFailback, nil, prepareWayBack(lifecycle.Failback, "failback requested (shut the recovery VM down, cut a final point, apply it at the primary site, start the original)")},
+	{"failback/commit", kindCommitFailback, nil, prepareWayBack(lifecycle.CommitFailback, "commit of the failback requested (remove the recovery VM)")},
+	{"failback/cancel", kindCancelFailback, nil, prepareWayBack(lifecycle.CancelFailback, "cancel of the failback requested (stop the original, restart the recovery VM)")},
+	{"re-enable", kindReEnable, nil, prepareWayBack(lifecycle.ReEnable, "re-enable of forward protection requested")},
 }
 
 // drillKinds and failoverKinds are the jobs that act on a machine's drill
 // and on its failover.
 var (
 	drillKinds    = []string{orchestrate.KindTestFailover, orchestrate.KindCleanup}
-	failoverKinds = []string{orchestrate.KindFailover, orchestrate.KindChangePoint, orchestrate.KindCommit, orchestrate.KindCancel, kindReprotect}
+	failoverKinds = []string{orchestrate.KindFailover, orchestrate.KindChangePoint, orchestrate.KindCommit, orchestrate.KindCancel, kindReprotect,
+		kindFailback, kindCommitFailback, kindCancelFailback, kindReEnable}
 )
 
 func (s *Server) failoverAction(a failoverAction) func(http.ResponseWriter, *http.Request, *caller) error {

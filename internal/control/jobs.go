@@ -36,7 +36,7 @@ func (s *Server) jobKinds(o *orchestrate.Orchestrator) []jobs.Kind {
 			return append(defs, jobs.StepDef{Name: "record drill notes", Run: s.recordDrillNotes}), err
 		}
 	}
-	kinds = append(kinds, s.reprotectKind())
+	kinds = append(append(kinds, s.reprotectKind()), s.wayBackKinds()...)
 	return append(kinds, o.PlanKindDefs()...)
 }
 
@@ -213,6 +213,10 @@ func (s *Server) jobView(j jobs.Job) api.Job {
 	var rp api.ReversePoint
 	if ok, _ := j.Get("reverse_point", &rp); ok {
 		v.ReversePoint = &rp
+	}
+	var fb api.FailedBack
+	if ok, _ := j.Get("failed_back", &fb); ok {
+		v.FailedBack = &fb
 	}
 	var t api.TargetReport
 	if ok, _ := j.Get("target", &t); ok {

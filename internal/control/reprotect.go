@@ -52,7 +52,7 @@ func (s *Server) prepareReprotect(ctx context.Context, m api.Machine, active []j
 	if err != nil {
 		return orchestrate.Params{}, "", err
 	}
-	return orchestrate.Params{Policy: pol.Name, VM: vmRecordOf(vm)},
+	return orchestrate.Params{Policy: pol.Name, VM: fromRecoveredVM(*vm)},
 		fmt.Sprintf("reprotect requested (VM %s back to the primary site, policy %s)", vm.Name, pol.Name), nil
 }
 
@@ -82,10 +82,6 @@ func (s *Server) failbackPolicy(ctx context.Context, m api.Machine, name string)
 		return p, fmt.Errorf("create the failback policy %s: %w", name, err)
 	}
 	return p, nil
-}
-
-func vmRecordOf(vm *api.RecoveredVM) *orchestrate.VMRecord {
-	return &orchestrate.VMRecord{Name: vm.Name, Dir: vm.Dir, Machine: vm.Machine, Kind: vm.Kind, Job: vm.Job, Point: vm.Point, Provider: vm.Provider}
 }
 
 // startReverse records the reverse direction in the machine: the reverse

@@ -90,6 +90,9 @@ func reverseDue(m api.Machine) (time.Time, bool) {
 		return time.Time{}, false
 	}
 	rv := r.Reverse
+	if rv.Failback != nil {
+		return time.Time{}, false // the failback cuts the final point itself
+	}
 	if rv.Point == nil || rv.LastCycle.IsZero() {
 		return time.Time{}, true // the first cycle: now
 	}

@@ -98,6 +98,10 @@ type Facts struct {
 func StateOf(m *api.Machine) State {
 	r := m.Recovery
 	switch {
+	case r != nil && r.Failover == nil && r.FailedBack != nil:
+		return FailedBack
+	case r != nil && r.Failover != nil && r.Committed && r.Reverse != nil && r.Reverse.Failback != nil:
+		return FailingBack
 	case r != nil && r.Failover != nil && r.Committed && r.Reverse.Reprotected():
 		return Reprotected
 	case r != nil && r.Failover != nil && r.Committed && r.Reverse != nil:

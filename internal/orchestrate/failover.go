@@ -387,6 +387,10 @@ func (o *Orchestrator) remove(ctx context.Context, vm VMRecord) error {
 	return nil
 }
 
+// Remove deletes a recovered VM, its point server and its directory (a
+// committed failback).
+func (o *Orchestrator) Remove(ctx context.Context, vm VMRecord) error { return o.remove(ctx, vm) }
+
 // recorded is the VM a commit, cancel or cleanup acts on.
 func recorded(sc *jobs.StepContext) (VMRecord, error) {
 	p, err := params(sc)

@@ -60,6 +60,10 @@ type WriterOptions struct {
 	Workers         int
 	Clock           clock.Clock // default clock.System
 	Logger          *slog.Logger
+	// Start starts the original machine on its disks once they hold a
+	// failback's final point; Stop stops it again (a cancelled
+	// failback). Nil: this writer cannot, and says so in its reports.
+	Start, Stop func(ctx context.Context, machine, point string) error
 }
 
 // Writer is the long-running target writer: every Every it reports each
@@ -96,6 +100,9 @@ type appliedRecord struct {
 	AppliedAt time.Time        `json:"applied_at,omitzero"`
 	Disks     []api.TargetDisk `json:"disks,omitempty"`
 	Applying  string           `json:"applying,omitempty"`
+	// Started is the point the original machine was started on (Start),
+	// until it is stopped again: no point is applied while it runs.
+	Started string `json:"started,omitempty"`
 }
 
 // NewWriter checks o and returns a Writer; it touches nothing on disk.
@@ -189,13 +196,57 @@ func (w *Writer) Run(ctx context.Context) error {
 // the machine's disks do not hold it yet.
 func (w *Writer) round(ctx context.Context, ms *machineState) {
 	rev, ok := w.report(ctx, ms, w.baseReport(ms))
-	if !ok || rev == nil || rev.Point == nil || rev.Point.ID == "" {
+	if !ok || rev == nil {
 		return
+	}
+	if w.power(ctx, ms, rev.Failback) {
+		w.report(ctx, ms, w.baseReport(ms)) // tell the server at once
+		return
+	}
+	if ms.done.Started != "" || rev.Point == nil || rev.Point.ID == "" {
+		return // the original machine runs on its disks: nothing is applied
 	}
 	if strings.EqualFold(rev.Point.ID, ms.done.Point) && ms.done.Applying == "" {
 		return
 	}
 	w.apply(ctx, ms, rev.Point.ID)
+}
+
+// power starts the original machine when a failback asks and its disks
+// hold the final point, and stops it when a cancelled failback asks; it
+// reports whether it changed anything.
+func (w *Writer) power(ctx context.Context, ms *machineState, fb *api.Failback) bool {
+	if fb == nil {
+		return false
+	}
+	var run func(ctx context.Context, machine, point string) error
+	var started, what string
+	switch {
+	case fb.Start && fb.Final != "" && ms.done.Point == fb.Final && ms.done.Applying == "" && ms.done.Started != fb.Final:
+		run, started, what = w.o.Start, fb.Final, "start"
+	case fb.Stop && ms.done.Started != "":
+		run, started, what = w.o.Stop, "", "stop"
+	default:
+		return false
+	}
+	if run == nil {
+		ms.err = fmt.Sprintf("the failback asks to %s %s, but this target writer has no --%s-command", what, ms.name, what)
+		ms.log.Error(ms.err)
+		return true
+	}
+	if err := run(ctx, ms.name, fb.Final); err != nil {
+		ms.err = fmt.Sprintf("%s the original machine %s: %v", what, ms.name, err)
+		ms.log.Error(ms.err)
+		return true
+	}
+	rec := ms.done
+	rec.Started = started
+	if err := writeApplied(ms.appliedFile(), rec); err != nil {
+		ms.log.Error("record that the original machine was started or stopped", "err", err)
+	}
+	ms.done, ms.err = rec, ""
+	ms.log.Info("original machine "+what+"ed", "point", short(fb.Final))
+	return true
 }
 
 // report sends r and returns the server's answer; a failure is logged
@@ -223,7 +274,7 @@ func (w *Writer) report(ctx context.Context, ms *machineState, r api.TargetRepor
 // their sizes and the last apply's counts, the point applied, the last
 // error.
 func (w *Writer) baseReport(ms *machineState) api.TargetReport {
-	r := api.TargetReport{Name: w.o.Name, Applied: ms.done.Point, AppliedAt: ms.done.AppliedAt, Error: ms.err}
+	r := api.TargetReport{Name: w.o.Name, Applied: ms.done.Point, AppliedAt: ms.done.AppliedAt, Error: ms.err, Started: ms.done.Started}
 	for _, d := range ms.disks {
 		td := api.TargetDisk{Name: d.name, Path: d.path}
 		size, _, err := targetSize(d.path)
