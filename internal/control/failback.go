@@ -339,13 +339,20 @@ func (s *Server) reEnable(ctx context.Context, sc *jobs.StepContext) error {
 	if err := sc.Params(&p); err != nil {
 		return err
 	}
-	m, err := s.store.UpdateMachine(ctx, p.Machine, func(m *api.Machine) error {
-		r := m.Recovery
-		if r == nil || r.FailedBack == nil {
-			return nil // a rerun
-		}
+	cur, err := s.store.GetMachine(ctx, p.Machine)
+	if err != nil {
+		return err
+	}
+	if r := cur.Recovery; r != nil && r.FailedBack != nil {
+		// Recorded in the job first (not inside the machine's update:
+		// one store transaction at a time).
 		if err := sc.Set(ctx, "failed_back", r.FailedBack); err != nil {
 			return err
+		}
+	}
+	m, err := s.store.UpdateMachine(ctx, p.Machine, func(m *api.Machine) error {
+		if r := m.Recovery; r == nil || r.FailedBack == nil {
+			return nil // a rerun
 		}
 		m.Recovery, m.LastError = nil, ""
 		m.State = machineState(m)

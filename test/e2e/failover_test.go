@@ -282,7 +282,9 @@ func TestFailoverRealGuest(t *testing.T) {
 	}
 	fmt.Fprintf(os.Stderr, "TestFailoverRealGuest: source manifest seq %d at shutdown, recovered guest verified it\n", last)
 
-	reprotect(t, cl, vm, img.Disk, last)
+	ps := newPrimarySite(t, img, qmpDir)
+	reprotect(t, cl, vm, ps, last)
+	failback(t, cl, vm, ps)
 
 	// The recovery site loses its server: with the vault alone (and its
 	// passphrase), the machine still boots, with the site's settings from

@@ -28,8 +28,9 @@ import (
 //     disk (the recovered guest's writes only), and the original image
 //     then holds the recovered guest's newer manifest (checked offline);
 //   - reverse replication goes on: a second reverse point arrives.
-func reprotect(t *testing.T, cl *cluster, vm api.RecoveredVM, original string, last int64) {
+func reprotect(t *testing.T, cl *cluster, vm api.RecoveredVM, ps *primarySite, last int64) {
 	t.Helper()
+	original := ps.img.Disk
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	// The recovered guest writes at the recovery site.
@@ -62,6 +63,7 @@ func reprotect(t *testing.T, cl *cluster, vm api.RecoveredVM, original string, l
 	operator := cl.token("operator")
 	cl.spawn("target", "target", "run", "--name", "primary1", "--disk", "web/"+disk+"="+original,
 		"--state-dir", filepath.Join(cl.dir, "target-state"), "--every", "1s",
+		"--start-command", ps.startScript, "--stop-command", ps.stopScript,
 		"--server", "https://"+cl.apiAddr, "--token", operator)
 	if r := cl.run("jobs", "watch", rj.ID); r.code != 0 {
 		t.Fatalf("reprotect: exit %d\n%s%s", r.code, r.stdout, r.stderr)

@@ -230,3 +230,24 @@ func (img *Image) bootArgs() []string {
 	}
 	return out
 }
+
+// Command is the QEMU command line that boots the image as Start does
+// (TCG, its own disk, no kernel on the command line), for a script that
+// starts the VM outside the test (a failback's start command): the
+// console goes to serial, QMP listens on qmp, and QEMU daemonizes,
+// writing its PID to pidFile.
+func (b *BootImage) Command(serial, qmp, pidFile string) []string {
+	img := &Image{Disk: b.Disk, DiskFormat: "raw", Memory: 256, QMP: qmp, Serial: serial, control: qmp + ".ctl"}
+	if b.Firmware == FirmwareUEFI {
+		img.extraArgs = []string{"-bios", OVMFFirmware}
+	}
+	out := []string{"qemu-system-x86_64"}
+	for _, a := range img.bootArgs() {
+		if a == "-nographic" { // not allowed with -daemonize
+			out = append(out, "-display", "none")
+			continue
+		}
+		out = append(out, a)
+	}
+	return append(out, "-daemonize", "-pidfile", pidFile)
+}

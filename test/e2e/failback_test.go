@@ -1,0 +1,186 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/compute/computetest"
+	"github.com/lifeboat-dr/lifeboat/internal/testutil/guest"
+)
+
+// primarySite is where the original machine runs: its image, and the
+// target writer's start and stop commands, real scripts that boot it in
+// QEMU (daemonized, its QMP socket linked into the host agent's
+// directory so the agent finds it again) and stop it.
+type primarySite struct {
+	img                     *guest.BootImage
+	serial, qmp, pid        string
+	startScript, stopScript string
+}
+
+func newPrimarySite(t *testing.T, img *guest.BootImage, qmpDir string) *primarySite {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "lbps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps := &primarySite{img: img, serial: filepath.Join(dir, "console.log"), qmp: filepath.Join(dir, "qmp.sock"), pid: filepath.Join(dir, "qemu.pid"),
+		startScript: filepath.Join(dir, "start.sh"), stopScript: filepath.Join(dir, "stop.sh")}
+	t.Cleanup(func() { ps.kill(); os.RemoveAll(dir) })
+	var q []string
+	for _, a := range img.Command(ps.serial, ps.qmp, ps.pid) {
+		q = append(q, "'"+strings.ReplaceAll(a, "'", `'\''`)+"'")
+	}
+	link := filepath.Join(qmpDir, "web.qmp")
+	start := "#!/bin/sh\nset -e\nrm -f " + ps.serial + " " + link + "\n" + strings.Join(q, " ") + "\nln -s " + ps.qmp + " " + link + "\n"
+	stop := "#!/bin/sh\npid=$(cat " + ps.pid + ")\nkill $pid\nfor i in $(seq 300); do kill -0 $pid 2>/dev/null || exit 0; sleep 0.1; done\nkill -9 $pid\n"
+	for f, body := range map[string]string{ps.startScript: start, ps.stopScript: stop} {
+		if err := os.WriteFile(f, []byte(body), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return ps
+}
+
+// running returns the original machine's QEMU PID, 0 if none runs.
+func (ps *primarySite) running() int {
+	b, err := os.ReadFile(ps.pid)
+	if err != nil {
+		return 0
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	if pid <= 0 || syscall.Kill(pid, 0) != nil {
+		return 0
+	}
+	return pid
+}
+
+func (ps *primarySite) kill() {
+	if pid := ps.running(); pid > 0 {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+}
+
+// bootedManifest waits for the original machine's console to show its
+// manifest check at boot and returns the sequence number it verified.
+func (ps *primarySite) bootedManifest(t *testing.T) int64 {
+	t.Helper()
+	return consoleFrom(t, ps.serial, 0)
+}
+
+// consoleFrom waits until a console log, from byte offset on (a VM's
+// later boot, when the log is appended to), shows the guest's manifest
+// check and ReadyMarker, and returns the sequence number it verified.
+func consoleFrom(t *testing.T, path string, offset int64) int64 {
+	t.Helper()
+	re := regexp.MustCompile(guest.ManifestPassMarker + ` seq ([0-9]+)`)
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		b, _ := os.ReadFile(path)
+		if int64(len(b)) > offset {
+			log := string(b[offset:])
+			if m := re.FindStringSubmatch(log); m != nil && strings.Contains(log, guest.ReadyMarker) {
+				seq, _ := strconv.ParseInt(m[1], 10, 64)
+				return seq
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("console %s: no manifest check and %s after byte %d:\n%s", path, guest.ReadyMarker, offset, tailOf(string(b)))
+		}
+		time.Sleep(200 * time.Millisecond) // poll pause under the deadline above
+	}
+}
+
+func fileSize(path string) int64 {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+// failback takes the reprotected machine home, twice: the first failback
+// is cancelled (the original stops, the recovery VM runs again with its
+// data, reverse replication resumes), the second committed; then forward
+// protection is re-enabled and a forward point arrives.
+func failback(t *testing.T, cl *cluster, vm api.RecoveredVM, ps *primarySite) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	b, _ := os.ReadFile(vm.Console)
+	waitConsoleManifest(ctx, t, vm, guest.LastManifest(string(b))+1)
+
+	fb := failbackOnce(t, cl, vm, ps)
+	cycles := func() int64 { m, _ := cl.machine("web"); return m.Recovery.Reverse.Cycles }
+	before := cycles()
+	offset := fileSize(vm.Console)
+	cl.runJob("failback", "cancel", "web")
+	if pid := ps.running(); pid != 0 {
+		t.Fatalf("after cancel-failback the original still runs (pid %d)", pid)
+	}
+	if m, _ := cl.machine("web"); m.State != api.StateReprotected {
+		t.Fatalf("state after cancel-failback: %s", m.State)
+	}
+	if got := consoleFrom(t, vm.Console, offset); got < fb {
+		t.Fatalf("the recovery VM restarted after cancel with manifest seq %d, it had written %d", got, fb)
+	}
+	cl.waitFor("reverse replication resumed after cancel", 2*time.Minute, func() bool { return cycles() > before })
+	waitConsoleManifest(ctx, t, vm, fb+1) // the recovery VM writes again
+
+	failbackOnce(t, cl, vm, ps)
+	cl.runJob("failback", "commit", "web")
+	gone(t, vm)
+	if m, _ := cl.machine("web"); m.State != api.StateFailedBack || ps.running() == 0 {
+		t.Fatalf("after commit-failback: state %s, original running %v", m.State, ps.running() != 0)
+	}
+	re := cl.runJob("re-enable", "web")
+	var fp api.CycleResult
+	if raw, ok := re.Data["forward_point"]; !ok || json.Unmarshal(raw, &fp) != nil {
+		t.Fatalf("re-enable job without its forward point: %s", re.Data)
+	}
+	m, _ := cl.machine("web")
+	fmt.Fprintf(os.Stderr, "TestFailoverRealGuest: re-enable: forward point %s read %d changed %d sent %d bytes\n", fp.Point[:12], fp.ReadBytes, fp.ChangedBytes, fp.SentBytes)
+	if m.State != api.StateProtected && m.State != api.StateInitial {
+		t.Fatalf("state after re-enable: %s", m.State)
+	}
+	if size := int64(128 << 20); fp.SentBytes > size/4 {
+		t.Fatalf("re-enable sent %d bytes of a %d-byte disk: the vault held the blocks already", fp.SentBytes, size)
+	}
+}
+
+// failbackOnce fails back and checks the original machine boots with
+// every manifest the recovery VM wrote before it shut down; it returns
+// that manifest's sequence number.
+func failbackOnce(t *testing.T, cl *cluster, vm api.RecoveredVM, ps *primarySite) int64 {
+	t.Helper()
+	start := time.Now()
+	j := cl.runJob("failback", "web")
+	b, _ := os.ReadFile(vm.Console)
+	last := guest.LastManifest(string(b))
+	if len(computetest.Processes(vm.Name)) != 0 {
+		t.Fatalf("the recovery VM %s still runs after failback", vm.Name)
+	}
+	if j.ReversePoint == nil || j.FailedBack == nil || j.TargetWriter == nil || j.FailedBack.Point != j.ReversePoint.ID {
+		t.Fatalf("failback job: %+v %+v %+v", j.ReversePoint, j.FailedBack, j.TargetWriter)
+	}
+	if m, _ := cl.machine("web"); m.State != api.StateFailingBack {
+		t.Fatalf("state after failback: %s", m.State)
+	}
+	got := ps.bootedManifest(t)
+	fmt.Fprintf(os.Stderr, "TestFailoverRealGuest: failback: final point %s changed %d sent %d; target wrote %d; original booted with manifest seq %d (recovery VM wrote %d) %s after the request\n",
+		j.ReversePoint.ID[:12], j.ReversePoint.ChangedBytes, j.ReversePoint.SentBytes, j.TargetWriter.Disks[0].Written, got, last, time.Since(start).Round(time.Second))
+	if got < last {
+		t.Fatalf("failback lost data: the recovery VM wrote manifest seq %d, the original booted with %d", last, got)
+	}
+	return last
+}
