@@ -102,7 +102,11 @@ type appliedRecord struct {
 	Applying  string           `json:"applying,omitempty"`
 	// Started is the point the original machine was started on (Start),
 	// until it is stopped again: no point is applied while it runs.
-	Started string `json:"started,omitempty"`
+	// StartedBy is the reprotect job of that failback: a reverse
+	// replication of another job means the machine was failed over again
+	// since (its original shut down), and Started no longer holds.
+	Started   string `json:"started,omitempty"`
+	StartedBy string `json:"started_by,omitempty"`
 }
 
 // NewWriter checks o and returns a Writer; it touches nothing on disk.
@@ -199,7 +203,16 @@ func (w *Writer) round(ctx context.Context, ms *machineState) {
 	if !ok || rev == nil {
 		return
 	}
-	if w.power(ctx, ms, rev.Failback) {
+	if ms.done.Started != "" && ms.done.StartedBy != rev.Job {
+		ms.log.Info("the machine was failed over again since its original was started: applying reverse points again", "reprotect_job", rev.Job)
+		rec := ms.done
+		rec.Started, rec.StartedBy = "", ""
+		if err := writeApplied(ms.appliedFile(), rec); err != nil {
+			ms.log.Error("record that the original machine is no longer started", "err", err)
+		}
+		ms.done = rec
+	}
+	if w.power(ctx, ms, rev.Job, rev.Failback) {
 		w.report(ctx, ms, w.baseReport(ms)) // tell the server at once
 		return
 	}
@@ -215,7 +228,7 @@ func (w *Writer) round(ctx context.Context, ms *machineState) {
 // power starts the original machine when a failback asks and its disks
 // hold the final point, and stops it when a cancelled failback asks; it
 // reports whether it changed anything.
-func (w *Writer) power(ctx context.Context, ms *machineState, fb *api.Failback) bool {
+func (w *Writer) power(ctx context.Context, ms *machineState, job string, fb *api.Failback) bool {
 	if fb == nil {
 		return false
 	}
@@ -240,7 +253,10 @@ func (w *Writer) power(ctx context.Context, ms *machineState, fb *api.Failback) 
 		return true
 	}
 	rec := ms.done
-	rec.Started = started
+	rec.Started, rec.StartedBy = started, ""
+	if started != "" {
+		rec.StartedBy = job
+	}
 	if err := writeApplied(ms.appliedFile(), rec); err != nil {
 		ms.log.Error("record that the original machine was started or stopped", "err", err)
 	}

@@ -187,7 +187,7 @@ func (w *Writer) applyDisks(ctx context.Context, ms *machineState, p *vault.Poin
 
 // applied records that the machine's disks hold p.
 func (w *Writer) applied(ms *machineState, p *vault.Point, results []*Result) {
-	rec := appliedRecord{Point: p.ID.String(), AppliedAt: w.o.Clock.Now(), Started: ms.done.Started}
+	rec := appliedRecord{Point: p.ID.String(), AppliedAt: w.o.Clock.Now(), Started: ms.done.Started, StartedBy: ms.done.StartedBy}
 	var compared, written, resumed int64
 	for i, r := range results {
 		rec.Disks = append(rec.Disks, api.TargetDisk{Name: r.Disk, Path: ms.disks[i].path, Size: r.Size,

@@ -39,6 +39,8 @@ type fakeReporter struct {
 	points  map[string]string
 	failing int
 	got     []sent
+	job     string        // the reprotect job ("" : j1)
+	fb      *api.Failback // the failback under way
 }
 
 func newReporter(clk clock.Clock) *fakeReporter {
@@ -53,7 +55,10 @@ func (f *fakeReporter) Report(_ context.Context, machine string, r api.TargetRep
 		return nil, errors.New("connection refused")
 	}
 	f.got = append(f.got, sent{machine, r, f.clk.Now()})
-	rev := &api.Reverse{Job: "j1", Policy: "failback"}
+	rev := &api.Reverse{Job: "j1", Policy: "failback", Failback: f.fb}
+	if f.job != "" {
+		rev.Job = f.job
+	}
 	if id := f.points[machine]; id != "" {
 		rev.Point = &api.ReversePoint{ID: id}
 	}
@@ -64,6 +69,13 @@ func (f *fakeReporter) point(machine string, p *vault.Point) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.points[machine] = p.ID.String()
+}
+
+// set changes the reprotect job and the failback the reporter answers with.
+func (f *fakeReporter) set(job string, fb *api.Failback) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.job, f.fb = job, fb
 }
 
 func (f *fakeReporter) reports() []sent {
