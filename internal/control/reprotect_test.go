@@ -28,6 +28,10 @@ func TestReprotectRefusalsAndTargetReport(t *testing.T) {
 	good := api.TargetReport{Name: "primary1", Disks: []api.TargetDisk{{Name: "vda", Path: "/var/lib/images/db.img", Size: 1 << 20}}}
 
 	s.refused(s.api("POST", "/api/v1/machines/db/reprotect", op, nil), 409, api.CodeActionNotAllowed, "reprotect of a protected machine")
+	for _, path := range []string{"failback", "failback/commit", "failback/cancel", "re-enable"} {
+		s.refused(s.api("POST", "/api/v1/machines/db/"+path, op, nil), 409, api.CodeActionNotAllowed, path+" of a machine never failed over")
+		s.refused(s.api("POST", "/api/v1/machines/db/"+path, viewer, nil), 403, api.CodeForbidden, "viewer "+path)
+	}
 	s.waitJob(s.submit(op, "db", "failover", api.FailoverRequest{Point: pts[0][:8]}).ID)
 	s.refused(s.api("POST", "/api/v1/machines/db/reprotect", op, nil), 409, api.CodeActionNotAllowed, "reprotect before commit")
 	s.refused(report(op, good), 409, api.CodeActionNotAllowed, "target report without reverse replication")
@@ -96,6 +100,9 @@ func TestReprotectRefusalsAndTargetReport(t *testing.T) {
 		t.Fatalf("after the target applied: %s, allowed %v", m.State, m.AllowedActions)
 	}
 	s.mustAPI("POST", "/api/v1/machines/db/reverse/target", op, done, 200, &got)
+	for _, path := range []string{"reprotect", "failback/commit", "failback/cancel", "re-enable"} {
+		s.refused(s.api("POST", "/api/v1/machines/db/"+path, op, nil), 409, api.CodeActionNotAllowed, path+" of a reprotected machine")
+	}
 	if n := len(s.events("reprotected")); n != 1 {
 		t.Fatalf("%d reprotected events, want 1", n)
 	}

@@ -65,6 +65,13 @@ func (ps *primarySite) running() int {
 	return pid
 }
 
+// lastManifest is the newest manifest the original machine's console
+// shows.
+func (ps *primarySite) lastManifest() int64 {
+	b, _ := os.ReadFile(ps.serial)
+	return guest.LastManifest(string(b))
+}
+
 func (ps *primarySite) kill() {
 	if pid := ps.running(); pid > 0 {
 		syscall.Kill(pid, syscall.SIGKILL)
@@ -109,17 +116,33 @@ func fileSize(path string) int64 {
 	return fi.Size()
 }
 
-// failback takes the reprotected machine home, twice: the first failback
-// is cancelled (the original stops, the recovery VM runs again with its
-// data, reverse replication resumes), the second committed; then forward
-// protection is re-enabled and a forward point arrives.
-func failback(t *testing.T, cl *cluster, vm api.RecoveredVM, ps *primarySite) {
+// failback takes the reprotected machine home: with cancel, the first
+// failback is cancelled (the original stops, the recovery VM runs again
+// with its data, reverse replication resumes) and a second one is
+// committed; then forward protection is re-enabled and a forward point
+// arrives, having sent little.
+func failback(t *testing.T, cl *cluster, vm api.RecoveredVM, ps *primarySite, cancelFirst bool) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	b, _ := os.ReadFile(vm.Console)
 	waitConsoleManifest(ctx, t, vm, guest.LastManifest(string(b))+1)
 
+	if cancelFirst {
+		failbackCancel(ctx, t, cl, vm, ps)
+	}
+	failbackOnce(t, cl, vm, ps)
+	cl.runJob("failback", "commit", "web")
+	gone(t, vm)
+	if m, _ := cl.machine("web"); m.State != api.StateFailedBack || ps.running() == 0 {
+		t.Fatalf("after commit-failback: state %s, original running %v", m.State, ps.running() != 0)
+	}
+	reEnable(t, cl)
+}
+
+// failbackCancel fails back and cancels it.
+func failbackCancel(ctx context.Context, t *testing.T, cl *cluster, vm api.RecoveredVM, ps *primarySite) {
+	t.Helper()
 	fb := failbackOnce(t, cl, vm, ps)
 	cycles := func() int64 { m, _ := cl.machine("web"); return m.Recovery.Reverse.Cycles }
 	before := cycles()
@@ -136,13 +159,12 @@ func failback(t *testing.T, cl *cluster, vm api.RecoveredVM, ps *primarySite) {
 	}
 	cl.waitFor("reverse replication resumed after cancel", 2*time.Minute, func() bool { return cycles() > before })
 	waitConsoleManifest(ctx, t, vm, fb+1) // the recovery VM writes again
+}
 
-	failbackOnce(t, cl, vm, ps)
-	cl.runJob("failback", "commit", "web")
-	gone(t, vm)
-	if m, _ := cl.machine("web"); m.State != api.StateFailedBack || ps.running() == 0 {
-		t.Fatalf("after commit-failback: state %s, original running %v", m.State, ps.running() != 0)
-	}
+// reEnable protects the failed-back machine again and checks the first
+// forward point sent little: the vault holds its blocks.
+func reEnable(t *testing.T, cl *cluster) {
+	t.Helper()
 	re := cl.runJob("re-enable", "web")
 	var fp api.CycleResult
 	if raw, ok := re.Data["forward_point"]; !ok || json.Unmarshal(raw, &fp) != nil {

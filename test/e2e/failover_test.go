@@ -284,7 +284,18 @@ func TestFailoverRealGuest(t *testing.T) {
 
 	ps := newPrimarySite(t, img, qmpDir)
 	reprotect(t, cl, vm, ps, last)
-	failback(t, cl, vm, ps)
+	failback(t, cl, vm, ps, true)
+	// The second round trip: a planned failover of the original, back at
+	// the primary site, then home again.
+	planned = cl.runJob("failover", "web", "--planned")
+	vm = planned.VMs[0]
+	if got := console(t, vm); got < ps.lastManifest() {
+		t.Fatalf("second planned failover lost data: the original wrote manifest seq %d, the recovered guest has %d", ps.lastManifest(), got)
+	}
+	cl.runJob("failover", "commit", "web")
+	reprotect(t, cl, vm, ps, ps.lastManifest())
+	failback(t, cl, vm, ps, false)
+	fmt.Fprintf(os.Stderr, "TestFailoverRealGuest: two round trips done\n")
 
 	// The recovery site loses its server: with the vault alone (and its
 	// passphrase), the machine still boots, with the site's settings from

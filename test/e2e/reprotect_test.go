@@ -60,11 +60,12 @@ func reprotect(t *testing.T, cl *cluster, vm api.RecoveredVM, ps *primarySite, l
 
 	// The target writer at the "primary site": the source's own image.
 	disk := vm.Disks[0].Name
-	operator := cl.token("operator")
-	cl.spawn("target", "target", "run", "--name", "primary1", "--disk", "web/"+disk+"="+original,
-		"--state-dir", filepath.Join(cl.dir, "target-state"), "--every", "1s",
-		"--start-command", ps.startScript, "--stop-command", ps.stopScript,
-		"--server", "https://"+cl.apiAddr, "--token", operator)
+	cl.mu.Lock()
+	_, running := cl.procs["target"]
+	cl.mu.Unlock()
+	if !running {
+		startTargetWriter(cl, ps, disk)
+	}
 	if r := cl.run("jobs", "watch", rj.ID); r.code != 0 {
 		t.Fatalf("reprotect: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
@@ -98,6 +99,15 @@ func reprotect(t *testing.T, cl *cluster, vm api.RecoveredVM, ps *primarySite, l
 		return err == nil && m.Recovery.Reverse.Cycles >= 2
 	})
 	t.Logf("reprotect: original disk verified at manifest seq %d (recovery site wrote %d, source had %d)", seq, newer, last)
+}
+
+// startTargetWriter starts `lifeboat target run` at the primary site.
+func startTargetWriter(cl *cluster, ps *primarySite, disk string) {
+	operator := cl.token("operator")
+	cl.spawn("target", "target", "run", "--name", "primary1", "--disk", "web/"+disk+"="+ps.img.Disk,
+		"--state-dir", filepath.Join(cl.dir, "target-state"), "--every", "1s",
+		"--start-command", ps.startScript, "--stop-command", ps.stopScript,
+		"--server", "https://"+cl.apiAddr, "--token", operator)
 }
 
 // waitConsoleManifest waits until a recovered VM's console shows a
