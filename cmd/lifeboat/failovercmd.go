@@ -430,9 +430,9 @@ func readUserData(path string) (string, error) {
 func (a *app) reprotectCmd() *cobra.Command {
 	f := &clientFlags{}
 	var jf jobFlags
-	var policy string
+	var policy, planName string
 	cmd := &cobra.Command{
-		Use:   "reprotect MACHINE [--policy P] [--wait] [--json]",
+		Use:   "reprotect MACHINE|--plan PLAN [--policy P] [--wait] [--json]",
 		Short: "Replicate a machine's committed failover back to the primary site",
 		Long: `Reprotect starts reverse replication of a machine whose failover is
 committed: the server cuts the recovered VM's disks every crash interval of
@@ -454,23 +454,35 @@ target's apply (bytes compared and written per disk).
 
 The failback policy is --policy, or failback-<the machine's policy>, made
 from the machine's policy if it does not exist.`,
-		Example: `  lifeboat reprotect web01 --wait`,
-		Args:    cobra.ExactArgs(1),
+		Example: `  lifeboat reprotect web01 --wait
+  lifeboat reprotect --plan shop --wait`,
+		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if planName != "" {
+				if len(args) > 0 || policy != "" {
+					return &codeError{exitUsage, errors.New("give a MACHINE or --plan PLAN, not both (a plan's machines get their default failback policy)")}
+				}
+				return a.submitPlan(cmd, f, &jf, planName, "reprotect", api.PlanRunRequest{})
+			}
+			if len(args) != 1 {
+				return &codeError{exitUsage, errors.New("give the MACHINE to reprotect, or --plan PLAN")}
+			}
 			return a.submit(cmd, f, &jf, args[0], "reprotect", api.ReprotectRequest{Policy: policy})
 		},
 	}
 	a.addClientFlags(cmd, f)
 	addJobFlags(cmd, &jf)
 	cmd.Flags().StringVar(&policy, "policy", "", "failback policy (default failback-<the machine's policy>)")
+	cmd.Flags().StringVar(&planName, "plan", "", "reprotect every machine of this recovery plan, group by group")
 	return cmd
 }
 
 func (a *app) failbackCmd() *cobra.Command {
 	f := &clientFlags{}
 	var fj, cmj, caj jobFlags
+	var planName string
 	cmd := &cobra.Command{
-		Use:   "failback MACHINE [--wait] [--json]",
+		Use:   "failback MACHINE|--plan PLAN [--wait] [--json]",
 		Short: "Fail a reprotected machine back to the primary site, losing no write",
 		Long: `Failback is a planned failover back. The recovery VM's guest is shut down
 (ACPI, within the recovery site's shutdown_timeout), a final reverse point is
@@ -484,14 +496,25 @@ replication resumes. After the commit the recovery VM is removed and the
 machine is "failed-back"; "lifeboat re-enable" protects it forward again.`,
 		Example: `  lifeboat failback web01 --wait
   lifeboat failback commit web01 --wait
-  lifeboat re-enable web01 --wait`,
-		Args: cobra.ExactArgs(1),
+  lifeboat re-enable web01 --wait
+  lifeboat failback --plan shop --wait     # group by group, with the plan's actions`,
+		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if planName != "" {
+				if len(args) > 0 {
+					return &codeError{exitUsage, errors.New("give a MACHINE or --plan PLAN, not both")}
+				}
+				return a.submitPlan(cmd, f, &fj, planName, "failback", api.PlanRunRequest{})
+			}
+			if len(args) != 1 {
+				return &codeError{exitUsage, errors.New("give the MACHINE to fail back, or --plan PLAN")}
+			}
 			return a.submit(cmd, f, &fj, args[0], "failback", nil)
 		},
 	}
 	a.addClientFlags(cmd, f)
 	addJobFlags(cmd, &fj)
+	cmd.Flags().StringVar(&planName, "plan", "", "fail back every machine of this recovery plan, group by group (lifeboat plan failback-commit PLAN commits)")
 	commit := &cobra.Command{
 		Use:   "commit MACHINE [--wait] [--json]",
 		Short: "Commit the failback: the recovery VM is removed; the machine waits for re-enable",

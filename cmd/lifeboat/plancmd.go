@@ -273,6 +273,11 @@ var planRunOps = []planRunOp{
 	{"commit", "Commit the plan's newest failover, group by group", ""},
 	{"cleanup", "Clean up the plan's newest test failover, group by group in reverse order, and record notes", ""},
 	{"cancel", "Cancel the plan's newest failover before the commit: its VMs go away and replication resumes", ""},
+	{"reprotect", "Reprotect the plan's machines (their failovers committed), group by group", "Each machine's recovered VM replicates back to the primary site (lifeboat reprotect)."},
+	{"failback", "Fail the plan's machines back, group by group, with the groups' actions before and after", "Each machine fails back as lifeboat failback does: the group's before actions, the machines\ntogether, the after actions, then the next group. Actions see LIFEBOAT_DIRECTION=failback.\nEnd it with \"lifeboat plan failback-commit PLAN\" or \"lifeboat plan failback-cancel PLAN\"."},
+	{"failback-commit", "Commit the failback of the plan's machines, group by group", ""},
+	{"failback-cancel", "Cancel the failback of the plan's machines, last group first", ""},
+	{"re-enable", "Protect the plan's failed-back machines forward again, group by group", ""},
 }
 
 func (a *app) planRunCmd(f *clientFlags, op planRunOp) *cobra.Command {

@@ -23,11 +23,15 @@ import (
 
 // Job kinds of the way back after reprotect.
 const (
-	kindFailback       = "failback"
-	kindCommitFailback = "commit-failback"
-	kindCancelFailback = "cancel-failback"
-	kindReEnable       = "re-enable"
+	kindFailback       = orchestrate.KindFailback
+	kindCommitFailback = orchestrate.KindCommitFailback
+	kindCancelFailback = orchestrate.KindCancelFailback
+	kindReEnable       = orchestrate.KindReEnable
 )
+
+// wayBackActions are the state model's actions of the way-back jobs.
+var wayBackActions = map[string]lifecycle.Action{kindFailback: lifecycle.Failback, kindCommitFailback: lifecycle.CommitFailback,
+	kindCancelFailback: lifecycle.CancelFailback, kindReEnable: lifecycle.ReEnable}
 
 // wayBackKinds are the jobs of failback and after.
 func (s *Server) wayBackKinds() []jobs.Kind {
@@ -383,7 +387,7 @@ func (s *Server) waitForwardPoint(ctx context.Context, sc *jobs.StepContext) err
 		if err != nil {
 			return err
 		}
-		if lp := m.LastPoint; lp != nil && !lp.Time.Before(since) {
+		if lp := m.LastPoint; lp != nil && !lp.Time.Before(since) && !lp.FiguresPending { // the agent's bytes read and sent are in
 			sc.Log(ctx, "forward point %s: %d bytes changed, %d sent", short(lp.Point), lp.ChangedBytes, lp.SentBytes)
 			return sc.Set(ctx, "forward_point", lp)
 		}

@@ -95,6 +95,13 @@ func (p planJobs) prepare(ctx context.Context, kind string, m api.Machine, activ
 		}
 		_, err := s.uncommitted(m, active, action)
 		return prm, err
+	case orchestrate.KindReprotect:
+		out, _, err := s.prepareReprotect(ctx, m, active, &api.ReprotectRequest{})
+		return out, err
+	}
+	if a, ok := wayBackActions[kind]; ok {
+		out, _, err := prepareWayBack(a, "")(s, ctx, m, active, nil)
+		return out, err
 	}
 	return prm, fmt.Errorf("a plan does not run machine jobs of kind %q", kind)
 }

@@ -294,11 +294,18 @@ var planOps = map[string]planOp{
 	"cleanup":       {kind: orchestrate.KindPlanCleanup, of: orchestrate.KindPlanTestFailover, undone: []string{orchestrate.KindPlanCleanup}},
 	"commit":        {kind: orchestrate.KindPlanCommit, of: orchestrate.KindPlanFailover, undone: []string{orchestrate.KindPlanCommit, orchestrate.KindPlanCancel}},
 	"cancel":        {kind: orchestrate.KindPlanCancel, of: orchestrate.KindPlanFailover, undone: []string{orchestrate.KindPlanCommit, orchestrate.KindPlanCancel}},
+	// The failback direction: every machine of the plan, group by group.
+	"reprotect":       {kind: orchestrate.KindPlanReprotect},
+	"failback":        {kind: orchestrate.KindPlanFailback},
+	"failback-commit": {kind: orchestrate.KindPlanFailbackCommit},
+	"failback-cancel": {kind: orchestrate.KindPlanFailbackCancel},
+	"re-enable":       {kind: orchestrate.KindPlanReEnable},
 }
 
 // PlanOps are the operations of POST /api/v1/plans/{name}/{op}, in the
 // order a user meets them.
-var PlanOps = []string{"test-failover", "failover", "drill", "cleanup", "commit", "cancel"}
+var PlanOps = []string{"test-failover", "failover", "drill", "cleanup", "commit", "cancel",
+	"reprotect", "failback", "failback-commit", "failback-cancel", "re-enable"}
 
 func (s *Server) runPlan(w http.ResponseWriter, r *http.Request, c *caller) error {
 	name, err := planName(r)

@@ -22,7 +22,7 @@ import (
 // reverse point onto the machine's original disks: the machine is then
 // reprotected.
 
-const kindReprotect = "reprotect"
+const kindReprotect = orchestrate.KindReprotect
 
 // reprotectKind is the reprotect job's steps.
 func (s *Server) reprotectKind() jobs.Kind {
@@ -218,8 +218,14 @@ func (s *Server) targetReport(w http.ResponseWriter, r *http.Request, c *caller)
 	}
 	ctx := r.Context()
 	if rep.Applied != "" {
-		if err := s.checkReversePoint(ctx, name, rep.Applied); err != nil {
+		vm, err := s.checkReversePoint(ctx, name, rep.Applied)
+		if err != nil {
 			return err
+		}
+		if cur, err := s.store.GetMachine(ctx, name); err == nil && cur.Recovery != nil && cur.Recovery.Failover != nil && cur.Recovery.Failover.Name != vm {
+			// A point of an earlier way back (another recovered VM): the
+			// disks do not hold this VM's data yet.
+			rep.Applied, rep.AppliedAt = "", time.Time{}
 		}
 	}
 	rep.Seen = s.clock.Now().UTC()
@@ -290,15 +296,15 @@ func validTargetReport(rep *api.TargetReport) error {
 }
 
 // checkReversePoint refuses an applied point that is not a reverse point
-// of the machine.
-func (s *Server) checkReversePoint(ctx context.Context, machine, ref string) error {
+// of the machine, and returns the recovered VM it is of.
+func (s *Server) checkReversePoint(ctx context.Context, machine, ref string) (string, error) {
 	id, _ := vault.ParseID(ref)
 	p, err := s.vault.LoadPoint(ctx, id)
 	if err != nil {
-		return errf(http.StatusBadRequest, api.CodeUnknownPoint, "applied point %s: %v", short(ref), err)
+		return "", errf(http.StatusBadRequest, api.CodeUnknownPoint, "applied point %s: %v", short(ref), err)
 	}
 	if p.Machine != machine || p.Labels[api.LabelDirection] != api.DirectionReverse {
-		return errf(http.StatusBadRequest, api.CodeUnknownPoint, "applied point %s is not a reverse point of %s", short(ref), machine)
+		return "", errf(http.StatusBadRequest, api.CodeUnknownPoint, "applied point %s is not a reverse point of %s", short(ref), machine)
 	}
-	return nil
+	return p.Labels["vm"], nil
 }

@@ -45,7 +45,9 @@ func TestReprotectRefusalsAndTargetReport(t *testing.T) {
 
 	// Reverse replication as startReverse records it, and one reverse
 	// point in the vault.
-	rev := s.reversePoint("db", pts[0])
+	vmName := s.machineRec("db").Recovery.Failover.Name
+	rev := s.reversePoint("db", pts[0], vmName)
+	stale := s.reversePoint("db", pts[0], "lb-earlier-vm")
 	s.setReverse("db", &api.Reverse{Job: "j1", Started: s.clock.Now(), Policy: "p", Interval: api.Duration(time.Minute),
 		Point: &api.ReversePoint{ID: rev, Time: s.clock.Now()}})
 	if m := s.machineRec("db"); m.State != api.StateReprotecting {
@@ -91,6 +93,14 @@ func TestReprotectRefusalsAndTargetReport(t *testing.T) {
 	if m := s.machineRec("db"); m.State != api.StateReprotecting {
 		t.Fatalf("state while the target applies: %s", m.State)
 	}
+	// A point an earlier way back applied (another VM's) is not this
+	// VM's data: still reprotecting.
+	old := good
+	old.Applied, old.AppliedAt = stale, s.clock.Now()
+	s.mustAPI("POST", "/api/v1/machines/db/reverse/target", op, old, 200, &got)
+	if m := s.machineRec("db"); m.State != api.StateReprotecting {
+		t.Fatalf("state after a target reported an earlier VM's point: %s", m.State)
+	}
 	done := good
 	done.Applied, done.AppliedAt = rev, s.clock.Now()
 	s.mustAPI("POST", "/api/v1/machines/db/reverse/target", op, done, 200, &got)
@@ -110,7 +120,7 @@ func TestReprotectRefusalsAndTargetReport(t *testing.T) {
 
 // reversePoint stores a reverse point of machine (label
 // direction=reverse) with the disks of point parent.
-func (s *site) reversePoint(machine, parent string) string {
+func (s *site) reversePoint(machine, parent, vm string) string {
 	s.t.Helper()
 	ctx := context.Background()
 	v := s.vault()
@@ -123,7 +133,7 @@ func (s *site) reversePoint(machine, parent string) string {
 		s.t.Fatal(err)
 	}
 	p := &vault.Point{Machine: machine, Time: s.clock.Now(), Kind: vault.KindCrash, Disks: pp.Disks,
-		Labels: map[string]string{api.LabelDirection: api.DirectionReverse}}
+		Labels: map[string]string{api.LabelDirection: api.DirectionReverse, "vm": vm}}
 	if err := v.SavePoint(ctx, p); err != nil {
 		s.t.Fatal(err)
 	}

@@ -34,7 +34,33 @@ const (
 )
 
 // PlanKinds lists the kinds of plan jobs.
-var PlanKinds = []string{KindPlanTestFailover, KindPlanFailover, KindPlanDrill, KindPlanCleanup, KindPlanCommit, KindPlanCancel}
+var PlanKinds = []string{KindPlanTestFailover, KindPlanFailover, KindPlanDrill, KindPlanCleanup, KindPlanCommit, KindPlanCancel,
+	KindPlanReprotect, KindPlanFailback, KindPlanFailbackCommit, KindPlanFailbackCancel, KindPlanReEnable}
+
+// Plans in the failback direction: each runs the machine job of the way
+// back (the server's) for every machine, group by group: reprotect,
+// failback (with the groups' before and after actions), its commit, its
+// cancel (last group first), re-enable.
+const (
+	KindPlanReprotect      = "plan-reprotect"
+	KindPlanFailback       = "plan-failback"
+	KindPlanFailbackCommit = "plan-failback-commit"
+	KindPlanFailbackCancel = "plan-failback-cancel"
+	KindPlanReEnable       = "plan-re-enable"
+)
+
+// Machine jobs of the way back, run by the server (internal/control).
+const (
+	KindReprotect      = "reprotect"
+	KindFailback       = "failback"
+	KindCommitFailback = "commit-failback"
+	KindCancelFailback = "cancel-failback"
+	KindReEnable       = "re-enable"
+)
+
+// wayBackKind is the machine job of each way-back plan kind.
+var wayBackKind = map[string]string{KindPlanReprotect: KindReprotect, KindPlanFailback: KindFailback,
+	KindPlanFailbackCommit: KindCommitFailback, KindPlanFailbackCancel: KindCancelFailback, KindPlanReEnable: KindReEnable}
 
 // PlanParams are a plan job's parameters: the plan version it runs (its
 // YAML, parsed again each time the job's steps are built, so the steps
@@ -153,10 +179,38 @@ func (o *Orchestrator) planSteps(j *jobs.Job) ([]jobs.StepDef, error) {
 		for gi := range r.p.Groups {
 			steps = append(steps, jobs.StepDef{Name: r.stepName(gi, undoVerb[j.Kind]), Run: r.undoGroup(gi)})
 		}
+	case KindPlanReprotect, KindPlanFailback, KindPlanFailbackCommit, KindPlanReEnable:
+		for gi := range r.p.Groups {
+			steps = append(steps, r.wayBackSteps(gi, j.Kind)...)
+		}
+	case KindPlanFailbackCancel:
+		for gi := len(r.p.Groups) - 1; gi >= 0; gi-- {
+			steps = append(steps, r.wayBackSteps(gi, j.Kind)...)
+		}
 	default:
 		return nil, fmt.Errorf("not a plan job kind: %q", j.Kind)
 	}
 	return steps, nil
+}
+
+// wayBackSteps are group gi's steps of a way-back plan kind: the machine
+// jobs, and around a failback the group's actions.
+func (r *planRun) wayBackSteps(gi int, kind string) []jobs.StepDef {
+	mk := wayBackKind[kind]
+	var steps []jobs.StepDef
+	g := r.p.Groups[gi]
+	if kind == KindPlanFailback {
+		for ai, a := range g.Before {
+			steps = append(steps, jobs.StepDef{Name: r.stepName(gi, "before: "+a.Name), Run: r.action(gi, ai, "before")})
+		}
+	}
+	steps = append(steps, jobs.StepDef{Name: r.stepName(gi, mk), Run: r.wayBack(gi, mk)})
+	if kind == KindPlanFailback {
+		for ai, a := range g.After {
+			steps = append(steps, jobs.StepDef{Name: r.stepName(gi, "after: "+a.Name), Run: r.action(gi, ai, "after")})
+		}
+	}
+	return steps
 }
 
 // undoVerb and undoKind: what a plan cleanup, cancel or commit does per

@@ -193,6 +193,9 @@ func (r *planRun) scriptEnv(ctx context.Context, sc *jobs.StepContext, gi int, w
 		return nil, err
 	}
 	direction := "failover"
+	if r.kind == KindPlanFailback {
+		direction = "failback"
+	}
 	env := []string{
 		"LIFEBOAT_PLAN=" + r.pp.Plan.Name,
 		fmt.Sprintf("LIFEBOAT_PLAN_VERSION=%d", r.pp.Plan.Version),
@@ -204,7 +207,7 @@ func (r *planRun) scriptEnv(ctx context.Context, sc *jobs.StepContext, gi int, w
 		"LIFEBOAT_MACHINES=" + strings.Join(r.p.Machines(), " "),
 		"LIFEBOAT_GROUP_MACHINES=" + strings.Join(groupMachines(r.p.Groups[gi]), " "),
 	}
-	if r.kind != KindPlanFailover {
+	if r.kind != KindPlanFailover && r.kind != KindPlanFailback {
 		env = append(env, "LIFEBOAT_TEST=1")
 	}
 	for _, name := range r.p.Machines() {

@@ -188,6 +188,26 @@ func (r *planRun) start(gi int) jobs.StepFunc {
 	}
 }
 
+// wayBack runs machine job kind (reprotect, failback, ...) for every
+// machine of group gi at once and waits for them.
+func (r *planRun) wayBack(gi int, kind string) jobs.StepFunc {
+	return func(ctx context.Context, sc *jobs.StepContext) error {
+		g := r.p.Groups[gi]
+		ids, err := r.childIDs(ctx, sc, kind, groupMachines(g))
+		if err != nil {
+			return err
+		}
+		sc.Log(ctx, "%s of %d machines: %v", kind, len(g.Machines), groupMachines(g))
+		return forEach(g, func(m plan.Machine) error {
+			_, err := r.runChild(ctx, sc, ids[m.Machine], kind, Params{Machine: m.Machine})
+			if err == nil {
+				sc.Log(ctx, "%s: %s done", m.Machine, kind)
+			}
+			return err
+		})
+	}
+}
+
 // runChild submits a machine job and waits for it to succeed.
 func (r *planRun) runChild(ctx context.Context, sc *jobs.StepContext, id, kind string, p Params) (jobs.Job, error) {
 	j, err := r.o.Machines.Submit(ctx, id, kind, p, sc.Job().Actor)

@@ -206,3 +206,41 @@ func failbackOnce(t *testing.T, cl *cluster, vm api.RecoveredVM, ps *primarySite
 	}
 	return last
 }
+
+// failbackByPlan fails the machine back through a recovery plan in the
+// failback direction: the group's before and after actions run around
+// the machine's failback (and see LIFEBOAT_DIRECTION=failback), then the
+// plan's failback is committed and protection re-enabled by the plan.
+func failbackByPlan(t *testing.T, cl *cluster, vm api.RecoveredVM, ps *primarySite) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	b, _ := os.ReadFile(vm.Console)
+	last := waitConsoleManifest(ctx, t, vm, guest.LastManifest(string(b))+1)
+	marks := filepath.Join(cl.dir, "failback-actions")
+	script := filepath.Join(cl.dir, "failback-action.sh")
+	os.WriteFile(script, []byte("#!/bin/sh\necho \"$LIFEBOAT_DIRECTION $LIFEBOAT_WHEN $LIFEBOAT_GROUP\" >> "+marks+"\n"), 0o755)
+	yamlPath := filepath.Join(cl.dir, "webplan.yaml")
+	os.WriteFile(yamlPath, []byte("name: webplan\ngroups:\n  - name: front\n    machines:\n      - machine: web\n"+
+		"    before:\n      - name: drain\n        script: "+script+"\n    after:\n      - name: announce\n        script: "+script+"\n"), 0o600)
+	cl.mustRun("plan", "apply", "-f", yamlPath)
+	if r := cl.run("failback", "--plan", "webplan", "--wait"); r.code != 0 {
+		t.Fatalf("failback --plan: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if got, _ := os.ReadFile(marks); string(got) != "failback before front\nfailback after front\n" {
+		t.Fatalf("the plan's actions around the failback wrote %q", got)
+	}
+	if got := ps.bootedManifest(t); got < last {
+		t.Fatalf("failback by plan lost data: the recovery VM wrote manifest seq %d, the original booted with %d", last, got)
+	}
+	if r := cl.run("plan", "failback-commit", "webplan", "--wait"); r.code != 0 {
+		t.Fatalf("plan failback-commit: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	gone(t, vm)
+	if r := cl.run("plan", "re-enable", "webplan", "--wait"); r.code != 0 {
+		t.Fatalf("plan re-enable: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if m, _ := cl.machine("web"); m.State != api.StateProtected && m.State != api.StateInitial {
+		t.Fatalf("state after the plan's re-enable: %s", m.State)
+	}
+}

@@ -294,7 +294,7 @@ func TestFailoverRealGuest(t *testing.T) {
 	}
 	cl.runJob("failover", "commit", "web")
 	reprotect(t, cl, vm, ps, ps.lastManifest())
-	failback(t, cl, vm, ps, false)
+	failbackByPlan(t, cl, vm, ps)
 	fmt.Fprintf(os.Stderr, "TestFailoverRealGuest: two round trips done\n")
 
 	// The recovery site loses its server: with the vault alone (and its
