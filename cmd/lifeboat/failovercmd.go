@@ -390,6 +390,7 @@ func recoveryLines(w io.Writer, m api.Machine) {
 		if ack := r.ShutdownAck; ack != nil {
 			fmt.Fprintf(w, "planned shutdown\t%s %s%s\n", ack.State, shortID(ack.Point), ack.Error)
 		}
+		reverseLines(w, r)
 	}
 	if o := m.RecoveryOverrides; o != nil {
 		var p []string
@@ -516,18 +517,20 @@ machine is "failed-back"; "lifeboat re-enable" protects it forward again.`,
 	addJobFlags(cmd, &fj)
 	cmd.Flags().StringVar(&planName, "plan", "", "fail back every machine of this recovery plan, group by group (lifeboat plan failback-commit PLAN commits)")
 	commit := &cobra.Command{
-		Use:   "commit MACHINE [--wait] [--json]",
-		Short: "Commit the failback: the recovery VM is removed; the machine waits for re-enable",
-		Args:  cobra.ExactArgs(1),
+		Use:     "commit MACHINE [--wait] [--json]",
+		Short:   "Commit the failback: the recovery VM is removed; the machine waits for re-enable",
+		Example: `  lifeboat failback commit web01 --wait`,
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.submit(cmd, f, &cmj, args[0], "failback/commit", nil)
 		},
 	}
 	addJobFlags(commit, &cmj)
 	cancel := &cobra.Command{
-		Use:   "cancel MACHINE [--wait] [--json]",
-		Short: "Cancel the failback before commit: the original stops, the recovery VM runs again, reverse replication resumes",
-		Args:  cobra.ExactArgs(1),
+		Use:     "cancel MACHINE [--wait] [--json]",
+		Short:   "Cancel the failback before commit: the original stops, the recovery VM runs again, reverse replication resumes",
+		Example: `  lifeboat failback cancel web01 --wait`,
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.submit(cmd, f, &caj, args[0], "failback/cancel", nil)
 		},
@@ -556,4 +559,42 @@ points the target writer applied, are not sent again.`,
 	a.addClientFlags(cmd, f)
 	addJobFlags(cmd, &jf)
 	return cmd
+}
+
+// reverseLines shows the way back: reverse replication, the target
+// writer, a failback under way or committed.
+func reverseLines(w io.Writer, r *api.Recovery) {
+	if rv := r.Reverse; rv != nil {
+		line := fmt.Sprintf("every %s (policy %s), %d points", rv.Interval.Std(), rv.Policy, rv.Cycles)
+		if p := rv.Point; p != nil {
+			line += fmt.Sprintf(", newest %s at %s: %s changed, %s sent", shortID(p.ID), p.Time.Local().Format(time.DateTime),
+				units.FormatSize(p.ChangedBytes), units.FormatSize(p.SentBytes))
+		}
+		fmt.Fprintf(w, "reverse replication\t%s\n", line)
+		if rv.LastError != "" {
+			fmt.Fprintf(w, "reverse error\t%s\n", rv.LastError)
+		}
+		if t := rv.Target; t != nil {
+			line := "target " + t.Name
+			if t.Applied != "" {
+				line += " holds " + shortID(t.Applied)
+			}
+			if p := t.Progress; p != nil {
+				line += fmt.Sprintf(", applying %s: %s of %s", shortID(t.Applying), units.FormatSize(p.Done), units.FormatSize(p.Total))
+			}
+			if t.Started != "" {
+				line += ", original started on " + shortID(t.Started)
+			}
+			if t.Error != "" {
+				line += ", error: " + t.Error
+			}
+			fmt.Fprintf(w, "target writer\t%s\n", line)
+		}
+		if fb := rv.Failback; fb != nil {
+			fmt.Fprintf(w, "failback\tjob %s, final point %s, recovery VM shut down %v\n", fb.Job, orDash(shortID(fb.Final)), fb.Halted)
+		}
+	}
+	if fb := r.FailedBack; fb != nil {
+		fmt.Fprintf(w, "failed back\t%s on point %s by target %s (job %s)\n", fb.At.Local().Format(time.DateTime), shortID(fb.Point), fb.Target, fb.Job)
+	}
 }
