@@ -61,10 +61,15 @@ func reprotect(t *testing.T, cl *cluster, vm api.RecoveredVM, ps *primarySite, l
 	// The target writer at the "primary site": the source's own image.
 	disk := vm.Disks[0].Name
 	cl.mu.Lock()
-	_, running := cl.procs["target"]
+	tw, running := cl.procs["target"]
 	cl.mu.Unlock()
 	if !running {
 		startTargetWriter(cl, ps, disk)
+	} else {
+		// The target writer dies (-9) while the reprotect runs and comes
+		// back with its state directory: the job still finishes.
+		tw.kill9()
+		tw.start()
 	}
 	if r := cl.run("jobs", "watch", rj.ID); r.code != 0 {
 		t.Fatalf("reprotect: exit %d\n%s%s", r.code, r.stdout, r.stderr)
