@@ -282,20 +282,7 @@ func TestFailoverRealGuest(t *testing.T) {
 	}
 	fmt.Fprintf(os.Stderr, "TestFailoverRealGuest: source manifest seq %d at shutdown, recovered guest verified it\n", last)
 
-	ps := newPrimarySite(t, img, qmpDir)
-	reprotect(t, cl, vm, ps, last)
-	failback(t, cl, vm, ps, true)
-	// The second round trip: a planned failover of the original, back at
-	// the primary site, then home again.
-	planned = cl.runJob("failover", "web", "--planned")
-	vm = planned.VMs[0]
-	if got := console(t, vm); got < ps.lastManifest() {
-		t.Fatalf("second planned failover lost data: the original wrote manifest seq %d, the recovered guest has %d", ps.lastManifest(), got)
-	}
-	cl.runJob("failover", "commit", "web")
-	reprotect(t, cl, vm, ps, ps.lastManifest())
-	failbackByPlan(t, cl, vm, ps)
-	fmt.Fprintf(os.Stderr, "TestFailoverRealGuest: two round trips done\n")
+	roundTrips(t, cl, vm, img, qmpDir, last)
 
 	// The recovery site loses its server: with the vault alone (and its
 	// passphrase), the machine still boots, with the site's settings from
@@ -375,4 +362,26 @@ func waitProbe(t *testing.T, vm api.RecoveredVM, want string) {
 	if err := c.WaitFunc(ctx, line, func(log string) bool { return strings.Contains(log, line) }); err != nil {
 		t.Fatalf("recovered VM %s: %v", vm.Name, err)
 	}
+}
+
+// roundTrips takes the committed machine home and back twice (see
+// reprotect, failback and failbackByPlan): the first time with machine
+// commands and a cancelled failback, then, after a planned failover of
+// the original, through a recovery plan.
+func roundTrips(t *testing.T, cl *cluster, vm api.RecoveredVM, img *guest.BootImage, qmpDir string, last int64) {
+	t.Helper()
+	ps := newPrimarySite(t, img, qmpDir)
+	reprotect(t, cl, vm, ps, last)
+	failback(t, cl, vm, ps, true)
+	// The second round trip: a planned failover of the original, back at
+	// the primary site, then home again.
+	planned := cl.runJob("failover", "web", "--planned")
+	vm = planned.VMs[0]
+	if got := console(t, vm); got < ps.lastManifest() {
+		t.Fatalf("second planned failover lost data: the original wrote manifest seq %d, the recovered guest has %d", ps.lastManifest(), got)
+	}
+	cl.runJob("failover", "commit", "web")
+	reprotect(t, cl, vm, ps, ps.lastManifest())
+	failbackByPlan(t, cl, vm, ps)
+	fmt.Fprintf(os.Stderr, "TestFailoverRealGuest: two round trips done\n")
 }
