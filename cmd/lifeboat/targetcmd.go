@@ -195,6 +195,7 @@ func (a *app) targetProgress(f *targetApplyFlags, lines *jsonLines) func() {
 type targetRunFlags struct {
 	name, stateDir    string
 	startCmd, stopCmd string
+	agentState        string
 	disks             []string
 	every             time.Duration
 	client            clientFlags
@@ -234,12 +235,19 @@ point with no --disk, a --disk the point does not have, a point of another
 machine or not in the vault, a target inside the vault, a block device that
 is mounted, swap, or part of another device.
 
+A qcow2 image is applied through qemu-storage-daemon, which exports its
+guest view as a file over FUSE (its backing chain is read, its own file
+written); the sizes compared are its virtual size.
+
 Failback: once the disks hold a failback's final point, --start-command
 starts the original machine (for example "virsh start web01"); a cancelled
 failback runs --stop-command. Each runs with sh -c, bounded by 10 minutes,
 with LIFEBOAT_MACHINE, LIFEBOAT_POINT and LIFEBOAT_DISK_<DISK>=PATH in its
 environment; its output goes to the log. While the original machine runs,
-no point is applied onto its disks.
+no point is applied onto its disks. Before the start, each qcow2 disk
+gets a persistent dirty bitmap and, with --agent-state, the host agent's
+tracking of the machine is set to the final point and that bitmap: re-enable
+then replicates only what the original wrote since it started.
 
 The vault flags name the vault the server publishes into; it is only read.
 A server that cannot be reached is logged and asked again next round. The
@@ -254,6 +262,7 @@ command runs until SIGINT or SIGTERM.`,
 	fl.DurationVar(&f.every, "every", target.DefaultEvery, "how often to report to the server and ask for the point to apply")
 	fl.StringVar(&f.startCmd, "start-command", "", "shell command that starts the original machine in a failback, once its disks hold the final point")
 	fl.StringVar(&f.stopCmd, "stop-command", "", "shell command that stops the original machine again when a failback is cancelled")
+	fl.StringVar(&f.agentState, "agent-state", "", "state directory of the host agent on this host (its --state-dir): a failback rebases its tracking of qcow2 disks onto the final point, so re-enable reads only what changed since")
 	a.addClientFlags(c, &f.client)
 	// Nothing is printed: reports go to the server, progress to the logs
 	// (--log-format json for JSON).
@@ -288,7 +297,7 @@ func (a *app) targetRun(ctx context.Context, f *targetRunFlags) error {
 	}
 	w, err := target.NewWriter(target.WriterOptions{Vault: v, Reporter: reverseReporter(c), Name: f.name, Disks: disks,
 		StateDir: f.stateDir, Every: f.every, Clock: a.clock(), Logger: a.log,
-		Start: a.powerCommand(f.startCmd, disks), Stop: a.powerCommand(f.stopCmd, disks)})
+		Start: a.powerCommand(f.startCmd, disks), Stop: a.powerCommand(f.stopCmd, disks), AgentState: f.agentState})
 	if err != nil {
 		return &codeError{exitUsage, err}
 	}

@@ -82,8 +82,10 @@ func Cycle(ctx context.Context, vm VM, o Options) (*engine.Result, error) {
 			seeds = append(seeds, capqemu.SeedDisk{Name: name, Node: node, Baseline: base.ID.String(), Bitmap: qemu.SinceBootBitmap, Size: bd.Size})
 		}
 	}
-	if err := capqemu.Seed(dir, seeds); err != nil {
-		return nil, err
+	if len(seeds) > 0 { // none: the booted point was pruned, every disk is read whole
+		if err := capqemu.Seed(dir, seeds); err != nil {
+			return nil, err
+		}
 	}
 	sock := filepath.Join(vm.Dir, qemu.QMPSocket)
 	if o.Offline {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	capqemu "github.com/lifeboat-dr/lifeboat/internal/capture/qemu"
 	"github.com/lifeboat-dr/lifeboat/internal/clock"
 	"github.com/lifeboat-dr/lifeboat/internal/vault"
 )
@@ -64,6 +65,12 @@ type WriterOptions struct {
 	// failback's final point; Stop stops it again (a cancelled
 	// failback). Nil: this writer cannot, and says so in its reports.
 	Start, Stop func(ctx context.Context, machine, point string) error
+	// AgentState is the state directory of the host agent that
+	// replicates the machines at this site (""): before Start, each qcow2
+	// disk gets a persistent dirty bitmap and the agent's qemu driver
+	// state is rebased onto the final point, so re-enabled replication
+	// goes on incrementally from it instead of reading the disks whole.
+	AgentState string
 }
 
 // Writer is the long-running target writer: every Every it reports each
@@ -247,6 +254,13 @@ func (w *Writer) power(ctx context.Context, ms *machineState, job string, fb *ap
 		ms.log.Error(ms.err)
 		return true
 	}
+	if what == "start" {
+		if err := w.handOver(ctx, ms, fb.Final); err != nil {
+			ms.err = fmt.Sprintf("prepare the forward replication of %s: %v", ms.name, err)
+			ms.log.Error(ms.err)
+			return true
+		}
+	}
 	if err := run(ctx, ms.name, fb.Final); err != nil {
 		ms.err = fmt.Sprintf("%s the original machine %s: %v", what, ms.name, err)
 		ms.log.Error(ms.err)
@@ -284,6 +298,50 @@ func (w *Writer) report(ctx context.Context, ms *machineState, r api.TargetRepor
 		ms.log.Info("the server answers again")
 	}
 	return rev, true
+}
+
+// The host agent keeps a VM's capture driver state in
+// STATE/vms/NAME/capture (internal/agent: VMDir).
+const (
+	agentVMDir      = "vms"
+	agentCaptureDir = "capture"
+)
+
+// handOver prepares forward replication from the final point before the
+// original starts: each qcow2 disk gets a new persistent dirty bitmap
+// and, with AgentState, the host agent's qemu driver records the final
+// point and that bitmap as its baseline. Disks of other formats are left
+// to a full read (deduplicated) at re-enable.
+func (w *Writer) handOver(ctx context.Context, ms *machineState, final string) error {
+	var seeds []capqemu.SeedDisk
+	for _, d := range ms.disks {
+		size, ok, err := qcow2Size(d.path)
+		if err != nil || !ok {
+			continue
+		}
+		img, err := openQCOW2(ctx, d.path, ms.dir)
+		if err != nil {
+			return err
+		}
+		name, err := img.addBitmap(ctx)
+		if cerr := img.close(ms.log); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return err
+		}
+		ms.log.Info("dirty bitmap added for forward replication", "disk", d.name, "bitmap", name, "point", short(final))
+		seeds = append(seeds, capqemu.SeedDisk{Name: d.name, Node: d.name, Baseline: final, Bitmap: name, Size: size})
+	}
+	if len(seeds) == 0 || w.o.AgentState == "" {
+		return nil
+	}
+	dir := filepath.Join(w.o.AgentState, agentVMDir, ms.name, agentCaptureDir)
+	if err := capqemu.Rebase(dir, seeds); err != nil {
+		return err
+	}
+	ms.log.Info("host agent's tracking rebased onto the final point", "state", dir, "disks", len(seeds))
+	return nil
 }
 
 // baseReport is the machine's report outside an apply: its disks with

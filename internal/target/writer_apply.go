@@ -133,6 +133,9 @@ func targetSize(path string) (int64, bool, error) {
 	case err != nil:
 		return 0, false, fmt.Errorf("target: %w", err)
 	case fi.Mode().IsRegular():
+		if size, ok, err := qcow2Size(path); err != nil || ok {
+			return size, true, err // a qcow2 image: its virtual size
+		}
 		return fi.Size(), true, nil
 	case fi.Mode()&fs.ModeDevice == 0 || fi.Mode()&fs.ModeCharDevice != 0:
 		return 0, true, fmt.Errorf("%s is neither a file nor a block device: give a disk image, a block device or a path that does not exist", path)
@@ -173,9 +176,7 @@ func (w *Writer) applyDisks(ctx context.Context, ms *machineState, p *vault.Poin
 	for _, c := range ms.disks {
 		d, _ := p.Disk(c.name)
 		pr.startDisk(c.name)
-		res, err := Apply(ctx, w.o.Vault, p, c.name, c.path, Options{
-			StateDir: ms.dir, Baseline: filepath.Join(ms.dir, c.name+".scan-baseline"),
-			CheckpointBytes: w.o.CheckpointBytes, Workers: w.o.Workers, Progress: pr.set, Logger: ms.log})
+		res, err := w.applyDisk(ctx, ms, p, c, pr)
 		if err != nil {
 			return nil, err
 		}
@@ -183,6 +184,32 @@ func (w *Writer) applyDisks(ctx context.Context, ms *machineState, p *vault.Poin
 		results = append(results, res)
 	}
 	return results, nil
+}
+
+// applyDisk applies p's disk onto c's path; a qcow2 image through a
+// FUSE export of its guest view.
+func (w *Writer) applyDisk(ctx context.Context, ms *machineState, p *vault.Point, c diskConf, pr *applyProgress) (*Result, error) {
+	target := c.path
+	var img *fuseImage
+	if _, ok, _ := qcow2Size(c.path); ok {
+		var err error
+		if img, err = openQCOW2(ctx, c.path, ms.dir); err != nil {
+			return nil, err
+		}
+		target = img.mnt
+	}
+	res, err := Apply(ctx, w.o.Vault, p, c.name, target, Options{
+		StateDir: ms.dir, Baseline: filepath.Join(ms.dir, c.name+".scan-baseline"),
+		CheckpointBytes: w.o.CheckpointBytes, Workers: w.o.Workers, Progress: pr.set, Logger: ms.log})
+	if img != nil {
+		if cerr := img.close(ms.log); err == nil && cerr != nil {
+			return nil, cerr
+		}
+		if res != nil {
+			res.Target = c.path
+		}
+	}
+	return res, err
 }
 
 // applied records that the machine's disks hold p.

@@ -86,3 +86,49 @@ func checkSeed(disks []SeedDisk) error {
 	}
 	return nil
 }
+
+// Rebase records, for each disk, Baseline and Bitmap as the driver's
+// tracking, replacing what the state said: the disk was rewritten to
+// Baseline's content outside the driver (a failback's target writer) and
+// Bitmap, added to the image right after, records every write since.
+// The next cycle is then incremental from Baseline. The state directory
+// is made if missing.
+func Rebase(stateDir string, disks []SeedDisk) error {
+	if err := checkSeed(disks); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		return fmt.Errorf("qemu: rebase: %w", err)
+	}
+	st, err := loadState(stateDir)
+	if err != nil {
+		return fmt.Errorf("rebase: %w", err)
+	}
+	for _, d := range disks {
+		gen, _ := bitmapGen(d.Bitmap)
+		if old := st.Disks[d.Name]; old != nil {
+			gen = max(gen, old.Gen)
+		}
+		st.Disks[d.Name] = &diskState{Node: d.Node, Baseline: d.Baseline, Bitmap: d.Bitmap, Gen: gen, Size: d.Size}
+	}
+	if err := st.save(stateDir); err != nil {
+		return fmt.Errorf("rebase: %w", err)
+	}
+	return nil
+}
+
+// BitmapName is the driver's name of generation gen of a disk's dirty
+// bitmap; NextGen is the generation after every driver bitmap in names.
+func BitmapName(gen int64) string { return bitmapName(gen) }
+
+// NextGen returns one more than the highest generation among the
+// driver's bitmap names in names (1 if there is none).
+func NextGen(names []string) int64 {
+	var g int64
+	for _, n := range names {
+		if x, ok := bitmapGen(n); ok {
+			g = max(g, x)
+		}
+	}
+	return g + 1
+}
