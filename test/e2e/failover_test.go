@@ -131,6 +131,7 @@ func TestFailoverRealGuest(t *testing.T) {
 	}
 	t.Cleanup(func() { os.RemoveAll(qmpDir) })
 	img := guest.BuildBootable(t, guest.BootOptions{DiskSize: 128 << 20})
+	img.ToQCOW2(t) // as libvirt keeps its VMs: persistent dirty bitmaps, and a failback that hands them over
 	src := img.Start(t)
 	if err := os.Symlink(src.QMP, filepath.Join(qmpDir, "web.qmp")); err != nil {
 		t.Fatal(err)

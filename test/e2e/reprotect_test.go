@@ -30,7 +30,6 @@ import (
 //   - reverse replication goes on: a second reverse point arrives.
 func reprotect(t *testing.T, cl *cluster, vm api.RecoveredVM, ps *primarySite, last int64) {
 	t.Helper()
-	original := ps.img.Disk
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	// The recovered guest writes at the recovery site.
@@ -92,7 +91,12 @@ func reprotect(t *testing.T, cl *cluster, vm api.RecoveredVM, ps *primarySite, l
 	if m.State != api.StateReprotected || !slices.Contains(m.AllowedActions, "failback") {
 		t.Fatalf("after reprotect: state %s, allowed %v", m.State, m.AllowedActions)
 	}
-	_, seq, err := guest.Verify(ctx, original)
+	raw := filepath.Join(cl.dir, "original.raw")
+	if err := ps.img.RawCopy(ctx, raw); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(raw)
+	_, seq, err := guest.Verify(ctx, raw)
 	if err != nil {
 		t.Fatalf("the original disk after reprotect: %v", err)
 	}
@@ -112,6 +116,7 @@ func startTargetWriter(cl *cluster, ps *primarySite, disk string) {
 	cl.spawn("target", "target", "run", "--name", "primary1", "--disk", "web/"+disk+"="+ps.img.Disk,
 		"--state-dir", filepath.Join(cl.dir, "target-state"), "--every", "1s",
 		"--start-command", ps.startScript, "--stop-command", ps.stopScript,
+		"--agent-state", filepath.Join(cl.dir, "agent-kvm1"),
 		"--server", "https://"+cl.apiAddr, "--token", operator)
 }
 

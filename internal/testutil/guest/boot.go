@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -54,7 +55,8 @@ type BootOptions struct {
 // workload plus the NoCloud seed, probes and power button
 // (sampleguest.InitOptions.Boot).
 type BootImage struct {
-	Disk       string // raw image: the caller's own copy
+	Disk       string // raw image (or qcow2 after ToQCOW2): the caller's own copy
+	Format     string // "" or "raw"; "qcow2" after ToQCOW2
 	Firmware   string
 	Size       int64
 	GuestAgent bool // the guest runs qemu-ga (BootOptions.GuestAgent)
@@ -200,7 +202,7 @@ func (b *BootImage) Start(t testing.TB) *VM {
 	t.Cleanup(func() { os.RemoveAll(sockDir) })
 	img := &Image{
 		Disk:       b.Disk,
-		DiskFormat: "raw",
+		DiskFormat: b.format(),
 		Memory:     256,
 		QMP:        filepath.Join(sockDir, "qmp.sock"),
 		Serial:     filepath.Join(dir, "serial-"+b.Firmware+".log"),
@@ -237,7 +239,7 @@ func (img *Image) bootArgs() []string {
 // console goes to serial, QMP listens on qmp, and QEMU daemonizes,
 // writing its PID to pidFile.
 func (b *BootImage) Command(serial, qmp, pidFile string) []string {
-	img := &Image{Disk: b.Disk, DiskFormat: "raw", Memory: 256, QMP: qmp, Serial: serial, control: qmp + ".ctl"}
+	img := &Image{Disk: b.Disk, DiskFormat: b.format(), Memory: 256, QMP: qmp, Serial: serial, control: qmp + ".ctl"}
 	if b.Firmware == FirmwareUEFI {
 		img.extraArgs = []string{"-bios", OVMFFirmware}
 	}
@@ -250,4 +252,35 @@ func (b *BootImage) Command(serial, qmp, pidFile string) []string {
 		out = append(out, a)
 	}
 	return append(out, "-daemonize", "-pidfile", pidFile)
+}
+
+func (b *BootImage) format() string {
+	if b.Format == "" {
+		return "raw"
+	}
+	return b.Format
+}
+
+// ToQCOW2 converts the image to qcow2 (Disk names the new file; the raw
+// one is removed), so that the VM keeps persistent dirty bitmaps.
+func (b *BootImage) ToQCOW2(t testing.TB) {
+	t.Helper()
+	if b.format() == "qcow2" {
+		return
+	}
+	q := strings.TrimSuffix(b.Disk, filepath.Ext(b.Disk)) + ".qcow2"
+	if out, err := exec.Command("qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", b.Disk, q).CombinedOutput(); err != nil {
+		t.Fatalf("guest.BootImage.ToQCOW2: %v: %s", err, out)
+	}
+	os.Remove(b.Disk)
+	b.Disk, b.Format = q, "qcow2"
+}
+
+// RawCopy writes the disk's content as a raw image to path (for Verify,
+// which reads raw images).
+func (b *BootImage) RawCopy(ctx context.Context, path string) error {
+	if out, err := exec.CommandContext(ctx, "qemu-img", "convert", "-q", "-f", b.format(), "-O", "raw", b.Disk, path).CombinedOutput(); err != nil {
+		return fmt.Errorf("qemu-img convert %s: %w: %s", b.Disk, err, out)
+	}
+	return nil
 }
