@@ -174,7 +174,7 @@ func (s *Server) waitFinalApplied(ctx context.Context, sc *jobs.StepContext) err
 	rv, err := s.waitReverse(ctx, p.Machine, func(rv *api.Reverse) bool {
 		t, fb := rv.Target, rv.Failback
 		if t != nil && t.Progress != nil {
-			sc.Progress(ctx, t.Progress.Done, t.Progress.Total, fmt.Sprintf("target %s applies the final point: disk %s", t.Name, t.Progress.Disk))
+			sc.Progress(ctx, t.Progress.Done, t.Progress.Total, fmt.Sprintf("target %s applies the final point: disk %s, %s left", t.Name, t.Progress.Disk, t.Progress.ETA.Std().Round(time.Second)))
 		}
 		return fb != nil && t != nil && t.Applied == fb.Final
 	})

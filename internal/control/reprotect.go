@@ -155,7 +155,7 @@ func (s *Server) waitTargetApplied(ctx context.Context, sc *jobs.StepContext) er
 			told = true
 			sc.Log(ctx, "waiting for a target writer: run `lifeboat target run --disk %s/DISK=PATH ...` at the primary site", p.Machine)
 		case t != nil && t.Progress != nil:
-			sc.Progress(ctx, t.Progress.Done, t.Progress.Total, fmt.Sprintf("target %s applies point %s: disk %s", t.Name, short(t.Applying), t.Progress.Disk))
+			sc.Progress(ctx, t.Progress.Done, t.Progress.Total, fmt.Sprintf("target %s compares and applies point %s: disk %s, %s left", t.Name, short(t.Applying), t.Progress.Disk, t.Progress.ETA.Std().Round(time.Second)))
 		case t != nil && t.Error != "":
 			sc.Progress(ctx, 0, 0, "target "+t.Name+": "+t.Error)
 		}
