@@ -159,8 +159,14 @@ func (s *scriptRun) alive() bool {
 	if err != nil {
 		return false
 	}
-	if strings.HasPrefix(readStat(s.pid), "Z") {
+	if st := readStat(s.pid); st == "" || strings.HasPrefix(st, "Z") {
 		return false
+	}
+	if s.launched {
+		// Started by this process: until its exec the child's command
+		// line is still this process's, so it is not checked (and its
+		// PID cannot be reused before this process reaps it).
+		return true
 	}
 	return strings.Contains(string(b), "\x00"+s.dir+"\x00")
 }
