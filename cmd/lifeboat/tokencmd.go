@@ -28,7 +28,7 @@ func (a *app) tokenCreateCmd(f *clientFlags) *cobra.Command {
 	var ttl time.Duration
 	var noExpiry bool
 	create := &cobra.Command{
-		Use:   "create --role agent|process --name NAME | --role viewer|operator|admin [--name LABEL] [--ttl D | --no-expiry]",
+		Use:   "create --role agent|process|target --name NAME | --role viewer|operator|admin [--name LABEL] [--ttl D | --no-expiry]",
 		Short: "Create a token: agent and process tokens enroll the one machine or process server they name, once",
 		Long: `Create a token. The token is printed once on stdout; the server keeps only its hash.
 
@@ -39,12 +39,18 @@ process server --name (required): they enroll that name only, expire after
 
 viewer, operator and admin tokens are API tokens (--name is a label). They
 expire after --ttl, by default 90 days; --no-expiry (or --ttl 0) makes one
-that never expires.`,
+that never expires.
+
+A target token is the target writer's (lifeboat target run --name NAME): it
+may only post the reports of the writer --name (required), nothing else, so a
+stolen one cannot fail over, read or change anything.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			req := api.TokenRequest{Role: role, TTL: api.Duration(ttl), Name: name, NoExpiry: noExpiry}
 			enroll := role == api.RoleAgent || role == api.RoleProcess
 			switch {
+			case role == api.RoleTarget && name == "":
+				return &codeError{exitUsage, errors.New("a target token reports as one target writer: give its name with --name (the writer's --name)")}
 			case enroll && name == "":
 				return &codeError{exitUsage, fmt.Errorf("an %s token enrolls one %s: give its name with --name", role, kindName(role))}
 			case enroll && noExpiry:

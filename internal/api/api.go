@@ -22,6 +22,10 @@ const (
 	RoleAdmin    = "admin"
 	RoleAgent    = "agent"
 	RoleProcess  = "process"
+	// RoleTarget is a target writer's bearer token (`lifeboat target
+	// run`): it may only post that target writer's reports (its name is
+	// the token's), nothing else.
+	RoleTarget = "target"
 )
 
 // Error is every error response body: {"error": {"code": ..., "message": ...}}.

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -137,7 +138,7 @@ func (s *Server) Routes() []Route {
 		Route{"GET", "/api/v1/jobs/{id}", authToken, viewer, s.getJob},
 		Route{"POST", "/api/v1/jobs/{id}/cancel", authToken, operator, s.cancelJob},
 		Route{"POST", "/api/v1/jobs/{id}/resume", authToken, operator, s.resumeJob},
-		Route{"POST", "/api/v1/machines/{name}/reverse/target", authToken, operator, s.targetReport})
+		Route{"POST", "/api/v1/machines/{name}/reverse/target", authToken, []string{api.RoleOperator, api.RoleTarget}, s.targetReport})
 	for _, a := range failoverActions {
 		rs = append(rs, Route{"POST", "/api/v1/machines/{name}/" + a.path, authToken, operator, s.failoverAction(a)})
 	}
@@ -242,10 +243,17 @@ func (s *Server) authenticate(r *http.Request, rt Route) (*caller, error) {
 		return nil, errf(http.StatusUnauthorized, api.CodeUnauthenticated, "API token %s was revoked: ask an admin for a new one", t.ID)
 	case !t.Expires.IsZero() && now.After(t.Expires):
 		return nil, errf(http.StatusUnauthorized, api.CodeUnauthenticated, "API token %s expired at %s: ask an admin for a new one", t.ID, t.Expires.UTC().Format(time.RFC3339))
-	case t.OneTime || roleLevel[t.Role] == 0:
+	case t.OneTime || roleLevel[t.Role] == 0 && t.Role != api.RoleTarget:
 		return nil, errf(http.StatusUnauthorized, api.CodeUnauthenticated, "token %s is an enrollment token for role %s, not an API token", t.ID, t.Role)
 	}
 	c := &caller{Kind: authToken, Role: t.Role, Name: t.Name, TokenID: t.ID, Expires: t.Expires}
+	if t.Role == api.RoleTarget {
+		if !slices.Contains(rt.Roles, api.RoleTarget) {
+			return nil, errf(http.StatusForbidden, api.CodeForbidden, "%s %s: token %s is a target writer's (role target): it may only post that writer's reports",
+				r.Method, r.URL.Path, t.Name)
+		}
+		return c, nil
+	}
 	if need := rt.Roles[0]; roleLevel[t.Role] < roleLevel[need] {
 		return nil, errf(http.StatusForbidden, api.CodeForbidden, "%s %s needs the %s role; token %s has role %s",
 			r.Method, r.URL.Path, need, t.Name, t.Role)

@@ -216,6 +216,9 @@ func (s *Server) targetReport(w http.ResponseWriter, r *http.Request, c *caller)
 	if err := validTargetReport(&rep); err != nil {
 		return err
 	}
+	if c.Role == api.RoleTarget && rep.Name != c.Name {
+		return errf(http.StatusForbidden, api.CodeForbidden, "this token reports as target writer %q, not %q: run the writer with --name %s or make a token for its name", c.Name, rep.Name, c.Name)
+	}
 	ctx := r.Context()
 	if rep.Applied != "" {
 		vm, err := s.checkReversePoint(ctx, name, rep.Applied)

@@ -78,6 +78,18 @@ func TestReprotectRefusalsAndTargetReport(t *testing.T) {
 		}
 	}
 	s.refused(report(viewer, good), 403, api.CodeForbidden, "viewer target report")
+	// A target token posts its own writer's reports, and nothing else.
+	var tr api.TokenResponse
+	s.mustAPI("POST", "/api/v1/tokens", s.admin, api.TokenRequest{Role: api.RoleTarget, Name: "primary1"}, 201, &tr)
+	tgt := tr.Token
+	other := good
+	other.Name = "primary2"
+	s.refused(report(tgt, other), 403, api.CodeForbidden, "a target token reporting as another writer")
+	for _, r := range []struct{ method, path string }{{"GET", "/api/v1/machines"}, {"GET", "/api/v1/machines/db"},
+		{"POST", "/api/v1/machines/db/failback"}, {"POST", "/api/v1/machines/db/reprotect"}, {"GET", "/api/v1/points"}} {
+		s.refused(s.api(r.method, r.path, tgt, nil), 403, api.CodeForbidden, "target token on "+r.method+" "+r.path)
+	}
+	s.refused(s.api("POST", "/api/v1/tokens", s.admin, api.TokenRequest{Role: api.RoleTarget}), 400, api.CodeBadRequest, "target token without a name")
 	if m := s.machineRec("db"); m.Recovery.Reverse.Target != nil {
 		t.Fatalf("refused reports changed the machine: %+v", m.Recovery.Reverse.Target)
 	}
@@ -86,7 +98,7 @@ func TestReprotectRefusalsAndTargetReport(t *testing.T) {
 	var got api.Reverse
 	prog := good
 	prog.Applying, prog.Progress = rev, &api.TargetProgress{Disk: "vda", Done: 1, Total: 2}
-	s.mustAPI("POST", "/api/v1/machines/db/reverse/target", op, prog, 200, &got)
+	s.mustAPI("POST", "/api/v1/machines/db/reverse/target", tgt, prog, 200, &got)
 	if got.Point == nil || got.Point.ID != rev {
 		t.Fatalf("answer to a target report: %+v, want point %s", got, rev)
 	}

@@ -81,8 +81,12 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request, c *caller) 
 	case api.RoleAgent, api.RoleProcess:
 		oneTime = true
 	case api.RoleViewer, api.RoleOperator, api.RoleAdmin:
+	case api.RoleTarget:
+		if req.Name == "" {
+			return badRequest("a target token reports as one target writer: give its name (`lifeboat token create --role target --name NAME`, the writer's --name)")
+		}
 	default:
-		return badRequest("role %q: want agent, process, viewer, operator or admin", req.Role)
+		return badRequest("role %q: want agent, process, viewer, operator, admin or target", req.Role)
 	}
 	now := s.clock.Now().UTC()
 	expires, err := tokenExpiry(req, oneTime, now)
@@ -244,7 +248,7 @@ func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request, c *caller) 
 
 // apiTokenValid says whether t is an API token that authenticates at now.
 func apiTokenValid(t store.Token, now time.Time) bool {
-	return !t.OneTime && !t.Revoked && (t.Expires.IsZero() || !now.After(t.Expires)) && roleLevel[t.Role] > 0
+	return !t.OneTime && !t.Revoked && (t.Expires.IsZero() || !now.After(t.Expires)) && (roleLevel[t.Role] > 0 || t.Role == api.RoleTarget)
 }
 
 func isHexString(s string) bool {

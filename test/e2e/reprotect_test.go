@@ -112,12 +112,12 @@ func reprotect(t *testing.T, cl *cluster, vm api.RecoveredVM, ps *primarySite, l
 
 // startTargetWriter starts `lifeboat target run` at the primary site.
 func startTargetWriter(cl *cluster, ps *primarySite, disk string) {
-	operator := cl.token("operator")
+	tok := cl.token("target", "primary1") // may only post primary1's reports
 	cl.spawn("target", "target", "run", "--name", "primary1", "--disk", "web/"+disk+"="+ps.img.Disk,
 		"--state-dir", filepath.Join(cl.dir, "target-state"), "--every", "1s",
 		"--start-command", ps.startScript, "--stop-command", ps.stopScript,
 		"--agent-state", filepath.Join(cl.dir, "agent-kvm1"),
-		"--server", "https://"+cl.apiAddr, "--token", operator)
+		"--server", "https://"+cl.apiAddr, "--token", tok)
 }
 
 // waitConsoleManifest waits until a recovered VM's console shows a
