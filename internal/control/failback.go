@@ -381,24 +381,15 @@ func (s *Server) waitForwardPoint(ctx context.Context, sc *jobs.StepContext) err
 	if _, err := sc.Get("since", &since); err != nil {
 		return err
 	}
-	for {
-		wake := s.notify.wait(p.Machine)
-		m, err := s.store.GetMachine(ctx, p.Machine)
-		if err != nil {
-			return err
-		}
-		if lp := m.LastPoint; lp != nil && !lp.Time.Before(since) && !lp.FiguresPending { // the agent's bytes read and sent are in
-			sc.Log(ctx, "forward point %s: %d bytes changed, %d sent", short(lp.Point), lp.ChangedBytes, lp.SentBytes)
-			return sc.Set(ctx, "forward_point", lp)
-		}
-		t := s.clock.NewTimer(5 * time.Second)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-wake:
-		case <-t.C():
-		}
-		t.Stop()
+	var lp *api.CycleResult
+	err := s.waitMachine(ctx, p.Machine, func(m api.Machine) (bool, error) {
+		lp = m.LastPoint
+		// The agent's bytes read and sent come after the point.
+		return lp != nil && !lp.Time.Before(since) && !lp.FiguresPending, nil
+	})
+	if err != nil {
+		return err
 	}
+	sc.Log(ctx, "forward point %s: %d bytes changed, %d sent", short(lp.Point), lp.ChangedBytes, lp.SentBytes)
+	return sc.Set(ctx, "forward_point", lp)
 }

@@ -168,26 +168,36 @@ func (s *Server) waitTargetApplied(ctx context.Context, sc *jobs.StepContext) er
 	return sc.Set(ctx, "target", rv.Target)
 }
 
-// waitReverse waits until ok holds for the machine's Reverse, waking on
-// every change of the machine and every few seconds.
+// waitReverse waits until ok holds for the machine's Reverse.
 func (s *Server) waitReverse(ctx context.Context, machine string, ok func(*api.Reverse) bool) (*api.Reverse, error) {
+	var rv *api.Reverse
+	err := s.waitMachine(ctx, machine, func(m api.Machine) (bool, error) {
+		if m.Recovery == nil || m.Recovery.Reverse == nil {
+			return false, fmt.Errorf("machine %s is no longer reprotected (its reverse replication was stopped)", machine)
+		}
+		rv = m.Recovery.Reverse
+		return ok(rv), nil
+	})
+	return rv, err
+}
+
+// waitMachine waits until ok holds for the machine (or fails), waking
+// on every change of the machine and every few seconds.
+func (s *Server) waitMachine(ctx context.Context, machine string, ok func(api.Machine) (bool, error)) error {
 	for {
 		wake := s.notify.wait(machine)
 		m, err := s.store.GetMachine(ctx, machine)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		if m.Recovery == nil || m.Recovery.Reverse == nil {
-			return nil, fmt.Errorf("machine %s is no longer reprotected (its reverse replication was stopped)", machine)
-		}
-		if ok(m.Recovery.Reverse) {
-			return m.Recovery.Reverse, nil
+		if done, err := ok(m); done || err != nil {
+			return err
 		}
 		t := s.clock.NewTimer(5 * time.Second)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return nil, ctx.Err()
+			return ctx.Err()
 		case <-wake:
 		case <-t.C():
 		}
