@@ -8,32 +8,13 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/lifeboat-dr/lifeboat/bench/internal/benchkit"
 	"github.com/lifeboat-dr/lifeboat/internal/capture"
 	"github.com/lifeboat-dr/lifeboat/internal/capture/qemu"
 	"github.com/lifeboat-dr/lifeboat/internal/capture/scan"
 	"github.com/lifeboat-dr/lifeboat/internal/replicate"
 	"github.com/lifeboat-dr/lifeboat/internal/vault"
-	"github.com/lifeboat-dr/lifeboat/internal/vault/backend/local"
 )
-
-// cheapKDF keeps vault creation fast; the benchmark measures cycles, not
-// key derivation.
-var cheapKDF = vault.KDFParams{Time: 1, MemoryKiB: 64, Threads: 1}
-
-const passphrase = "bench-passphrase"
-
-// newVault creates a local vault in dir.
-func newVault(ctx context.Context, dir string, log *slog.Logger) (*vault.Vault, error) {
-	be, err := local.Create(dir)
-	if err != nil {
-		return nil, err
-	}
-	v, err := vault.Init(ctx, be, []byte(passphrase), vault.InitOptions{Options: vault.Options{KDF: cheapKDF, Logger: log}})
-	if err != nil {
-		return nil, fmt.Errorf("create vault in %s: %w", dir, err)
-	}
-	return v, nil
-}
 
 // statDriver remembers the last cycle it began, for the driver's own
 // counters, and times the driver's calls.
@@ -115,7 +96,7 @@ func openQemuTool(ctx context.Context, dir string, d *daemon, log *slog.Logger) 
 	if err := os.MkdirAll(state, 0o700); err != nil {
 		return nil, err
 	}
-	v, err := newVault(ctx, filepath.Join(dir, "vault"), log)
+	v, err := benchkit.NewVault(ctx, filepath.Join(dir, "vault"), blockSize, log)
 	if err != nil {
 		return nil, err
 	}
@@ -132,7 +113,7 @@ func openScanTool(ctx context.Context, dir, image string, log *slog.Logger) (*lb
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	v, err := newVault(ctx, filepath.Join(dir, "vault"), log)
+	v, err := benchkit.NewVault(ctx, filepath.Join(dir, "vault"), blockSize, log)
 	if err != nil {
 		return nil, err
 	}

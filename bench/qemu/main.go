@@ -29,21 +29,20 @@ package main
 import (
 	"cmp"
 	"context"
-	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
-	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
+
+	"github.com/lifeboat-dr/lifeboat/bench/internal/benchkit"
 )
+
+const prog = "bench/qemu"
 
 type config struct {
 	work           string
@@ -86,10 +85,10 @@ func main() {
 
 	var err error
 	if c.sizes, err = ints(sizes); err != nil {
-		fatal(fmt.Errorf("-sizes: %w", err))
+		benchkit.Fail(prog, fmt.Errorf("-sizes: %w", err))
 	}
 	if c.churn, err = ints(churn); err != nil {
-		fatal(fmt.Errorf("-churn: %w", err))
+		benchkit.Fail(prog, fmt.Errorf("-churn: %w", err))
 	}
 	c.parts = map[string]bool{}
 	for _, p := range strings.Split(parts, ",") {
@@ -97,28 +96,14 @@ func main() {
 		case "cycle", "rpo":
 			c.parts[p] = true
 		default:
-			fatal(fmt.Errorf("-parts: unknown part %q: use cycle and/or rpo", p))
+			benchkit.Fail(prog, fmt.Errorf("-parts: unknown part %q: use cycle and/or rpo", p))
 		}
 	}
 	if c.rpoFormat != "qcow2" && c.rpoFormat != "raw" {
-		fatal(fmt.Errorf("-rpo-format %q: use qcow2 or raw", c.rpoFormat))
+		benchkit.Fail(prog, fmt.Errorf("-rpo-format %q: use qcow2 or raw", c.rpoFormat))
 	}
-	level := slog.LevelWarn
-	if verbose {
-		level = slog.LevelInfo
-	}
-	c.log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := runAll(ctx, c); err != nil {
-		fatal(err)
-	}
-}
-
-func fatal(err error) {
-	fmt.Fprintln(os.Stderr, "bench/qemu: FAILED:", err)
-	os.Exit(1)
+	c.log = benchkit.Logger(verbose)
+	benchkit.Main(prog, func(ctx context.Context) error { return runAll(ctx, c) })
 }
 
 func ints(s string) ([]int, error) {
@@ -138,20 +123,7 @@ func runAll(ctx context.Context, c config) error {
 	if c.parts["cycle"] {
 		tools = append(tools, "restic", "rsync")
 	}
-	for _, t := range tools {
-		if _, err := exec.LookPath(t); err != nil {
-			return fmt.Errorf("%s not found: apt-get install -y --no-install-recommends qemu-utils qemu-block-extra restic rsync: %w", t, err)
-		}
-	}
-	if c.drop {
-		if err := dropCaches(); err != nil {
-			return err
-		}
-	}
-	if err := os.MkdirAll(c.work, 0o700); err != nil {
-		return err
-	}
-	work, err := filepath.Abs(c.work)
+	work, err := benchkit.Setup(c.work, c.drop, "qemu-utils qemu-block-extra restic rsync", tools)
 	if err != nil {
 		return err
 	}
@@ -166,7 +138,7 @@ func runAll(ctx context.Context, c config) error {
 	start := time.Now()
 	fmt.Printf("bench/qemu %s on %s, %d CPUs, %s\n", start.Format(time.RFC3339), host, numCPU(), goVersion())
 	fmt.Printf("args: %s\n", strings.Join(os.Args[1:], " "))
-	fmt.Printf("load average at start: %s\n", loadAvg())
+	fmt.Printf("load average at start: %s\n", benchkit.LoadAvg())
 	fmt.Printf("page cache dropped before each timed command: %v\n\n", c.drop)
 
 	if c.parts["cycle"] {
@@ -179,7 +151,7 @@ func runAll(ctx context.Context, c config) error {
 			return err
 		}
 	}
-	fmt.Printf("load average at end: %s; total %s\n", loadAvg(), time.Since(start).Round(time.Second))
+	fmt.Printf("load average at end: %s; total %s\n", benchkit.LoadAvg(), time.Since(start).Round(time.Second))
 	if !c.keep {
 		return os.RemoveAll(c.work)
 	}
@@ -200,7 +172,7 @@ type measurement struct {
 // as the tool's besides this process's (fn returns its children's usage).
 func timed(drop bool, pids []int, fn func() (usage, error)) (measurement, error) {
 	if drop {
-		if err := dropCaches(); err != nil {
+		if err := benchkit.DropCaches(); err != nil {
 			return measurement{}, err
 		}
 	}
@@ -218,11 +190,11 @@ func timed(drop bool, pids []int, fn func() (usage, error)) (measurement, error)
 	if err != nil {
 		return measurement{}, err
 	}
-	m0 := machineBusy()
+	m0 := benchkit.MachineBusy()
 	t0 := time.Now()
 	child, err := fn()
 	wall := time.Since(t0)
-	m1 := machineBusy()
+	m1 := benchkit.MachineBusy()
 	s1, e1, serr := sample()
 	if err != nil {
 		return measurement{}, err
@@ -276,7 +248,7 @@ func cycleSize(ctx context.Context, c config, sock string, gib int, data []byte,
 	if !c.keep {
 		defer os.RemoveAll(dir)
 	}
-	fmt.Printf("-- %d GiB (load %s)\n", gib, loadAvg())
+	fmt.Printf("-- %d GiB (load %s)\n", gib, benchkit.LoadAvg())
 	l, err := newLayout(size, extents)
 	if err != nil {
 		return nil, err
@@ -285,7 +257,7 @@ func cycleSize(ctx context.Context, c config, sock string, gib int, data []byte,
 	if err := writeImage(image, size, data, l); err != nil {
 		return nil, err
 	}
-	allocated, err := allocatedBytes(image)
+	allocated, err := benchkit.AllocatedBytes(image)
 	if err != nil {
 		return nil, err
 	}
@@ -293,7 +265,7 @@ func cycleSize(ctx context.Context, c config, sock string, gib int, data []byte,
 	if err != nil {
 		return nil, err
 	}
-	defer d.stop()
+	defer d.Stop()
 
 	qt, err := openQemuTool(ctx, filepath.Join(dir, "lb-qemu"), d, c.log)
 	if err != nil {
@@ -332,7 +304,7 @@ func cycleSize(ctx context.Context, c config, sock string, gib int, data []byte,
 			return usage{}, n, note, nil
 		}
 	}
-	tools := []tool{{name: "qemu", pids: []int{d.pid()}, run: lb(qt, func(t *lbTool) (int64, string) {
+	tools := []tool{{name: "qemu", pids: []int{d.Pid()}, run: lb(qt, func(t *lbTool) (int64, string) {
 		s, _ := t.drv.qemuStats()
 		return s.BytesRead, fmt.Sprintf("dirty extents %d (%.1f MiB)", s.Extents, mib(s.ExtentBytes))
 	})}}
@@ -430,37 +402,6 @@ func cycleSize(ctx context.Context, c config, sock string, gib int, data []byte,
 }
 
 func mib(n int64) float64 { return float64(n) / (1 << 20) }
-
-// allocatedBytes sums the data extents of a sparse file (SEEK_DATA/HOLE).
-func allocatedBytes(path string) (int64, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return 0, err
-	}
-	var total, off int64
-	for off < fi.Size() {
-		data, err := f.Seek(off, 3) // SEEK_DATA
-		if errors.Is(err, syscall.ENXIO) {
-			break
-		}
-		if err != nil {
-			return 0, err
-		}
-		hole, err := f.Seek(data, 4) // SEEK_HOLE
-		if err != nil {
-			return 0, err
-		}
-		total += hole - data
-		off = hole
-	}
-	_, err = f.Seek(0, io.SeekStart)
-	return total, err
-}
 
 func printCycleTable(rows []row, sizes []int) {
 	fmt.Printf("\nIncremental cycle after %s churn (cold cache); seed = first full copy\n\n", "the same")

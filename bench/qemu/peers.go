@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/lifeboat-dr/lifeboat/bench/internal/benchkit"
 )
 
 // run runs a command, timing it, and returns its resource usage (its own
@@ -22,16 +24,9 @@ func run(ctx context.Context, env []string, name string, args ...string) (time.D
 	err := c.Run()
 	wall := time.Since(start)
 	if err != nil {
-		return wall, usage{}, fmt.Errorf("%s %s: %w\n%s", name, strings.Join(args, " "), err, tail(out.String(), 2000))
+		return wall, usage{}, fmt.Errorf("%s %s: %w\n%s", name, strings.Join(args, " "), err, benchkit.Tail(out.String(), 2000))
 	}
 	return wall, childUsage(c), nil
-}
-
-func tail(s string, n int) string {
-	if len(s) > n {
-		return "..." + s[len(s)-n:]
-	}
-	return s
 }
 
 // restic backs up the image into a repository in dir (on the same disk).
@@ -40,7 +35,7 @@ type restic struct {
 }
 
 func (r restic) env() []string {
-	return []string{"RESTIC_PASSWORD=" + passphrase, "RESTIC_REPOSITORY=" + r.repo, "RESTIC_CACHE_DIR=" + r.cache}
+	return []string{"RESTIC_PASSWORD=" + benchkit.Passphrase, "RESTIC_REPOSITORY=" + r.repo, "RESTIC_CACHE_DIR=" + r.cache}
 }
 
 func newRestic(ctx context.Context, dir string) (restic, error) {

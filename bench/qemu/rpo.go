@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/lifeboat-dr/lifeboat/bench/internal/benchkit"
 	"github.com/lifeboat-dr/lifeboat/internal/nbd"
 )
 
@@ -108,7 +109,7 @@ func rpoPart(ctx context.Context, c config, sock string) error {
 	if err != nil {
 		return err
 	}
-	defer d.stop()
+	defer d.Stop()
 	qt, err := openQemuTool(ctx, filepath.Join(dir, "lb-qemu"), d, c.log)
 	if err != nil {
 		return err
@@ -151,11 +152,11 @@ func rpoRun(ctx context.Context, c config, d *daemon, qt *lbTool, size, rate int
 	wctx, stopWriter := context.WithCancel(ctx)
 	defer stopWriter()
 	u0 := selfUsage()
-	q0, err := procUsage(d.pid())
+	q0, err := procUsage(d.Pid())
 	if err != nil {
 		return "", err
 	}
-	m0 := machineBusy()
+	m0 := benchkit.MachineBusy()
 	w, err := startWriter(wctx, d, size, rate, seed)
 	if err != nil {
 		return "", err
@@ -188,13 +189,13 @@ func rpoRun(ctx context.Context, c config, d *daemon, qt *lbTool, size, rate int
 	}
 	written := w.written.Load()
 	u1 := selfUsage()
-	q1, err := procUsage(d.pid())
+	q1, err := procUsage(d.Pid())
 	if err != nil {
 		return "", err
 	}
 	qsdCPU := q1.sub(q0).CPU
 	own := u1.sub(u0).CPU + qsdCPU
-	other := max(0, machineBusy()-m0-own)
+	other := max(0, benchkit.MachineBusy()-m0-own)
 
 	var intervals, durs []time.Duration
 	var worst time.Duration

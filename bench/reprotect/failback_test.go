@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lifeboat-dr/lifeboat/bench/internal/benchkit"
 	"github.com/lifeboat-dr/lifeboat/internal/reverse"
 	"github.com/lifeboat-dr/lifeboat/internal/sampleguest"
 	"github.com/lifeboat-dr/lifeboat/internal/target"
@@ -120,7 +121,7 @@ func newFailbackRig(b *testing.B, size int64) *failbackRig {
 		b.Fatalf("the guest's file system has only %d free 64 KiB blocks", len(r.free))
 	}
 	var err error
-	if r.v, err = newVault(ctx, r.vaultDir, r.log); err != nil {
+	if r.v, err = benchkit.NewVault(ctx, r.vaultDir, blockSize, r.log); err != nil {
 		b.Fatal(err)
 	}
 	seed, err := seedPoint(ctx, r.v, r.original, filepath.Join(dir, "scan.table"), r.log)
@@ -179,7 +180,7 @@ func (r *failbackRig) timed(b *testing.B, fn func() error) measurement {
 // manifest check.
 func (r *failbackRig) boot(b *testing.B) (first, ready time.Duration) {
 	b.Helper()
-	if err := dropCaches(); err != nil {
+	if err := benchkit.DropCaches(); err != nil {
 		b.Fatal(err)
 	}
 	serial := filepath.Join(filepath.Dir(r.original), "serial-"+r.img.Firmware+".log")
@@ -210,7 +211,7 @@ func (r *failbackRig) boot(b *testing.B) (first, ready time.Duration) {
 		b.Fatal("the guest reached its ready line without a first console line seen")
 	}
 	if want := fmt.Sprintf("%s seq %d files %d", guest.ManifestPassMarker, guest.BootSeq, guest.BootFiles); !strings.Contains(vm.Log(), want) {
-		b.Fatalf("the original's guest did not pass its manifest check after the failback:\n%s", tail(vm.Log(), 2000))
+		b.Fatalf("the original's guest did not pass its manifest check after the failback:\n%s", benchkit.Tail(vm.Log(), 2000))
 	}
 	b.Logf("(c) boot of the original: first console line %.3f s, guest ready %.2f s (manifest check passed)", first.Seconds(), ready.Seconds())
 	return first, ready
@@ -248,7 +249,7 @@ func freeBlocks(b *testing.B, disk string) []int64 {
 		}
 	}
 	if bs == 0 {
-		b.Fatalf("dumpe2fs printed no block size:\n%s", tail(string(out), 2000))
+		b.Fatalf("dumpe2fs printed no block size:\n%s", benchkit.Tail(string(out), 2000))
 	}
 	return offs
 }
@@ -271,7 +272,7 @@ func parseRange(s string) (lo, hi int64, ok bool) {
 
 func mustAllocated(b *testing.B, path string) int64 {
 	b.Helper()
-	n, err := allocatedBytes(path)
+	n, err := benchkit.AllocatedBytes(path)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -9,7 +9,8 @@ import (
 	"math/rand/v2"
 	"os"
 	"slices"
-	"syscall"
+
+	"github.com/lifeboat-dr/lifeboat/bench/internal/benchkit"
 )
 
 const (
@@ -58,20 +59,7 @@ func buildOriginal(path, base string, size int64, copies int) error {
 // there, as with cp --sparse=always).
 func copySparseAt(src, dst *os.File, off, n int64) error {
 	buf := make([]byte, chunk)
-	var pos int64
-	for pos < n {
-		data, err := src.Seek(pos, 3) // SEEK_DATA
-		if errors.Is(err, syscall.ENXIO) || data >= n {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		hole, err := src.Seek(data, 4) // SEEK_HOLE
-		if err != nil {
-			return err
-		}
-		hole = min(hole, n)
+	return benchkit.DataExtents(src, n, func(data, hole int64) error {
 		for p := data; p < hole; p += chunk {
 			b := buf[:min(chunk, hole-p)]
 			if _, err := src.ReadAt(b, p); err != nil && !errors.Is(err, io.EOF) {
@@ -84,9 +72,8 @@ func copySparseAt(src, dst *os.File, off, n int64) error {
 				return err
 			}
 		}
-		pos = hole
-	}
-	return nil
+		return nil
+	})
 }
 
 func isZero(b []byte) bool {
@@ -102,36 +89,6 @@ func isZero(b []byte) bool {
 		}
 	}
 	return true
-}
-
-// allocatedBytes sums the data extents of a sparse file (SEEK_DATA/HOLE).
-func allocatedBytes(path string) (int64, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return 0, err
-	}
-	var total, off int64
-	for off < fi.Size() {
-		data, err := f.Seek(off, 3) // SEEK_DATA
-		if errors.Is(err, syscall.ENXIO) {
-			break
-		}
-		if err != nil {
-			return 0, err
-		}
-		hole, err := f.Seek(data, 4) // SEEK_HOLE
-		if err != nil {
-			return 0, err
-		}
-		total += hole - data
-		off = hole
-	}
-	return total, nil
 }
 
 // compareFiles reads both files whole (cmp) and returns -1 if they are

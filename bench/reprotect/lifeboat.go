@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 
+	"github.com/lifeboat-dr/lifeboat/bench/internal/benchkit"
 	"github.com/lifeboat-dr/lifeboat/internal/capture/scan"
 	"github.com/lifeboat-dr/lifeboat/internal/compute/qemu"
 	"github.com/lifeboat-dr/lifeboat/internal/engine"
@@ -19,29 +20,10 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/vault/backend/local"
 )
 
-// cheapKDF keeps opening the vault fast; the benchmark measures cycles
-// and applies, not key derivation.
-func cheapKDF() vault.KDFParams { return vault.KDFParams{Time: 1, MemoryKiB: 64, Threads: 1} }
-
 const (
-	passphrase = "bench-passphrase"
-	machine    = "web"
-	diskName   = "vda"
+	machine  = "web"
+	diskName = "vda"
 )
-
-// newVault creates a local vault in dir (64 KiB blocks, zstd, the
-// default pack size).
-func newVault(ctx context.Context, dir string, log *slog.Logger) (*vault.Vault, error) {
-	be, err := local.Create(dir)
-	if err != nil {
-		return nil, err
-	}
-	v, err := vault.Init(ctx, be, []byte(passphrase), vault.InitOptions{Options: vault.Options{KDF: cheapKDF(), Logger: log}, BlockSize: blockSize})
-	if err != nil {
-		return nil, fmt.Errorf("create vault in %s: %w", dir, err)
-	}
-	return v, nil
-}
 
 // seedPoint replicates the raw image into the vault with the scan driver:
 // point P, the protected machine's last forward point before failover.
@@ -108,7 +90,7 @@ func applyPoint(ctx context.Context, vaultDir, point, original, stateDir string,
 	if err != nil {
 		return nil, err
 	}
-	v, err := vault.Open(ctx, be, []byte(passphrase), vault.Options{Logger: log})
+	v, err := vault.Open(ctx, be, []byte(benchkit.Passphrase), vault.Options{Logger: log})
 	if err != nil {
 		return nil, err
 	}

@@ -42,14 +42,14 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
-	"os/signal"
-	"path/filepath"
 	"runtime"
 	"strings"
-	"syscall"
 	"time"
+
+	"github.com/lifeboat-dr/lifeboat/bench/internal/benchkit"
 )
+
+const prog = "bench/reprotect"
 
 type config struct {
 	work    string
@@ -77,44 +77,17 @@ func main() {
 	flag.BoolVar(&verbose, "v", false, "log the drivers', the engine's and the target writer's messages")
 	flag.Parse()
 	if c.sizeGiB <= 0 || c.percent <= 0 || c.percent > 100 || c.copies <= 0 {
-		fatal(fmt.Errorf("-size and -copies must be positive and -percent in (0, 100]"))
+		benchkit.Fail(prog, fmt.Errorf("-size and -copies must be positive and -percent in (0, 100]"))
 	}
-	level := slog.LevelWarn
-	if verbose {
-		level = slog.LevelInfo
-	}
-	c.log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := runAll(ctx, c); err != nil {
-		fatal(err)
-	}
-}
-
-func fatal(err error) {
-	fmt.Fprintln(os.Stderr, "bench/reprotect: FAILED:", err)
-	os.Exit(1)
+	c.log = benchkit.Logger(verbose)
+	benchkit.Main(prog, func(ctx context.Context) error { return runAll(ctx, c) })
 }
 
 func numCPU() int       { return runtime.NumCPU() }
 func goVersion() string { return runtime.Version() }
 
 func runAll(ctx context.Context, c config) error {
-	for _, t := range []string{"qemu-storage-daemon", "qemu-img", "rsync"} {
-		if _, err := exec.LookPath(t); err != nil {
-			return fmt.Errorf("%s not found: apt-get install -y --no-install-recommends qemu-utils qemu-block-extra rsync: %w", t, err)
-		}
-	}
-	if c.drop {
-		if err := dropCaches(); err != nil {
-			return err
-		}
-	}
-	if err := os.MkdirAll(c.work, 0o700); err != nil {
-		return err
-	}
-	work, err := filepath.Abs(c.work)
+	work, err := benchkit.Setup(c.work, c.drop, "qemu-utils qemu-block-extra rsync", []string{"qemu-storage-daemon", "qemu-img", "rsync"})
 	if err != nil {
 		return err
 	}
@@ -132,7 +105,7 @@ func runAll(ctx context.Context, c config) error {
 	fmt.Printf("bench/reprotect %s\n", start.Format(time.RFC3339))
 	fmt.Printf("args: %s\n", strings.Join(os.Args[1:], " "))
 	fmt.Printf("machine: %s\n", machineFacts(ctx, c.work))
-	fmt.Printf("load average at start: %s; page cache dropped before each timed phase: %v; one run\n\n", loadAvg(), c.drop)
+	fmt.Printf("load average at start: %s; page cache dropped before each timed phase: %v; one run\n\n", benchkit.LoadAvg(), c.drop)
 
 	r, err := prepare(ctx, c, sock)
 	if err != nil {
@@ -145,6 +118,6 @@ func runAll(ctx context.Context, c config) error {
 		return err
 	}
 	r.report()
-	fmt.Printf("\nload average at end: %s; total %s\n", loadAvg(), time.Since(start).Round(time.Second))
+	fmt.Printf("\nload average at end: %s; total %s\n", benchkit.LoadAvg(), time.Since(start).Round(time.Second))
 	return nil
 }

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/lifeboat-dr/lifeboat/bench/internal/benchkit"
 )
 
 // fullCopy copies the recovered disk whole as a raw image: what a
@@ -57,7 +59,7 @@ func parseRsyncStats(out string) (rsyncStats, error) {
 		found++
 	}
 	if found != len(fields) {
-		return s, fmt.Errorf("rsync --stats: found %d of %d figures in:\n%s", found, len(fields), tail(out, 2000))
+		return s, fmt.Errorf("rsync --stats: found %d of %d figures in:\n%s", found, len(fields), benchkit.Tail(out, 2000))
 	}
 	return s, nil
 }

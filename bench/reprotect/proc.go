@@ -10,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/lifeboat-dr/lifeboat/bench/internal/benchkit"
 )
 
 // measurement is one timed phase.
@@ -35,16 +37,16 @@ func usage() (cpu, sys time.Duration, read int64) {
 // timed drops the page cache (if drop), then runs fn and measures it.
 func timed(drop bool, fn func() error) (measurement, error) {
 	if drop {
-		if err := dropCaches(); err != nil {
+		if err := benchkit.DropCaches(); err != nil {
 			return measurement{}, err
 		}
 	}
 	c0, s0, r0 := usage()
-	m0 := machineBusy()
+	m0 := benchkit.MachineBusy()
 	t0 := time.Now()
 	err := fn()
 	wall := time.Since(t0)
-	m1 := machineBusy()
+	m1 := benchkit.MachineBusy()
 	c1, s1, r1 := usage()
 	if err != nil {
 		return measurement{}, err
@@ -54,64 +56,15 @@ func timed(drop bool, fn func() error) (measurement, error) {
 	return m, nil
 }
 
-// dropCaches writes back dirty pages and drops the page cache, so the next
-// phase reads from storage (as bench/run.sh does). It needs root.
-func dropCaches() error {
-	syscall.Sync()
-	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0); err != nil {
-		return fmt.Errorf("drop the page cache (run as root, or pass -drop-caches=false): %w", err)
-	}
-	return nil
-}
-
-// machineBusy returns the busy CPU time of the whole machine (all CPUs).
-func machineBusy() time.Duration {
-	b, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return 0
-	}
-	line, _, _ := strings.Cut(string(b), "\n")
-	f := strings.Fields(line)
-	if len(f) < 9 {
-		return 0
-	}
-	var ticks int64
-	for _, i := range []int{1, 2, 3, 6, 7, 8} { // user nice system irq softirq steal
-		v, _ := strconv.ParseInt(f[i], 10, 64)
-		ticks += v
-	}
-	return time.Duration(ticks) * 10 * time.Millisecond // USER_HZ = 100
-}
-
-// loadAvg returns /proc/loadavg's first three fields.
-func loadAvg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "?"
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return "?"
-	}
-	return strings.Join(f[:3], " ")
-}
-
 // run runs a command and returns its combined output.
 func run(ctx context.Context, name string, args ...string) (string, error) {
 	c := exec.CommandContext(ctx, name, args...)
 	var out bytes.Buffer
 	c.Stdout, c.Stderr = &out, &out
 	if err := c.Run(); err != nil {
-		return out.String(), fmt.Errorf("%s %s: %w\n%s", name, strings.Join(args, " "), err, tail(out.String(), 2000))
+		return out.String(), fmt.Errorf("%s %s: %w\n%s", name, strings.Join(args, " "), err, benchkit.Tail(out.String(), 2000))
 	}
 	return out.String(), nil
-}
-
-func tail(s string, n int) string {
-	if len(s) > n {
-		return "..." + s[len(s)-n:]
-	}
-	return s
 }
 
 // machineFacts describes the machine in one paragraph: CPU, memory,

@@ -3,17 +3,14 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
+	"github.com/lifeboat-dr/lifeboat/bench/internal/benchkit"
 	"github.com/lifeboat-dr/lifeboat/internal/nbd"
 )
 
@@ -25,19 +22,18 @@ const writeExport = "w"
 // export on a unix socket: "running the guest" is writing through it, so
 // the overlay's persistent dirty bitmaps see every write, and stopping it
 // with SIGTERM is the guest's clean shutdown (QEMU saves the bitmaps).
+// Stop waits 30 s before it kills the daemon, and an unclean exit is an
+// error (the bitmaps would be left in use and the next cycle a full read).
 type daemon struct {
-	nbd  string
-	cmd  *exec.Cmd
-	done chan struct{}
-	err  error
-	log  *os.File
+	nbd string
+	*benchkit.QSD
 }
 
 // startDaemon runs qemu-storage-daemon on the qcow2 image. The socket goes
 // in sockDir (short: unix socket paths are limited to 107 bytes), the
 // daemon's output to logPath.
 func startDaemon(ctx context.Context, image, sockDir, logPath string) (*daemon, error) {
-	d := &daemon{nbd: filepath.Join(sockDir, "nbd.sock"), done: make(chan struct{})}
+	d := &daemon{nbd: filepath.Join(sockDir, "nbd.sock")}
 	if len(d.nbd) > 107 {
 		return nil, fmt.Errorf("unix socket path %s is too long", d.nbd)
 	}
@@ -47,61 +43,12 @@ func startDaemon(ctx context.Context, image, sockDir, logPath string) (*daemon, 
 	args := []string{"--blockdev", string(node),
 		"--nbd-server", "addr.type=unix,addr.path=" + strings.ReplaceAll(d.nbd, ",", ",,"),
 		"--export", "type=nbd,id=" + writeExport + ",node-name=disk0,name=" + writeExport + ",writable=on"}
-	lf, err := os.Create(logPath)
+	q, err := benchkit.StartQSD(ctx, args, logPath, 30*time.Second, d.nbd)
 	if err != nil {
-		return nil, fmt.Errorf("daemon log: %w", err)
+		return nil, err
 	}
-	d.log = lf
-	d.cmd = exec.Command("qemu-storage-daemon", args...)
-	d.cmd.Stdout, d.cmd.Stderr = lf, lf
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := d.cmd.Start(); err != nil {
-		lf.Close()
-		return nil, fmt.Errorf("start qemu-storage-daemon (apt-get install -y --no-install-recommends qemu-utils qemu-block-extra): %w", err)
-	}
-	go func() { d.err = d.cmd.Wait(); close(d.done) }()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		c, err := net.DialTimeout("unix", d.nbd, time.Second)
-		if err == nil {
-			c.Close()
-			return d, nil
-		}
-		select {
-		case <-d.done:
-			return nil, fmt.Errorf("qemu-storage-daemon exited before %s accepted (%v): see %s", d.nbd, d.err, logPath)
-		case <-ctx.Done():
-			d.stop()
-			return nil, ctx.Err()
-		case <-time.After(10 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			d.stop()
-			return nil, fmt.Errorf("qemu-storage-daemon: %s did not accept within 15 s: see %s", d.nbd, logPath)
-		}
-	}
-}
-
-// stop ends the daemon with SIGTERM, as QEMU stops at a guest's shutdown
-// (it closes the image and writes its persistent dirty bitmaps), and
-// waits; an exit other than a clean one is an error (the bitmaps would be
-// left in use and the next cycle a full read).
-func (d *daemon) stop() error {
-	defer d.log.Close()
-	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		return err
-	}
-	select {
-	case <-d.done:
-		if d.err != nil {
-			return fmt.Errorf("qemu-storage-daemon did not exit cleanly: %w", d.err)
-		}
-		return nil
-	case <-time.After(30 * time.Second):
-		_ = d.cmd.Process.Kill()
-		<-d.done
-		return errors.New("qemu-storage-daemon did not stop within 30 s of SIGTERM: killed")
-	}
+	d.QSD = q
+	return d, nil
 }
 
 // writeBlocks "runs the recovered VM": it opens the qcow2 image in a
@@ -129,7 +76,7 @@ func writeBlocks(ctx context.Context, image, sockDir string, offsets []int64, se
 		}
 		return c.Flush(ctx)
 	}()
-	if serr := d.stop(); err == nil {
+	if serr := d.Stop(); err == nil {
 		err = serr
 	}
 	return err

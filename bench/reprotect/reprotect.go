@@ -8,6 +8,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/lifeboat-dr/lifeboat/bench/internal/benchkit"
 	"github.com/lifeboat-dr/lifeboat/internal/reverse"
 	"github.com/lifeboat-dr/lifeboat/internal/target"
 	"github.com/lifeboat-dr/lifeboat/internal/vault"
@@ -44,13 +45,13 @@ func prepare(ctx context.Context, c config, sock string) (*rig, error) {
 		return nil, err
 	}
 	var err error
-	if r.origAlloc, err = allocatedBytes(r.original); err != nil {
+	if r.origAlloc, err = benchkit.AllocatedBytes(r.original); err != nil {
 		return nil, err
 	}
 	fmt.Printf("original: %d GiB sparse raw, %s laid %d time(s) from offset 0: %.2f GB allocated (%s)\n",
 		c.sizeGiB, c.base, c.copies, gb(r.origAlloc), since(t))
 	t = time.Now()
-	if r.v, err = newVault(ctx, r.vaultDir, c.log); err != nil {
+	if r.v, err = benchkit.NewVault(ctx, r.vaultDir, blockSize, c.log); err != nil {
 		return nil, err
 	}
 	seed, err := seedPoint(ctx, r.v, r.original, filepath.Join(c.work, "scan.table"), c.log)
@@ -87,7 +88,7 @@ func prepare(ctx context.Context, c config, sock string) (*rig, error) {
 // checkSpace refuses to start without room for the original, rsync's
 // copy, the recovered qcow2, the full copy and the vault.
 func (r *rig) checkSpace() error {
-	base, err := allocatedBytes(r.c.base)
+	base, err := benchkit.AllocatedBytes(r.c.base)
 	if err != nil {
 		return fmt.Errorf("real-data image %s (build it with bench/run.sh, or give -base): %w", r.c.base, err)
 	}
@@ -139,7 +140,7 @@ func (r *rig) measure(ctx context.Context) error {
 	if r.mFull, err = timed(r.c.drop, func() error { return fullCopy(ctx, r.qcow2, r.raw) }); err != nil {
 		return err
 	}
-	if r.rawAlloc, err = allocatedBytes(r.raw); err != nil {
+	if r.rawAlloc, err = benchkit.AllocatedBytes(r.raw); err != nil {
 		return err
 	}
 	r.line("full copy (qemu-img convert)", r.mFull, fmt.Sprintf("%.2f GB allocated of %d GiB", gb(r.rawAlloc), r.c.sizeGiB))
