@@ -69,14 +69,22 @@ func startDaemon(ctx context.Context, vm VM, stateDir string) (*daemon, error) {
 	return d, nil
 }
 
-// waitReady waits until the QMP socket accepts, or the daemon exits.
+// waitReady waits until the daemon has written its pidfile (which it
+// does once every option is processed: the images are open) and its QMP
+// socket accepts, or it exits. The socket alone is not enough: it
+// listens from the first options on, before the images are open, and a
+// caller killed then would leave a daemon its successor cannot find.
 func (d *daemon) waitReady(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	want := strconv.Itoa(d.cmd.Process.Pid)
 	for {
-		if c, err := net.Dial("unix", d.qmp); err == nil {
-			c.Close()
-			return nil
+		b, _ := os.ReadFile(d.pidFile)
+		if strings.TrimSpace(string(b)) == want {
+			if c, err := net.Dial("unix", d.qmp); err == nil {
+				c.Close()
+				return nil
+			}
 		}
 		select {
 		case <-d.done:
