@@ -10,6 +10,7 @@ import (
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/store/sqlstore"
+	"github.com/lifeboat-dr/lifeboat/internal/testutil"
 	"github.com/lifeboat-dr/lifeboat/internal/vault"
 )
 
@@ -52,6 +53,18 @@ func TestReprotectRefusalsAndTargetReport(t *testing.T) {
 		Point: &api.ReversePoint{ID: rev, Time: s.clock.Now()}})
 	if m := s.machineRec("db"); m.State != api.StateReprotecting {
 		t.Fatalf("state with reverse replication: %s", m.State)
+	}
+	// The reverse loop tries the fake provider's VM, cannot read it, and
+	// says so once; the RPO is the reverse point's.
+	testutil.Eventually(t, 20*time.Second, func() bool {
+		s.clock.Advance(maxReverseWait) // the loop's longest sleep
+		return len(s.events("reverse_failing")) == 1
+	}, "no reverse_failing event")
+	s.clock.Advance(10 * time.Minute)
+	var mv api.Machine
+	s.mustAPI("GET", "/api/v1/machines/db", viewer, nil, 200, &mv)
+	if mv.RPO.Std() < 10*time.Minute || mv.Recovery.Reverse.LastError == "" {
+		t.Fatalf("reprotecting machine: RPO %s, last error %q; want the reverse point's age and the loop's error", mv.RPO.Std(), mv.Recovery.Reverse.LastError)
 	}
 	bad := func(mod func(*api.TargetReport)) api.TargetReport {
 		r := good

@@ -212,8 +212,20 @@ func (s *Server) deletePolicy(w http.ResponseWriter, r *http.Request, c *caller)
 // withRPO fills the machine's current RPO.
 func (s *Server) withRPO(m api.Machine, now time.Time) api.Machine {
 	m.RPO = 0
-	if m.LastPoint != nil && !m.LastPoint.Time.IsZero() {
-		if d := now.Sub(m.LastPoint.Time); d > 0 {
+	last := time.Time{}
+	if m.LastPoint != nil {
+		last = m.LastPoint.Time
+	}
+	if r := m.Recovery; r != nil && r.Reverse != nil {
+		// Reprotected: what is at risk is the recovered VM's data since
+		// its newest reverse point (none yet: since the reprotect).
+		last = r.Reverse.Started
+		if p := r.Reverse.Point; p != nil {
+			last = p.Time
+		}
+	}
+	if !last.IsZero() {
+		if d := now.Sub(last); d > 0 {
 			m.RPO = api.Duration(d)
 		}
 	}

@@ -115,11 +115,13 @@ func (s *Server) reverseCycle(ctx context.Context, m api.Machine) {
 	} else {
 		s.log.Warn("reverse cycle failed; retrying at the next interval", "machine", m.Name, "vm", vm.Name, "err", err)
 	}
+	var wasFailing bool
 	_, uerr := s.store.UpdateMachine(ctx, m.Name, func(m *api.Machine) error {
 		r := m.Recovery
 		if r == nil || r.Reverse == nil {
 			return nil // failback committed meanwhile
 		}
+		wasFailing = r.Reverse.LastError != ""
 		r.Reverse.LastCycle = s.clock.Now().UTC()
 		if err != nil {
 			r.Reverse.LastError = clip(err.Error(), maxMessage)
@@ -131,6 +133,14 @@ func (s *Server) reverseCycle(ctx context.Context, m api.Machine) {
 	})
 	if uerr != nil {
 		s.log.Warn("reverse replication: record the cycle", "machine", m.Name, "err", uerr)
+	}
+	switch {
+	case err != nil && !wasFailing:
+		s.event(ctx, api.Event{Kind: "reverse_failing", Severity: "warning", Machine: m.Name,
+			Message: clip(fmt.Sprintf("reverse replication of %s (VM %s) fails; it is retried every %s: %v", m.Name, vm.Name, m.Recovery.Reverse.Interval.Std(), err), maxMessage)})
+	case err == nil && wasFailing:
+		s.event(ctx, api.Event{Kind: "reverse_resumed", Machine: m.Name,
+			Message: fmt.Sprintf("reverse replication of %s works again (point %s)", m.Name, short(rp.ID))})
 	}
 	s.notify.notify(m.Name)
 }
