@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lifeboat-dr/lifeboat/internal/testutil/libvirtd"
+
 	golibvirt "github.com/digitalocean/go-libvirt"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
@@ -125,51 +127,9 @@ func FuzzParseDomainXML(f *testing.F) {
 	})
 }
 
-const installHint = "apt-get install -y --no-install-recommends qemu-system-x86 qemu-utils qemu-block-extra libnbd-bin libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu"
-
-// ensureLibvirtd makes sure libvirtd answers on the default socket,
-// starting virtlogd and libvirtd as daemons when it does not (no systemd on
-// the test machines). Daemons are left running, whoever started them.
 func ensureLibvirtd(t *testing.T) {
 	t.Helper()
-	for _, tool := range []string{"libvirtd", "virtlogd", "qemu-system-x86_64", "qemu-img"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			if os.Getenv("CI") == "" {
-				t.Skipf("%s not found: %s", tool, installHint)
-			}
-			t.Fatalf("%s not found (CI): %s", tool, installHint)
-		}
-	}
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "" {
-			t.Skip("the libvirt discovery test runs as root")
-		}
-		t.Fatal("the libvirt discovery test must run as root in CI")
-	}
-	up := func(p string) bool {
-		c, err := net.DialTimeout("unix", p, time.Second)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	}
-	if up(DefaultLibvirtSocket) {
-		return
-	}
-	if !up("/var/run/libvirt/virtlogd-sock") {
-		if out, err := exec.Command("virtlogd", "-d").CombinedOutput(); err != nil {
-			t.Logf("virtlogd -d: %v: %s", err, out)
-		}
-	}
-	if out, err := exec.Command("libvirtd", "-d").CombinedOutput(); err != nil {
-		t.Logf("libvirtd -d: %v: %s", err, out)
-	}
-	for deadline := time.Now().Add(20 * time.Second); !up(DefaultLibvirtSocket); time.Sleep(100 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("libvirtd did not come up on %s within 20 s", DefaultLibvirtSocket)
-		}
-	}
-	t.Log("started virtlogd and libvirtd (left running)")
+	libvirtd.Ensure(t)
 }
 
 type testDialer struct{ c net.Conn }

@@ -5,7 +5,6 @@ import (
 	"encoding/xml"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,65 +12,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lifeboat-dr/lifeboat/internal/testutil/libvirtd"
+
 	golibvirt "github.com/digitalocean/go-libvirt"
 )
 
-const installHint = "apt-get install -y --no-install-recommends qemu-system-x86 qemu-utils qemu-block-extra libnbd-bin libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu"
-
-// needTools skips (or, in CI, fails) the test when a tool is missing.
-func needTools(t *testing.T, tools ...string) {
-	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			if os.Getenv("CI") == "" {
-				t.Skipf("%s not found: %s", tool, installHint)
-			}
-			t.Fatalf("%s not found (CI): %s", tool, installHint)
-		}
-	}
-}
-
-// ensureLibvirtd makes sure libvirtd answers on DefaultSocket. When it
-// does not, it starts virtlogd and libvirtd as daemons (there is no
-// systemd on the test machines) and leaves them running for later tests:
-// it never stops a daemon, whether it started it or not.
 func ensureLibvirtd(t *testing.T) {
 	t.Helper()
-	needTools(t, "libvirtd", "virtlogd", "qemu-system-x86_64", "qemu-img", "qemu-io")
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "" {
-			t.Skip("libvirt tests run as root (libvirtd runs QEMU as libvirt-qemu and the test chowns scratch directories)")
-		}
-		t.Fatal("libvirt tests must run as root in CI")
-	}
-	if socketUp(DefaultSocket) {
-		return
-	}
-	if !socketUp("/var/run/libvirt/virtlogd-sock") {
-		if out, err := exec.Command("virtlogd", "-d").CombinedOutput(); err != nil {
-			t.Logf("virtlogd -d: %v: %s", err, out)
-		}
-	}
-	if out, err := exec.Command("libvirtd", "-d").CombinedOutput(); err != nil {
-		t.Logf("libvirtd -d: %v: %s", err, out) // another test binary may have started it
-	}
-	deadline := time.Now().Add(20 * time.Second)
-	for !socketUp(DefaultSocket) {
-		if time.Now().After(deadline) {
-			t.Fatalf("libvirtd did not come up on %s within 20 s (started with `virtlogd -d; libvirtd -d`)", DefaultSocket)
-		}
-		time.Sleep(100 * time.Millisecond) // poll pause under a deadline
-	}
-	t.Logf("started virtlogd and libvirtd (left running)")
-}
-
-func socketUp(path string) bool {
-	c, err := net.DialTimeout("unix", path, time.Second)
-	if err != nil {
-		return false
-	}
-	c.Close()
-	return true
+	libvirtd.Ensure(t, "qemu-io")
 }
 
 // openDir returns a new directory QEMU (running as libvirt-qemu) can
