@@ -186,3 +186,33 @@ type Provider interface {
 
 // ErrNotFound means no VM of that name exists.
 var ErrNotFound = errors.New("no such VM")
+
+// QEMUDisks is how the host reaches the disks of a VM that runs as a
+// QEMU process on it: reverse replication (reprotect) cuts them through
+// the qemu capture driver, online through QMP and, with the VM stopped,
+// through a qemu-storage-daemon on its overlays.
+type QEMUDisks struct {
+	// QMP is a QMP socket of the VM's QEMU; it answers while the VM runs.
+	QMP string
+	// Nodes name each disk, in the spec's order, as the qemu capture
+	// driver resolves it on the running VM (a device id or node name);
+	// a qemu-storage-daemon on the stopped VM's overlays gives its nodes
+	// these names.
+	Nodes []string
+	// Overlays are the disks' qcow2 images, in the same order.
+	Overlays []string
+	// Bitmap is the persistent dirty bitmap every overlay carries since
+	// the VM was created from its point.
+	Bitmap string
+	// Share, when set, lets the VM's QEMU create files and sockets in a
+	// directory of the host (the capture driver's NBD socket and fleece
+	// images), which QEMU running as another user cannot otherwise.
+	Share func(dir string) error
+}
+
+// QEMUAccess is implemented by the providers whose VMs are QEMU
+// processes on this host (qemu, libvirt), so their disks can be
+// replicated back. disks is the VM's number of disks.
+type QEMUAccess interface {
+	QEMUDisks(name, dir string, disks int) (QEMUDisks, error)
+}

@@ -165,3 +165,9 @@ func (pt *Point) Spec(name, dir string, nics ...compute.NIC) compute.Spec {
 		NICs:  nics,
 	}
 }
+
+// Vault is the vault that holds the point.
+func (pt *Point) Vault() *vault.Vault { return pt.v }
+
+// ID is the point's ID.
+func (pt *Point) ID() string { return pt.p.ID.String() }

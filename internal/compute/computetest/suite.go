@@ -69,9 +69,10 @@ type Config struct {
 	// SkipUEFI skips the UEFI boot.
 	SkipUEFI bool
 	// CheckDisks, if set, checks what the provider keeps of a running
-	// VM's disks beyond the contract (the qemu provider's dirty bitmap)
-	// in the Lifecycle VM whose guest has written to its disk: when is
-	// "booted", "hydrated", then "restarted" (after a graceful stop).
+	// VM's disks beyond the contract in the Lifecycle VM whose guest has
+	// written to its disk: when is "booted", "hydrated", then
+	// "restarted" (after a graceful stop). The suite itself checks the
+	// since-boot bitmap of providers that implement compute.QEMUAccess.
 	CheckDisks func(ctx context.Context, t testing.TB, inst compute.Instance, when string)
 }
 
@@ -138,24 +139,24 @@ func lifecycle(t *testing.T, c Config) {
 	conB := Console{Path: b.Console}
 	waitBoot(t, conA, nameA, start)
 	waitBoot(t, conB, nameB, start)
-	checkDisks(ctx, t, c, a, "booted")
+	sb := &sinceBoot{}
+	checkDisks := func(inst compute.Instance, when string) {
+		t.Helper()
+		sb.check(ctx, t, p1, nameA, dirA, len(specA.Disks), when)
+		if c.CheckDisks != nil {
+			c.CheckDisks(ctx, t, inst, when)
+		}
+	}
+	checkDisks(a, "booted")
 	if n := len(Processes(nameA)); n != 1 {
 		t.Errorf("%d QEMU processes of %s while %s runs too, want 1", n, nameA, nameB)
 	}
 
 	killAndRemove(ctx, t, c, b, dirB)
 	hydrateAndDetach(ctx, t, c, pt, nameA, dirA, conA)
-	checkDisks(ctx, t, c, a, "hydrated")
-	stopVerifyRestart(ctx, t, c, specA, conA)
+	checkDisks(a, "hydrated")
+	stopVerifyRestart(ctx, t, c, specA, conA, checkDisks)
 	removeAll(ctx, t, c, nameA, dirA)
-}
-
-// checkDisks runs c.CheckDisks, if any.
-func checkDisks(ctx context.Context, t *testing.T, c Config, inst compute.Instance, when string) {
-	t.Helper()
-	if c.CheckDisks != nil {
-		c.CheckDisks(ctx, t, inst, when)
-	}
 }
 
 // startSame starts spec, then checks that Inspect, a second Start and a
@@ -375,7 +376,7 @@ func hydrateAndDetach(ctx context.Context, t *testing.T, c Config, pt *Point, na
 
 // stopVerifyRestart stops the VM gracefully, verifies its overlay alone
 // and boots it again without the point server.
-func stopVerifyRestart(ctx context.Context, t *testing.T, c Config, spec compute.Spec, con Console) {
+func stopVerifyRestart(ctx context.Context, t *testing.T, c Config, spec compute.Spec, con Console, checkDisks func(compute.Instance, string)) {
 	t.Helper()
 	name, dir := spec.Name, spec.Dir
 	p := c.New(t)
@@ -418,7 +419,7 @@ func stopVerifyRestart(ctx context.Context, t *testing.T, c Config, spec compute
 	if err := restarted.Wait(bctx, fmt.Sprintf("%s seq %d ", guest.ManifestPassMarker, vseq)); err != nil {
 		t.Fatalf("restart from the hydrated overlay: %v", err)
 	}
-	checkDisks(ctx, t, c, again, "restarted")
+	checkDisks(again, "restarted")
 	t.Logf("restarted from the hydrated overlay in %v", time.Since(start).Round(100*time.Millisecond))
 }
 

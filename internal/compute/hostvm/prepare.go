@@ -19,8 +19,10 @@ type Disks struct {
 
 // Prepare fills in what s leaves out — a MAC for every NIC without one
 // (MAC), the size of a disk without one (asked of its export) — and
-// makes the overlays (CreateOverlay) and, when s.Guest is set, the
-// NoCloud seed. It stops at the first error; the caller removes what
+// makes the overlays (CreateOverlay, each with SinceBootBitmap, which
+// only a new overlay may get: a stopped VM's bitmaps hold the guest's
+// writes since it was created) and, when s.Guest is set, the NoCloud
+// seed. It stops at the first error; the caller removes what
 // was made.
 func Prepare(ctx context.Context, s *compute.Spec, d Disks) error {
 	s.NICs = append([]compute.NIC(nil), s.NICs...)
@@ -45,6 +47,9 @@ func Prepare(ctx context.Context, s *compute.Spec, d Disks) error {
 			}
 		}
 		if err := CreateOverlay(ctx, d.QEMUImg, d.Overlay(i), disk.Size, n); err != nil {
+			return fmt.Errorf("disk %s: %w", disk.Name, err)
+		}
+		if err := AddSinceBootBitmap(ctx, d.QEMUImg, d.Overlay(i)); err != nil {
 			return fmt.Errorf("disk %s: %w", disk.Name, err)
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/lifeboat-dr/lifeboat/internal/compute"
 	"github.com/lifeboat-dr/lifeboat/internal/compute/hostvm"
 )
 
@@ -26,14 +27,18 @@ func (p *Provider) openAccess(st *state, dir string) error {
 	if err != nil {
 		return err
 	}
+	os.Remove(monitorSocket(dir)) // left by a QEMU that was killed
 	if os.Geteuid() != 0 {
-		return nil
+		return os.MkdirAll(filepath.Join(dir, monitorDir), 0o700)
 	}
 	if err := grant(dir, u, 0o050); err != nil {
 		return fmt.Errorf("give the VM directory to libvirt's QEMU user: %w", err)
 	}
 	if err := reachable(dir, u); err != nil {
 		return fmt.Errorf("the VM directory %s: %w", dir, err)
+	}
+	if err := shareDir(filepath.Join(dir, monitorDir), u); err != nil {
+		return fmt.Errorf("the VM's monitor directory: %w", err)
 	}
 	for i, d := range st.Spec.Disks {
 		n, err := hostvm.ParseNBD(d.Backing)
@@ -129,4 +134,43 @@ func confUser(conf string) string {
 		}
 	}
 	return ""
+}
+
+// shareDir makes dir (0700 when new) and gives it the QEMU user's group
+// with group access, so QEMU can create sockets and files there.
+func shareDir(dir string, u qemuUserIDs) error {
+	if err := os.Mkdir(dir, 0o700); err != nil && !os.IsExist(err) {
+		return err
+	}
+	return grant(dir, u, 0o070)
+}
+
+var _ compute.QEMUAccess = (*Provider)(nil)
+
+// QEMUDisks tells reverse replication how to reach the VM's disks: the
+// provider's own QMP socket (monitorDir), the disks by their aliases
+// (ua-disk0, …), and a Share that gives directories to libvirt's QEMU
+// user.
+func (p *Provider) QEMUDisks(name, dir string, disks int) (compute.QEMUDisks, error) {
+	if err := hostvm.CheckName(name); err != nil {
+		return compute.QEMUDisks{}, err
+	}
+	u, err := p.qemuUser()
+	if err != nil {
+		return compute.QEMUDisks{}, err
+	}
+	q := compute.QEMUDisks{QMP: monitorSocket(dir), Bitmap: hostvm.SinceBootBitmap, Share: func(d string) error {
+		if os.Geteuid() != 0 {
+			return nil
+		}
+		if err := shareDir(d, u); err != nil {
+			return fmt.Errorf("give %s to libvirt's QEMU user %s: %w", d, u.name, err)
+		}
+		return reachable(d, u)
+	}}
+	for i := range disks {
+		q.Nodes = append(q.Nodes, diskAlias(i))
+		q.Overlays = append(q.Overlays, filepath.Join(dir, overlayFile(i)))
+	}
+	return q, nil
 }

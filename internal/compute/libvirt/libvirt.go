@@ -71,6 +71,18 @@ const agentPort = "org.qemu.guest_agent.0"
 
 func overlayFile(i int) string { return "disk" + strconv.Itoa(i) + ".qcow2" }
 
+// diskAlias is the user alias (QEMU device id) of disk i.
+func diskAlias(i int) string { return "ua-disk" + strconv.Itoa(i) }
+
+// monitorDir is the directory, in a VM's directory, where the domain's
+// QEMU opens a QMP socket of the provider's own (libvirt's monitor is
+// libvirt's): reverse replication cuts the VM's disks through it. It is
+// the QEMU user's group's, with group write, as QEMU creates the socket.
+const monitorDir = "monitor"
+
+// monitorSocket is the QMP socket in a VM directory.
+func monitorSocket(dir string) string { return filepath.Join(dir, monitorDir, "qmp.sock") }
+
 // DefaultMinFree is the free space Start requires in a VM's directory.
 const DefaultMinFree = 128 << 20
 
@@ -186,7 +198,7 @@ func checkSpec(s compute.Spec) error {
 	if len(s.Disks) == 0 {
 		return errors.New("the VM has no disks")
 	}
-	if l := len(filepath.Join(s.Dir, qgaSocket)); l > 107 {
+	if l := len(monitorSocket(s.Dir)); l > 107 {
 		return fmt.Errorf("VM directory %s is too long for a unix socket path (%d bytes of 107): choose a shorter one", s.Dir, l)
 	}
 	return nil

@@ -5,12 +5,12 @@ import (
 	"encoding/xml"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/lifeboat-dr/lifeboat/internal/testutil/libvirtd"
 
 	"github.com/lifeboat-dr/lifeboat/internal/compute"
 	"github.com/lifeboat-dr/lifeboat/internal/compute/computetest"
@@ -28,39 +28,9 @@ func skipOrFail(t *testing.T, msg string) {
 	t.Skip(msg)
 }
 
-// ensureLibvirtd makes sure libvirtd answers; it starts virtlogd and
-// libvirtd as daemons when it does not (no systemd on the test machines)
-// and leaves them running, as the capture driver's tests do.
 func ensureLibvirtd(t *testing.T) {
 	t.Helper()
-	for _, tool := range []string{"libvirtd", "virtlogd", "qemu-img"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			skipOrFail(t, tool+" not found: "+installHint)
-		}
-	}
-	if os.Geteuid() != 0 {
-		skipOrFail(t, "libvirt tests run as root (libvirtd runs QEMU as libvirt-qemu; the provider gives it the VM directory)")
-	}
-	up := func(p string) bool {
-		c, err := net.DialTimeout("unix", p, time.Second)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	}
-	if up(DefaultSocket) {
-		return
-	}
-	if !up("/var/run/libvirt/virtlogd-sock") {
-		exec.Command("virtlogd", "-d").Run()
-	}
-	exec.Command("libvirtd", "-d").Run()
-	for deadline := time.Now().Add(20 * time.Second); !up(DefaultSocket); {
-		if time.Now().After(deadline) {
-			t.Fatalf("libvirtd did not come up on %s (started with `virtlogd -d; libvirtd -d`)", DefaultSocket)
-		}
-		time.Sleep(100 * time.Millisecond) // poll pause under a deadline
-	}
+	libvirtd.Ensure(t)
 }
 
 type tlog struct{ t testing.TB }
@@ -152,7 +122,7 @@ func TestXML(t *testing.T) {
 	}
 	x := string(b)
 	for _, want := range []string{
-		`<domain type="qemu">`, `<cpu mode="maximum">`, `<lifeboat:vm xmlns:lifeboat="` + metaNS + `">`, `<lifeboat:dir>/d</lifeboat:dir>`,
+		`<domain type="qemu" xmlns:qemu=`, `<cpu mode="maximum">`, `<lifeboat:vm xmlns:lifeboat="` + metaNS + `">`, `<lifeboat:dir>/d</lifeboat:dir>`,
 		`<type arch="x86_64" machine="q35">hvm</type>`, `<bios useserial="yes">`,
 		`<source file="/d/disk0.qcow2">`, `<backingStore type="network">`, `<format type="raw">`,
 		`<source protocol="nbd" name="a">`, `<host transport="unix" socket="/s.sock">`, `<target dev="vda" bus="virtio">`, `<boot order="1">`,
@@ -162,6 +132,8 @@ func TestXML(t *testing.T) {
 		`<interface type="network">`, `<source network="isolated">`, `<model type="e1000">`, `<link state="down">`,
 		`<serial type="file">`, `<source path="/d/console.log" append="on">`, `<memballoon model="none">`,
 		`<channel type="unix">`, `<source mode="bind" path="/d/qga.sock">`, `<target type="virtio" name="org.qemu.guest_agent.0">`,
+		`<alias name="ua-disk0">`, `<alias name="ua-disk2">`, `xmlns:qemu="` + qemuNS + `"`,
+		`<qemu:arg value="-qmp">`, `<qemu:arg value="unix:/d/monitor/qmp.sock,server=on,wait=off">`,
 	} {
 		if !strings.Contains(x, want) {
 			t.Errorf("XML lacks %s:\n%s", want, x)
@@ -182,7 +154,7 @@ func TestXML(t *testing.T) {
 	}
 	st.Accel, st.Spec.VM.Firmware = "kvm", "uefi"
 	b, _ = p.buildXML(st, "/d")
-	for _, want := range []string{`<domain type="kvm">`, `<cpu mode="host-passthrough">`, `<loader readonly="yes" type="rom">/ovmf.fd</loader>`} {
+	for _, want := range []string{`<domain type="kvm" `, `<cpu mode="host-passthrough">`, `<loader readonly="yes" type="rom">/ovmf.fd</loader>`} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("UEFI/KVM XML lacks %s", want)
 		}

@@ -230,5 +230,6 @@ func removeFiles(dir string, disks int) error {
 			os.RemoveAll(m)
 		}
 	}
+	names = append(names, filepath.Join(monitorDir, "qmp.sock"), monitorDir)
 	return hostvm.RemoveNames(dir, names...)
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/xml"
 	"fmt"
 	"path/filepath"
+	"strings"
 
 	"github.com/lifeboat-dr/lifeboat/internal/compute"
 	"github.com/lifeboat-dr/lifeboat/internal/compute/hostvm"
@@ -36,6 +37,19 @@ type domainXML struct {
 	OnReboot   string     `xml:"on_reboot"`
 	OnCrash    string     `xml:"on_crash"`
 	Devices    devicesXML `xml:"devices"`
+	// QEMUNS and Cmdline add a QMP monitor of the provider's own (see
+	// monitorDir): libvirt keeps its monitor to itself.
+	QEMUNS  string      `xml:"xmlns:qemu,attr,omitempty"`
+	Cmdline *qemuCmdXML `xml:"qemu:commandline,omitempty"`
+}
+
+// qemuNS is libvirt's namespace for QEMU command-line passthrough.
+const qemuNS = "http://libvirt.org/schemas/domain/qemu/1.0"
+
+type qemuCmdXML struct {
+	Args []struct {
+		Value string `xml:"value,attr"`
+	} `xml:"qemu:arg"`
 }
 
 type metadata struct {
@@ -115,6 +129,11 @@ type diskXML struct {
 		Order int `xml:"order,attr"`
 	} `xml:"boot"`
 	Readonly *struct{} `xml:"readonly"`
+	// Alias is the disk's device id in QEMU (ua-diskN: diskAlias), by
+	// which the qemu capture driver finds its node.
+	Alias *struct {
+		Name string `xml:"name,attr"`
+	} `xml:"alias"`
 }
 
 // backingXML is the NBD export as the overlay's backing store.
@@ -231,6 +250,12 @@ func (p *Provider) buildXML(st *state, dir string) ([]byte, error) {
 	qga.Target.Type, qga.Target.Name = "virtio", agentPort
 	d.Devices.Channels = append(d.Devices.Channels, qga)
 	d.Devices.MemBalloon.Model = "none"
+	d.QEMUNS, d.Cmdline = qemuNS, &qemuCmdXML{}
+	for _, a := range []string{"-qmp", "unix:" + strings.ReplaceAll(monitorSocket(dir), ",", ",,") + ",server=on,wait=off"} {
+		d.Cmdline.Args = append(d.Cmdline.Args, struct {
+			Value string `xml:"value,attr"`
+		}{a})
+	}
 	return xml.MarshalIndent(d, "", "  ")
 }
 
@@ -247,6 +272,9 @@ func diskXMLs(d *domainXML, st *state, dir string) error {
 		x.Boot = &struct {
 			Order int `xml:"order,attr"`
 		}{i + 1}
+		x.Alias = &struct {
+			Name string `xml:"name,attr"`
+		}{diskAlias(i)}
 		if !st.Hydrated[i] {
 			n, err := hostvm.ParseNBD(disk.Backing)
 			if err != nil {

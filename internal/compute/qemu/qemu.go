@@ -242,13 +242,6 @@ func (p *Provider) create(ctx context.Context, s compute.Spec) (*state, error) {
 	if err != nil {
 		return st, err
 	}
-	// Only here, never for a stopped VM: its bitmaps hold the guest's
-	// writes since it was created.
-	for i, d := range st.Spec.Disks {
-		if err := addSinceBootBitmap(ctx, qemuImg, filepath.Join(s.Dir, overlayFile(i))); err != nil {
-			return st, fmt.Errorf("disk %s: %w", d.Name, err)
-		}
-	}
 	taps, err := makeTaps(ctx, st.Spec)
 	st.Taps = taps
 	if err != nil {

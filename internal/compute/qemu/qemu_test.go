@@ -18,7 +18,6 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/compute"
 	"github.com/lifeboat-dr/lifeboat/internal/compute/computetest"
 	"github.com/lifeboat-dr/lifeboat/internal/compute/hostvm"
-	"github.com/lifeboat-dr/lifeboat/internal/qemu/qmp"
 	"github.com/lifeboat-dr/lifeboat/internal/testutil/guest"
 )
 
@@ -64,56 +63,7 @@ func TestContract(t *testing.T) {
 		},
 		NoSpaceCheck: func(t testing.TB) compute.Provider { return newProvider(t, Options{MinFree: -1}) },
 		NICs:         []compute.NIC{{Network: compute.Network{Kind: compute.NetUser, Isolated: true}}},
-		CheckDisks:   (&sinceBoot{}).check,
 	})
-}
-
-// sinceBoot checks SinceBootBitmap on a running VM's node disk0 at each
-// stage of the contract suite's Lifecycle VM: there, recording,
-// persistent, consistent, 64 KiB, with the guest's writes in it and
-// never fewer of them than at the stage before (it is never reset: not
-// by hydration's blockdev-reopen, not by a stop and start).
-type sinceBoot struct{ last int64 }
-
-func (s *sinceBoot) check(ctx context.Context, t testing.TB, inst compute.Instance, when string) {
-	t.Helper()
-	var nodes []struct {
-		NodeName string `json:"node-name"`
-		Bitmaps  []struct {
-			Name         string `json:"name"`
-			Recording    bool   `json:"recording"`
-			Persistent   bool   `json:"persistent"`
-			Inconsistent bool   `json:"inconsistent"`
-			Granularity  int64  `json:"granularity"`
-			Count        int64  `json:"count"`
-		} `json:"dirty-bitmaps"`
-	}
-	qctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	err := qmpDo(qctx, inst.QMP, func(c *qmp.Conn) error {
-		return c.Execute(qctx, "query-named-block-nodes", map[string]bool{"flat": true}, &nodes)
-	})
-	if err != nil {
-		t.Fatalf("%s: query-named-block-nodes: %v", when, err)
-	}
-	for _, n := range nodes {
-		if n.NodeName != nodeName(0) {
-			continue
-		}
-		for _, b := range n.Bitmaps {
-			if b.Name != SinceBootBitmap {
-				continue
-			}
-			if !b.Recording || !b.Persistent || b.Inconsistent || b.Granularity != bitmapGranularity || b.Count <= 0 || b.Count < s.last {
-				t.Fatalf("%s: bitmap %+v on %s: want recording, persistent, consistent, granularity %d, dirty bytes > 0 and >= %d (the stage before)", when, b, n.NodeName, bitmapGranularity, s.last)
-			}
-			t.Logf("%s: %s on %s: %d dirty bytes", when, b.Name, n.NodeName, b.Count)
-			s.last = b.Count
-			return
-		}
-		t.Fatalf("%s: node %s has bitmaps %+v, want %s", when, n.NodeName, n.Bitmaps, SinceBootBitmap)
-	}
-	t.Fatalf("%s: QEMU has no node %s", when, nodeName(0))
 }
 
 // TestNetwork boots a VM with a NIC on a bridge the test makes and a

@@ -127,3 +127,25 @@ func NodeName(i int) string { return nodeName(i) }
 // OverlayFile is the file name of the VM's disk i in its directory (the
 // guest's writes; its backing is the export or, hydrated, the base).
 func OverlayFile(i int) string { return overlayFile(i) }
+
+var _ compute.QEMUAccess = (*Provider)(nil)
+
+// QEMUDisks tells reverse replication how to reach the VM's disks: its
+// QMP socket and overlays, nodes disk0, disk1, … (QEMU runs as this
+// process's user: nothing to share).
+func (p *Provider) QEMUDisks(name, dir string, disks int) (compute.QEMUDisks, error) {
+	if err := hostvm.CheckName(name); err != nil {
+		return compute.QEMUDisks{}, err
+	}
+	return Disks(dir, disks), nil
+}
+
+// Disks is how the disks of the VM in dir are reached (QEMUDisks).
+func Disks(dir string, disks int) compute.QEMUDisks {
+	q := compute.QEMUDisks{QMP: filepath.Join(dir, qmpSocket), Bitmap: hostvm.SinceBootBitmap}
+	for i := range disks {
+		q.Nodes = append(q.Nodes, nodeName(i))
+		q.Overlays = append(q.Overlays, filepath.Join(dir, overlayFile(i)))
+	}
+	return q
+}
