@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/bench/internal/benchkit"
+	"github.com/lifeboat-dr/lifeboat/internal/compute/qemu"
 	"github.com/lifeboat-dr/lifeboat/internal/reverse"
 	"github.com/lifeboat-dr/lifeboat/internal/sampleguest"
 	"github.com/lifeboat-dr/lifeboat/internal/target"
@@ -128,7 +129,7 @@ func newFailbackRig(b *testing.B, size int64) *failbackRig {
 	if err != nil {
 		b.Fatal(err)
 	}
-	r.vm = reverse.VM{Name: "lb-bench-" + machine, Dir: filepath.Join(dir, "vm"), Point: seed.Point.ID.String(), Disks: []string{diskName}}
+	r.vm = reverse.VM{Name: "lb-bench-" + machine, Dir: filepath.Join(dir, "vm"), Point: seed.Point.ID.String(), Disks: []string{diskName}, Access: qemu.Disks(filepath.Join(dir, "vm"), 1)}
 	if r.qcow2, err = recoveredDisk(ctx, r.original, r.vm.Dir); err != nil {
 		b.Fatal(err)
 	}

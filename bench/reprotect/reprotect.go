@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/bench/internal/benchkit"
+	"github.com/lifeboat-dr/lifeboat/internal/compute/qemu"
 	"github.com/lifeboat-dr/lifeboat/internal/reverse"
 	"github.com/lifeboat-dr/lifeboat/internal/target"
 	"github.com/lifeboat-dr/lifeboat/internal/vault"
@@ -60,7 +61,7 @@ func prepare(ctx context.Context, c config, sock string) (*rig, error) {
 	}
 	fmt.Printf("point P %s (scan driver, local vault): %.2f GB changed, %.2f GB stored after dedup and zstd (%s)\n",
 		seed.Point.ID.Short(), gb(seed.Disks[0].ChangedBytes), gb(seed.Stored.StoredBytes), since(t))
-	r.vm = reverse.VM{Name: "lb-bench-" + machine, Dir: r.vmDir, Point: seed.Point.ID.String(), Disks: []string{diskName}}
+	r.vm = reverse.VM{Name: "lb-bench-" + machine, Dir: r.vmDir, Point: seed.Point.ID.String(), Disks: []string{diskName}, Access: qemu.Disks(r.vmDir, 1)}
 	t = time.Now()
 	if r.qcow2, err = recoveredDisk(ctx, r.original, r.vmDir); err != nil {
 		return nil, err

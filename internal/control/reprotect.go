@@ -44,9 +44,8 @@ func (s *Server) prepareReprotect(ctx context.Context, m api.Machine, active []j
 		return orchestrate.Params{}, "", err
 	}
 	vm := m.Recovery.Failover
-	if vm.Provider != "qemu" {
-		return orchestrate.Params{}, "", errf(http.StatusConflict, api.CodeActionNotAllowed,
-			"cannot reprotect %s: its VM %s runs on the %s provider, and reverse replication reads VMs of the qemu provider only", m.Name, vm.Name, vm.Provider)
+	if _, err := s.qemuAccess(vm); err != nil {
+		return orchestrate.Params{}, "", errf(http.StatusConflict, api.CodeActionNotAllowed, "cannot reprotect %s: %v", m.Name, err)
 	}
 	pol, err := s.failbackPolicy(ctx, m, rr.Policy)
 	if err != nil {

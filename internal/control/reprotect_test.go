@@ -39,7 +39,7 @@ func TestReprotectRefusalsAndTargetReport(t *testing.T) {
 	s.waitJob(s.submit(op, "db", "failover/commit", nil).ID)
 	r := s.api("POST", "/api/v1/machines/db/reprotect", op, nil)
 	s.refused(r, 409, api.CodeActionNotAllowed, "reprotect of a VM of the fake provider")
-	if !strings.Contains(r.err().Message, "qemu provider") {
+	if !strings.Contains(r.err().Message, "qemu or libvirt provider") {
 		t.Fatalf("refusal does not say why: %s", r.body)
 	}
 	s.refused(s.api("POST", "/api/v1/machines/db/reprotect", viewer, nil), 403, api.CodeForbidden, "viewer reprotect")

@@ -7,6 +7,7 @@ import (
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/capture"
+	"github.com/lifeboat-dr/lifeboat/internal/compute"
 	"github.com/lifeboat-dr/lifeboat/internal/engine"
 	"github.com/lifeboat-dr/lifeboat/internal/reverse"
 )
@@ -163,12 +164,13 @@ func reversePointOf(res *engine.Result) *api.ReversePoint {
 // the reverse loop's and a failback's final one share the VM's driver
 // state.
 func (s *Server) runReverse(ctx context.Context, machine string, vm *api.RecoveredVM, offline bool, labels map[string]string) (*engine.Result, error) {
-	if vm.Provider != "qemu" {
-		return nil, fmt.Errorf("the recovered VM %s runs on provider %s: reverse replication reads VMs of the qemu provider only", vm.Name, vm.Provider)
+	access, err := s.qemuAccess(vm)
+	if err != nil {
+		return nil, err
 	}
 	s.reverseRun.Lock()
 	defer s.reverseRun.Unlock()
-	rvm := reverse.VM{Name: vm.Name, Dir: vm.Dir, Point: vm.Point}
+	rvm := reverse.VM{Name: vm.Name, Dir: vm.Dir, Point: vm.Point, Access: access}
 	for _, d := range vm.Disks {
 		rvm.Disks = append(rvm.Disks, d.Name)
 	}
@@ -191,4 +193,19 @@ func (s *Server) reverseProgress(machine, disk string, p capture.Progress) {
 type reverseProg struct {
 	disk string
 	p    capture.Progress
+}
+
+// qemuAccess is how the recovered VM's disks are reached for reverse
+// replication: through the provider that runs it, when that provider
+// runs its VMs as QEMU processes on this host (qemu, libvirt).
+func (s *Server) qemuAccess(vm *api.RecoveredVM) (compute.QEMUDisks, error) {
+	p := s.rec.provider
+	if vm.Provider != p.Name() {
+		return compute.QEMUDisks{}, fmt.Errorf("the recovered VM %s runs on the %s provider, but the recovery site is now configured with %s: configure %s again to replicate it back", vm.Name, vm.Provider, p.Name(), vm.Provider)
+	}
+	qa, ok := p.(compute.QEMUAccess)
+	if !ok {
+		return compute.QEMUDisks{}, fmt.Errorf("the recovered VM %s runs on the %s provider: reverse replication reads the disks of VMs that the qemu or libvirt provider runs on this host; the %s provider's VMs are not reachable that way", vm.Name, vm.Provider, vm.Provider)
+	}
+	return qa.QEMUDisks(vm.Name, vm.Dir, len(vm.Disks))
 }

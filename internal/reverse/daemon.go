@@ -16,8 +16,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	"github.com/lifeboat-dr/lifeboat/internal/compute/qemu"
 )
 
 // maxSocketPath is the longest unix socket path Linux accepts.
@@ -31,8 +29,8 @@ type daemon struct {
 	done    chan struct{}
 }
 
-// startDaemon opens the VM's overlays (node names disk0, …, as the
-// provider names them, with their backing files from their headers) in a
+// startDaemon opens the VM's overlays (node names as the provider names
+// the disks, with their backing files from their headers) in a
 // qemu-storage-daemon with a QMP monitor. One left by a caller that died
 // is stopped first: it holds the images' locks.
 func startDaemon(ctx context.Context, vm VM, stateDir string) (*daemon, error) {
@@ -50,8 +48,8 @@ func startDaemon(ctx context.Context, vm VM, stateDir string) (*daemon, error) {
 	args := []string{"--chardev", "socket,id=mon0,path=" + strings.ReplaceAll(d.qmp, ",", ",,") + ",server=on,wait=off",
 		"--monitor", "chardev=mon0", "--pidfile", d.pidFile}
 	for i := range vm.Disks {
-		node, _ := json.Marshal(map[string]any{"driver": "qcow2", "node-name": qemu.NodeName(i),
-			"file": map[string]any{"driver": "file", "filename": filepath.Join(vm.Dir, qemu.OverlayFile(i))}})
+		node, _ := json.Marshal(map[string]any{"driver": "qcow2", "node-name": vm.Access.Nodes[i],
+			"file": map[string]any{"driver": "file", "filename": vm.Access.Overlays[i]}})
 		args = append(args, "--blockdev", string(node))
 	}
 	d.cmd = exec.Command(bin, args...)

@@ -1,5 +1,6 @@
 // Package reverse runs one cycle of reverse replication: the disks of a
-// VM recovered by the qemu compute provider are cut through the qemu
+// VM recovered by a compute provider that runs it as a QEMU process on
+// this host (qemu, libvirt: compute.QEMUAccess) are cut through the qemu
 // capture driver and published as a reverse point (label
 // direction=reverse) into the vault, with the same engine and vault sink
 // as forward replication.
@@ -7,10 +8,10 @@
 // The driver's state lives in the VM's directory (reverse/), seeded with
 // the point the VM booted and the provider's since-boot dirty bitmap, so
 // the first reverse point holds only what the guest wrote at the recovery
-// site. A running VM is cut through its own QMP socket; a VM whose guest
-// was shut down (a failback's final point) through a qemu-storage-daemon
-// started on its overlays, which loads the bitmaps QEMU saved when it
-// exited.
+// site. A running VM is cut through a QMP socket of its QEMU; a VM whose
+// guest was shut down (a failback's final point) through a
+// qemu-storage-daemon started on its overlays, which loads the bitmaps
+// QEMU saved when it exited.
 package reverse
 
 import (
@@ -25,7 +26,7 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/capture"
 	capqemu "github.com/lifeboat-dr/lifeboat/internal/capture/qemu"
-	"github.com/lifeboat-dr/lifeboat/internal/compute/qemu"
+	"github.com/lifeboat-dr/lifeboat/internal/compute"
 	"github.com/lifeboat-dr/lifeboat/internal/engine"
 	"github.com/lifeboat-dr/lifeboat/internal/replicate"
 	"github.com/lifeboat-dr/lifeboat/internal/vault"
@@ -40,7 +41,10 @@ type VM struct {
 	Name  string
 	Dir   string   // the VM's directory (the provider's)
 	Point string   // the point it booted
-	Disks []string // vault disk names, in the provider's order (disk0, disk1, …)
+	Disks []string // vault disk names, in the provider's order
+	// Access reaches the disks (the provider's compute.QEMUAccess); it
+	// names as many nodes and overlays as Disks has names.
+	Access compute.QEMUDisks
 }
 
 // Options configure a cycle.
@@ -65,6 +69,9 @@ func Cycle(ctx context.Context, vm VM, o Options) (*engine.Result, error) {
 	if len(vm.Disks) == 0 {
 		return nil, fmt.Errorf("VM %s has no disks to replicate", vm.Name)
 	}
+	if a := vm.Access; len(a.Nodes) != len(vm.Disks) || len(a.Overlays) != len(vm.Disks) || a.QMP == "" || a.Bitmap == "" {
+		return nil, fmt.Errorf("VM %s: the provider names %d nodes and %d overlays for %d disks", vm.Name, len(a.Nodes), len(a.Overlays), len(vm.Disks))
+	}
 	base, err := basePoint(ctx, o.Vault, vm)
 	if err != nil {
 		return nil, err
@@ -73,13 +80,18 @@ func Cycle(ctx context.Context, vm VM, o Options) (*engine.Result, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("reverse replication state of VM %s: %w", vm.Name, err)
 	}
+	if vm.Access.Share != nil && !o.Offline { // the VM's QEMU makes the NBD socket and fleece images there
+		if err := vm.Access.Share(dir); err != nil {
+			return nil, fmt.Errorf("reverse replication state of VM %s: %w", vm.Name, err)
+		}
+	}
 	var disks []capqemu.Disk
 	var seeds []capqemu.SeedDisk
 	for i, name := range vm.Disks {
-		node := qemu.NodeName(i)
+		node := vm.Access.Nodes[i]
 		disks = append(disks, capqemu.Disk{Name: name, Node: node})
 		if bd := diskOf(base, name); bd != nil {
-			seeds = append(seeds, capqemu.SeedDisk{Name: name, Node: node, Baseline: base.ID.String(), Bitmap: qemu.SinceBootBitmap, Size: bd.Size})
+			seeds = append(seeds, capqemu.SeedDisk{Name: name, Node: node, Baseline: base.ID.String(), Bitmap: vm.Access.Bitmap, Size: bd.Size})
 		}
 	}
 	if len(seeds) > 0 { // none: the booted point was pruned, every disk is read whole
@@ -87,7 +99,10 @@ func Cycle(ctx context.Context, vm VM, o Options) (*engine.Result, error) {
 			return nil, err
 		}
 	}
-	sock := filepath.Join(vm.Dir, qemu.QMPSocket)
+	sock := vm.Access.QMP
+	if _, err := os.Stat(sock); err != nil && !o.Offline {
+		return nil, fmt.Errorf("VM %s has no QMP socket %s (not running, or started by an earlier Lifeboat that gave libvirt domains none: start it again): %w", vm.Name, sock, err)
+	}
 	if o.Offline {
 		d, err := startDaemon(ctx, vm, dir)
 		if err != nil {
@@ -96,7 +111,8 @@ func Cycle(ctx context.Context, vm VM, o Options) (*engine.Result, error) {
 		defer d.stop(o.Logger)
 		sock = d.qmp
 	}
-	cm, err := capqemu.Open(ctx, capqemu.Options{QMP: sock, Disks: disks, StateDir: dir, BlockSize: o.Vault.Config().BlockSize, Logger: o.Logger})
+	cm, err := capqemu.Open(ctx, capqemu.Options{QMP: sock, Disks: disks, StateDir: dir, BlockSize: o.Vault.Config().BlockSize,
+		GroupAccess: vm.Access.Share != nil && !o.Offline, Logger: o.Logger})
 	if err != nil {
 		return nil, fmt.Errorf("reach the disks of VM %s: %w", vm.Name, err)
 	}

@@ -66,7 +66,7 @@ func newRig(t *testing.T) *rig {
 		t.Fatal(err)
 	}
 	r.v = v
-	r.vm = VM{Name: "lb-test-web", Dir: filepath.Join(dir, "vm"), Point: res.Point.ID.String(), Disks: []string{"vda"}}
+	r.vm = VM{Name: "lb-test-web", Dir: filepath.Join(dir, "vm"), Point: res.Point.ID.String(), Disks: []string{"vda"}, Access: qemu.Disks(filepath.Join(dir, "vm"), 1)}
 	if err := os.Mkdir(r.vm.Dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -190,7 +190,7 @@ func TestOfflineCycles(t *testing.T) {
 // before anything starts.
 func TestCycleRefusals(t *testing.T) {
 	r := newRig(t)
-	for _, vm := range []VM{{Name: "x", Dir: r.vm.Dir, Point: r.vm.Point}, {Name: "x", Dir: r.vm.Dir, Point: "zz", Disks: []string{"vda"}}} {
+	for _, vm := range []VM{{Name: "x", Dir: r.vm.Dir, Point: r.vm.Point}, {Name: "x", Dir: r.vm.Dir, Point: "zz", Disks: []string{"vda"}, Access: r.vm.Access}, {Name: "x", Dir: r.vm.Dir, Point: r.vm.Point, Disks: []string{"vda"}}} {
 		if _, err := Cycle(t.Context(), vm, Options{Vault: r.v, Machine: "web", Offline: true}); err == nil {
 			t.Fatalf("VM %+v: no error", vm)
 		}

@@ -67,7 +67,7 @@ func TestReprotect4GiB(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	vm := VM{Name: "lb-test-web", Dir: filepath.Join(dir, "vm"), Point: p.Point.ID.String(), Disks: []string{"vda"}}
+	vm := VM{Name: "lb-test-web", Dir: filepath.Join(dir, "vm"), Point: p.Point.ID.String(), Disks: []string{"vda"}, Access: qemu.Disks(filepath.Join(dir, "vm"), 1)}
 	os.Mkdir(vm.Dir, 0o700)
 	img := filepath.Join(vm.Dir, qemu.OverlayFile(0))
 	run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", orig, img)

@@ -171,7 +171,7 @@ func reEnable(t *testing.T, cl *cluster) {
 		t.Fatalf("re-enable job without its forward point: %s", re.Data)
 	}
 	m, _ := cl.machine("web")
-	fmt.Fprintf(os.Stderr, "TestFailoverRealGuest: re-enable: forward point %s read %d changed %d sent %d bytes\n", fp.Point[:12], fp.ReadBytes, fp.ChangedBytes, fp.SentBytes)
+	fmt.Fprintf(os.Stderr, "%s: re-enable: forward point %s read %d changed %d sent %d bytes\n", t.Name(), fp.Point[:12], fp.ReadBytes, fp.ChangedBytes, fp.SentBytes)
 	if m.State != api.StateProtected && m.State != api.StateInitial {
 		t.Fatalf("state after re-enable: %s", m.State)
 	}
@@ -199,8 +199,8 @@ func failbackOnce(t *testing.T, cl *cluster, vm api.RecoveredVM, ps *primarySite
 		t.Fatalf("state after failback: %s", m.State)
 	}
 	got := ps.bootedManifest(t)
-	fmt.Fprintf(os.Stderr, "TestFailoverRealGuest: failback: final point %s changed %d sent %d; target wrote %d; original booted with manifest seq %d (recovery VM wrote %d) %s after the request\n",
-		j.ReversePoint.ID[:12], j.ReversePoint.ChangedBytes, j.ReversePoint.SentBytes, j.TargetWriter.Disks[0].Written, got, last, time.Since(start).Round(time.Second))
+	fmt.Fprintf(os.Stderr, "%s: failback: final point %s changed %d sent %d; target wrote %d; original booted with manifest seq %d (recovery VM wrote %d) %s after the request\n",
+		t.Name(), j.ReversePoint.ID[:12], j.ReversePoint.ChangedBytes, j.ReversePoint.SentBytes, j.TargetWriter.Disks[0].Written, got, last, time.Since(start).Round(time.Second))
 	if got < last {
 		t.Fatalf("failback lost data: the recovery VM wrote manifest seq %d, the original booted with %d", last, got)
 	}

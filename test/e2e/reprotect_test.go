@@ -79,8 +79,8 @@ func reprotect(t *testing.T, cl *cluster, vm api.RecoveredVM, ps *primarySite, l
 		t.Fatalf("reprotect job without its reverse point or target report: %+v %+v", rp, tg)
 	}
 	size := rp.Disks[0].Size
-	fmt.Fprintf(os.Stderr, "TestFailoverRealGuest: reprotect: reverse point %s incremental=%v changed %d sent %d of a %d-byte disk; target compared %d wrote %d\n",
-		rp.ID[:12], rp.Incremental, rp.ChangedBytes, rp.SentBytes, size, tg.Disks[0].Compared, tg.Disks[0].Written)
+	fmt.Fprintf(os.Stderr, "%s: reprotect: reverse point %s incremental=%v changed %d sent %d of a %d-byte disk; target compared %d wrote %d\n",
+		t.Name(), rp.ID[:12], rp.Incremental, rp.ChangedBytes, rp.SentBytes, size, tg.Disks[0].Compared, tg.Disks[0].Written)
 	if !rp.Incremental || rp.ChangedBytes > size/4 || rp.SentBytes > size/4 {
 		t.Fatalf("the first reverse point read or sent too much for a guest's few writes: %+v (disk %d bytes)", rp, size)
 	}

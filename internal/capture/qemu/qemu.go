@@ -57,6 +57,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/capture"
@@ -100,7 +101,11 @@ type Options struct {
 	// GuestAgent is the unix socket of the guest agent's chardev, for
 	// Freeze and Thaw ("": no agent).
 	GuestAgent string
-	Logger     *slog.Logger
+	// GroupAccess: QEMU runs as another user, of the scratch directory's
+	// group (libvirt's QEMU user): the fleece overlays the driver makes
+	// get that group with group read and write, not mode 0600.
+	GroupAccess bool
+	Logger      *slog.Logger
 }
 
 // Machine is the qemu capture driver for the disks of one QEMU process.
@@ -568,7 +573,7 @@ func (m *Machine) addFleece(ctx context.Context, c *Cycle) error {
 	if err != nil {
 		return err
 	}
-	if err := copyFile(tpl, c.names.overlay); err != nil {
+	if err := m.copyFile(tpl, c.names.overlay); err != nil {
 		os.Remove(c.names.overlay)
 		return fmt.Errorf("qemu: create fleece overlay %s: %w", c.names.overlay, err)
 	}
@@ -628,8 +633,8 @@ func syncFile(p string) error {
 }
 
 // copyFile copies src to a new file dst (mode 0600: the overlay will hold
-// the VM's data).
-func copyFile(src, dst string) error {
+// the VM's data; with GroupAccess 0660 and the scratch directory's group).
+func (m *Machine) copyFile(src, dst string) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
@@ -638,6 +643,12 @@ func copyFile(src, dst string) error {
 	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
+	}
+	if m.o.GroupAccess {
+		if err := shareWithGroup(out, filepath.Dir(dst)); err != nil {
+			out.Close()
+			return err
+		}
 	}
 	if _, err := io.Copy(out, in); err != nil {
 		out.Close()
@@ -715,4 +726,20 @@ func (m *Machine) Thaw(ctx context.Context) error {
 	m.qga.Close()
 	m.qga = nil
 	return nil
+}
+
+// shareWithGroup gives f the group of dir, with group read and write.
+func shareWithGroup(f *os.File, dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Errorf("no owner of %s on this system", dir)
+	}
+	if err := f.Chown(-1, int(st.Gid)); err != nil {
+		return fmt.Errorf("give the fleece overlay the group of %s: %w", dir, err)
+	}
+	return f.Chmod(0o660)
 }
