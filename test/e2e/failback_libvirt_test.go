@@ -22,7 +22,9 @@ import (
 // starts again with its data, reverse replication resumes), a second
 // failback is committed (the final point is cut offline from the
 // domain's overlays), and forward protection is re-enabled without a
-// full read.
+// full send (a raw image keeps no dirty bitmap across QEMU's restart: it
+// is read whole once, and what it sends is deduplicated). The way home
+// goes to an alternate location: new images the target writer creates.
 func TestFailbackLibvirt(t *testing.T) {
 	libvirtd.Ensure(t, "qemu-storage-daemon")
 	guest.NeedBoot(t, guest.FirmwareBIOS)
@@ -75,7 +77,14 @@ func TestFailbackLibvirt(t *testing.T) {
 		t.Fatalf("after commit: %s", m.State)
 	}
 
-	ps := newPrimarySite(t, img, qmpDir)
+	// The way home goes to an alternate location: a new raw image, which
+	// the target writer creates and the original machine then boots.
+	altDir := t.TempDir()
+	alt := &guest.BootImage{Disk: filepath.Join(altDir, "web-alt.raw"), Format: "raw", Firmware: img.Firmware, Size: img.Size}
+	ps := newPrimarySite(t, alt, qmpDir)
+	if !ps.alternate {
+		t.Fatal("the alternate location exists before the target writer made it")
+	}
 	reprotect(t, cl, vm, ps, last)
 	failback(t, cl, vm, ps, true)
 	fmt.Fprintf(os.Stderr, "TestFailbackLibvirt: round trip through a libvirt domain done (source manifest seq %d at failover)\n", last)

@@ -23,7 +23,10 @@ import (
 // QEMU (daemonized, its QMP socket linked into the host agent's
 // directory so the agent finds it again) and stop it.
 type primarySite struct {
-	img                     *guest.BootImage
+	img *guest.BootImage
+	// alternate: the image does not exist yet: the target writer makes
+	// it (an alternate location), writing every block of the first point.
+	alternate               bool
 	serial, qmp, pid        string
 	startScript, stopScript string
 }
@@ -34,7 +37,8 @@ func newPrimarySite(t *testing.T, img *guest.BootImage, qmpDir string) *primaryS
 	if err != nil {
 		t.Fatal(err)
 	}
-	ps := &primarySite{img: img, serial: filepath.Join(dir, "console.log"), qmp: filepath.Join(dir, "qmp.sock"), pid: filepath.Join(dir, "qemu.pid"),
+	_, err = os.Stat(img.Disk)
+	ps := &primarySite{img: img, alternate: os.IsNotExist(err), serial: filepath.Join(dir, "console.log"), qmp: filepath.Join(dir, "qmp.sock"), pid: filepath.Join(dir, "qemu.pid"),
 		startScript: filepath.Join(dir, "start.sh"), stopScript: filepath.Join(dir, "stop.sh")}
 	t.Cleanup(func() { ps.kill(); os.RemoveAll(dir) })
 	var q []string
@@ -137,7 +141,7 @@ func failback(t *testing.T, cl *cluster, vm api.RecoveredVM, ps *primarySite, ca
 	if m, _ := cl.machine("web"); m.State != api.StateFailedBack || ps.running() == 0 {
 		t.Fatalf("after commit-failback: state %s, original running %v", m.State, ps.running() != 0)
 	}
-	reEnable(t, cl)
+	reEnable(t, cl, ps)
 }
 
 // failbackCancel fails back and cancels it.
@@ -162,8 +166,10 @@ func failbackCancel(ctx context.Context, t *testing.T, cl *cluster, vm api.Recov
 }
 
 // reEnable protects the failed-back machine again and checks the first
-// forward point sent little: the vault holds its blocks.
-func reEnable(t *testing.T, cl *cluster) {
+// forward point sent little: the vault holds its blocks. It read little
+// too, unless the original is a raw image: QEMU keeps no dirty bitmap of
+// one across its restart, so the agent reads it whole once.
+func reEnable(t *testing.T, cl *cluster, ps *primarySite) {
 	t.Helper()
 	re := cl.runJob("re-enable", "web")
 	var fp api.CycleResult
@@ -175,7 +181,8 @@ func reEnable(t *testing.T, cl *cluster) {
 	if m.State != api.StateProtected && m.State != api.StateInitial {
 		t.Fatalf("state after re-enable: %s", m.State)
 	}
-	if size := int64(128 << 20); fp.SentBytes > size/4 || fp.ReadBytes > size/4 {
+	raw := ps.img.Format == "" || ps.img.Format == "raw"
+	if size := int64(128 << 20); fp.SentBytes > size/4 || fp.ReadBytes > size/4 && !raw {
 		t.Fatalf("re-enable read %d and sent %d bytes of a %d-byte disk: want only what the original wrote since the failback (its tracking was handed over)", fp.ReadBytes, fp.SentBytes, size)
 	}
 }

@@ -84,7 +84,10 @@ func reprotect(t *testing.T, cl *cluster, vm api.RecoveredVM, ps *primarySite, l
 	if !rp.Incremental || rp.ChangedBytes > size/4 || rp.SentBytes > size/4 {
 		t.Fatalf("the first reverse point read or sent too much for a guest's few writes: %+v (disk %d bytes)", rp, size)
 	}
-	if tg.Disks[0].Written > size/4 || tg.Disks[0].Written == 0 {
+	switch {
+	case ps.alternate && (tg.Disks[0].Compared != 0 || tg.Disks[0].Written == 0):
+		t.Fatalf("the target writer compared %d and wrote %d bytes onto an alternate location: want a new image, written without comparing", tg.Disks[0].Compared, tg.Disks[0].Written)
+	case !ps.alternate && (tg.Disks[0].Written > size/4 || tg.Disks[0].Written == 0):
 		t.Fatalf("the target writer wrote %d bytes of a %d-byte disk: want the recovered guest's writes only", tg.Disks[0].Written, size)
 	}
 	m, _ := cl.machine("web")
