@@ -8,3 +8,14 @@ import _ "embed"
 //
 //go:embed lifeboat-agent.service
 var AgentUnit []byte
+
+// PrometheusRules is prometheus/lifeboat-rules.yml: the alerting rules
+// over the server's metrics.
+//
+//go:embed prometheus/lifeboat-rules.yml
+var PrometheusRules []byte
+
+// GrafanaDashboard is grafana/lifeboat-dashboard.json.
+//
+//go:embed grafana/lifeboat-dashboard.json
+var GrafanaDashboard []byte

@@ -130,6 +130,7 @@ func (s *Server) Routes() []Route {
 		{"GET", "/api/v1/points/{ref}", authToken, viewer, s.getPoint},
 		{"GET", "/api/v1/events", authToken, viewer, s.listEvents},
 		{"GET", "/api/v1/status", authToken, viewer, s.status},
+		{"GET", "/metrics", authToken, viewer, s.serveMetrics},
 	}
 	rs = append(rs,
 		Route{"GET", "/api/v1/machines/{name}/recovery", authToken, viewer, s.getRecovery},
@@ -180,7 +181,11 @@ func (s *Server) buildMux() *http.ServeMux {
 
 // wrap authenticates, limits the body and maps errors.
 func (s *Server) wrap(rt Route) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	pattern := rt.Method + " " + rt.Path
+	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		start := time.Now() // wallclock: request latency, only measured
+		w := &statusWriter{ResponseWriter: rw}
+		defer func() { s.metrics.observe(pattern, w.status(), time.Since(start)) }() // wallclock: as above
 		defer func() {
 			if p := recover(); p != nil {
 				if p == http.ErrAbortHandler {

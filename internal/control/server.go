@@ -117,6 +117,8 @@ type Server struct {
 	tokens tokenWatch   // API tokens announced as expiring (tokens.go)
 	procs  processWatch // process servers announced offline (liveness.go)
 
+	metrics *serverMetrics // GET /metrics (metrics.go)
+
 	rec   *recovery // the recovery site and its jobs (recovery.go)
 	plans planSched // the drill scheduler and the plans' catalog entry (plansched.go)
 }
@@ -152,6 +154,11 @@ func Open(ctx context.Context, o RunOptions) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	s := &Server{}
+	metrics, be, err := newServerMetrics(s, be)
+	if err != nil {
+		return nil, err
+	}
 	vo := vault.Options{Clock: o.Clock, Logger: o.Logger, KDF: o.VaultKDF}
 	if err := vo.ApplyTestLockTiming(o.Getenv); err != nil {
 		return nil, err
@@ -164,7 +171,7 @@ func Open(ctx context.Context, o RunOptions) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, dataDir: o.DataDir, store: st, ca: ca, vault: v, clock: o.Clock,
+	*s = Server{cfg: cfg, dataDir: o.DataDir, store: st, ca: ca, vault: v, clock: o.Clock, metrics: metrics,
 		log: o.Logger, rl: pki.NewRevocationList(), version: o.Version, notify: newNotifier(),
 		acks: map[string]map[string]api.CutAck{}, rpoExceeded: map[string]bool{}, offline: map[string]bool{},
 		polling: map[string]int{}, retentionEvery: cfg.RetentionEvery.Std(),

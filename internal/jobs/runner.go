@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"runtime/debug"
 	"slices"
 	"sync"
@@ -95,6 +96,11 @@ func (r *Runner) Start(ctx context.Context) error {
 		r.launch(j.ID)
 	}
 	return nil
+}
+
+// Kinds are the kinds of job the runner runs, sorted.
+func (r *Runner) Kinds() []string {
+	return slices.Sorted(maps.Keys(r.kinds))
 }
 
 // Wait waits until every job goroutine has returned (after ctx ended).

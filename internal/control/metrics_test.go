@@ -1,0 +1,135 @@
+package control
+
+import (
+	"bytes"
+	"net/http"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/lifeboat-dr/lifeboat/dist"
+	"github.com/lifeboat-dr/lifeboat/internal/api"
+)
+
+// scrape reads GET /metrics with token and parses it as Prometheus does.
+func scrape(t *testing.T, s *site, token string) map[string]*dto.MetricFamily {
+	t.Helper()
+	r := s.api("GET", "/metrics", token, nil)
+	if r.status != http.StatusOK {
+		t.Fatalf("GET /metrics: %d %s", r.status, r.body)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(bytes.NewReader(r.body))
+	if err != nil {
+		t.Fatalf("the metrics do not parse: %v\n%s", err, r.body)
+	}
+	return fams
+}
+
+// value is the value of the family's sample whose labels include want.
+func value(fams map[string]*dto.MetricFamily, name string, want map[string]string) (float64, bool) {
+	f := fams[name]
+	if f == nil {
+		return 0, false
+	}
+next:
+	for _, m := range f.Metric {
+		have := map[string]string{}
+		for _, l := range m.Label {
+			have[l.GetName()] = l.GetValue()
+		}
+		for k, v := range want {
+			if have[k] != v {
+				continue next
+			}
+		}
+		switch {
+		case m.Gauge != nil:
+			return m.Gauge.GetValue(), true
+		case m.Counter != nil:
+			return m.Counter.GetValue(), true
+		case m.Histogram != nil:
+			return float64(m.Histogram.GetSampleCount()), true
+		}
+	}
+	return 0, false
+}
+
+// TestMetrics: GET /metrics needs a viewer token; a scrape parses and
+// carries the machines' RPO, threshold and state, their agents, the
+// jobs, the API's own requests and the vault backend's operations.
+func TestMetrics(t *testing.T) {
+	s := startSite(t)
+	_, pts := s.machine("db", 2)
+	op, viewer := s.token(api.RoleOperator, 0), s.token(api.RoleViewer, 0)
+	s.refused(s.api("GET", "/metrics", "", nil), http.StatusUnauthorized, api.CodeUnauthenticated, "scrape without a token")
+	s.refused(s.api("GET", "/metrics", "lbt1.forged", nil), http.StatusUnauthorized, api.CodeUnauthenticated, "scrape with a forged token")
+	s.waitJob(s.submit(op, "db", "failover", api.FailoverRequest{Point: pts[0][:8]}).ID)
+	s.clock.Advance(90 * time.Second)
+
+	fams := scrape(t, s, viewer)
+	db := map[string]string{"machine": "db"}
+	if v, ok := value(fams, "lifeboat_machine_rpo_seconds", db); !ok || v < 90 {
+		t.Errorf("lifeboat_machine_rpo_seconds{machine=db} = %v (present %v), want >= 90 s (the clock moved 90 s past its newest point)", v, ok)
+	}
+	if _, ok := value(fams, "lifeboat_machine_rpo_threshold_seconds", db); !ok {
+		t.Error("no lifeboat_machine_rpo_threshold_seconds for db")
+	}
+	if v, ok := value(fams, "lifeboat_machine_state", map[string]string{"machine": "db", "state": string(api.StateFailedOver)}); !ok || v != 1 {
+		t.Errorf("lifeboat_machine_state{machine=db,state=failed-over} = %v (present %v)", v, ok)
+	}
+	for _, name := range []string{"lifeboat_agent_up", "lifeboat_machine_last_point_timestamp_seconds", "lifeboat_machine_last_point_sent_bytes"} {
+		if _, ok := value(fams, name, db); !ok {
+			t.Errorf("no %s for db", name)
+		}
+	}
+	if v, ok := value(fams, "lifeboat_jobs", map[string]string{"kind": "failover", "state": "succeeded"}); !ok || v != 1 {
+		t.Errorf("lifeboat_jobs{kind=failover,state=succeeded} = %v (present %v), want 1", v, ok)
+	}
+	if v, ok := value(fams, "lifeboat_api_requests_total", map[string]string{"route": "GET /metrics", "code": "401"}); !ok || v != 2 {
+		t.Errorf("lifeboat_api_requests_total{route=GET /metrics,code=401} = %v (present %v), want the 2 refused scrapes", v, ok)
+	}
+	if v, ok := value(fams, "lifeboat_api_request_duration_seconds", map[string]string{"route": "POST /api/v1/machines/{name}/failover"}); !ok || v < 1 {
+		t.Errorf("no latency of the failover request: %v %v", v, ok)
+	}
+	if v, ok := value(fams, "lifeboat_backend_operations_total", map[string]string{"role": "server", "op": "get"}); !ok || v == 0 {
+		t.Errorf("no vault backend operations counted: %v %v", v, ok)
+	}
+	if _, ok := value(fams, "lifeboat_server_info", nil); !ok {
+		t.Error("no lifeboat_server_info")
+	}
+}
+
+// TestMetricsNamedByDist: every lifeboat_ metric the shipped alerting
+// rules and Grafana dashboard name is one the server exports (histogram
+// series by their family's name).
+func TestMetricsNamedByDist(t *testing.T) {
+	s := startSite(t)
+	s.machine("db", 1)
+	viewer := s.token(api.RoleViewer, 0)
+	s.api("GET", "/metrics", "", nil) // a refused request: the request counters exist
+	fams := scrape(t, s, viewer)
+	re := regexp.MustCompile(`lifeboat_[a-z_]+`)
+	for file, b := range map[string][]byte{"prometheus/lifeboat-rules.yml": dist.PrometheusRules, "grafana/lifeboat-dashboard.json": dist.GrafanaDashboard} {
+		names := re.FindAllString(string(b), -1)
+		if len(names) == 0 {
+			t.Errorf("dist/%s names no lifeboat_ metric", file)
+		}
+		for _, n := range names {
+			base := n
+			for _, suf := range []string{"_bucket", "_sum", "_count"} {
+				if f := strings.TrimSuffix(n, suf); f != n && fams[f] != nil {
+					base = f
+				}
+			}
+			if fams[base] == nil {
+				t.Errorf("dist/%s names %s, which the server does not export", file, n)
+			}
+		}
+	}
+}
