@@ -87,18 +87,14 @@ func (c *checker) progress(stage string, done, total int64) {
 
 // Check verifies the vault (§13). Damage is reported, not returned as an
 // error; the error is for failures to run the check at all.
+//
+// The phases run in a fixed order because later ones rely on earlier
+// ones: the packs are compared with the index loaded fresh by checkIndex,
+// and the points' trees are judged against the damage found so far.
 func (v *Vault) Check(ctx context.Context, o CheckOptions) (*CheckReport, error) {
 	c := &checker{v: v, o: o, rep: &CheckReport{}, bad: map[ID]int{}, packEntries: map[ID][]blobEntry{}}
-
-	// Keys.
-	keys, err := v.Keys(ctx)
-	if err != nil {
+	if err := c.checkKeys(ctx); err != nil {
 		return nil, err
-	}
-	for _, k := range keys {
-		if k.Err != "" {
-			c.damage(Damage{Object: "keys/" + k.ID.String(), Error: k.Err + "; " + damagedKeyFileAdvice})
-		}
 	}
 	if err := c.checkConfig(ctx); err != nil {
 		return nil, err
@@ -106,11 +102,43 @@ func (v *Vault) Check(ctx context.Context, o CheckOptions) (*CheckReport, error)
 	if err := c.strayFiles(ctx); err != nil {
 		return nil, err
 	}
+	if err := c.checkIndex(ctx); err != nil {
+		return nil, err
+	}
+	if err := c.checkPacks(ctx); err != nil {
+		return nil, err
+	}
+	if err := c.checkPoints(ctx); err != nil {
+		return nil, err
+	}
+	c.warnLocks(ctx)
+	return c.rep, nil
+}
 
-	// Index: a fresh load, file by file.
+// checkKeys reports every key file that cannot be read or parsed as
+// damage, not as a failure to run the check.
+func (c *checker) checkKeys(ctx context.Context) error {
+	keys, err := c.v.Keys(ctx)
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		if k.Err != "" {
+			c.damage(Damage{Object: "keys/" + k.ID.String(), Error: k.Err + "; " + damagedKeyFileAdvice})
+		}
+	}
+	return nil
+}
+
+// checkIndex loads the index afresh, file by file, so that a damaged
+// index file is reported on its own; the fresh index replaces the
+// vault's, and c.packEntries records what it says each pack holds for
+// checkPacks.
+func (c *checker) checkIndex(ctx context.Context) error {
+	v := c.v
 	ids, err := v.listIDs(ctx, "index/")
 	if err != nil {
-		return nil, err
+		return err
 	}
 	c.rep.IndexFiles = len(ids)
 	fresh := NewIndex()
@@ -123,7 +151,7 @@ func (v *Vault) Check(ctx context.Context, o CheckOptions) (*CheckReport, error)
 		})
 		if err != nil && !backend.IsNotExist(err) {
 			if ctx.Err() != nil {
-				return nil, ctx.Err()
+				return ctx.Err()
 			}
 			c.damage(Damage{Object: "index/" + id.String(), Error: err.Error() + " (its blobs can be re-indexed from the packs with `lifeboat vault repair index`)"})
 		}
@@ -132,18 +160,15 @@ func (v *Vault) Check(ctx context.Context, o CheckOptions) (*CheckReport, error)
 	v.index.replaceWith(fresh)
 	c.rep.Blobs = fresh.Len()
 	c.rep.Duplicates, c.rep.DuplicateBytes = fresh.duplicates()
+	return nil
+}
 
-	// Packs: every indexed pack exists and its header matches the index.
-	onDisk := map[ID]int64{}
-	if err := v.be.List(ctx, "data/", func(fi backend.Info) error {
-		if id, err := ParseID(fi.Name[strings.LastIndexByte(fi.Name, '/')+1:]); err == nil && fi.Name == packName(id) {
-			onDisk[id] = fi.Size
-		} else {
-			c.warn("%s: %s", fi.Name, strayAdvice)
-		}
-		return nil
-	}); err != nil {
-		return nil, fmt.Errorf("list packs: %w", err)
+// checkPacks checks that every indexed pack exists and that its header
+// (or, with ReadData, its whole content) matches the index.
+func (c *checker) checkPacks(ctx context.Context) error {
+	onDisk, err := c.listPacks(ctx)
+	if err != nil {
+		return err
 	}
 	c.rep.Packs = len(onDisk)
 	for p, entries := range c.packEntries {
@@ -163,14 +188,33 @@ func (v *Vault) Check(ctx context.Context, o CheckOptions) (*CheckReport, error)
 			c.checkPackHeader(ctx, p)
 		}
 	})
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
+	return ctx.Err()
+}
 
-	// Points and their trees.
-	pts, badPts, err := v.Points(ctx)
+// listPacks returns the size of every pack under data/ by its ID; other
+// files there are warned about as strays.
+func (c *checker) listPacks(ctx context.Context) (map[ID]int64, error) {
+	onDisk := map[ID]int64{}
+	if err := c.v.be.List(ctx, "data/", func(fi backend.Info) error {
+		if id, err := ParseID(fi.Name[strings.LastIndexByte(fi.Name, '/')+1:]); err == nil && fi.Name == packName(id) {
+			onDisk[id] = fi.Size
+		} else {
+			c.warn("%s: %s", fi.Name, strayAdvice)
+		}
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("list packs: %w", err)
+	}
+	return onDisk, nil
+}
+
+// checkPoints walks every recovery point's trees and fills the report's
+// Affected list: the points that cannot be restored intact, because the
+// point itself is damaged or its trees reach a damaged or missing blob.
+func (c *checker) checkPoints(ctx context.Context) error {
+	pts, badPts, err := c.v.Points(ctx)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	c.rep.Points = len(pts) + len(badPts)
 	affected := map[string]bool{}
@@ -181,27 +225,12 @@ func (v *Vault) Check(ctx context.Context, o CheckOptions) (*CheckReport, error)
 	w := &treeWalker{c: c, status: map[ID][]ID{}}
 	for i, p := range pts {
 		c.progress("points", int64(i), int64(len(pts)))
-		var damaged []ID
-		for _, d := range p.Disks {
-			s, err := newShape(d.Size, d.BlockSize, d.Fanout)
-			if err != nil {
-				return nil, err
-			}
-			bad, err := w.walk(ctx, s, d.Root, s.height, 0)
-			if err != nil {
-				return nil, err
-			}
-			damaged = append(damaged, bad...)
+		damaged, err := w.walkPoint(ctx, p)
+		if err != nil {
+			return err
 		}
 		for _, b := range damaged {
-			c.mu.Lock()
-			if di, ok := c.bad[b]; ok {
-				dm := &c.rep.Damage[di]
-				if !slices.Contains(dm.Points, p.ID.String()) {
-					dm.Points = append(dm.Points, p.ID.String())
-				}
-			}
-			c.mu.Unlock()
+			c.blame(b, p.ID.String())
 			affected[p.ID.String()] = true
 		}
 	}
@@ -209,18 +238,54 @@ func (v *Vault) Check(ctx context.Context, o CheckOptions) (*CheckReport, error)
 		c.rep.Affected = append(c.rep.Affected, id)
 	}
 	sort.Strings(c.rep.Affected)
+	return nil
+}
 
-	// Leftovers worth knowing about.
-	if locks, err := v.Locks(ctx); err == nil {
-		for _, l := range locks {
-			state := "active"
-			if v.lockStale(l) {
-				state = "stale (its process is gone; prune removes it)"
-			}
-			c.warn("lock %s: %s by %s pid %d since %s, %s", l.Name, l.Kind, l.Hostname, l.PID, l.Created.Format("2006-01-02 15:04:05Z07:00"), state)
+// walkPoint walks the trees of every disk of p and returns the damaged blobs
+// they reach.
+func (w *treeWalker) walkPoint(ctx context.Context, p *Point) ([]ID, error) {
+	var damaged []ID
+	for _, d := range p.Disks {
+		s, err := newShape(d.Size, d.BlockSize, d.Fanout)
+		if err != nil {
+			return nil, err
+		}
+		bad, err := w.walk(ctx, s, d.Root, s.height, 0)
+		if err != nil {
+			return nil, err
+		}
+		damaged = append(damaged, bad...)
+	}
+	return damaged, nil
+}
+
+// blame adds point to the Points of the Damage that reported blob b, if
+// any, so that each damage lists the recovery points it affects.
+func (c *checker) blame(b ID, point string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if di, ok := c.bad[b]; ok {
+		dm := &c.rep.Damage[di]
+		if !slices.Contains(dm.Points, point) {
+			dm.Points = append(dm.Points, point)
 		}
 	}
-	return c.rep, nil
+}
+
+// warnLocks lists the vault's locks as warnings: leftovers worth knowing
+// about, not damage. Failing to list them is not worth failing the check.
+func (c *checker) warnLocks(ctx context.Context) {
+	locks, err := c.v.Locks(ctx)
+	if err != nil {
+		return
+	}
+	for _, l := range locks {
+		state := "active"
+		if c.v.lockStale(l) {
+			state = "stale (its process is gone; prune removes it)"
+		}
+		c.warn("lock %s: %s by %s pid %d since %s, %s", l.Name, l.Kind, l.Hostname, l.PID, l.Created.Format("2006-01-02 15:04:05Z07:00"), state)
+	}
 }
 
 func entryIDs(es []blobEntry) []ID {

@@ -108,28 +108,115 @@ func (c *Cycle) metaContext() string {
 	return "base:allocation"
 }
 
+// changes does the work of Changes (run by the lifecycle, without its
+// lock). A planner goroutine walks the block status and queues runs of
+// blocks; one reader goroutine per NBD connection reads them; this
+// goroutine (deliver) hands their blocks to fn in ascending order.
 func (c *Cycle) changes(ctx context.Context, fn func(capture.Block) error, progress func(capture.Progress)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	mc := c.metaContext()
+	readers, err := c.dialReaders(ctx, mc)
+	if err != nil {
+		return err
+	}
+	defer closeReaders(readers)
+
+	p := c.newPipeline(cancel, readers[0], mc, progress)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	// Workers read runs, each on its own connection.
+	for _, r := range readers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.read(ctx, r)
+		}()
+	}
+	// The planner walks the extents and queues runs in order.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		p.plan(ctx)
+	}()
+
+	err = p.deliver(ctx, fn)
+	wg.Wait()
+	if err != nil {
+		return err
+	}
+	if p.planErr != nil {
+		return p.planErr
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	p.report(c.size)
+	return nil
+}
+
+// dialReaders opens the NBD connections of one changes call to the
+// cycle's export: the first, which also reads, asks for the meta context
+// mc to query block status; the others (readConns in all) only read. On
+// error it closes those it opened.
+func (c *Cycle) dialReaders(ctx context.Context, mc string) ([]*nbd.Client, error) {
 	status, err := nbd.Dial(ctx, "unix", c.m.nbdSock, nbd.Options{Export: c.names.export, MetaContexts: []string{mc}})
 	if err != nil {
-		return fmt.Errorf("qemu: open the point-in-time view of disk %s: %w", c.disk, err)
-	}
-	defer status.Close()
-	if status.Size() < c.size {
-		return fmt.Errorf("qemu: the NBD export of disk %s has %d bytes, the disk %d", c.disk, status.Size(), c.size)
+		return nil, fmt.Errorf("qemu: open the point-in-time view of disk %s: %w", c.disk, err)
 	}
 	readers := []*nbd.Client{status}
+	if status.Size() < c.size {
+		err := fmt.Errorf("qemu: the NBD export of disk %s has %d bytes, the disk %d", c.disk, status.Size(), c.size)
+		closeReaders(readers)
+		return nil, err
+	}
 	for range c.m.readConns - 1 {
 		r, err := nbd.Dial(ctx, "unix", c.m.nbdSock, nbd.Options{Export: c.names.export})
 		if err != nil {
-			return fmt.Errorf("qemu: open the point-in-time view of disk %s: %w", c.disk, err)
+			closeReaders(readers)
+			return nil, fmt.Errorf("qemu: open the point-in-time view of disk %s: %w", c.disk, err)
 		}
-		defer r.Close()
 		readers = append(readers, r)
 	}
+	return readers, nil
+}
 
+// closeReaders closes the connections in the reverse order of their
+// opening, the status connection last.
+func closeReaders(readers []*nbd.Client) {
+	for i := len(readers) - 1; i >= 0; i-- {
+		readers[i].Close()
+	}
+}
+
+// pipeline is the state one changes call shares between its goroutines.
+// The planner queues each run twice: on work, for the readers, and on
+// order, for deliver. A run takes a buffer from bufs and deliver gives it
+// back, so at most readWindow runs are read ahead of fn.
+type pipeline struct {
+	c         *Cycle
+	cancel    context.CancelFunc // stops the planner and the readers
+	status    *nbd.Client        // the connection with meta context mc
+	mc        string
+	progress  func(capture.Progress) // nil: no reports
+	bs        int64                  // block size
+	count     int64                  // blocks of the disk
+	tail      int64                  // from this block on every block is reported
+	runBlocks int64                  // most blocks in one run
+	bufLen    int64                  // bytes of a buffer: runBlocks blocks
+
+	order chan *readJob // runs in block order, for deliver
+	work  chan *readJob // runs to read, for the readers
+	bufs  chan []byte   // free buffers (nil: not made yet)
+
+	examined atomic.Int64 // bytes whose block status the planner has read
+	planErr  error        // why the planner failed; read after it ended
+}
+
+// newPipeline sizes the blocks and runs of one changes call and makes its
+// channels; status is the connection that answers block status for mc.
+func (c *Cycle) newPipeline(cancel context.CancelFunc, status *nbd.Client, mc string, progress func(capture.Progress)) *pipeline {
 	bs := int64(c.blockSize)
 	count := (c.size + bs - 1) / bs
 	// From block tail on every block is reported (size change rule).
@@ -139,163 +226,192 @@ func (c *Cycle) changes(ctx context.Context, fn func(capture.Block) error, progr
 		tail = max(0, min(prevCount, count)-1)
 	}
 	runBlocks := max(1, maxRun/bs)
-	bufLen := runBlocks * bs
-
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer cancel()
-	order := make(chan *readJob, readWindow)
-	work := make(chan *readJob, readWindow)
-	bufs := make(chan []byte, readWindow)
+	p := &pipeline{c: c, cancel: cancel, status: status, mc: mc, progress: progress,
+		bs: bs, count: count, tail: tail, runBlocks: runBlocks, bufLen: runBlocks * bs,
+		order: make(chan *readJob, readWindow),
+		work:  make(chan *readJob, readWindow),
+		bufs:  make(chan []byte, readWindow),
+	}
 	for range readWindow {
-		bufs <- nil
+		p.bufs <- nil
 	}
-	var examined atomic.Int64
-	var planErr error
+	return p
+}
 
-	// Workers read runs, each on its own connection.
-	for _, r := range readers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for j := range work {
-				off := j.r.first * bs
-				n := min(j.r.n*bs, c.size-off)
-				j.err = readAt(ctx, r, j.buf[:n], off)
-				close(j.done)
-			}
-		}()
+// report passes done bytes of the disk's to the progress callback, if any.
+func (p *pipeline) report(done int64) {
+	if p.progress != nil {
+		p.progress(capture.Progress{Done: min(done, p.c.size), Total: p.c.size})
 	}
-	// The planner walks the extents and queues runs in order.
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		defer close(order)
-		defer close(work)
-		var cur run
-		next := int64(0) // first block not yet queued
-		flush := func() bool {
-			if cur.n == 0 {
-				return true
-			}
-			var buf []byte
-			select {
-			case buf = <-bufs:
-			case <-ctx.Done():
-				return false
-			}
-			if buf == nil {
-				buf = make([]byte, bufLen)
-			}
-			j := &readJob{r: cur, buf: buf, done: make(chan struct{})}
-			cur = run{}
-			select {
-			case work <- j:
-			case <-ctx.Done():
-				return false
-			}
-			select {
-			case order <- j:
-			case <-ctx.Done():
-				return false
-			}
-			return true
-		}
-		add := func(first, last int64) bool { // blocks first..last inclusive
-			first = max(first, next)
-			for b := first; b <= last; b++ {
-				if cur.n > 0 && (cur.first+cur.n != b || cur.n >= runBlocks) {
-					if !flush() {
-						return false
-					}
-				}
-				if cur.n == 0 {
-					cur.first = b
-				}
-				cur.n++
-				next = b + 1
-			}
-			return true
-		}
-		tailOff := tail * bs
-		for off := int64(0); off < min(c.size, tailOff); {
-			length := min(statusWindow, min(c.size, tailOff)-off)
-			exts, err := status.BlockStatus(ctx, off, length, mc)
-			if err != nil {
-				planErr = fmt.Errorf("qemu: read %s of disk %s: %w", mc, c.disk, err)
-				cancel()
-				return
-			}
-			for _, e := range exts {
-				if !c.wanted(e) || e.Length <= 0 {
-					continue
-				}
-				c.stats.Extents++
-				c.stats.ExtentBytes += e.Length
-				if !add(e.Offset/bs, (e.Offset+e.Length-1)/bs) {
-					return
-				}
-			}
-			off += length
-			examined.Store(off)
-		}
-		if tail < count && !add(tail, count-1) {
-			return
-		}
-		flush()
-	}()
+}
 
-	zeros := make([]byte, bs)
+// read is a reader goroutine's loop: it reads each run queued on work
+// through connection r into the run's buffer and marks the run done.
+func (p *pipeline) read(ctx context.Context, r *nbd.Client) {
+	for j := range p.work {
+		off := j.r.first * p.bs
+		n := min(j.r.n*p.bs, p.c.size-off)
+		j.err = readAt(ctx, r, j.buf[:n], off)
+		close(j.done)
+	}
+}
+
+// plan is the planner goroutine: it queues the wanted blocks before tail,
+// then every block from tail on, in ascending order. Closing work and
+// order when it ends lets the readers and deliver finish.
+func (p *pipeline) plan(ctx context.Context) {
+	defer close(p.order)
+	defer close(p.work)
+	q := &planner{p: p}
+	if !q.extents(ctx) {
+		return
+	}
+	if p.tail < p.count && !q.add(ctx, p.tail, p.count-1) {
+		return
+	}
+	q.flush(ctx)
+}
+
+// planner is the planner goroutine's state: the run it is building.
+type planner struct {
+	p    *pipeline
+	cur  run
+	next int64 // first block not yet queued
+}
+
+// extents walks the block status of mc before block tail, statusWindow
+// bytes per query, and adds the blocks of every wanted extent. It returns
+// false when the planner must stop: ctx is done, or a query failed (then
+// planErr says why and the pipeline is cancelled).
+func (q *planner) extents(ctx context.Context) bool {
+	p, c := q.p, q.p.c
+	tailOff := p.tail * p.bs
+	for off := int64(0); off < min(c.size, tailOff); {
+		length := min(statusWindow, min(c.size, tailOff)-off)
+		exts, err := p.status.BlockStatus(ctx, off, length, p.mc)
+		if err != nil {
+			p.planErr = fmt.Errorf("qemu: read %s of disk %s: %w", p.mc, c.disk, err)
+			p.cancel()
+			return false
+		}
+		for _, e := range exts {
+			if !c.wanted(e) || e.Length <= 0 {
+				continue
+			}
+			c.stats.Extents++
+			c.stats.ExtentBytes += e.Length
+			if !q.add(ctx, e.Offset/p.bs, (e.Offset+e.Length-1)/p.bs) {
+				return false
+			}
+		}
+		off += length
+		p.examined.Store(off)
+	}
+	return true
+}
+
+// add appends blocks first..last (inclusive), less those already queued,
+// to the run being built; a run is queued when the next block does not
+// continue it or it is full. It returns false when ctx is done.
+func (q *planner) add(ctx context.Context, first, last int64) bool {
+	first = max(first, q.next)
+	for b := first; b <= last; b++ {
+		if q.cur.n > 0 && (q.cur.first+q.cur.n != b || q.cur.n >= q.p.runBlocks) {
+			if !q.flush(ctx) {
+				return false
+			}
+		}
+		if q.cur.n == 0 {
+			q.cur.first = b
+		}
+		q.cur.n++
+		q.next = b + 1
+	}
+	return true
+}
+
+// flush queues the run being built, if any, with a free buffer (waiting
+// for one bounds the reads ahead) on work and then on order. It returns
+// false when ctx is done.
+func (q *planner) flush(ctx context.Context) bool {
+	p := q.p
+	if q.cur.n == 0 {
+		return true
+	}
+	var buf []byte
+	select {
+	case buf = <-p.bufs:
+	case <-ctx.Done():
+		return false
+	}
+	if buf == nil {
+		buf = make([]byte, p.bufLen)
+	}
+	j := &readJob{r: q.cur, buf: buf, done: make(chan struct{})}
+	q.cur = run{}
+	select {
+	case p.work <- j:
+	case <-ctx.Done():
+		return false
+	}
+	select {
+	case p.order <- j:
+	case <-ctx.Done():
+		return false
+	}
+	return true
+}
+
+// deliver takes the runs from order as their reads complete, hands their
+// blocks to fn, gives their buffers back and reports progress. On the
+// first error (a read, ctx, or fn) it cancels the pipeline and drains
+// order without delivering more, so the planner and readers can end; it
+// returns that error.
+func (p *pipeline) deliver(ctx context.Context, fn func(capture.Block) error) error {
+	zeros := make([]byte, p.bs)
 	lastProgress := time.Now() // wallclock: paces progress reports of real disk reads
-	report := func(done int64) {
-		if progress != nil {
-			progress(capture.Progress{Done: min(done, c.size), Total: c.size})
-		}
-	}
-	report(0)
-	var err2 error
-	for j := range order {
+	p.report(0)
+	var err error
+	for j := range p.order {
 		select {
 		case <-j.done:
 		case <-ctx.Done():
 		}
-		if err2 == nil {
-			select {
-			case <-j.done:
-				err2 = j.err
-				if err2 != nil {
-					err2 = fmt.Errorf("qemu: read blocks %d..%d of disk %s: %w", j.r.first, j.r.first+j.r.n-1, c.disk, err2)
-				}
-			default:
-				err2 = ctx.Err()
-			}
-			if err2 == nil {
-				err2 = c.emit(j, fn, zeros)
-			}
-			if err2 != nil {
-				cancel()
+		if err == nil {
+			err = p.emitRun(ctx, j, fn, zeros)
+			if err != nil {
+				p.cancel()
 			}
 		}
-		if err2 == nil {
-			bufs <- j.buf
+		if err == nil {
+			p.bufs <- j.buf
 			if time.Since(lastProgress) >= progressEvery { // wallclock: paces progress reports of real disk reads
 				lastProgress = time.Now() // wallclock: paces progress reports of real disk reads
-				report(max(examined.Load(), (j.r.first+j.r.n)*bs))
+				p.report(max(p.examined.Load(), (j.r.first+j.r.n)*p.bs))
 			}
 		}
 	}
-	wg.Wait()
-	if err2 != nil {
-		return err2
+	return err
+}
+
+// emitRun hands the blocks of run j to fn (through emit) once its read is
+// done. It returns the read's error, ctx's when the read did not finish,
+// or emit's.
+func (p *pipeline) emitRun(ctx context.Context, j *readJob, fn func(capture.Block) error, zeros []byte) error {
+	var err error
+	select {
+	case <-j.done:
+		err = j.err
+		if err != nil {
+			err = fmt.Errorf("qemu: read blocks %d..%d of disk %s: %w", j.r.first, j.r.first+j.r.n-1, p.c.disk, err)
+		}
+	default:
+		err = ctx.Err()
 	}
-	if planErr != nil {
-		return planErr
+	if err == nil {
+		err = p.c.emit(j, fn, zeros)
 	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	report(c.size)
-	return nil
+	return err
 }
 
 // wanted reports whether an extent's blocks must be read.

@@ -339,6 +339,33 @@ func (m *Machine) Begin(ctx context.Context, bases map[string]string) (map[strin
 	if err != nil {
 		return nil, fmt.Errorf("qemu: list block nodes: %w", err)
 	}
+	cycles, err := m.newCycles(ctx, bases, nodes, cycleID)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.prepareCycles(ctx, cycles, nodes); err != nil {
+		return nil, err
+	}
+	cut, err := m.cut(ctx, cycles)
+	if err != nil {
+		return nil, err
+	}
+	m.active = len(cycles)
+	out := make(map[string]capture.Cycle, len(cycles))
+	for _, c := range cycles {
+		out[c.disk] = c
+		m.log.Info("cycle begins", "disk", c.disk, "node", c.node, "incremental", c.incremental,
+			"frozen", c.frozen, "bitmap", c.active, "size", c.size, "reason", c.reason, "cut", cut.Round(time.Microsecond))
+	}
+	return out, nil
+}
+
+// newCycles makes a Cycle for each disk of bases, in Options order so
+// that the transaction and the logs are deterministic. It resolves each
+// disk's block node and refuses a base other than the disk's baseline
+// (or "" for a full read), a node without a size, and a disk that is not
+// in Options.Disks. It changes nothing in QEMU. The caller holds m.mu.
+func (m *Machine) newCycles(ctx context.Context, bases map[string]string, nodes map[string]*nodeInfo, cycleID string) ([]*Cycle, error) {
 	var cycles []*Cycle
 	for _, d := range m.o.Disks { // in Options order: deterministic
 		base, ok := bases[d.Name]
@@ -366,13 +393,22 @@ func (m *Machine) Begin(ctx context.Context, bases map[string]string) (map[strin
 			return nil, fmt.Errorf("qemu: unknown disk %q: it is not in Options.Disks", name)
 		}
 	}
+	return cycles, nil
+}
 
+// prepareCycles readies the disks for the cut: it removes the leftovers
+// of an agent that died mid-cycle, then settles each disk's tracking
+// (prepareTracking), and makes sure QEMU's NBD server runs. Unlike the
+// cut's, its changes are not undone when a later step fails. The caller
+// holds m.mu.
+func (m *Machine) prepareCycles(ctx context.Context, cycles []*Cycle, nodes map[string]*nodeInfo) error {
 	// Leftovers of an agent that died mid-cycle, then the tracking.
 	if err := m.cleanLeftovers(ctx, cycles, nodes); err != nil {
-		return nil, err
+		return err
 	}
-	if nodes, err = m.queryNodes(ctx); err != nil {
-		return nil, err
+	nodes, err := m.queryNodes(ctx)
+	if err != nil {
+		return err
 	}
 	for _, c := range cycles {
 		n := nodes[c.node]
@@ -380,42 +416,69 @@ func (m *Machine) Begin(ctx context.Context, bases map[string]string) (map[strin
 			// The disk's node went away with the leftovers (it cannot be
 			// one of ours: resolveNode looks through filters): QEMU
 			// changed under us. The next cycle resolves the disk again.
-			return nil, fmt.Errorf("qemu: block node %s of disk %s disappeared during the cleanup of an earlier cycle: the next cycle looks for the disk again", c.node, c.disk)
+			return fmt.Errorf("qemu: block node %s of disk %s disappeared during the cleanup of an earlier cycle: the next cycle looks for the disk again", c.node, c.disk)
 		}
 		if err := m.prepareTracking(ctx, c, n); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	if err := m.ensureNBDServer(ctx); err != nil {
-		return nil, err
-	}
+	return m.ensureNBDServer(ctx)
+}
 
+// cut makes the cycles' point-in-time views: a fleece overlay per disk,
+// ONE transaction that starts every fleece job and rotates every bitmap,
+// the new generations in the state, and the NBD exports. It returns how
+// long the transaction took, for the log. If any step fails (or panics),
+// it tears down what it made and, once the bitmaps are rotated, merges
+// the frozen ones back, so that a failed Begin loses no change. The
+// caller holds m.mu.
+func (m *Machine) cut(ctx context.Context, cycles []*Cycle) (time.Duration, error) {
 	// From here on, a failure tears down what was made.
 	ok := false
 	rotated := false
 	defer func() {
-		if ok {
-			return
-		}
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.qmpTimeout)
-		defer cancel()
-		for _, c := range cycles {
-			if err := c.teardown(cctx); err != nil {
-				m.log.Error("tearing down a failed Begin", "disk", c.disk, "err", err)
-			}
-			if rotated {
-				if err := c.undoRotation(cctx); err != nil {
-					m.log.Error("merging the frozen bitmap back after a failed Begin", "disk", c.disk, "err", err)
-				}
-			}
+		if !ok {
+			m.undoCut(ctx, cycles, rotated)
 		}
 	}()
 
 	for _, c := range cycles {
 		if err := m.addFleece(ctx, c); err != nil {
-			return nil, err
+			return 0, err
 		}
 	}
+	actions := cutActions(cycles)
+	start := time.Now() // wallclock: the cut's duration, only logged
+	if err := m.exec(ctx, "transaction", map[string]any{"actions": actions}, nil); err != nil {
+		return 0, fmt.Errorf("qemu: cut the disks (fleece and rotate bitmaps in one transaction): %w", err)
+	}
+	rotated = true
+	cut := time.Since(start) // wallclock: only logged
+	for _, c := range cycles {
+		ds := m.st.disk(c.disk)
+		ds.Gen = max(ds.Gen, c.gen)
+		ds.Node = c.node
+	}
+	if err := m.st.save(m.o.StateDir); err != nil {
+		return 0, err
+	}
+	if m.testHookBeforeExport != nil {
+		if err := m.testHookBeforeExport(); err != nil {
+			return 0, err
+		}
+	}
+	if err := m.exportViews(ctx, cycles); err != nil {
+		return 0, err
+	}
+	ok = true
+	return cut, nil
+}
+
+// cutActions are the actions of the cut's transaction, per disk: the
+// fleece job (blockdev-backup sync=none into the overlay), the freezing
+// of the recording bitmap (incremental cycles only) and the bitmap that
+// records from the cut on.
+func cutActions(cycles []*Cycle) []map[string]any {
 	var actions []map[string]any
 	for _, c := range cycles {
 		actions = append(actions, map[string]any{"type": "blockdev-backup", "data": map[string]any{
@@ -429,43 +492,42 @@ func (m *Machine) Begin(ctx context.Context, bases map[string]string) (map[strin
 			"node": c.node, "name": c.active, "persistent": c.persistent, "granularity": granularity,
 		}})
 	}
-	start := time.Now() // wallclock: the cut's duration, only logged
-	if err := m.exec(ctx, "transaction", map[string]any{"actions": actions}, nil); err != nil {
-		return nil, fmt.Errorf("qemu: cut the disks (fleece and rotate bitmaps in one transaction): %w", err)
-	}
-	rotated = true
-	cut := time.Since(start) // wallclock: only logged
-	for _, c := range cycles {
-		ds := m.st.disk(c.disk)
-		ds.Gen = max(ds.Gen, c.gen)
-		ds.Node = c.node
-	}
-	if err := m.st.save(m.o.StateDir); err != nil {
-		return nil, err
-	}
-	if m.testHookBeforeExport != nil {
-		if err := m.testHookBeforeExport(); err != nil {
-			return nil, err
-		}
-	}
+	return actions
+}
+
+// exportViews exports each cycle's overlay read-only over NBD, with the
+// frozen bitmap for an incremental cycle so Changes can read it.
+func (m *Machine) exportViews(ctx context.Context, cycles []*Cycle) error {
 	for _, c := range cycles {
 		args := map[string]any{"type": "nbd", "id": c.names.export, "node-name": c.names.node, "name": c.names.export, "writable": false}
 		if c.frozen != "" {
 			args["bitmaps"] = []string{c.frozen}
 		}
 		if err := m.exec(ctx, "block-export-add", args, nil); err != nil {
-			return nil, fmt.Errorf("qemu: export the point-in-time view of disk %s over NBD: %w", c.disk, err)
+			return fmt.Errorf("qemu: export the point-in-time view of disk %s over NBD: %w", c.disk, err)
 		}
 	}
-	ok = true
-	m.active = len(cycles)
-	out := make(map[string]capture.Cycle, len(cycles))
+	return nil
+}
+
+// undoCut cleans up after a failed cut: it tears down each cycle's view
+// and, when the transaction had rotated the bitmaps, merges the frozen
+// bitmap back into the recording one. Failures are only logged (the next
+// Begin cleans up what is left). It uses a context of its own, with the
+// QMP timeout, since ctx may be cancelled. The caller holds m.mu.
+func (m *Machine) undoCut(ctx context.Context, cycles []*Cycle, rotated bool) {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.qmpTimeout)
+	defer cancel()
 	for _, c := range cycles {
-		out[c.disk] = c
-		m.log.Info("cycle begins", "disk", c.disk, "node", c.node, "incremental", c.incremental,
-			"frozen", c.frozen, "bitmap", c.active, "size", c.size, "reason", c.reason, "cut", cut.Round(time.Microsecond))
+		if err := c.teardown(cctx); err != nil {
+			m.log.Error("tearing down a failed Begin", "disk", c.disk, "err", err)
+		}
+		if rotated {
+			if err := c.undoRotation(cctx); err != nil {
+				m.log.Error("merging the frozen bitmap back after a failed Begin", "disk", c.disk, "err", err)
+			}
+		}
 	}
-	return out, nil
 }
 
 // cleanLeftovers removes exports, jobs, fleece nodes and overlay files
