@@ -47,6 +47,8 @@ command -v jq >/dev/null 2>&1 || pkgs+=(jq)
 command -v socat >/dev/null 2>&1 || pkgs+=(socat)
 command -v restic >/dev/null 2>&1 || pkgs+=(restic)
 command -v rsync >/dev/null 2>&1 || pkgs+=(rsync)
+# dist/: promtool checks and unit-tests the alerting rules.
+command -v promtool >/dev/null 2>&1 || pkgs+=(prometheus)
 # dist/: `systemd-analyze verify` of the units.
 command -v systemd-analyze >/dev/null 2>&1 || pkgs+=(systemd)
 if [ ${#pkgs[@]} -gt 0 ]; then
