@@ -91,6 +91,10 @@ if ! command -v versitygw >/dev/null 2>&1; then
 	log "installing versitygw (S3 server for the S3 backend tests; ~2 min cold)"
 	go install github.com/versity/versitygw/cmd/versitygw@v1.8.0
 fi
+if ! command -v mailpit >/dev/null 2>&1; then
+	log "installing mailpit (SMTP server for the alert tests; ~2 min cold)"
+	go install github.com/axllent/mailpit@v1.33.1
+fi
 
 log "gofmt"
 unformatted=$(gofmt -l cmd internal bench 2>/dev/null || true)

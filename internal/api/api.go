@@ -656,3 +656,39 @@ type Status struct {
 	Processes []ProcessServer `json:"process_servers"`
 	Events    []Event         `json:"recent_events"`
 }
+
+// Alerts is GET /api/v1/alerts: the alerts firing and the sinks.
+type Alerts struct {
+	Active []ActiveAlert `json:"active"`
+	Sinks  []AlertSink   `json:"sinks"`
+}
+
+// ActiveAlert is an alert that fired and is not resolved yet.
+type ActiveAlert struct {
+	Rule    string    `json:"rule"`
+	Subject string    `json:"subject"` // the machine, process server or server
+	Since   time.Time `json:"since"`
+	Message string    `json:"message"`
+}
+
+// AlertSink is a configured sink and its queue (since the server started).
+type AlertSink struct {
+	Name      string `json:"name"`
+	Kind      string `json:"kind"` // email | webhook
+	Pending   int    `json:"pending"`
+	Sent      int64  `json:"sent"`
+	Failed    int64  `json:"failed"`
+	LastError string `json:"last_error,omitempty"`
+}
+
+// AlertTestRequest is POST /api/v1/alerts/test.
+type AlertTestRequest struct {
+	Sink string `json:"sink"`
+}
+
+// AlertTestResult says whether the sink took the test notification.
+type AlertTestResult struct {
+	Sink  string `json:"sink"`
+	Sent  bool   `json:"sent"`
+	Error string `json:"error,omitempty"`
+}

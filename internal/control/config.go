@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/lifeboat-dr/lifeboat/internal/alert"
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/clock"
 	"github.com/lifeboat-dr/lifeboat/internal/pki"
@@ -123,6 +124,10 @@ type Config struct {
 	// of recovered VMs, networks and the network map, the test network
 	// (recovery.go).
 	Recovery RecoveryConfig `json:"recovery,omitzero"`
+
+	// Alerts are the alert sinks (email, webhooks) and the rules turned
+	// off (internal/alert).
+	Alerts alert.Config `json:"alerts,omitzero"`
 }
 
 // Limits of the API and embedded ingest listeners, defaults filled in.
@@ -209,6 +214,9 @@ func (c *Config) validate() error {
 	}
 	if c.EventMax < minEventMax {
 		return fmt.Errorf("event_max %d is too small: at least %d", c.EventMax, minEventMax)
+	}
+	if err := c.Alerts.Validate(); err != nil {
+		return err
 	}
 	if c.IngestURL != "" && !strings.HasPrefix(c.IngestURL, "https://") {
 		return fmt.Errorf("ingest_url %q must start with https://", c.IngestURL)

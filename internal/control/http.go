@@ -131,6 +131,8 @@ func (s *Server) Routes() []Route {
 		{"GET", "/api/v1/events", authToken, viewer, s.listEvents},
 		{"GET", "/api/v1/status", authToken, viewer, s.status},
 		{"GET", "/metrics", authToken, viewer, s.serveMetrics},
+		{"GET", "/api/v1/alerts", authToken, viewer, s.alertsList},
+		{"POST", "/api/v1/alerts/test", authToken, admin, s.alertsTest},
 	}
 	rs = append(rs,
 		Route{"GET", "/api/v1/machines/{name}/recovery", authToken, viewer, s.getRecovery},

@@ -81,6 +81,7 @@ func (s *Server) jobChanged(j jobs.Job) {
 		return
 	}
 	s.rec.jobWake.notify(j.ID)
+	s.jobEvent(j)
 	if !jobs.Terminal(j.State) || j.State == jobs.StateSucceeded {
 		return
 	}

@@ -117,7 +117,9 @@ type Server struct {
 	tokens tokenWatch   // API tokens announced as expiring (tokens.go)
 	procs  processWatch // process servers announced offline (liveness.go)
 
-	metrics *serverMetrics // GET /metrics (metrics.go)
+	metrics   *serverMetrics    // GET /metrics (metrics.go)
+	alerts    *alerting         // alert sinks and queues (alerts.go)
+	jobStates map[string]string // job ID -> last state seen, for job events (alerts.go); guarded by mu
 
 	rec   *recovery // the recovery site and its jobs (recovery.go)
 	plans planSched // the drill scheduler and the plans' catalog entry (plansched.go)
@@ -189,6 +191,10 @@ func Open(ctx context.Context, o RunOptions) (*Server, error) {
 		return nil, err
 	}
 	if err := s.pending.load(ctx, st); err != nil {
+		st.Close()
+		return nil, err
+	}
+	if s.alerts, err = s.newAlerting(); err != nil {
 		st.Close()
 		return nil, err
 	}
@@ -303,10 +309,14 @@ func Run(ctx context.Context, o RunOptions) error {
 		wg.Add(1)
 		go serve(sv.srv, sv.ln, sv.what)
 	}
-	wg.Add(4)
+	wg.Add(5)
 	go func() {
 		defer wg.Done()
 		s.reverseLoop(runCtx)
+	}()
+	go func() {
+		defer wg.Done()
+		s.alertLoop(runCtx, tick)
 	}()
 	go func() {
 		defer wg.Done()
