@@ -1,38 +1,14 @@
 package agent
 
 import (
-	"context"
-	"log/slog"
 	"testing"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/metricsrv"
 	"github.com/lifeboat-dr/lifeboat/internal/testutil"
 	"github.com/lifeboat-dr/lifeboat/internal/testutil/promtest"
 )
-
-// serveMetrics serves reg on 127.0.0.1:0 until the test ends and returns
-// the scrape URL.
-func serveMetrics(t *testing.T, reg prometheus.Gatherer) string {
-	t.Helper()
-	ln, err := metricsrv.Listen("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- metricsrv.Serve(ctx, ln, reg, slog.New(slog.DiscardHandler)) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("metrics listener: %v", err)
-		}
-	})
-	return "http://" + ln.Addr().String() + "/metrics"
-}
 
 // TestMetrics: a cycle that cannot ship (no process server yet) counts as
 // failed; once the server names one, a cycle publishes a point and the
@@ -48,7 +24,7 @@ func TestMetrics(t *testing.T) {
 	if _, err := NewMetrics(reg); err == nil {
 		t.Error("the agent's metrics registered twice in one registry")
 	}
-	url := serveMetrics(t, reg)
+	url := promtest.Serve(t, reg)
 	m := map[string]string{"machine": "web-1"}
 	failed := map[string]string{"machine": "web-1", "result": "failed"}
 	ok := map[string]string{"machine": "web-1", "result": "ok"}
@@ -127,7 +103,7 @@ func TestMetrics(t *testing.T) {
 	h.cp.setConfig(func(c *api.AgentConfig) { c.Paused = true })
 	_, stop = h.startAgent(t)
 	defer stop()
-	if v, _ := promtest.Scrape(t, serveMetrics(t, reg2)).Value("lifeboat_agent_last_point_timestamp_seconds", m); v != float64(last.UnixMilli())/1000 {
+	if v, _ := promtest.Scrape(t, promtest.Serve(t, reg2)).Value("lifeboat_agent_last_point_timestamp_seconds", m); v != float64(last.UnixMilli())/1000 {
 		t.Errorf("after a restart lifeboat_agent_last_point_timestamp_seconds = %v, want the last point's cut %v", v, last)
 	}
 }

@@ -1,39 +1,15 @@
 package ingest
 
 import (
-	"context"
-	"log/slog"
 	"math/rand/v2"
 	"testing"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/lifeboat-dr/lifeboat/internal/ingest/wire"
 	"github.com/lifeboat-dr/lifeboat/internal/metricsrv"
 	"github.com/lifeboat-dr/lifeboat/internal/testutil/promtest"
 	"github.com/lifeboat-dr/lifeboat/internal/vault"
 )
-
-// serveMetrics serves reg on 127.0.0.1:0 until the test ends and returns
-// the scrape URL.
-func serveMetrics(t *testing.T, reg prometheus.Gatherer) string {
-	t.Helper()
-	ln, err := metricsrv.Listen("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- metricsrv.Serve(ctx, ln, reg, slog.New(slog.DiscardHandler)) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("metrics listener: %v", err)
-		}
-	})
-	return "http://" + ln.Addr().String() + "/metrics"
-}
 
 // TestMetrics: the collector exports the open sessions while one is open,
 // and after a cycle the bytes received and stored, the point published,
@@ -46,7 +22,7 @@ func TestMetrics(t *testing.T) {
 	if err := reg.Register(srv.Collector()); err != nil {
 		t.Fatal(err)
 	}
-	url := serveMetrics(t, reg)
+	url := promtest.Serve(t, reg)
 	c := newClient(t, hs.URL, "web1")
 
 	fams := promtest.Scrape(t, url)

@@ -1,4 +1,4 @@
-package metricsrv
+package metricsrv_test
 
 import (
 	"context"
@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/lifeboat-dr/lifeboat/internal/metricsrv"
 	"github.com/lifeboat-dr/lifeboat/internal/testutil/promtest"
 )
 
@@ -18,17 +19,17 @@ import (
 // Go and process collectors included, answers 404 elsewhere, and stops
 // when the context ends.
 func TestServe(t *testing.T) {
-	reg := NewRegistry()
+	reg := metricsrv.NewRegistry()
 	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "lifeboat_test_things_total", Help: "Things."})
 	reg.MustRegister(c)
 	c.Add(3)
-	ln, err := Listen("127.0.0.1:0")
+	ln, err := metricsrv.Listen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- Serve(ctx, ln, reg, slog.New(slog.DiscardHandler)) }()
+	go func() { done <- metricsrv.Serve(ctx, ln, reg, slog.New(slog.DiscardHandler)) }()
 	base := "http://" + ln.Addr().String()
 
 	fams := promtest.Scrape(t, base+"/metrics")
@@ -68,16 +69,16 @@ func TestServe(t *testing.T) {
 // what is wanted, before anything binds.
 func TestCheckAddr(t *testing.T) {
 	for _, ok := range []string{"127.0.0.1:9466", ":9466", "[::1]:0", "localhost:65535"} {
-		if err := CheckAddr(ok); err != nil {
+		if err := metricsrv.CheckAddr(ok); err != nil {
 			t.Errorf("CheckAddr(%q): %v", ok, err)
 		}
 	}
 	for _, bad := range []string{"", "localhost", "127.0.0.1:http", "127.0.0.1:70000", "::1:9466", "host:-1"} {
-		err := CheckAddr(bad)
+		err := metricsrv.CheckAddr(bad)
 		if err == nil || !strings.Contains(err.Error(), "HOST:PORT") {
 			t.Errorf("CheckAddr(%q) = %v, want an error asking for HOST:PORT", bad, err)
 		}
-		if _, err := Listen(bad); err == nil {
+		if _, err := metricsrv.Listen(bad); err == nil {
 			t.Errorf("Listen(%q) bound", bad)
 		}
 	}

@@ -14,8 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/capture"
 	"github.com/lifeboat-dr/lifeboat/internal/ingest/ingestclient"
@@ -113,7 +111,7 @@ func TestMetrics(t *testing.T) {
 	stateDir := enrolled(t, ca, fakeServer(t, ca, vaultDir).URL)
 
 	reg := metricsrv.NewRegistry()
-	url := serveMetrics(t, reg)
+	url := promtest.Serve(t, reg)
 	ready := make(chan string, 1)
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
@@ -191,24 +189,4 @@ func ship(t *testing.T, ctx context.Context, c *ingestclient.Client) string {
 		t.Fatal(err)
 	}
 	return res.Point
-}
-
-// serveMetrics serves reg on 127.0.0.1:0 until the test ends and returns
-// the scrape URL.
-func serveMetrics(t *testing.T, reg prometheus.Gatherer) string {
-	t.Helper()
-	ln, err := metricsrv.Listen("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- metricsrv.Serve(ctx, ln, reg, slog.New(slog.DiscardHandler)) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("metrics listener: %v", err)
-		}
-	})
-	return "http://" + ln.Addr().String() + "/metrics"
 }

@@ -4,14 +4,39 @@ package promtest
 
 import (
 	"bytes"
+	"context"
 	"io"
+	"log/slog"
 	"net/http"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"github.com/lifeboat-dr/lifeboat/internal/metricsrv"
 )
+
+// Serve serves g with metricsrv on 127.0.0.1:0 until the test ends and
+// returns the scrape URL.
+func Serve(t testing.TB, g prometheus.Gatherer) string {
+	t.Helper()
+	ln, err := metricsrv.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- metricsrv.Serve(ctx, ln, g, slog.New(slog.DiscardHandler)) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("metrics listener: %v", err)
+		}
+	})
+	return "http://" + ln.Addr().String() + "/metrics"
+}
 
 // Families are the metric families of one scrape, by name.
 type Families map[string]*dto.MetricFamily
