@@ -207,13 +207,18 @@ func (a *app) agentEnrollCmd(stateDir *string) *cobra.Command {
 
 func (a *app) agentCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "agent", Short: "The mobility service on a protected machine, and commands about agents"}
-	var stateDir string
+	var stateDir, metricsListen string
 	enroll := a.agentEnrollCmd(&stateDir)
 	run := &cobra.Command{
 		Use:   "run [--state-dir DIR]",
 		Short: "Run the agent daemon (see dist/lifeboat-agent.service)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			reg, stopMetrics, err := a.serveMetrics(cmd.Context(), metricsListen, "agent")
+			if err != nil {
+				return err
+			}
+			defer stopMetrics()
 			cfg, err := agent.LoadConfig(stateDir)
 			if err != nil {
 				return err
@@ -222,7 +227,13 @@ func (a *app) agentCmd() *cobra.Command {
 			// machine panic: for tests of the agent's fault handling only.
 			faults := agent.Faults{PanicCycle: a.getenvOr("LIFEBOAT_TEST_PANIC_CYCLE", "")}
 			hb := sdnotify.NewHeartbeat(agentSilence, a.clock())
-			ag, err := agent.New(cfg, agent.Options{Logger: a.log, Version: build().String(), Faults: faults, Beat: hb.Beat})
+			o := agent.Options{Logger: a.log, Version: build().String(), Faults: faults, Beat: hb.Beat}
+			if reg != nil {
+				if o.Metrics, err = agent.NewMetrics(reg); err != nil {
+					return err
+				}
+			}
+			ag, err := agent.New(cfg, o)
 			if err != nil {
 				return err
 			}
@@ -239,6 +250,7 @@ func (a *app) agentCmd() *cobra.Command {
 	for _, c := range []*cobra.Command{enroll, run} {
 		c.Flags().StringVar(&stateDir, "state-dir", a.getenvOr("LIFEBOAT_STATE_DIR", roleStateDir("agent")), "agent state directory (env LIFEBOAT_STATE_DIR)")
 	}
+	metricsListenFlag(run.Flags(), &metricsListen)
 
 	var f clientFlags
 	var process string
@@ -372,7 +384,7 @@ func (a *app) clientConfigPath(f *clientFlags) string {
 
 func (a *app) processCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "process", Short: "A stand-alone process server, and commands about process servers"}
-	var stateDir, server, token, name, listen, advertise string
+	var stateDir, server, token, name, listen, advertise, metricsListen string
 	var cacheLimit int64
 	enroll := &cobra.Command{
 		Use:   "enroll --server URL --token TOKEN --name NAME [--listen ADDR]",
@@ -403,14 +415,23 @@ func (a *app) processCmd() *cobra.Command {
 		Short: "Run the process server (see dist/lifeboat-process.service)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			reg, stopMetrics, err := a.serveMetrics(cmd.Context(), metricsListen, "process server")
+			if err != nil {
+				return err
+			}
+			defer stopMetrics()
 			sd := a.systemd(cmd.Context(), "process server")
 			defer sd.close()
 			hb := sdnotify.NewHeartbeat(processSilence, a.clock())
-			err := processd.Run(cmd.Context(), stateDir, processd.Options{Logger: a.log, Version: build().String(), Beat: hb.Beat, Ready: func(addr string) {
+			o := processd.Options{Logger: a.log, Version: build().String(), Beat: hb.Beat, Ready: func(addr string) {
 				a.announce(fmt.Sprintf("lifeboat process: serving agents on https://%s\n", addr), "process server ready", "listen", "https://"+addr)
 				hb.Beat() // the wait for the server before does not count
 				sd.ready("serving agents on https://"+addr, hb.Check)
-			}})
+			}}
+			if reg != nil { // a nil *Registry in the interface would not be nil
+				o.Metrics = reg
+			}
+			err = processd.Run(cmd.Context(), stateDir, o)
 			if errors.Is(err, cmd.Context().Err()) {
 				return nil
 			}
@@ -420,6 +441,7 @@ func (a *app) processCmd() *cobra.Command {
 	for _, c := range []*cobra.Command{enroll, run} {
 		c.Flags().StringVar(&stateDir, "state-dir", a.getenvOr("LIFEBOAT_STATE_DIR", roleStateDir("process")), "process server state directory (env LIFEBOAT_STATE_DIR)")
 	}
+	metricsListenFlag(run.Flags(), &metricsListen)
 	var f clientFlags
 	list := &cobra.Command{
 		Use: "list", Short: "List process servers", Args: cobra.NoArgs,

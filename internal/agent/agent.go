@@ -41,6 +41,8 @@ type Options struct {
 	// heartbeat to the server, at least every few minutes even while the
 	// server is unreachable): a liveness signal for a watchdog.
 	Beat func()
+	// Metrics, if set, count the cycles (NewMetrics).
+	Metrics *Metrics
 }
 
 // Agent is the running mobility service of one machine.
@@ -53,6 +55,7 @@ type Agent struct {
 	idDir   string
 	faults  Faults
 	beat    func() // Options.Beat, never nil
+	metrics *Metrics
 
 	// Knobs (tests shorten them).
 	tick         time.Duration // how often the data loop re-checks the clock
@@ -130,6 +133,7 @@ func New(cfg *Config, o Options) (*Agent, error) {
 		version:    o.Version,
 		faults:     o.Faults,
 		beat:       o.Beat,
+		metrics:    o.Metrics,
 		idDir:      filepath.Join(cfg.StateDir, IdentityDir),
 		tick:       time.Second,
 		longWait:   longPollWait,
@@ -155,6 +159,7 @@ func New(cfg *Config, o Options) (*Agent, error) {
 		return nil, fmt.Errorf("agent: create disk state directory: %w", err)
 	}
 	a.st = st
+	o.Metrics.start(cfg.Machine, st)
 	if st.Config != nil {
 		a.srv, a.haveSrv = *st.Config, true
 	}

@@ -433,6 +433,7 @@ func (a *Agent) runCycle(ctx context.Context, cfg api.AgentConfig, spec cycleSpe
 	a.st.addResult(res)
 	a.saveStateLocked()
 	a.mu.Unlock()
+	a.metrics.cycle(a.cfg.Machine, res)
 	if err != nil {
 		a.log.Error("cycle failed; the next one retries", "kind", spec.kind, "cut", spec.cutID, "err", err)
 	} else {

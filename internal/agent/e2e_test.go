@@ -158,6 +158,7 @@ type harness struct {
 	stateDir string
 	cfg      *Config
 	disks    []string // paths
+	metrics  *Metrics // given to the agents started (nil: none)
 }
 
 // testCA makes a CA and a server certificate for 127.0.0.1 signed by it.
@@ -286,7 +287,7 @@ func (h *harness) startAgentWith(t *testing.T, change func(*Config)) (*Agent, fu
 	if change != nil {
 		change(cfg)
 	}
-	a, err := New(cfg, Options{Logger: testLogger(t), Version: "test"})
+	a, err := New(cfg, Options{Logger: testLogger(t), Version: "test", Metrics: h.metrics})
 	if err != nil {
 		t.Fatal(err)
 	}

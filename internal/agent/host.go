@@ -493,7 +493,7 @@ func (a *Agent) startVM(ctx context.Context, d discovered, key string) (*vmRunne
 		return nil, err
 	}
 	_ = writeFileAtomic(filepath.Join(dir, "discovered.json"), b, 0o600)
-	va, err := New(cfg, Options{Logger: a.baseLog.With("host", a.cfg.Machine), Clock: a.clk, Version: a.version, Faults: a.faults})
+	va, err := New(cfg, Options{Logger: a.baseLog.With("host", a.cfg.Machine), Clock: a.clk, Version: a.version, Faults: a.faults, Metrics: a.metrics})
 	if err != nil {
 		return nil, err
 	}

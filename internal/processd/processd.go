@@ -20,6 +20,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/buildinfo"
 	"github.com/lifeboat-dr/lifeboat/internal/client"
@@ -28,6 +30,7 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/pki"
 	"github.com/lifeboat-dr/lifeboat/internal/tlslisten"
 	"github.com/lifeboat-dr/lifeboat/internal/vault"
+	"github.com/lifeboat-dr/lifeboat/internal/vault/backend"
 	"github.com/lifeboat-dr/lifeboat/internal/vault/backend/open"
 )
 
@@ -147,6 +150,11 @@ type Options struct {
 	// Version is reported to the server in every heartbeat (default:
 	// the build info's, buildinfo.Read).
 	Version string
+	// Metrics, if set, gets the process server's metrics once the vault
+	// is open: the ingest's (ingest.Server.Collector) and the vault
+	// backend's operations (role="process"). Run registers them once, so
+	// give each Run a registry of its own.
+	Metrics prometheus.Registerer
 }
 
 func (o Options) withDefaults() Options {
@@ -177,13 +185,19 @@ func Run(ctx context.Context, stateDir string, o Options) error {
 	if err != nil {
 		return err
 	}
-	v, err := d.openVault(ctx, pc)
+	v, err := d.openVault(ctx, pc, o.Metrics)
 	if err != nil {
 		return err
 	}
 	srv, err := d.newIngest(ctx, v, pc.Bandwidth)
 	if err != nil {
 		return err
+	}
+	if o.Metrics != nil {
+		if err := o.Metrics.Register(srv.Collector()); err != nil {
+			_ = srv.Close(context.Background())
+			return fmt.Errorf("register the ingest metrics: %w", err)
+		}
 	}
 	hs, ln, err := d.listen(srv.Handler(), d.log)
 	if err != nil {
@@ -242,8 +256,9 @@ func (d *daemon) firstHeartbeat(ctx context.Context) (api.ProcessConfig, error) 
 }
 
 // openVault opens the vault the server named, with the environment it
-// handed (AWS_* for S3) over this process's.
-func (d *daemon) openVault(ctx context.Context, pc api.ProcessConfig) (*vault.Vault, error) {
+// handed (AWS_* for S3) over this process's; with reg, its backend's
+// operations are counted there.
+func (d *daemon) openVault(ctx context.Context, pc api.ProcessConfig, reg prometheus.Registerer) (*vault.Vault, error) {
 	getenv := func(k string) string {
 		if v, ok := pc.Env[k]; ok {
 			return v
@@ -253,6 +268,14 @@ func (d *daemon) openVault(ctx context.Context, pc api.ProcessConfig) (*vault.Va
 	be, err := open.Backend(ctx, pc.Vault, open.Options{Getenv: getenv, Logger: d.log})
 	if err != nil {
 		return nil, fmt.Errorf("open vault %s: %w", pc.Vault, err)
+	}
+	if reg != nil {
+		mb, err := backend.Metrics(be, reg, prometheus.Labels{"role": "process"})
+		if err != nil {
+			_ = be.Close()
+			return nil, err
+		}
+		be = mb
 	}
 	vo := vault.Options{Logger: d.log, Clock: d.clock}
 	if err := vo.ApplyTestLockTiming(os.Getenv); err != nil {
