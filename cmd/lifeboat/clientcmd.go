@@ -427,6 +427,12 @@ func (a *app) machinesCmd() *cobra.Command {
 			fmt.Fprintf(w, "machine\t%s\n", m.Name)
 			fmt.Fprintf(w, "state\t%s\n", describeState(m))
 			fmt.Fprintf(w, "allowed next actions\t%s\n", nextActions(m))
+			if m.Health != nil {
+				fmt.Fprintf(w, "health\t%s\n", m.Health.Level)
+				for _, r := range m.Health.Reasons {
+					fmt.Fprintf(w, "  %s\t%s: do %s\n", r.Level, r.Reason, r.Remedy)
+				}
+			}
 			fmt.Fprintf(w, "policy\t%s\n", m.Policy)
 			fmt.Fprintf(w, "group\t%s\n", m.Group)
 			fmt.Fprintf(w, "process server\t%s\n", m.Process)
@@ -489,7 +495,7 @@ func shortID(s string) string {
 func (a *app) machineTable(ms []api.Machine) {
 	sort.Slice(ms, func(i, j int) bool { return ms[i].Name < ms[j].Name })
 	w := a.table()
-	fmt.Fprintln(w, "MACHINE\tKIND\tSTATE\tRPO\tPOLICY\tGROUP\tPROCESS\tLAST POINT")
+	fmt.Fprintln(w, "MACHINE\tKIND\tSTATE\tHEALTH\tRPO\tPOLICY\tGROUP\tPROCESS\tLAST POINT")
 	for _, m := range ms {
 		last := "-"
 		if m.LastPoint != nil {
@@ -499,7 +505,7 @@ func (a *app) machineTable(ms []api.Machine) {
 		if m.Host != "" {
 			kind = "vm@" + m.Host
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, kind, describeState(m), fmtRPO(m), dash(m.Policy), dash(m.Group), dash(m.Process), last)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, kind, describeState(m), healthLevel(m), fmtRPO(m), dash(m.Policy), dash(m.Group), dash(m.Process), last)
 	}
 	_ = w.Flush()
 }
@@ -646,4 +652,15 @@ func (a *app) groupsCmd() *cobra.Command {
 	}
 	cmd.AddCommand(list, show)
 	return cmd
+}
+
+// healthLevel is a machine's health level, with how many reasons.
+func healthLevel(m api.Machine) string {
+	if m.Health == nil {
+		return "-"
+	}
+	if n := len(m.Health.Reasons); n > 1 {
+		return fmt.Sprintf("%s (%d)", m.Health.Level, n)
+	}
+	return m.Health.Level
 }

@@ -14,7 +14,8 @@ import (
 func TestMachineNextActions(t *testing.T) {
 	f := newFakeAPI(t)
 	web := api.Machine{Name: "web", State: api.StateFailedOver, Policy: "p",
-		AllowedActions: []string{"test-failover", "change-point", "commit", "cancel-failover"}}
+		AllowedActions: []string{"test-failover", "change-point", "commit", "cancel-failover"},
+		Health: &api.Health{Level: api.HealthWarning, Reasons: []api.HealthReason{{Level: api.HealthWarning, Reason: "failed over, not committed", Remedy: "`lifeboat failover commit web`"}}}}
 	db := api.Machine{Name: "db", State: api.StateCommitted, AllowedActions: []string{"reprotect"}}
 	f.reply("GET /api/v1/machines/web", 200, web)
 	f.reply("GET /api/v1/status", 200, api.Status{Server: "s", Version: "dev", Vault: "/v", Machines: []api.Machine{web, db}})
@@ -23,7 +24,7 @@ func TestMachineNextActions(t *testing.T) {
 
 	out, stderr, code := f.lifeboat("machines", "show", "web")
 	if code != 0 || !regexp.MustCompile(`allowed next actions\s+test-failover, change-point, commit, cancel-failover\n`).MatchString(out) ||
-		!strings.Contains(out, "failed over (not committed)") {
+		!strings.Contains(out, "failed over (not committed)") || !regexp.MustCompile(`health\s+warning\n\s+warning\s+failed over, not committed: do .lifeboat failover commit web.`).MatchString(out) {
 		t.Fatalf("machines show: %d %s %s", code, out, stderr)
 	}
 	out, _, _ = f.lifeboat("machines", "show", "web", "--json")

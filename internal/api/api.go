@@ -354,6 +354,9 @@ type Machine struct {
 	// Recovery is what runs for the machine at the recovery site (a
 	// test failover, a failover) and the planned failover's shutdown.
 	Recovery *Recovery `json:"recovery,omitempty"`
+	// Health judges the machine (internal/health): the server fills it
+	// in every answer, the store does not keep it.
+	Health *Health `json:"health,omitempty"`
 	// AllowedActions are the actions the machine's state allows now
 	// (internal/lifecycle: protect, pause, test-failover, failover,
 	// commit, ...); the server fills them in every answer, the store
@@ -691,4 +694,24 @@ type AlertTestResult struct {
 	Sink  string `json:"sink"`
 	Sent  bool   `json:"sent"`
 	Error string `json:"error,omitempty"`
+}
+
+// Health levels.
+const (
+	HealthHealthy  = "healthy"
+	HealthWarning  = "warning"
+	HealthCritical = "critical"
+)
+
+// Health is a machine's judgement: the worst level among its reasons.
+type Health struct {
+	Level   string         `json:"level"` // healthy | warning | critical
+	Reasons []HealthReason `json:"reasons"`
+}
+
+// HealthReason is one thing wrong, and what to do about it.
+type HealthReason struct {
+	Level  string `json:"level"`
+	Reason string `json:"reason"`
+	Remedy string `json:"remedy"`
 }

@@ -8,8 +8,10 @@ import (
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/health"
 	"github.com/lifeboat-dr/lifeboat/internal/jobs"
 	"github.com/lifeboat-dr/lifeboat/internal/lifecycle"
+	"github.com/lifeboat-dr/lifeboat/internal/orchestrate"
 )
 
 // The machine state model (internal/lifecycle) on the server: every
@@ -83,12 +85,61 @@ func (s *Server) activeByMachine(ctx context.Context) (map[string][]jobs.Job, er
 	return by, nil
 }
 
-// machineView is a machine as the API shows it: its current RPO and the
-// actions its state allows now.
-func (s *Server) machineView(m api.Machine, active []jobs.Job, now time.Time) api.Machine {
+// machineView is a machine as the API shows it: its current RPO, its
+// health and the actions its state allows now.
+func (s *Server) machineView(m api.Machine, active []jobs.Job, now time.Time, hc *healthContext) api.Machine {
 	m = s.withRPO(m, now)
-	m.AllowedActions = lifecycle.Strings(lifecycle.Allowed(lifecycle.State(m.State), s.factsOf(m, active)))
+	facts := s.factsOf(m, active)
+	m.AllowedActions = lifecycle.Strings(lifecycle.Allowed(lifecycle.State(m.State), facts))
+	if hc != nil {
+		h := health.Of(m, hc.facts(m, facts.AgentOnline))
+		m.Health = &h
+	}
 	return m
+}
+
+// healthContext is what judging machines' health needs, read once for
+// many machines: policies' thresholds, process servers, newest drills.
+type healthContext struct {
+	thresholds map[string]time.Duration
+	processes  map[string]*api.ProcessServer
+	drills     map[string]jobs.Job // machine -> its newest finished drill
+}
+
+func (s *Server) healthContext(ctx context.Context) (*healthContext, error) {
+	hc := &healthContext{thresholds: map[string]time.Duration{}, processes: map[string]*api.ProcessServer{}, drills: map[string]jobs.Job{}}
+	ps, err := s.store.ListPolicies(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range ps {
+		hc.thresholds[p.Name] = p.RPOThreshold.Std()
+	}
+	procs, err := s.processList(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for i := range procs {
+		hc.processes[procs[i].Name] = &procs[i]
+	}
+	ds, err := s.store.ListJobs(ctx, jobs.ListOptions{Kind: orchestrate.KindTestFailover, Limit: 1000})
+	if err != nil {
+		return nil, err
+	}
+	for _, j := range ds { // newest first
+		if _, seen := hc.drills[j.Target]; !seen && jobs.Terminal(j.State) && j.State != jobs.StateCancelled {
+			hc.drills[j.Target] = j
+		}
+	}
+	return hc, nil
+}
+
+func (hc *healthContext) facts(m api.Machine, agentOnline bool) health.Facts {
+	f := health.Facts{RPOThreshold: hc.thresholds[m.Policy], AgentOnline: agentOnline, Process: hc.processes[m.Process]}
+	if d, ok := hc.drills[m.Name]; ok && d.State == jobs.StateFailed {
+		f.LastDrillFailed, f.DrillJob, f.DrillError = true, d.ID, d.Error
+	}
+	return f
 }
 
 // machineViews returns the views of machines, with one query of the
@@ -98,10 +149,14 @@ func (s *Server) machineViews(ctx context.Context, ms []api.Machine) ([]api.Mach
 	if err != nil {
 		return nil, err
 	}
+	hc, err := s.healthContext(ctx)
+	if err != nil {
+		return nil, err
+	}
 	now := s.clock.Now()
 	out := make([]api.Machine, 0, len(ms))
 	for _, m := range ms {
-		out = append(out, s.machineView(m, by[m.Name], now))
+		out = append(out, s.machineView(m, by[m.Name], now, hc))
 	}
 	return out, nil
 }
@@ -112,5 +167,9 @@ func (s *Server) oneView(ctx context.Context, m api.Machine) (api.Machine, error
 	if err != nil {
 		return api.Machine{}, err
 	}
-	return s.machineView(m, active, s.clock.Now()), nil
+	hc, err := s.healthContext(ctx)
+	if err != nil {
+		return api.Machine{}, err
+	}
+	return s.machineView(m, active, s.clock.Now(), hc), nil
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/health"
 	"github.com/lifeboat-dr/lifeboat/internal/jobs"
 	"github.com/lifeboat-dr/lifeboat/internal/vault/backend"
 )
@@ -55,6 +56,8 @@ var (
 		"The process server's ingest rate, as it last reported.", []string{"process_server"}, nil)
 	descJobs = prometheus.NewDesc("lifeboat_jobs",
 		"Jobs the server keeps, by kind and state (queued, running, waiting, succeeded, failed, cancelled).", []string{"kind", "state"}, nil)
+	descHealth = prometheus.NewDesc("lifeboat_machine_health",
+		"The machine's health: 0 healthy, 1 warning, 2 critical (the reasons are in the API and `lifeboat machines show`).", []string{"machine"}, nil)
 	descUp = prometheus.NewDesc("lifeboat_server_info",
 		"1, labelled with the server's name and build.", []string{"server", "version"}, nil)
 )
@@ -106,7 +109,7 @@ type stateCollector struct{ s *Server }
 
 func (c stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRPO, descRPOThreshold, descState, descLastPoint, descChanged, descSent,
-		descAgentUp, descProcessUp, descCacheUsed, descCacheLimit, descIngestRate, descJobs, descUp} {
+		descAgentUp, descProcessUp, descCacheUsed, descCacheLimit, descIngestRate, descJobs, descHealth, descUp} {
 		ch <- d
 	}
 }
@@ -144,6 +147,9 @@ func (c stateCollector) machines(ctx context.Context, ch chan<- prometheus.Metri
 		gauge(descRPO, m.RPO.Std().Seconds(), m.Name)
 		gauge(descRPOThreshold, thresholds[m.Policy].Seconds(), m.Name)
 		gauge(descState, 1, m.Name, m.State)
+		if m.Health != nil {
+			gauge(descHealth, health.Value(m.Health.Level), m.Name)
+		}
 		up := 0.0
 		if c.s.factsOf(m, nil).AgentOnline {
 			up = 1

@@ -83,6 +83,14 @@ func TestMetrics(t *testing.T) {
 	if v, ok := value(fams, "lifeboat_machine_state", map[string]string{"machine": "db", "state": string(api.StateFailedOver)}); !ok || v != 1 {
 		t.Errorf("lifeboat_machine_state{machine=db,state=failed-over} = %v (present %v)", v, ok)
 	}
+	if v, ok := value(fams, "lifeboat_machine_health", db); !ok || v != 1 {
+		t.Errorf("lifeboat_machine_health{machine=db} = %v (present %v), want 1: warning, failed over and not committed", v, ok)
+	}
+	var m api.Machine
+	s.api("GET", "/api/v1/machines/db", viewer, nil).decode(t, &m)
+	if m.Health == nil || m.Health.Level != api.HealthWarning || len(m.Health.Reasons) != 1 || !strings.Contains(m.Health.Reasons[0].Remedy, "failover commit db") {
+		t.Errorf("GET machine db: health %+v", m.Health)
+	}
 	for _, name := range []string{"lifeboat_agent_up", "lifeboat_machine_last_point_timestamp_seconds", "lifeboat_machine_last_point_sent_bytes"} {
 		if _, ok := value(fams, name, db); !ok {
 			t.Errorf("no %s for db", name)

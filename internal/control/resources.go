@@ -466,7 +466,8 @@ func (s *Server) machineAction(a machineAction) func(http.ResponseWriter, *http.
 		}
 		s.audit(r, c, name, fmt.Sprintf("machine %s: %s", name, what))
 		s.notify.notify(name)
-		writeJSON(w, http.StatusOK, s.machineView(m, active, s.clock.Now()))
+		hc, _ := s.healthContext(r.Context()) // nil on error: the answer has no health
+		writeJSON(w, http.StatusOK, s.machineView(m, active, s.clock.Now(), hc))
 		return nil
 	}
 }
