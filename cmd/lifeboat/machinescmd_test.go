@@ -15,7 +15,7 @@ func TestMachineNextActions(t *testing.T) {
 	f := newFakeAPI(t)
 	web := api.Machine{Name: "web", State: api.StateFailedOver, Policy: "p",
 		AllowedActions: []string{"test-failover", "change-point", "commit", "cancel-failover"},
-		Health: &api.Health{Level: api.HealthWarning, Reasons: []api.HealthReason{{Level: api.HealthWarning, Reason: "failed over, not committed", Remedy: "`lifeboat failover commit web`"}}}}
+		Health:         &api.Health{Level: api.HealthWarning, Reasons: []api.HealthReason{{Level: api.HealthWarning, Reason: "failed over, not committed", Remedy: "`lifeboat failover commit web`"}}}}
 	db := api.Machine{Name: "db", State: api.StateCommitted, AllowedActions: []string{"reprotect"}}
 	f.reply("GET /api/v1/machines/web", 200, web)
 	f.reply("GET /api/v1/status", 200, api.Status{Server: "s", Version: "dev", Vault: "/v", Machines: []api.Machine{web, db}})
