@@ -137,7 +137,7 @@ Start with "lifeboat demo" to see the whole cycle on a sample disk.`,
 	root.AddCommand(a.vaultCmd(), a.replicateCmd(), a.pointsCmd(), a.restoreCmd(), a.demoCmd(), a.versionCmd(),
 		a.serverCmd(), a.agentCmd(), a.processCmd(), a.loginCmd(), a.tokenCmd(), a.policyCmd(), a.machinesCmd(),
 		a.statusCmd(), a.eventsCmd(), a.groupsCmd(), a.testFailoverCmd(), a.failoverCmd(), a.reprotectCmd(), a.failbackCmd(), a.reEnableCmd(), a.jobsCmd(), a.recoveryCmd(), a.recoverCmd(),
-		a.planCmd(), a.drillsCmd(), a.targetCmd(), a.alertsCmd())
+		a.planCmd(), a.drillsCmd(), a.targetCmd(), a.alertsCmd(), a.checkConfigCmd())
 	root.AddCommand(a.protectCmds()...)
 	a.acceptVaultFlags(root)
 	a.versionFlag(root)

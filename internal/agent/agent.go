@@ -394,6 +394,7 @@ func (a *Agent) buildHeartbeat() (api.AgentHeartbeat, bool) {
 		Events:     append([]api.Event(nil), a.st.Events...),
 		CutAcks:    append([]api.CutAck(nil), a.acks...),
 		ResyncDone: a.st.ResyncDone,
+		Time:       a.clk.Now().UTC(),
 	}
 	if a.haveSrv {
 		hb.KnownVersion = a.srv.Version

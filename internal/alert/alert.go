@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
@@ -34,6 +35,9 @@ type Rule struct {
 	Severity string   `json:"severity"` // warning | critical
 	// Summary is the notification's title; %s is the subject.
 	Summary string `json:"summary"`
+	// Keyed: the subject is the event message's words before its first
+	// ':' (one alert per configuration check, not per server).
+	Keyed bool `json:"keyed,omitempty"`
 }
 
 // DefaultRules are the alerts every server has unless its configuration
@@ -56,6 +60,8 @@ func DefaultRules() []Rule {
 			Summary: "the vault holds damaged data (%s)"},
 		{Name: "cache_full", Fire: []string{"cache_full"}, Severity: "warning",
 			Summary: "the cache of process server %s is full"},
+		{Name: "config_check", Fire: []string{"config_check_failed"}, Resolve: []string{"config_check_ok"}, Severity: "warning",
+			Summary: "configuration check failing: %s", Keyed: true},
 	}
 }
 
@@ -155,6 +161,9 @@ func (e *Engine) Feed(events []api.Event) []Notification {
 
 func (e *Engine) apply(r Rule, ev api.Event) (Notification, bool) {
 	subj := subject(ev)
+	if r.Keyed {
+		subj, _, _ = strings.Cut(ev.Message, ":")
+	}
 	n := Notification{Rule: r.Name, Severity: r.Severity, Subject: subj, Machine: ev.Machine, Process: ev.Process,
 		Summary: fmt.Sprintf(r.Summary, subj), Message: ev.Message, EventID: ev.ID, Time: ev.Time, Server: e.server}
 	i := slices.IndexFunc(e.st.Active, func(a Active) bool { return a.Rule == r.Name && a.Subject == subj })

@@ -476,6 +476,8 @@ type ProcessHeartbeat struct {
 	// Version is the process server's build (buildinfo); older ones
 	// leave it out.
 	Version string `json:"version,omitempty"`
+	// Time is the process server's clock when it sent the heartbeat.
+	Time time.Time `json:"time,omitzero"`
 }
 
 // ProcessConfig is the server's answer to a process heartbeat and
@@ -514,6 +516,9 @@ type AgentHeartbeat struct {
 	// server asked for (AgentConfig.Shutdown); repeated until the server
 	// no longer asks.
 	Shutdown *ShutdownAck `json:"shutdown,omitempty"`
+	// Time is the agent's clock when it sent the heartbeat: the server
+	// compares it with its own (clock skew distorts RPO).
+	Time time.Time `json:"time,omitzero"`
 }
 
 // AgentConfig is what the server tells an agent to do.
@@ -714,4 +719,23 @@ type HealthReason struct {
 	Level  string `json:"level"`
 	Reason string `json:"reason"`
 	Remedy string `json:"remedy"`
+}
+
+// ConfigChecks is GET /api/v1/checks (`lifeboat check-config`): the
+// deployment's configuration checks, run now.
+type ConfigChecks struct {
+	Time    time.Time     `json:"time"`
+	Server  string        `json:"server"`
+	Version string        `json:"version"`
+	Level   string        `json:"level"` // the worst: healthy | warning | critical
+	Checks  []ConfigCheck `json:"checks"`
+}
+
+// ConfigCheck is one check's finding.
+type ConfigCheck struct {
+	Name    string `json:"name"`              // vault, version, clock, ca, cache, space, state
+	Subject string `json:"subject,omitempty"` // the process server, machine or directory
+	Level   string `json:"level"`
+	Message string `json:"message"`
+	Remedy  string `json:"remedy,omitempty"`
 }

@@ -132,6 +132,7 @@ func (s *Server) Routes() []Route {
 		{"GET", "/api/v1/status", authToken, viewer, s.status},
 		{"GET", "/metrics", authToken, viewer, s.serveMetrics},
 		{"GET", "/api/v1/alerts", authToken, viewer, s.alertsList},
+		{"GET", "/api/v1/checks", authToken, viewer, s.getChecks},
 		{"POST", "/api/v1/alerts/test", authToken, admin, s.alertsTest},
 	}
 	rs = append(rs,

@@ -117,9 +117,10 @@ type Server struct {
 	tokens tokenWatch   // API tokens announced as expiring (tokens.go)
 	procs  processWatch // process servers announced offline (liveness.go)
 
-	metrics   *serverMetrics    // GET /metrics (metrics.go)
-	alerts    *alerting         // alert sinks and queues (alerts.go)
-	jobStates map[string]string // job ID -> last state seen, for job events (alerts.go); guarded by mu
+	metrics   *serverMetrics           // GET /metrics (metrics.go)
+	alerts    *alerting                // alert sinks and queues (alerts.go)
+	jobStates map[string]string        // job ID -> last state seen, for job events (alerts.go); guarded by mu
+	skews     map[string]time.Duration // role -> its clock minus the server's at its last heartbeat (checks.go); guarded by mu
 
 	rec   *recovery // the recovery site and its jobs (recovery.go)
 	plans planSched // the drill scheduler and the plans' catalog entry (plansched.go)
@@ -309,7 +310,11 @@ func Run(ctx context.Context, o RunOptions) error {
 		wg.Add(1)
 		go serve(sv.srv, sv.ln, sv.what)
 	}
-	wg.Add(5)
+	wg.Add(6)
+	go func() {
+		defer wg.Done()
+		s.checkLoop(runCtx)
+	}()
 	go func() {
 		defer wg.Done()
 		s.reverseLoop(runCtx)

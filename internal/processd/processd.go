@@ -347,7 +347,7 @@ func shutdown(hs *http.Server, srv *ingest.Server) error {
 func (d *daemon) beat(ctx context.Context, srv *ingest.Server) (api.ProcessConfig, error) {
 	st := srv.Stats()
 	hb := api.ProcessHeartbeat{URL: d.cfg.Advertise, CacheUsed: st.CacheUsed, CacheLimit: st.CacheLimit,
-		Sessions: st.Sessions, Throttled: st.Throttled, IngestRate: st.IngestRate, Open: srv.OpenSessions()}
+		Sessions: st.Sessions, Throttled: st.Throttled, IngestRate: st.IngestRate, Open: srv.OpenSessions(), Time: d.clock.Now().UTC()}
 	hb.Events, hb.Points = d.take()
 	pc, err := d.heartbeat(ctx, hb)
 	if err != nil {
