@@ -536,35 +536,65 @@ func dash(s string) string {
 
 func (a *app) statusCmd() *cobra.Command {
 	var f clientFlags
+	var watch bool
+	var every time.Duration
 	cmd := &cobra.Command{
-		Use: "status", Short: "Show machines with their replication state and RPO, process servers and recent events", Args: cobra.NoArgs,
+		Use: "status", Short: "Show machines with their replication state, health and RPO, process servers and recent events", Args: cobra.NoArgs,
+		Example: "  lifeboat status\n  lifeboat status --watch --every 5s",
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := a.client(&f)
 			if err != nil {
 				return err
 			}
-			var st api.Status
-			if err := c.Do(cmd.Context(), http.MethodGet, client.Path("status"), nil, &st); err != nil {
-				return err
+			if every <= 0 {
+				return &codeError{exitUsage, fmt.Errorf("--every %s: want a positive duration", every)}
 			}
-			if f.json {
-				return a.printJSON(st)
+			for {
+				var st api.Status
+				if err := c.Do(cmd.Context(), http.MethodGet, client.Path("status"), nil, &st); err != nil {
+					return err
+				}
+				if f.json {
+					if err := a.printJSON(st); err != nil {
+						return err
+					}
+				} else {
+					if watch {
+						fmt.Fprint(a.stdout, "\033[H\033[2J") // home, clear: redraw in place
+					}
+					a.statusText(st)
+				}
+				if !watch {
+					return nil
+				}
+				t := a.clock().NewTimer(every)
+				select {
+				case <-cmd.Context().Done():
+					t.Stop()
+					return nil
+				case <-t.C():
+				}
 			}
-			fmt.Fprintf(a.stdout, "server %s (%s), vault %s\n\n", st.Server, st.Version, st.Vault)
-			a.machineTable(st.Machines)
-			fmt.Fprintln(a.stdout)
-			a.nextActionsTable(st.Machines)
-			fmt.Fprintln(a.stdout)
-			a.processTable(st.Processes)
-			if len(st.Events) > 0 {
-				fmt.Fprintln(a.stdout, "\nrecent events:")
-				a.eventLines(st.Events)
-			}
-			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&watch, "watch", false, "redraw every --every until interrupted (with --json: one status object a line)")
+	cmd.Flags().DurationVar(&every, "every", 2*time.Second, "how often --watch redraws")
 	a.addClientFlags(cmd, &f)
 	return cmd
+}
+
+// statusText prints a status as tables.
+func (a *app) statusText(st api.Status) {
+	fmt.Fprintf(a.stdout, "server %s (%s), vault %s\n\n", st.Server, st.Version, st.Vault)
+	a.machineTable(st.Machines)
+	fmt.Fprintln(a.stdout)
+	a.nextActionsTable(st.Machines)
+	fmt.Fprintln(a.stdout)
+	a.processTable(st.Processes)
+	if len(st.Events) > 0 {
+		fmt.Fprintln(a.stdout, "\nrecent events:")
+		a.eventLines(st.Events)
+	}
 }
 
 func (a *app) processTable(ps []api.ProcessServer) {
