@@ -159,6 +159,10 @@ func (s *Server) Routes() []Route {
 
 func (s *Server) buildMux() *http.ServeMux {
 	mux := http.NewServeMux()
+	if s.console != nil {
+		mux.Handle("/ui/", s.console)
+		mux.Handle("GET /{$}", http.RedirectHandler("/ui/", http.StatusSeeOther))
+	}
 	routes := s.Routes()
 	for _, rt := range routes {
 		mux.Handle(rt.Method+" "+rt.Path, s.wrap(rt))

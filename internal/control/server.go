@@ -26,6 +26,7 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/clock"
 	"github.com/lifeboat-dr/lifeboat/internal/compute"
+	"github.com/lifeboat-dr/lifeboat/internal/console"
 	"github.com/lifeboat-dr/lifeboat/internal/orchestrate"
 	"github.com/lifeboat-dr/lifeboat/internal/pki"
 	"github.com/lifeboat-dr/lifeboat/internal/store"
@@ -118,6 +119,7 @@ type Server struct {
 	procs  processWatch // process servers announced offline (liveness.go)
 
 	metrics   *serverMetrics           // GET /metrics (metrics.go)
+	console   *console.Console         // the web console under /ui/ (internal/console)
 	alerts    *alerting                // alert sinks and queues (alerts.go)
 	jobStates map[string]string        // job ID -> last state seen, for job events (alerts.go); guarded by mu
 	skews     map[string]time.Duration // role -> its clock minus the server's at its last heartbeat (checks.go); guarded by mu
@@ -200,6 +202,12 @@ func Open(ctx context.Context, o RunOptions) (*Server, error) {
 		return nil, err
 	}
 	s.rec = s.newRecovery(o)
+	s.console, err = console.New(console.Options{API: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }),
+		Clock: s.clock, Logger: s.log, Server: s.cfg.Name})
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
 	s.mux = s.buildMux()
 	return s, nil
 }
