@@ -269,6 +269,9 @@ func (c *Console) render(w http.ResponseWriter, status int, page string, s *sess
 	if s != nil {
 		data["Who"], data["CSRF"], data["CanAct"] = s.who, s.csrf, s.who.Role == api.RoleOperator || s.who.Role == api.RoleAdmin
 	}
+	if data["Live"] == true && data["Since"] == nil {
+		data["Since"] = int64(0)
+	}
 	var b bytes.Buffer
 	if err := c.pages[page].Execute(&b, data); err != nil {
 		c.log.Error("console: render", "page", page, "err", err)

@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -148,7 +149,7 @@ func (c *Console) dashboard(w http.ResponseWriter, r *http.Request, s *session) 
 	for _, m := range st.Machines {
 		counts[funcs["level"].(func(*api.Health) string)(m.Health)]++
 	}
-	c.render(w, http.StatusOK, "dashboard", s, map[string]any{"Status": st, "Jobs": js, "Counts": counts, "Live": true})
+	c.render(w, http.StatusOK, "dashboard", s, map[string]any{"Status": st, "Jobs": js, "Counts": counts, "Live": true, "Since": c.newestEvent(r, s)})
 }
 
 func rank(h *api.Health) int {
@@ -173,7 +174,7 @@ func (c *Console) machine(w http.ResponseWriter, r *http.Request, s *session) {
 			offered = append(offered, a)
 		}
 	}
-	c.render(w, http.StatusOK, "machine", s, map[string]any{"M": m, "Points": pts, "Actions": offered, "Live": true})
+	c.render(w, http.StatusOK, "machine", s, map[string]any{"M": m, "Points": pts, "Actions": offered, "Live": true, "Since": c.newestEvent(r, s)})
 }
 
 // confirm asks before an action: what it does, and a form to do it.
@@ -214,7 +215,7 @@ func (c *Console) jobs(w http.ResponseWriter, r *http.Request, s *session) {
 		c.failAPI(w, r, err)
 		return
 	}
-	c.render(w, http.StatusOK, "jobs", s, map[string]any{"Jobs": js, "Live": true})
+	c.render(w, http.StatusOK, "jobs", s, map[string]any{"Jobs": js, "Live": true, "Since": c.newestEvent(r, s)})
 }
 
 func (c *Console) job(w http.ResponseWriter, r *http.Request, s *session) {
@@ -223,7 +224,7 @@ func (c *Console) job(w http.ResponseWriter, r *http.Request, s *session) {
 		c.failAPI(w, r, err)
 		return
 	}
-	c.render(w, http.StatusOK, "job", s, map[string]any{"J": j, "Live": !slices.Contains([]string{"succeeded", "failed", "cancelled"}, j.State)})
+	c.render(w, http.StatusOK, "job", s, map[string]any{"J": j, "Live": !slices.Contains([]string{"succeeded", "failed", "cancelled"}, j.State), "Since": c.newestEvent(r, s)})
 }
 
 // jobOp resumes (acknowledges) or cancels a job.
@@ -261,10 +262,26 @@ func (c *Console) live(w http.ResponseWriter, r *http.Request, s *session) {
 	rc := http.NewResponseController(w)
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.WriteHeader(http.StatusOK)
-	var last int64 = -1
+	// The page says which event it was drawn after: one that came
+	// between its drawing and this stream redraws it at once.
+	last, err := strconv.ParseInt(r.URL.Query().Get("since"), 10, 64)
+	if err != nil || last < 0 {
+		last = -1
+	}
 	t := c.o.Clock.NewTicker(2 * time.Second)
 	defer t.Stop()
+	jobID, jobVersion := r.URL.Query().Get("job"), r.URL.Query().Get("version")
 	for {
+		if jobID != "" { // a job's page: redraw when the job changes
+			var j api.Job
+			if err := c.call(r, s.token, http.MethodGet, client.Path("jobs", jobID), nil, &j); err != nil {
+				return
+			}
+			if strconv.FormatInt(j.Version, 10) != jobVersion {
+				fmt.Fprintf(w, "event: change\ndata: job\n\n")
+				jobVersion = strconv.FormatInt(j.Version, 10)
+			}
+		}
 		var evs []api.Event
 		if err := c.call(r, s.token, http.MethodGet, "/api/v1/events?newest=true&limit=1", nil, &evs); err != nil {
 			return
@@ -290,4 +307,14 @@ func (c *Console) live(w http.ResponseWriter, r *http.Request, s *session) {
 			return
 		}
 	}
+}
+
+// newestEvent is the ID of the server's newest event (0: none): a live
+// page records it, so its stream knows what the page has seen.
+func (c *Console) newestEvent(r *http.Request, s *session) int64 {
+	var evs []api.Event
+	if c.call(r, s.token, http.MethodGet, "/api/v1/events?newest=true&limit=1", nil, &evs) != nil || len(evs) == 0 {
+		return 0
+	}
+	return evs[0].ID
 }
