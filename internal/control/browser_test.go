@@ -85,7 +85,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	base := "https://" + s.addrs.API
 	login := func(token string) chromedp.Action[chromedp.Void] {
 		return chromedp.Steps(
-			chromedp.Navigate(base + "/ui/login"),
+			chromedp.Navigate(base+"/ui/login"),
 			chromedp.WaitVisible(chromedp.CSS(`#token`)),
 			chromedp.SendKeys(chromedp.CSS(`#token`), token),
 			chromedp.Submit(chromedp.CSS(`#token`)),
