@@ -20,8 +20,8 @@ import (
 
 // TestAlertsRealProcesses: a real server, agent and SMTP server. The
 // agent is killed (-9): within a minute mailpit holds the agent-offline
-// mail and a webhook receiver the signed notification; the agent comes
-// back: the resolved mail and notification follow. A third sink that is
+// and RPO-exceeded mails and a webhook receiver the signed notification;
+// the agent comes back: the resolved mails and notification follow. A third sink that is
 // down (nothing listens) meanwhile keeps failing, and replication goes
 // on at its interval regardless.
 func TestAlertsRealProcesses(t *testing.T) {
@@ -73,7 +73,7 @@ func TestAlertsRealProcesses(t *testing.T) {
 	disk := filepath.Join(cl.dir, "alert-disk.img")
 	makeDisk(t, disk, 8<<20, 4<<20, 7)
 	agent := cl.addAgent("web", "", map[string]string{"vda": disk})
-	cl.mustRun("policy", "create", "fast", "--crash-interval", "2s", "--app-interval", "0", "--retention", "1h:all")
+	cl.mustRun("policy", "create", "fast", "--crash-interval", "2s", "--app-interval", "0", "--retention", "1h:all", "--rpo-threshold", "8s")
 	cl.mustRun("protect", "web", "--policy", "fast")
 	cl.waitFor("2 points of web", 2*time.Minute, func() bool { return len(cl.vaultPoints()) >= 2 })
 	subjects := func() []string {
@@ -88,14 +88,19 @@ func TestAlertsRealProcesses(t *testing.T) {
 	killed := time.Now()
 	agent.kill9()
 	const offline = "[Lifeboat] warning: the agent of web does not report"
+	const rpo = "[Lifeboat] warning: RPO of web is over its threshold"
 	cl.waitFor("the agent-offline mail", time.Minute, func() bool { return slices.Contains(subjects(), offline) })
 	fmt.Fprintf(os.Stderr, "TestAlertsRealProcesses: agent-offline mail %s after kill -9\n", time.Since(killed).Round(time.Second))
+	cl.waitFor("the RPO-exceeded mail", time.Minute, func() bool { return slices.Contains(subjects(), rpo) })
+	fmt.Fprintf(os.Stderr, "TestAlertsRealProcesses: RPO-exceeded mail %s after kill -9 (threshold 8 s)\n", time.Since(killed).Round(time.Second))
 	cl.waitFor("the signed agent-offline webhook", 30*time.Second, func() bool { return slices.Contains(hookStatuses("agent_offline"), "firing") })
 
 	back := time.Now()
 	agent.start()
 	const resolved = "[Lifeboat] RESOLVED: the agent of web does not report"
-	cl.waitFor("the resolved mail", time.Minute, func() bool { return slices.Contains(subjects(), resolved) })
+	cl.waitFor("the resolved mails", time.Minute, func() bool {
+		return slices.Contains(subjects(), resolved) && slices.Contains(subjects(), "[Lifeboat] RESOLVED: RPO of web is over its threshold")
+	})
 	fmt.Fprintf(os.Stderr, "TestAlertsRealProcesses: resolved mail %s after the agent restarted\n", time.Since(back).Round(time.Second))
 	cl.waitFor("the resolved webhook", 30*time.Second, func() bool {
 		return slices.Equal(hookStatuses("agent_offline"), []string{"firing", "resolved"})
