@@ -122,3 +122,24 @@ func TestSessionExpires(t *testing.T) {
 		t.Fatalf("after the TTL: %d, want the login page", code)
 	}
 }
+
+// TestCharts: a bar per point after the first, the tallest for the
+// longest gap and the largest churn, with words for screen readers.
+func TestCharts(t *testing.T) {
+	t0 := time.Unix(1_800_000_000, 0)
+	pts := []api.Point{ // newest first, as the API lists them
+		{ID: "c", Time: t0.Add(90 * time.Second), CycleFigures: &api.CycleFigures{ChangedBytes: 3 << 20}},
+		{ID: "b", Time: t0.Add(30 * time.Second), CycleFigures: &api.CycleFigures{ChangedBytes: 1 << 20}},
+		{ID: "a", Time: t0},
+	}
+	rpo, churn := charts(pts)
+	if rpo == nil || churn == nil || rpo.Max != "1m0s" || churn.Max != "3.0 MiB" {
+		t.Fatalf("charts: %+v %+v", rpo, churn)
+	}
+	if n := strings.Count(string(rpo.SVG), "<rect"); n != 2 || !strings.Contains(string(rpo.SVG), `aria-label="RPO closed by each of the last 2 points"`) {
+		t.Fatalf("RPO chart: %s", rpo.SVG)
+	}
+	if r, c := charts(pts[:1]); r != nil || c != nil {
+		t.Fatal("a chart of one point")
+	}
+}

@@ -42,6 +42,7 @@ var actions = map[string]struct {
 	label string
 	warn  string
 }{
+	"protect":          {"protect", nil, "Protect", "The machine's agent starts replicating it with the policy you choose."},
 	"pause":            {"pause", nil, "Pause replication", "No new recovery points are taken until you resume."},
 	"resume":           {"resume", nil, "Resume replication", ""},
 	"resync":           {"resync", nil, "Resync", "The disks are read whole and compared with the vault."},
@@ -174,7 +175,9 @@ func (c *Console) machine(w http.ResponseWriter, r *http.Request, s *session) {
 			offered = append(offered, a)
 		}
 	}
-	c.render(w, http.StatusOK, "machine", s, map[string]any{"M": m, "Points": pts, "Actions": offered, "Live": true, "Since": c.newestEvent(r, s)})
+	rpoChart, churnChart := charts(pts)
+	c.render(w, http.StatusOK, "machine", s, map[string]any{"M": m, "Points": pts, "Actions": offered, "Live": true, "Since": c.newestEvent(r, s),
+		"RPOChart": rpoChart, "ChurnChart": churnChart})
 }
 
 // confirm asks before an action: what it does, and a form to do it.
@@ -185,7 +188,16 @@ func (c *Console) confirm(w http.ResponseWriter, r *http.Request, s *session) {
 		c.fail(w, r, http.StatusNotFound, "no action "+a)
 		return
 	}
-	c.render(w, http.StatusOK, "confirm", s, map[string]any{"Name": name, "Action": a, "Label": x.label, "Warn": x.warn})
+	data := map[string]any{"Name": name, "Action": a, "Label": x.label, "Warn": x.warn}
+	if a == "protect" {
+		var ps []api.Policy
+		if err := c.call(r, s.token, http.MethodGet, "/api/v1/policies", nil, &ps); err != nil {
+			c.failAPI(w, r, err)
+			return
+		}
+		data["Policies"] = ps
+	}
+	c.render(w, http.StatusOK, "confirm", s, data)
 }
 
 // act runs a confirmed action through the API (which checks the role and
@@ -197,8 +209,12 @@ func (c *Console) act(w http.ResponseWriter, r *http.Request, s *session) {
 		c.fail(w, r, http.StatusNotFound, "no action "+a)
 		return
 	}
+	body := x.body
+	if a == "protect" {
+		body = api.ProtectRequest{Policy: r.PostFormValue("policy")}
+	}
 	var out map[string]any
-	if err := c.call(r, s.token, http.MethodPost, client.Path("machines", name)+"/"+x.path, x.body, &out); err != nil {
+	if err := c.call(r, s.token, http.MethodPost, client.Path("machines", name)+"/"+x.path, body, &out); err != nil {
 		c.failAPI(w, r, err)
 		return
 	}
