@@ -1,63 +1,25 @@
 package control
 
 import (
-	"bytes"
 	"net/http"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
-
 	"github.com/lifeboat-dr/lifeboat/dist"
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/testutil/promtest"
 )
 
 // scrape reads GET /metrics with token and parses it as Prometheus does.
-func scrape(t *testing.T, s *site, token string) map[string]*dto.MetricFamily {
+func scrape(t *testing.T, s *site, token string) promtest.Families {
 	t.Helper()
 	r := s.api("GET", "/metrics", token, nil)
 	if r.status != http.StatusOK {
 		t.Fatalf("GET /metrics: %d %s", r.status, r.body)
 	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(bytes.NewReader(r.body))
-	if err != nil {
-		t.Fatalf("the metrics do not parse: %v\n%s", err, r.body)
-	}
-	return fams
-}
-
-// value is the value of the family's sample whose labels include want.
-func value(fams map[string]*dto.MetricFamily, name string, want map[string]string) (float64, bool) {
-	f := fams[name]
-	if f == nil {
-		return 0, false
-	}
-next:
-	for _, m := range f.Metric {
-		have := map[string]string{}
-		for _, l := range m.Label {
-			have[l.GetName()] = l.GetValue()
-		}
-		for k, v := range want {
-			if have[k] != v {
-				continue next
-			}
-		}
-		switch {
-		case m.Gauge != nil:
-			return m.Gauge.GetValue(), true
-		case m.Counter != nil:
-			return m.Counter.GetValue(), true
-		case m.Histogram != nil:
-			return float64(m.Histogram.GetSampleCount()), true
-		}
-	}
-	return 0, false
+	return promtest.Parse(t, "the server", r.body)
 }
 
 // TestMetrics: GET /metrics needs a viewer token; a scrape parses and
@@ -74,16 +36,16 @@ func TestMetrics(t *testing.T) {
 
 	fams := scrape(t, s, viewer)
 	db := map[string]string{"machine": "db"}
-	if v, ok := value(fams, "lifeboat_machine_rpo_seconds", db); !ok || v < 90 {
+	if v, ok := fams.Value("lifeboat_machine_rpo_seconds", db); !ok || v < 90 {
 		t.Errorf("lifeboat_machine_rpo_seconds{machine=db} = %v (present %v), want >= 90 s (the clock moved 90 s past its newest point)", v, ok)
 	}
-	if _, ok := value(fams, "lifeboat_machine_rpo_threshold_seconds", db); !ok {
+	if _, ok := fams.Value("lifeboat_machine_rpo_threshold_seconds", db); !ok {
 		t.Error("no lifeboat_machine_rpo_threshold_seconds for db")
 	}
-	if v, ok := value(fams, "lifeboat_machine_state", map[string]string{"machine": "db", "state": string(api.StateFailedOver)}); !ok || v != 1 {
+	if v, ok := fams.Value("lifeboat_machine_state", map[string]string{"machine": "db", "state": string(api.StateFailedOver)}); !ok || v != 1 {
 		t.Errorf("lifeboat_machine_state{machine=db,state=failed-over} = %v (present %v)", v, ok)
 	}
-	if v, ok := value(fams, "lifeboat_machine_health", db); !ok || v != 1 {
+	if v, ok := fams.Value("lifeboat_machine_health", db); !ok || v != 1 {
 		t.Errorf("lifeboat_machine_health{machine=db} = %v (present %v), want 1: warning, failed over and not committed", v, ok)
 	}
 	var m api.Machine
@@ -92,23 +54,23 @@ func TestMetrics(t *testing.T) {
 		t.Errorf("GET machine db: health %+v", m.Health)
 	}
 	for _, name := range []string{"lifeboat_agent_up", "lifeboat_machine_last_point_timestamp_seconds", "lifeboat_machine_last_point_sent_bytes"} {
-		if _, ok := value(fams, name, db); !ok {
+		if _, ok := fams.Value(name, db); !ok {
 			t.Errorf("no %s for db", name)
 		}
 	}
-	if v, ok := value(fams, "lifeboat_jobs", map[string]string{"kind": "failover", "state": "succeeded"}); !ok || v != 1 {
+	if v, ok := fams.Value("lifeboat_jobs", map[string]string{"kind": "failover", "state": "succeeded"}); !ok || v != 1 {
 		t.Errorf("lifeboat_jobs{kind=failover,state=succeeded} = %v (present %v), want 1", v, ok)
 	}
-	if v, ok := value(fams, "lifeboat_api_requests_total", map[string]string{"route": "GET /metrics", "code": "401"}); !ok || v != 2 {
+	if v, ok := fams.Value("lifeboat_api_requests_total", map[string]string{"route": "GET /metrics", "code": "401"}); !ok || v != 2 {
 		t.Errorf("lifeboat_api_requests_total{route=GET /metrics,code=401} = %v (present %v), want the 2 refused scrapes", v, ok)
 	}
-	if v, ok := value(fams, "lifeboat_api_request_duration_seconds", map[string]string{"route": "POST /api/v1/machines/{name}/failover"}); !ok || v < 1 {
+	if v, ok := fams.Value("lifeboat_api_request_duration_seconds", map[string]string{"route": "POST /api/v1/machines/{name}/failover"}); !ok || v < 1 {
 		t.Errorf("no latency of the failover request: %v %v", v, ok)
 	}
-	if v, ok := value(fams, "lifeboat_backend_operations_total", map[string]string{"role": "server", "op": "get"}); !ok || v == 0 {
+	if v, ok := fams.Value("lifeboat_backend_operations_total", map[string]string{"role": "server", "op": "get"}); !ok || v == 0 {
 		t.Errorf("no vault backend operations counted: %v %v", v, ok)
 	}
-	if _, ok := value(fams, "lifeboat_server_info", nil); !ok {
+	if _, ok := fams.Value("lifeboat_server_info", nil); !ok {
 		t.Error("no lifeboat_server_info")
 	}
 }

@@ -62,10 +62,17 @@ func Scrape(t testing.TB, url string) Families {
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("scrape %s: %s\n%s", url, resp.Status, body)
 	}
+	return Parse(t, url, body)
+}
+
+// Parse parses a scrape's body (from where) as Prometheus does; metrics
+// that do not parse fail t.
+func Parse(t testing.TB, where string, body []byte) Families {
+	t.Helper()
 	parser := expfmt.NewTextParser(model.UTF8Validation)
 	fams, err := parser.TextToMetricFamilies(bytes.NewReader(body))
 	if err != nil {
-		t.Fatalf("the metrics of %s do not parse: %v\n%s", url, err, body)
+		t.Fatalf("the metrics of %s do not parse: %v\n%s", where, err, body)
 	}
 	return fams
 }
