@@ -15,6 +15,7 @@ import (
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/client"
+	"github.com/lifeboat-dr/lifeboat/internal/units"
 	"github.com/lifeboat-dr/lifeboat/internal/pki"
 )
 
@@ -432,6 +433,9 @@ func (a *app) machinesCmd() *cobra.Command {
 				for _, r := range m.Health.Reasons {
 					fmt.Fprintf(w, "  %s\t%s: do %s\n", r.Level, r.Reason, r.Remedy)
 				}
+				for _, d := range m.Health.Disks {
+					fmt.Fprintf(w, "disk %s\t%s\n", d.Disk, d.Level)
+				}
 			}
 			fmt.Fprintf(w, "policy\t%s\n", m.Policy)
 			fmt.Fprintf(w, "group\t%s\n", m.Group)
@@ -585,7 +589,7 @@ func (a *app) statusCmd() *cobra.Command {
 
 // statusText prints a status as tables.
 func (a *app) statusText(st api.Status) {
-	fmt.Fprintf(a.stdout, "server %s (%s), vault %s\n\n", st.Server, st.Version, st.Vault)
+	fmt.Fprintf(a.stdout, "server %s (%s), vault %s%s\n\n", st.Server, st.Version, st.Vault, vaultUsageText(st.VaultUsage))
 	a.machineTable(st.Machines)
 	fmt.Fprintln(a.stdout)
 	a.nextActionsTable(st.Machines)
@@ -595,6 +599,18 @@ func (a *app) statusText(st api.Status) {
 		fmt.Fprintln(a.stdout, "\nrecent events:")
 		a.eventLines(st.Events)
 	}
+}
+
+// vaultUsageText says what the vault holds, as the server measured it.
+func vaultUsageText(u *api.VaultUsage) string {
+	if u == nil || u.Measured.IsZero() {
+		return ""
+	}
+	s := fmt.Sprintf(" holding %s in %d objects (measured %s)", units.Human(u.Bytes), u.Objects, u.Measured.Local().Format(time.DateTime))
+	if u.Error != "" {
+		s += "; the last measurement failed: " + u.Error
+	}
+	return s
 }
 
 func (a *app) processTable(ps []api.ProcessServer) {

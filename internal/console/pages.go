@@ -13,6 +13,7 @@ import (
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/client"
+	"github.com/lifeboat-dr/lifeboat/internal/units"
 )
 
 // funcs are the templates' helpers.
@@ -25,6 +26,8 @@ var funcs = template.FuncMap{
 	},
 	"dur":   func(d api.Duration) string { return d.Std().Round(time.Second).String() },
 	"mib":   func(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) },
+	"size":  units.Human,
+	"int64": func(f float64) int64 { return int64(f) },
 	"label": actionLabel,
 	"level": func(h *api.Health) string {
 		if h == nil {

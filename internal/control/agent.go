@@ -280,7 +280,7 @@ func (s *Server) agentHeartbeat(w http.ResponseWriter, r *http.Request, c *calle
 	if err := validateHeartbeat(&hb); err != nil {
 		return err
 	}
-	s.recordSkew("agent "+c.Name, hb.Time)
+	s.seen.heartbeat("agent "+c.Name, hb.Time, s.clock.Now(), c.Peer.NotAfter)
 	ctx := r.Context()
 	name := c.Name
 	m, err := s.recordHeartbeat(ctx, name, c.Peer.Serial, &hb)
@@ -498,7 +498,7 @@ func (s *Server) processHeartbeat(w http.ResponseWriter, r *http.Request, c *cal
 	if err := decode(r, &hb, false); err != nil {
 		return err
 	}
-	s.recordSkew("process server "+c.Name, hb.Time)
+	s.seen.heartbeat("process server "+c.Name, hb.Time, s.clock.Now(), c.Peer.NotAfter)
 	if hb.URL != "" {
 		u, err := url.Parse(hb.URL)
 		if err != nil || u.Scheme != "https" || u.Host == "" || u.User != nil || len(hb.URL) > 1024 {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -50,10 +49,12 @@ type addCheck func(name, subject, level, msg, remedy string)
 
 func (s *Server) checkVault(ctx context.Context, add addCheck) {
 	if _, err := s.vault.Backend().Stat(ctx, "config"); err != nil {
+		s.seen.setVaultProblem(fmt.Sprintf("the vault %s does not answer: %v", s.cfg.Vault, err))
 		add("vault", "", api.HealthCritical, fmt.Sprintf("the vault %s does not answer: %v", s.cfg.Vault, err),
 			"check the storage (network, credentials in vault_env, disk) from the server's host")
 		return
 	}
+	s.seen.setVaultProblem("")
 	add("vault", "", api.HealthHealthy, "the vault "+s.cfg.Vault+" answers", "")
 }
 
@@ -87,23 +88,41 @@ func (s *Server) checkRoles(ctx context.Context, add addCheck) {
 			s.checkVersion(add, "agent of", m.Name, m.Inventory.Agent)
 		}
 	}
-	s.mu.Lock()
-	skews := make(map[string]time.Duration, len(s.skews))
-	for k, v := range s.skews {
-		skews[k] = v
-	}
-	s.mu.Unlock()
-	keys := make([]string, 0, len(skews))
-	for k := range skews {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	for _, k := range keys {
-		if d := skews[k]; d > maxClockSkew || d < -maxClockSkew {
+	s.checkSeen(add)
+}
+
+// checkSeen: the clocks and certificates of the roles that reported.
+func (s *Server) checkSeen(add addCheck) {
+	who, skews, certs := s.seen.roles()
+	for _, k := range who {
+		if d, ok := skews[k]; ok && (d > maxClockSkew || d < -maxClockSkew) {
 			add("clock", k, api.HealthWarning, fmt.Sprintf("the clock of %s is %s off the server's: RPO and point times are off by as much", k, d.Round(time.Millisecond)),
 				"run NTP (chrony or systemd-timesyncd) on both hosts")
 		}
+		if na, ok := certs[k]; ok {
+			if level, msg := s.certLevel(na); level != api.HealthHealthy {
+				add("certificate", k, level, "the certificate of "+k+" "+msg,
+					"it renews itself at two thirds of its life: see its log for cert_renew_failed; `lifeboat enroll` again if it cannot")
+			}
+		}
 	}
+}
+
+// certLevel judges a component certificate that expires at notAfter:
+// renewal is due at two thirds of cert_ttl, so one with less than a
+// quarter of it left has failed to renew for days.
+func (s *Server) certLevel(notAfter time.Time) (level, msg string) {
+	left := notAfter.Sub(s.clock.Now())
+	when := notAfter.UTC().Format(time.DateOnly)
+	switch ttl := s.cfg.CertTTL.Std(); {
+	case left <= 0:
+		return api.HealthCritical, "expired on " + when + ": the server refuses it"
+	case left < ttl/10:
+		return api.HealthCritical, fmt.Sprintf("expires in %s (%s) and has not been renewed", left.Round(time.Hour), when)
+	case left < ttl/4:
+		return api.HealthWarning, fmt.Sprintf("expires in %d days (%s) and has not been renewed", int(left.Hours()/24), when)
+	}
+	return api.HealthHealthy, "valid until " + when
 }
 
 func (s *Server) checkVersion(add addCheck, role, name, version string) {
@@ -145,21 +164,6 @@ func (s *Server) checkSpace(add addCheck) {
 	}
 }
 
-// recordSkew keeps how far a role's clock is from the server's, from the
-// time its heartbeat carries.
-func (s *Server) recordSkew(who string, sent time.Time) {
-	if sent.IsZero() {
-		return
-	}
-	d := sent.Sub(s.clock.Now())
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.skews == nil {
-		s.skews = map[string]time.Duration{}
-	}
-	s.skews[who] = d
-}
-
 // checkLoop runs the checks every checkEvery of the server's clock and
 // raises config_check_failed for each failing check (once while it
 // fails) and config_check_ok when it passes again.
@@ -169,6 +173,7 @@ func (s *Server) checkLoop(ctx context.Context) {
 	defer t.Stop()
 	for {
 		s.checkRound(ctx, failing)
+		s.measureVault(ctx)
 		select {
 		case <-ctx.Done():
 			return

@@ -98,12 +98,19 @@ func TestConsole(t *testing.T) {
 
 	viewer := newBrowser(t, s.testServer)
 	viewer.login(s.token(api.RoleViewer, 0))
+	var st api.Status
+	eventually(t, "the vault's usage measured (at the start)", func() bool {
+		s.api("GET", "/api/v1/status", s.admin, nil).decode(t, &st)
+		return st.VaultUsage != nil
+	})
 	code, page := viewer.get("/ui/")
-	if code != 200 || !strings.Contains(page, `href="/ui/machines/db"`) || !strings.Contains(page, "badge warning") || !strings.Contains(page, "over the policy&#39;s threshold") {
+	if code != 200 || !strings.Contains(page, `href="/ui/machines/db"`) || !strings.Contains(page, "badge warning") || !strings.Contains(page, "over the policy&#39;s threshold") ||
+		!strings.Contains(page, " in the vault") || !strings.Contains(page, `<th scope="row">keys</th><td>1</td>`) {
 		t.Fatalf("the viewer's dashboard: %d\n%s", code, page)
 	}
 	code, page = viewer.get("/ui/machines/db")
-	if code != 200 || strings.Contains(page, "/confirm/") || !strings.Contains(page, "logged in as a viewer") || !strings.Contains(page, "<code>"+pts[len(pts)-1]) {
+	if code != 200 || strings.Contains(page, "/confirm/") || !strings.Contains(page, "logged in as a viewer") || !strings.Contains(page, "<code>"+pts[len(pts)-1]) ||
+		!strings.Contains(page, `<th scope="row">vda</th><td><span class="badge warning">`) {
 		t.Fatalf("the viewer's machine page: %d\n%s", code, page)
 	}
 	if code, _ := viewer.post("/ui/machines/db/do/pause", origin, url.Values{"csrf": {viewer.csrf}}); code != http.StatusForbidden {

@@ -44,5 +44,8 @@ func (s *Server) startEmbedded(ctx context.Context) (embeddedProcess, error) {
 	if err != nil {
 		return nil, err
 	}
+	if s.metrics != nil {
+		s.metrics.embedded.set(srv.Collector())
+	}
 	return ingestEmbedded{srv}, nil
 }

@@ -103,11 +103,19 @@ func (s *Server) machineView(m api.Machine, active []jobs.Job, now time.Time, hc
 type healthContext struct {
 	thresholds map[string]time.Duration
 	processes  map[string]*api.ProcessServer
-	drills     map[string]jobs.Job // machine -> its newest finished drill
+	drills     map[string]jobs.Job          // machine -> its newest finished drill
+	diskErrors map[string]map[string]string // machine -> disk -> its newest failed point read (readerrors.go)
+	vault      string                       // the vault's problem at the last check
+	s          *Server
 }
 
 func (s *Server) healthContext(ctx context.Context) (*healthContext, error) {
-	hc := &healthContext{thresholds: map[string]time.Duration{}, processes: map[string]*api.ProcessServer{}, drills: map[string]jobs.Job{}}
+	hc := &healthContext{thresholds: map[string]time.Duration{}, processes: map[string]*api.ProcessServer{}, drills: map[string]jobs.Job{}, s: s}
+	hc.vault, _ = s.seen.vault()
+	var err error
+	if hc.diskErrors, err = s.recentReadErrors(ctx); err != nil {
+		return nil, err
+	}
 	ps, err := s.store.ListPolicies(ctx)
 	if err != nil {
 		return nil, err
@@ -135,7 +143,15 @@ func (s *Server) healthContext(ctx context.Context) (*healthContext, error) {
 }
 
 func (hc *healthContext) facts(m api.Machine, agentOnline bool) health.Facts {
-	f := health.Facts{RPOThreshold: hc.thresholds[m.Policy], AgentOnline: agentOnline, Process: hc.processes[m.Process]}
+	f := health.Facts{RPOThreshold: hc.thresholds[m.Policy], AgentOnline: agentOnline, Process: hc.processes[m.Process],
+		VaultProblem: hc.vault, DiskErrors: hc.diskErrors[m.Name]}
+	na := hc.s.seen.certOf("agent " + m.Name)
+	if na.IsZero() && m.Host != "" {
+		na = hc.s.seen.certOf("agent " + m.Host)
+	}
+	if !na.IsZero() {
+		f.CertLevel, f.CertMessage = hc.s.certLevel(na)
+	}
 	if d, ok := hc.drills[m.Name]; ok && d.State == jobs.StateFailed {
 		f.LastDrillFailed, f.DrillJob, f.DrillError = true, d.ID, d.Error
 	}

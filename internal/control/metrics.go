@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -28,6 +29,33 @@ type serverMetrics struct {
 	reg      *prometheus.Registry
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
+	embedded *swapCollector // the embedded process server's ingest metrics, while it runs
+}
+
+// swapCollector collects what the collector it holds now collects
+// (nothing while it holds none): the embedded process server starts
+// with each run of the server, the registry lives as long as the server.
+// It is unchecked: its Describe yields nothing.
+type swapCollector struct {
+	mu sync.Mutex
+	c  prometheus.Collector
+}
+
+func (w *swapCollector) set(c prometheus.Collector) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.c = c
+}
+
+func (*swapCollector) Describe(chan<- *prometheus.Desc) {}
+
+func (w *swapCollector) Collect(ch chan<- prometheus.Metric) {
+	w.mu.Lock()
+	c := w.c
+	w.mu.Unlock()
+	if c != nil {
+		c.Collect(ch)
+	}
 }
 
 // Metric descriptions of the state read at scrape time.
@@ -58,6 +86,16 @@ var (
 		"Jobs the server keeps, by kind and state (queued, running, waiting, succeeded, failed, cancelled).", []string{"kind", "state"}, nil)
 	descHealth = prometheus.NewDesc("lifeboat_machine_health",
 		"The machine's health: 0 healthy, 1 warning, 2 critical (the reasons are in the API and `lifeboat machines show`).", []string{"machine"}, nil)
+	descDiskHealth = prometheus.NewDesc("lifeboat_disk_health",
+		"A protected disk's health: 0 healthy, 1 warning, 2 critical.", []string{"machine", "disk"}, nil)
+	descVaultBytes = prometheus.NewDesc("lifeboat_vault_stored_bytes",
+		"Bytes the vault holds, by area (data: packs; index; points; ...), as the server last measured it by listing the vault (hourly).", []string{"area"}, nil)
+	descVaultObjects = prometheus.NewDesc("lifeboat_vault_objects",
+		"Objects the vault holds, by area, as last measured.", []string{"area"}, nil)
+	descVaultMeasured = prometheus.NewDesc("lifeboat_vault_usage_measured_timestamp_seconds",
+		"When the vault's usage was last measured, Unix seconds.", nil, nil)
+	descVaultUp = prometheus.NewDesc("lifeboat_vault_up",
+		"1 when the vault answered the server's last check, 0 when it did not.", nil, nil)
 	descUp = prometheus.NewDesc("lifeboat_server_info",
 		"1, labelled with the server's name and build.", []string{"server", "version"}, nil)
 )
@@ -65,12 +103,12 @@ var (
 // newServerMetrics registers the server's metrics and returns the vault
 // backend wrapped to count its operations (role="server").
 func newServerMetrics(s *Server, be backend.Backend) (*serverMetrics, backend.Backend, error) {
-	m := &serverMetrics{reg: prometheus.NewRegistry()}
+	m := &serverMetrics{reg: prometheus.NewRegistry(), embedded: &swapCollector{}}
 	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lifeboat_api_requests_total",
 		Help: "API requests, by route and HTTP status code."}, []string{"route", "code"})
 	m.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "lifeboat_api_request_duration_seconds",
 		Help: "API request latency, by route (a long poll counts its wait).", Buckets: prometheus.ExponentialBuckets(0.001, 4, 10)}, []string{"route"})
-	for _, c := range []prometheus.Collector{m.requests, m.latency, stateCollector{s},
+	for _, c := range []prometheus.Collector{m.requests, m.latency, stateCollector{s}, m.embedded,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		if err := m.reg.Register(c); err != nil {
 			return nil, nil, err
@@ -109,7 +147,8 @@ type stateCollector struct{ s *Server }
 
 func (c stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRPO, descRPOThreshold, descState, descLastPoint, descChanged, descSent,
-		descAgentUp, descProcessUp, descCacheUsed, descCacheLimit, descIngestRate, descJobs, descHealth, descUp} {
+		descAgentUp, descProcessUp, descCacheUsed, descCacheLimit, descIngestRate, descJobs, descHealth, descUp,
+		descDiskHealth, descVaultBytes, descVaultObjects, descVaultMeasured, descVaultUp} {
 		ch <- d
 	}
 }
@@ -127,6 +166,30 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if err := c.jobs(ctx, ch); err != nil {
 		ch <- prometheus.NewInvalidMetric(descJobs, err)
+	}
+	c.vault(ch)
+}
+
+// vault: whether it answered the last check and what it held at the
+// last measurement.
+func (c stateCollector) vault(ch chan<- prometheus.Metric) {
+	problem, u := c.s.seen.vault()
+	up := 1.0
+	if problem != "" {
+		up = 0
+	}
+	ch <- prometheus.MustNewConstMetric(descVaultUp, prometheus.GaugeValue, up)
+	if u == nil || u.Measured.IsZero() {
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(descVaultMeasured, prometheus.GaugeValue, float64(u.Measured.UnixMilli())/1000)
+	for _, a := range u.Areas {
+		area := a.Area
+		if area == "" {
+			area = "top"
+		}
+		ch <- prometheus.MustNewConstMetric(descVaultBytes, prometheus.GaugeValue, float64(a.Bytes), area)
+		ch <- prometheus.MustNewConstMetric(descVaultObjects, prometheus.GaugeValue, float64(a.Objects), area)
 	}
 }
 
@@ -149,6 +212,9 @@ func (c stateCollector) machines(ctx context.Context, ch chan<- prometheus.Metri
 		gauge(descState, 1, m.Name, m.State)
 		if m.Health != nil {
 			gauge(descHealth, health.Value(m.Health.Level), m.Name)
+			for _, d := range m.Health.Disks {
+				gauge(descDiskHealth, health.Value(d.Level), m.Name, d.Disk)
+			}
 		}
 		up := 0.0
 		if c.s.factsOf(m, nil).AgentOnline {

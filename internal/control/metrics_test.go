@@ -73,6 +73,36 @@ func TestMetrics(t *testing.T) {
 	if _, ok := fams.Value("lifeboat_server_info", nil); !ok {
 		t.Error("no lifeboat_server_info")
 	}
+	// The embedded process server's ingest counters.
+	for _, name := range []string{"lifeboat_ingest_received_bytes_total", "lifeboat_process_cache_limit_bytes"} {
+		if _, ok := fams.Value(name, nil); !ok {
+			t.Errorf("no %s from the embedded process server", name)
+		}
+	}
+	if v, ok := fams.Value("lifeboat_vault_up", nil); !ok || v != 1 {
+		t.Errorf("lifeboat_vault_up = %v (present %v), want 1", v, ok)
+	}
+	// The hourly round measures the vault: the two points' records are
+	// in "points".
+	s.clock.Advance(checkEvery)
+	var st api.Status
+	eventually(t, "the vault's usage measured with its packs", func() bool {
+		s.api("GET", "/api/v1/status", viewer, nil).decode(t, &st)
+		return st.VaultUsage != nil && st.VaultUsage.Measured.Equal(s.clock.Now().UTC())
+	})
+	fams = scrape(t, s, viewer)
+	points := api.VaultAreaSize{}
+	for _, a := range st.VaultUsage.Areas {
+		if a.Area == "points" {
+			points = a
+		}
+	}
+	if v, ok := fams.Value("lifeboat_vault_stored_bytes", map[string]string{"area": "points"}); !ok || points.Objects != 2 || points.Bytes <= 0 || int64(v) != points.Bytes {
+		t.Errorf("lifeboat_vault_stored_bytes{area=points} = %v (present %v); the status says %+v (%+v)", v, ok, points, st.VaultUsage)
+	}
+	if v, ok := fams.Value("lifeboat_vault_objects", map[string]string{"area": "points"}); !ok || v != 2 {
+		t.Errorf("lifeboat_vault_objects{area=points} = %v (present %v), want the 2 points", v, ok)
+	}
 }
 
 // TestMetricsNamedByDist: every lifeboat_ metric the shipped alerting

@@ -749,6 +749,7 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request, _ *caller) error
 	}
 	now := s.clock.Now()
 	st := api.Status{Server: s.cfg.Name, Version: s.version, Time: now.UTC(), Vault: s.cfg.Vault}
+	_, st.VaultUsage = s.seen.vault()
 	if st.Machines, err = s.machineViews(ctx, ms); err != nil {
 		return err
 	}

@@ -118,11 +118,11 @@ type Server struct {
 	tokens tokenWatch   // API tokens announced as expiring (tokens.go)
 	procs  processWatch // process servers announced offline (liveness.go)
 
-	metrics   *serverMetrics           // GET /metrics (metrics.go)
-	console   *console.Console         // the web console under /ui/ (internal/console)
-	alerts    *alerting                // alert sinks and queues (alerts.go)
-	jobStates map[string]string        // job ID -> last state seen, for job events (alerts.go); guarded by mu
-	skews     map[string]time.Duration // role -> its clock minus the server's at its last heartbeat (checks.go); guarded by mu
+	metrics   *serverMetrics    // GET /metrics (metrics.go)
+	console   *console.Console  // the web console under /ui/ (internal/console)
+	alerts    *alerting         // alert sinks and queues (alerts.go)
+	jobStates map[string]string // job ID -> last state seen, for job events (alerts.go); guarded by mu
+	seen      observed          // roles' clocks and certificates, the vault's state and usage (observed.go)
 
 	rec   *recovery // the recovery site and its jobs (recovery.go)
 	plans planSched // the drill scheduler and the plans' catalog entry (plansched.go)

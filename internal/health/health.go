@@ -25,6 +25,15 @@ type Facts struct {
 	LastDrillFailed bool
 	DrillJob        string
 	DrillError      string
+	// VaultProblem is why the vault did not answer the server's last
+	// check ("": it did).
+	VaultProblem string
+	// CertLevel and CertMessage judge the agent's certificate (""
+	// until its agent has reported since the server started).
+	CertLevel, CertMessage string
+	// DiskErrors are the disks of which a read of a served point failed
+	// lately (a damaged block in the vault): disk -> what failed.
+	DiskErrors map[string]string
 }
 
 // replicating are the states in which a machine is meant to be
@@ -44,10 +53,61 @@ func Of(m api.Machine, f Facts) api.Health {
 	replication(m, f, add)
 	if m.State != api.StateReprotecting && m.State != api.StateReprotected {
 		agentAndProcess(m, f, add)
+		cert(f, add)
 	}
+	vaultReason(f, add)
 	rpo(m, f, add)
+	shared := rs // what stops every disk's points
+	disks := diskHealth(m, f, shared)
+	for _, d := range disks {
+		for _, r := range d.Reasons[:len(d.Reasons)-len(shared)] {
+			add(r.Level, "disk "+d.Disk+": "+r.Reason, r.Remedy)
+		}
+	}
 	drill(f, add)
-	return judged(rs)
+	h := judged(rs)
+	h.Disks = disks
+	return h
+}
+
+// diskHealth judges each protected disk: its own reasons first, then
+// the machine's that stop its points (shared).
+func diskHealth(m api.Machine, f Facts, shared []api.HealthReason) []api.DiskHealth {
+	names := m.Disks
+	inInventory := map[string]bool{}
+	for _, d := range m.Inventory.Disks {
+		inInventory[d.Name] = true
+		if len(m.Disks) == 0 {
+			names = append(names, d.Name)
+		}
+	}
+	out := make([]api.DiskHealth, 0, len(names))
+	for _, n := range names {
+		var own []api.HealthReason
+		if !inInventory[n] && len(m.Inventory.Disks) > 0 {
+			own = append(own, api.HealthReason{Level: api.HealthCritical, Reason: "gone from the machine's inventory: it has no new points",
+				Remedy: "if it was removed on purpose, protect the machine again without it (`lifeboat protect " + m.Name + " --disks ...`)"})
+		}
+		if e, ok := f.DiskErrors[n]; ok {
+			own = append(own, api.HealthReason{Level: api.HealthCritical, Reason: "a read of its recovery point failed (a damaged block in the vault): " + e,
+				Remedy: "`lifeboat vault check --read-data`; a resync (`lifeboat resync " + m.Name + "`) stores the disk's blocks again"})
+		}
+		j := judged(append(own, shared...))
+		out = append(out, api.DiskHealth{Disk: n, Level: j.Level, Reasons: j.Reasons})
+	}
+	return out
+}
+
+func cert(f Facts, add func(level, reason, remedy string)) {
+	if f.CertLevel != "" && f.CertLevel != api.HealthHealthy {
+		add(f.CertLevel, "the agent's certificate "+f.CertMessage, "the agent renews it at two thirds of its life: see its log (cert_renew_failed); enroll it again if it cannot")
+	}
+}
+
+func vaultReason(f Facts, add func(level, reason, remedy string)) {
+	if f.VaultProblem != "" {
+		add(api.HealthCritical, f.VaultProblem+": no point can be stored or read", "check the storage from the server and the process servers (`lifeboat check-config`)")
+	}
 }
 
 func replication(m api.Machine, f Facts, add func(level, reason, remedy string)) {

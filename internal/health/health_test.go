@@ -41,6 +41,11 @@ func TestOf(t *testing.T) {
 			api.HealthWarning, []string{"the last drill (j1) failed: no boot"}},
 		{"failed over", with(protected, func(m *api.Machine) { m.State = api.StateFailedOver }), Facts{}, api.HealthWarning, []string{"lifeboat failover commit web"}},
 		{"unprotected", with(protected, func(m *api.Machine) { m.State = api.StateUnprotected }), Facts{}, api.HealthHealthy, nil},
+		{"vault down", protected, Facts{AgentOnline: true, VaultProblem: "the vault s3:b/p does not answer: timeout"}, api.HealthCritical,
+			[]string{"the vault s3:b/p does not answer: timeout: no point can be stored or read", "lifeboat check-config"}},
+		{"cert expiring", protected, Facts{AgentOnline: true, CertLevel: api.HealthWarning, CertMessage: "expires in 20 days (2027-01-01) and has not been renewed"},
+			api.HealthWarning, []string{"the agent's certificate expires in 20 days", "cert_renew_failed"}},
+		{"cert fine", protected, Facts{AgentOnline: true, CertLevel: api.HealthHealthy, CertMessage: "valid until 2027-03-01"}, api.HealthHealthy, nil},
 	} {
 		h := Of(c.m, c.f)
 		if h.Level != c.level {
@@ -61,6 +66,56 @@ func TestOf(t *testing.T) {
 		}
 		if len(c.words) == 0 && len(h.Reasons) != 0 {
 			t.Errorf("%s: reasons %+v, want none", c.name, h.Reasons)
+		}
+	}
+}
+
+// TestDisks: each protected disk is judged: its own reasons (gone from
+// the inventory, a damaged block read) and the machine's that stop its
+// points; a disk's own reason is the machine's too, named.
+func TestDisks(t *testing.T) {
+	m := api.Machine{Name: "db", State: api.StateProtected, Disks: []string{"vda", "vdb"},
+		Inventory: api.Inventory{Disks: []api.DiskInfo{{Name: "vda"}, {Name: "vdc"}}}}
+	h := Of(m, Facts{AgentOnline: true, DiskErrors: map[string]string{"vda": "2026-12-08T00:00:00Z reading disk vda failed"}})
+	if h.Level != api.HealthCritical || len(h.Disks) != 2 {
+		t.Fatalf("health %+v", h)
+	}
+	vda, vdb := h.Disks[0], h.Disks[1]
+	if vda.Disk != "vda" || vda.Level != api.HealthCritical || len(vda.Reasons) != 1 || !strings.Contains(vda.Reasons[0].Reason, "damaged block") ||
+		!strings.Contains(vda.Reasons[0].Remedy, "vault check --read-data") {
+		t.Errorf("vda: %+v", vda)
+	}
+	if vdb.Disk != "vdb" || vdb.Level != api.HealthCritical || len(vdb.Reasons) != 1 || !strings.Contains(vdb.Reasons[0].Reason, "gone from the machine's inventory") {
+		t.Errorf("vdb: %+v", vdb)
+	}
+	var words []string
+	for _, r := range h.Reasons {
+		words = append(words, r.Reason)
+	}
+	if len(h.Reasons) != 2 || !strings.HasPrefix(words[0], "disk vda: ") || !strings.HasPrefix(words[1], "disk vdb: ") {
+		t.Errorf("machine reasons %q", words)
+	}
+
+	// All inventory disks when none are chosen; the agent offline stops
+	// every disk's points.
+	m.Disks = nil
+	h = Of(m, Facts{})
+	if len(h.Disks) != 2 || h.Disks[0].Disk != "vda" || h.Disks[1].Disk != "vdc" {
+		t.Fatalf("disks %+v", h.Disks)
+	}
+	for _, d := range h.Disks {
+		if d.Level != api.HealthCritical || len(d.Reasons) != 1 || !strings.Contains(d.Reasons[0].Reason, "the agent is offline") {
+			t.Errorf("%s: %+v", d.Disk, d)
+		}
+	}
+	if len(h.Reasons) != 1 {
+		t.Errorf("the machine's reasons repeat the disks': %+v", h.Reasons)
+	}
+	// A healthy machine's disks are healthy, with no reasons.
+	h = Of(m, Facts{AgentOnline: true})
+	for _, d := range h.Disks {
+		if d.Level != api.HealthHealthy || len(d.Reasons) != 0 {
+			t.Errorf("%s: %+v", d.Disk, d)
 		}
 	}
 }

@@ -81,6 +81,21 @@ func FormatSize(n int64) string {
 	return strconv.FormatInt(n, 10)
 }
 
+// Human writes n for people: in the largest binary unit that keeps it at
+// least 1, with one decimal ("1.5 GiB", "812 B"). It is not read back.
+func Human(n int64) string {
+	f, units := float64(n), []string{"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"}
+	i := 0
+	for (f >= 1024 || f <= -1024) && i < len(units)-1 {
+		f /= 1024
+		i++
+	}
+	if i == 0 {
+		return strconv.FormatInt(n, 10) + " B"
+	}
+	return strconv.FormatFloat(f, 'f', 1, 64) + " " + units[i]
+}
+
 // SizeFlag is a command-line flag (a pflag.Value, and a flag.Value) of a
 // size in bytes that takes ParseSize's forms.
 type SizeFlag struct{ P *int64 }

@@ -90,3 +90,11 @@ func FuzzParseSize(f *testing.F) {
 		}
 	})
 }
+
+func TestHuman(t *testing.T) {
+	for n, want := range map[int64]string{0: "0 B", 812: "812 B", 1024: "1.0 KiB", 1536 << 20: "1.5 GiB", 5 << 40: "5.0 TiB", -2048: "-2.0 KiB"} {
+		if got := Human(n); got != want {
+			t.Errorf("Human(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
