@@ -47,7 +47,8 @@ command -v jq >/dev/null 2>&1 || pkgs+=(jq)
 command -v socat >/dev/null 2>&1 || pkgs+=(socat)
 command -v restic >/dev/null 2>&1 || pkgs+=(restic)
 command -v rsync >/dev/null 2>&1 || pkgs+=(rsync)
-# The web console's browser test: headless Chromium (screenshots in artifacts/console/).
+# The web console's browser tests: headless Chromium (screenshots in artifacts/console/
+# and artifacts/console-e2e/; nothing here removes artifacts/, which CI keeps).
 command -v chromium >/dev/null 2>&1 || pkgs+=(chromium)
 # dist/: promtool checks and unit-tests the alerting rules.
 command -v promtool >/dev/null 2>&1 || pkgs+=(prometheus)

@@ -312,13 +312,22 @@ func (o *Orchestrator) startVM(ctx context.Context, sc *jobs.StepContext) error 
 	if err := writeRecord(vm); err != nil {
 		return err
 	}
-	sc.Log(ctx, "VM %s runs (%s, %s); console log %s", vm.Name, o.Provider.Name(), inst.Accel, inst.Console)
+	sc.Log(ctx, "VM %s runs (%s); console log %s", vm.Name, runsOn(o.Provider.Name(), inst.Accel), inst.Console)
 	if o.Control != nil {
 		if err := o.Control.Recovered(ctx, vm.Machine, vm.Kind, &vm); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// runsOn says what a VM runs on: the provider, and the accelerator if
+// the provider reports one (the exec and libvirt providers may not).
+func runsOn(provider, accel string) string {
+	if accel == "" {
+		return provider
+	}
+	return provider + ", " + accel
 }
 
 // hydrate copies the VM's disks into its overlays, then stops its point

@@ -92,6 +92,7 @@ type fakeVM struct {
 	creates  int
 	failWith error
 	console  bool // a new VM's console prints "login: " and its spec's name
+	noAccel  bool // report no accelerator (as the exec provider's scripts may)
 }
 
 func (f *fakeVM) Name() string { return "fake" }
@@ -128,6 +129,9 @@ func (f *fakeVM) inspect(name string) compute.Instance {
 		return compute.Instance{Name: name, State: compute.StateAbsent}
 	}
 	in := compute.Instance{Name: name, State: compute.StateRunning, Accel: "tcg", Console: filepath.Join(s.Dir, "console.log")}
+	if f.noAccel {
+		in.Accel = ""
+	}
 	for _, d := range s.Disks {
 		in.Disks = append(in.Disks, compute.DiskImage{Name: d.Name, Overlay: filepath.Join(s.Dir, d.Name+".qcow2")})
 	}
@@ -298,6 +302,27 @@ func TestTestFailoverAndCleanup(t *testing.T) {
 	j.Get("vm", &vm)
 	if vm.Point != e.pts[0].ID.String() {
 		t.Fatalf("--at chose %s, want %s", vm.Point[:8], e.pts[0].ID.Short())
+	}
+}
+
+// TestStartLogWithoutAccel: a provider that reports no accelerator (the
+// exec provider's hook need not) is named alone in the start step's log,
+// not followed by an empty ", ".
+func TestStartLogWithoutAccel(t *testing.T) {
+	e := newEnv(t)
+	e.prov.noAccel = true
+	r, _ := e.runner()
+	j, err := r.Submit(context.Background(), KindTestFailover, "web", Params{Machine: "web"}, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	j = e.wait(j.ID)
+	var log string
+	if s := j.Step("start VM"); s != nil {
+		log = strings.Join(s.Log, "\n")
+	}
+	if j.State != jobs.StateSucceeded || !strings.Contains(log, " runs (fake); console log ") {
+		t.Fatalf("drill %s %s; start VM logged:\n%s", j.State, j.Error, log)
 	}
 }
 
