@@ -15,8 +15,8 @@ import (
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/client"
-	"github.com/lifeboat-dr/lifeboat/internal/units"
 	"github.com/lifeboat-dr/lifeboat/internal/pki"
+	"github.com/lifeboat-dr/lifeboat/internal/units"
 )
 
 // clientFlags are the flags of every command that talks to a server.
