@@ -85,9 +85,9 @@ func sampleDrill() api.Drill {
 		Report: plan.Report{Job: "0123456789abcdef", Kind: "plan-test-failover", Plan: "shop", PlanVersion: 3, Started: t0, Ended: t0.Add(time.Minute),
 			RTO: plan.Duration(42 * time.Second), RPO: plan.Duration(7 * time.Second), Boot: plan.Duration(30 * time.Second), Overhead: plan.Duration(12 * time.Second),
 			Machines: []plan.MachineReport{
-				{Machine: "db", Group: "database", Point: "p-db", PointTime: t0.Add(-7 * time.Second), VM: "lb-db-1", ReadyAfter: plan.Duration(20 * time.Second),
+				{Machine: "db", Group: "database", Point: "p-db", PointTime: t0.Add(-7 * time.Second), VM: "lb-db-1", Ready: t0.Add(20 * time.Second), ReadyAfter: plan.Duration(20 * time.Second),
 					Console: "/srv/db.console.log", Passed: true, Checks: []plan.CheckReport{{Name: "postgres answers", Condition: "tcp 5432", Passed: true}}},
-				{Machine: "web", Group: "web", Point: "p-web", VM: "lb-web-1", ReadyAfter: plan.Duration(42 * time.Second),
+				{Machine: "web", Group: "web", Point: "p-web", VM: "lb-web-1", Ready: t0.Add(42 * time.Second), ReadyAfter: plan.Duration(42 * time.Second),
 					Checks: []plan.CheckReport{{Name: "<shop> up", Condition: "console", Error: `not met: "<script>alert(1)</script>"`}}},
 			}},
 		Consoles: map[string]string{"db": "login: db\n<script>alert(2)</script>"},
@@ -108,7 +108,7 @@ func TestDrillPages(t *testing.T) {
 	code, page := getAs(t, c, api.RoleViewer, "/ui/drills/0123456789abcdef")
 	for _, want := range []string{"plan-test-failover of plan shop version 3", `badge succeeded">passed`, "<dt>RTO</dt><dd>42s", "<dt>RPO</dt><dd>7s",
 		"<dt>Lifeboat's share</dt><dd>12s", `<h2 id="g0">Group database</h2>`, `<h2 id="g1">Group web</h2>`, `<th scope="row"><a href="/ui/machines/db">db</a>`,
-		`<span class="badge">app</span>`, "<code>lb-web-1</code>", "postgres answers", "&lt;shop&gt; up", "&lt;script&gt;alert(1)", `<pre class="console" tabindex="0"`,
+		`<span class="badge">app</span>`, "<code>lb-web-1</code>", "<td>20s</td>", "postgres answers", "&lt;shop&gt; up", "&lt;script&gt;alert(1)", `<pre class="console" tabindex="0"`,
 		"login: db\n&lt;script&gt;alert(2)", "/srv/db.console.log", `href="/ui/jobs/0123456789abcdef"`} {
 		if !strings.Contains(page, want) {
 			t.Errorf("the report page lacks %q", want)

@@ -32,6 +32,13 @@ var funcs = template.FuncMap{
 		}
 		return d.Std().Round(10 * time.Millisecond).String()
 	},
+	// readyafter is when a machine of a report was ready ("-": not yet).
+	"readyafter": func(m plan.MachineReport) string {
+		if m.Ready.IsZero() {
+			return "-"
+		}
+		return m.ReadyAfter.Std().Round(10 * time.Millisecond).String()
+	},
 	"short":     func(s string) string { return s[:min(len(s), 12)] },
 	"planrun":   func(kind string) bool { return slices.Contains(planRunKinds, kind) },
 	"ended":     func(state string) bool { return slices.Contains([]string{"succeeded", "failed", "cancelled"}, state) },
