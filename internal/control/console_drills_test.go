@@ -86,11 +86,7 @@ func TestConsoleDrills(t *testing.T) {
 		t.Fatalf("the drill from the console: %d %s", code, loc)
 	}
 	id := strings.TrimPrefix(loc, "/ui/jobs/")
-	eventually(t, "the drill waits at its manual step", func() bool {
-		var j api.Job
-		s.mustAPI("GET", "/api/v1/jobs/"+id, s.admin, nil, 200, &j)
-		return j.State == "waiting"
-	})
+	waitState(t, s, id, "waiting")
 	s.clock.Advance(30 * time.Second) // the operator looks at the database
 	code, page := op.get(loc)
 	if code != 200 || !strings.Contains(page, `action="/ui/jobs/`+id+`/resume"`) || !strings.Contains(page, `href="/ui/drills/`+id+`"`) {
@@ -118,9 +114,52 @@ func TestConsoleDrills(t *testing.T) {
 			t.Errorf("%s does not link to the report: %d\n%s", p, code, page)
 		}
 	}
+	if _, page := op.get("/ui/plans"); strings.Contains(page, "/confirm/cleanup") {
+		t.Fatal("a cleanup is offered after a drill (it cleans up by itself)")
+	}
+
+	// A test failover keeps its VMs until the cleanup the plans page
+	// then offers; the cleanup's notes go to the drill history.
+	code, loc = op.post("/ui/plans/shop/do/test-failover", origin, url.Values{"csrf": {op.csrf}})
+	if code != http.StatusSeeOther || !strings.HasPrefix(loc, "/ui/jobs/") {
+		t.Fatalf("test failover from the console: %d %s", code, loc)
+	}
+	tf := strings.TrimPrefix(loc, "/ui/jobs/")
+	waitState(t, s, tf, "waiting")
+	s.mustAPI("POST", "/api/v1/jobs/"+tf+"/resume", s.admin, api.ResumeRequest{Action: "ack"}, 200, nil)
+	if j := s.waitJob(tf); j.State != "succeeded" || len(s.prov.running()) != 2 {
+		t.Fatalf("test failover: %s %s, VMs %v", j.State, j.Error, s.prov.running())
+	}
+	if code, page := op.get("/ui/plans"); code != 200 || !strings.Contains(page, `href="/ui/plans/shop/confirm/cleanup"`) {
+		t.Fatalf("no cleanup offered after a test failover: %d\n%s", code, page)
+	}
+	code, loc = op.post("/ui/plans/shop/do/cleanup", origin, url.Values{"csrf": {op.csrf}, "notes": {"both answered"}})
+	if code != http.StatusSeeOther || !strings.HasPrefix(loc, "/ui/jobs/") {
+		t.Fatalf("cleanup from the console: %d %s", code, loc)
+	}
+	if j := s.waitJob(strings.TrimPrefix(loc, "/ui/jobs/")); j.State != "succeeded" || len(s.prov.running()) != 0 {
+		t.Fatalf("cleanup: %s %s, VMs %v", j.State, j.Error, s.prov.running())
+	}
+	if code, page := op.get("/ui/plans"); code != 200 || strings.Contains(page, "/confirm/cleanup") {
+		t.Fatalf("a cleanup is still offered after the cleanup: %d\n%s", code, page)
+	}
+	if c := s.events(api.EventAudit); !containsMessage(c, "notes: both answered") {
+		t.Fatal("the cleanup's notes were not kept")
+	}
+
 	for p, want := range map[string]int{"/ui/drills/" + strings.Repeat("f", 16): 404, "/ui/drills/%3Cb%3Ex": 404, "/ui/drills?plan=%3Cb%3E": 400} {
 		if code, page := viewer.get(p); code != want || strings.Contains(page, "<b>") {
 			t.Errorf("%s: %d, want %d\n%s", p, code, want, page)
 		}
 	}
+}
+
+// waitState waits until job id is in state.
+func waitState(t *testing.T, s *site, id, state string) {
+	t.Helper()
+	eventually(t, "job "+id+" "+state, func() bool {
+		var j api.Job
+		s.mustAPI("GET", "/api/v1/jobs/"+id, s.admin, nil, 200, &j)
+		return j.State == state
+	})
 }
