@@ -92,4 +92,8 @@ type DrillSummary struct {
 type Drill struct {
 	Job    Job         `json:"job"`
 	Report plan.Report `json:"report"`
+	// Consoles are the last lines (plan.ConsoleLines) of each machine's
+	// console log, by machine: what the report page shows of them; a log
+	// that cannot be read says why instead.
+	Consoles map[string]string `json:"consoles,omitempty"`
 }

@@ -88,8 +88,8 @@ func New(o Options) (*Console, error) {
 		o.TTL = DefaultTTL
 	}
 	c := &Console{o: o, log: o.Logger, sessions: map[string]*session{}, pages: map[string]*template.Template{}}
-	for _, p := range []string{"login", "dashboard", "machine", "confirm", "jobs", "job", "plans", "error"} {
-		t, err := template.New("layout.html").Funcs(funcs).ParseFS(assets, "templates/layout.html", "templates/"+p+".html")
+	for _, p := range []string{"login", "dashboard", "machine", "confirm", "jobs", "job", "plans", "drills", "drill", "error"} {
+		t, err := template.New("layout.html").Funcs(funcs).ParseFS(assets, "templates/layout.html", "templates/parts.html", "templates/"+p+".html")
 		if err != nil {
 			return nil, fmt.Errorf("console template %s: %w", p, err)
 		}
@@ -112,6 +112,10 @@ func New(o Options) (*Console, error) {
 	m.HandleFunc("GET /ui/jobs/{id}", c.withSession(c.job))
 	m.HandleFunc("POST /ui/jobs/{id}/{op}", c.withSession(c.jobOp))
 	m.HandleFunc("GET /ui/plans", c.withSession(c.plans))
+	m.HandleFunc("GET /ui/plans/{name}/confirm/{op}", c.withSession(c.planConfirm))
+	m.HandleFunc("POST /ui/plans/{name}/do/{op}", c.withSession(c.planAct))
+	m.HandleFunc("GET /ui/drills", c.withSession(c.drills))
+	m.HandleFunc("GET /ui/drills/{job}", c.withSession(c.drill))
 	m.HandleFunc("GET /ui/live", c.withSession(c.live))
 	c.mux = m
 	return c, nil

@@ -13,6 +13,7 @@ import (
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/client"
+	"github.com/lifeboat-dr/lifeboat/internal/plan"
 	"github.com/lifeboat-dr/lifeboat/internal/units"
 )
 
@@ -24,11 +25,29 @@ var funcs = template.FuncMap{
 		}
 		return t.UTC().Format("2006-01-02 15:04:05") + " UTC"
 	},
-	"dur":   func(d api.Duration) string { return d.Std().Round(time.Second).String() },
-	"mib":   func(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) },
-	"size":  units.Human,
-	"int64": func(f float64) int64 { return int64(f) },
-	"label": actionLabel,
+	"dur": func(d api.Duration) string { return d.Std().Round(time.Second).String() },
+	// pdur is a plan report's duration, as `lifeboat drills show` prints it.
+	"pdur": func(d plan.Duration) string {
+		if d <= 0 {
+			return "-"
+		}
+		return d.Std().Round(10 * time.Millisecond).String()
+	},
+	// readyafter is when a machine of a report was ready ("-": not yet).
+	"readyafter": func(m plan.MachineReport) string {
+		if m.Ready.IsZero() {
+			return "-"
+		}
+		return m.ReadyAfter.Std().Round(10 * time.Millisecond).String()
+	},
+	"short":     func(s string) string { return s[:min(len(s), 12)] },
+	"planrun":   func(kind string) bool { return slices.Contains(planRunKinds, kind) },
+	"ended":     func(state string) bool { return slices.Contains([]string{"succeeded", "failed", "cancelled"}, state) },
+	"planlabel": func(op string) string { return planActions[op].label },
+	"mib":       func(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) },
+	"size":      units.Human,
+	"int64":     func(f float64) int64 { return int64(f) },
+	"label":     actionLabel,
 	"level": func(h *api.Health) string {
 		if h == nil {
 			return "unknown"
@@ -191,7 +210,8 @@ func (c *Console) confirm(w http.ResponseWriter, r *http.Request, s *session) {
 		c.fail(w, r, http.StatusNotFound, "no action "+a)
 		return
 	}
-	data := map[string]any{"Name": name, "Action": a, "Label": x.label, "Warn": x.warn}
+	data := map[string]any{"Name": name, "Label": x.label, "Warn": x.warn,
+		"Post": "/ui/machines/" + url.PathEscape(name) + "/do/" + a, "Back": "/ui/machines/" + url.PathEscape(name)}
 	if a == "protect" {
 		var ps []api.Policy
 		if err := c.call(r, s.token, http.MethodGet, "/api/v1/policies", nil, &ps); err != nil {
@@ -262,17 +282,6 @@ func (c *Console) jobOp(w http.ResponseWriter, r *http.Request, s *session) {
 		return
 	}
 	http.Redirect(w, r, "/ui/jobs/"+url.PathEscape(id), http.StatusSeeOther)
-}
-
-func (c *Console) plans(w http.ResponseWriter, r *http.Request, s *session) {
-	var ps []api.Plan
-	if err := c.call(r, s.token, http.MethodGet, "/api/v1/plans", nil, &ps); err != nil {
-		c.failAPI(w, r, err)
-		return
-	}
-	var ds []api.DrillSummary
-	_ = c.call(r, s.token, http.MethodGet, "/api/v1/drills", nil, &ds)
-	c.render(w, http.StatusOK, "plans", s, map[string]any{"Plans": ps, "Drills": ds})
 }
 
 // live is a server-sent event stream: "change" whenever the server has a

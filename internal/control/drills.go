@@ -121,7 +121,8 @@ func (s *Server) getDrill(w http.ResponseWriter, r *http.Request, _ *caller) err
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, api.Drill{Job: s.jobView(j), Report: reportOf(j)})
+	rep := reportOf(j)
+	writeJSON(w, http.StatusOK, api.Drill{Job: s.jobView(j), Report: rep, Consoles: plan.ConsoleTails(rep)})
 	return nil
 }
 

@@ -44,6 +44,8 @@ type fakeProvider struct {
 	// after signalling entered, until its context ends.
 	gateStart, gateHydrate bool
 	entered                chan struct{}
+	// console, if set, is what a new VM prints on its console log.
+	console string
 }
 
 func newFakeProvider() *fakeProvider {
@@ -80,6 +82,11 @@ func (f *fakeProvider) Start(ctx context.Context, s compute.Spec) (compute.Insta
 				return compute.Instance{}, fmt.Errorf("disk %s: %w", d.Name, err)
 			}
 			if err := os.WriteFile(filepath.Join(s.Dir, d.Name+".qcow2"), nil, 0o600); err != nil {
+				return compute.Instance{}, err
+			}
+		}
+		if f.console != "" {
+			if err := os.WriteFile(filepath.Join(s.Dir, "console.log"), []byte(f.console), 0o600); err != nil {
 				return compute.Instance{}, err
 			}
 		}

@@ -95,6 +95,17 @@ func ReadConsoles(r Report) map[string]string {
 	return out
 }
 
+// ConsoleTails is ReadConsoles cut to what a page shows: the last
+// ConsoleLines lines of each machine's console log, as valid UTF-8
+// without control characters (but tabs and newlines).
+func ConsoleTails(r Report) map[string]string {
+	out := ReadConsoles(r)
+	for m, text := range out {
+		out[m], _ = tailLines(cleanText(text), ConsoleLines)
+	}
+	return out
+}
+
 // readTail reads at most limit bytes from the end of the file at path.
 func readTail(path string, limit int64) (string, error) {
 	f, err := os.Open(path)

@@ -135,4 +135,8 @@ func TestResultAndReadConsoles(t *testing.T) {
 	if !strings.Contains(c[r.Machines[1].Machine], "cannot be read") {
 		t.Fatalf("missing log: %q", c[r.Machines[1].Machine])
 	}
+	tails := ConsoleTails(r)
+	if n := strings.Count(tails["db1"], "\n") + 1; n != ConsoleLines || !strings.HasSuffix(strings.TrimRight(b.String(), "\n"), tails["db1"]) {
+		t.Fatalf("ConsoleTails kept %d lines, want the last %d", n, ConsoleLines)
+	}
 }
