@@ -109,6 +109,9 @@ func (a *app) pointsListCmd() *cobra.Command {
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "List recovery points, oldest first",
+		Long: `List recovery points, oldest first. From a vault, the list comes from the
+vault's point index (the VM spec is left out of --json there; points show
+has it); vaults without one are listed from the point records.`,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			srv, err := a.pointsFromServer(cmd)
@@ -131,7 +134,7 @@ func (a *app) vaultPointsList(ctx context.Context, machine string, jsonOut bool)
 	if err != nil {
 		return err
 	}
-	pts, bad, err := v.Points(ctx)
+	pts, bad, err := v.ListPoints(ctx)
 	if err != nil {
 		return err
 	}
