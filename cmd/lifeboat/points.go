@@ -112,7 +112,7 @@ func (a *app) pointsListCmd() *cobra.Command {
 		Long: `List recovery points, oldest first. From a vault, the list comes from the
 vault's point index (the VM spec is left out of --json there; points show
 has it); vaults without one are listed from the point records.`,
-		Args:  cobra.NoArgs,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			srv, err := a.pointsFromServer(cmd)
 			switch {
