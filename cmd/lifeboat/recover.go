@@ -160,7 +160,7 @@ func (a *app) recoverPointsCmd(f *recoverFlags) *cobra.Command {
 	return &cobra.Command{
 		Use: "points MACHINE", Short: "List a machine's points, newest last", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := a.vaultPointsList(cmd.Context(), args[0], f.json); err != nil {
+			if err := a.vaultPointsList(cmd.Context(), args[0], f.json, false); err != nil {
 				return err
 			}
 			return nil

@@ -333,7 +333,7 @@ func (a *app) vaultRepairCmd() *cobra.Command {
 	c := &cobra.Command{Use: "repair", Short: "Repair vault metadata"}
 	c.AddCommand(&cobra.Command{
 		Use:   "index",
-		Short: "Rebuild the index from the pack headers",
+		Short: "Rebuild the index from the pack headers, and the point index from the point records",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			v, err := a.openVault(cmd.Context())
@@ -348,6 +348,11 @@ func (a *app) vaultRepairCmd() *cobra.Command {
 			for _, u := range rep.Unreadable {
 				fmt.Fprintf(a.stdout, "pack %s has an unreadable header: kept what the old index said about it\n", u[:16])
 			}
+			prep, err := v.RebuildPointIndex(cmd.Context())
+			if err != nil {
+				return fmt.Errorf("point index: %w", err)
+			}
+			fmt.Fprintf(a.stdout, "rebuilt the point index from %d point records\n", prep.Points)
 			return nil
 		},
 	})

@@ -570,10 +570,15 @@ func (s *Server) RunRetention(ctx context.Context) (*RetentionReport, error) {
 		if len(bad) > 0 {
 			return fmt.Errorf("point record %s cannot be read (%v): run `lifeboat vault check`; retention refuses to run", bad[0].ID.Short(), bad[0].Err)
 		}
+		// Points whose deletion has begun do not count (prune completes it).
+		deleting, err := s.vault.DeletingPoints(ctx)
+		if err != nil {
+			return err
+		}
 		byMachine := map[string][]retention.Point{}
 		ids := map[string]vault.ID{}
 		for _, p := range pts {
-			if _, ok := machinePol[p.Machine]; !ok {
+			if _, ok := machinePol[p.Machine]; !ok || deleting[p.ID] {
 				continue
 			}
 			byMachine[p.Machine] = append(byMachine[p.Machine], retention.Point{ID: p.ID.String(), Time: p.Time, App: p.Kind == vault.KindApp})

@@ -217,6 +217,9 @@ func (c *checker) checkPoints(ctx context.Context) error {
 		return err
 	}
 	c.rep.Points = len(pts) + len(badPts)
+	if err := c.checkPointIndex(ctx, pts, badPts); err != nil {
+		return err
+	}
 	affected := map[string]bool{}
 	for _, bp := range badPts {
 		c.damage(Damage{Object: pointName(bp.ID), Error: bp.Err.Error(), Points: []string{bp.ID.String()}})

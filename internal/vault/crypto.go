@@ -17,6 +17,7 @@ const (
 	kindLock       = "lock"
 	kindGC         = "gc"
 	kindPackHeader = "pack-header"
+	kindPointIndex = "pointindex"
 )
 
 const (

@@ -52,6 +52,9 @@ func TestFlippedByteInEveryObject(t *testing.T) {
 		// A damaged config copy: the vault opens from the other copy and
 		// check names the damaged one (the loop below).
 		sizeOf := len(clean[name])
+		if sizeOf == 0 {
+			continue // a point index marker: its name is its content
+		}
 		for _, at := range []int{0, sizeOf / 2, sizeOf - 1} {
 			restoreSnapshot(be, clean)
 			be.Mutate(name, func(b []byte) []byte { b[at] ^= 0x01; return b })

@@ -53,6 +53,7 @@ type PruneReport struct {
 	StaleLocksRemoved int                             `json:"stale_locks_removed"`
 	TempFilesRemoved  int                             `json:"temp_files_removed"`
 	TempBytesRemoved  int64                           `json:"temp_bytes_removed"`
+	PointIndex        *PointIndexReport               `json:"point_index,omitempty"`
 }
 
 // gcRecord is a gc/<id> mark (§12).
@@ -137,6 +138,12 @@ func (g *gc) run(ctx context.Context) error {
 	kept, err := g.retention(ctx)
 	if err != nil {
 		return err
+	}
+	// The point index is rebuilt from the records just read (§9a).
+	if !g.o.DryRun {
+		if g.rep.PointIndex, err = g.v.writePointIndex(ctx, g.lock, kept); err != nil {
+			return err
+		}
 	}
 	// 2. Liveness of every indexed blob.
 	if err := g.scanPacks(ctx); err != nil {
@@ -239,9 +246,17 @@ func (g *gc) retention(ctx context.Context) ([]*Point, error) {
 		// A record we cannot read may reference anything: refuse to collect.
 		return nil, fmt.Errorf("point record %s cannot be read (%v): run `lifeboat vault check`; prune refuses to collect garbage while a point is unreadable", bad[0].ID.Short(), bad[0].Err)
 	}
+	// Points being deleted do not count for retention; their data stays
+	// live until their records are gone (writePointIndex deletes them).
+	deleting, err := g.v.DeletingPoints(ctx)
+	if err != nil {
+		return nil, err
+	}
 	byMachine := map[string][]*Point{}
 	for _, p := range pts {
-		byMachine[p.Machine] = append(byMachine[p.Machine], p)
+		if !deleting[p.ID] {
+			byMachine[p.Machine] = append(byMachine[p.Machine], p)
+		}
 	}
 	forget := map[ID]bool{}
 	now := g.v.clock.Now()
@@ -270,7 +285,11 @@ func (g *gc) retention(ctx context.Context) ([]*Point, error) {
 		}
 		kept = append(kept, p)
 	}
-	g.rep.Kept = len(kept)
+	for _, p := range kept {
+		if !deleting[p.ID] {
+			g.rep.Kept++
+		}
+	}
 	return kept, nil
 }
 

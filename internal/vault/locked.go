@@ -26,6 +26,11 @@ func (v *Vault) SavePointLocked(ctx context.Context, l *Lock, p *Point) error {
 	if err := l.Err(); err != nil {
 		return fmt.Errorf("save point: %w", err)
 	}
+	// The point index's marker goes first: a reader that finds a marker
+	// reads the record, and skips it while it does not exist (§9a).
+	if err := v.putMarker(ctx, pointIndexNewDir, id); err != nil {
+		return fmt.Errorf("save point: %w", err)
+	}
 	perr := v.be.Put(ctx, pointName(id), bytes.NewReader(sealed), int64(len(sealed)))
 	lerr := l.Err()
 	switch {

@@ -7,9 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/vault/backend"
@@ -175,6 +173,9 @@ func (v *Vault) SavePoint(ctx context.Context, p *Point) error {
 	if err != nil {
 		return err
 	}
+	if err := v.putMarker(ctx, pointIndexNewDir, id); err != nil {
+		return fmt.Errorf("save point: %w", err)
+	}
 	if err := v.be.Put(ctx, pointName(id), bytes.NewReader(sealed), int64(len(sealed))); err != nil {
 		return fmt.Errorf("save point: %w", err)
 	}
@@ -218,53 +219,20 @@ type PointError struct {
 	Err error
 }
 
-// Points lists every recovery point, oldest first. Records that cannot be
-// read are returned separately (for check); listing does not stop at them.
+// Points lists every recovery point, oldest first, by reading every point
+// record (the authority; ListPoints reads the index instead). Records that
+// cannot be read are returned separately (for check); listing does not
+// stop at them.
 func (v *Vault) Points(ctx context.Context) ([]*Point, []PointError, error) {
 	ids, err := v.listIDs(ctx, "points/")
 	if err != nil {
 		return nil, nil, err
 	}
-	var (
-		mu   sync.Mutex
-		pts  []*Point
-		bad  []PointError
-		errs = make(chan error, 1)
-		sem  = make(chan struct{}, 8)
-		wg   sync.WaitGroup
-	)
-	for _, id := range ids {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			p, err := v.LoadPoint(ctx, id)
-			mu.Lock()
-			defer mu.Unlock()
-			switch {
-			case err == nil:
-				pts = append(pts, p)
-			case backend.IsNotExist(err):
-				// deleted by retention while we listed
-			case ctx.Err() != nil:
-				select {
-				case errs <- ctx.Err():
-				default:
-				}
-			default:
-				bad = append(bad, PointError{ID: id, Err: err})
-			}
-		}()
-	}
-	wg.Wait()
-	select {
-	case err := <-errs:
+	pts, bad, err := v.loadPoints(ctx, ids)
+	if err != nil {
 		return nil, nil, err
-	default:
 	}
 	SortPoints(pts)
-	sort.Slice(bad, func(i, j int) bool { return compareIDs(&bad[i].ID, &bad[j].ID) < 0 })
 	return pts, bad, nil
 }
 
@@ -285,14 +253,14 @@ func SortPoints(pts []*Point) {
 // the word "latest" (optionally "latest:MACHINE").
 func (v *Vault) FindPoint(ctx context.Context, ref string) (*Point, error) {
 	if ref == "latest" || strings.HasPrefix(ref, "latest:") {
-		pts, _, err := v.Points(ctx)
+		pts, _, err := v.ListPoints(ctx)
 		if err != nil {
 			return nil, err
 		}
 		machine := strings.TrimPrefix(strings.TrimPrefix(ref, "latest"), ":")
 		for i := len(pts) - 1; i >= 0; i-- {
 			if machine == "" || pts[i].Machine == machine {
-				return pts[i], nil
+				return v.LoadPoint(ctx, pts[i].ID) // with its VM spec
 			}
 		}
 		if machine != "" {
@@ -323,8 +291,13 @@ func (v *Vault) FindPoint(ctx context.Context, ref string) (*Point, error) {
 	return nil, fmt.Errorf("point reference %q is ambiguous (%d points match): give more characters", ref, len(match))
 }
 
-// DeletePoint removes a point record (retention).
+// DeletePoint removes a point record (retention). The point index's gone
+// marker is written first: from then on the point is not listed, and the
+// next prune deletes the record if this deletion does not complete (§9a).
 func (v *Vault) DeletePoint(ctx context.Context, id ID) error {
+	if err := v.putMarker(ctx, pointIndexGoneDir, id); err != nil {
+		return fmt.Errorf("delete point %s: %w", id.Short(), err)
+	}
 	if err := v.be.Delete(ctx, pointName(id)); err != nil && !backend.IsNotExist(err) {
 		return fmt.Errorf("delete point %s: %w", id.Short(), err)
 	}
