@@ -32,6 +32,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/zeebo/xxh3"
@@ -46,10 +47,12 @@ type result struct {
 	Phase      string  `json:"phase"`
 	N          int64   `json:"n"`
 	Pread      bool    `json:"pread"`
-	Seconds    float64 `json:"seconds"`              // build, or open (Sync that finds the cache up to date)
-	OpenOnly   float64 `json:"open_only,omitempty"`  // idxcache.Open alone, without the file-set digest
+	Seconds    float64 `json:"seconds"`             // build, or open (Sync that finds the cache up to date)
+	OpenOnly   float64 `json:"open_only,omitempty"` // idxcache.Open alone, without the file-set digest
 	Present    float64 `json:"present_per_s,omitempty"`
 	Absent     float64 `json:"absent_per_s,omitempty"`
+	PresentCPU float64 `json:"present_per_cpu_s,omitempty"` // per second of this process's CPU time
+	AbsentCPU  float64 `json:"absent_per_cpu_s,omitempty"`
 	VmHWM      int64   `json:"vmhwm"`
 	VmRSS      int64   `json:"vmrss"`
 	RssAnon    int64   `json:"rss_anon"`
@@ -67,6 +70,7 @@ func main() {
 		gor     = flag.Int("goroutines", runtime.GOMAXPROCS(0), "goroutines doing lookups")
 		mem     = flag.Int64("mem", 64<<20, "sort buffer while building")
 		keep    = flag.Bool("keep", false, "keep the caches afterwards")
+		reuse   = flag.Bool("reuse", false, "measure lookups on caches kept by an earlier -keep run, without building")
 	)
 	flag.Parse()
 	benchkit.Main("idxcache", func(ctx context.Context) error {
@@ -74,24 +78,27 @@ func main() {
 			n, _ := strconv.ParseInt(*ns, 10, 64)
 			return child(ctx, *phase, n, *dir, *lookups, *gor, *mem)
 		}
-		return parent(ctx, *ns, *dir, *lookups, *gor, *mem, *keep)
+		return parent(ctx, *ns, *dir, *lookups, *gor, *mem, *keep, *reuse)
 	})
 }
 
-func parent(ctx context.Context, ns, dir string, lookups, gor int, mem int64, keep bool) error {
-	fmt.Printf("%12s %6s %9s %9s %9s %12s %12s %9s %9s %9s %9s\n", "N", "mode", "build s", "open s", "Open s", "stored/s", "absent/s", "HWM MiB", "RSS MiB", "anon MiB", "file MiB")
+func parent(ctx context.Context, ns, dir string, lookups, gor int, mem int64, keep, reuse bool) error {
+	fmt.Printf("%12s %6s %9s %9s %9s %12s %12s %12s %12s %9s %9s %9s %9s\n", "N", "mode", "build s", "open s", "Open s", "stored/s", "absent/s",
+		"stored/cpu-s", "absent/cpu-s", "HWM MiB", "RSS MiB", "anon MiB", "file MiB")
 	for _, s := range strings.Split(ns, ",") {
 		n, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
 		if err != nil {
 			return fmt.Errorf("bad -n: %w", err)
 		}
 		d := filepath.Join(dir, s)
-		os.RemoveAll(d)
-		b, err := runChild(ctx, "build", n, d, lookups, gor, mem, false)
-		if err != nil {
-			return err
+		if !reuse {
+			os.RemoveAll(d)
+			b, err := runChild(ctx, "build", n, d, lookups, gor, mem, false)
+			if err != nil {
+				return err
+			}
+			printRow(b, "build")
 		}
-		printRow(b, "build")
 		for _, pread := range []bool{false, true} {
 			l, err := runChild(ctx, "lookup", n, d, lookups, gor, mem, pread)
 			if err != nil {
@@ -120,8 +127,8 @@ func printRow(r *result, mode string) {
 		}
 		return fmt.Sprintf("%.0f", x)
 	}
-	fmt.Printf("%12d %6s %9s %9s %9s %12s %12s %9s %9s %9s %9s\n", r.N, mode, build, open, openOnly, rate(r.Present), rate(r.Absent),
-		mib(r.VmHWM), mib(r.VmRSS), mib(r.RssAnon), mib(r.RssFile))
+	fmt.Printf("%12d %6s %9s %9s %9s %12s %12s %12s %12s %9s %9s %9s %9s\n", r.N, mode, build, open, openOnly, rate(r.Present), rate(r.Absent),
+		rate(r.PresentCPU), rate(r.AbsentCPU), mib(r.VmHWM), mib(r.VmRSS), mib(r.RssAnon), mib(r.RssFile))
 	if r.DiskBytes > 0 {
 		fmt.Printf("%12s cache on disk: %.2f GB (%.1f bytes per blob)\n", "", float64(r.DiskBytes)/1e9, float64(r.DiskBytes)/float64(r.N))
 	}
@@ -180,10 +187,10 @@ func child(ctx context.Context, phase string, n int64, dir string, lookups, gor 
 		r.OpenOnly = time.Since(start).Seconds()
 		c2.Close()
 		r.Goroutines = gor
-		if r.Present, err = rate(c, gor, lookups, n, true); err != nil {
+		if r.Present, r.PresentCPU, err = rate(c, gor, lookups, n, true); err != nil {
 			return err
 		}
-		if r.Absent, err = rate(c, gor, lookups, n, false); err != nil {
+		if r.Absent, r.AbsentCPU, err = rate(c, gor, lookups, n, false); err != nil {
 			return err
 		}
 	}
@@ -192,11 +199,13 @@ func child(ctx context.Context, phase string, n int64, dir string, lookups, gor 
 }
 
 // rate runs lookups have-checks on gor goroutines, of random stored IDs
-// (regenerated from their file and position) or random absent ones.
-func rate(c *idxcache.Cache, gor, lookups int, n int64, present bool) (float64, error) {
+// (regenerated from their file and position) or random absent ones, and
+// returns them per second of wall time and per second of CPU time.
+func rate(c *idxcache.Cache, gor, lookups int, n int64, present bool) (wall, cpu float64, err error) {
 	var wrong atomic.Int64
 	var firstErr atomic.Pointer[error]
 	var wg sync.WaitGroup
+	cpu0 := cpuTime()
 	start := time.Now()
 	for g := range gor {
 		wg.Add(1)
@@ -222,14 +231,21 @@ func rate(c *idxcache.Cache, gor, lookups int, n int64, present bool) (float64, 
 		}()
 	}
 	wg.Wait()
-	el := time.Since(start).Seconds()
+	el, cel := time.Since(start).Seconds(), (cpuTime() - cpu0).Seconds()
 	if p := firstErr.Load(); p != nil {
-		return 0, *p
+		return 0, 0, *p
 	}
 	if w := wrong.Load(); w > 0 {
-		return 0, fmt.Errorf("%d wrong answers (present=%v)", w, present)
+		return 0, 0, fmt.Errorf("%d wrong answers (present=%v)", w, present)
 	}
-	return float64(lookups/gor*gor) / el, nil
+	done := float64(lookups / gor * gor)
+	return done / el, done / cel, nil
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // blobID is the ID of blob i: entry i%perFile of file i/perFile.
