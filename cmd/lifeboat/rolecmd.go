@@ -207,7 +207,7 @@ func (a *app) agentEnrollCmd(stateDir *string) *cobra.Command {
 
 func (a *app) agentCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "agent", Short: "The mobility service on a protected machine, and commands about agents"}
-	var stateDir, metricsListen string
+	var stateDir, metricsListen, instanceID string
 	enroll := a.agentEnrollCmd(&stateDir)
 	run := &cobra.Command{
 		Use:   "run [--state-dir DIR]",
@@ -223,6 +223,7 @@ func (a *app) agentCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			cfg.InstanceID = instanceID
 			// LIFEBOAT_TEST_PANIC_CYCLE makes the cycles of the named
 			// machine panic: for tests of the agent's fault handling only.
 			faults := agent.Faults{PanicCycle: a.getenvOr("LIFEBOAT_TEST_PANIC_CYCLE", "")}
@@ -251,6 +252,7 @@ func (a *app) agentCmd() *cobra.Command {
 		c.Flags().StringVar(&stateDir, "state-dir", a.getenvOr("LIFEBOAT_STATE_DIR", roleStateDir("agent")), "agent state directory (env LIFEBOAT_STATE_DIR)")
 	}
 	metricsListenFlag(run.Flags(), &metricsListen)
+	run.Flags().StringVar(&instanceID, "instance-id", "", "name of the hardware the agent runs on, in place of its SMBIOS system UUID (hosts without one): a recovered copy of the machine must not be given the same")
 
 	var f clientFlags
 	var process string

@@ -63,6 +63,7 @@ type Agent struct {
 	busyWait     time.Duration
 	busyEvery    time.Duration
 	osRelease    string
+	dmiUUID      string
 	freeze, thaw func(string) error
 
 	kick       chan struct{} // wakes the control loop: something to report
@@ -140,6 +141,7 @@ func New(cfg *Config, o Options) (*Agent, error) {
 		busyWait:   busyPollWait,
 		busyEvery:  busyEvery,
 		osRelease:  "/etc/os-release",
+		dmiUUID:    dmiUUIDPath,
 		freeze:     freezeFS,
 		thaw:       thawFS,
 		kick:       make(chan struct{}, 1),
@@ -373,7 +375,7 @@ func (a *Agent) controlLoop(ctx context.Context) {
 // buildHeartbeat assembles the report; payload says whether it carries
 // anything besides inventory and state.
 func (a *Agent) buildHeartbeat() (api.AgentHeartbeat, bool) {
-	inv, warns := inventory(a.cfg, inventoryOptions{hostname: hostname(), osRelease: a.osRelease, version: a.version})
+	inv, warns := inventory(a.cfg, inventoryOptions{hostname: hostname(), osRelease: a.osRelease, version: a.version, dmiUUID: a.dmiUUID})
 	var ws []string
 	for _, w := range warns {
 		ws = append(ws, w.Error())

@@ -84,6 +84,11 @@ type Config struct {
 	// machines on this host, reports each as a machine of its own, and
 	// replicates those the server protects (see host.go).
 	VMs *VMHostConfig `json:"vms,omitempty"`
+	// InstanceID names the hardware this agent runs on, in place of the
+	// SMBIOS system UUID: `agent run --instance-id` (hosts without one,
+	// tests). It is not stored in agent.json, which a recovered copy of
+	// the machine carries too.
+	InstanceID string `json:"-"`
 
 	// StateDir is where agent.json was loaded from; it is not stored.
 	StateDir string `json:"-"`

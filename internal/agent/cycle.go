@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"os"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -496,12 +497,15 @@ type cachedScan struct {
 // scanDriver returns the scan driver of disk d, the one of the previous
 // cycles unless what it depends on changed. A driver holds nothing between
 // cycles but its settings, and one cycle at a time is active.
-func (a *Agent) scanDriver(d DiskConfig, blockSize int) (*scan.Driver, error) {
-	key := scanKey{path: d.Path, stateFile: filepath.Join(a.cfg.StateDir, "disks", d.Name), blockSize: blockSize, snapshot: a.snapshotMode(d)}
+func (a *Agent) scanDriver(d DiskConfig, blockSize int, rev *api.AgentReverse) (*scan.Driver, error) {
+	key := scanKey{path: d.Path, stateFile: filepath.Join(trackingDir(a.cfg.StateDir, rev), d.Name), blockSize: blockSize, snapshot: a.snapshotMode(d)}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if c, ok := a.scans[d.Name]; ok && c.key == key {
 		return c.drv, nil
+	}
+	if err := os.MkdirAll(filepath.Dir(key.stateFile), 0o700); err != nil {
+		return nil, fmt.Errorf("disk %s: tracking state: %w", d.Name, err)
 	}
 	drv, err := scan.New(scan.Options{Path: key.path, StateFile: key.stateFile, BlockSize: blockSize, Snapshot: key.snapshot, Logger: a.log})
 	if err != nil {
@@ -512,6 +516,18 @@ func (a *Agent) scanDriver(d DiskConfig, blockSize int) (*scan.Driver, error) {
 	}
 	a.scans[d.Name] = cachedScan{key: key, drv: drv}
 	return drv, nil
+}
+
+// trackingDir is where the scan drivers keep their state: disks/ in
+// the state directory, or, for the agent of a recovered VM replicating it
+// back, reverse/JOB/disks/: the reverse direction starts its own tracking
+// (its first point reads the disks whole and sends what the vault lacks),
+// and the forward state the VM's copy of the disk holds stays as it was.
+func trackingDir(stateDir string, rev *api.AgentReverse) string {
+	if rev != nil {
+		return filepath.Join(stateDir, "reverse", rev.ID, "disks")
+	}
+	return filepath.Join(stateDir, "disks")
 }
 
 // cycleMachine returns the machine that cuts disks: the scan drivers of
@@ -528,7 +544,7 @@ func (a *Agent) cycleMachine(ctx context.Context, cfg api.AgentConfig, disks []D
 			if d.Format == "qcow2" {
 				return nil, fmt.Errorf("disk %s is a qcow2 image: the scan driver reads raw disks only; protect it with --driver qemu", d.Name)
 			}
-			drv, err := a.scanDriver(d, blockSize)
+			drv, err := a.scanDriver(d, blockSize, cfg.Reverse)
 			if err != nil {
 				return nil, err
 			}
@@ -587,6 +603,13 @@ func (a *Agent) cycle(ctx context.Context, cfg api.AgentConfig, spec *cycleSpec)
 	disks, err := a.selectDisks(cfg.Disks)
 	if err != nil {
 		return res, err
+	}
+	if rv := cfg.Reverse; rv != nil { // a reverse point of the recovered VM
+		spec.labels = maps.Clone(spec.labels)
+		if spec.labels == nil {
+			spec.labels = map[string]string{}
+		}
+		spec.labels[api.LabelDirection], spec.labels["vm"] = api.DirectionReverse, rv.VM
 	}
 	sink, err := a.openSink(ctx, cfg.ProcessURL, cfg.Bandwidth)
 	if err != nil {

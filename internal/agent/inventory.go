@@ -22,6 +22,28 @@ type inventoryOptions struct {
 	hostname  string
 	osRelease string // path of os-release (tests)
 	version   string
+	dmiUUID   string // path of the SMBIOS system UUID (tests)
+}
+
+// dmiUUIDPath is where Linux shows the SMBIOS system UUID (root only).
+const dmiUUIDPath = "/sys/class/dmi/id/product_uuid"
+
+// instanceOf names the hardware the agent runs on: agent.json's
+// instance_id, else the SMBIOS system UUID ("" when neither is there;
+// all-zero and all-F UUIDs, which some firmware reports, name nothing).
+func instanceOf(cfg *Config, dmiPath string) string {
+	if cfg.InstanceID != "" {
+		return cfg.InstanceID
+	}
+	b, err := os.ReadFile(dmiPath)
+	if err != nil {
+		return ""
+	}
+	id := strings.ToLower(strings.TrimSpace(string(b)))
+	if len(id) > 64 || strings.Trim(id, "0-") == "" || strings.Trim(id, "f-") == "" {
+		return ""
+	}
+	return id
 }
 
 // diskInfo describes one configured disk: its size and whether it is an
@@ -118,6 +140,9 @@ func inventory(cfg *Config, o inventoryOptions) (api.Inventory, []error) {
 		Arch:     runtime.GOARCH,
 		Agent:    o.version,
 		Disks:    []api.DiskInfo{},
+	}
+	if cfg.vm == nil { // a host agent's VM is replicated from its host: no instance of its own
+		inv.Instance = instanceOf(cfg, o.dmiUUID)
 	}
 	var warns []error
 	for _, d := range cfg.Disks {

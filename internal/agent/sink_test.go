@@ -77,19 +77,19 @@ func TestScanDriversKept(t *testing.T) {
 	dir := t.TempDir()
 	a := &Agent{cfg: &Config{StateDir: dir, Snapshot: SnapshotNone}, log: slog.New(slog.DiscardHandler), snapModes: map[string]string{}}
 	d := DiskConfig{Name: "a", Path: dir + "/a.img"}
-	d1, err := a.scanDriver(d, 4096)
+	d1, err := a.scanDriver(d, 4096, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d2, _ := a.scanDriver(d, 4096); d2 != d1 {
+	if d2, _ := a.scanDriver(d, 4096, nil); d2 != d1 {
 		t.Fatal("a new scan driver for the same disk")
 	}
-	d3, _ := a.scanDriver(d, 8192)
+	d3, _ := a.scanDriver(d, 8192, nil)
 	if d3 == d1 {
 		t.Fatal("the block size changed, the driver did not")
 	}
 	d.Path = dir + "/b.img"
-	if d4, _ := a.scanDriver(d, 8192); d4 == d3 {
+	if d4, _ := a.scanDriver(d, 8192, nil); d4 == d3 {
 		t.Fatal("the path changed, the driver did not")
 	}
 	if len(a.scans) != 1 {

@@ -282,10 +282,15 @@ type VMNIC struct {
 
 // Inventory is what an agent knows about its machine.
 type Inventory struct {
-	Hostname string          `json:"hostname"`
-	OS       string          `json:"os"`
-	Arch     string          `json:"arch"`
-	Agent    string          `json:"agent_version"` // the agent's build (buildinfo); "" from old agents
+	Hostname string `json:"hostname"`
+	OS       string `json:"os"`
+	Arch     string `json:"arch"`
+	Agent    string `json:"agent_version"` // the agent's build (buildinfo); "" from old agents
+	// Instance names the hardware (or virtual hardware) the agent runs
+	// on: its SMBIOS system UUID, or agent.json's instance_id. A copy of
+	// the machine booted elsewhere (a failover's recovered VM) carries the
+	// same certificate and state but another instance; "" unknown.
+	Instance string          `json:"instance,omitempty"`
 	Disks    []DiskInfo      `json:"disks"`
 	VMSpec   json.RawMessage `json:"vm_spec,omitempty"`
 }
@@ -338,7 +343,13 @@ type Machine struct {
 	Drivers map[string]string `json:"drivers,omitempty"`
 	// Host is the machine whose agent replicates this one: set for VMs
 	// discovered by a host agent ("" for a machine with its own agent).
-	Host         string       `json:"host,omitempty"`
+	Host string `json:"host,omitempty"`
+	// Instance is the instance its agent runs on at the protected site
+	// (Inventory.Instance of its heartbeats while the machine is not
+	// failed over). While it is, an agent reporting from another instance
+	// runs in the recovered VM: it is told not to replicate forward, and
+	// it is the one that replicates back at reprotect.
+	Instance     string       `json:"instance,omitempty"`
 	Process      string       `json:"process,omitempty"`
 	State        string       `json:"state"`
 	Reason       string       `json:"reason,omitempty"` // for error and resyncing
@@ -542,8 +553,26 @@ type AgentConfig struct {
 	// RotateKey: an operator approved a new key; renew with one now.
 	RotateKey bool `json:"rotate_key,omitempty"`
 	// Shutdown asks the agent to shut the machine down and cut a final
-	// point (planned failover); see ShutdownRequest.
+	// point (planned failover); see ShutdownRequest. To the agent in a
+	// recovered VM that replicates back, it is the failback's request.
 	Shutdown *ShutdownRequest `json:"shutdown,omitempty"`
+	// Reverse, to the agent in a recovered VM, says it replicates the VM
+	// back toward the primary site (reprotect): its points are reverse
+	// points. Nil: forward (or not at all).
+	Reverse *AgentReverse `json:"reverse,omitempty"`
+}
+
+// AgentReverse is AgentConfig.Reverse.
+type AgentReverse struct {
+	// ID is the reprotect job's: a new ID starts the capture drivers'
+	// tracking afresh (the first reverse point reads the disks whole and
+	// sends what the vault lacks).
+	ID string `json:"id"`
+	// VM is the recovered VM's name, labelled on every reverse point
+	// (the target writer applies only points of the current VM); Base
+	// the point it booted.
+	VM   string `json:"vm"`
+	Base string `json:"base"`
 }
 
 // Cut is one coordinated group cut. All members take their point at At;
@@ -601,6 +630,10 @@ type Point struct {
 	*CycleFigures
 	// FiguresPending is output only: true while CycleFigures is nil.
 	FiguresPending bool `json:"figures_pending,omitempty"`
+	// VM is set on a reverse point (label direction=reverse): the
+	// recovered VM it was cut from (label vm). Reverse points are not
+	// forward points of the machine.
+	ReverseVM string `json:"reverse_vm,omitempty"`
 }
 
 // CycleFigures are what the cycle that made a point did, as its agent

@@ -62,6 +62,13 @@ type RecoveredVM struct {
 	Console  string          `json:"console,omitempty"`
 	Disks    []RecoveredDisk `json:"disks,omitempty"`
 	Hydrated bool            `json:"hydrated,omitempty"`
+	// AgentInstance is the instance of the machine's agent that reports
+	// from inside this VM (another instance than Machine.Instance), and
+	// AgentSeen its last heartbeat: such a VM can be replicated back by
+	// its own agent (reprotect) where its provider's disks are out of the
+	// server's reach.
+	AgentInstance string    `json:"agent_instance,omitempty"`
+	AgentSeen     time.Time `json:"agent_seen,omitzero"`
 }
 
 // RecoveredDisk is the local image (overlay) of one disk of a recovered VM.

@@ -15,6 +15,10 @@ type Reverse struct {
 	Policy   string   `json:"policy"`
 	Interval Duration `json:"interval"`
 	RPO      Duration `json:"rpo_threshold,omitempty"`
+	// Agent is set when the agent inside the recovered VM replicates it
+	// back (its instance); empty: the server reads the VM's disks through
+	// its provider (qemu, libvirt).
+	Agent string `json:"agent,omitempty"`
 	// Point is the newest reverse point published (a point of the
 	// machine with the label direction=reverse).
 	Point *ReversePoint `json:"point,omitempty"`
@@ -44,6 +48,9 @@ type Failback struct {
 	// (--stop-command).
 	Start bool `json:"start,omitempty"`
 	Stop  bool `json:"stop,omitempty"`
+	// AgentError is why the agent in the recovery VM could not shut it
+	// down (Reverse.Agent set): the failback fails with it.
+	AgentError string `json:"agent_error,omitempty"`
 }
 
 // FailedBack is a committed failback: the machine runs at the primary
@@ -82,11 +89,23 @@ type ReverseDisk struct {
 	Size int64  `json:"size"`
 }
 
-// LabelDirection is the point label that marks reverse points.
+// LabelDirection is the point label that marks reverse points; LabelVM
+// names the recovered VM a reverse point was cut from.
 const (
 	LabelDirection   = "direction"
 	DirectionReverse = "reverse"
+	LabelVM          = "vm"
 )
+
+// ReverseVMOf returns the recovered VM a point with these labels was cut
+// from when it is a reverse point ("" for a forward point, or a reverse
+// point without its VM, which nothing applies).
+func ReverseVMOf(labels map[string]string) string {
+	if labels[LabelDirection] != DirectionReverse {
+		return ""
+	}
+	return labels[LabelVM]
+}
 
 // TargetReport is what a target writer (`lifeboat target run`) reports:
 // POST /api/v1/machines/{name}/reverse/target. The server answers with

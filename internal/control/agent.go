@@ -28,7 +28,7 @@ const (
 )
 
 // agentConfig computes what machine m's agent should do.
-func (s *Server) agentConfig(ctx context.Context, m api.Machine) (api.AgentConfig, error) {
+func (s *Server) agentConfig(ctx context.Context, m api.Machine, inst string) (api.AgentConfig, error) {
 	c := api.AgentConfig{Protected: m.Policy != "", Paused: m.Paused, Disks: m.Disks, Group: m.Group,
 		Process: m.Process, Bandwidth: m.Bandwidth, Resync: m.ResyncWanted, Drivers: m.Drivers,
 		RenewBefore: api.Duration(DefaultRenewBefore), HeartbeatEvery: s.cfg.HeartbeatEvery}
@@ -59,6 +59,11 @@ func (s *Server) agentConfig(ctx context.Context, m api.Machine) (api.AgentConfi
 			} else if err != nil && !errors.Is(err, store.ErrNotFound) {
 				return c, err
 			}
+		}
+	}
+	if recoveredInstance(&m, inst) {
+		if err := s.recoveredConfig(ctx, &c, m, inst); err != nil {
+			return c, err
 		}
 	}
 	rotate, err := s.rotationPending(ctx, api.RoleAgent, m.Name)
@@ -290,7 +295,8 @@ func (s *Server) agentHeartbeat(w http.ResponseWriter, r *http.Request, c *calle
 	if err != nil {
 		return err
 	}
-	cfg, err := s.agentConfig(ctx, m)
+	inst := hb.Inventory.Instance
+	cfg, err := s.agentConfig(ctx, m, inst)
 	if err != nil {
 		return err
 	}
@@ -314,7 +320,7 @@ func (s *Server) agentHeartbeat(w http.ResponseWriter, r *http.Request, c *calle
 			if m, err = s.store.GetMachine(ctx, name); err != nil {
 				return err
 			}
-			if cfg, err = s.agentConfig(ctx, m); err != nil {
+			if cfg, err = s.agentConfig(ctx, m, inst); err != nil {
 				return err
 			}
 			if cfg.Version != hb.KnownVersion {
@@ -344,8 +350,8 @@ func (s *Server) recordHeartbeat(ctx context.Context, name, serial string, hb *a
 	var failed []api.CycleResult
 	var resynced, acked bool
 	m, err := s.store.UpdateMachine(ctx, name, func(m *api.Machine) error {
-		newPoints, failed, resynced = nil, nil, false
-		m.Inventory = hb.Inventory
+		newPoints, failed, resynced, acked = nil, nil, false, false
+		recovered := recordInstance(m, hb.Inventory, now)
 		m.LastSeen = now
 		m.Progress = hb.Progress
 		if serial != "" {
@@ -363,14 +369,24 @@ func (s *Server) recordHeartbeat(ctx context.Context, name, serial string, hb *a
 			}
 			m.LastError = ""
 			pt.Process = m.Process
+			if pt.ReverseVM != "" {
+				acked = recordReversePoint(m, pt, now) || acked
+				continue // not a forward point
+			}
 			newPoints = append(newPoints, pt)
-			applyLastPoint(m, pt, res.Resync)
+			if !recovered { // the recovered VM's copy of the agent may deliver results of the source's
+				applyLastPoint(m, pt, res.Resync)
+			}
 		}
 		if hb.ResyncDone && m.ResyncWanted {
 			m.ResyncWanted = false
 			resynced = true
 		}
-		acked = recordShutdownAck(m, hb.Shutdown, now)
+		if recovered {
+			acked = recordFailbackAck(m, hb.Shutdown) || acked
+		} else {
+			acked = recordShutdownAck(m, hb.Shutdown, now) || acked
+		}
 		m.State = machineState(m)
 		m.Reason = ""
 		if m.State == api.StateError {
@@ -386,7 +402,10 @@ func (s *Server) recordHeartbeat(ctx context.Context, name, serial string, hb *a
 	}
 	if acked {
 		s.rec.ackWake.notify(name)
-		s.log.Info("shutdown acknowledged by the agent", "machine", name, "state", hb.Shutdown.State, "point", hb.Shutdown.Point, "err", hb.Shutdown.Error)
+		s.notify.notify(name) // jobs waiting for a reverse point
+		if hb.Shutdown != nil {
+			s.log.Info("shutdown acknowledged by the agent", "machine", name, "instance", hb.Inventory.Instance, "state", hb.Shutdown.State, "point", hb.Shutdown.Point, "err", hb.Shutdown.Error)
+		}
 	}
 	s.mu.Lock()
 	wasOffline := s.offline[name]

@@ -107,6 +107,9 @@ func (s *Server) haltRecoveryVM(ctx context.Context, sc *jobs.StepContext) error
 	if err != nil {
 		return err
 	}
+	if m, err := s.store.GetMachine(ctx, p.Machine); err == nil && m.Recovery != nil && m.Recovery.Reverse != nil && m.Recovery.Reverse.Agent != "" {
+		return s.haltByAgent(ctx, sc, p)
+	}
 	s.reverseRun.Lock() // a reverse cycle under way ends first
 	s.reverseRun.Unlock()
 	sctx, cancel := context.WithTimeout(ctx, s.cfg.Recovery.ShutdownTimeout.Std())
@@ -136,6 +139,10 @@ func (s *Server) cutFinalPoint(ctx context.Context, sc *jobs.StepContext) error 
 		return err
 	}
 	if fb := failbackOf(m); fb != nil && fb.Final != "" {
+		if rv := m.Recovery.Reverse; rv.Agent != "" && rv.Point != nil && rv.Point.ID == fb.Final {
+			sc.Log(ctx, "final reverse point %s, cut by the agent in the recovery VM after it stopped the applications", short(fb.Final))
+			return sc.Set(ctx, "reverse_point", rv.Point)
+		}
 		return nil // a rerun
 	}
 	res, err := s.runReverse(ctx, p.Machine, toRecoveredVM(*p.VM), true, map[string]string{"final": "failback"})
@@ -309,6 +316,15 @@ func (s *Server) restartRecoveryVM(ctx context.Context, sc *jobs.StepContext) er
 	spec := compute.Spec{Name: p.VM.Name, Dir: p.VM.Dir}
 	for _, d := range p.VM.Disks {
 		spec.Disks = append(spec.Disks, compute.Disk{Name: d.Name})
+	}
+	if len(spec.Disks) == 0 { // a provider that reports no disk images (exec): the point's disks
+		rp := &api.ReversePoint{ID: p.VM.Point}
+		if err := s.reversePointDisks(ctx, rp); err != nil {
+			return fmt.Errorf("restart the recovery VM %s: %w", p.VM.Name, err)
+		}
+		for _, d := range rp.Disks {
+			spec.Disks = append(spec.Disks, compute.Disk{Name: d.Name, Size: d.Size})
+		}
 	}
 	inst, err := s.rec.provider.Start(ctx, spec)
 	if err != nil {

@@ -268,6 +268,7 @@ func TestCancelledJobLeavesNoVM(t *testing.T) {
 func TestPlannedFailover(t *testing.T) {
 	s := startSite(t)
 	a, _ := s.machine("web", 2)
+	a.heartbeat(api.AgentHeartbeat{Inventory: api.Inventory{Hostname: "web", OS: "linux", Arch: "amd64", Instance: "uuid-src"}})
 	op := s.token(api.RoleOperator, 0)
 	j := s.submit(op, "web", "failover", api.FailoverRequest{Planned: true})
 	var req *api.ShutdownRequest
@@ -291,6 +292,25 @@ func TestPlannedFailover(t *testing.T) {
 	}
 	if m := s.machineRec("web"); m.State != api.StateFailedOver || m.Recovery.ShutdownAck.State != api.ShutdownDone {
 		t.Fatalf("after a planned failover: %s %+v", m.State, m.Recovery)
+	}
+	// The recovered VM's copy of the agent (same certificate, state from
+	// the final point: the shutdown "stopped" under way) reports from
+	// another instance: it is not handed the request (it would carry it
+	// out again and power the recovered VM off), and its stale
+	// acknowledgement changes nothing; the source still has it.
+	on := func(inst string) api.AgentHeartbeat {
+		return api.AgentHeartbeat{Inventory: api.Inventory{Hostname: "web", OS: "linux", Arch: "amd64", Instance: inst}}
+	}
+	stale := on("uuid-copy")
+	stale.Shutdown = &api.ShutdownAck{ID: req.ID, State: api.ShutdownStopped}
+	if c := a.heartbeat(stale); c.Shutdown != nil || c.Protected {
+		t.Fatalf("the recovered VM's agent after a planned failover: %+v", c)
+	}
+	if m := s.machineRec("web"); m.Recovery.ShutdownAck.State != api.ShutdownDone || m.Recovery.Failover.AgentInstance != "uuid-copy" {
+		t.Fatalf("the copy's stale acknowledgement: %+v", m.Recovery)
+	}
+	if c := a.heartbeat(on("uuid-src")); c.Shutdown == nil {
+		t.Fatal("the source lost its request")
 	}
 	// Cancel: the request is withdrawn and replication resumes.
 	if c := s.waitJob(s.submit(op, "web", "failover/cancel", nil).ID); c.State != "succeeded" {

@@ -142,7 +142,7 @@ func (s *Server) vaultPoint(ctx context.Context, id string) (api.Point, error) {
 		return api.Point{}, fmt.Errorf("read point %s from the vault: %w", short(id), err)
 	}
 	return api.Point{ID: id, Machine: vp.Machine, Time: vp.Time.UTC(), Kind: vp.Kind, Group: vp.Group,
-		CutID: vp.Labels["cut_id"]}, nil
+		CutID: vp.Labels["cut_id"], ReverseVM: api.ReverseVMOf(vp.Labels)}, nil
 }
 
 // checkClaims checks claims, pointCheckWorkers at a time. Once the vault
@@ -231,6 +231,21 @@ func joinFirst(reasons []string, n int) string {
 // the process server made first.
 func (s *Server) recordPoint(ctx context.Context, pt api.Point, resync bool) error {
 	pt.Time = pt.Time.UTC()
+	if pt.ReverseVM != "" { // a point the agent of a recovered VM sent back
+		recorded := false
+		_, err := s.store.UpdateMachine(ctx, pt.Machine, func(m *api.Machine) error {
+			recorded = recordReversePoint(m, pt, s.clock.Now().UTC())
+			return nil
+		})
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		if recorded {
+			s.rec.ackWake.notify(pt.Machine)
+			s.notify.notify(pt.Machine)
+		}
+		return nil
+	}
 	m, err := s.store.UpdateMachine(ctx, pt.Machine, func(m *api.Machine) error {
 		applyLastPoint(m, pt, resync)
 		return nil

@@ -44,15 +44,34 @@ func (s *Server) prepareReprotect(ctx context.Context, m api.Machine, active []j
 		return orchestrate.Params{}, "", err
 	}
 	vm := m.Recovery.Failover
-	if _, err := s.qemuAccess(vm); err != nil {
+	by, err := s.reverseBy(vm)
+	if err != nil {
 		return orchestrate.Params{}, "", errf(http.StatusConflict, api.CodeActionNotAllowed, "cannot reprotect %s: %v", m.Name, err)
 	}
 	pol, err := s.failbackPolicy(ctx, m, rr.Policy)
 	if err != nil {
 		return orchestrate.Params{}, "", err
 	}
-	return orchestrate.Params{Policy: pol.Name, VM: fromRecoveredVM(*vm)},
-		fmt.Sprintf("reprotect requested (VM %s back to the primary site, policy %s)", vm.Name, pol.Name), nil
+	how := "the server reads its disks"
+	if by != "" {
+		how = "its own agent replicates it"
+	}
+	return orchestrate.Params{Policy: pol.Name, VM: fromRecoveredVM(*vm), ReverseAgent: by},
+		fmt.Sprintf("reprotect requested (VM %s back to the primary site, policy %s; %s)", vm.Name, pol.Name, how), nil
+}
+
+// reverseBy says who replicates the recovered VM back: the server through
+// its provider (""), else the agent inside the VM that reported since the
+// VM was made (its instance). Neither is an error that says what to do.
+func (s *Server) reverseBy(vm *api.RecoveredVM) (string, error) {
+	_, err := s.qemuAccess(vm)
+	if err == nil {
+		return "", nil
+	}
+	if vm.AgentInstance != "" && !vm.AgentSeen.Before(vm.Created) {
+		return vm.AgentInstance, nil
+	}
+	return "", fmt.Errorf("%w; and no Lifeboat agent inside the recovered VM has reported since it started (an agent that reports the same SMBIOS UUID, or --instance-id, as the original would not count): start the agent in the VM, then reprotect", err)
 }
 
 // failbackPolicy returns the named policy, or failback-<machine policy>,
@@ -103,7 +122,7 @@ func (s *Server) startReverse(ctx context.Context, sc *jobs.StepContext) error {
 			return nil // a rerun
 		}
 		r.Reverse = &api.Reverse{Job: sc.ID(), Started: s.clock.Now().UTC(), Policy: pol.Name,
-			Interval: max(pol.CrashInterval, api.Duration(time.Second)), RPO: pol.RPOThreshold}
+			Interval: max(pol.CrashInterval, api.Duration(time.Second)), RPO: pol.RPOThreshold, Agent: p.ReverseAgent}
 		m.State = machineState(m)
 		return nil
 	})
@@ -111,6 +130,10 @@ func (s *Server) startReverse(ctx context.Context, sc *jobs.StepContext) error {
 		return err
 	}
 	s.notify.notify(p.Machine, reverseKey)
+	if p.ReverseAgent != "" {
+		sc.Log(ctx, "reverse replication of VM %s by its agent (instance %s) started (every %s)", p.VM.Name, p.ReverseAgent, pol.CrashInterval.Std())
+		return nil
+	}
 	sc.Log(ctx, "reverse replication of VM %s started (every %s)", p.VM.Name, pol.CrashInterval.Std())
 	return nil
 }

@@ -91,6 +91,9 @@ func reverseDue(m api.Machine) (time.Time, bool) {
 		return time.Time{}, false
 	}
 	rv := r.Reverse
+	if rv.Agent != "" {
+		return time.Time{}, false // the agent in the recovered VM cycles itself
+	}
 	if rv.Failback != nil {
 		return time.Time{}, false // the failback cuts the final point itself
 	}

@@ -527,7 +527,8 @@ func (ss *session) commit(n uint64) (*wire.CommitResponse, error) {
 	s.remember(ss, resp)
 	s.log.Info("recovery point published", "point", p.ID.Short(), "machine", p.Machine, "time", p.Time, "session", ss.id)
 	if s.o.OnPoint != nil {
-		s.o.OnPoint(api.Point{ID: p.ID.String(), Machine: p.Machine, Time: p.Time, Kind: p.Kind, Group: p.Group, CutID: ss.req.CutID, Process: s.o.Name})
+		s.o.OnPoint(api.Point{ID: p.ID.String(), Machine: p.Machine, Time: p.Time, Kind: p.Kind, Group: p.Group, CutID: ss.req.CutID, Process: s.o.Name,
+			ReverseVM: api.ReverseVMOf(p.Labels)})
 	}
 	return &resp, nil
 }

@@ -47,6 +47,10 @@ type Params struct {
 	Forward []int `json:"forward,omitempty"`
 	// Policy is a reprotect's failback policy.
 	Policy string `json:"policy,omitempty"`
+	// ReverseAgent is a reprotect's: the instance of the agent inside the
+	// recovered VM that replicates it back ("": the server does, through
+	// the provider).
+	ReverseAgent string `json:"reverse_agent,omitempty"`
 }
 
 // RecordFile is the VM record in a recovered VM's directory. The

@@ -117,7 +117,7 @@ func Cycle(ctx context.Context, vm VM, o Options) (*engine.Result, error) {
 		return nil, fmt.Errorf("reach the disks of VM %s: %w", vm.Name, err)
 	}
 	defer cm.Close()
-	labels := map[string]string{api.LabelDirection: api.DirectionReverse, "vm": vm.Name}
+	labels := map[string]string{api.LabelDirection: api.DirectionReverse, api.LabelVM: vm.Name}
 	for k, v := range o.Labels {
 		labels[k] = v
 	}
