@@ -22,6 +22,9 @@ var (
 	ErrConflict = errors.New("already exists")
 	// ErrTokenUsed means a one-time token was already redeemed.
 	ErrTokenUsed = errors.New("token already used")
+	// ErrNotShared means the state cannot be shared by several servers
+	// (SQLite) and another server already uses it.
+	ErrNotShared = errors.New("the state is in use by another server")
 )
 
 // Token is a stored token; only the SHA-256 of its secret is kept.

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/lifeboat-dr/lifeboat/internal/store"
 )
 
 // leaderLockKey is the PostgreSQL advisory lock the leading server holds
@@ -136,8 +138,8 @@ func (s *Store) leadSQLite() (<-chan struct{}, bool, error) {
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, false, fmt.Errorf("sqlstore: another lifeboat server is running on the SQLite database %s (it holds %s): "+
-				"only one server may use a SQLite state; standby servers need PostgreSQL (\"db\": \"postgres://...\")", path, lockPath)
+			return nil, false, fmt.Errorf("sqlstore: %w: another lifeboat server is running on the SQLite database %s (it holds %s): "+
+				"only one server may use a SQLite state; standby servers need PostgreSQL (\"db\": \"postgres://...\")", store.ErrNotShared, path, lockPath)
 		}
 		return nil, false, fmt.Errorf("sqlstore: lock %s: %w", lockPath, err)
 	}
