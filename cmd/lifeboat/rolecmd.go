@@ -94,6 +94,16 @@ func (a *app) serverCmd() *cobra.Command {
 			defer sd.close()
 			return control.Run(cmd.Context(), control.RunOptions{DataDir: data, Logger: a.log, Version: build().String(),
 				Ready: func(ad control.Addrs) {
+					if ad.Standby {
+						a.announce(fmt.Sprintf("lifeboat server: API on https://%s, standing by (another server leads)\n", ad.API),
+							"server standing by", "api", "https://"+ad.API)
+						alive, err := serverAlive(data, ad.API)
+						if err != nil {
+							a.log.Warn("the systemd watchdog will not check the API", "err", err)
+						}
+						sd.ready(fmt.Sprintf("API on https://%s, standing by", ad.API), alive)
+						return
+					}
 					a.announce(fmt.Sprintf("lifeboat server: API on https://%s, process server on https://%s\n", ad.API, ad.Ingest),
 						"server ready", "api", "https://"+ad.API, "ingest", "https://"+ad.Ingest)
 					alive, err := serverAlive(data, ad.API)
@@ -101,6 +111,10 @@ func (a *app) serverCmd() *cobra.Command {
 						a.log.Warn("the systemd watchdog will not check the API", "err", err)
 					}
 					sd.ready(fmt.Sprintf("API on https://%s, process server on https://%s", ad.API, ad.Ingest), alive)
+				},
+				Leading: func(ad control.Addrs) {
+					a.announce(fmt.Sprintf("lifeboat server: took the lead: API on https://%s, process server on https://%s\n", ad.API, ad.Ingest),
+						"server leads", "api", "https://"+ad.API, "ingest", "https://"+ad.Ingest)
 				}})
 		},
 	}
@@ -193,7 +207,7 @@ func (a *app) agentEnrollCmd(stateDir *string) *cobra.Command {
 		},
 	}
 	enroll.Flags().BoolVar(&enrollJSON, "json", false, "print one JSON object (name, server, state directory, run command) instead of prose")
-	enroll.Flags().StringVar(&server, "server", "", "server URL, https://HOST:PORT")
+	enroll.Flags().StringVar(&server, "server", "", "server URL, https://HOST:PORT (several, comma-separated: a leader and its standbys)")
 	enroll.Flags().StringVar(&token, "token", "", "one-time agent token for this name, from 'lifeboat token create --role agent --name NAME' (or 'lifeboat agent reenroll NAME')")
 	enroll.Flags().StringVar(&name, "name", "", "machine name (default: hostname)")
 	enroll.Flags().StringArrayVar(&disks, "disk", nil, "disk to protect, NAME=PATH (file or block device); repeat")
@@ -403,7 +417,7 @@ func (a *app) processCmd() *cobra.Command {
 			return nil
 		},
 	}
-	enroll.Flags().StringVar(&server, "server", "", "server URL, https://HOST:PORT")
+	enroll.Flags().StringVar(&server, "server", "", "server URL, https://HOST:PORT (several, comma-separated: a leader and its standbys)")
 	enroll.Flags().StringVar(&token, "token", "", "one-time token for this name, from 'lifeboat token create --role process --name NAME' (or 'lifeboat process reenroll NAME')")
 	enroll.Flags().StringVar(&name, "name", "", "process server name")
 	enroll.Flags().StringVar(&listen, "listen", "127.0.0.1:8445", "address to serve agents on")

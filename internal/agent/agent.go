@@ -48,6 +48,7 @@ type Options struct {
 // Agent is the running mobility service of one machine.
 type Agent struct {
 	cfg     *Config
+	srvs    *client.Servers // the control plane's servers (cfg.Server, cfg.Servers)
 	log     *slog.Logger
 	baseLog *slog.Logger // without the machine attribute
 	clk     clock.Clock
@@ -127,6 +128,7 @@ func New(cfg *Config, o Options) (*Agent, error) {
 	}
 	a := &Agent{
 		cfg:        cfg,
+		srvs:       client.NewServers(cfg.serverURLs()...),
 		log:        o.Logger.With("machine", cfg.Machine),
 		baseLog:    o.Logger,
 		clk:        o.Clock,
@@ -185,7 +187,7 @@ func (a *Agent) setIdentity(id *pki.Identity) {
 
 // Run runs the agent until ctx ends. It returns nil on cancellation.
 func (a *Agent) Run(ctx context.Context) error {
-	a.log.Info("agent starting", "server", a.cfg.Server, "disks", len(a.cfg.Disks), "state_dir", a.cfg.StateDir)
+	a.log.Info("agent starting", "server", strings.Join(a.srvs.URLs(), ","), "disks", len(a.cfg.Disks), "state_dir", a.cfg.StateDir)
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); a.guardLoop(ctx, "control", a.controlLoop) }()
@@ -470,12 +472,12 @@ func (a *Agent) heartbeat(ctx context.Context, hb api.AgentHeartbeat, wait time.
 	a.mu.Lock()
 	hc := a.ctrl
 	a.mu.Unlock()
-	u := strings.TrimRight(a.cfg.Server, "/") + "/api/" + api.Version + "/agent/heartbeat"
+	u := "/api/" + api.Version + "/agent/heartbeat"
 	if wait > 0 {
 		u += "?wait=" + wait.String()
 	}
 	var cfg api.AgentConfig
-	err := postJSON(ctx, hc, u, hb, &cfg)
+	err := a.srvs.PostJSON(ctx, hc, u, hb, &cfg)
 	var ae *client.Error
 	if errors.As(err, &ae) && (ae.Code == api.CodeCertRevoked || ae.Status == http.StatusUnauthorized) {
 		return cfg, fmt.Errorf("the server does not accept this agent's certificate (%s: %s): enroll again with a new token", ae.Code, ae.Message)
