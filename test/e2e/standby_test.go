@@ -225,3 +225,105 @@ func TestStandbyTakesOver(t *testing.T) {
 		t.Fatalf("server b exited:\n%s", p.b.tail(30))
 	}
 }
+
+// gatedHook writes a copy of testdata/instant-hook.sh whose start logs
+// one line to starts and then waits for the file gate (bounded), so a
+// test can kill the server while a job's step is inside the hypervisor.
+func gatedHook(t *testing.T, dir string) (hook, starts, gate string) {
+	t.Helper()
+	instant, err := filepath.Abs("testdata/instant-hook.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hook, starts, gate = filepath.Join(dir, "gated-hook.sh"), filepath.Join(dir, "starts.log"), filepath.Join(dir, "gate")
+	script := "#!/bin/sh\n" +
+		"if [ \"$LIFEBOAT_ACTION\" = start ]; then\n" +
+		"\techo \"$$ $LIFEBOAT_VM_NAME\" >>" + starts + "\n" +
+		"\ti=0; while [ ! -e " + gate + " ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done\n" +
+		"fi\n" +
+		"exec " + instant + "\n"
+	if err := os.WriteFile(hook, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return hook, starts, gate
+}
+
+func lineCount(path string) int {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	return strings.Count(string(b), "\n")
+}
+
+// TestStandbyResumesAJob: a test failover is running on the leader, its
+// VM's start held inside the (stand-in) hypervisor, when the leader is
+// killed with SIGKILL. The standby leads within 15 s and resumes the job
+// from the step it was in; the job succeeds, once: one job, one drill
+// VM, one point server.
+func TestStandbyResumesAJob(t *testing.T) {
+	hookDir := t.TempDir()
+	hook, starts, gate := gatedHook(t, hookDir)
+	site := filepath.Join(hookDir, "site") // both servers' recovery site
+	p := newStandbyPair(t, func(cfg map[string]any) {
+		cfg["recovery"] = map[string]any{"provider": "exec", "exec": hook, "pending_wait": "20s", "dir": site,
+			"networks": map[string]any{"prod": map[string]any{"kind": "bridge", "name": "br-prod"},
+				"lab": map[string]any{"kind": "bridge", "name": "br-lab"}},
+			"network_map": map[string]any{"*": "prod"}}
+	})
+	t.Cleanup(func() { killSite(site) })
+	disk := filepath.Join(p.dir, "db.img")
+	makeDisk(t, disk, 16<<20, 4<<20, 22)
+	p.addAgent("db", map[string]string{"vda": disk})
+	p.mustRun("policy", "create", "fast", "--crash-interval", "3s", "--app-interval", "0", "--retention", "1h:all")
+	p.waitFor("db to report", 30*time.Second, func() bool { _, err := p.machine("db"); return err == nil })
+	p.mustRun("protect", "db", "--policy", "fast")
+	p.waitFor("a point of db", 2*time.Minute, func() bool { return len(p.vaultPoints()) >= 1 })
+
+	var j api.Job
+	if err := json.Unmarshal([]byte(p.mustRun("test-failover", "db", "--json")), &j); err != nil || j.ID == "" {
+		t.Fatalf("test-failover: %v %+v", err, j)
+	}
+	p.waitFor("the drill VM's start inside the hypervisor", time.Minute, func() bool { return lineCount(starts) >= 1 })
+	killed := time.Now()
+	p.a.kill9()
+	p.waitFor("server b to lead", 15*time.Second, func() bool { return p.role(p.urlB) == "leader" })
+	took := time.Since(killed)
+	fmt.Fprintf(os.Stderr, "TestStandbyResumesAJob: the standby leads %s after kill -9 of the leader mid-job\n", took.Round(time.Millisecond))
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p.waitFor("the job to end", 2*time.Minute, func() bool {
+		return p.get(client.Path("jobs", j.ID), &j) == nil && (j.State == "succeeded" || j.State == "failed" || j.State == "cancelled")
+	})
+	if j.State != "succeeded" {
+		t.Fatalf("job %s ended %s: %s", j.ID, j.State, j.Error)
+	}
+	var js []api.Job
+	if err := p.get(client.Path("jobs")+"?limit=100", &js); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, x := range js {
+		if x.Target == "db" && x.Kind == j.Kind {
+			n++
+		}
+	}
+	m, err := p.machine("db")
+	if err != nil || m.Recovery == nil || m.Recovery.Drill == nil {
+		t.Fatalf("no drill after the job: %v %+v", err, m.Recovery)
+	}
+	vm := *m.Recovery.Drill
+	ents, _ := os.ReadDir(site)
+	var steps []string
+	for _, s := range j.Steps {
+		steps = append(steps, fmt.Sprintf("%s:%s/%d", s.Name, s.State, s.Attempts))
+	}
+	t.Logf("job %s: steps %s; hook starts %d; site dirs %d; point servers %d", j.ID, strings.Join(steps, " "), lineCount(starts), len(ents), pointServers(vm.Dir))
+	if n != 1 || len(ents) != 1 || pointServers(vm.Dir) != 1 {
+		t.Fatalf("after the takeover: %d %s jobs of db, %d VM directories, %d point servers; want one of each", n, j.Kind, len(ents), pointServers(vm.Dir))
+	}
+	if _, err := os.Stat(filepath.Join(vm.Dir, "running")); err != nil {
+		t.Fatalf("the drill's VM is not running: %v", err)
+	}
+}
