@@ -330,7 +330,7 @@ func (a *Agent) postVMReport(ctx context.Context, vms []discovered, csr func(dis
 	rctx, cancel := context.WithTimeout(ctx, requestSlack)
 	defer cancel()
 	var resp api.VMReportResponse
-	if err := a.srvs.PostJSON(rctx, hc, "/api/"+api.Version+"/agent/vms", req, &resp); err != nil {
+	if err := a.servers().PostJSON(rctx, hc, "/api/"+api.Version+"/agent/vms", req, &resp); err != nil {
 		return resp, nil, err
 	}
 	return resp, keys, nil
