@@ -88,12 +88,15 @@ func (s *Server) writeNotLeader(w http.ResponseWriter, r *http.Request) {
 	writeError(w, errf(http.StatusServiceUnavailable, api.CodeNotLeader, "%s", msg))
 }
 
-// standbyGate answers everything but GET and HEAD with not_leader while
-// the server stands by (the web console: its pages read through the API,
-// whose routes are gated one by one).
+// standbyGate answers everything but GET and HEAD, logging in and out
+// (the console's sessions are this server's own) with not_leader while
+// the server stands by (the web console: its pages read through the
+// API, whose routes are gated one by one, so its actions are refused
+// there too).
 func (s *Server) standbyGate(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if s.standby.Load() && r.Method != http.MethodGet && r.Method != http.MethodHead {
+		session := r.URL.Path == "/ui/login" || r.URL.Path == "/ui/logout"
+		if s.standby.Load() && r.Method != http.MethodGet && r.Method != http.MethodHead && !session {
 			s.writeNotLeader(w, r)
 			return
 		}

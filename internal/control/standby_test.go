@@ -131,6 +131,27 @@ func TestStandby(t *testing.T) {
 		t.Fatalf("agent heartbeat on the standby: %d, leader %q; want 503 naming %s", resp.StatusCode, resp.Header.Get(api.LeaderHeader), urlA)
 	}
 
+	// The console: its login page is served, an action is refused.
+	hc := httpClient(&tls.Config{InsecureSkipVerify: true})
+	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	for _, tc := range []struct {
+		method, path string
+		want         int
+	}{
+		{http.MethodGet, "/ui/login", http.StatusOK},
+		{http.MethodPost, "/ui/machines/m1/do/pause", http.StatusServiceUnavailable},
+	} {
+		req, _ := http.NewRequest(tc.method, urlB+tc.path, nil)
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Errorf("standby console %s %s: %d; want %d", tc.method, tc.path, resp.StatusCode, tc.want)
+		}
+	}
+
 	// A client that knows both fails over to the leader.
 	cBoth, err := client.New(client.Config{Server: urlB, Servers: []string{urlA}, Token: res.AdminToken})
 	if err != nil {
