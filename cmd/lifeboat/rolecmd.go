@@ -349,7 +349,7 @@ func (a *app) pushCmd() *cobra.Command {
 				o.Server = f.server
 				if o.Server == "" {
 					if cfg, err := client.LoadConfig(a.clientConfigPath(&f)); err == nil {
-						o.Server = cfg.Server
+						o.Server = strings.Join(cfg.URLs(), ",") // every server: the agent fails over between them
 					}
 				}
 			}
@@ -381,7 +381,7 @@ func (a *app) pushCmd() *cobra.Command {
 	fl.StringVar(&o.StateDir, "remote-state-dir", "/var/lib/lifeboat/agent", "agent state directory on the remote host")
 	fl.StringVar(&o.UnitPath, "unit-path", "/etc/systemd/system/lifeboat-agent.service", "where to install the systemd unit")
 	fl.StringVar(&o.Start, "start", "", "how to start the agent: systemd or nohup (default: systemd when it runs on the host)")
-	fl.StringVar(&agentServer, "agent-server", "", "server URL as the remote host reaches it (default: --server)")
+	fl.StringVar(&agentServer, "agent-server", "", "server URL as the remote host reaches it, or several comma-separated (default: --server)")
 	fl.DurationVar(&ttl, "token-ttl", 15*time.Minute, "lifetime of the enrollment token created for the push")
 	a.addClientFlags(cmd, &f)
 	return cmd
