@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -27,7 +28,7 @@ type clientFlags struct {
 
 func (a *app) addClientFlags(cmd *cobra.Command, f *clientFlags) {
 	pf := cmd.PersistentFlags()
-	pf.StringVar(&f.server, "server", a.getenv("LIFEBOAT_SERVER"), "server URL, https://HOST:PORT (env LIFEBOAT_SERVER; default: the saved login)")
+	pf.StringVar(&f.server, "server", a.getenv("LIFEBOAT_SERVER"), "server URL, https://HOST:PORT, or several comma-separated (a leader and its standbys) (env LIFEBOAT_SERVER; default: the saved login)")
 	pf.StringVar(&f.token, "token", a.getenv("LIFEBOAT_TOKEN"), "API token (env LIFEBOAT_TOKEN; default: the saved login)")
 	pf.StringVar(&f.config, "config", "", "client config written by 'lifeboat login' (default $LIFEBOAT_CONFIG or ~/.config/lifeboat/client.json)")
 	pf.BoolVar(&f.json, "json", false, "print JSON")
@@ -39,7 +40,7 @@ func (a *app) client(f *clientFlags) (*client.Client, error) {
 		path = client.DefaultConfigPath(a.getenv)
 	}
 	cfg, lerr := client.LoadConfig(path)
-	if f.server != "" && f.server != cfg.Server {
+	if f.server != "" && !slices.Equal(client.SplitServers(f.server), cfg.URLs()) {
 		cfg = client.Config{Server: f.server}
 	}
 	if f.token != "" {
@@ -86,15 +87,25 @@ func (a *app) loginCmd() *cobra.Command {
 			if err != nil {
 				return &codeError{exitUsage, err}
 			}
-			u, err := url.Parse(f.server)
-			if err != nil || u.Scheme != "https" {
-				return &codeError{exitUsage, fmt.Errorf("--server %q: want https://HOST:PORT", f.server)}
+			// Several servers (a leader and its standbys): any of them
+			// hands out the CA the token pins.
+			urls := client.SplitServers(f.server)
+			var ca []byte
+			for _, s := range urls {
+				u, err := url.Parse(s)
+				if err != nil || client.CheckServerURL(s) != nil {
+					return &codeError{exitUsage, fmt.Errorf("--server %q: want https://HOST:PORT (several: comma-separated)", s)}
+				}
+				if ca == nil {
+					if ca, err = pki.FetchCA(ctx, u.Host, pin); err != nil && s == urls[len(urls)-1] {
+						return err
+					}
+				}
 			}
-			ca, err := pki.FetchCA(ctx, u.Host, pin)
-			if err != nil {
-				return err
+			if len(urls) == 0 {
+				return &codeError{exitUsage, errors.New("login needs --server")}
 			}
-			cfg := client.Config{Server: f.server, Token: f.token, CA: string(ca)}
+			cfg := client.Config{Server: urls[0], Servers: urls[1:], Token: f.token, CA: string(ca)}
 			c, err := client.New(cfg)
 			if err != nil {
 				return err

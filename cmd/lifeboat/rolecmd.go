@@ -94,6 +94,16 @@ func (a *app) serverCmd() *cobra.Command {
 			defer sd.close()
 			return control.Run(cmd.Context(), control.RunOptions{DataDir: data, Logger: a.log, Version: build().String(),
 				Ready: func(ad control.Addrs) {
+					if ad.Standby {
+						a.announce(fmt.Sprintf("lifeboat server: API on https://%s, standing by (another server leads)\n", ad.API),
+							"server standing by", "api", "https://"+ad.API)
+						alive, err := serverAlive(data, ad.API)
+						if err != nil {
+							a.log.Warn("the systemd watchdog will not check the API", "err", err)
+						}
+						sd.ready(fmt.Sprintf("API on https://%s, standing by", ad.API), alive)
+						return
+					}
 					a.announce(fmt.Sprintf("lifeboat server: API on https://%s, process server on https://%s\n", ad.API, ad.Ingest),
 						"server ready", "api", "https://"+ad.API, "ingest", "https://"+ad.Ingest)
 					alive, err := serverAlive(data, ad.API)
@@ -101,6 +111,10 @@ func (a *app) serverCmd() *cobra.Command {
 						a.log.Warn("the systemd watchdog will not check the API", "err", err)
 					}
 					sd.ready(fmt.Sprintf("API on https://%s, process server on https://%s", ad.API, ad.Ingest), alive)
+				},
+				Leading: func(ad control.Addrs) {
+					a.announce(fmt.Sprintf("lifeboat server: took the lead: API on https://%s, process server on https://%s\n", ad.API, ad.Ingest),
+						"server leads", "api", "https://"+ad.API, "ingest", "https://"+ad.Ingest)
 				}})
 		},
 	}
@@ -193,7 +207,7 @@ func (a *app) agentEnrollCmd(stateDir *string) *cobra.Command {
 		},
 	}
 	enroll.Flags().BoolVar(&enrollJSON, "json", false, "print one JSON object (name, server, state directory, run command) instead of prose")
-	enroll.Flags().StringVar(&server, "server", "", "server URL, https://HOST:PORT")
+	enroll.Flags().StringVar(&server, "server", "", "server URL, https://HOST:PORT (several, comma-separated: a leader and its standbys)")
 	enroll.Flags().StringVar(&token, "token", "", "one-time agent token for this name, from 'lifeboat token create --role agent --name NAME' (or 'lifeboat agent reenroll NAME')")
 	enroll.Flags().StringVar(&name, "name", "", "machine name (default: hostname)")
 	enroll.Flags().StringArrayVar(&disks, "disk", nil, "disk to protect, NAME=PATH (file or block device); repeat")
@@ -337,7 +351,7 @@ func (a *app) pushCmd() *cobra.Command {
 				o.Server = f.server
 				if o.Server == "" {
 					if cfg, err := client.LoadConfig(a.clientConfigPath(&f)); err == nil {
-						o.Server = cfg.Server
+						o.Server = strings.Join(cfg.URLs(), ",") // every server: the agent fails over between them
 					}
 				}
 			}
@@ -369,7 +383,7 @@ func (a *app) pushCmd() *cobra.Command {
 	fl.StringVar(&o.StateDir, "remote-state-dir", "/var/lib/lifeboat/agent", "agent state directory on the remote host")
 	fl.StringVar(&o.UnitPath, "unit-path", "/etc/systemd/system/lifeboat-agent.service", "where to install the systemd unit")
 	fl.StringVar(&o.Start, "start", "", "how to start the agent: systemd or nohup (default: systemd when it runs on the host)")
-	fl.StringVar(&agentServer, "agent-server", "", "server URL as the remote host reaches it (default: --server)")
+	fl.StringVar(&agentServer, "agent-server", "", "server URL as the remote host reaches it, or several comma-separated (default: --server)")
 	fl.DurationVar(&ttl, "token-ttl", 15*time.Minute, "lifetime of the enrollment token created for the push")
 	a.addClientFlags(cmd, &f)
 	return cmd
@@ -405,7 +419,7 @@ func (a *app) processCmd() *cobra.Command {
 			return nil
 		},
 	}
-	enroll.Flags().StringVar(&server, "server", "", "server URL, https://HOST:PORT")
+	enroll.Flags().StringVar(&server, "server", "", "server URL, https://HOST:PORT (several, comma-separated: a leader and its standbys)")
 	enroll.Flags().StringVar(&token, "token", "", "one-time token for this name, from 'lifeboat token create --role process --name NAME' (or 'lifeboat process reenroll NAME')")
 	enroll.Flags().StringVar(&name, "name", "", "process server name")
 	enroll.Flags().StringVar(&listen, "listen", "127.0.0.1:8445", "address to serve agents on")

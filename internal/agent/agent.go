@@ -48,6 +48,8 @@ type Options struct {
 // Agent is the running mobility service of one machine.
 type Agent struct {
 	cfg     *Config
+	srvs    *client.Servers // the control plane's servers (cfg.Server, cfg.Servers): use servers()
+	srvOnce sync.Once
 	log     *slog.Logger
 	baseLog *slog.Logger // without the machine attribute
 	clk     clock.Clock
@@ -187,7 +189,7 @@ func (a *Agent) setIdentity(id *pki.Identity) {
 
 // Run runs the agent until ctx ends. It returns nil on cancellation.
 func (a *Agent) Run(ctx context.Context) error {
-	a.log.Info("agent starting", "server", a.cfg.Server, "disks", len(a.cfg.Disks), "state_dir", a.cfg.StateDir)
+	a.log.Info("agent starting", "server", strings.Join(a.servers().URLs(), ","), "disks", len(a.cfg.Disks), "state_dir", a.cfg.StateDir)
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); a.guardLoop(ctx, "control", a.controlLoop) }()
@@ -467,17 +469,24 @@ func dropDelivered[T any](cur, sent []T, eq func(a, b T) bool) []T {
 	return cur
 }
 
+// servers returns the control plane's servers, made from the
+// configuration at first use.
+func (a *Agent) servers() *client.Servers {
+	a.srvOnce.Do(func() { a.srvs = client.NewServers(a.cfg.serverURLs()...) })
+	return a.srvs
+}
+
 // heartbeat posts one heartbeat and returns the server's config.
 func (a *Agent) heartbeat(ctx context.Context, hb api.AgentHeartbeat, wait time.Duration) (api.AgentConfig, error) {
 	a.mu.Lock()
 	hc := a.ctrl
 	a.mu.Unlock()
-	u := strings.TrimRight(a.cfg.Server, "/") + "/api/" + api.Version + "/agent/heartbeat"
+	u := "/api/" + api.Version + "/agent/heartbeat"
 	if wait > 0 {
 		u += "?wait=" + wait.String()
 	}
 	var cfg api.AgentConfig
-	err := postJSON(ctx, hc, u, hb, &cfg)
+	err := a.servers().PostJSON(ctx, hc, u, hb, &cfg)
 	var ae *client.Error
 	if errors.As(err, &ae) && (ae.Code == api.CodeCertRevoked || ae.Status == http.StatusUnauthorized) {
 		return cfg, fmt.Errorf("the server does not accept this agent's certificate (%s: %s): enroll again with a new token", ae.Code, ae.Message)

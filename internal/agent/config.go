@@ -32,6 +32,7 @@ import (
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/capture/scan"
+	"github.com/lifeboat-dr/lifeboat/internal/client"
 )
 
 // ConfigFile is the configuration's file name inside the state directory.
@@ -63,6 +64,10 @@ type DiskConfig struct {
 type Config struct {
 	// Server is the control plane's URL, https://host:port.
 	Server string `json:"server"`
+	// Servers are the control plane's other servers (standbys): the
+	// agent turns to the next one when a server does not answer or
+	// answers that it stands by.
+	Servers []string `json:"servers,omitempty"`
 	// Machine is the name the agent enrolled as.
 	Machine string `json:"machine"`
 	// Disks are the disks this machine has. The server's protected-disk
@@ -113,6 +118,11 @@ type VMHostConfig struct {
 	DiscoverEvery string `json:"discover_every,omitempty"`
 }
 
+// serverURLs are Server then Servers.
+func (c *Config) serverURLs() []string {
+	return client.SplitServers(append([]string{c.Server}, c.Servers...)...)
+}
+
 // hooksDir returns the hooks directory with its default applied.
 func (c *Config) hooksDir() string {
 	if c.HooksDir != "" {
@@ -129,6 +139,11 @@ func (c *Config) Validate() error {
 	u, err := url.Parse(c.Server)
 	if err != nil || u.Scheme != "https" || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
 		return fmt.Errorf("agent.json: \"server\" %q is not an https://host:port URL: fix it, or run enroll again", c.Server)
+	}
+	for _, s := range c.Servers {
+		if err := client.CheckServerURL(s); err != nil {
+			return fmt.Errorf("agent.json: \"servers\": %w: fix it, or run enroll again", err)
+		}
 	}
 	if err := validName("machine", c.Machine); err != nil {
 		return fmt.Errorf("agent.json: %w", err)

@@ -54,8 +54,12 @@ func Enroll(ctx context.Context, o EnrollOptions) error {
 	if o.Hostname == "" {
 		o.Hostname, _ = os.Hostname()
 	}
-	server := strings.TrimRight(o.Server, "/")
-	cfg := enrollConfig(o, server)
+	servers := client.SplitServers(o.Server)
+	if len(servers) == 0 {
+		return errors.New("enroll: no server given (--server https://HOST:PORT, several comma-separated)")
+	}
+	server := servers[0]
+	cfg := enrollConfig(o, servers)
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("enroll: %w (nothing was sent: the token is still valid)", err)
 	}
@@ -74,11 +78,17 @@ func Enroll(ctx context.Context, o EnrollOptions) error {
 		return fmt.Errorf("enroll: make key and CSR: %w", err)
 	}
 	req := api.EnrollRequest{Token: strings.TrimSpace(o.Token), Role: api.RoleAgent, Name: o.Name, Hostname: o.Hostname, CSR: string(csrPEM)}
-	u, _ := url.Parse(server) // validated above
-	hc := &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{TLSClientConfig: pki.PinnedTLSForHost(pin, u.Hostname()), ForceAttemptHTTP2: true}}
-	defer hc.CloseIdleConnections()
 	var resp api.EnrollResponse
-	if err := postJSON(ctx, hc, server+"/api/"+api.Version+"/enroll", req, &resp); err != nil {
+	// Each server (a leader and its standbys) with TLS pinned for its host;
+	// the next one when a server does not answer or stands by.
+	err = client.NewServers(servers...).Try(ctx, func(base string) error {
+		server = base
+		u, _ := url.Parse(base) // validated above
+		hc := &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{TLSClientConfig: pki.PinnedTLSForHost(pin, u.Hostname()), ForceAttemptHTTP2: true}}
+		defer hc.CloseIdleConnections()
+		return postJSON(ctx, hc, base+"/api/"+api.Version+"/enroll", req, &resp)
+	})
+	if err != nil {
 		var ae *client.Error
 		switch {
 		case errors.As(err, &ae):
@@ -113,12 +123,12 @@ func Enroll(ctx context.Context, o EnrollOptions) error {
 
 // enrollConfig is the agent.json an enrollment writes: what is there
 // already (if it loads), with the options applied.
-func enrollConfig(o EnrollOptions, server string) *Config {
+func enrollConfig(o EnrollOptions, servers []string) *Config {
 	cfg, err := LoadConfig(o.StateDir)
 	if err != nil {
 		cfg = &Config{}
 	}
-	cfg.Server, cfg.StateDir, cfg.Machine = server, o.StateDir, o.Name
+	cfg.Server, cfg.Servers, cfg.StateDir, cfg.Machine = servers[0], servers[1:], o.StateDir, o.Name
 	if len(o.Disks) > 0 {
 		cfg.Disks = o.Disks
 	}

@@ -327,11 +327,10 @@ func (a *Agent) postVMReport(ctx context.Context, vms []discovered, csr func(dis
 	a.mu.Lock()
 	hc := a.ctrl
 	a.mu.Unlock()
-	u := strings.TrimRight(a.cfg.Server, "/") + "/api/" + api.Version + "/agent/vms"
 	rctx, cancel := context.WithTimeout(ctx, requestSlack)
 	defer cancel()
 	var resp api.VMReportResponse
-	if err := postJSON(rctx, hc, u, req, &resp); err != nil {
+	if err := a.servers().PostJSON(rctx, hc, "/api/"+api.Version+"/agent/vms", req, &resp); err != nil {
 		return resp, nil, err
 	}
 	return resp, keys, nil
@@ -478,7 +477,7 @@ func (a *Agent) target(d discovered) *vmTarget {
 // startVM starts the agent of one VM under its own identity.
 func (a *Agent) startVM(ctx context.Context, d discovered, key string) (*vmRunner, error) {
 	dir := a.vmStateDir(d.spec.Name)
-	cfg := &Config{Server: a.cfg.Server, Machine: d.spec.Name, Snapshot: SnapshotNone, StateDir: dir, vm: a.target(d)}
+	cfg := &Config{Server: a.cfg.Server, Servers: a.cfg.Servers, Machine: d.spec.Name, Snapshot: SnapshotNone, StateDir: dir, vm: a.target(d)}
 	for _, disk := range vmDisks(d.spec) {
 		if disk.Path == "" || !filepath.IsAbs(disk.Path) {
 			disk.Path = filepath.Join("/", "vm", d.spec.Name, disk.Name) // not read: VM disks go through the hypervisor

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
@@ -59,8 +58,7 @@ func (a *Agent) renew(ctx context.Context, rotate bool) error {
 	rctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	var resp api.EnrollResponse
-	u := strings.TrimRight(a.cfg.Server, "/") + "/api/" + api.Version + "/certs/renew"
-	if err := postJSON(rctx, hc, u, api.RenewRequest{CSR: string(csrPEM)}, &resp); err != nil {
+	if err := a.servers().PostJSON(rctx, hc, "/api/"+api.Version+"/certs/renew", api.RenewRequest{CSR: string(csrPEM)}, &resp); err != nil {
 		var ae *client.Error
 		if errors.As(err, &ae) && ae.Code == api.CodeCertRevoked {
 			return fmt.Errorf("the server refused the renewal: %s: enroll again (an operator runs `lifeboat agent reenroll %s`)", ae.Message, a.cfg.Machine)

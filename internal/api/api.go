@@ -55,7 +55,13 @@ const (
 	CodeUnsupported     = "unsupported"     // 415/405
 	CodeStale           = "stale"           // 409: base point or session no longer valid
 	CodeNoProcess       = "no_process"      // 409: no process server is online to take the machine
+	// CodeNotLeader: 503 from a standby server; the leader's API URL is
+	// in LeaderHeader (when known). Clients try their next server URL.
+	CodeNotLeader = "not_leader"
 )
+
+// LeaderHeader carries the leading server's API URL on not_leader answers.
+const LeaderHeader = "Lifeboat-Leader"
 
 // Machine states.
 const (

@@ -17,8 +17,10 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
@@ -27,9 +29,112 @@ import (
 
 // Config is what `lifeboat login` saves.
 type Config struct {
-	Server string `json:"server"` // https://host:port
-	Token  string `json:"token"`
-	CA     string `json:"ca"` // PEM of the server's CA
+	Server string `json:"server"` // https://host:port (or several, comma-separated)
+	// Servers are more servers of the same control plane (standbys):
+	// a request goes to the next one when a server does not answer or
+	// answers not_leader.
+	Servers []string `json:"servers,omitempty"`
+	Token   string   `json:"token"`
+	CA      string   `json:"ca"` // PEM of the server's CA
+}
+
+// URLs are the config's server URLs: Server (split at commas) then
+// Servers, without duplicates.
+func (c Config) URLs() []string { return SplitServers(append([]string{c.Server}, c.Servers...)...) }
+
+// SplitServers splits each of lists at commas and returns the URLs in
+// order, trimmed of spaces and trailing slashes, without empty ones or
+// duplicates.
+func SplitServers(lists ...string) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, l := range lists {
+		for _, u := range strings.Split(l, ",") {
+			u = strings.TrimRight(strings.TrimSpace(u), "/")
+			if u != "" && !seen[u] {
+				seen[u] = true
+				out = append(out, u)
+			}
+		}
+	}
+	return out
+}
+
+// CheckServerURL checks that u is an https://host:port URL.
+func CheckServerURL(u string) error {
+	p, err := url.Parse(u)
+	if err != nil || p.Scheme != "https" || p.Host == "" || p.User != nil || p.RawQuery != "" || p.Fragment != "" || (p.Path != "" && p.Path != "/") {
+		return fmt.Errorf("server %q: want https://HOST:PORT", u)
+	}
+	return nil
+}
+
+// Failover reports whether a request that failed with err may go to
+// the next server: the server did not answer (a transport error), or
+// it stands by (not_leader). ctx's end is not a reason.
+func Failover(ctx context.Context, err error) bool {
+	if err == nil || ctx.Err() != nil {
+		return false
+	}
+	var ae *Error
+	if errors.As(err, &ae) {
+		return ae.Code == api.CodeNotLeader
+	}
+	return true
+}
+
+// Servers are a control plane's server URLs for a component: requests
+// go to the one that answered last, and on to the next when it does not
+// answer or stands by. Safe for concurrent use.
+type Servers struct {
+	urls []string
+	cur  atomic.Int32
+}
+
+// NewServers returns the servers of lists (SplitServers).
+func NewServers(lists ...string) *Servers { return &Servers{urls: SplitServers(lists...)} }
+
+// URLs returns the servers, in their configured order.
+func (s *Servers) URLs() []string { return slices.Clone(s.urls) }
+
+// Current returns the server requests go to first.
+func (s *Servers) Current() string {
+	if len(s.urls) == 0 {
+		return ""
+	}
+	return s.urls[int(s.cur.Load())%len(s.urls)]
+}
+
+// Try calls fn with each server's base URL, starting with the current
+// one, until fn succeeds or fails with an error that is not a reason to
+// fail over (Failover); the server that answered becomes the current one.
+func (s *Servers) Try(ctx context.Context, fn func(base string) error) error {
+	if len(s.urls) == 0 {
+		return errors.New("no server URL configured")
+	}
+	start := int(s.cur.Load())
+	var err error
+	for i := range s.urls {
+		idx := (start + i) % len(s.urls)
+		if err = fn(s.urls[idx]); err == nil || !Failover(ctx, err) {
+			if err == nil || !isTransport(err) {
+				s.cur.Store(int32(idx))
+			}
+			return err
+		}
+	}
+	return err
+}
+
+func isTransport(err error) bool {
+	var ae *Error
+	return !errors.As(err, &ae)
+}
+
+// PostJSON is PostJSON to path (/api/v1/...) on the servers, failing
+// over between them.
+func (s *Servers) PostJSON(ctx context.Context, hc *http.Client, path string, in, out any) error {
+	return s.Try(ctx, func(base string) error { return PostJSON(ctx, hc, base+path, in, out) })
 }
 
 // DefaultConfigPath is $LIFEBOAT_CONFIG, else ~/.config/lifeboat/client.json.
@@ -75,7 +180,8 @@ func SaveConfig(path string, c Config) error {
 
 // Client calls the API.
 type Client struct {
-	base  *url.URL
+	base  []*url.URL
+	cur   atomic.Int32 // index in base of the server that answered last
 	token string
 	hc    *http.Client
 
@@ -95,8 +201,15 @@ func (c *Client) TokenExpires() time.Time {
 // New builds a client. With cfg.CA it trusts that CA; without it, it pins
 // the CA fingerprint carried by cfg.Token.
 func New(cfg Config) (*Client, error) {
-	u, err := url.Parse(strings.TrimRight(cfg.Server, "/"))
-	if err != nil || u.Scheme != "https" || u.Host == "" {
+	var bases []*url.URL
+	for _, s := range cfg.URLs() {
+		u, err := url.Parse(s)
+		if err != nil || u.Scheme != "https" || u.Host == "" {
+			return nil, fmt.Errorf("server %q: want https://HOST:PORT", s)
+		}
+		bases = append(bases, u)
+	}
+	if len(bases) == 0 {
 		return nil, fmt.Errorf("server %q: want https://HOST:PORT", cfg.Server)
 	}
 	var tc *tls.Config
@@ -117,7 +230,7 @@ func New(cfg Config) (*Client, error) {
 		return nil, errors.New("no token: pass --token or run `lifeboat login`")
 	}
 	tr := &http.Transport{TLSClientConfig: tc, ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 4, TLSHandshakeTimeout: 10 * time.Second}
-	return &Client{base: u, token: cfg.Token, hc: &http.Client{Transport: tr, Timeout: 60 * time.Second}}, nil
+	return &Client{base: bases, token: cfg.Token, hc: &http.Client{Transport: tr, Timeout: 60 * time.Second}}, nil
 }
 
 // Error is an API error response.
@@ -161,12 +274,29 @@ func (c *Client) DoRaw(ctx context.Context, method, path, contentType string, bo
 	return c.send(ctx, method, path, contentType, body)
 }
 
+// send sends to the server that answered last, and on to the next ones
+// while a server does not answer or stands by (Failover).
 func (c *Client) send(ctx context.Context, method, path, contentType string, in []byte) ([]byte, error) {
+	start := int(c.cur.Load())
+	var err error
+	var b []byte
+	for i := range c.base {
+		idx := (start + i) % len(c.base)
+		b, err = c.sendTo(ctx, c.base[idx], method, path, contentType, in)
+		if err == nil || !Failover(ctx, err) {
+			c.cur.Store(int32(idx))
+			return b, err
+		}
+	}
+	return b, err
+}
+
+func (c *Client) sendTo(ctx context.Context, base *url.URL, method, path, contentType string, in []byte) ([]byte, error) {
 	var body io.Reader
 	if in != nil {
 		body = bytes.NewReader(in)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base.String()+path, body)
+	req, err := http.NewRequestWithContext(ctx, method, base.String()+path, body)
 	if err != nil {
 		return nil, err
 	}
@@ -178,7 +308,7 @@ func (c *Client) send(ctx context.Context, method, path, contentType string, in 
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w (is `lifeboat server run` up at %s?)", method, path, err, c.base.Host)
+		return nil, fmt.Errorf("%s %s: %w (is `lifeboat server run` up at %s?)", method, path, err, base.Host)
 	}
 	defer resp.Body.Close()
 	if t, err := time.Parse(time.RFC3339, resp.Header.Get(api.TokenExpiresHeader)); err == nil {

@@ -77,6 +77,11 @@ type Config struct {
 	// Hosts are extra DNS names or IP addresses for the server's
 	// certificate (127.0.0.1, ::1, localhost and the host name are always in).
 	Hosts []string `json:"hosts,omitempty"`
+	// Advertise is this server's API URL as agents, process servers and
+	// people reach it (https://host:port); a standby names the leader's
+	// in its not_leader answers. Default: https:// and the listen
+	// address, or the host name when that address is unspecified.
+	Advertise string `json:"advertise,omitempty"`
 	// DB is the state database: a SQLite file path or postgres://...
 	// (default DataDir/state.db).
 	DB string `json:"db"`

@@ -15,7 +15,14 @@ import (
 )
 
 func (s *Server) health(w http.ResponseWriter, r *http.Request, _ *caller) error {
-	writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "version": s.version, "time": s.clock.Now().UTC()})
+	h := map[string]any{"status": "ok", "version": s.version, "time": s.clock.Now().UTC(), "role": "leader"}
+	if s.standby.Load() {
+		h["role"] = "standby"
+		if l := s.leaderURL(r.Context()); l != "" {
+			h["leader"] = l
+		}
+	}
+	writeJSON(w, http.StatusOK, h)
 	return nil
 }
 

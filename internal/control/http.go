@@ -160,7 +160,7 @@ func (s *Server) Routes() []Route {
 func (s *Server) buildMux() *http.ServeMux {
 	mux := http.NewServeMux()
 	if s.console != nil {
-		mux.Handle("/ui/", s.console)
+		mux.Handle("/ui/", s.standbyGate(s.console))
 		mux.Handle("GET /{$}", http.RedirectHandler("/ui/", http.StatusSeeOther))
 	}
 	routes := s.Routes()
@@ -189,6 +189,7 @@ func (s *Server) buildMux() *http.ServeMux {
 // wrap authenticates, limits the body and maps errors.
 func (s *Server) wrap(rt Route) http.Handler {
 	pattern := rt.Method + " " + rt.Path
+	serves := standbyServes(rt)
 	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		start := time.Now() // wallclock: request latency, only measured
 		w := &statusWriter{ResponseWriter: rw}
@@ -202,6 +203,10 @@ func (s *Server) wrap(rt Route) http.Handler {
 				writeError(w, errf(http.StatusInternalServerError, api.CodeInternal, "internal error; see the server log"))
 			}
 		}()
+		if !serves && s.standby.Load() {
+			s.writeNotLeader(w, r)
+			return
+		}
 		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 		c, err := s.authenticate(r, rt)
 		if err == nil && c.Kind == authToken && !c.Expires.IsZero() {

@@ -17,50 +17,53 @@ type served struct {
 	what string
 }
 
-// listen binds the API and, unless disabled, the embedded process
-// server's listener, each behind a tlslisten.Listener with the
-// configured limits (lowered to fit the open-file limit), starts the
-// embedded process server and records it. ctx is the request context of
-// the API, runCtx that of the embedded process server.
-func (s *Server) listen(ctx, runCtx context.Context) ([]served, Addrs, error) {
-	apiLim, ingLim := s.fitLimits()
+// listenAPI binds the API behind a tlslisten.Listener with the
+// configured limits (fitLimits: lowered to fit the open-file limit); ctx
+// is its requests' context.
+func (s *Server) listenAPI(ctx context.Context, apiLim tlslisten.Limits) (served, Addrs, error) {
 	now := s.clock.Now()
 	hosts := certHosts(s.cfg)
 	apiCert, err := s.ca.IssueServer("lifeboat-server", hosts, serverCertTTL, now)
 	if err != nil {
-		return nil, Addrs{}, err
+		return served{}, Addrs{}, err
 	}
 	apiLn, err := net.Listen("tcp", s.cfg.Listen)
 	if err != nil {
-		return nil, Addrs{}, fmt.Errorf("listen on %s: %w (is another server running? change \"listen\" in %s)", s.cfg.Listen, err, ConfigFile)
+		return served{}, Addrs{}, fmt.Errorf("listen on %s: %w (is another server running? change \"listen\" in %s)", s.cfg.Listen, err, ConfigFile)
 	}
 	addrs := Addrs{API: apiLn.Addr().String()}
 	errLog := pki.HandshakeErrorLog(s.log)
 	apiSrv := &http.Server{Handler: s.Handler(), ErrorLog: errLog,
 		BaseContext: func(net.Listener) context.Context { return ctx }}
 	apiLim.Apply(apiSrv)
-	out := []served{{apiSrv, tlslisten.New(apiLn, pki.ServerTLS(apiCert, s.ca.Pool(), false), apiLim, s.log.With("listener", "api")), "API server"}}
+	return served{apiSrv, tlslisten.New(apiLn, pki.ServerTLS(apiCert, s.ca.Pool(), false), apiLim, s.log.With("listener", "api")), "API server"}, addrs, nil
+}
+
+// listenIngest binds and starts the embedded process server (the
+// leader's: a standby ingests nothing) behind its listener's limits,
+// and records its URL; ok is false when it is disabled. runCtx is the
+// embedded process server's context.
+func (s *Server) listenIngest(ctx, runCtx context.Context, ingLim tlslisten.Limits) (sv served, addr string, ok bool, err error) {
 	if s.cfg.IngestDisabled {
-		return out, addrs, nil
+		return served{}, "", false, nil
 	}
-	fail := func(err error) ([]served, Addrs, error) {
-		for _, sv := range out {
-			sv.ln.Close()
-		}
-		return nil, Addrs{}, err
-	}
+	now := s.clock.Now()
+	hosts := certHosts(s.cfg)
 	ln, err := net.Listen("tcp", s.cfg.IngestListen)
 	if err != nil {
-		return fail(fmt.Errorf("listen on %s for the embedded process server: %w (change \"ingest_listen\" in %s)", s.cfg.IngestListen, err, ConfigFile))
+		return served{}, "", false, fmt.Errorf("listen on %s for the embedded process server: %w (change \"ingest_listen\" in %s)", s.cfg.IngestListen, err, ConfigFile)
 	}
-	out = append(out, served{ln: ln})
-	addrs.Ingest = ln.Addr().String()
+	fail := func(err error) (served, string, bool, error) {
+		ln.Close()
+		return served{}, "", false, err
+	}
+	addr = ln.Addr().String()
 	url := s.cfg.IngestURL
 	if url == "" {
-		url = "https://" + addrs.Ingest
+		url = "https://" + addr
 	}
 	// A process certificate: agents accept nothing else on ingest ports.
-	cert, err := s.ca.IssueProcessServer(EmbeddedName, append(hosts, ingestHosts(addrs.Ingest)...), serverCertTTL, now)
+	cert, err := s.ca.IssueProcessServer(EmbeddedName, append(hosts, ingestHosts(addr)...), serverCertTTL, now)
 	if err != nil {
 		return fail(err)
 	}
@@ -72,12 +75,11 @@ func (s *Server) listen(ctx, runCtx context.Context) ([]served, Addrs, error) {
 	if err := s.registerEmbedded(ctx, url); err != nil {
 		return fail(err)
 	}
-	ingSrv := &http.Server{Handler: ep.Handler(), ErrorLog: errLog,
+	ingSrv := &http.Server{Handler: ep.Handler(), ErrorLog: pki.HandshakeErrorLog(s.log),
 		BaseContext: func(net.Listener) context.Context { return runCtx }}
 	ingLim.Apply(ingSrv)
-	out[1] = served{ingSrv, tlslisten.New(ln, pki.ServerTLS(cert, s.ca.Pool(), true), ingLim, s.log.With("listener", "ingest")),
-		"embedded process server"}
-	return out, addrs, nil
+	return served{ingSrv, tlslisten.New(ln, pki.ServerTLS(cert, s.ca.Pool(), true), ingLim, s.log.With("listener", "ingest")),
+		"embedded process server"}, addr, true, nil
 }
 
 // fitLimits returns the listeners' limits, their connection caps lowered

@@ -733,8 +733,13 @@ func eventQuery(r *http.Request) (store.EventQuery, error) {
 	return q, nil
 }
 
-// recentEvents returns about the n newest events, oldest first.
+// recentEvents returns about the n newest events, oldest first. A
+// standby (whose memory does not follow the leader's events) asks the
+// store for the newest n.
 func (s *Server) recentEvents(ctx context.Context, n int64) ([]api.Event, error) {
+	if s.standby.Load() {
+		return s.store.ListEvents(ctx, store.EventQuery{Limit: int(n), Newest: true})
+	}
 	s.mu.Lock()
 	last := s.lastEvent
 	s.mu.Unlock()

@@ -52,6 +52,12 @@ type RunOptions struct {
 	Version string
 	// Tick is the scheduler period (default 1 s).
 	Tick time.Duration
+	// Leading, if set, is called when a server that stood by (Ready was
+	// called with Addrs.Standby) takes the lead.
+	Leading func(Addrs)
+	// LeadRetry is how often a standby tries to take the lead (default
+	// 1 s).
+	LeadRetry time.Duration
 	// OnTick, if set, is called after every scheduler round: tests count
 	// rounds to check that something did not happen.
 	OnTick func()
@@ -71,7 +77,9 @@ type RunOptions struct {
 // Addrs are the bound listener addresses.
 type Addrs struct {
 	API    string // host:port of the API
-	Ingest string // host:port of the embedded process server ("" if disabled)
+	Ingest string // host:port of the embedded process server ("" if disabled or standing by)
+	// Standby: another server leads; this one serves reads only.
+	Standby bool
 }
 
 // Server is a running control plane. Run builds and serves one; Open builds
@@ -89,6 +97,10 @@ type Server struct {
 
 	notify *notifier
 	embed  embeddedProcess // nil if disabled or not started
+
+	// standby: another server leads (lead.go); set by Run until this
+	// one takes the lead.
+	standby atomic.Bool
 
 	// Process servers' own vault keys (processkeys.go): keyMu serialises
 	// their creation and deletion; keysDirty asks for a retry.
@@ -270,9 +282,12 @@ func (s *Server) findLastEvent(ctx context.Context) error {
 
 // Run serves the control plane from dataDir until ctx ends: the API over
 // TLS (client certificates optional: people use bearer tokens, components
-// certificates, on one port), the embedded process server on its own TLS
-// listener (agent certificates required) unless disabled, and the
-// scheduler. It returns nil after a clean stop on ctx cancel.
+// certificates, on one port), and, once this server leads (lead.go;
+// at once on SQLite, when no other server holds the lead on
+// PostgreSQL), the embedded process server on its own TLS listener
+// (agent certificates required) unless disabled, the jobs and the
+// scheduler. Until then it stands by. It returns nil after a clean stop
+// on ctx cancel, and an error when it loses the lead.
 func Run(ctx context.Context, o RunOptions) error {
 	s, err := Open(ctx, o)
 	if err != nil {
@@ -283,41 +298,97 @@ func Run(ctx context.Context, o RunOptions) error {
 	if tick <= 0 {
 		tick = time.Second
 	}
-	runCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	srvs, addrs, err := s.listen(ctx, runCtx)
+	retry := o.LeadRetry
+	if retry <= 0 {
+		retry = defaultLeadRetry
+	}
+	s.standby.Store(true)
+	apiLim, ingLim := s.fitLimits()
+	apiSv, addrs, err := s.listenAPI(ctx, apiLim)
 	if err != nil {
 		return err
+	}
+	srvs := []served{apiSv}
+
+	var wg sync.WaitGroup
+	errc := make(chan error, 2)
+	serve := func(sv served) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := sv.srv.Serve(sv.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("%s: %w", sv.what, err)
+			}
+		}()
+	}
+	serve(apiSv)
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := func(runErr error) error {
+		cancel()
+		s.rec.runner.Wait() // steps see the cancel and stop; they resume at the next start
+		sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer scancel()
+		for _, sv := range srvs {
+			_ = sv.srv.Shutdown(sctx)
+		}
+		if s.embed != nil {
+			if err := s.embed.Close(sctx); err != nil && runErr == nil {
+				runErr = fmt.Errorf("close the embedded process server: %w", err)
+			}
+		}
+		wg.Wait()
+		return runErr
+	}
+
+	// Lead, or stand by until the leader stops.
+	standby := addrs
+	standby.Standby = true
+	lost, waited, err := s.awaitLead(runCtx, retry, func() {
+		if o.Ready != nil {
+			o.Ready(standby)
+		}
+	})
+	if err != nil || lost == nil {
+		return stop(err)
+	}
+	if waited || sqlstore.IsPostgres(s.cfg.DB) {
+		// Another server may have led until a moment ago: let it see
+		// that it lost the lead, and stop, before acting.
+		s.log.Info("took the lead; waiting for a former leader to stop", "wait", leadFence)
+		t := time.NewTimer(leadFence) // wallclock: the former leader's connection check runs on the wall clock
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return stop(nil)
+		case <-lost:
+			t.Stop()
+			return stop(errLostLead)
+		case <-t.C:
+		}
+	}
+	if err := s.takeLead(ctx, addrs.API); err != nil {
+		return stop(fmt.Errorf("take the lead: %w", err))
+	}
+	ingSv, ingAddr, ok, err := s.listenIngest(ctx, runCtx, ingLim)
+	if err != nil {
+		return stop(err)
+	}
+	if ok {
+		srvs = append(srvs, ingSv)
+		addrs.Ingest = ingAddr
+		serve(ingSv)
 	}
 	// Key files of process servers revoked or removed while the server
 	// was down, or whose deletion failed, go now.
 	if err := s.reconcileProcessKeys(ctx); err != nil {
 		s.log.Warn("cannot delete process server vault keys yet; retrying every minute", "err", err)
 	}
-	// Failover jobs a stop interrupted go on.
+	// Failover jobs a stop (or the former leader's end) interrupted go on.
 	if err := s.startRecovery(runCtx); err != nil {
-		cancel()
-		for _, sv := range srvs {
-			_ = sv.srv.Close()
-		}
-		if s.embed != nil {
-			_ = s.embed.Close(ctx)
-		}
-		return err
+		return stop(err)
 	}
 
-	var wg sync.WaitGroup
-	errc := make(chan error, len(srvs))
-	serve := func(srv *http.Server, ln net.Listener, what string) {
-		defer wg.Done()
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			errc <- fmt.Errorf("%s: %w", what, err)
-		}
-	}
-	for _, sv := range srvs {
-		wg.Add(1)
-		go serve(sv.srv, sv.ln, sv.what)
-	}
 	wg.Add(6)
 	go func() {
 		defer wg.Done()
@@ -343,8 +414,14 @@ func Run(ctx context.Context, o RunOptions) error {
 		defer wg.Done()
 		s.drillScheduler(runCtx)
 	}()
-	s.log.Info("control plane running", "api", addrs.API, "ingest", addrs.Ingest, "vault", s.cfg.Vault)
-	if o.Ready != nil {
+	s.standby.Store(false)
+	s.log.Info("control plane running", "api", addrs.API, "ingest", addrs.Ingest, "vault", s.cfg.Vault, "role", "leader")
+	if waited {
+		s.event(ctx, api.Event{Kind: "leader_changed", Severity: api.SeverityWarning, Message: fmt.Sprintf("server %s (%s) took the lead", s.cfg.Name, s.advertiseURL(addrs.API))})
+		if o.Leading != nil {
+			o.Leading(addrs)
+		}
+	} else if o.Ready != nil {
 		o.Ready(addrs)
 	}
 
@@ -352,21 +429,11 @@ func Run(ctx context.Context, o RunOptions) error {
 	select {
 	case <-ctx.Done():
 	case runErr = <-errc:
+	case <-lost:
+		s.log.Error("lost the lead: stopping the scheduler, the jobs and the embedded process server now")
+		runErr = errLostLead
 	}
-	cancel()
-	s.rec.runner.Wait() // steps see the cancel and stop; they resume at the next start
-	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer scancel()
-	for _, sv := range srvs {
-		_ = sv.srv.Shutdown(sctx)
-	}
-	if s.embed != nil {
-		if err := s.embed.Close(sctx); err != nil && runErr == nil {
-			runErr = fmt.Errorf("close the embedded process server: %w", err)
-		}
-	}
-	wg.Wait()
-	return runErr
+	return stop(runErr)
 }
 
 // certHosts are the names in the API certificate.

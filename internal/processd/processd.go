@@ -36,12 +36,15 @@ import (
 
 // Config is process.json in the state directory.
 type Config struct {
-	Server     string `json:"server"`      // https://host:port of the control plane
-	Name       string `json:"name"`        // this process server's name
-	Listen     string `json:"listen"`      // address agents connect to, e.g. 127.0.0.1:8445
-	Advertise  string `json:"advertise"`   // URL agents are given (default https://<listen>)
-	CacheDir   string `json:"cache_dir"`   // default <state>/cache
-	CacheLimit int64  `json:"cache_limit"` // bytes; default 2 GiB
+	Server string `json:"server"` // https://host:port of the control plane
+	// Servers are the control plane's other servers (standbys), tried
+	// when a server does not answer or stands by.
+	Servers    []string `json:"servers,omitempty"`
+	Name       string   `json:"name"`        // this process server's name
+	Listen     string   `json:"listen"`      // address agents connect to, e.g. 127.0.0.1:8445
+	Advertise  string   `json:"advertise"`   // URL agents are given (default https://<listen>)
+	CacheDir   string   `json:"cache_dir"`   // default <state>/cache
+	CacheLimit int64    `json:"cache_limit"` // bytes; default 2 GiB
 	// Limits bound the ingest listener; zero fields take
 	// tlslisten.IngestDefaults.
 	Limits tlslisten.Limits `json:"limits,omitzero"`
@@ -117,8 +120,17 @@ func Enroll(ctx context.Context, o EnrollOptions) error {
 	hn, _ := os.Hostname()
 	req := api.EnrollRequest{Token: o.Token, Role: api.RoleProcess, Name: o.Name, Hostname: hn, CSR: string(csrPEM), Hosts: hosts}
 	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: pki.PinnedTLS(pin)}}
+	servers := client.SplitServers(o.Server)
+	if len(servers) == 0 {
+		return errors.New("enroll: no server given (--server https://HOST:PORT, several comma-separated)")
+	}
+	for _, s := range servers {
+		if err := client.CheckServerURL(s); err != nil {
+			return err
+		}
+	}
 	var resp api.EnrollResponse
-	if err := client.PostJSON(ctx, hc, strings.TrimRight(o.Server, "/")+"/api/v1/enroll", req, &resp); err != nil {
+	if err := client.NewServers(servers...).PostJSON(ctx, hc, "/api/v1/enroll", req, &resp); err != nil {
 		return fmt.Errorf("enroll with %s: %w", o.Server, err)
 	}
 	if err := os.MkdirAll(o.StateDir, 0o700); err != nil {
@@ -127,7 +139,7 @@ func Enroll(ctx context.Context, o EnrollOptions) error {
 	if err := pki.SaveIdentity(o.StateDir, keyPEM, []byte(resp.Certificate), []byte(resp.CA)); err != nil {
 		return err
 	}
-	c := Config{Server: o.Server, Name: o.Name, Listen: o.Listen, Advertise: o.Advertise, CacheLimit: o.CacheLimit}
+	c := Config{Server: servers[0], Servers: servers[1:], Name: o.Name, Listen: o.Listen, Advertise: o.Advertise, CacheLimit: o.CacheLimit}
 	b, _ := json.MarshalIndent(c, "", "  ")
 	tmp := filepath.Join(o.StateDir, configName+".tmp")
 	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
@@ -224,7 +236,7 @@ func newDaemon(stateDir string, o Options) (*daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &daemon{cfg: cfg, id: id, log: log, clock: o.Clock, revoked: pki.NewRevocationList(), version: cmp.Or(o.Version, buildinfo.Read("").String())}
+	d := &daemon{cfg: cfg, srvs: client.NewServers(append([]string{cfg.Server}, cfg.Servers...)...), id: id, log: log, clock: o.Clock, revoked: pki.NewRevocationList(), version: cmp.Or(o.Version, buildinfo.Read("").String())}
 	d.hc = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: pki.ClientTLS(&id.Cert, id.CAPool)}}
 	return d, nil
 }
@@ -236,7 +248,7 @@ func (d *daemon) firstHeartbeat(ctx context.Context) (api.ProcessConfig, error) 
 		pc, err := d.heartbeat(ctx, api.ProcessHeartbeat{URL: d.cfg.Advertise, NeedKey: true})
 		if err == nil {
 			if pc.Passphrase == "" {
-				return pc, fmt.Errorf("the server at %s handed no vault key to process server %s: run the same Lifeboat version on the server", d.cfg.Server, d.cfg.Name)
+				return pc, fmt.Errorf("the server at %s handed no vault key to process server %s: run the same Lifeboat version on the server", d.srvs.Current(), d.cfg.Name)
 			}
 			d.revoked.Set(pc.Revoked)
 			return pc, nil
@@ -244,7 +256,7 @@ func (d *daemon) firstHeartbeat(ctx context.Context) (api.ProcessConfig, error) 
 		if revoked(err) {
 			return pc, revokedError(d.cfg.Name, err)
 		}
-		d.log.Warn("cannot reach the server for the vault's location; retrying", "server", d.cfg.Server, "err", err)
+		d.log.Warn("cannot reach the server for the vault's location; retrying", "server", d.srvs.Current(), "err", err)
 		t := d.clock.NewTimer(2 * time.Second)
 		select {
 		case <-ctx.Done():
@@ -378,6 +390,7 @@ func (d *daemon) maybeRenew(ctx context.Context, stateDir string, rotate bool) {
 
 type daemon struct {
 	cfg     Config
+	srvs    *client.Servers // cfg.Server and cfg.Servers
 	id      *pki.Identity
 	log     *slog.Logger
 	clock   clock.Clock
@@ -441,7 +454,7 @@ func (d *daemon) heartbeat(ctx context.Context, hb api.ProcessHeartbeat) (api.Pr
 	d.mu.Lock()
 	hc := d.hc
 	d.mu.Unlock()
-	err := client.PostJSON(ctx, hc, strings.TrimRight(d.cfg.Server, "/")+"/api/v1/process/heartbeat", hb, &pc)
+	err := d.srvs.PostJSON(ctx, hc, "/api/v1/process/heartbeat", hb, &pc)
 	return pc, err
 }
 
@@ -458,7 +471,7 @@ func (d *daemon) renew(ctx context.Context, stateDir string, rotate bool) error 
 		return err
 	}
 	var resp api.EnrollResponse
-	if err := client.PostJSON(ctx, hc, strings.TrimRight(d.cfg.Server, "/")+"/api/v1/certs/renew", api.RenewRequest{CSR: string(csrPEM)}, &resp); err != nil {
+	if err := d.srvs.PostJSON(ctx, hc, "/api/v1/certs/renew", api.RenewRequest{CSR: string(csrPEM)}, &resp); err != nil {
 		return err
 	}
 	caPEM := []byte(resp.CA)

@@ -22,6 +22,9 @@ var (
 	ErrConflict = errors.New("already exists")
 	// ErrTokenUsed means a one-time token was already redeemed.
 	ErrTokenUsed = errors.New("token already used")
+	// ErrNotShared means the state cannot be shared by several servers
+	// (SQLite) and another server already uses it.
+	ErrNotShared = errors.New("the state is in use by another server")
 )
 
 // Token is a stored token; only the SHA-256 of its secret is kept.
@@ -173,7 +176,26 @@ type Store interface {
 	GetSetting(ctx context.Context, key string) (string, error)
 	PutSetting(ctx context.Context, key, value string) error
 
+	// Leadership: which of several servers sharing this store leads.
+	Leadership
+
 	Close() error
+}
+
+// Leadership decides which of the servers sharing one store leads: the
+// leader runs the scheduler, retention, the embedded process server and
+// the jobs; the others stand by. PostgreSQL holds a session-level
+// advisory lock on a connection of its own; SQLite serves one server,
+// and refuses a second one on the same file.
+type Leadership interface {
+	// TryLead tries once to take the lead. ok: this store leads until
+	// lost is closed (the lead was lost: the connection holding it
+	// broke) or the store is closed. !ok with a nil error: another
+	// process leads; try again later. An error means the lead cannot be
+	// taken here at all (for SQLite: another server uses the file), or
+	// the database could not be asked. Once ok, TryLead is not called
+	// again on this store.
+	TryLead(ctx context.Context) (lost <-chan struct{}, ok bool, err error)
 }
 
 // EventQuery selects events: those with an ID above SinceID, at or after

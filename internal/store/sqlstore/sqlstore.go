@@ -73,6 +73,9 @@ type Store struct {
 	pg bool
 	// clk paces retries and stamps schema migrations.
 	clk clock.Clock
+	// dsn opens the lead's own connection (leader.go).
+	dsn  string
+	lead leadState
 }
 
 // Options are the optional inputs of OpenOptions.
@@ -116,7 +119,7 @@ func openPostgres(ctx context.Context, dsn string, o Options) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("sqlstore: connect to PostgreSQL %s: %w (is the server running and the DSN right?)", redact(dsn), err)
 	}
-	s := &Store{w: db, r: db, pg: true, clk: o.Clock}
+	s := &Store{w: db, r: db, pg: true, clk: o.Clock, dsn: dsn}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		return nil, err
@@ -163,7 +166,7 @@ func openSQLite(ctx context.Context, dsn string, o Options) (*Store, error) {
 		w.Close()
 		return nil, fmt.Errorf("sqlstore: open SQLite %s: %w (check the path and its permissions)", dsn, err)
 	}
-	s := &Store{w: w, r: w, clk: o.Clock}
+	s := &Store{w: w, r: w, clk: o.Clock, dsn: dsn}
 	if err := s.migrate(ctx); err != nil {
 		w.Close()
 		return nil, err
@@ -185,6 +188,7 @@ func openSQLite(ctx context.Context, dsn string, o Options) (*Store, error) {
 
 // Close closes the database.
 func (s *Store) Close() error {
+	s.resign()
 	err := s.w.Close()
 	if s.r != s.w {
 		if err2 := s.r.Close(); err == nil {
