@@ -2,14 +2,11 @@ package recover
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"sync/atomic"
-	"unsafe"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/lifeboat-dr/lifeboat/internal/directio"
 	"github.com/lifeboat-dr/lifeboat/internal/vault"
 )
 
@@ -20,10 +17,6 @@ import (
 // one) therefore gathers each run of neighbouring blocks in an aligned
 // window and writes it with one O_DIRECT write: no copy into the page
 // cache and a few large writes instead of one per block.
-
-// directAlign is the alignment O_DIRECT needs for buffers, offsets and
-// lengths (the largest logical block size in use).
-const directAlign = 4096
 
 // directWindow is the size of each worker's aligned window (at least one
 // block).
@@ -37,13 +30,7 @@ type directFile struct {
 }
 
 // openDirect opens f's file again with O_DIRECT.
-func openDirect(f *os.File) *directFile {
-	d, err := os.OpenFile(f.Name(), os.O_WRONLY|unix.O_DIRECT, 0)
-	if err != nil {
-		return &directFile{}
-	}
-	return &directFile{f: d}
-}
+func openDirect(f *os.File) *directFile { return &directFile{f: directio.Reopen(f)} }
 
 func (d *directFile) close() {
 	if d != nil && d.f != nil {
@@ -54,10 +41,9 @@ func (d *directFile) close() {
 // writeAt writes b at off directly when b and off allow it, else (or if
 // the file system refuses) through buffered, the ordinary handle.
 func (d *directFile) writeAt(buffered *os.File, b []byte, off int64) error {
-	if d.f != nil && !d.off.Load() && off%directAlign == 0 && len(b)%directAlign == 0 &&
-		uintptr(unsafe.Pointer(&b[0]))%directAlign == 0 {
+	if d.f != nil && !d.off.Load() && directio.Fits(b, off) {
 		_, err := d.f.WriteAt(b, off)
-		if !errors.Is(err, unix.EINVAL) {
+		if !directio.Refused(err) {
 			return err
 		}
 		d.off.Store(true)
@@ -66,21 +52,13 @@ func (d *directFile) writeAt(buffered *os.File, b []byte, off int64) error {
 	return err
 }
 
-// alignedBuffer returns a buffer of n bytes (capacity n) starting on a
-// directAlign boundary.
-func alignedBuffer(n int) []byte {
-	b := make([]byte, n+directAlign)
-	off := (directAlign - int(uintptr(unsafe.Pointer(&b[0]))%directAlign)) % directAlign
-	return b[off : off+n : off+n]
-}
-
 // writeGathered fetches the blocks need (at the ascending block indexes
 // where) window by window into buf (aligned; allocated if too small) and
 // writes each run of neighbouring blocks with one write. It returns buf.
 func (lr *leafRestorer) writeGathered(ctx context.Context, need []vault.ID, where []int64, buf []byte) ([]byte, error) {
 	r, bs := lr.r, lr.bs
 	if int64(len(buf)) < bs {
-		buf = alignedBuffer(int(max(directWindow, bs)))
+		buf = directio.Buffer(int(max(directWindow, bs)))
 	}
 	per := int64(len(buf)) / bs
 	for i := 0; i < len(need); {
