@@ -174,6 +174,10 @@ func run(ctx context.Context, r *vault.DiskReader, f *os.File, compare, device b
 	lr := &leafRestorer{r: r, f: f, compare: compare, device: device, o: o,
 		fanout: int64(r.Disk().Fanout), bs: int64(r.Disk().BlockSize)}
 	lr.done.Store(min(r.Disk().Size, o.FromLeaf*lr.fanout*lr.bs))
+	if !compare && !device && o.LeafDone == nil {
+		lr.direct = openDirect(f)
+		defer lr.direct.close()
+	}
 	leaves := make(chan int64)
 	var wg sync.WaitGroup
 	for range o.Workers {
@@ -213,6 +217,7 @@ type leafRestorer struct {
 	compare, device  bool
 	o                Options
 	fanout, bs       int64
+	direct           *directFile // only writing: gather runs, write them directly
 	done, written    atomic.Int64
 	nblocks, fetched atomic.Int64
 	readBytes        atomic.Int64
@@ -272,7 +277,11 @@ func (lr *leafRestorer) leaf(ctx context.Context, leaf int64, cur []byte) ([]byt
 		need = append(need, id)
 		where = append(where, k)
 	}
-	if len(need) > 0 {
+	if len(need) > 0 && lr.direct != nil {
+		if cur, err = lr.writeGathered(ctx, need, where, cur); err != nil {
+			return cur, err
+		}
+	} else if len(need) > 0 {
 		err := r.Vault().ReadBlobs(ctx, need, func(i int, plain []byte) error {
 			k := where[i]
 			if len(plain) != r.BlockLen(k) {

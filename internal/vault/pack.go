@@ -5,12 +5,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"os"
 	"slices"
 
-	"github.com/zeebo/blake3"
-
-	"github.com/lifeboat-dr/lifeboat/internal/leftover"
 	"github.com/lifeboat-dr/lifeboat/internal/vault/backend"
 )
 
@@ -161,78 +157,6 @@ func checkPackPrefix(b []byte) error {
 func packName(id ID) string {
 	s := id.String()
 	return "data/" + s[:2] + "/" + s
-}
-
-// packSpool accumulates one pack in a temporary local file.
-type packSpool struct {
-	f       *os.File
-	h       *blake3.Hasher
-	size    int64
-	entries []blobEntry
-}
-
-func newPackSpool(dir string) (*packSpool, error) {
-	f, err := os.CreateTemp(dir, fmt.Sprintf("%s%d-*", spoolPrefix, os.Getpid()))
-	if err != nil {
-		return nil, fmt.Errorf("create pack spool file: %w", err)
-	}
-	p := &packSpool{f: f, h: blake3.New()}
-	if err := p.write([]byte{'L', 'B', 'P', 'K', packVersion, 0, 0, 0}); err != nil {
-		p.discard()
-		return nil, err
-	}
-	return p, nil
-}
-
-const spoolPrefix = "lifeboat-pack-"
-
-// cleanSpool removes spool files left by processes that no longer exist
-// (a writer killed mid-pack).
-func cleanSpool(dir string) {
-	if dir == "" {
-		dir = os.TempDir()
-	}
-	_, _ = leftover.Remove(dir, spoolPrefix, '-')
-}
-
-func (p *packSpool) write(b []byte) error {
-	if _, err := p.f.Write(b); err != nil {
-		return fmt.Errorf("write pack spool %s: %w", p.f.Name(), err)
-	}
-	_, _ = p.h.Write(b)
-	p.size += int64(len(b))
-	return nil
-}
-
-// add appends a sealed blob.
-func (p *packSpool) add(e blobEntry, sealed []byte) error {
-	e.Offset = uint32(p.size)
-	e.Length = uint32(len(sealed))
-	if err := p.write(sealed); err != nil {
-		return err
-	}
-	p.entries = append(p.entries, e)
-	return nil
-}
-
-// finish writes header and trailer and returns the pack's ID.
-func (p *packSpool) finish(k *keys) (ID, error) {
-	hdr := k.seal(kindPackHeader, encodePackHeader(p.entries), false)
-	if err := p.write(hdr); err != nil {
-		return ID{}, err
-	}
-	if err := p.write(binary.LittleEndian.AppendUint32(nil, uint32(len(hdr)))); err != nil {
-		return ID{}, err
-	}
-	var id ID
-	p.h.Sum(id[:0])
-	return id, nil
-}
-
-func (p *packSpool) discard() {
-	name := p.f.Name()
-	_ = p.f.Close()
-	_ = os.Remove(name)
 }
 
 // readPackHeader reads and decodes the header of a stored pack.
