@@ -112,6 +112,8 @@ go vet ./...
 # Tests that must not skip in CI fail instead when CI=true.
 log "go test -race (all packages)"
 go test -race -timeout 30m ./...
+log "go test: the index cache against a reference map of millions of IDs (too slow under -race)"
+go test -count=1 -run '^TestCacheMatchesReference$' ./internal/vault/idxcache
 
 log "fuzz targets (short pass)"
 # `go test -list` prints a package's targets, then "ok  PACKAGE ...".

@@ -175,8 +175,11 @@ func mustSync(t *testing.T, dir string, v *fakeVault, o Options, want string) *C
 
 func TestCacheMatchesReference(t *testing.T) {
 	blobs := 2_000_000 // millions of IDs; -short keeps it small
-	if testing.Short() {
+	switch {
+	case testing.Short():
 		blobs = 60_000
+	case raceOn: // scripts/test.sh runs the full size without -race
+		blobs = 200_000
 	}
 	v := newFakeVault(1)
 	dir := t.TempDir()

@@ -1,0 +1,5 @@
+//go:build !race
+
+package idxcache
+
+const raceOn = false
