@@ -13,19 +13,20 @@ import (
 	"github.com/klauspost/compress/zstd"
 )
 
-// TestMeasureCodecs compares block codecs on the non-zero 64 KiB blocks of
+// BenchmarkMeasureCodecs compares block codecs on the non-zero 64 KiB blocks of
 // a real disk image: CPU time per GB of plaintext (one goroutine) and the
 // stored bytes, each block kept raw when its compressed form is not
 // smaller (as the writer does). It is a measurement, not a test: it runs
 // only with LIFEBOAT_CODEC_IMAGE=/path/to/disk.img (every
 // LIFEBOAT_CODEC_EVERY'th non-zero block, default 8), e.g.
 //
-//	LIFEBOAT_CODEC_IMAGE=bench/out/cache/base.img go test -run MeasureCodecs -v ./internal/vault
-func TestMeasureCodecs(t *testing.T) {
+//	LIFEBOAT_CODEC_IMAGE=bench/out/cache/base.img go test -run '^$' -bench MeasureCodecs -benchtime 1x -v ./internal/vault
+func BenchmarkMeasureCodecs(b *testing.B) {
 	path := os.Getenv("LIFEBOAT_CODEC_IMAGE")
 	if path == "" {
-		t.Skip("set LIFEBOAT_CODEC_IMAGE to a disk image to measure codecs on")
+		b.Skip("a measurement, not a test: set LIFEBOAT_CODEC_IMAGE to a disk image to measure codecs on")
 	}
+	var t testing.TB = b
 	every, _ := strconv.Atoi(os.Getenv("LIFEBOAT_CODEC_EVERY"))
 	blocks := sampleBlocks(t, path, max(every, 1))
 	var raw int
@@ -94,7 +95,7 @@ func hybrid(z *codecs, keep float64) func(dst, src []byte) []byte {
 }
 
 // measureDecoders times decompressing what zstd-fastest and s2 stored.
-func measureDecoders(t *testing.T, blocks [][]byte, raw int) {
+func measureDecoders(t testing.TB, blocks [][]byte, raw int) {
 	c := newCodecs()
 	var zs, ss [][]byte
 	for _, b := range blocks {
@@ -120,7 +121,7 @@ func measureDecoders(t *testing.T, blocks [][]byte, raw int) {
 }
 
 // sampleBlocks returns every every'th non-zero 64 KiB block of the file.
-func sampleBlocks(t *testing.T, path string, every int) [][]byte {
+func sampleBlocks(t testing.TB, path string, every int) [][]byte {
 	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
