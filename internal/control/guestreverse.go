@@ -109,16 +109,14 @@ func recordReversePoint(m *api.Machine, pt api.Point, now time.Time) bool {
 	}
 	rv.Point, rv.LastCycle, rv.LastError = rp, now, ""
 	rv.Cycles++
-	if fb := rv.Failback; fb != nil && fb.Halted && fb.Final == "" {
-		fb.Final = pt.ID
-	}
 	m.State = machineState(m)
 	return true
 }
 
 // recordFailbackAck keeps the recovered VM's agent's answer to the
 // failback's shutdown request: halted once it stopped, and its final
-// point. It reports whether anything changed.
+// point once it is done (it has seen the server record that point and
+// goes on to power the VM off). It reports whether anything changed.
 func recordFailbackAck(m *api.Machine, a *api.ShutdownAck) bool {
 	r := m.Recovery
 	if a == nil || r == nil || r.Reverse == nil || r.Reverse.Failback == nil || a.ID != r.Reverse.Failback.Job {
@@ -190,10 +188,16 @@ func (s *Server) haltByAgent(ctx context.Context, sc *jobs.StepContext, p orches
 	if err := s.reversePointDisks(ctx, rp); err != nil {
 		return err
 	}
-	sctx, cancel := context.WithTimeout(ctx, s.cfg.Recovery.ShutdownTimeout.Std())
-	defer cancel()
-	if err := s.rec.provider.Stop(sctx, p.VM.Name, p.VM.Dir, false); err != nil && !errors.Is(err, compute.ErrNotFound) {
-		return fmt.Errorf("make sure the recovery VM %s is off: %w", p.VM.Name, err)
+	// The agent powers the VM off itself (its shutdown.d hooks) once it
+	// is done; only one still running after shutdown_timeout is stopped,
+	// so a stop never cuts its shutdown short.
+	if err := s.waitPoweredOff(ctx, p.VM.Name, p.VM.Dir); err != nil {
+		sc.Log(ctx, "recovery VM %s did not power itself off (%v): stopping it", p.VM.Name, err)
+		sctx, cancel := context.WithTimeout(ctx, s.cfg.Recovery.ShutdownTimeout.Std())
+		defer cancel()
+		if err := s.rec.provider.Stop(sctx, p.VM.Name, p.VM.Dir, false); err != nil && !errors.Is(err, compute.ErrNotFound) {
+			return fmt.Errorf("make sure the recovery VM %s is off: %w", p.VM.Name, err)
+		}
 	}
 	_, err = s.updateReverse(ctx, p.Machine, func(_ *api.Machine, rv *api.Reverse) error {
 		if rv.Failback == nil {
@@ -206,6 +210,31 @@ func (s *Server) haltByAgent(ctx context.Context, sc *jobs.StepContext, p orches
 		sc.Log(ctx, "recovery VM %s is off; its agent's final reverse point is %s", p.VM.Name, short(rp.ID))
 	}
 	return err
+}
+
+// waitPoweredOff waits, up to shutdown_timeout, until the provider no
+// longer reports the VM running.
+func (s *Server) waitPoweredOff(ctx context.Context, name, dir string) error {
+	deadline := s.clock.Now().Add(s.cfg.Recovery.ShutdownTimeout.Std())
+	for {
+		inst, err := s.rec.provider.Inspect(ctx, name, dir)
+		if errors.Is(err, compute.ErrNotFound) || err == nil && inst.State != compute.StateRunning {
+			return nil
+		}
+		if !s.clock.Now().Before(deadline) {
+			if err == nil {
+				err = fmt.Errorf("still %s after %s", inst.State, s.cfg.Recovery.ShutdownTimeout.Std())
+			}
+			return err
+		}
+		t := s.clock.NewTimer(500 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C():
+		}
+	}
 }
 
 // agentFinalGrace is what the agent in a recovery VM has beyond

@@ -106,14 +106,27 @@ func TestReprotectByAgent(t *testing.T) {
 	s.clock.Advance(time.Second)
 	final := s.reversePoint("db", rev, vm.Name)
 	copyAgent.heartbeat(api.AgentHeartbeat{Inventory: inventoryOn("uuid-copy"), Shutdown: &api.ShutdownAck{ID: fj.ID, State: api.ShutdownStopped}})
-	copyAgent.heartbeat(api.AgentHeartbeat{Inventory: inventoryOn("uuid-copy"), Results: []api.CycleResult{{Point: final, Kind: vault.KindCrash, Time: s.clock.Now()}},
-		Shutdown: &api.ShutdownAck{ID: fj.ID, State: api.ShutdownDone, Point: final}})
+	// The final point's result first (as the process server's report
+	// may come first): the failback waits for the agent to be done.
+	copyAgent.heartbeat(api.AgentHeartbeat{Inventory: inventoryOn("uuid-copy"), Results: []api.CycleResult{{Point: final, Kind: vault.KindCrash, Time: s.clock.Now()}}})
+	if fb := failbackOf(s.machineRec("db")); fb == nil || fb.Final != "" {
+		t.Fatalf("the final point taken before the agent said it was done: %+v", fb)
+	}
+	copyAgent.heartbeat(api.AgentHeartbeat{Inventory: inventoryOn("uuid-copy"), Shutdown: &api.ShutdownAck{ID: fj.ID, State: api.ShutdownDone, Point: final}})
 	eventually(t, "the final point recorded", func() bool {
 		fb := failbackOf(s.machineRec("db"))
 		return fb != nil && fb.Final == final && fb.Halted
 	})
+	// The job waits for the guest to power itself off (no stop cuts the
+	// agent's shutdown short).
+	s.clock.Advance(time.Second)
+	if fb := failbackOf(s.machineRec("db")); fb.Start {
+		t.Fatal("the original was started while the recovery VM still ran")
+	}
+	s.prov.powerOff(vm.Name)
 	target(api.TargetReport{Applied: final})
 	eventually(t, "the original asked to start", func() bool {
+		s.clock.Advance(500 * time.Millisecond) // the job polls the provider on the clock
 		fb := failbackOf(s.machineRec("db"))
 		return fb != nil && fb.Start
 	})

@@ -46,10 +46,20 @@ type fakeProvider struct {
 	entered                chan struct{}
 	// console, if set, is what a new VM prints on its console log.
 	console string
+	// off are VMs whose guest powered itself off (powerOff); Start runs
+	// them again.
+	off map[string]bool
+}
+
+// powerOff is a guest powering its VM off.
+func (f *fakeProvider) powerOff(name string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.off[name] = true
 }
 
 func newFakeProvider() *fakeProvider {
-	return &fakeProvider{vms: map[string]compute.Spec{}, hydrated: map[string]bool{}}
+	return &fakeProvider{vms: map[string]compute.Spec{}, hydrated: map[string]bool{}, off: map[string]bool{}}
 }
 
 func (f *fakeProvider) Name() string { return "fake" }
@@ -76,6 +86,7 @@ func (f *fakeProvider) Start(ctx context.Context, s compute.Spec) (compute.Insta
 	if f.failStart != nil {
 		return compute.Instance{}, f.failStart
 	}
+	delete(f.off, s.Name)
 	if _, ok := f.vms[s.Name]; !ok {
 		for _, d := range s.Disks {
 			if err := readExport(ctx, d.Backing, make([]byte, 4096)); err != nil {
@@ -102,6 +113,9 @@ func (f *fakeProvider) inspect(name string) compute.Instance {
 		return compute.Instance{Name: name, State: compute.StateAbsent}
 	}
 	in := compute.Instance{Name: name, State: compute.StateRunning, Accel: "tcg", Console: filepath.Join(s.Dir, "console.log")}
+	if f.off[name] {
+		in.State = compute.StateStopped
+	}
 	for _, d := range s.Disks {
 		in.Disks = append(in.Disks, compute.DiskImage{Name: d.Name, Overlay: filepath.Join(s.Dir, d.Name+".qcow2"), Hydrated: f.hydrated[name]})
 	}

@@ -189,7 +189,13 @@ func agentVMRuns(dir string) bool {
 		return false
 	}
 	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-	return pid > 0 && syscall.Kill(pid, 0) == nil
+	if pid <= 0 || syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	// A zombie (ended, not reaped: its parent, the hook, is gone) has an
+	// empty command line.
+	cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	return strings.Contains(string(cmd), "agent")
 }
 
 // stopAgentVMs kills the agents of the agentvm "VMs" left in site.

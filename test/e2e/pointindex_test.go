@@ -81,7 +81,9 @@ func TestKillPointIndexWritersAndPrune(t *testing.T) {
 			}()
 		}
 		if e.killAfter(time.Duration(r.IntN(500))*time.Millisecond, prune...) {
+			mu.Lock() // the writers' goroutines count too
 			kills++
+			mu.Unlock()
 		}
 		wg.Wait()
 		if res := e.run("vault", "check"); res.code != 0 {
