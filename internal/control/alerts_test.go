@@ -90,8 +90,14 @@ func TestAlertsEndToEnd(t *testing.T) {
 		a.heartbeat(api.AgentHeartbeat{Results: []api.CycleResult{{Point: ts.realPoint("rpo1", ts.clock.Now(), "crash", "", ""), Kind: "crash", Time: ts.clock.Now()}}})
 	}
 	point()
-	ts.clock.Advance(90 * time.Second)
-	a.heartbeat(api.AgentHeartbeat{})
+	// 95 s without a point, the agent heartbeating every 19 s: the RPO
+	// goes over its minute while the agent never looks offline (3
+	// heartbeat intervals, 30 s, without one; a single 90 s step let a
+	// scheduler tick see it offline first).
+	for range 5 {
+		ts.clock.Advance(19 * time.Second)
+		a.heartbeat(api.AgentHeartbeat{})
+	}
 	subjects := func() []string {
 		ms, _ := mp.Messages(t.Context())
 		var out []string
