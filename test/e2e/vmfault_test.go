@@ -125,7 +125,7 @@ func TestVMHandWrittenQEMU(t *testing.T) {
 
 	// 1. A first copy that outlasts many discovery passes.
 	cl.mustRun("policy", "create", "fast", "--crash-interval", "3s", "--rpo-threshold", "10m", "--retention", "1h:all")
-	cl.mustRun("agent", "bandwidth", "web", "--limit", strconv.Itoa(256<<10))
+	cl.mustRun("agent", "bandwidth", "web", "--limit", strconv.Itoa(128<<10)) // ~1.2 MB of data: about 10 s
 	cl.mustRun("protect", "web", "--policy", "fast", "--driver", "qemu")
 	cl.mustRun("protect", "db", "--policy", "fast", "--driver", "qemu")
 	start := time.Now()
