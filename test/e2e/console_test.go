@@ -20,7 +20,7 @@ import (
 // TestConsoleRealProcesses drives the web console in headless Chromium
 // against a real `lifeboat server run` with a real agent replicating a
 // file disk, its recovery site the exec provider with a stand-in
-// hypervisor (testdata/instant-hook.sh; the point is served by a real
+// hypervisor (bench/plan/testdata/instant-hook.sh; the point is served by a real
 // `lifeboat points serve`). An operator logs in, sees the machine's RPO,
 // starts a test failover from the machine's page, confirms it, watches
 // the job succeed, and cleans the drill up from its confirmation page;
@@ -30,7 +30,7 @@ import (
 // nothing, and the API refuses its token the same action with 403.
 // Screenshots go to artifacts/console-e2e/.
 func TestConsoleRealProcesses(t *testing.T) {
-	hook, err := filepath.Abs("testdata/instant-hook.sh")
+	hook, err := filepath.Abs("../../bench/plan/testdata/instant-hook.sh") // the plan benchmark's stand-in hypervisor
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -226,12 +226,12 @@ func TestStandbyTakesOver(t *testing.T) {
 	}
 }
 
-// gatedHook writes a copy of testdata/instant-hook.sh whose start logs
+// gatedHook writes a copy of bench/plan/testdata/instant-hook.sh whose start logs
 // one line to starts and then waits for the file gate (bounded), so a
 // test can kill the server while a job's step is inside the hypervisor.
 func gatedHook(t *testing.T, dir string) (hook, starts, gate string) {
 	t.Helper()
-	instant, err := filepath.Abs("testdata/instant-hook.sh")
+	instant, err := filepath.Abs("../../bench/plan/testdata/instant-hook.sh") // the plan benchmark's stand-in hypervisor
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,7 +3,8 @@
 # contract, internal/compute/exec): a VM "boots" at once — start writes a
 # console line and records the VM as running. It measures what Lifeboat
 # itself spends on a plan: choosing and serving points, submitting and
-# awaiting the machines' jobs, polling conditions, reporting.
+# awaiting the machines' jobs, polling conditions, reporting. The e2e
+# console and standby tests run their recovery site on it too.
 d=$LIFEBOAT_VM_DIR
 n=$LIFEBOAT_VM_NAME
 cat >/dev/null
