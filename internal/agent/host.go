@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/atomicfile"
 	"github.com/lifeboat-dr/lifeboat/internal/capture"
 	lvdriver "github.com/lifeboat-dr/lifeboat/internal/capture/libvirt"
 	qemudriver "github.com/lifeboat-dr/lifeboat/internal/capture/qemu"
@@ -491,7 +492,7 @@ func (a *Agent) startVM(ctx context.Context, d discovered, key string) (*vmRunne
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	_ = writeFileAtomic(filepath.Join(dir, "discovered.json"), b, 0o600)
+	_ = atomicfile.Write(filepath.Join(dir, "discovered.json"), b, 0o600)
 	va, err := New(cfg, Options{Logger: a.baseLog.With("host", a.cfg.Machine), Clock: a.clk, Version: a.version, Faults: a.faults, Metrics: a.metrics})
 	if err != nil {
 		return nil, err

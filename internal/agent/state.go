@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/atomicfile"
 )
 
 // StateFile is the agent's persistent state inside the state directory.
@@ -163,5 +164,5 @@ func saveState(stateDir string, s *state) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(stateDir, StateFile), b, 0o600)
+	return atomicfile.Write(filepath.Join(stateDir, StateFile), b, 0o600)
 }

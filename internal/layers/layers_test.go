@@ -73,13 +73,13 @@ var rules = []rule{
 	{"foundations import nothing of Lifeboat",
 		func(p string) bool {
 			return slices.Contains([]string{"internal/clock", "internal/leftover", "internal/directio", "internal/nbd", "internal/qemu/qmp", "internal/progress",
-				"internal/buildinfo", "internal/units", "internal/vault/retention", "internal/capture"}, p)
+				"internal/buildinfo", "internal/units", "internal/vault/retention", "internal/capture", "internal/atomicfile"}, p)
 		},
 		func(string, string) bool { return false }},
 	{"the vault imports nothing above it",
 		func(p string) bool { return under(p, "internal/vault") && !testSupport(p) },
 		func(_, imp string) bool {
-			return under(imp, "internal/vault", "internal/clock", "internal/leftover", "internal/directio")
+			return under(imp, "internal/vault", "internal/clock", "internal/leftover", "internal/directio", "internal/atomicfile")
 		}},
 	{"models and wire types stay models",
 		func(p string) bool {
@@ -99,7 +99,7 @@ var rules = []rule{
 	{"capture drivers and compute providers know no vault, store or role",
 		func(p string) bool { return under(p, "internal/capture", "internal/compute") && !testSupport(p) },
 		func(_, imp string) bool {
-			return under(imp, "internal/capture", "internal/compute", "internal/nbd", "internal/qemu/qmp", "internal/api", "internal/leftover", "internal/clock")
+			return under(imp, "internal/capture", "internal/compute", "internal/nbd", "internal/qemu/qmp", "internal/api", "internal/leftover", "internal/clock", "internal/atomicfile")
 		}},
 	{"the cycle engine knows only the capture interface (and the clock)",
 		func(p string) bool { return p == "internal/engine" },

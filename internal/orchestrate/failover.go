@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/lifeboat-dr/lifeboat/internal/atomicfile"
 	"github.com/lifeboat-dr/lifeboat/internal/clock"
 	"github.com/lifeboat-dr/lifeboat/internal/compute"
 	"github.com/lifeboat-dr/lifeboat/internal/jobs"
@@ -513,11 +514,10 @@ func writeRecord(vm VMRecord) error {
 	if err != nil {
 		return err
 	}
-	tmp := filepath.Join(vm.Dir, RecordFile+".tmp")
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
+	if err := atomicfile.Write(filepath.Join(vm.Dir, RecordFile), append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("record the VM: %w", err)
 	}
-	return os.Rename(tmp, filepath.Join(vm.Dir, RecordFile))
+	return nil
 }
 
 // ReadRecords lists the recovered VMs of a site directory.

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/lifeboat-dr/lifeboat/internal/atomicfile"
 	"github.com/lifeboat-dr/lifeboat/internal/jobs"
 	"github.com/lifeboat-dr/lifeboat/internal/plan"
 )
@@ -258,12 +259,11 @@ func addrOnly(a string) string {
 	return a
 }
 
+// writeFileAtomic replaces path durably (atomicfile.Write), creating its
+// directory first.
 func writeFileAtomic(path string, b []byte) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return err
 	}
-	if err := os.WriteFile(path+".tmp", b, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(path+".tmp", path)
+	return atomicfile.Write(path, b, 0o600)
 }

@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/lifeboat-dr/lifeboat/internal/atomicfile"
 )
 
 // File names of an enrolled component's identity.
@@ -41,13 +43,13 @@ func SaveIdentity(dir string, keyPEM, certPEM, caPEM []byte) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("save identity: %w", err)
 	}
-	if err := writeFileAtomic(filepath.Join(dir, IdentityCAFile), caPEM, 0o644); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, IdentityCAFile), caPEM, 0o644); err != nil {
 		return fmt.Errorf("save identity: %w", err)
 	}
-	if err := writeFileAtomic(filepath.Join(dir, IdentityKeyFile), keyPEM, 0o600); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, IdentityKeyFile), keyPEM, 0o600); err != nil {
 		return fmt.Errorf("save identity: %w", err)
 	}
-	if err := writeFileAtomic(filepath.Join(dir, IdentityCertFile), certPEM, 0o644); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, IdentityCertFile), certPEM, 0o644); err != nil {
 		return fmt.Errorf("save identity: %w", err)
 	}
 	return nil

@@ -7,6 +7,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"github.com/lifeboat-dr/lifeboat/internal/atomicfile"
 )
 
 const (
@@ -72,32 +74,8 @@ func saveState(dir string, st state) error {
 	if err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(dir, stateFileName+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write libvirt capture state: %w", err)
-	}
-	tmp := f.Name()
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, filepath.Join(dir, stateFileName))
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write libvirt capture state in %s: %w", dir, err)
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync libvirt capture state directory: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync libvirt capture state directory: %w", err)
+	if err := atomicfile.Write(filepath.Join(dir, stateFileName), b, 0o600); err != nil {
+		return fmt.Errorf("libvirt capture state: %w", err)
 	}
 	return nil
 }

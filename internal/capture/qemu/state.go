@@ -7,6 +7,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"github.com/lifeboat-dr/lifeboat/internal/atomicfile"
 )
 
 const (
@@ -64,33 +66,8 @@ func (s *state) save(dir string) error {
 	if err != nil {
 		return err
 	}
-	p := filepath.Join(dir, stateFile)
-	tmp, err := os.CreateTemp(dir, "."+stateFile+".tmp*")
-	if err != nil {
-		return fmt.Errorf("qemu: write state file: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(append(b, '\n')); err != nil {
-		tmp.Close()
-		return fmt.Errorf("qemu: write state file: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("qemu: sync state file: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("qemu: write state file: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), p); err != nil {
-		return fmt.Errorf("qemu: replace state file: %w", err)
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("qemu: sync state directory: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("qemu: sync state directory %s: %w", dir, err)
+	if err := atomicfile.Write(filepath.Join(dir, stateFile), append(b, '\n'), 0o600); err != nil {
+		return fmt.Errorf("qemu: state file: %w", err)
 	}
 	return nil
 }
