@@ -88,6 +88,7 @@ func (v *Vault) LoadIndex(ctx context.Context) (damaged []ID, err error) {
 	}
 	wg.Wait()
 	v.index.finishBulk()
+	v.indexEpoch.Add(1)
 	return damaged, ferr
 }
 
@@ -115,7 +116,7 @@ func (v *Vault) writeIndexFile(ctx context.Context, packs []indexPack) (ID, erro
 // LoadBlob appends the verified plaintext of a blob to dst. It tries every
 // stored copy before giving up.
 func (v *Vault) LoadBlob(ctx context.Context, t BlobType, id ID, dst []byte) ([]byte, error) {
-	locs := v.index.Lookup(id)
+	locs := v.lookupAnywhere(ctx, id)
 	if len(locs) == 0 {
 		return nil, fmt.Errorf("%s %s: %w (run `lifeboat vault check`; `lifeboat vault repair index` rebuilds a lost index from the packs)", t, id.Short(), ErrBlobMissing)
 	}
@@ -164,7 +165,7 @@ func (v *Vault) ReadBlobs(ctx context.Context, ids []ID, fn func(i int, plain []
 	}
 	reqs := make([]req, 0, len(ids))
 	for i, id := range ids {
-		locs := v.index.Lookup(id)
+		locs := v.lookupAnywhere(ctx, id)
 		if len(locs) == 0 {
 			return fmt.Errorf("block %s: %w (run `lifeboat vault check`)", id.Short(), ErrBlobMissing)
 		}

@@ -455,7 +455,7 @@ func (w *treeWalker) walk(ctx context.Context, s shape, id ID, level int, pos in
 				bad = append(bad, b)
 				continue
 			}
-			if !w.c.v.index.Has(b) {
+			if !w.c.v.index.Has(b) && len(w.c.v.lookupAnywhere(ctx, b)) == 0 {
 				w.c.damage(Damage{Object: "index", Blob: b.String(), Error: "block is referenced but in no index file"}, b)
 				bad = append(bad, b)
 			}

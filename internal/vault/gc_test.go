@@ -202,7 +202,29 @@ func TestSweepResurrectsBlobsOfWriterWithOldView(t *testing.T) {
 		t.Fatal(err)
 	}
 	fc.Advance(time.Second)
-	rep, err = pv.Prune(ctx, PruneOptions{Policy: pol, Margin: 0})
+	// Until a sweep resurrects the marked packs, a new reader still reads
+	// the point, and check finds nothing wrong.
+	rv, err := Open(ctx, be, []byte("secret"), Options{Clock: fc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rv.LoadIndex(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := tryReadDisk(rv, neu); err != nil || !bytes.Equal(got, img) {
+		t.Fatalf("reading the new point before the sweep: %v", err)
+	}
+	if rc, err := rv.Check(ctx, CheckOptions{ReadData: true}); err != nil || !rc.OK() {
+		t.Fatalf("check before the sweep: %v %+v", err, rc)
+	}
+	// A new prune process (as `lifeboat vault prune` is): its index holds
+	// nothing of the marked packs, yet it walks the new point's tree
+	// through their nodes.
+	pv2, err := Open(ctx, be, []byte("secret"), Options{Clock: fc, SpoolDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err = pv2.Prune(ctx, PruneOptions{Policy: pol, Margin: 0})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,24 +15,36 @@ func (g *gc) records(ctx context.Context) ([]gcRecord, error) {
 	}
 	var out []gcRecord
 	for _, id := range ids {
-		b, err := g.v.getSealed(ctx, "gc/"+id.String(), kindGC)
+		r, err := g.v.readGCRecord(ctx, id)
 		if backend.IsNotExist(err) {
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("gc mark %s: %w", id.Short(), err)
+			return nil, err
 		}
-		var r gcRecord
-		if err := json.Unmarshal(b, &r); err != nil {
-			return nil, fmt.Errorf("gc mark %s: %w", id.Short(), err)
-		}
-		if r.Marked.IsZero() {
-			return nil, fmt.Errorf("gc mark %s: no mark time", id.Short())
-		}
-		r.id = id
 		out = append(out, r)
 	}
 	return out, nil
+}
+
+// readGCRecord reads and checks one mark record.
+func (v *Vault) readGCRecord(ctx context.Context, id ID) (gcRecord, error) {
+	var r gcRecord
+	b, err := v.getSealed(ctx, "gc/"+id.String(), kindGC)
+	if backend.IsNotExist(err) {
+		return r, err
+	}
+	if err != nil {
+		return r, fmt.Errorf("gc mark %s: %w", id.Short(), err)
+	}
+	if err := json.Unmarshal(b, &r); err != nil {
+		return r, fmt.Errorf("gc mark %s: %w", id.Short(), err)
+	}
+	if r.Marked.IsZero() {
+		return r, fmt.Errorf("gc mark %s: no mark time", id.Short())
+	}
+	r.id = id
+	return r, nil
 }
 
 // sweep deletes the packs of eligible mark records (§12, sweep 1-3).

@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/zeebo/blake3"
@@ -77,6 +78,10 @@ type Vault struct {
 
 	index *Index
 	nodes *nodeCache
+	// indexEpoch counts index loads; marked is looked up on a miss, at
+	// most refreshed once per load.
+	indexEpoch atomic.Uint64
+	marked     markedPacks
 
 	hashers   [3]sync.Pool // by BlobType
 	loadMu    sync.Mutex   // serialises LoadIndex
