@@ -57,6 +57,7 @@ func newCluster(t *testing.T, edits ...func(cfg map[string]any)) *cluster {
 	cl := &cluster{env: e, data: filepath.Join(e.dir, "server"), procs: map[string]*daemon{},
 		apiAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)), ingest: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
 	cl.cfgPath = filepath.Join(e.dir, "client.json")
+	e.hang = cl.daemonTails
 	e.extra = append(e.extra, "LIFEBOAT_CONFIG="+cl.cfgPath)
 	out := e.mustRun("server", "init", "--data", cl.data, "--listen", cl.apiAddr, "--ingest-listen", cl.ingest)
 	lines := strings.Split(out, "\n")
@@ -184,6 +185,17 @@ func (d *daemon) tail(n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// daemonTails is the last lines of every daemon's log.
+func (cl *cluster) daemonTails() string {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	var b strings.Builder
+	for name, d := range cl.procs {
+		fmt.Fprintf(&b, "--- %s (last 40 log lines)\n%s\n", name, d.tail(40))
+	}
+	return b.String()
 }
 
 func (cl *cluster) stopAll() {

@@ -52,7 +52,15 @@ type env struct {
 	vault string
 	state string
 	extra []string // extra environment
+	// hang, if set, describes the processes around a CLI call that did
+	// not end (a cluster's daemons' last log lines).
+	hang func() string
 }
+
+// cmdTimeout bounds one CLI call: a call that hangs fails its own test
+// with what it printed instead of ending the whole package at go test's
+// -timeout with only a stack trace.
+const cmdTimeout = 10 * time.Minute
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
@@ -80,7 +88,18 @@ func (e *env) run(args ...string) result {
 	cmd := e.cmd(args...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
+	if err := cmd.Start(); err != nil {
+		e.t.Fatalf("run %v: %v", args, err)
+	}
+	hung := time.AfterFunc(cmdTimeout, func() { _ = cmd.Process.Kill() }) // wallclock: bounds a real process
+	err := cmd.Wait()
+	if !hung.Stop() {
+		var more string
+		if e.hang != nil {
+			more = e.hang()
+		}
+		e.t.Fatalf("lifeboat %s did not end within %s (killed)\nstdout: %s\nstderr: %s\n%s", strings.Join(args, " "), cmdTimeout, out.String(), errb.String(), more)
+	}
 	code := 0
 	if err != nil {
 		ee, ok := err.(*exec.ExitError)
