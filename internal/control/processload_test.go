@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -244,5 +246,41 @@ func TestProcessRebalance(t *testing.T) {
 	eventually(t, "m0 to move to ps2", func() bool { return ts.processOf("m0") == "ps2" })
 	if ts.processOf("m1") != "ps1" {
 		t.Fatal("m1 moved with its session open")
+	}
+}
+
+// TestProcessLoadConfig: server.json's process_load gets its defaults
+// (rebalancing off) and is checked at load.
+func TestProcessLoadConfig(t *testing.T) {
+	dir := t.TempDir()
+	write := func(pl string) (Config, error) {
+		cfg := `{"vault": "/srv/vault"` + pl + `}`
+		if err := os.WriteFile(filepath.Join(dir, ConfigFile), []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return LoadConfig(dir)
+	}
+	cfg, err := write("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pl := cfg.ProcessLoad; pl.Rate != psload.DefaultRate || pl.RebalanceRatio != 0 || pl.RebalanceAfter.Std() != DefaultRebalanceAfter {
+		t.Fatalf("defaults: %+v", pl)
+	}
+	if cfg, err := write(`, "process_load": {"rebalance_ratio": 3, "rebalance_after": "15m", "rate": 1e9}`); err != nil ||
+		cfg.ProcessLoad.RebalanceRatio != 3 || cfg.ProcessLoad.RebalanceAfter.Std() != 15*time.Minute || cfg.ProcessLoad.Rate != 1e9 {
+		t.Fatalf("set: %+v %v", cfg.ProcessLoad, err)
+	}
+	for pl, want := range map[string]string{
+		`, "process_load": {"rebalance_ratio": 1.2}`:       "want 0 (off) or from 1.5 to 1000",
+		`, "process_load": {"rebalance_ratio": -2}`:        "want 0 (off)",
+		`, "process_load": {"rebalance_ratio": 1e9}`:       "to 1000",
+		`, "process_load": {"rate": -5}`:                   "process_load.rate -5",
+		`, "process_load": {"rebalance_after": "10s"}`:     "at least 1m",
+		`, "process_load": {"rebalance_ratio": 2, "x": 1}`: "unknown field",
+	} {
+		if _, err := write(pl); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want %q", pl, err, want)
+		}
 	}
 }
