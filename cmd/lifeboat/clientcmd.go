@@ -626,7 +626,7 @@ func vaultUsageText(u *api.VaultUsage) string {
 
 func (a *app) processTable(ps []api.ProcessServer) {
 	w := a.table()
-	fmt.Fprintln(w, "PROCESS SERVER\tSTATE\tURL\tAGENTS\tSESSIONS\tCACHE\tINGEST\tLAST SEEN\tVERSION")
+	fmt.Fprintln(w, "PROCESS SERVER\tSTATE\tURL\tAGENTS\tSESSIONS\tCACHE\tINGEST\tCPU\tLOAD\tLAST SEEN\tVERSION")
 	for _, p := range ps {
 		cache := fmt.Sprintf("%d/%d MiB", p.CacheUsed>>20, p.CacheLimit>>20)
 		if p.Throttled {
@@ -636,7 +636,14 @@ func (a *app) processTable(ps []api.ProcessServer) {
 		if !p.LastSeen.IsZero() {
 			seen = p.LastSeen.Local().Format(time.TimeOnly)
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\t%s\t%.1f MB/s\t%s\t%s\n", p.Name, dash(p.State), p.URL, p.Agents, p.Sessions, cache, p.IngestRate/1e6, seen, dash(p.Version))
+		// LOAD is the score that chooses process servers for machines
+		// (the lowest gets the next one), for online ones only.
+		load := "-"
+		if p.Load != nil {
+			load = fmt.Sprintf("%.1f", p.Load.Score)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\t%s\t%.1f MB/s\t%.0f%%\t%s\t%s\t%s\n", p.Name, dash(p.State), p.URL, p.Agents, p.Sessions, cache, p.IngestRate/1e6,
+			100*p.CPU, load, seen, dash(p.Version))
 	}
 	_ = w.Flush()
 }

@@ -444,17 +444,24 @@ type GroupRequest struct {
 
 // ProcessServer as the API shows it.
 type ProcessServer struct {
-	Name       string    `json:"name"`
-	URL        string    `json:"url"` // https://host:port agents connect to
-	Embedded   bool      `json:"embedded"`
-	Bandwidth  int64     `json:"bandwidth,omitempty"`
-	CacheUsed  int64     `json:"cache_used"`
-	CacheLimit int64     `json:"cache_limit"`
-	Sessions   int       `json:"sessions"`
-	Throttled  bool      `json:"throttled"` // applying back-pressure now
-	IngestRate float64   `json:"ingest_bytes_per_second"`
-	LastSeen   time.Time `json:"last_seen,omitzero"`
-	Agents     int       `json:"agents"`
+	Name       string  `json:"name"`
+	URL        string  `json:"url"` // https://host:port agents connect to
+	Embedded   bool    `json:"embedded"`
+	Bandwidth  int64   `json:"bandwidth,omitempty"`
+	CacheUsed  int64   `json:"cache_used"`
+	CacheLimit int64   `json:"cache_limit"`
+	Sessions   int     `json:"sessions"`
+	Throttled  bool    `json:"throttled"` // applying back-pressure now
+	IngestRate float64 `json:"ingest_bytes_per_second"`
+	// CPU is the share of its host's CPU time the process server's
+	// process used over its last 30 s, as it reported (0 to 1; 0 also
+	// when it reports none, as older versions do).
+	CPU      float64   `json:"cpu,omitempty"`
+	LastSeen time.Time `json:"last_seen,omitzero"`
+	Agents   int       `json:"agents"`
+	// Load is how the server weighs an online process server when it
+	// chooses one for a machine (output only; absent for the others).
+	Load *ProcessLoad `json:"load,omitempty"`
 	// State is online, offline, never-seen (enrolled, never reported) or
 	// revoked; only online process servers are given machines.
 	State string `json:"state,omitempty"`
@@ -463,6 +470,18 @@ type ProcessServer struct {
 	// Version is the lifeboat build it last reported (buildinfo), ""
 	// for one too old to report it.
 	Version string `json:"version,omitempty"`
+}
+
+// ProcessLoad is a process server's load score: a new machine goes to
+// the online process server with the lowest Score, (Agents + 1) ×
+// Factor, where Factor is 1 + CPU + Backlog + Traffic (docs/architecture.md,
+// "Roles and processes").
+type ProcessLoad struct {
+	CPU     float64 `json:"cpu"`     // the CPU share it reported, 0-1
+	Backlog float64 `json:"backlog"` // its cache's fill, 1 while it refuses batches, 0-1
+	Traffic float64 `json:"traffic"` // its ingest rate against its bandwidth limit or the reference rate, 0-1
+	Factor  float64 `json:"factor"`  // 1 + cpu + backlog + traffic: 1 to 4
+	Score   float64 `json:"score"`   // (agents + 1) × factor
 }
 
 // Process server states (ProcessServer.State).
@@ -481,8 +500,12 @@ type ProcessHeartbeat struct {
 	Sessions   int     `json:"sessions"`
 	Throttled  bool    `json:"throttled"`
 	IngestRate float64 `json:"ingest_bytes_per_second"`
-	Events     []Event `json:"events,omitempty"`
-	Points     []Point `json:"points,omitempty"` // points published since the last heartbeat
+	// CPU is the share of its host's CPU time the process used over its
+	// last 30 s (0 to 1, from its own resource usage); older process
+	// servers leave it out, and so does one that has no measure yet.
+	CPU    float64 `json:"cpu,omitempty"`
+	Events []Event `json:"events,omitempty"`
+	Points []Point `json:"points,omitempty"` // points published since the last heartbeat
 	// NeedKey asks for a vault key of this process server's own: a new key
 	// file is made for it (and the one it had deleted) and its secret is
 	// in the answer. Process servers ask at start, until they get one.

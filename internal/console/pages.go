@@ -47,6 +47,7 @@ var funcs = template.FuncMap{
 	"mib":       func(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) },
 	"size":      units.Human,
 	"int64":     func(f float64) int64 { return int64(f) },
+	"percent":   func(f float64) string { return fmt.Sprintf("%.0f%%", 100*f) },
 	"label":     actionLabel,
 	"level": func(h *api.Health) string {
 		if h == nil {

@@ -524,8 +524,8 @@ func (s *Server) processHeartbeat(w http.ResponseWriter, r *http.Request, c *cal
 			return badRequest("url %q: want https://host:port", hb.URL)
 		}
 	}
-	if hb.CacheUsed < 0 || hb.CacheLimit < 0 || hb.Sessions < 0 || hb.IngestRate < 0 {
-		return badRequest("negative statistics")
+	if err := checkProcessLoad(hb); err != nil {
+		return err
 	}
 	if err := checkText("version", hb.Version, 256); err != nil {
 		return err
@@ -570,6 +570,7 @@ func (s *Server) processHeartbeat(w http.ResponseWriter, r *http.Request, c *cal
 		p.URL = hb.URL
 	}
 	p.CacheUsed, p.CacheLimit, p.Sessions, p.Throttled, p.IngestRate = hb.CacheUsed, hb.CacheLimit, hb.Sessions, hb.Throttled, hb.IngestRate
+	p.CPU = hb.CPU         // 0 from a process server too old to report it
 	p.Version = hb.Version // "" from a process server too old to report it
 	p.LastSeen = s.clock.Now().UTC()
 	if err := s.store.PutProcess(ctx, p); err != nil {

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
@@ -19,6 +20,7 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/api"
 	"github.com/lifeboat-dr/lifeboat/internal/clock"
 	"github.com/lifeboat-dr/lifeboat/internal/pki"
+	"github.com/lifeboat-dr/lifeboat/internal/psload"
 	"github.com/lifeboat-dr/lifeboat/internal/store"
 	"github.com/lifeboat-dr/lifeboat/internal/store/sqlstore"
 	"github.com/lifeboat-dr/lifeboat/internal/tlslisten"
@@ -124,6 +126,10 @@ type Config struct {
 	// ProcessMoveAfter: the machines of a process server offline this
 	// long move to an online one (default 5m).
 	ProcessMoveAfter api.Duration `json:"process_move_after,omitempty"`
+	// ProcessLoad tunes how process servers are weighed for machines
+	// and whether machines move off a busy one (liveness.go,
+	// internal/psload).
+	ProcessLoad ProcessLoadConfig `json:"process_load,omitzero"`
 
 	// Recovery is the recovery site: the compute provider, the directory
 	// of recovered VMs, networks and the network map, the test network
@@ -133,6 +139,48 @@ type Config struct {
 	// Alerts are the alert sinks (email, webhooks) and the rules turned
 	// off (internal/alert).
 	Alerts alert.Config `json:"alerts,omitzero"`
+}
+
+// ProcessLoadConfig is server.json's process_load.
+type ProcessLoadConfig struct {
+	// Rate is the ingest rate (bytes/s) that counts as fully busy for a
+	// process server without a bandwidth limit (default 125000000,
+	// 1 Gbit/s).
+	Rate float64 `json:"rate,omitempty"`
+	// RebalanceRatio: a process server whose score stays at least this
+	// many times the lowest for RebalanceAfter has one machine moved to
+	// the lowest, at a moment the machine is idle; 0 (the default) never
+	// moves a machine for load. At least psload.MinRatio.
+	RebalanceRatio float64 `json:"rebalance_ratio,omitempty"`
+	// RebalanceAfter is how long a process server must stay over the
+	// ratio before a machine moves, and the pause after each move
+	// (default 10m).
+	RebalanceAfter api.Duration `json:"rebalance_after,omitempty"`
+}
+
+// DefaultRebalanceAfter is process_load.rebalance_after's default.
+const DefaultRebalanceAfter = 10 * time.Minute
+
+func (c *ProcessLoadConfig) defaults() {
+	if c.Rate == 0 {
+		c.Rate = psload.DefaultRate
+	}
+	if c.RebalanceAfter == 0 {
+		c.RebalanceAfter = api.Duration(DefaultRebalanceAfter)
+	}
+}
+
+func (c *ProcessLoadConfig) validate() error {
+	if !(c.Rate > 0) || math.IsInf(c.Rate, 0) {
+		return fmt.Errorf("process_load.rate %v: want bytes per second, more than 0", c.Rate)
+	}
+	if r := c.RebalanceRatio; r != 0 && !(r >= psload.MinRatio && r <= 1000) {
+		return fmt.Errorf("process_load.rebalance_ratio %v: want 0 (off) or from %v to 1000", r, psload.MinRatio)
+	}
+	if c.RebalanceAfter.Std() < time.Minute {
+		return fmt.Errorf("process_load.rebalance_after %s is too short: at least 1m", c.RebalanceAfter.Std())
+	}
+	return nil
 }
 
 // Limits of the API and embedded ingest listeners, defaults filled in.
@@ -190,6 +238,7 @@ func (c *Config) defaults(dataDir string) {
 	if c.ProcessMoveAfter == 0 {
 		c.ProcessMoveAfter = api.Duration(DefaultProcessMoveAfter)
 	}
+	c.ProcessLoad.defaults()
 	c.Recovery.defaults(dataDir)
 }
 
@@ -230,6 +279,9 @@ func (c *Config) validate() error {
 		return err
 	}
 	if err := c.Recovery.validate(); err != nil {
+		return err
+	}
+	if err := c.ProcessLoad.validate(); err != nil {
 		return err
 	}
 	return c.ingestLimits().Validate("ingest_limits")

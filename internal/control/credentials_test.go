@@ -334,9 +334,12 @@ func TestProcessLiveness(t *testing.T) {
 		t.Fatalf("move to a process server never seen: %d %s", r.status, r.body)
 	}
 
-	// ps1 falls silent while ps2 reports: offline after 30 s, moved after 1 min.
+	// ps1 falls silent while ps2 reports: offline after 30 s, moved after
+	// 1 min. Steps shorter than 30 s keep ps2 online between its reports.
 	processReport(t, ps2)
-	ts.clock.Advance(40 * time.Second)
+	ts.clock.Advance(25 * time.Second)
+	processReport(t, ps2)
+	ts.clock.Advance(15 * time.Second)
 	processReport(t, ps2)
 	eventually(t, "a process_offline event", func() bool { return len(ts.events("process_offline")) == 1 })
 	var ps []api.ProcessServer
@@ -344,7 +347,7 @@ func TestProcessLiveness(t *testing.T) {
 	if len(ps) != 2 || ps[0].State != api.ProcessOffline || ps[1].State != api.ProcessOnline {
 		t.Fatalf("process servers: %+v", ps)
 	}
-	ts.clock.Advance(40 * time.Second)
+	ts.clock.Advance(25 * time.Second)
 	processReport(t, ps2)
 	eventually(t, "m1 to move to ps2", func() bool {
 		var m api.Machine

@@ -51,6 +51,13 @@ func (s *Server) tickEmbedded(ctx context.Context) error {
 		return err
 	}
 	s.embed.stats(&p)
+	if s.procs.cpu != nil {
+		// The server's own process: the embedded process server shares it
+		// (and its host) with the API and the scheduler.
+		if cpu, ok := s.procs.cpu.Sample(); ok {
+			p.CPU = cpu
+		}
+	}
 	p.LastSeen = s.clock.Now().UTC()
 	p.Version = s.version // the embedded process server is the server's own build
 	return s.store.PutProcess(ctx, p)

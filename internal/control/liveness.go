@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/api"
+	"github.com/lifeboat-dr/lifeboat/internal/psload"
 	"github.com/lifeboat-dr/lifeboat/internal/store"
 )
 
@@ -18,12 +19,17 @@ import (
 // reported within process_offline_after. The machines of a process server
 // that has been offline for process_move_after move to an online one.
 
-// processWatch remembers the offline episodes the scheduler announced.
+// processWatch remembers the offline episodes the scheduler announced,
+// and measures and balances the load of process servers.
 type processWatch struct {
 	mu      sync.Mutex
 	start   time.Time       // the first look: silence counts from here at the latest
 	offline map[string]bool // announced offline
 	stuck   map[string]bool // announced that its machines cannot move
+	held    string          // the process server rebalancing last found no idle machine on (rebalance.go)
+
+	cpu     *psload.CPU        // this process's CPU share: the embedded process server's (nil in some tests)
+	balance *psload.Rebalancer // process_load.rebalance_* (nil in some tests)
 }
 
 // processState is whether p may be given machines at now.
@@ -61,24 +67,21 @@ func (s *Server) describeProcess(p api.ProcessServer, now time.Time) string {
 	}
 }
 
-// pickProcess chooses the online process server with the fewest machines
-// (the embedded one on ties), never exclude. With none online the error
-// is a 409 no_process that names why each one is not.
+// pickProcess chooses the online process server with the lowest load
+// score (internal/psload: the machine count times the load it
+// reported; the embedded one on ties), never exclude. With none online
+// the error is a 409 no_process that names why each one is not.
 func (s *Server) pickProcess(ctx context.Context, exclude string) (string, error) {
 	ps, err := s.store.ListProcesses(ctx)
 	if err != nil {
 		return "", err
 	}
-	ms, err := s.store.ListMachines(ctx)
+	count, err := s.machineCounts(ctx)
 	if err != nil {
 		return "", err
 	}
-	count := map[string]int{}
-	for _, m := range ms {
-		count[m.Process]++
-	}
 	now := s.clock.Now()
-	best, bestEmbedded := "", false
+	best, bestEmbedded, bestScore := "", false, 0.0
 	var why []string
 	for _, p := range ps {
 		if p.Name == exclude {
@@ -88,8 +91,9 @@ func (s *Server) pickProcess(ctx context.Context, exclude string) (string, error
 			why = append(why, s.describeProcess(p, now))
 			continue
 		}
-		if best == "" || count[p.Name] < count[best] || count[p.Name] == count[best] && p.Embedded && !bestEmbedded {
-			best, bestEmbedded = p.Name, p.Embedded
+		sc := s.loadOf(p, count[p.Name]).Value
+		if best == "" || sc < bestScore || sc == bestScore && p.Embedded && !bestEmbedded {
+			best, bestEmbedded, bestScore = p.Name, p.Embedded, sc
 		}
 	}
 	if best != "" {
@@ -104,6 +108,34 @@ func (s *Server) pickProcess(ctx context.Context, exclude string) (string, error
 	return "", errf(http.StatusConflict, api.CodeNoProcess,
 		"no process server is online: %s; start one (`lifeboat process run` where it was enrolled) or enable the embedded one",
 		strings.Join(why, "; "))
+}
+
+// machineCounts counts the machines of each process server.
+func (s *Server) machineCounts(ctx context.Context) (map[string]int, error) {
+	ms, err := s.store.ListMachines(ctx)
+	if err != nil {
+		return nil, err
+	}
+	count := map[string]int{}
+	for _, m := range ms {
+		count[m.Process]++
+	}
+	return count, nil
+}
+
+// loadOf scores p with its n machines (internal/psload).
+func (s *Server) loadOf(p api.ProcessServer, n int) psload.Score {
+	return psload.Compute(loadReport(p, n), s.cfg.ProcessLoad.Rate)
+}
+
+func loadReport(p api.ProcessServer, n int) psload.Report {
+	return psload.Report{Machines: n, CPU: p.CPU, CacheUsed: p.CacheUsed, CacheLimit: p.CacheLimit,
+		Throttled: p.Throttled, IngestRate: p.IngestRate, Bandwidth: p.Bandwidth}
+}
+
+// loadView is a score as the API shows it.
+func loadView(sc psload.Score) *api.ProcessLoad {
+	return &api.ProcessLoad{CPU: sc.CPU, Backlog: sc.Backlog, Traffic: sc.Traffic, Factor: sc.Factor, Score: sc.Value}
 }
 
 func hasEmbedded(ps []api.ProcessServer) bool {

@@ -82,6 +82,14 @@ var (
 		"The process server's cache limit.", []string{"process_server"}, nil)
 	descIngestRate = prometheus.NewDesc("lifeboat_process_server_ingest_bytes_per_second",
 		"The process server's ingest rate, as it last reported.", []string{"process_server"}, nil)
+	descProcessCPU = prometheus.NewDesc("lifeboat_process_server_cpu_ratio",
+		"Share of its host's CPU time the process server's process used over its last 30 s (0-1), as it last reported.", []string{"process_server"}, nil)
+	descProcessSessions = prometheus.NewDesc("lifeboat_process_server_sessions",
+		"Ingest sessions open on the process server, as it last reported.", []string{"process_server"}, nil)
+	descProcessMachines = prometheus.NewDesc("lifeboat_process_server_machines",
+		"Machines assigned to the process server.", []string{"process_server"}, nil)
+	descProcessScore = prometheus.NewDesc("lifeboat_process_server_load_score",
+		"The online process server's load score, (machines + 1) × (1 + cpu + backlog + traffic): the lowest gets the next machine.", []string{"process_server"}, nil)
 	descJobs = prometheus.NewDesc("lifeboat_jobs",
 		"Jobs the server keeps, by kind and state (queued, running, waiting, succeeded, failed, cancelled).", []string{"kind", "state"}, nil)
 	descHealth = prometheus.NewDesc("lifeboat_machine_health",
@@ -148,6 +156,7 @@ type stateCollector struct{ s *Server }
 func (c stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRPO, descRPOThreshold, descState, descLastPoint, descChanged, descSent,
 		descAgentUp, descProcessUp, descCacheUsed, descCacheLimit, descIngestRate, descJobs, descHealth, descUp,
+		descProcessCPU, descProcessSessions, descProcessMachines, descProcessScore,
 		descDiskHealth, descVaultBytes, descVaultObjects, descVaultMeasured, descVaultUp} {
 		ch <- d
 	}
@@ -257,6 +266,12 @@ func (c stateCollector) processes(ctx context.Context, ch chan<- prometheus.Metr
 		ch <- prometheus.MustNewConstMetric(descCacheUsed, prometheus.GaugeValue, float64(p.CacheUsed), p.Name)
 		ch <- prometheus.MustNewConstMetric(descCacheLimit, prometheus.GaugeValue, float64(p.CacheLimit), p.Name)
 		ch <- prometheus.MustNewConstMetric(descIngestRate, prometheus.GaugeValue, p.IngestRate, p.Name)
+		ch <- prometheus.MustNewConstMetric(descProcessCPU, prometheus.GaugeValue, p.CPU, p.Name)
+		ch <- prometheus.MustNewConstMetric(descProcessSessions, prometheus.GaugeValue, float64(p.Sessions), p.Name)
+		ch <- prometheus.MustNewConstMetric(descProcessMachines, prometheus.GaugeValue, float64(p.Agents), p.Name)
+		if p.Load != nil {
+			ch <- prometheus.MustNewConstMetric(descProcessScore, prometheus.GaugeValue, p.Load.Score, p.Name)
+		}
 	}
 	return nil
 }

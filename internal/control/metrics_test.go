@@ -79,6 +79,19 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("no %s from the embedded process server", name)
 		}
 	}
+	// The embedded process server's load, as the server weighs it.
+	emb := map[string]string{"process_server": EmbeddedName}
+	if v, ok := fams.Value("lifeboat_process_server_machines", emb); !ok || v != 1 {
+		t.Errorf("lifeboat_process_server_machines{embedded} = %v (present %v), want db", v, ok)
+	}
+	if v, ok := fams.Value("lifeboat_process_server_load_score", emb); !ok || v < 2 || v > 8 {
+		t.Errorf("lifeboat_process_server_load_score{embedded} = %v (present %v), want (1 + 1) × a factor from 1 to 4", v, ok)
+	}
+	for _, name := range []string{"lifeboat_process_server_cpu_ratio", "lifeboat_process_server_sessions"} {
+		if v, ok := fams.Value(name, emb); !ok || v < 0 {
+			t.Errorf("%s{embedded} = %v (present %v)", name, v, ok)
+		}
+	}
 	if v, ok := fams.Value("lifeboat_vault_up", nil); !ok || v != 1 {
 		t.Errorf("lifeboat_vault_up = %v (present %v), want 1", v, ok)
 	}

@@ -523,18 +523,18 @@ func (s *Server) processList(ctx context.Context) ([]api.ProcessServer, error) {
 	if err != nil {
 		return nil, err
 	}
-	ms, err := s.store.ListMachines(ctx)
+	count, err := s.machineCounts(ctx)
 	if err != nil {
 		return nil, err
-	}
-	count := map[string]int{}
-	for _, m := range ms {
-		count[m.Process]++
 	}
 	now := s.clock.Now()
 	for i := range ps {
 		ps[i].Agents = count[ps[i].Name]
 		ps[i].State = s.processState(ps[i], now)
+		ps[i].Load = nil
+		if ps[i].State == api.ProcessOnline {
+			ps[i].Load = loadView(s.loadOf(ps[i], ps[i].Agents))
+		}
 	}
 	if ps == nil {
 		ps = []api.ProcessServer{}

@@ -58,7 +58,7 @@ func (s *Server) Tick(ctx context.Context) {
 		name string
 		fn   func(context.Context) error
 	}{{"group cuts", s.tickCuts}, {"machine health", s.tickMachines}, {"embedded process server", s.tickEmbedded},
-		{"process servers", s.tickProcesses}, {"tokens", s.tickTokens},
+		{"process servers", s.tickProcesses}, {"process server load", s.tickRebalance}, {"tokens", s.tickTokens},
 		{"reported points waiting for the vault", s.tickPendingPoints}, {"retention", s.tickRetention},
 		{"event retention", s.tickEventRetention}, {"recovery catalog", s.tickCatalog}, {"point read errors", s.tickReadErrors}} {
 		if ctx.Err() != nil {

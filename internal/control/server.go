@@ -29,6 +29,7 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/console"
 	"github.com/lifeboat-dr/lifeboat/internal/orchestrate"
 	"github.com/lifeboat-dr/lifeboat/internal/pki"
+	"github.com/lifeboat-dr/lifeboat/internal/psload"
 	"github.com/lifeboat-dr/lifeboat/internal/store"
 	"github.com/lifeboat-dr/lifeboat/internal/store/sqlstore"
 	"github.com/lifeboat-dr/lifeboat/internal/vault"
@@ -193,7 +194,9 @@ func Open(ctx context.Context, o RunOptions) (*Server, error) {
 		acks: map[string]map[string]api.CutAck{}, rpoExceeded: map[string]bool{}, offline: map[string]bool{},
 		polling: map[string]int{}, retentionEvery: cfg.RetentionEvery.Std(),
 		pending: newPendingClaims(), checkBudget: newBuckets(agentCheckBurst, agentChecksPerSecond),
-		eventBudget: newBuckets(eventBurst, eventsPerHour/3600.0), notices: notices{m: map[string]*notice{}}}
+		eventBudget: newBuckets(eventBurst, eventsPerHour/3600.0), notices: notices{m: map[string]*notice{}},
+		procs: processWatch{cpu: psload.NewCPU(o.Clock, 0),
+			balance: psload.NewRebalancer(cfg.ProcessLoad.RebalanceRatio, cfg.ProcessLoad.RebalanceAfter.Std())}}
 	if o.RetentionEvery > 0 {
 		s.retentionEvery = o.RetentionEvery
 	}

@@ -28,6 +28,7 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/clock"
 	"github.com/lifeboat-dr/lifeboat/internal/ingest"
 	"github.com/lifeboat-dr/lifeboat/internal/pki"
+	"github.com/lifeboat-dr/lifeboat/internal/psload"
 	"github.com/lifeboat-dr/lifeboat/internal/tlslisten"
 	"github.com/lifeboat-dr/lifeboat/internal/vault"
 	"github.com/lifeboat-dr/lifeboat/internal/vault/backend"
@@ -238,6 +239,7 @@ func newDaemon(stateDir string, o Options) (*daemon, error) {
 	}
 	d := &daemon{cfg: cfg, srvs: client.NewServers(append([]string{cfg.Server}, cfg.Servers...)...), id: id, log: log, clock: o.Clock, revoked: pki.NewRevocationList(), version: cmp.Or(o.Version, buildinfo.Read("").String())}
 	d.hc = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: pki.ClientTLS(&id.Cert, id.CAPool)}}
+	d.load.cpu = psload.NewCPU(d.clock, 0)
 	return d, nil
 }
 
@@ -361,7 +363,7 @@ func (d *daemon) beat(ctx context.Context, srv *ingest.Server) (api.ProcessConfi
 	hb := api.ProcessHeartbeat{URL: d.cfg.Advertise, CacheUsed: st.CacheUsed, CacheLimit: st.CacheLimit,
 		Sessions: st.Sessions, Throttled: st.Throttled, IngestRate: st.IngestRate, Open: srv.OpenSessions(), Time: d.clock.Now().UTC()}
 	hb.Events, hb.Points = d.take()
-	pc, err := d.heartbeat(ctx, hb)
+	pc, err := d.send(ctx, hb)
 	if err != nil {
 		d.putBack(hb.Events, hb.Points)
 	}
@@ -396,7 +398,8 @@ type daemon struct {
 	clock   clock.Clock
 	hc      *http.Client
 	revoked *pki.RevocationList
-	version string // reported in every heartbeat
+	version string     // reported in every heartbeat
+	load    loadReport // the CPU share in every heartbeat (load.go)
 
 	mu     sync.Mutex
 	events []api.Event

@@ -361,7 +361,8 @@ func TestAttackProcessNeverSeen(t *testing.T) {
 
 // TestAttackOfflineProcessMoves (e): the machine of a process server that
 // dies moves to an online one after process_move_after (6 s here), with
-// an event, and replicates through it.
+// an event, and replicates through it. Real process servers report the
+// share of CPU time they use, and the server shows their load scores.
 func TestAttackOfflineProcessMoves(t *testing.T) {
 	cl := newCluster(t, func(cfg map[string]any) {
 		cfg["ingest_disabled"] = true
@@ -375,6 +376,18 @@ func TestAttackOfflineProcessMoves(t *testing.T) {
 	}
 	cl.waitFor("ps1 and ps2 to report", 30*time.Second, func() bool {
 		return cl.processState("ps1") == "online" && cl.processState("ps2") == "online"
+	})
+	cl.waitFor("ps1 and ps2 to report their CPU share (from their second heartbeat)", 30*time.Second, func() bool {
+		var list []api.ProcessServer
+		if err := cl.get(client.Path("process-servers"), &list); err != nil || len(list) != 2 {
+			return false
+		}
+		for _, p := range list {
+			if p.CPU <= 0 || p.CPU > 1 || p.Load == nil || p.Load.Score < 1 || p.Load.CPU != p.CPU {
+				return false
+			}
+		}
+		return true
 	})
 	cl.addAgent("m1", "", map[string]string{"d0": disk})
 	cl.mustRun("policy", "create", "fast", "--crash-interval", "2s", "--app-interval", "0")
