@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-log() { printf '== %s\n' "$*" >&2; }
+log() { printf '== %s %s\n' "$(date -u +%T)" "$*" >&2; }
 
 pkgs=()
 command -v mkfs.ext4 >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.ext4 ] || pkgs+=(e2fsprogs)
@@ -111,7 +111,10 @@ go vet ./...
 
 # Tests that must not skip in CI fail instead when CI=true.
 log "go test -race (all packages)"
-go test -race -timeout 30m ./...
+# The end-to-end package (test/e2e) boots guests under QEMU TCG and takes
+# about 25 minutes on 2 cores, more on a slower runner: its binary gets
+# 60 minutes; a hung CLI call fails its own test after 10 (test/e2e).
+go test -race -timeout 60m ./...
 log "go test: the index cache against a reference map of millions of IDs (too slow under -race)"
 go test -count=1 -run '^TestCacheMatchesReference$' ./internal/vault/idxcache
 
