@@ -53,13 +53,34 @@ type daemon struct {
 // server.json in between.
 func newCluster(t *testing.T, edits ...func(cfg map[string]any)) *cluster {
 	t.Helper()
+	cl := initCluster(t, "server")
+	if len(edits) > 0 {
+		editServerConfig(t, cl.data, edits...)
+	}
+	t.Cleanup(cl.stopAll)
+	cl.spawn("server", "server", "run", "--data", cl.data, "--log-level", "info")
+	cl.waitFor("the server to answer", 30*time.Second, func() bool {
+		return cl.run("login", "--server", "https://"+cl.apiAddr, "--token", cl.admin).code == 0
+	})
+	var err error
+	cl.c, err = client.New(client.Config{Server: "https://" + cl.apiAddr, Token: cl.admin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cl
+}
+
+// initCluster runs `server init` in DIR/dataName (extra adds flags) and
+// returns the cluster with its admin token; nothing runs yet.
+func initCluster(t *testing.T, dataName string, extra ...string) *cluster {
+	t.Helper()
 	e := newEnv(t)
-	cl := &cluster{env: e, data: filepath.Join(e.dir, "server"), procs: map[string]*daemon{},
+	cl := &cluster{env: e, data: filepath.Join(e.dir, dataName), procs: map[string]*daemon{},
 		apiAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)), ingest: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
 	cl.cfgPath = filepath.Join(e.dir, "client.json")
 	e.hang = cl.daemonTails
 	e.extra = append(e.extra, "LIFEBOAT_CONFIG="+cl.cfgPath)
-	out := e.mustRun("server", "init", "--data", cl.data, "--listen", cl.apiAddr, "--ingest-listen", cl.ingest)
+	out := e.mustRun(append([]string{"server", "init", "--data", cl.data, "--listen", cl.apiAddr, "--ingest-listen", cl.ingest}, extra...)...)
 	lines := strings.Split(out, "\n")
 	for i, l := range lines {
 		if strings.HasPrefix(l, "admin token") && i+1 < len(lines) {
@@ -69,37 +90,30 @@ func newCluster(t *testing.T, edits ...func(cfg map[string]any)) *cluster {
 	if !strings.HasPrefix(cl.admin, "lbt1.") {
 		t.Fatalf("server init printed no admin token:\n%s", out)
 	}
-	if len(edits) > 0 {
-		path := filepath.Join(cl.data, "server.json")
-		b, err := os.ReadFile(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg := map[string]any{}
-		if err := json.Unmarshal(b, &cfg); err != nil {
-			t.Fatal(err)
-		}
-		for _, ed := range edits {
-			ed(cfg)
-		}
-		if b, err = json.Marshal(cfg); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	t.Cleanup(cl.stopAll)
-	cl.spawn("server", "server", "run", "--data", cl.data, "--log-level", "info")
-	cl.waitFor("the server to answer", 30*time.Second, func() bool {
-		return e.run("login", "--server", "https://"+cl.apiAddr, "--token", cl.admin).code == 0
-	})
-	var err error
-	cl.c, err = client.New(client.Config{Server: "https://" + cl.apiAddr, Token: cl.admin})
+	return cl
+}
+
+// editServerConfig applies edits to DIR/server.json.
+func editServerConfig(t *testing.T, dir string, edits ...func(cfg map[string]any)) {
+	t.Helper()
+	path := filepath.Join(dir, "server.json")
+	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return cl
+	cfg := map[string]any{}
+	if err := json.Unmarshal(b, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	for _, ed := range edits {
+		ed(cfg)
+	}
+	if b, err = json.Marshal(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func (cl *cluster) spawn(name string, args ...string) *daemon {

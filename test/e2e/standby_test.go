@@ -31,51 +31,16 @@ type standbyPair struct {
 // server.json before the copy.
 func newStandbyPair(t *testing.T, edits ...func(cfg map[string]any)) *standbyPair {
 	t.Helper()
-	e := newEnv(t)
-	dsn := storetest.PostgresDSN(t)
-	cl := &cluster{env: e, data: filepath.Join(e.dir, "server-a"), procs: map[string]*daemon{},
-		apiAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)), ingest: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
-	cl.cfgPath = filepath.Join(e.dir, "client.json")
-	e.extra = append(e.extra, "LIFEBOAT_CONFIG="+cl.cfgPath)
-	out := e.mustRun("server", "init", "--data", cl.data, "--listen", cl.apiAddr, "--ingest-listen", cl.ingest, "--db", dsn)
-	lines := strings.Split(out, "\n")
-	for i, l := range lines {
-		if strings.HasPrefix(l, "admin token") && i+1 < len(lines) {
-			cl.admin = strings.TrimSpace(lines[i+1])
-		}
-	}
-	if !strings.HasPrefix(cl.admin, "lbt1.") {
-		t.Fatalf("server init printed no admin token:\n%s", out)
-	}
-	editConfig := func(dir string, eds ...func(cfg map[string]any)) {
-		path := filepath.Join(dir, "server.json")
-		b, err := os.ReadFile(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg := map[string]any{}
-		if err := json.Unmarshal(b, &cfg); err != nil {
-			t.Fatal(err)
-		}
-		for _, ed := range eds {
-			ed(cfg)
-		}
-		if b, err = json.Marshal(cfg); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	editConfig(cl.data, append(edits, func(cfg map[string]any) { cfg["name"] = "server-a" })...)
+	cl := initCluster(t, "server-a", "--db", storetest.PostgresDSN(t))
+	editServerConfig(t, cl.data, append(edits, func(cfg map[string]any) { cfg["name"] = "server-a" })...)
 	// The standby: the same CA, passphrase and configuration, its own
 	// addresses (on another host they could stay the same).
-	dataB := filepath.Join(e.dir, "server-b")
+	dataB := filepath.Join(cl.dir, "server-b")
 	if err := os.CopyFS(dataB, os.DirFS(cl.data)); err != nil {
 		t.Fatal(err)
 	}
 	apiB, ingestB := fmt.Sprintf("127.0.0.1:%d", freePort(t)), fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	editConfig(dataB, func(cfg map[string]any) { cfg["name"], cfg["listen"], cfg["ingest_listen"] = "server-b", apiB, ingestB })
+	editServerConfig(t, dataB, func(cfg map[string]any) { cfg["name"], cfg["listen"], cfg["ingest_listen"] = "server-b", apiB, ingestB })
 	t.Cleanup(cl.stopAll)
 
 	p := &standbyPair{cluster: cl, urlA: "https://" + cl.apiAddr, urlB: "https://" + apiB}
