@@ -217,6 +217,17 @@ func TestSweepResurrectsBlobsOfWriterWithOldView(t *testing.T) {
 	if rc, err := rv.Check(ctx, CheckOptions{ReadData: true}); err != nil || !rc.OK() {
 		t.Fatalf("check before the sweep: %v %+v", err, rc)
 	}
+	// A writer (a handle holding a write lock) does not build on them.
+	wl, err := rv.Lock(ctx, LockWrite)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tryReadDisk(rv, neu); err == nil {
+		t.Fatal("a writer read blobs of packs marked for GC")
+	}
+	if err := wl.Unlock(ctx); err != nil {
+		t.Fatal(err)
+	}
 	// A new prune process (as `lifeboat vault prune` is): its index holds
 	// nothing of the marked packs, yet it walks the new point's tree
 	// through their nodes.

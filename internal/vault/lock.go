@@ -102,6 +102,9 @@ func (v *Vault) Lock(ctx context.Context, kind string) (*Lock, error) {
 	l.wg.Add(2)
 	go l.refresher()
 	go l.monitor()
+	if kind == LockWrite {
+		v.writeLocks.Add(1)
+	}
 	if kind == LockPrune {
 		// Refreshed already while the other locks are read.
 		locks, err := v.Locks(ctx)
@@ -304,6 +307,9 @@ func (l *Lock) Unlock(ctx context.Context) error {
 		l.refreshT.Stop()
 		l.monitorT.Stop()
 		err = l.remove(ctx)
+		if l.info.Kind == LockWrite {
+			l.v.writeLocks.Add(-1)
+		}
 	})
 	return err
 }

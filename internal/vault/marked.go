@@ -13,8 +13,13 @@ import (
 // but that are still stored (§12). A writer whose index view predates the
 // mark may publish a point that reuses such blobs; until a sweep
 // resurrects their packs into the index, readers, check and prune's tree
-// walks find them here instead of reporting them missing. Writers never
-// deduplicate against it.
+// walks find them here instead of reporting them missing.
+//
+// A handle that holds a write lock never looks here: a writer that built
+// a new point on such blobs (reading its base's nodes) would need them to
+// survive a sweep that cannot see its unpublished point, and only writers
+// whose lock predates the mark are waited for. Such a writer fails to read
+// the base, as before, and the base is read whole.
 //
 // It is loaded on the first miss after each index load: the gc/ records
 // are listed, and the headers of their packs read once per record.
@@ -28,7 +33,7 @@ type markedPacks struct {
 // lookupAnywhere is the index's answer, or else the blob's copies in
 // packs marked for GC that are still stored.
 func (v *Vault) lookupAnywhere(ctx context.Context, id ID) []location {
-	if locs := v.index.Lookup(id); len(locs) > 0 {
+	if locs := v.index.Lookup(id); len(locs) > 0 || v.writeLocks.Load() > 0 {
 		return locs
 	}
 	locs, err := v.marked.lookup(ctx, v, id)

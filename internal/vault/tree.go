@@ -186,7 +186,9 @@ func (v *Vault) loadNode(ctx context.Context, s shape, id ID, level int, pos int
 	if err != nil {
 		return nil, fmt.Errorf("node %s: %w", id.Short(), err)
 	}
-	v.nodes.put(id, ids)
+	if v.index.Has(id) { // not one read from a pack marked for GC (marked.go)
+		v.nodes.put(id, ids)
+	}
 	return ids, nil
 }
 

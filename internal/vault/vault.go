@@ -82,6 +82,10 @@ type Vault struct {
 	// most refreshed once per load.
 	indexEpoch atomic.Uint64
 	marked     markedPacks
+	// writeLocks counts the write locks this handle holds: while it holds
+	// one, marked packs are not looked at (a writer must not build on
+	// blobs a sweep may delete once its point is not yet published).
+	writeLocks atomic.Int32
 
 	hashers   [3]sync.Pool // by BlobType
 	loadMu    sync.Mutex   // serialises LoadIndex
