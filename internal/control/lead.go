@@ -171,3 +171,37 @@ func (s *Server) takeLead(ctx context.Context, apiAddr string) error {
 	b, _ := json.Marshal(leaderRecord{Name: s.cfg.Name, URL: s.advertiseURL(apiAddr), Since: s.clock.Now().UTC()})
 	return s.store.PutSetting(ctx, leaderSetting, string(b))
 }
+
+// leaseFence returns once this server may act as leader: at once unless
+// its lease on the lead expired (it was frozen, or the database answers
+// slowly); then when the lead is confirmed again, or with an error when
+// ctx ends (Run stops when the lead is lost). Jobs call it before each
+// step and before recording its end (jobs.Options.Fence), so a leader
+// waking from a freeze after a standby took over starts and records
+// nothing.
+func (s *Server) leaseFence(ctx context.Context) error {
+	if !s.leads.Load() {
+		return nil // not run as a server (tests), or not leading yet
+	}
+	logged := false
+	for {
+		err := s.store.Leading()
+		if err == nil {
+			return nil
+		}
+		if !logged {
+			s.log.Warn("holding jobs and the scheduler until the lead is confirmed", "err", err)
+			logged = true
+		}
+		t := time.NewTimer(leaseRetry) // wallclock: the lease runs on real time
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// leaseRetry is how often a held fence asks again.
+const leaseRetry = 100 * time.Millisecond

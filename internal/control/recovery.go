@@ -145,7 +145,7 @@ func (s *Server) newRecovery(o RunOptions) *recovery {
 		Points: points, Control: siteControl{s}, Logger: s.log,
 		Machines: planJobs{s}, RunDir: filepath.Join(s.dataDir, "plan-runs"), Clock: s.clock}
 	rec.runner = jobs.NewRunner(jobs.Options{Store: s.store, Kinds: s.jobKinds(rec.orch), Clock: s.clock, Logger: s.log,
-		OnChange: s.jobChanged})
+		OnChange: s.jobChanged, Fence: s.leaseFence})
 	return rec
 }
 

@@ -38,7 +38,10 @@ func (s *Server) schedule(ctx context.Context, tick time.Duration, onTick func()
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	for {
-		s.Tick(ctx)
+		// A leader whose lease expired skips the round (leaseFence).
+		if !s.leads.Load() || s.store.Leading() == nil {
+			s.Tick(ctx)
+		}
 		if onTick != nil {
 			onTick()
 		}

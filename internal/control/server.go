@@ -102,6 +102,9 @@ type Server struct {
 	// standby: another server leads (lead.go); set by Run until this
 	// one takes the lead.
 	standby atomic.Bool
+	// leads is set once Run took the lead: from then on jobs and the
+	// scheduler act only while the store confirms it (leaseFence).
+	leads atomic.Bool
 
 	// Process servers' own vault keys (processkeys.go): keyMu serialises
 	// their creation and deletion; keysDirty asks for a retry.
@@ -355,6 +358,7 @@ func Run(ctx context.Context, o RunOptions) error {
 	if err != nil || lost == nil {
 		return stop(err)
 	}
+	s.leads.Store(true)
 	if waited || sqlstore.IsPostgres(s.cfg.DB) {
 		// Another server may have led until a moment ago: let it see
 		// that it lost the lead, and stop, before acting.

@@ -46,6 +46,11 @@ type Options struct {
 	// OnChange, if set, is called after every change of a job (for long
 	// polls and events); it must not block.
 	OnChange func(Job)
+	// Fence, if set, is called before a step starts and before its end
+	// is recorded: it returns once this process may act (a leader whose
+	// lease is confirmed), or an error when it never may again (ctx
+	// ended: the lead was lost); the step is then left to the next run.
+	Fence func(ctx context.Context) error
 }
 
 // Runner runs jobs: one goroutine per active job.
@@ -411,6 +416,9 @@ func (r *Runner) runStep(ctx context.Context, j Job, i int, d StepDef) (_ Job, f
 			return j, ErrAborted, err
 		}
 	}
+	if err := r.fence(ctx); err != nil {
+		return j, nil, err // the runner stops: the step runs at the next start
+	}
 	j, err = r.update(ctx, j.ID, func(j *Job) error {
 		s := &j.Steps[i]
 		s.State, s.Error = StepRunning, ""
@@ -426,6 +434,9 @@ func (r *Runner) runStep(ctx context.Context, j Job, i int, d StepDef) (_ Job, f
 	sctx, done := r.stepContext(ctx, j.ID)
 	err = r.call(sctx, d, &StepContext{r: r, id: j.ID, step: i, job: j})
 	done()
+	if ferr := r.fence(ctx); ferr != nil {
+		return j, nil, ferr // not recorded: the step runs again at the next start
+	}
 	switch {
 	case errors.Is(err, ErrWaiting):
 		j, uerr := r.update(ctx, j.ID, func(j *Job) error {
@@ -448,6 +459,13 @@ func (r *Runner) runStep(ctx context.Context, j Job, i int, d StepDef) (_ Job, f
 		return nil
 	})
 	return j, nil, err
+}
+
+func (r *Runner) fence(ctx context.Context) error {
+	if r.o.Fence == nil {
+		return nil
+	}
+	return r.o.Fence(ctx)
 }
 
 // call runs a step, turning a panic into its error.

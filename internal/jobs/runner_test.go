@@ -226,3 +226,53 @@ func TestManyJobs(t *testing.T) {
 		t.Fatalf("%d runs for 20 jobs", n.Load())
 	}
 }
+
+// TestFenceHoldsSteps: a runner whose fence holds (a leader whose lease
+// expired: it was frozen) neither starts a step nor records the end of
+// the one that ran meanwhile; once the fence gives up (the lead was lost)
+// the job is left as it was for the next leader, which runs that step
+// again.
+func TestFenceHoldsSteps(t *testing.T) {
+	s := jobs.NewMemStore()
+	c := newCounting()
+	var closed atomic.Bool
+	gate := make(chan struct{})
+	fence := func(ctx context.Context) error {
+		if !closed.Load() {
+			return nil
+		}
+		select {
+		case <-gate: // the lead was lost
+			return errors.New("lost the lead")
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	r := jobs.NewRunner(jobs.Options{Store: s, Kinds: []jobs.Kind{c.kind()}, Fence: fence})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer func() { cancel(); r.Wait() }()
+	if err := r.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	j, err := r.Submit(ctx, "count", "web", nil, "tester")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for n := <-c.started; n != "slow"; n = <-c.started {
+	}
+	closed.Store(true) // frozen in the middle of "slow"
+	close(c.release)   // "slow" ends while the lease is expired
+	close(gate)        // then the lead turns out lost
+	r.Wait()
+	got, _ := s.GetJob(context.Background(), j.ID)
+	if got.State != jobs.StateRunning || got.Step("slow").State != jobs.StepRunning || c.count("wait") != 0 {
+		t.Fatalf("a fenced runner recorded or started steps: %+v, runs %v", got, c.runs)
+	}
+	// The next leader runs "slow" again and goes on.
+	c.wait = ""
+	start(t, s, c.kind())
+	got = waitJob(t, s, j.ID, func(j jobs.Job) bool { return j.State == jobs.StateSucceeded })
+	if c.count("slow") != 2 || c.count("decide") != 1 {
+		t.Fatalf("runs after the fence: %v", c.runs)
+	}
+}

@@ -196,6 +196,13 @@ type Leadership interface {
 	// the database could not be asked. Once ok, TryLead is not called
 	// again on this store.
 	TryLead(ctx context.Context) (lost <-chan struct{}, ok bool, err error)
+	// Leading is nil while this store holds the lead and confirmed it
+	// within the lease (a check of the lock's connection less than a few
+	// seconds ago); otherwise it says why not. A process frozen for a
+	// while (SIGSTOP, a paused VM) finds its lease expired when it wakes,
+	// before its connection check has run: what it would do as leader
+	// waits until the lead is confirmed again, or lost.
+	Leading() error
 }
 
 // EventQuery selects events: those with an ID above SinceID, at or after

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -223,10 +224,24 @@ func lineCount(path string) int {
 
 // TestStandbyResumesAJob: a test failover is running on the leader, its
 // VM's start held inside the (stand-in) hypervisor, when the leader is
-// killed with SIGKILL. The standby leads within 15 s and resumes the job
-// from the step it was in; the job succeeds, once: one job, one drill
-// VM, one point server.
+// killed with SIGKILL, or frozen with SIGSTOP (its database session then
+// idles until PostgreSQL ends it). The standby leads within 15 s and
+// resumes the job from the step it was in; the job succeeds, once: one
+// job, one drill VM, one point server.
 func TestStandbyResumesAJob(t *testing.T) {
+	for _, freeze := range []bool{false, true} {
+		name := "kill"
+		if freeze {
+			name = "freeze"
+		}
+		t.Run(name, func(t *testing.T) { standbyResumesAJob(t, freeze) })
+	}
+}
+
+// standbyResumesAJob: the leader dies (kill -9) or freezes (SIGSTOP, as
+// a paused VM would) mid-job; a frozen leader that runs again after the
+// standby took over must stop by itself without recording anything.
+func standbyResumesAJob(t *testing.T, freeze bool) {
 	hookDir := t.TempDir()
 	hook, starts, gate := gatedHook(t, hookDir)
 	site := filepath.Join(hookDir, "site") // both servers' recovery site
@@ -251,12 +266,25 @@ func TestStandbyResumesAJob(t *testing.T) {
 	}
 	p.waitFor("the drill VM's start inside the hypervisor", time.Minute, func() bool { return lineCount(starts) >= 1 })
 	killed := time.Now()
-	p.a.kill9()
+	if freeze {
+		p.a.signal(syscall.SIGSTOP)
+	} else {
+		p.a.kill9()
+	}
 	p.waitFor("server b to lead", 15*time.Second, func() bool { return p.role(p.urlB) == "leader" })
 	took := time.Since(killed)
-	fmt.Fprintf(os.Stderr, "TestStandbyResumesAJob: the standby leads %s after kill -9 of the leader mid-job\n", took.Round(time.Millisecond))
+	fmt.Fprintf(os.Stderr, "%s: the standby leads %s after the leader stopped mid-job\n", t.Name(), took.Round(time.Millisecond))
 	if err := os.WriteFile(gate, nil, 0o644); err != nil {
 		t.Fatal(err)
+	}
+	if freeze {
+		// The old leader runs again while the new one leads: it must see
+		// it lost the lead and stop, recording nothing.
+		p.a.signal(syscall.SIGCONT)
+		p.waitFor("the former leader to stop by itself", 15*time.Second, p.a.exited)
+		if !p.a.grepLog("lost the lead") {
+			t.Fatalf("the former leader stopped without saying it lost the lead:\n%s", p.a.tail(20))
+		}
 	}
 	p.waitFor("the job to end", 2*time.Minute, func() bool {
 		return p.get(client.Path("jobs", j.ID), &j) == nil && (j.State == "succeeded" || j.State == "failed" || j.State == "cancelled")

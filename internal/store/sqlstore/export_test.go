@@ -1,6 +1,9 @@
 package sqlstore
 
-import "context"
+import (
+	"context"
+	"time"
+)
 
 // RebindForTest exposes rebind to the external tests.
 func RebindForTest(q string) string { return rebind(q) }
@@ -24,4 +27,19 @@ func OpenAtVersionForTest(ctx context.Context, dsn string, v int) (*Store, error
 	migrateUpTo = v
 	defer func() { migrateUpTo = 0 }()
 	return Open(ctx, dsn)
+}
+
+// FreezeLeadForTest sets the lock session's idle timeout for the next
+// TryLead; freeze then holds the lead's connection checks, as in a frozen
+// process, until thaw.
+func FreezeLeadForTest(s *Store, idle time.Duration) (freeze func(), thaw func()) {
+	s.lead.idle = idle
+	gate := make(chan struct{})
+	return func() {
+			s.lead.mu.Lock()
+			s.lead.pause = gate
+			s.lead.mu.Unlock()
+		}, func() {
+			close(gate)
+		}
 }

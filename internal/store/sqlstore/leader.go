@@ -27,6 +27,17 @@ const (
 	LeadCheckTimeout = time.Second
 )
 
+// LeadLease is how long a confirmation of the lead (a successful check of
+// its connection) lets the leader act: Leading fails once the last one is
+// older, as it is in a process that was frozen.
+const LeadLease = LeadCheckEvery + LeadCheckTimeout + time.Second
+
+// DefaultLeadIdleTimeout is PostgreSQL's idle_session_timeout on the
+// lock's connection: a leader that stops checking it (frozen) has its
+// session, and so the lock, ended by PostgreSQL after this long, and a
+// standby takes over; its own checks keep a live leader's session busy.
+const DefaultLeadIdleTimeout = 6 * time.Second
+
 // leadState is the lead this store holds, if any.
 type leadState struct {
 	mu     sync.Mutex
@@ -37,6 +48,13 @@ type leadState struct {
 	done   chan struct{} // closed when the watcher ended
 	lost   chan struct{}
 	closed bool
+	// confirmed is when the lead was last confirmed (wall clock with its
+	// monotonic reading); idle is the lock session's idle timeout.
+	confirmed time.Time
+	idle      time.Duration
+	// pause, if set (tests), is received from before each check: a
+	// test holds the watcher as a frozen process would be held.
+	pause chan struct{}
 }
 
 // TryLead implements store.Leadership. PostgreSQL: a session-level
@@ -74,10 +92,44 @@ func (s *Store) TryLead(ctx context.Context) (<-chan struct{}, bool, error) {
 		conn.Close(context.Background())
 		return nil, false, nil
 	}
-	s.lead.held, s.lead.conn = true, conn
+	idle := s.lead.idle
+	if idle == 0 {
+		idle = DefaultLeadIdleTimeout
+	}
+	// PostgreSQL 14 and later: a session nobody talks to ends, and frees
+	// the lock. An older server refuses the setting; the lead then ends
+	// only when the connection breaks.
+	if _, err := conn.Exec(cctx, fmt.Sprintf("SET idle_session_timeout = %d", idle.Milliseconds())); err != nil {
+		if !strings.Contains(err.Error(), "idle_session_timeout") {
+			conn.Close(context.Background())
+			return nil, false, fmt.Errorf("sqlstore: set the lead's idle timeout: %w", err)
+		}
+	}
+	s.lead.held, s.lead.conn, s.lead.confirmed = true, conn, time.Now() // wallclock: the lease runs on real time
 	s.lead.stop, s.lead.done, s.lead.lost = make(chan struct{}), make(chan struct{}), make(chan struct{})
 	go s.watchLead(conn, s.lead.stop, s.lead.done, s.lead.lost)
 	return s.lead.lost, true, nil
+}
+
+// Leading implements store.Leadership.
+func (s *Store) Leading() error {
+	s.lead.mu.Lock()
+	defer s.lead.mu.Unlock()
+	switch {
+	case !s.lead.held:
+		return errors.New("this server does not lead")
+	case s.lead.file != nil:
+		return nil // SQLite: a flock is not lost while the process lives
+	}
+	select {
+	case <-s.lead.lost:
+		return errors.New("this server lost the lead")
+	default:
+	}
+	if age := time.Since(s.lead.confirmed); age > LeadLease { // wallclock: the lease runs on real time
+		return fmt.Errorf("the lead was last confirmed %s ago (more than the %s lease: this process was frozen, or the database answers slowly)", age.Round(time.Millisecond), LeadLease)
+	}
+	return nil
 }
 
 // watchLead pings the lock's connection until a ping fails (then it
@@ -92,9 +144,21 @@ func (s *Store) watchLead(conn *pgx.Conn, stop, done, lost chan struct{}) {
 			return
 		case <-t.C:
 		}
+		s.lead.mu.Lock()
+		pause := s.lead.pause
+		s.lead.mu.Unlock()
+		if pause != nil {
+			<-pause
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), LeadCheckTimeout)
+		sent := time.Now() // wallclock: the lease runs on real time
 		err := conn.Ping(ctx)
 		cancel()
+		if err == nil {
+			s.lead.mu.Lock()
+			s.lead.confirmed = sent
+			s.lead.mu.Unlock()
+		}
 		if err != nil {
 			cctx, ccancel := context.WithTimeout(context.Background(), LeadCheckTimeout)
 			conn.Close(cctx)

@@ -97,3 +97,56 @@ func TestLeadSQLite(t *testing.T) {
 		t.Fatalf("b.TryLead after a closed = %v, %v", ok, err)
 	}
 }
+
+// TestLeadFrozenLeader: a leader whose process stops checking its lock
+// connection (frozen: SIGSTOP, a paused VM) finds its lease expired
+// (Leading fails) and PostgreSQL ends its idle lock session, so a standby
+// takes the lead; once the frozen leader runs again its check fails and
+// it learns it lost the lead.
+func TestLeadFrozenLeader(t *testing.T) {
+	dsn := storetest.PostgresDSN(t)
+	ctx := context.Background()
+	a, b := openDSN(t, dsn), openDSN(t, dsn)
+	freeze, thaw := sqlstore.FreezeLeadForTest(a, 2*time.Second)
+	lostA, ok, err := a.TryLead(ctx)
+	if err != nil || !ok {
+		t.Fatalf("a.TryLead = %v, %v; want the lead", ok, err)
+	}
+	if err := a.Leading(); err != nil {
+		t.Fatalf("a.Leading right after taking the lead: %v", err)
+	}
+	// For longer than the idle timeout, a live leader keeps the lead: b
+	// tries to take it all along (an observation window, not a wait).
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); {
+		if _, ok, _ := b.TryLead(ctx); ok || a.Leading() != nil {
+			t.Fatalf("a live leader lost the lead to its idle timeout (b leads: %v; a: %v)", ok, a.Leading())
+		}
+		time.Sleep(250 * time.Millisecond) // the pace of b's tries
+	}
+	freeze()
+	start := time.Now()
+	testutil.Eventually(t, sqlstore.LeadLease+3*time.Second, func() bool { return a.Leading() != nil }, "a's lease expires")
+	if err := a.Leading(); !strings.Contains(err.Error(), "last confirmed") {
+		t.Fatalf("a.Leading of a frozen leader: %v", err)
+	}
+	testutil.Eventually(t, 15*time.Second, func() bool {
+		_, ok, err := b.TryLead(ctx)
+		if err != nil {
+			t.Fatalf("b.TryLead: %v", err)
+		}
+		return ok
+	}, "b takes the lead from the frozen a")
+	t.Logf("b leads %v after a froze", time.Since(start).Round(time.Millisecond))
+	if err := b.Leading(); err != nil {
+		t.Fatalf("b.Leading: %v", err)
+	}
+	thaw()
+	select {
+	case <-lostA:
+	case <-time.After(sqlstore.LeadCheckEvery + sqlstore.LeadCheckTimeout + 3*time.Second):
+		t.Fatal("a did not learn it lost the lead once it ran again")
+	}
+	if a.Leading() == nil {
+		t.Fatal("a still leads after it lost the lead")
+	}
+}
