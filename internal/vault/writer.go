@@ -56,7 +56,8 @@ func (v *Vault) NewWriter(ctx context.Context) *Writer {
 		w.mover, w.spoolDir = fp, fp.SpoolDir()
 	}
 	cleanSpool(w.spoolDir)
-	bound := encodeBound(int(v.cfg.maxRawLen()))
+	// Sized for a block; a larger tree node grows the buffer it gets.
+	bound := encodeBound(v.cfg.BlockSize)
 	w.bufs.New = func() any { b := make([]byte, 0, bound); return &b }
 	c, err := v.keys.codecs.forName(v.cfg.Compression)
 	if err != nil {
