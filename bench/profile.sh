@@ -2,6 +2,7 @@
 # CPU profile of a seed and a full restore of the benchmark image.
 #
 #   bench/profile.sh [TAG]      # default TAG: the current commit
+#   BENCH_COMPRESSION=s2 bench/profile.sh s2   # the vault's compression (default zstd)
 #
 # Uses the image bench/run.sh caches ($BENCH_DIR/cache/base.img; run
 # bench/run.sh once to build it). Builds lifeboat from this tree, then:
@@ -30,7 +31,8 @@ read -r DATA < <("$BENCH_DIR/bin/churn" -img "$BASE" -stats | sed -n 's/.*nonzer
 export LIFEBOAT_PASSPHRASE=bench-passphrase
 trap 'rm -f "$OUT/disk.img" "$OUT/restored.img"' EXIT
 cp --sparse=always "$BASE" "$OUT/disk.img"
-"$LB" vault init "$OUT/vault" >/dev/null 2>&1
+COMPRESSION=${BENCH_COMPRESSION:-zstd}
+"$LB" vault init --compression "$COMPRESSION" "$OUT/vault" >/dev/null
 busy() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat; }
 HZ=$(getconf CLK_TCK)
 
@@ -47,7 +49,7 @@ timed() { # name cmd...: runs cmd under time and the profiler, prints a summary
 			n, w, u + s, u, s, (u + s) / (d / 1e9), d / 1e9 / w, r / 1024, m / hz - u - s }'
 }
 
-echo "data: $DATA bytes in non-zero blocks"
+echo "data: $DATA bytes in non-zero blocks; compression $COMPRESSION"
 timed seed replicate --vault "$OUT/vault" --state-dir "$OUT/state" --machine bench --disk "disk=$OUT/disk.img" --once --json
 grep -o '"stored_bytes":[0-9]*' "$OUT/seed.out" | tail -n1
 timed restore restore latest --vault "$OUT/vault" --disk disk --to "$OUT/restored.img"

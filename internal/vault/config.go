@@ -32,14 +32,23 @@ type Config struct {
 	Compression string    `json:"compression"`
 }
 
-// validate checks the fields. A version newer than this Lifeboat reads
-// is ErrUnsupported; anything else wrong names the field.
+// validate checks the fields. A version newer than this Lifeboat reads,
+// or a compression it does not know, is ErrUnsupported; anything else
+// wrong names the field.
 func (c *Config) validate() error {
 	switch {
 	case c.Version > FormatVersion:
 		return fmt.Errorf("vault format version %d is %w (this Lifeboat reads version %d); upgrade Lifeboat", c.Version, ErrUnsupported, FormatVersion)
 	case c.Version != FormatVersion:
 		return fmt.Errorf("version %d is not a vault format version", c.Version)
+	}
+	// An authentic config naming a compression this Lifeboat does not
+	// know was written by a newer one: refuse to open the vault rather
+	// than fail on its first blob of that kind.
+	if _, ok := compressionID(c.Compression); !ok {
+		return fmt.Errorf("compression %q is %w (this Lifeboat knows %s); upgrade Lifeboat", c.Compression, ErrUnsupported, compressionNames)
+	}
+	switch {
 	case c.BlockSize < minBlockSize || c.BlockSize > maxBlockSize || c.BlockSize&(c.BlockSize-1) != 0:
 		return fmt.Errorf("block_size %d is not a power of two in %d..%d", c.BlockSize, minBlockSize, maxBlockSize)
 	case c.TreeFanout < 2 || c.TreeFanout > 65535:
@@ -50,8 +59,6 @@ func (c *Config) validate() error {
 		return fmt.Errorf("block_hash %q is not supported", c.BlockHash)
 	case c.Cipher != "xchacha20-poly1305":
 		return fmt.Errorf("cipher %q is not supported", c.Cipher)
-	case c.Compression != "zstd" && c.Compression != "none":
-		return fmt.Errorf("compression %q is not supported", c.Compression)
 	}
 	if _, err := ParseID(c.ID); err != nil {
 		return fmt.Errorf("id %q is not 64 hex characters", c.ID)
@@ -60,8 +67,8 @@ func (c *Config) validate() error {
 }
 
 // decodeConfig parses an opened config. Bytes that no Lifeboat of this
-// format writes are a *DamagedError; a newer format version is
-// ErrUnsupported.
+// format writes are a *DamagedError; a newer format version or an
+// unknown compression is ErrUnsupported.
 func decodeConfig(b []byte) (*Config, error) {
 	// The version first: a newer format may change any other field.
 	var ver struct{ Version int }

@@ -28,9 +28,9 @@ const (
 	// blobOverhead is what encryption adds to a blob's stored bytes.
 	blobOverhead = sealOverhead
 
+	// sealedFormat is a sealed object's format byte; its compression
+	// byte is compNone or compZstd, never another block codec (§4).
 	sealedFormat = 1
-	compNone     = 0
-	compZstd     = 1
 )
 
 // ErrAuth means ciphertext failed authentication: wrong key or damaged data.

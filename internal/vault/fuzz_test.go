@@ -41,6 +41,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/klauspost/compress/s2"
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/lifeboat-dr/lifeboat/internal/clock"
@@ -138,13 +139,14 @@ func fzEntries() ([]blobEntry, int64) {
 		{ID: fzID([]byte("block one")), Type: BlobData, Comp: compNone, RawLen: 4096},
 		{ID: fzID([]byte("block two")), Type: BlobData, Comp: compZstd, RawLen: 4000},
 		{ID: fzID([]byte("node")), Type: BlobNode, Comp: compNone, RawLen: nodeHeaderSize + 3*IDSize},
+		{ID: fzID([]byte("block three")), Type: BlobData, Comp: compS2, RawLen: 4096},
 	}
 	next := int64(packPrefixSize)
 	for i := range es {
 		switch es[i].Comp {
 		case compNone:
 			es[i].Length = es[i].RawLen + blobOverhead
-		case compZstd:
+		default:
 			es[i].Length = 123 + blobOverhead
 		}
 		es[i].Offset = uint32(next)
@@ -169,7 +171,7 @@ func checkEntry(t *testing.T, e *blobEntry, maxRaw uint32) {
 		if stored != int64(e.RawLen) {
 			t.Fatalf("uncompressed entry: stored %d, raw %d", stored, e.RawLen)
 		}
-	case compZstd:
+	case compZstd, compS2:
 		if stored < 1 || stored >= int64(e.RawLen) {
 			t.Fatalf("compressed entry: stored %d, raw %d", stored, e.RawLen)
 		}
@@ -284,9 +286,9 @@ func TestHostilePackHeader(t *testing.T) {
 	})
 
 	t.Run("huge count", func(t *testing.T) {
-		for _, n := range []uint32{1<<32 - 1, 1 << 31, 1 << 24, 4} {
+		for _, n := range []uint32{1<<32 - 1, 1 << 31, 1 << 24, uint32(len(es) + 1)} {
 			b := binary.LittleEndian.AppendUint32([]byte(packHeaderMagic), n)
-			b = append(b, valid[8:]...) // three real entries
+			b = append(b, valid[8:]...) // the real entries
 			var err error
 			alloc := fzAllocated(func() { _, err = decodePackHeader(b, end, maxRaw) })
 			if err == nil {
@@ -321,8 +323,11 @@ func TestHostilePackHeader(t *testing.T) {
 	for _, typ := range []BlobType{0, 3, 255} {
 		mutate(fmt.Sprintf("type %d", typ), func(es []blobEntry) int64 { es[0].Type = typ; return 0 })
 	}
-	for _, c := range []uint8{2, 3, 255} {
-		mutate(fmt.Sprintf("compression %d", c), func(es []blobEntry) int64 { es[0].Comp = c; return 0 })
+	for _, c := range []uint8{compMax + 1, 255} {
+		mutate(fmt.Sprintf("compression %d", c), func(es []blobEntry) int64 { es[1].Comp = c; return 0 })
+	}
+	for _, c := range []uint8{compZstd, compS2} {
+		mutate(fmt.Sprintf("compression %d not smaller", c), func(es []blobEntry) int64 { es[0].Comp = c; return 0 })
 	}
 	mutate("raw length 0", func(es []blobEntry) int64 { es[1].RawLen = 0; return 0 })
 	mutate("raw length above max", func(es []blobEntry) int64 {
@@ -518,7 +523,7 @@ func TestHostileIndex(t *testing.T) {
 	for _, typ := range []BlobType{0, 3, 255} {
 		mutate(fmt.Sprintf("type %d", typ), func(ps []indexPack) { ps[0].Entries[1].Type = typ })
 	}
-	for _, c := range []uint8{2, 255} {
+	for _, c := range []uint8{compMax + 1, 255} {
 		mutate(fmt.Sprintf("compression %d", c), func(ps []indexPack) { ps[0].Entries[1].Comp = c })
 	}
 	mutate("raw length 0", func(ps []indexPack) { ps[0].Entries[0].RawLen = 0 })
@@ -1027,7 +1032,7 @@ func checkConfig(t *testing.T, c *Config) {
 	t.Helper()
 	if c.Version != 1 || c.BlockSize < 4096 || c.BlockSize > 4<<20 || c.BlockSize&(c.BlockSize-1) != 0 ||
 		c.TreeFanout < 2 || c.TreeFanout > 65535 || c.PackSize < 1<<20 || c.PackSize > 1<<30 ||
-		c.BlockHash != "blake3-keyed" || c.Cipher != "xchacha20-poly1305" || (c.Compression != "zstd" && c.Compression != "none") {
+		c.BlockHash != "blake3-keyed" || c.Cipher != "xchacha20-poly1305" || !slices.Contains([]string{"zstd", "s2", "none"}, c.Compression) {
 		t.Fatalf("invalid config accepted: %+v", c)
 	}
 	if id, err := hex.DecodeString(c.ID); err != nil || len(id) != 32 {
@@ -1072,11 +1077,19 @@ func FuzzConfig(f *testing.F) {
 }
 
 // checkConfigRefusal: a refused config is damage, unless it is of a newer
-// version (then it says so, and is not damage).
+// version or names a compression this Lifeboat does not know (then it
+// says so, and is not damage).
 func checkConfigRefusal(t *testing.T, b []byte, err error) {
 	t.Helper()
 	var v struct{ Version int }
 	newer := json.Unmarshal(b, &v) == nil && v.Version > FormatVersion
+	var c Config
+	if json.Unmarshal(b, &c) == nil && c.Version == FormatVersion && !slices.Contains([]string{"zstd", "s2", "none"}, c.Compression) {
+		if !errors.Is(err, ErrUnsupported) || errors.Is(err, ErrDamaged) || !strings.Contains(err.Error(), "compression") {
+			t.Fatalf("config with compression %q: %v, want ErrUnsupported naming the field", c.Compression, err)
+		}
+		return
+	}
 	switch {
 	case newer && (!errors.Is(err, ErrUnsupported) || errors.Is(err, ErrDamaged)):
 		t.Fatalf("config of version %d: %v, want ErrUnsupported", v.Version, err)
@@ -1701,19 +1714,19 @@ func TestHostileSealed(t *testing.T) {
 type fzBlob struct {
 	e      blobEntry
 	sealed []byte
-	stored []byte // what was sealed: plain or its zstd frame
+	stored []byte // what was sealed: plain, its zstd frame or its S2 block
 	plain  []byte
 }
 
 // fzBlobs makes real blobs the way Writer.putBlob does.
 func fzBlobs(v *Vault) []fzBlob {
 	var out []fzBlob
-	add := func(t BlobType, plain []byte, compress bool) {
+	add := func(t BlobType, plain []byte, comp uint8) {
 		id := v.blobID(t, plain)
-		e := blobEntry{ID: id, Type: t, Comp: compNone, RawLen: uint32(len(plain))}
+		e := blobEntry{ID: id, Type: t, Comp: comp, RawLen: uint32(len(plain))}
 		stored := plain
-		if compress {
-			stored, e.Comp = fzCodecs.compress(nil, plain), compZstd
+		if c, _ := fzCodecs.forID(comp); c.encode != nil {
+			stored = c.encode(nil, plain)
 		}
 		var ad [64]byte
 		sealed := v.keys.sealRaw(nil, stored, blobAD(ad[:0], t, id))
@@ -1724,10 +1737,12 @@ func fzBlobs(v *Vault) []fzBlob {
 	for i := range rnd {
 		rnd[i] = byte(i*i*31 + i>>3)
 	}
-	add(BlobData, rnd, false)
-	add(BlobData, bytes.Repeat([]byte("lifeboat "), 400), true)
-	add(BlobNode, encodeNode(1, []ID{v.BlockID(rnd), {}, fzID([]byte("x"))}), false)
-	add(BlobData, []byte{1}, false)
+	add(BlobData, rnd, compNone)
+	add(BlobData, bytes.Repeat([]byte("lifeboat "), 400), compZstd)
+	add(BlobNode, encodeNode(1, []ID{v.BlockID(rnd), {}, fzID([]byte("x"))}), compNone)
+	add(BlobData, []byte{1}, compNone)
+	add(BlobData, bytes.Repeat([]byte("s2 block "), 400), compS2)
+	add(BlobNode, encodeNode(1, []ID{v.BlockID(rnd), v.BlockID(rnd), {}, {}}), compS2)
 	return out
 }
 
@@ -1738,6 +1753,12 @@ func fzDecodeBlob(comp uint8, stored []byte) ([]byte, error) {
 		return stored, nil
 	case compZstd:
 		return fzDecodeSealedPlain(append([]byte{sealedFormat, compZstd}, stored...))
+	case compS2:
+		// Bounded before decoding: the length header is the input's word.
+		if n, err := s2.DecodedLen(stored); err != nil || n > maxBlockSize {
+			return nil, errors.New("bad or huge s2 length")
+		}
+		return s2.Decode(nil, stored)
 	}
 	return nil, errors.New("bad compression")
 }
@@ -1831,6 +1852,7 @@ func TestHostileOpenBlob(t *testing.T) {
 			"raw length huge": func(e *blobEntry) { e.RawLen = math.MaxUint32 },
 			"other comp":      func(e *blobEntry) { e.Comp = 1 - e.Comp },
 			"comp 7":          func(e *blobEntry) { e.Comp = 7 },
+			"another codec":   func(e *blobEntry) { e.Comp = [...]uint8{compS2, compS2, compZstd}[e.Comp] },
 		} {
 			e := b.e
 			f(&e)
@@ -1873,6 +1895,94 @@ func TestBugOpenBlobType(t *testing.T) {
 	}()
 	if _, err := v.openBlob(nil, &e, sealed); err == nil {
 		t.Error("blob of type 3 opened")
+	}
+}
+
+// fzSealS2 seals stored as an S2 data blob whose ID is that of what an
+// independent decoder makes of it, so that a stored block that decodes
+// can pass the re-hash: openBlob must then open it exactly when it
+// decodes to rawLen bytes.
+func fzSealS2(v *Vault, rawLen uint32, stored []byte) (blobEntry, []byte, []byte, error) {
+	want, derr := fzDecodeBlob(compS2, stored)
+	id := fzID([]byte("s2 blob that does not decode"))
+	if derr == nil {
+		id = v.blobID(BlobData, want)
+	}
+	var ad [64]byte
+	sealed := v.keys.sealRaw(nil, stored, blobAD(ad[:0], BlobData, id))
+	e := blobEntry{ID: id, Type: BlobData, Comp: compS2, RawLen: rawLen, Length: uint32(len(sealed))}
+	return e, sealed, want, derr
+}
+
+// FuzzOpenS2Blob feeds random bytes to the S2 decoder as an authentic
+// blob: openBlob opens it exactly when an independent decoding gives the
+// entry's raw length, and never allocates for a length header that
+// disagrees with the entry (§6).
+func FuzzOpenS2Blob(f *testing.F) {
+	v, _ := fzVault(f)
+	text := bytes.Repeat([]byte("lifeboat s2 "), 300)
+	f.Add(uint32(len(text)), s2.Encode(nil, text))
+	f.Add(uint32(1), s2.Encode(nil, []byte{7}))
+	f.Add(uint32(4096), []byte{0x80, 0x20, 0xfe, 0xff, 0x0f, 0})    // length 4096, then a bad element
+	f.Add(uint32(4096), []byte{0xff, 0xff, 0xff, 0xff, 0x0f, 0, 0}) // length 4 GiB
+	f.Add(uint32(4096), []byte{})
+	maxRaw := v.cfg.maxRawLen()
+	f.Fuzz(func(t *testing.T, rawLen uint32, stored []byte) {
+		rawLen %= maxRaw + 1 // entries are validated against the vault's bound
+		e, sealed, want, derr := fzSealS2(v, rawLen, stored)
+		var (
+			out []byte
+			err error
+		)
+		alloc := fzAllocated(func() { out, err = v.openBlob(nil, &e, sealed) })
+		ok := derr == nil && uint32(len(want)) == rawLen
+		if ok != (err == nil) || (ok && !bytes.Equal(out, want)) {
+			t.Fatalf("raw length %d, stored %x: openBlob %v; independent decoding %d bytes, %v", rawLen, stored, err, len(want), derr)
+		}
+		if err != nil && out != nil {
+			t.Fatal("output returned with an error")
+		}
+		if n, lerr := s2.DecodedLen(stored); (lerr != nil || n != int(rawLen)) && alloc > 1<<14 {
+			fzBug(t, "s2 length header %d (entry %d): %d bytes allocated before refusing", n, rawLen, alloc)
+		}
+		if alloc > uint64(rawLen)+1<<16 {
+			fzBug(t, "s2 blob of raw length %d: %d bytes allocated", rawLen, alloc)
+		}
+	})
+}
+
+func TestHostileS2Blob(t *testing.T) {
+	v, _ := fzVault(t)
+	text := bytes.Repeat([]byte("lifeboat s2 "), 300)
+	good := s2.Encode(nil, text)
+	n := uint32(len(text))
+	for name, c := range map[string]struct {
+		rawLen uint32
+		stored []byte
+		opens  bool
+	}{
+		"real block":               {n, good, true},
+		"entry says one byte less": {n - 1, good, false},
+		"entry says one byte more": {n + 1, good, false},
+		"truncated":                {n, good[:len(good)-1], false},
+		"length header only":       {n, good[:2], false},
+		"header claims 4 GiB":      {n, append([]byte{0xff, 0xff, 0xff, 0xff, 0x0f}, good[2:]...), false},
+		"header not a varint":      {n, []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, false},
+		"empty":                    {n, nil, false},
+		"trailing byte":            {n, append(slices.Clone(good), 0), false},
+	} {
+		e, sealed, _, _ := fzSealS2(v, c.rawLen, c.stored)
+		var out []byte
+		var err error
+		alloc := fzAllocated(func() { out, err = v.openBlob([]byte("p"), &e, sealed) })
+		switch {
+		case c.opens && (err != nil || !bytes.Equal(out[1:], text)):
+			t.Errorf("%s: %v", name, err)
+		case !c.opens && err == nil:
+			t.Errorf("%s: opened", name)
+		case !c.opens && alloc > 1<<20:
+			t.Errorf("%s: %d bytes allocated before refusing", name, alloc)
+		}
 	}
 }
 

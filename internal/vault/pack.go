@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"slices"
 
 	"github.com/lifeboat-dr/lifeboat/internal/vault/backend"
 )
@@ -83,17 +82,19 @@ func (e *blobEntry) validate(maxRaw uint32) error {
 	if e.RawLen == 0 || e.RawLen > maxRaw {
 		return fmt.Errorf("blob %s: raw length %d outside 1..%d", e.ID.Short(), e.RawLen, maxRaw)
 	}
-	switch e.Comp {
-	case compNone:
+	switch {
+	case e.Comp == compNone:
 		if e.Length != e.RawLen+blobOverhead {
 			return fmt.Errorf("blob %s: stored length %d does not match raw length %d", e.ID.Short(), e.Length, e.RawLen)
 		}
-	case compZstd:
+	case e.Comp <= compMax:
+		// Every compressed ID: a writer keeps a blob raw unless its
+		// compressed form is smaller.
 		if e.Length < minBlobSize || e.Length-blobOverhead >= e.RawLen {
 			return fmt.Errorf("blob %s: compressed length %d not below raw length %d", e.ID.Short(), e.Length, e.RawLen)
 		}
 	default:
-		return fmt.Errorf("blob %s: unknown compression %d", e.ID.Short(), e.Comp)
+		return fmt.Errorf("blob %s: %w", e.ID.Short(), unknownCompression(e.Comp))
 	}
 	return nil
 }
@@ -138,9 +139,11 @@ func decodePackHeader(b []byte, headerOffset int64, maxRaw uint32) ([]blobEntry,
 	return entries, nil
 }
 
-// zstdSlack is spare capacity the zstd decoder's fast path wants beyond the
-// output.
-const zstdSlack = 64
+// unknownCompression is the error for a blob recorded with a compression
+// ID this Lifeboat does not know: a newer writer's.
+func unknownCompression(id uint8) error {
+	return fmt.Errorf("unknown compression %d (this Lifeboat knows 0-%d: %s); upgrade Lifeboat", id, compMax, compressionNames)
+}
 
 // checkPackPrefix checks a pack's first 8 bytes: magic, known version.
 func checkPackPrefix(b []byte) error {
@@ -212,25 +215,19 @@ func (v *Vault) openBlob(dst []byte, e *blobEntry, sealed []byte) ([]byte, error
 	if err != nil {
 		return nil, err
 	}
-	switch e.Comp {
-	case compNone:
-		if uint32(len(plain)) != e.RawLen {
-			return nil, fmt.Errorf("stored %d bytes, index says %d", len(plain), e.RawLen)
+	c, ok := v.keys.codecs.forID(e.Comp)
+	if !ok {
+		return nil, unknownCompression(e.Comp)
+	}
+	if e.RawLen > v.cfg.maxRawLen() {
+		return nil, fmt.Errorf("raw length %d is over this vault's %d", e.RawLen, v.cfg.maxRawLen())
+	}
+	dst, err = c.decode(dst, plain, int(e.RawLen))
+	if err != nil {
+		if e.Comp == compNone {
+			return nil, err
 		}
-		dst = append(dst, plain...)
-	case compZstd:
-		start := len(dst)
-		// Room for the whole block lets the decoder use its fast path.
-		dst = slices.Grow(dst, int(e.RawLen)+zstdSlack)
-		dst, err = v.keys.codecs.decompress(dst, plain)
-		if err != nil {
-			return nil, fmt.Errorf("decompress: %w", err)
-		}
-		if uint32(len(dst)-start) != e.RawLen {
-			return nil, fmt.Errorf("decompressed %d bytes, index says %d", len(dst)-start, e.RawLen)
-		}
-	default:
-		return nil, fmt.Errorf("unknown compression %d", e.Comp)
+		return nil, fmt.Errorf("decompress %s: %w", c.name, err)
 	}
 	if got := v.blobID(e.Type, dst[len(dst)-int(e.RawLen):]); got != e.ID {
 		return nil, fmt.Errorf("%w: content hashes to %s", ErrAuth, got.Short())

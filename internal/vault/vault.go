@@ -99,7 +99,7 @@ type InitOptions struct {
 	BlockSize int    // default DefaultBlockSize
 	PackSize  int    // default DefaultPackSize
 	Fanout    int    // tree fanout, default DefaultTreeFanout (small values test deep trees)
-	Compress  string // "zstd" (default) or "none"
+	Compress  string // the config's compression: "zstd" (default), "s2" or "none"
 }
 
 // Init creates a vault on be protected by passphrase. It refuses a location
@@ -128,6 +128,9 @@ func Init(ctx context.Context, be backend.Backend, passphrase []byte, o InitOpti
 	}
 	if cfg.Compression == "" {
 		cfg.Compression = "zstd"
+	}
+	if _, ok := compressionID(cfg.Compression); !ok {
+		return nil, fmt.Errorf("compression %q: choose one of %s", cfg.Compression, compressionNames)
 	}
 	var rid [32]byte
 	if _, err := rand.Read(rid[:]); err != nil {

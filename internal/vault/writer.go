@@ -33,6 +33,7 @@ type Writer struct {
 	pendMu  sync.Mutex
 	pending map[ID]struct{} // stored in a pack, not yet indexed
 
+	codec    *blockCodec // the config's compression
 	uploads  chan *packSpool
 	spoolDir string
 	mover    backend.FilePutter // nil: upload by copying
@@ -55,7 +56,18 @@ func (v *Vault) NewWriter(ctx context.Context) *Writer {
 		w.mover, w.spoolDir = fp, fp.SpoolDir()
 	}
 	cleanSpool(w.spoolDir)
-	w.bufs.New = func() any { b := make([]byte, 0, v.cfg.BlockSize+blobOverhead+64); return &b }
+	// Sized for a block; a larger tree node grows the buffer it gets.
+	bound := encodeBound(v.cfg.BlockSize)
+	w.bufs.New = func() any { b := make([]byte, 0, bound); return &b }
+	c, err := v.keys.codecs.forName(v.cfg.Compression)
+	if err != nil {
+		// Not for a config that opened (it was validated): every
+		// PutBlob returns the error.
+		w.codec = &blockCodec{}
+		w.fail(fmt.Errorf("vault writer: %w", err))
+	} else {
+		w.codec = c
+	}
 	for range uploaders {
 		w.wg.Add(1)
 		go w.uploader()
@@ -123,10 +135,12 @@ func (w *Writer) putBlob(ctx context.Context, t BlobType, id ID, plain []byte, d
 	defer w.bufs.Put(cbuf)
 	defer w.bufs.Put(sbuf)
 	stored := plain
-	if w.v.cfg.Compression == "zstd" {
-		c := w.v.keys.codecs.compress((*cbuf)[:0], plain)
+	if w.codec.encode != nil {
+		c := w.codec.encode((*cbuf)[:0], plain)
+		// Kept only if smaller: a reader checks that every compressed
+		// blob is (§6).
 		if len(c) < len(plain) {
-			stored, e.Comp = c, compZstd
+			stored, e.Comp = c, w.codec.id
 		}
 		*cbuf = c[:0]
 	}
