@@ -99,7 +99,7 @@ var rules = []rule{
 	{"capture drivers and compute providers know no vault, store or role",
 		func(p string) bool { return under(p, "internal/capture", "internal/compute") && !testSupport(p) },
 		func(_, imp string) bool {
-			return under(imp, "internal/capture", "internal/compute", "internal/nbd", "internal/qemu/qmp", "internal/api", "internal/leftover", "internal/clock", "internal/atomicfile")
+			return under(imp, "internal/capture", "internal/compute", "internal/nbd", "internal/qemu/qmp", "internal/api", "internal/leftover", "internal/clock", "internal/atomicfile", "internal/libvirtconn")
 		}},
 	{"the cycle engine knows only the capture interface (and the clock)",
 		func(p string) bool { return p == "internal/engine" },

@@ -98,7 +98,7 @@ func (m *Machine) Begin(ctx context.Context, bases map[string]string) (map[strin
 		track[d] = true
 	}
 	cpXML := checkpointXML(newCP, info, track)
-	err = m.c.do(ctx, func(l *golibvirt.Libvirt) error {
+	err = m.c.Do(ctx, func(l *golibvirt.Libvirt) error {
 		return l.DomainBackupBegin(dom, backupXML(m.sock, info, disks), golibvirt.OptString{cpXML}, 0)
 	})
 	if err != nil && ctx.Err() == nil && slices.ContainsFunc(disks, func(d backupDisk) bool { return d.Incremental != "" }) {
@@ -110,7 +110,7 @@ func (m *Machine) Begin(ctx context.Context, bases map[string]string) (map[strin
 				disks[i].Incremental = ""
 			}
 			m.removeScratch()
-			err = m.c.do(ctx, func(l *golibvirt.Libvirt) error {
+			err = m.c.Do(ctx, func(l *golibvirt.Libvirt) error {
 				return l.DomainBackupBegin(dom, backupXML(m.sock, info, disks), golibvirt.OptString{cpXML}, 0)
 			})
 		}
@@ -139,7 +139,7 @@ func (m *Machine) Begin(ctx context.Context, bases map[string]string) (map[strin
 // openCycles connects to the backup job's NBD exports.
 func (m *Machine) openCycles(ctx context.Context, b *batch, info domainInfo, disks []backupDisk) (map[string]capture.Cycle, error) {
 	var x string
-	err := m.c.do(ctx, func(l *golibvirt.Libvirt) error {
+	err := m.c.Do(ctx, func(l *golibvirt.Libvirt) error {
 		var err error
 		x, err = l.DomainBackupGetXMLDesc(b.dom, 0)
 		return err
@@ -192,7 +192,7 @@ func (m *Machine) openCycles(ctx context.Context, b *batch, info domainInfo, dis
 // requireRunning fails unless the domain is running (or paused).
 func (m *Machine) requireRunning(ctx context.Context, dom golibvirt.Domain) error {
 	var active int32
-	err := m.c.do(ctx, func(l *golibvirt.Libvirt) error {
+	err := m.c.Do(ctx, func(l *golibvirt.Libvirt) error {
 		var err error
 		active, err = l.DomainIsActive(dom)
 		return err
@@ -214,7 +214,7 @@ func (m *Machine) domainGone(ctx context.Context, b *batch) bool {
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	var active int32
-	err := m.c.do(cctx, func(l *golibvirt.Libvirt) error {
+	err := m.c.Do(cctx, func(l *golibvirt.Libvirt) error {
 		var err error
 		active, err = l.DomainIsActive(b.dom)
 		return err
@@ -226,7 +226,7 @@ func (m *Machine) domainGone(ctx context.Context, b *batch) bool {
 // checkpoints no recorded baseline refers to.
 func (m *Machine) cleanup(ctx context.Context, dom golibvirt.Domain, info domainInfo) error {
 	var x string
-	err := m.c.do(ctx, func(l *golibvirt.Libvirt) error {
+	err := m.c.Do(ctx, func(l *golibvirt.Libvirt) error {
 		var err error
 		x, err = l.DomainBackupGetXMLDesc(dom, 0)
 		return err
@@ -251,7 +251,7 @@ func (m *Machine) cleanup(ctx context.Context, dom golibvirt.Domain, info domain
 
 // abortJob ends the domain's backup job; no job is not an error.
 func (m *Machine) abortJob(ctx context.Context, dom golibvirt.Domain) error {
-	err := m.c.do(ctx, func(l *golibvirt.Libvirt) error { return l.DomainAbortJob(dom) })
+	err := m.c.Do(ctx, func(l *golibvirt.Libvirt) error { return l.DomainAbortJob(dom) })
 	if err != nil && libvirtCode(err) != int(golibvirt.ErrOperationInvalid) && libvirtCode(err) != int(golibvirt.ErrNoDomainBackup) {
 		return fmt.Errorf("libvirt: end the backup job of domain %s (try `virsh domjobabort %s`): %w", m.o.Domain, m.o.Domain, err)
 	}
@@ -279,7 +279,7 @@ func (m *Machine) deleteUnreferenced(ctx context.Context, dom golibvirt.Domain) 
 		if keep[name] {
 			continue
 		}
-		err := m.c.do(ctx, func(l *golibvirt.Libvirt) error {
+		err := m.c.Do(ctx, func(l *golibvirt.Libvirt) error {
 			return l.DomainCheckpointDelete(golibvirt.DomainCheckpoint{Name: name, Dom: dom}, 0)
 		})
 		if err != nil {

@@ -58,11 +58,11 @@ func newTestDomain(t *testing.T, disks []testDisk) *testDomain {
 	dir := openDir(t)
 	c := newConn(DefaultSocket)
 	ctx := t.Context()
-	l, _, err := c.get(ctx)
-	if err != nil {
+	var l *golibvirt.Libvirt
+	if err := c.Do(ctx, func(x *golibvirt.Libvirt) error { l = x; return nil }); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.close() })
+	t.Cleanup(func() { c.Close() })
 	td := &testDomain{t: t, l: l, name: fmt.Sprintf("lifeboat-test-%d-%d", os.Getpid(), rand.Uint32()), disks: map[string]string{}, alias: map[string]string{}}
 	var devs strings.Builder
 	for _, d := range disks {
@@ -77,7 +77,8 @@ func newTestDomain(t *testing.T, disks []testDisk) *testDomain {
 	x := fmt.Sprintf(`<domain type='qemu'><name>%s</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>
 <os><type arch='x86_64' machine='pc'>hvm</type></os><on_reboot>destroy</on_reboot>
 <devices>%s<interface type='user'><mac address='52:54:00:aa:bb:cc'/><model type='virtio'/></interface></devices></domain>`, td.name, devs.String())
-	td.dom, err = l.DomainDefineXML(x)
+	dom, err := l.DomainDefineXML(x)
+	td.dom = dom
 	if err != nil {
 		t.Fatalf("define domain: %v", err)
 	}

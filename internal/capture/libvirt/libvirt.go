@@ -154,7 +154,7 @@ func Open(ctx context.Context, o Options) (*Machine, error) {
 	m.st = st
 	_, info, err := m.domain(ctx)
 	if err != nil {
-		m.c.close()
+		m.c.Close()
 		return nil, err
 	}
 	for _, name := range o.Disks {
@@ -166,7 +166,7 @@ func Open(ctx context.Context, o Options) (*Machine, error) {
 			err = fmt.Errorf("libvirt: disk %s of domain %s is %q, not qcow2: checkpoints need qcow2 images (convert it, or use the scan driver)", name, o.Domain, d.Format)
 		}
 		if err != nil {
-			m.c.close()
+			m.c.Close()
 			return nil, err
 		}
 	}
@@ -183,13 +183,13 @@ func (m *Machine) Name() string { return "libvirt" }
 
 // Close disconnects from libvirtd. It leaves the checkpoints; a cut that is
 // still active is cleaned up by the next Begin.
-func (m *Machine) Close() error { return m.c.close() }
+func (m *Machine) Close() error { return m.c.Close() }
 
 // domain looks up the domain and parses its live XML.
 func (m *Machine) domain(ctx context.Context) (golibvirt.Domain, domainInfo, error) {
 	var dom golibvirt.Domain
 	var x string
-	err := m.c.do(ctx, func(l *golibvirt.Libvirt) error {
+	err := m.c.Do(ctx, func(l *golibvirt.Libvirt) error {
 		var err error
 		if dom, err = l.DomainLookupByName(m.o.Domain); err != nil {
 			return err
@@ -213,7 +213,7 @@ func (m *Machine) domain(ctx context.Context) (golibvirt.Domain, domainInfo, err
 // checkpoints lists the domain's checkpoints named "lifeboat-<gen>".
 func (m *Machine) checkpoints(ctx context.Context, dom golibvirt.Domain) (map[string]uint64, error) {
 	var cps []golibvirt.DomainCheckpoint
-	err := m.c.do(ctx, func(l *golibvirt.Libvirt) error {
+	err := m.c.Do(ctx, func(l *golibvirt.Libvirt) error {
 		var err error
 		cps, _, err = l.DomainListAllCheckpoints(dom, 1<<16, 0)
 		return err
@@ -285,7 +285,7 @@ func (m *Machine) Freeze(ctx context.Context) error {
 	if !info.Agent {
 		return fmt.Errorf("libvirt: domain %s has no QEMU guest agent channel (org.qemu.guest_agent.0): points are crash-consistent", m.o.Domain)
 	}
-	err = m.c.do(ctx, func(l *golibvirt.Libvirt) error {
+	err = m.c.Do(ctx, func(l *golibvirt.Libvirt) error {
 		_, err := l.DomainFsfreeze(dom, nil, 0)
 		return err
 	})
@@ -301,7 +301,7 @@ func (m *Machine) Thaw(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	err = m.c.do(ctx, func(l *golibvirt.Libvirt) error {
+	err = m.c.Do(ctx, func(l *golibvirt.Libvirt) error {
 		_, err := l.DomainFsthaw(dom, nil, 0)
 		return err
 	})

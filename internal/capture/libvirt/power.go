@@ -23,7 +23,7 @@ func (m *Machine) PowerOff(ctx context.Context, timeout time.Duration) error {
 	var persistent int32
 	state, err := m.state(ctx, dom)
 	if err == nil {
-		err = m.c.do(ctx, func(l *golibvirt.Libvirt) error {
+		err = m.c.Do(ctx, func(l *golibvirt.Libvirt) error {
 			persistent, err = l.DomainIsPersistent(dom)
 			return err
 		})
@@ -38,14 +38,14 @@ func (m *Machine) PowerOff(ctx context.Context, timeout time.Duration) error {
 		return fmt.Errorf("libvirt: domain %s is transient: it would be gone once shut down; define it (virsh define) for a planned failover", m.o.Domain)
 	}
 	if state != golibvirt.DomainShutoff {
-		if err := m.c.do(ctx, func(l *golibvirt.Libvirt) error { return l.DomainShutdown(dom) }); err != nil {
+		if err := m.c.Do(ctx, func(l *golibvirt.Libvirt) error { return l.DomainShutdown(dom) }); err != nil {
 			return fmt.Errorf("libvirt: shut domain %s down: %w", m.o.Domain, err)
 		}
 		if err := m.waitState(ctx, dom, golibvirt.DomainShutoff, timeout); err != nil {
 			return err
 		}
 	}
-	err = m.c.do(ctx, func(l *golibvirt.Libvirt) error {
+	err = m.c.Do(ctx, func(l *golibvirt.Libvirt) error {
 		_, err := l.DomainCreateWithFlags(dom, uint32(golibvirt.DomainStartPaused))
 		return err
 	})
@@ -65,7 +65,7 @@ func (m *Machine) Destroy(ctx context.Context) error {
 	if err != nil || state == golibvirt.DomainShutoff {
 		return err
 	}
-	if err := m.c.do(ctx, func(l *golibvirt.Libvirt) error { return l.DomainDestroy(dom) }); err != nil {
+	if err := m.c.Do(ctx, func(l *golibvirt.Libvirt) error { return l.DomainDestroy(dom) }); err != nil {
 		return fmt.Errorf("libvirt: destroy domain %s: %w", m.o.Domain, err)
 	}
 	return nil
@@ -73,7 +73,7 @@ func (m *Machine) Destroy(ctx context.Context) error {
 
 func (m *Machine) state(ctx context.Context, dom golibvirt.Domain) (golibvirt.DomainState, error) {
 	var st int32
-	err := m.c.do(ctx, func(l *golibvirt.Libvirt) error {
+	err := m.c.Do(ctx, func(l *golibvirt.Libvirt) error {
 		var err error
 		st, _, err = l.DomainGetState(dom, 0)
 		return err

@@ -128,7 +128,7 @@ func (h *hydration) step(ctx context.Context) (map[int]job, error) {
 }
 
 func (h *hydration) jobInfo(ctx context.Context, dev string) (found bool, cur, end int64, err error) {
-	err = h.p.c.do(ctx, func(l *golibvirt.Libvirt) error {
+	err = h.p.c.Do(ctx, func(l *golibvirt.Libvirt) error {
 		dom, err := l.DomainLookupByName(h.st.Spec.Name)
 		if err != nil {
 			return err
@@ -141,7 +141,7 @@ func (h *hydration) jobInfo(ctx context.Context, dev string) (found bool, cur, e
 }
 
 func (h *hydration) pull(ctx context.Context, dev string) error {
-	return h.p.c.do(ctx, func(l *golibvirt.Libvirt) error {
+	return h.p.c.Do(ctx, func(l *golibvirt.Libvirt) error {
 		dom, err := l.DomainLookupByName(h.st.Spec.Name)
 		if err != nil {
 			return err

@@ -55,6 +55,7 @@ import (
 	"github.com/lifeboat-dr/lifeboat/internal/clock"
 	"github.com/lifeboat-dr/lifeboat/internal/compute"
 	"github.com/lifeboat-dr/lifeboat/internal/compute/hostvm"
+	"github.com/lifeboat-dr/lifeboat/internal/libvirtconn"
 )
 
 // Files in a VM's directory.
@@ -158,14 +159,14 @@ func New(o Options) (*Provider, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Provider{o: o, c: &conn{socket: o.Socket}, log: log.With("provider", "libvirt")}, nil
+	return &Provider{o: o, c: libvirtconn.New(o.Socket), log: log.With("provider", "libvirt")}, nil
 }
 
 // Name returns "libvirt".
 func (p *Provider) Name() string { return "libvirt" }
 
 // Close disconnects from libvirtd.
-func (p *Provider) Close() { p.c.close() }
+func (p *Provider) Close() { _ = p.c.Close() }
 
 // state is vm.json.
 type state struct {
@@ -290,7 +291,7 @@ func (p *Provider) launch(ctx context.Context, st *state, dir string) error {
 	if err != nil {
 		return err
 	}
-	err = p.c.do(ctx, func(l *golibvirt.Libvirt) error {
+	err = p.c.Do(ctx, func(l *golibvirt.Libvirt) error {
 		_, err := l.DomainCreateXML(string(x), golibvirt.DomainNone)
 		return err
 	})

@@ -22,7 +22,7 @@ import (
 func (p *Provider) domain(ctx context.Context, name string) (*liveDomain, bool, error) {
 	var desc string
 	var active int32
-	err := p.c.do(ctx, func(l *golibvirt.Libvirt) error {
+	err := p.c.Do(ctx, func(l *golibvirt.Libvirt) error {
 		dom, err := l.DomainLookupByName(name)
 		if err != nil {
 			return err
@@ -109,7 +109,7 @@ func (p *Provider) shutdown(ctx context.Context, name string) error {
 		ctx, cancel = context.WithTimeout(ctx, p.o.StopTimeout)
 		defer cancel()
 	}
-	err := p.c.do(ctx, func(l *golibvirt.Libvirt) error {
+	err := p.c.Do(ctx, func(l *golibvirt.Libvirt) error {
 		dom, err := l.DomainLookupByName(name)
 		if err != nil {
 			return err
@@ -140,7 +140,7 @@ func (p *Provider) shutdown(ctx context.Context, name string) error {
 func (p *Provider) destroy(name string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	err := p.c.do(ctx, func(l *golibvirt.Libvirt) error {
+	err := p.c.Do(ctx, func(l *golibvirt.Libvirt) error {
 		dom, err := l.DomainLookupByName(name)
 		if err != nil {
 			return err
