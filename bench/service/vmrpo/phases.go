@@ -5,35 +5,44 @@ import (
 	"bytes"
 	"encoding/json"
 	"os"
+	"strings"
 	"time"
 )
 
-// Where the time of one sawtooth peak goes, from the host agent's own
-// log (JSON lines, millisecond times): the previous point's cut, the
-// wait until the next cycle starts (the policy's interval), the
-// cycle's setup up to its cut (ingest session, QMP connection, fleece
-// overlay, the transaction), reading the dirty blocks and shipping
-// them to the process server, the process server's commit (packs,
-// index and point into the vault) and the driver's commit, the agent's
-// record of the point, and the server's first answer showing it (the
-// agent's heartbeat plus the poll).
+// Where the time of one sawtooth peak goes, from the daemons' own logs
+// (JSON lines), from the previous point's cut to the server's first
+// answer showing the next point:
+//
+//   - previous cycle: the rest of the previous cycle after its cut, until
+//     the agent recorded its point;
+//   - idle: from there until the next cycle starts (the policy's interval
+//     counts from the previous cut; 0 when cycles run back to back);
+//   - setup to cut: ingest session, QMP, fleece overlay, the transaction;
+//   - read+ship: reading the dirty blocks over NBD and sending them to the
+//     process server, until the driver has read the last one;
+//   - PS commit: the process server's commit (the last packs, the index
+//     and the point into the vault) until it logs the point published;
+//   - driver commit: its answer to the agent, and the driver's commit
+//     (the fleece torn down, the bitmap state saved);
+//   - agent record: the agent records the point;
+//   - server shows: the agent's heartbeat, and the poll that sees it.
 type phases struct {
-	wait, setup, ship, commit, record, report time.Duration
-	ok                                        bool // every line was found
+	prev, idle, setup, ship, psCommit, drvCommit, record, report time.Duration
+	ok                                                           bool // every line was found
 }
 
 // phaseNames label phases' fields in order.
-var phaseNames = []string{"wait", "setup to cut", "read+ship", "commit", "agent record", "server shows"}
+var phaseNames = []string{"previous cycle", "idle", "setup to cut", "read+ship", "PS commit", "driver commit", "agent record", "server shows"}
 
 func (p phases) list() []time.Duration {
-	return []time.Duration{p.wait, p.setup, p.ship, p.commit, p.record, p.report}
+	return []time.Duration{p.prev, p.idle, p.setup, p.ship, p.psCommit, p.drvCommit, p.record, p.report}
 }
 
-// cycleLog is what the host agent logged about one cycle of one VM.
+// cycleLog is what the host agent and the process server logged about
+// one cycle of one VM.
 type cycleLog struct {
-	begins, read, committed, published time.Time
-	cut                                time.Time
-	took                               time.Duration
+	begins, read, psPublished, committed, published time.Time
+	took                                            time.Duration
 }
 
 // agentLog indexes the host agent's cycle lines by VM and point ID.
@@ -137,20 +146,46 @@ func parseLine(b []byte) (logLine, bool) {
 	return l, !l.time.IsZero()
 }
 
+// readPSLog adds the process server's "recovery point published"
+// times (the point's short ID, the machine) to al.
+func (al agentLog) readPSLog(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		l, ok := parseLine(sc.Bytes())
+		if !ok || l.msg != "recovery point published" || l.point == "" {
+			continue
+		}
+		for id, c := range al[l.vm] {
+			if strings.HasPrefix(id, l.point) {
+				c.psPublished = l.time
+			}
+		}
+	}
+	return sc.Err()
+}
+
 // phasesOf splits the gap from prev's cut to next's first showing.
 func (al agentLog) phasesOf(vm string, prev, next shown) phases {
-	c := al[vm][next.id]
-	if c == nil || c.published.IsZero() || c.read.IsZero() {
+	p, c := al[vm][prev.id], al[vm][next.id]
+	if p == nil || c == nil || p.published.IsZero() || c.published.IsZero() || c.read.IsZero() || c.psPublished.IsZero() {
 		return phases{}
 	}
 	start := c.published.Add(-c.took)
 	return phases{
-		wait:   start.Sub(prev.cut),
-		setup:  next.cut.Sub(start),
-		ship:   c.read.Sub(next.cut),
-		commit: c.committed.Sub(c.read),
-		record: c.published.Sub(c.committed),
-		report: next.first.Sub(c.published),
-		ok:     true,
+		prev:      p.published.Sub(prev.cut),
+		idle:      start.Sub(p.published),
+		setup:     next.cut.Sub(start),
+		ship:      c.read.Sub(next.cut),
+		psCommit:  c.psPublished.Sub(c.read),
+		drvCommit: c.committed.Sub(c.psPublished),
+		record:    c.published.Sub(c.committed),
+		report:    next.first.Sub(c.published),
+		ok:        true,
 	}
 }

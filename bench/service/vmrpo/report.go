@@ -31,6 +31,7 @@ type result struct {
 	PointsPerMin   float64 // per VM
 	CycleP50       float64 // the agent's cycle duration
 	CycleMax       float64
+	Duty           float64 // share of the window a VM's cycle was running (sum of cycle durations / window)
 	ChangedP50MiB  float64 // changed data per point
 	ReceivedGB     float64 // the process server's received block bytes, 10^9
 	PSCPUPerGB     float64
@@ -73,6 +74,9 @@ func (cl *cluster) analyse(ctx context.Context, bc benchCase, tag string, w *win
 
 	al, err := readAgentLog(cl.agent.log)
 	if err != nil {
+		return r, err
+	}
+	if err := al.readPSLog(cl.ps.log); err != nil {
 		return r, err
 	}
 	var all []time.Duration
@@ -128,6 +132,7 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 // inside the window, and their cycles' figures.
 func (cl *cluster) listedPoints(ctx context.Context, r *result, w *window) error {
 	var durs []time.Duration
+	var sum time.Duration
 	var changed []float64
 	for _, v := range cl.vms {
 		var pts []api.Point
@@ -142,11 +147,13 @@ func (cl *cluster) listedPoints(ctx context.Context, r *result, w *window) error
 			r.Listed++
 			if p.CycleFigures != nil {
 				durs = append(durs, p.Duration.Std())
+				sum += p.Duration.Std()
 				changed = append(changed, float64(p.ChangedBytes)/(1<<20))
 			}
 		}
 	}
 	r.PointsPerMin = float64(r.Listed) / float64(r.VMs) / (r.Window / 60)
+	r.Duty = sum.Seconds() / r.Window / float64(r.VMs)
 	if len(durs) > 0 {
 		d := procstat.Percentiles(durs, 0.5, 1)
 		r.CycleP50, r.CycleMax = d[0].Seconds(), d[1].Seconds()
@@ -181,8 +188,8 @@ func printCase(r result) {
 		r.Case, r.VMs, r.RateMBs, r.WrittenMBs, r.Window, r.Load0, r.Load1)
 	fmt.Printf("RPO as the server shows it: worst %.2f s (%s), p50 %.2f s, p99 %.2f s, mean %.2f s; worst per VM %s\n",
 		r.Worst, r.WorstVM, r.P50, r.P99, r.Mean, secs(r.WorstPerVM))
-	fmt.Printf("points: %d listed with a cut in the window (%.1f per minute per VM), %d first shown in it; cycle p50 %.2f s, max %.2f s; changed p50 %.1f MiB/point\n",
-		r.Listed, r.PointsPerMin, r.Shown, r.CycleP50, r.CycleMax, r.ChangedP50MiB)
+	fmt.Printf("points: %d listed with a cut in the window (%.1f per minute per VM), %d first shown in it; cycle p50 %.2f s, max %.2f s, running %.0f%% of the time; changed p50 %.1f MiB/point\n",
+		r.Listed, r.PointsPerMin, r.Shown, r.CycleP50, r.CycleMax, 100*r.Duty, r.ChangedP50MiB)
 	fmt.Printf("process server: %.2f GB received, %.1f CPU-s, %.2f CPU-s/GB\n", r.ReceivedGB, r.CPU["process"], r.PSCPUPerGB)
 	fmt.Printf("CPU s in the window:")
 	for _, role := range append(slices.Clone(roles), "others") {
