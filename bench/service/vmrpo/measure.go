@@ -14,12 +14,17 @@ import (
 	"github.com/lifeboat-dr/lifeboat/bench/service/internal/procstat"
 )
 
+// usage is the CPU the processes and the machine have used so far.
+type usage struct {
+	at      time.Time
+	cpu     map[string]time.Duration // by role: server, process, agent, qemu, bench
+	machine time.Duration            // busy CPU of the whole machine
+	iowait  time.Duration
+}
+
 // snapshot is the state of the counters at one edge of the window.
 type snapshot struct {
-	at       time.Time
-	cpu      map[string]time.Duration // by role: server, process, agent, qemu, bench
-	machine  time.Duration            // busy CPU of the whole machine
-	iowait   time.Duration
+	usage
 	received float64 // lifeboat_ingest_received_bytes_total of the process server
 	stored   float64 // lifeboat_ingest_stored_bytes_total
 	written  int64   // bytes the churn writers have written
@@ -29,9 +34,9 @@ type snapshot struct {
 // roles are the processes whose CPU the benchmark reports.
 var roles = []string{"server", "process", "agent", "qemu", "bench"}
 
-// take reads every counter.
-func (cl *cluster) take(ctx context.Context) (snapshot, error) {
-	s := snapshot{at: time.Now(), cpu: map[string]time.Duration{}, written: cl.written(), load: benchkit.LoadAvg()}
+// sample reads the CPU time of every role's processes and the machine's.
+func (cl *cluster) sample() (usage, error) {
+	u := usage{at: time.Now(), cpu: map[string]time.Duration{}}
 	pids := map[string][]int{"server": {cl.srv.Pid()}, "process": {cl.ps.pid()}, "agent": {cl.agent.pid()}, "bench": {os.Getpid()}}
 	for _, v := range cl.vms {
 		pids["qemu"] = append(pids["qemu"], v.proc.pid())
@@ -40,21 +45,49 @@ func (cl *cluster) take(ctx context.Context) (snapshot, error) {
 		for _, p := range ps {
 			c, err := procstat.ProcCPU(p)
 			if err != nil {
-				return s, fmt.Errorf("%s: %w", role, err)
+				return u, fmt.Errorf("%s: %w", role, err)
 			}
-			s.cpu[role] += c
+			u.cpu[role] += c
 		}
 	}
 	var err error
-	if s.machine, s.iowait, err = procstat.MachineCPU(); err != nil {
-		return s, err
+	u.machine, u.iowait, err = procstat.MachineCPU()
+	return u, err
+}
+
+// take reads every counter.
+func (cl *cluster) take(ctx context.Context) (snapshot, error) {
+	u, err := cl.sample()
+	if err != nil {
+		return snapshot{}, err
 	}
+	s := snapshot{usage: u, written: cl.written(), load: benchkit.LoadAvg()}
 	m, err := scrape(ctx, cl.psMetrics)
 	if err != nil {
 		return s, fmt.Errorf("process server metrics: %w", err)
 	}
 	s.received, s.stored = m["lifeboat_ingest_received_bytes_total"], m["lifeboat_ingest_stored_bytes_total"]
 	return s, nil
+}
+
+// shares is how the CPUs were used between two usages, as shares of
+// all the machine's CPUs: each role, every other process, and iowait.
+func shares(a, b usage, cpus int) map[string]float64 {
+	wall := b.at.Sub(a.at).Seconds() * float64(cpus)
+	out := map[string]float64{}
+	if wall <= 0 {
+		return out
+	}
+	own := time.Duration(0)
+	for role, c := range b.cpu {
+		d := c - a.cpu[role]
+		own += d
+		out[role] = d.Seconds() / wall
+	}
+	out["others"] = max(0, (b.machine-a.machine-own).Seconds()/wall)
+	out["iowait"] = (b.iowait - a.iowait).Seconds() / wall
+	out["idle"] = max(0, 1-(b.machine-a.machine).Seconds()/wall-out["iowait"])
+	return out
 }
 
 // scrape reads the unlabelled samples of a Prometheus text exposition.
@@ -89,6 +122,7 @@ func scrape(ctx context.Context, url string) (map[string]float64, error) {
 type window struct {
 	s0, s1   snapshot // the measured window's edges (after the warm-up)
 	obs      map[string][]obs
+	usages   []usage // one per poll
 	polls    int
 	pollErrs int
 	pollLat  []time.Duration
@@ -131,6 +165,9 @@ func (cl *cluster) churnAndPoll(ctx context.Context, rate int64) (*window, error
 			break
 		}
 		cl.poll(ctx, w, inWindow)
+		if u, err := cl.sample(); err == nil {
+			w.usages = append(w.usages, u)
+		}
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()

@@ -44,6 +44,9 @@ type result struct {
 	PollMaxms      float64
 	WorstVM        string
 	WorstPhases    map[string]float64
+	WorstShares    map[string]float64 // how the CPUs were used during the worst peak
+	Over           int                // peaks above the target RPO, all VMs
+	OverShares     map[string]float64 // CPU use during them, averaged
 	MedianPhases   map[string]float64
 	Met            bool
 	Seed           float64
@@ -55,7 +58,7 @@ func (cl *cluster) analyse(ctx context.Context, bc benchCase, tag string, w *win
 	wall := w.s1.at.Sub(w.s0.at)
 	r := result{Case: tag, VMs: bc.vms, RateMBs: bc.rate, Window: wall.Seconds(), Load0: w.s0.load, Load1: w.s1.load,
 		WrittenMBs: float64(w.s1.written-w.s0.written) / 1e6 / wall.Seconds() / float64(bc.vms),
-		CPU:        map[string]float64{}, Polls: w.polls, PollErrs: w.pollErrs, WorstPhases: map[string]float64{}, MedianPhases: map[string]float64{}}
+		CPU:        map[string]float64{}, Polls: w.polls, PollErrs: w.pollErrs, WorstPhases: map[string]float64{}, MedianPhases: map[string]float64{}, OverShares: map[string]float64{}}
 	own := time.Duration(0)
 	for _, role := range roles {
 		d := w.s1.cpu[role] - w.s0.cpu[role]
@@ -72,12 +75,22 @@ func (cl *cluster) analyse(ctx context.Context, bc benchCase, tag string, w *win
 	lat := procstat.Percentiles(w.pollLat, 0.5, 1)
 	r.PollP50ms, r.PollMaxms = ms(lat[0]), ms(lat[1])
 
-	al, err := readAgentLog(cl.agent.log)
-	if err != nil {
+	if err := cl.rpoFigures(&r, w); err != nil {
 		return r, err
 	}
+	r.Met = r.Worst <= targetRPO.Seconds()
+	return r, cl.listedPoints(ctx, &r, w)
+}
+
+// rpoFigures fills r's RPO figures from the polls, and splits the peaks
+// into phases from the logs.
+func (cl *cluster) rpoFigures(r *result, w *window) error {
+	al, err := readAgentLog(cl.agent.log)
+	if err != nil {
+		return err
+	}
 	if err := al.readPSLog(cl.ps.log); err != nil {
-		return r, err
+		return err
 	}
 	var all []time.Duration
 	var worst gap
@@ -95,6 +108,12 @@ func (cl *cluster) analyse(ctx context.Context, bc benchCase, tag string, w *win
 			if pts[k].first.Before(w.s0.at) || pts[k].first.After(w.s1.at) {
 				continue
 			}
+			if pts[k].first.Sub(pts[k-1].cut) > targetRPO {
+				r.Over++
+				for name, v := range w.sharesBetween(pts[k-1].cut, pts[k].first) {
+					r.OverShares[name] += v
+				}
+			}
 			if p := al.phasesOf(v.name, pts[k-1], pts[k]); p.ok {
 				for i, d := range p.list() {
 					perPhase[i] = append(perPhase[i], d)
@@ -103,7 +122,11 @@ func (cl *cluster) analyse(ctx context.Context, bc benchCase, tag string, w *win
 		}
 	}
 	r.Worst = worst.rpo.Seconds()
+	for k := range r.OverShares {
+		r.OverShares[k] /= float64(r.Over)
+	}
 	if worst.next != nil {
+		r.WorstShares = w.sharesBetween(worst.prev.cut, worst.next.first)
 		if p := al.phasesOf(r.WorstVM, worst.prev, *worst.next); p.ok {
 			for i, d := range p.list() {
 				r.WorstPhases[phaseNames[i]] = d.Seconds()
@@ -122,8 +145,25 @@ func (cl *cluster) analyse(ctx context.Context, bc benchCase, tag string, w *win
 		p := procstat.Percentiles(all, 0.5, 0.99)
 		r.P50, r.P99 = p[0].Seconds(), p[1].Seconds()
 	}
-	r.Met = r.Worst <= targetRPO.Seconds()
-	return r, cl.listedPoints(ctx, &r, w)
+	return nil
+}
+
+// sharesBetween is how the CPUs were used from t0 to t1, from the
+// samples taken at every poll (the nearest ones outside the span).
+func (w *window) sharesBetween(t0, t1 time.Time) map[string]float64 {
+	a, b := -1, -1
+	for i, u := range w.usages {
+		if !u.at.After(t0) {
+			a = i
+		}
+		if b < 0 && !u.at.Before(t1) {
+			b = i
+		}
+	}
+	if a < 0 || b < 0 {
+		return nil
+	}
+	return shares(w.usages[a], w.usages[b], runtime.NumCPU())
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -201,9 +241,23 @@ func printCase(r result) {
 	for _, n := range phaseNames {
 		fmt.Printf("  %-14s %6.3f s / %6.3f s\n", n, r.MedianPhases[n], r.WorstPhases[n])
 	}
+	if r.WorstShares != nil {
+		fmt.Printf("CPU use during the worst peak (shares of all %d CPUs): %s\n", runtime.NumCPU(), shareList(r.WorstShares))
+	}
+	if r.Over > 0 {
+		fmt.Printf("%d peak(s) above %s; CPU use during them, averaged: %s\n", r.Over, targetRPO, shareList(r.OverShares))
+	}
 	for role, top := range r.Profiles {
 		fmt.Printf("CPU profile of the %s (whole run):\n%s\n", role, top)
 	}
+}
+
+func shareList(m map[string]float64) string {
+	var s []string
+	for _, k := range append(slices.Clone(roles), "others", "iowait", "idle") {
+		s = append(s, fmt.Sprintf("%s %.0f%%", k, 100*m[k]))
+	}
+	return strings.Join(s, ", ")
 }
 
 func secs(v []float64) string {
