@@ -15,9 +15,12 @@ import (
 //
 //   - previous cycle: the rest of the previous cycle after its cut, until
 //     the agent recorded its point;
-//   - idle: from there until the next cycle starts (the policy's interval
-//     counts from the previous cut; 0 when cycles run back to back);
-//   - setup to cut: ingest session, QMP, fleece overlay, the transaction;
+//   - to next cut: from there to the next cut: idle until the next cycle
+//     is due (the policy's interval counts from the previous cut; no wait
+//     when cycles run back to back), then the cycle's setup (ingest
+//     session, QMP, fleece overlay, the transaction). The logs cannot
+//     split the two exactly: the agent logs its cycle's duration after
+//     saving its state, so a start computed from it comes out late;
 //   - read+ship: reading the dirty blocks over NBD and sending them to the
 //     process server, until the driver has read the last one;
 //   - PS commit: the process server's commit (the last packs, the index
@@ -27,22 +30,21 @@ import (
 //   - agent record: the agent records the point;
 //   - server shows: the agent's heartbeat, and the poll that sees it.
 type phases struct {
-	prev, idle, setup, ship, psCommit, drvCommit, record, report time.Duration
-	ok                                                           bool // every line was found
+	prev, toCut, ship, psCommit, drvCommit, record, report time.Duration
+	ok                                                     bool // every line was found
 }
 
 // phaseNames label phases' fields in order.
-var phaseNames = []string{"previous cycle", "idle", "setup to cut", "read+ship", "PS commit", "driver commit", "agent record", "server shows"}
+var phaseNames = []string{"previous cycle", "to next cut", "read+ship", "PS commit", "driver commit", "agent record", "server shows"}
 
 func (p phases) list() []time.Duration {
-	return []time.Duration{p.prev, p.idle, p.setup, p.ship, p.psCommit, p.drvCommit, p.record, p.report}
+	return []time.Duration{p.prev, p.toCut, p.ship, p.psCommit, p.drvCommit, p.record, p.report}
 }
 
 // cycleLog is what the host agent and the process server logged about
 // one cycle of one VM.
 type cycleLog struct {
-	begins, read, psPublished, committed, published time.Time
-	took                                            time.Duration
+	read, psPublished, committed, published time.Time
 }
 
 // agentLog indexes the host agent's cycle lines by VM and point ID.
@@ -70,7 +72,7 @@ func readAgentLog(path string) (agentLog, error) {
 		}
 		switch l.msg {
 		case "cycle begins":
-			open[l.vm] = &cycleLog{begins: l.time}
+			open[l.vm] = &cycleLog{}
 		case "changes read":
 			if c := open[l.vm]; c != nil {
 				c.read = l.time
@@ -86,7 +88,7 @@ func readAgentLog(path string) (agentLog, error) {
 			}
 		case "point published":
 			if c := out[l.vm][l.point]; c != nil {
-				c.published, c.took = l.time, time.Duration(l.took)
+				c.published = l.time
 			}
 		}
 	}
@@ -98,7 +100,6 @@ type logLine struct {
 	time    time.Time // the record's
 	msg, vm string
 	point   string
-	took    int64 // ns
 }
 
 // parseLine decodes one JSON log line. A key may come twice ("time" is
@@ -138,9 +139,6 @@ func parseLine(b []byte) (logLine, bool) {
 			}
 		case "point":
 			l.point = s
-		case "took":
-			f, _ := v.(float64)
-			l.took = int64(f)
 		}
 	}
 	return l, !l.time.IsZero()
@@ -176,11 +174,9 @@ func (al agentLog) phasesOf(vm string, prev, next shown) phases {
 	if p == nil || c == nil || p.published.IsZero() || c.published.IsZero() || c.read.IsZero() || c.psPublished.IsZero() {
 		return phases{}
 	}
-	start := c.published.Add(-c.took)
 	return phases{
 		prev:      p.published.Sub(prev.cut),
-		idle:      start.Sub(p.published),
-		setup:     next.cut.Sub(start),
+		toCut:     next.cut.Sub(p.published),
 		ship:      c.read.Sub(next.cut),
 		psCommit:  c.psPublished.Sub(c.read),
 		drvCommit: c.committed.Sub(c.psPublished),

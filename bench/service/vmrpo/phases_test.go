@@ -40,7 +40,7 @@ func TestPhasesFromLogs(t *testing.T) {
 	prev := shown{id: "aaaa1111", cut: at("00.090"), first: at("00.550")}
 	next := shown{id: "bbbb2222", cut: at("01.095"), first: at("01.760")}
 	p := al.phasesOf("vm01", prev, next)
-	want := []time.Duration{420, 580, 5, 305, 200, 100, 10, 50} // ms
+	want := []time.Duration{420, 585, 305, 200, 100, 10, 50} // ms
 	if !p.ok {
 		t.Fatalf("phases not found: %+v", al["vm01"])
 	}

@@ -231,7 +231,7 @@ func printCase(r result) {
 	fmt.Printf("points: %d listed with a cut in the window (%.1f per minute per VM), %d first shown in it; cycle p50 %.2f s, max %.2f s, running %.0f%% of the time; changed p50 %.1f MiB/point\n",
 		r.Listed, r.PointsPerMin, r.Shown, r.CycleP50, r.CycleMax, 100*r.Duty, r.ChangedP50MiB)
 	fmt.Printf("process server: %.2f GB received, %.1f CPU-s, %.2f CPU-s/GB\n", r.ReceivedGB, r.CPU["process"], r.PSCPUPerGB)
-	fmt.Printf("CPU s in the window:")
+	fmt.Printf("CPU s in the window (%% of one CPU):")
 	for _, role := range append(slices.Clone(roles), "others") {
 		fmt.Printf(" %s %.1f (%.0f%%)", role, r.CPU[role], 100*r.CPU[role]/r.Window)
 	}
