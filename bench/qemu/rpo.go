@@ -4,79 +4,19 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
-	"sync/atomic"
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/bench/internal/benchkit"
-	"github.com/lifeboat-dr/lifeboat/internal/nbd"
 )
 
 func numCPU() int       { return runtime.NumCPU() }
 func goVersion() string { return runtime.Version() }
-
-// writer rewrites random extents of the disk through NBD at a steady rate.
-type writer struct {
-	written atomic.Int64
-	writes  atomic.Int64
-	errc    chan error
-}
-
-// startWriter writes random 64 KiB..1 MiB extents (4 KiB aligned) with
-// fresh random bytes at rate bytes/s until ctx ends; it flushes every
-// second, as a guest would.
-func startWriter(ctx context.Context, d *daemon, size, rate int64, seed uint64) (*writer, error) {
-	c, err := nbd.Dial(ctx, "unix", d.nbd, nbd.Options{Export: writeExport})
-	if err != nil {
-		return nil, err
-	}
-	w := &writer{errc: make(chan error, 1)}
-	go func() {
-		defer c.Close()
-		rng := rand.New(rand.NewPCG(seed, 99))
-		src := rand.NewChaCha8([32]byte{byte(seed), 'w', 'r', 'i', 't', 'e'})
-		buf := make([]byte, 1<<20)
-		start := time.Now()
-		lastFlush := start
-		for ctx.Err() == nil {
-			// Stay at or under the rate: wait until the budget allows.
-			due := time.Duration(float64(w.written.Load()) / float64(rate) * float64(time.Second))
-			if wait := due - time.Since(start); wait > 0 {
-				select {
-				case <-ctx.Done():
-				case <-time.After(wait):
-				}
-				continue
-			}
-			n := int64(16+rng.IntN(241)) * 4096 // 64 KiB .. 1 MiB
-			off := rng.Int64N((size-n)/4096+1) * 4096
-			_, _ = src.Read(buf[:n])
-			if err := c.WriteAt(ctx, buf[:n], off); err != nil {
-				if ctx.Err() == nil {
-					w.errc <- fmt.Errorf("churn writer: %w", err)
-				}
-				break
-			}
-			w.written.Add(n)
-			w.writes.Add(1)
-			if time.Since(lastFlush) >= time.Second {
-				if err := c.Flush(ctx); err != nil && ctx.Err() == nil {
-					w.errc <- fmt.Errorf("churn writer flush: %w", err)
-					break
-				}
-				lastFlush = time.Now()
-			}
-		}
-		close(w.errc)
-	}()
-	return w, nil
-}
 
 type rpoCycle struct {
 	cut, published time.Time
@@ -117,16 +57,16 @@ func rpoPart(ctx context.Context, c config, sock string) error {
 	defer qt.close()
 	// Some data first (the writer's own pattern), then the seed point.
 	seedCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	if w, err := startWriter(seedCtx, d, size, 200e6, 1); err != nil {
+	if w, err := benchkit.StartWriter(seedCtx, d.nbd, writeExport, size, 200e6, 1); err != nil {
 		cancel()
 		return err
 	} else {
 		<-seedCtx.Done()
-		for err := range w.errc {
+		for err := range w.Errc {
 			cancel()
 			return err
 		}
-		fmt.Printf("pre-filled %.0f MiB at random offsets\n", mib(w.written.Load()))
+		fmt.Printf("pre-filled %.0f MiB at random offsets\n", mib(w.Written.Load()))
 	}
 	cancel()
 	t0 := time.Now()
@@ -157,7 +97,7 @@ func rpoRun(ctx context.Context, c config, d *daemon, qt *lbTool, size, rate int
 		return "", err
 	}
 	m0 := benchkit.MachineBusy()
-	w, err := startWriter(wctx, d, size, rate, seed)
+	w, err := benchkit.StartWriter(wctx, d.nbd, writeExport, size, rate, seed)
 	if err != nil {
 		return "", err
 	}
@@ -165,7 +105,7 @@ func rpoRun(ctx context.Context, c config, d *daemon, qt *lbTool, size, rate int
 	var cycles []rpoCycle
 	for time.Since(start) < c.rpoDuration {
 		select {
-		case err, ok := <-w.errc:
+		case err, ok := <-w.Errc:
 			if ok {
 				return "", err
 			}
@@ -184,10 +124,10 @@ func rpoRun(ctx context.Context, c config, d *daemon, qt *lbTool, size, rate int
 	}
 	elapsed := time.Since(start)
 	stopWriter()
-	for err := range w.errc {
+	for err := range w.Errc {
 		return "", err
 	}
-	written := w.written.Load()
+	written := w.Written.Load()
 	u1 := selfUsage()
 	q1, err := procUsage(d.Pid())
 	if err != nil {

@@ -4,7 +4,8 @@
 // directory), the machine's counters they sample around a timed phase
 // (busy CPU, load average) and the page cache they drop before it, the
 // data extents of sparse files, a qemu-storage-daemon serving an image,
-// and the local vault they replicate into.
+// the churn writer that rewrites a disk through QEMU's NBD export at a
+// set rate, and the local vault they replicate into.
 package benchkit
 
 import (
