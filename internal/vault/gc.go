@@ -323,7 +323,7 @@ func (g *gc) scanPacks(ctx context.Context) error {
 				// fanout blocks), so they are kept in memory.
 				for _, e := range entries {
 					if e.Type == BlobNode {
-						g.v.index.addBulk(pack, []blobEntry{e})
+						g.v.index.addLoose(pack, []blobEntry{e})
 					}
 				}
 				ps.entries = len(entries)
@@ -339,7 +339,7 @@ func (g *gc) scanPacks(ctx context.Context) error {
 			return fmt.Errorf("index file %s is unreadable (%w): run `lifeboat vault check` and `lifeboat vault repair index` before pruning", f.Short(), err)
 		}
 	}
-	g.v.index.finishBulk()
+	g.v.index.finishLoose()
 	return nil
 }
 

@@ -79,8 +79,10 @@ func (w *Writer) Err() error {
 }
 
 // Has reports whether the vault or this writer already holds the blob.
+// When the index cannot answer (see blobIndex) it says no: the blob is
+// then stored again, which is safe.
 func (w *Writer) Has(id ID) bool {
-	if w.v.index.Has(id) {
+	if ok, err := w.v.index.has(w.ctx, id); ok && err == nil {
 		return true
 	}
 	w.pendMu.Lock()
@@ -104,9 +106,15 @@ func (w *Writer) putBlob(ctx context.Context, t BlobType, id ID, plain []byte, d
 	if err := ctx.Err(); err != nil {
 		return false, err
 	}
-	if dedup && w.v.index.Has(id) {
-		w.dupBlobs.Add(1)
-		return false, nil
+	if dedup {
+		has, err := w.v.index.has(ctx, id)
+		if err != nil {
+			return false, err
+		}
+		if has {
+			w.dupBlobs.Add(1)
+			return false, nil
+		}
 	}
 	w.pendMu.Lock()
 	if _, ok := w.pending[id]; ok {
