@@ -25,10 +25,6 @@ type blobIndex interface {
 	// addFile records a pack's entries from an index file this process
 	// has just written.
 	addFile(file, pack ID, entries []blobEntry)
-	// addLoose records entries that come from no particular file (GC's
-	// tree nodes); finishLoose ends a series of them.
-	addLoose(pack ID, entries []blobEntry)
-	finishLoose()
 	// packFilter returns a test for "some entry points into this pack".
 	packFilter(ctx context.Context) (func(ID) bool, error)
 	// replaceWith makes a freshly loaded in-memory table the handle's
@@ -98,10 +94,6 @@ func (m memIndex) load(ctx context.Context) ([]ID, error) { return m.v.loadInto(
 func (m memIndex) has(_ context.Context, id ID) (bool, error) { return m.Has(id), nil }
 
 func (m memIndex) lookup(_ context.Context, id ID) ([]location, error) { return m.Lookup(id), nil }
-
-func (m memIndex) addLoose(pack ID, entries []blobEntry) { m.addBulk(pack, entries) }
-
-func (m memIndex) finishLoose() { m.finishBulk() }
 
 func (m memIndex) packFilter(context.Context) (func(ID) bool, error) { return m.HasPack, nil }
 

@@ -43,6 +43,11 @@ func (v *Vault) LoadBlob(ctx context.Context, t BlobType, id ID, dst []byte) ([]
 	if len(locs) == 0 {
 		return nil, fmt.Errorf("%s %s: %w (run `lifeboat vault check`; `lifeboat vault repair index` rebuilds a lost index from the packs)", t, id.Short(), ErrBlobMissing)
 	}
+	return v.loadFromLocs(ctx, t, id, locs, dst)
+}
+
+// loadFromLocs is LoadBlob from the given copies.
+func (v *Vault) loadFromLocs(ctx context.Context, t BlobType, id ID, locs []location, dst []byte) ([]byte, error) {
 	var firstErr error
 	for _, l := range locs {
 		if l.Type != t {

@@ -158,26 +158,6 @@ func (x *cachedIndex) addFile(file, pack ID, entries []blobEntry) {
 	x.maybeFold()
 }
 
-func (x *cachedIndex) addLoose(pack ID, entries []blobEntry) {
-	x.mu.RLock()
-	defer x.mu.RUnlock()
-	if x.mem != nil {
-		x.mem.addBulk(pack, entries)
-		return
-	}
-	x.over.addLoose(pack, entries)
-}
-
-func (x *cachedIndex) finishLoose() {
-	x.mu.RLock()
-	defer x.mu.RUnlock()
-	if x.mem != nil {
-		x.mem.finishBulk()
-		return
-	}
-	x.over.finishLoose()
-}
-
 // packFilter collects the packs of the cache's pack table and asks the
 // overlay for the rest: memory in the number of packs, not of blobs.
 func (x *cachedIndex) packFilter(ctx context.Context) (func(ID) bool, error) {
@@ -223,7 +203,7 @@ func (x *cachedIndex) reset() {
 	if x.mem != nil {
 		x.mem.reset()
 	}
-	x.over.drop(func(ID, *ovFile) bool { return true }, true)
+	x.over.drop(func(ID, *ovFile) bool { return true })
 	x.mu.Unlock()
 	closeCaches(old, stale)
 }
@@ -272,17 +252,12 @@ func (x *cachedIndex) switchTo(mem *Index) {
 	x.mu.Lock()
 	x.over.each(func(file ID, packs []indexPack) {
 		for _, p := range packs {
-			if file.IsZero() {
-				mem.addBulk(p.ID, p.Entries)
-			} else {
-				mem.addFile(file, p.ID, p.Entries)
-			}
+			mem.addFile(file, p.ID, p.Entries)
 		}
 	})
-	mem.finishBulk()
 	old, stale := x.cache, x.stale
 	x.mem, x.cache, x.stale, x.covered = mem, nil, nil, nil
-	x.over.drop(func(ID, *ovFile) bool { return true }, true)
+	x.over.drop(func(ID, *ovFile) bool { return true })
 	x.mu.Unlock()
 	closeCaches(old, stale)
 	if x.release != nil {

@@ -78,9 +78,9 @@ func (x *cachedIndex) resync(ctx context.Context, ids []ID, start uint64, gone b
 		x.mu.Lock()
 		closeCaches(x.stale)
 		x.stale, x.cache, x.covered = x.cache, nil, nil
-		// What was known before the listing and left the vault goes, as
-		// do GC's loose entries; files this process wrote since stay.
-		x.over.drop(func(id ID, f *ovFile) bool { return f.seq < start }, true)
+		// What was known before the listing goes (some of it left the
+		// vault); files this process wrote since stay.
+		x.over.drop(func(id ID, f *ovFile) bool { return f.seq < start })
 		x.mu.Unlock()
 	}
 	t0 := x.v.clock.Now()
@@ -124,7 +124,7 @@ func (x *cachedIndex) install(c *idxcache.Cache, files []ID, rep *idxcache.Repor
 	x.over.drop(func(id ID, _ *ovFile) bool {
 		_, ok := slices.BinarySearchFunc(covered, id, func(a, b ID) int { return compareIDs(&a, &b) })
 		return ok
-	}, false)
+	})
 	x.mu.Unlock()
 	closeCaches(old, stale)
 	return damaged

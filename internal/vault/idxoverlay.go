@@ -6,16 +6,14 @@ import (
 
 // overlay holds the index entries a cachedIndex answers from memory: the
 // index files not in the cache yet (written by this process, or found by
-// LoadIndex since the cache was last synced) and loose entries (GC's tree
-// nodes). Its files are folded into the cache when they grow; it keeps
-// their entries as read, so that folding needs no vault reads. It is
-// safe for concurrent use.
+// LoadIndex since the cache was last synced). They are folded into the
+// cache when they grow; the overlay keeps their entries as read, so that
+// folding needs no vault reads. It is safe for concurrent use.
 type overlay struct {
 	mu    sync.Mutex
 	files map[ID]*ovFile
-	loose []indexPack
-	n     int    // entries of files
-	idx   *Index // lookups over files and loose
+	n     int    // entries
+	idx   *Index // lookups
 }
 
 // ovFile is one index file of the overlay; seq is when it became known
@@ -57,15 +55,6 @@ func (o *overlay) addPack(file ID, seq uint64, pack ID, entries []blobEntry) {
 	o.idx.add(pack, entries)
 	o.n += len(entries)
 }
-
-func (o *overlay) addLoose(pack ID, entries []blobEntry) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	o.loose = append(o.loose, indexPack{ID: pack, Entries: entries})
-	o.idx.addBulk(pack, entries)
-}
-
-func (o *overlay) finishLoose() { o.idx.finishBulk() }
 
 func (o *overlay) has(id ID) bool { return o.idx.Has(id) }
 
@@ -112,26 +101,20 @@ func (o *overlay) snapshot() map[ID][]indexPack {
 	return m
 }
 
-// each calls fn for every file and then for the loose entries (file zero).
+// each calls fn for every file.
 func (o *overlay) each(fn func(file ID, packs []indexPack)) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	for id, f := range o.files {
 		fn(id, f.packs)
 	}
-	if len(o.loose) > 0 {
-		fn(ID{}, o.loose)
-	}
 }
 
-// drop removes the files for which gone says so, and the loose entries
-// too when loose is set, rebuilding the lookup table from what stays.
-func (o *overlay) drop(gone func(id ID, f *ovFile) bool, loose bool) {
+// drop removes the files for which gone says so, rebuilding the lookup
+// table from what stays.
+func (o *overlay) drop(gone func(id ID, f *ovFile) bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if loose {
-		o.loose = nil
-	}
 	idx, n := NewIndex(), 0
 	for id, f := range o.files {
 		if gone(id, f) {
@@ -142,9 +125,6 @@ func (o *overlay) drop(gone func(id ID, f *ovFile) bool, loose bool) {
 			idx.addBulk(p.ID, p.Entries)
 			n += len(p.Entries)
 		}
-	}
-	for _, p := range o.loose {
-		idx.addBulk(p.ID, p.Entries)
 	}
 	idx.finishBulk()
 	// Lookups hold their own reference to the old table until they end.
