@@ -45,8 +45,7 @@ type cachedIndex struct {
 	repaired bool   // the cache was rebuilt after damage once
 
 	mu      sync.RWMutex
-	cache   *idxcache.Cache // nil until the first LoadIndex, or while rebuilt
-	stale   *idxcache.Cache // the cache before a rebuild: for reads only
+	cache   *idxcache.Cache // nil until the first LoadIndex
 	covered []ID            // sorted: the index files the cache covers
 	mem     *Index          // set once the index fell back to memory
 }
@@ -113,12 +112,6 @@ func (x *cachedIndex) lookup(ctx context.Context, id ID) ([]location, error) {
 		}
 		out := x.over.lookup(id)
 		c := x.cache
-		if c == nil {
-			// While the cache is rebuilt, reads may use the one before:
-			// a blob is verified as it is read, so a location in a pack
-			// gone meanwhile only fails (have-checks never use it).
-			c = x.stale
-		}
 		var locs []idxcache.Loc
 		var err error
 		if c != nil {
@@ -198,14 +191,14 @@ func (x *cachedIndex) reset() {
 	x.syncMu.Lock()
 	defer x.syncMu.Unlock()
 	x.mu.Lock()
-	old, stale := x.cache, x.stale
-	x.cache, x.stale, x.covered = nil, nil, nil
+	old := x.cache
+	x.cache, x.covered = nil, nil
 	if x.mem != nil {
 		x.mem.reset()
 	}
 	x.over.drop(func(ID, *ovFile) bool { return true })
 	x.mu.Unlock()
-	closeCaches(old, stale)
+	closeCaches(old)
 }
 
 func (x *cachedIndex) close() error {
@@ -214,10 +207,10 @@ func (x *cachedIndex) close() error {
 	x.syncMu.Lock()
 	defer x.syncMu.Unlock()
 	x.mu.Lock()
-	old, stale := x.cache, x.stale
-	x.cache, x.stale = nil, nil
+	old := x.cache
+	x.cache = nil
 	x.mu.Unlock()
-	closeCaches(old, stale)
+	closeCaches(old)
 	if x.release != nil {
 		x.release()
 		x.release = nil
@@ -255,11 +248,11 @@ func (x *cachedIndex) switchTo(mem *Index) {
 			mem.addFile(file, p.ID, p.Entries)
 		}
 	})
-	old, stale := x.cache, x.stale
-	x.mem, x.cache, x.stale, x.covered = mem, nil, nil, nil
+	old := x.cache
+	x.mem, x.cache, x.covered = mem, nil, nil
 	x.over.drop(func(ID, *ovFile) bool { return true })
 	x.mu.Unlock()
-	closeCaches(old, stale)
+	closeCaches(old)
 	if x.release != nil {
 		x.release()
 		x.release = nil

@@ -47,7 +47,7 @@ func (x *cachedIndex) load(ctx context.Context) ([]ID, error) {
 	}
 	x.mu.RUnlock()
 	if first || gone {
-		return x.resync(ctx, ids, start, gone)
+		return x.resync(ctx, ids, start)
 	}
 	damaged, err := x.v.readIndexFiles(ctx, todo, func(file ID, packs []indexPack) {
 		x.over.addFile(file, start, packs)
@@ -62,10 +62,14 @@ func (x *cachedIndex) coveredLocked(file ID) bool {
 	return ok
 }
 
-// resync syncs the cache with the listed files ids. When files left the
-// vault the cache stops answering have-checks at once (as the in-memory
-// table is emptied) and is rebuilt; reads may use it meanwhile.
-func (x *cachedIndex) resync(ctx context.Context, ids []ID, start uint64, gone bool) ([]ID, error) {
+// resync syncs the cache with the listed files ids, known as of seq
+// start. Until the new cache is installed the one before keeps answering:
+// the caller (whose lock is the newest) waits here for the new view, and
+// every other writer of the process keeps one at least as new as the one
+// its own LoadIndex gave it, which is all the GC protocol asks (§12: a
+// writer's view dates from its lock). The in-memory table does not do
+// that: it is emptied at once, so have-checks say no until it is loaded.
+func (x *cachedIndex) resync(ctx context.Context, ids []ID, start uint64) ([]ID, error) {
 	x.syncMu.Lock()
 	defer x.syncMu.Unlock()
 	if x.mem != nil { // switched while we waited
@@ -73,15 +77,6 @@ func (x *cachedIndex) resync(ctx context.Context, ids []ID, start uint64, gone b
 	}
 	if err := x.lockDir(); err != nil {
 		return x.toMemory(ctx, "cannot use the index cache directory", err)
-	}
-	if gone {
-		x.mu.Lock()
-		closeCaches(x.stale)
-		x.stale, x.cache, x.covered = x.cache, nil, nil
-		// What was known before the listing goes (some of it left the
-		// vault); files this process wrote since stay.
-		x.over.drop(func(id ID, f *ovFile) bool { return f.seq < start })
-		x.mu.Unlock()
 	}
 	t0 := x.v.clock.Now()
 	c, rep, err := idxcache.Sync(ctx, x.dir, cacheIDs(ids), x.source(), x.opts)
@@ -91,16 +86,18 @@ func (x *cachedIndex) resync(ctx context.Context, ids []ID, start uint64, gone b
 		}
 		return x.toMemory(ctx, "the index cache cannot be written", err)
 	}
-	damaged := x.install(c, ids, rep)
+	damaged := x.install(c, ids, rep, start)
 	x.v.log.Info("index cache "+rep.Action, "dir", x.dir, "index_files", len(ids), "read", rep.Added,
 		"blobs", c.Len(), "runs", c.Runs(), "reason", rep.Reason, "seconds", x.v.clock.Now().Sub(t0).Seconds())
 	return damaged, nil
 }
 
-// install makes c, which covers files minus rep.Skipped, the cache: the
-// overlay's copies of those files go. It returns the files that were
-// damaged (the caller holds syncMu).
-func (x *cachedIndex) install(c *idxcache.Cache, files []ID, rep *idxcache.Report) []ID {
+// install makes c, which covers files minus rep.Skipped, the cache. The
+// overlay's copies of those files go, as do its files known before seq
+// before (the listing the cache was synced with had every one of them
+// still in the vault). It returns the files that were damaged (the
+// caller holds syncMu).
+func (x *cachedIndex) install(c *idxcache.Cache, files []ID, rep *idxcache.Report, before uint64) []ID {
 	skipped := map[ID]bool{}
 	var damaged []ID
 	for _, s := range rep.Skipped {
@@ -119,14 +116,14 @@ func (x *cachedIndex) install(c *idxcache.Cache, files []ID, rep *idxcache.Repor
 	slices.SortFunc(covered, func(a, b ID) int { return compareIDs(&a, &b) })
 	covered = slices.Compact(covered)
 	x.mu.Lock()
-	old, stale := x.cache, x.stale
-	x.cache, x.stale, x.covered = c, nil, covered
-	x.over.drop(func(id ID, _ *ovFile) bool {
+	old := x.cache
+	x.cache, x.covered = c, covered
+	x.over.drop(func(id ID, f *ovFile) bool {
 		_, ok := slices.BinarySearchFunc(covered, id, func(a, b ID) int { return compareIDs(&a, &b) })
-		return ok
+		return ok || f.seq < before
 	})
 	x.mu.Unlock()
-	closeCaches(old, stale)
+	closeCaches(old)
 	return damaged
 }
 
@@ -194,7 +191,7 @@ func (x *cachedIndex) fold(ctx context.Context) {
 		}
 		return
 	}
-	x.install(c, files, rep)
+	x.install(c, files, rep, 0)
 	x.folds.Add(1)
 }
 
@@ -206,17 +203,11 @@ func (x *cachedIndex) repair(ctx context.Context, broken *idxcache.Cache, cause 
 	x.syncMu.Lock()
 	defer x.syncMu.Unlock()
 	x.mu.RLock()
-	cur, stale, covered, mem := x.cache, x.stale, x.covered, x.mem
+	cur, covered, mem := x.cache, x.covered, x.mem
 	x.mu.RUnlock()
 	switch {
-	case mem != nil || (cur != broken && stale != broken):
+	case mem != nil || cur != broken:
 		return nil // replaced meanwhile: ask again
-	case broken == stale:
-		x.mu.Lock()
-		x.stale = nil
-		x.mu.Unlock()
-		closeCaches(stale)
-		return nil
 	case x.repaired:
 		_, err := x.toMemory(ctx, "the index cache was damaged again", cause)
 		return err
@@ -231,7 +222,7 @@ func (x *cachedIndex) repair(ctx context.Context, broken *idxcache.Cache, cause 
 		_, err = x.toMemory(ctx, "the index cache cannot be rebuilt", err)
 		return err
 	}
-	x.install(c, covered, rep)
+	x.install(c, covered, rep, 0)
 	return nil
 }
 
