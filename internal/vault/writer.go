@@ -85,9 +85,16 @@ func (w *Writer) Has(id ID) bool {
 	if ok, err := w.v.index.has(w.ctx, id); ok && err == nil {
 		return true
 	}
+	return w.Holds(id)
+}
+
+// Holds reports whether this writer has the blob in a pack not indexed
+// yet (stored or being stored); once indexed, the vault's index has it
+// (Vault.HasBlob). Has asks both.
+func (w *Writer) Holds(id ID) bool {
 	w.pendMu.Lock()
+	defer w.pendMu.Unlock()
 	_, ok := w.pending[id]
-	w.pendMu.Unlock()
 	return ok
 }
 
