@@ -117,6 +117,8 @@ log "go test -race (all packages)"
 go test -race -timeout 60m ./...
 log "go test: the index cache against a reference map of millions of IDs (too slow under -race)"
 go test -count=1 -run '^TestCacheMatchesReference$' ./internal/vault/idxcache
+log "go test -race: the vault and ingest again, every vault handle's index in an on-disk cache"
+LIFEBOAT_TEST_INDEX_CACHE=1 go test -race -count=1 ./internal/vault ./internal/ingest
 
 log "fuzz targets (short pass)"
 # `go test -list` prints a package's targets, then "ok  PACKAGE ...".

@@ -51,6 +51,7 @@ type app struct {
 
 	vaultLoc       string
 	passphraseFile string
+	indexCache     string // --index-cache
 	s3Endpoint     string
 	logLevel       string
 	logFormat      string

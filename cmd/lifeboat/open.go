@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -79,6 +80,36 @@ func (a *app) prompt(prompt string, confirm bool) ([]byte, error) {
 
 // openVault opens the vault given by --vault.
 func (a *app) openVault(ctx context.Context) (*vault.Vault, error) {
+	return a.openVaultWith(ctx, vault.Options{Logger: a.log})
+}
+
+// indexCacheFlag defines --index-cache on the commands that load a
+// vault's index to read or write blocks.
+func (a *app) indexCacheFlag(fs *pflag.FlagSet) {
+	fs.StringVar(&a.indexCache, "index-cache", a.getenv("LIFEBOAT_INDEX_CACHE"),
+		`directory of the on-disk cache of the vault's index, a subdirectory per vault (default: idxcache in the state directory); "off" loads the whole index into memory instead, 52 bytes a block (env LIFEBOAT_INDEX_CACHE)`)
+}
+
+// openVaultIndexed opens the vault given by --vault with its index in the
+// on-disk cache --index-cache names, by default stateDir/idxcache: memory
+// then stays bounded at any vault size, and once the cache exists loading
+// the index reads only the index files it lacks (docs/architecture.md,
+// "Memory"). Another process using the same cache makes this one load
+// the index into memory, with a warning.
+func (a *app) openVaultIndexed(ctx context.Context, stateDir string) (*vault.Vault, error) {
+	o := vault.Options{Logger: a.log, IndexCachePread: true}
+	switch a.indexCache {
+	case "off":
+	case "":
+		o.IndexCacheDir = filepath.Join(stateDir, "idxcache")
+	default:
+		o.IndexCacheDir = a.indexCache
+	}
+	return a.openVaultWith(ctx, o)
+}
+
+// openVaultWith opens the vault given by --vault with options o.
+func (a *app) openVaultWith(ctx context.Context, o vault.Options) (*vault.Vault, error) {
 	be, err := a.openBackend(ctx, a.vaultLoc, false)
 	if err != nil {
 		return nil, err
@@ -87,7 +118,6 @@ func (a *app) openVault(ctx context.Context) (*vault.Vault, error) {
 	if err != nil {
 		return nil, err
 	}
-	o := vault.Options{Logger: a.log}
 	if err := o.ApplyTestLockTiming(a.getenv); err != nil {
 		return nil, &codeError{exitUsage, err}
 	}

@@ -50,6 +50,7 @@ server keeps there; flags override them.`,
 	pf.StringVar(&f.exec, "exec", "", "the exec provider's script (with --provider exec; default: the catalog's)")
 	pf.BoolVar(&f.json, "json", false, "print JSON")
 	a.vaultFlags(pf)
+	a.indexCacheFlag(pf)
 	c.AddCommand(a.recoverMachinesCmd(&f), a.recoverPointsCmd(&f), a.recoverBootCmd(&f), a.recoverPlanCmd(&f), a.recoverListCmd(&f), a.recoverRemoveCmd(&f))
 	return c
 }
@@ -229,7 +230,7 @@ func parseTimeFlag(s string) (time.Time, error) {
 
 // recoverEnv builds an orchestrator that works from the vault alone.
 func (a *app) recoverEnv(ctx context.Context, f *recoverFlags) (*orchestrate.Orchestrator, error) {
-	v, err := a.openVault(ctx)
+	v, err := a.openVaultIndexed(ctx, defaultStateDir(a.getenv))
 	if err != nil {
 		return nil, err
 	}

@@ -80,6 +80,7 @@ files (XFS, btrfs), so points are crash-consistent while the disks change.`,
 	fl.IntVar(&f.workers, "workers", 0, "blocks hashed, compressed and encrypted in parallel (default: number of CPUs)")
 	_ = fl.MarkHidden("workers")
 	a.vaultFlags(c.Flags())
+	a.indexCacheFlag(c.Flags())
 	return c
 }
 
@@ -118,10 +119,11 @@ func (a *app) runReplicate(ctx context.Context, f replicateFlags) error {
 			return err
 		}
 	}
-	v, err := a.openVault(ctx)
+	v, err := a.openVaultIndexed(ctx, f.stateDir)
 	if err != nil {
 		return err
 	}
+	defer v.Close()
 	cfg := v.Config()
 	var disks []replicate.Disk
 	var paths []string

@@ -37,10 +37,11 @@ anything that is neither a file nor a block device.`,
 			if to == "" {
 				return &codeError{exitUsage, errors.New("give the target with --to FILE|DEVICE")}
 			}
-			v, err := a.openVault(ctx)
+			v, err := a.openVaultIndexed(ctx, defaultStateDir(a.getenv))
 			if err != nil {
 				return err
 			}
+			defer v.Close()
 			// Refused before the index is loaded; Restore checks again.
 			if err := recover.CheckTarget(to, recover.VaultDir(v)); err != nil {
 				return err
@@ -95,5 +96,6 @@ anything that is neither a file nor a block device.`,
 	c.Flags().BoolVar(&o.Force, "force", false, "overwrite an existing file completely")
 	c.Flags().BoolVar(&asJSON, "json", false, "print one JSON object (point, disk, target, bytes and blocks written, time) instead of a summary line")
 	a.vaultFlags(c.Flags())
+	a.indexCacheFlag(c.Flags())
 	return c
 }

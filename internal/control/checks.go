@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
 	"strings"
 	"syscall"
 	"time"
@@ -149,6 +150,12 @@ func (s *Server) checkSpace(add addCheck) {
 	dirs := []string{s.dataDir}
 	if s.cfg.CacheDir != "" && !strings.HasPrefix(s.cfg.CacheDir, s.dataDir+"/") {
 		dirs = append(dirs, s.cfg.CacheDir)
+	}
+	// The index cache's directory is made by the first session.
+	if d := s.cfg.IndexCacheDir; !s.cfg.NoIndexCache && d != "" && !strings.HasPrefix(d, s.dataDir+"/") {
+		if _, err := os.Stat(d); err == nil {
+			dirs = append(dirs, d)
+		}
 	}
 	for _, d := range dirs {
 		var st syscall.Statfs_t

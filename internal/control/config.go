@@ -36,6 +36,7 @@ const (
 	CADir          = "ca"          // the CA (pki.CACertFile, pki.CAKeyFile)
 	DefaultDB      = "state.db"    // SQLite state when Config.DB is empty
 	CacheDir       = "cache"       // the embedded process server's cache
+	IndexCacheDir  = "idxcache"    // the on-disk cache of the vault's index
 )
 
 // Defaults of Config.
@@ -100,6 +101,17 @@ type Config struct {
 	CacheDir       string `json:"cache_dir,omitempty"`  // default DataDir/cache
 	CacheLimit     int64  `json:"cache_limit,omitempty"`
 	Bandwidth      int64  `json:"bandwidth,omitempty"` // bytes/s, 0 = unlimited
+
+	// IndexCacheDir holds the on-disk cache of the vault's index that the
+	// embedded process server's sessions use, in a subdirectory per vault
+	// (default DataDir/idxcache), so that memory stays bounded at any
+	// vault size (docs/architecture.md, "Memory"). NoIndexCache loads the
+	// whole index into memory instead (52 bytes a blob); IndexCacheMmap
+	// maps the cache instead of reading it with pread (faster
+	// have-checks; its pages then count in the RSS).
+	IndexCacheDir  string `json:"index_cache_dir,omitempty"`
+	NoIndexCache   bool   `json:"no_index_cache,omitempty"`
+	IndexCacheMmap bool   `json:"index_cache_mmap,omitempty"`
 
 	HeartbeatEvery api.Duration `json:"heartbeat_every,omitempty"` // agents' heartbeat period (default 10s)
 	RetentionEvery api.Duration `json:"retention_every,omitempty"` // retention + GC period (default 10m)
@@ -210,6 +222,9 @@ func (c *Config) defaults(dataDir string) {
 	}
 	if c.CacheLimit == 0 {
 		c.CacheLimit = DefaultCacheLimit
+	}
+	if c.IndexCacheDir == "" {
+		c.IndexCacheDir = filepath.Join(dataDir, IndexCacheDir)
 	}
 	if c.HeartbeatEvery == 0 {
 		c.HeartbeatEvery = api.Duration(DefaultHeartbeatEvery)
@@ -455,6 +470,9 @@ func fileConfig(cfg Config, dataDir string) Config {
 	}
 	if cfg.CacheDir == filepath.Join(dataDir, CacheDir) {
 		cfg.CacheDir = ""
+	}
+	if cfg.IndexCacheDir == filepath.Join(dataDir, IndexCacheDir) {
+		cfg.IndexCacheDir = ""
 	}
 	if cfg.Recovery.Dir == filepath.Join(dataDir, RecoveryDir) {
 		cfg.Recovery.Dir = ""

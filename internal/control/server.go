@@ -181,6 +181,9 @@ func Open(ctx context.Context, o RunOptions) (*Server, error) {
 		return nil, err
 	}
 	vo := vault.Options{Clock: o.Clock, Logger: o.Logger, KDF: o.VaultKDF}
+	if !cfg.NoIndexCache {
+		vo.IndexCacheDir, vo.IndexCachePread = cfg.IndexCacheDir, !cfg.IndexCacheMmap
+	}
 	if err := vo.ApplyTestLockTiming(o.Getenv); err != nil {
 		return nil, err
 	}
@@ -230,8 +233,11 @@ func Open(ctx context.Context, o RunOptions) (*Server, error) {
 	return s, nil
 }
 
-// Close releases the store.
-func (s *Server) Close() error { return s.store.Close() }
+// Close releases the store and the vault handle's index cache.
+func (s *Server) Close() error {
+	_ = s.vault.Close()
+	return s.store.Close()
+}
 
 // Store returns the server's state store.
 func (s *Server) Store() store.Store { return s.store }

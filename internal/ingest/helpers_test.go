@@ -38,6 +38,22 @@ func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.DiscardHandler)
 }
 
+// testIndexCacheEnv, when set, gives the vault handles of the tests an
+// on-disk index cache, as process servers use (scripts/test.sh runs the
+// package both ways).
+const testIndexCacheEnv = "LIFEBOAT_TEST_INDEX_CACHE"
+
+// vaultOptions are the options of a test's vault handle, closed when the
+// test ends (after its servers, registered later).
+func vaultOptions(t testing.TB) vault.Options {
+	o := vault.Options{KDF: testKDF, Logger: testLogger(t)}
+	if os.Getenv(testIndexCacheEnv) != "" {
+		o.IndexCacheDir = t.TempDir()
+		o.IndexCacheOverlay = 2000
+	}
+	return o
+}
+
 // newVault creates a local vault in a temporary directory.
 func newVault(t testing.TB, blockSize, packSize int) (*vault.Vault, string) {
 	t.Helper()
@@ -47,13 +63,24 @@ func newVault(t testing.TB, blockSize, packSize int) (*vault.Vault, string) {
 		t.Fatal(err)
 	}
 	v, err := vault.Init(context.Background(), be, []byte("pw"), vault.InitOptions{
-		Options:   vault.Options{KDF: testKDF, Logger: testLogger(t)},
+		Options:   vaultOptions(t),
 		BlockSize: blockSize, PackSize: packSize, Fanout: 16,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { v.Close() })
 	return v, dir
+}
+
+// vaultHas is HasBlob that fails the test on an error.
+func vaultHas(t testing.TB, v *vault.Vault, id vault.ID) bool {
+	t.Helper()
+	ok, err := v.HasBlob(context.Background(), id)
+	if err != nil {
+		t.Fatalf("HasBlob(%s): %v", id.Short(), err)
+	}
+	return ok
 }
 
 // openVault opens another handle on the vault at dir, with its index.
@@ -63,10 +90,11 @@ func openVault(t testing.TB, dir string) *vault.Vault {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := vault.Open(context.Background(), be, []byte("pw"), vault.Options{KDF: testKDF, Logger: testLogger(t)})
+	v, err := vault.Open(context.Background(), be, []byte("pw"), vaultOptions(t))
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { v.Close() })
 	if _, err := v.LoadIndex(context.Background()); err != nil {
 		t.Fatal(err)
 	}

@@ -231,7 +231,7 @@ func hostileBatches(t *testing.T, srv *Server, u, sp, vdir string, r *rand.Rand)
 		t.Fatalf("rejected batches left %d segments, stats %+v", n, srv.Stats())
 	}
 	v2 := openVault(t, vdir)
-	if v2.Index().Has(h.ID(blk)) || v2.Index().Has(h.ID(other2)) {
+	if vaultHas(t, v2, h.ID(blk)) || vaultHas(t, v2, h.ID(other2)) {
 		t.Fatal("a rejected block reached the vault")
 	}
 
@@ -248,7 +248,7 @@ func hostileBatches(t *testing.T, srv *Server, u, sp, vdir string, r *rand.Rand)
 	if srv.Stats().Sessions != 0 {
 		t.Fatal("failed session not removed")
 	}
-	if !openVault(t, vdir).Index().Has(h.ID(blk)) {
+	if !vaultHas(t, openVault(t, vdir), h.ID(blk)) {
 		t.Fatal("the acknowledged block of the failed session did not reach the vault")
 	}
 

@@ -230,7 +230,7 @@ func TestCrashResume(t *testing.T) {
 	missing := func(vv *vault.Vault) int {
 		n := 0
 		for off := 0; off < len(img); off += bs {
-			if !vv.Index().Has(h.ID(img[off:min(off+bs, len(img))])) {
+			if !vaultHas(t, vv, h.ID(img[off:min(off+bs, len(img))])) {
 				n++
 			}
 		}

@@ -73,13 +73,13 @@ func TestSessionLockLost(t *testing.T) {
 	}
 	be := &putLog{Backend: lb}
 	fc := clock.NewFake(time.Now())
-	v, err := vault.Init(ctx, be, []byte("pw"), vault.InitOptions{
-		Options:   vault.Options{KDF: testKDF, Logger: testLogger(t), Clock: fc},
-		BlockSize: bs, PackSize: 1 << 20, Fanout: 16,
-	})
+	vo := vaultOptions(t)
+	vo.Clock = fc
+	v, err := vault.Init(ctx, be, []byte("pw"), vault.InitOptions{Options: vo, BlockSize: bs, PackSize: 1 << 20, Fanout: 16})
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { v.Close() })
 	srv, hs, ev := startServer(t, v, t.TempDir(), nil)
 	c := newClient(t, hs.URL, "m")
 	r := rand.New(rand.NewPCG(31, 32))
@@ -133,7 +133,7 @@ func TestSessionLockLost(t *testing.T) {
 	checkStoredUnderNewLock(t, be.log())
 	fresh := openVault(t, dir)
 	for k := range 128 {
-		if id := fresh.BlockID(img[k*bs : (k+1)*bs]); !fresh.Index().Has(id) {
+		if id := fresh.BlockID(img[k*bs : (k+1)*bs]); !vaultHas(t, fresh, id) {
 			t.Fatalf("acknowledged block %d is not in the vault", k)
 		}
 	}

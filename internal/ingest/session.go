@@ -312,19 +312,23 @@ func (ss *session) has(id vault.ID) bool {
 	if id.IsZero() {
 		return false
 	}
-	if ss.s.v.Index().Has(id) {
+	// The vault's index is asked once (a block read with the on-disk
+	// cache), then what the session's writers hold unindexed. An index
+	// that cannot answer says no: the agent sends the block, which is
+	// safe.
+	if ok, err := ss.s.v.HasBlob(ss.ctx, id); ok && err == nil {
 		return true
 	}
 	ss.genMu.RLock()
 	g := ss.gen
 	ss.genMu.RUnlock()
-	if g.w.Has(id) {
+	if g.w.Holds(id) {
 		return true
 	}
 	ss.cpMu.Lock()
 	defer ss.cpMu.Unlock()
 	for _, c := range ss.closing {
-		if c.w.Has(id) {
+		if c.w.Holds(id) {
 			return true
 		}
 	}

@@ -46,6 +46,15 @@ type Config struct {
 	Advertise  string   `json:"advertise"`   // URL agents are given (default https://<listen>)
 	CacheDir   string   `json:"cache_dir"`   // default <state>/cache
 	CacheLimit int64    `json:"cache_limit"` // bytes; default 2 GiB
+	// IndexCacheDir holds the on-disk cache of the vault's index, in a
+	// subdirectory per vault (default <state>/idxcache), so that memory
+	// stays bounded at any vault size (docs/architecture.md, "Memory").
+	// NoIndexCache loads the whole index into memory instead (52 bytes a
+	// blob); IndexCacheMmap maps the cache instead of reading it with
+	// pread (faster have-checks; its pages then count in the RSS).
+	IndexCacheDir  string `json:"index_cache_dir,omitempty"`
+	NoIndexCache   bool   `json:"no_index_cache,omitempty"`
+	IndexCacheMmap bool   `json:"index_cache_mmap,omitempty"`
 	// Limits bound the ingest listener; zero fields take
 	// tlslisten.IngestDefaults.
 	Limits tlslisten.Limits `json:"limits,omitzero"`
@@ -71,6 +80,9 @@ func LoadConfig(stateDir string) (Config, error) {
 	}
 	if c.CacheDir == "" {
 		c.CacheDir = filepath.Join(stateDir, "cache")
+	}
+	if c.IndexCacheDir == "" {
+		c.IndexCacheDir = filepath.Join(stateDir, "idxcache")
 	}
 	if c.Advertise == "" {
 		c.Advertise = "https://" + c.Listen
@@ -202,6 +214,7 @@ func Run(ctx context.Context, stateDir string, o Options) error {
 	if err != nil {
 		return err
 	}
+	defer v.Close() // after the ingest server, which serve closes
 	srv, err := d.newIngest(ctx, v, pc.Bandwidth)
 	if err != nil {
 		return err
@@ -292,6 +305,9 @@ func (d *daemon) openVault(ctx context.Context, pc api.ProcessConfig, reg promet
 		be = mb
 	}
 	vo := vault.Options{Logger: d.log, Clock: d.clock}
+	if !d.cfg.NoIndexCache {
+		vo.IndexCacheDir, vo.IndexCachePread = d.cfg.IndexCacheDir, !d.cfg.IndexCacheMmap
+	}
 	if err := vo.ApplyTestLockTiming(os.Getenv); err != nil {
 		return nil, err
 	}

@@ -5,92 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sync"
 
 	"github.com/lifeboat-dr/lifeboat/internal/vault/backend"
 )
 
 // ErrBlobMissing means a referenced blob is in no index file.
 var ErrBlobMissing = errors.New("not in the index")
-
-// LoadIndex brings the in-memory index up to date with the index files on
-// the backend: new files are added; if any file the index holds entries of
-// disappeared (compaction or GC rewrote it), the index is rebuilt so that
-// it never lists a blob the vault no longer promises to keep. That covers
-// files written by this process's writers too (a session's checkpointed
-// packs that GC marked while nothing referenced them). Damaged index files
-// are skipped with a warning and returned (check reports them).
-func (v *Vault) LoadIndex(ctx context.Context) (damaged []ID, err error) {
-	v.loadMu.Lock() // several sessions of a process server share one Vault
-	defer v.loadMu.Unlock()
-	start := v.index.nextSeq()
-	ids, err := v.listIDs(ctx, "index/")
-	if err != nil {
-		return nil, fmt.Errorf("list index: %w", err)
-	}
-	present := make(map[ID]bool, len(ids))
-	for _, id := range ids {
-		present[id] = true
-	}
-	v.index.mu.RLock()
-	rebuild := false
-	for id, seq := range v.index.files {
-		// A file a writer recorded after the listing began may simply
-		// be newer than the listing.
-		if !present[id] && seq < start {
-			rebuild = true
-			break
-		}
-	}
-	var todo []ID
-	for _, id := range ids {
-		if _, ok := v.index.files[id]; !ok {
-			todo = append(todo, id)
-		}
-	}
-	v.index.mu.RUnlock()
-	if rebuild {
-		v.index.reset()
-		todo = ids
-	}
-	var (
-		mu   sync.Mutex
-		wg   sync.WaitGroup
-		sem  = make(chan struct{}, 8)
-		ferr error
-	)
-	for _, id := range todo {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			err := v.readIndexFile(ctx, id, func(pack ID, entries []blobEntry) error {
-				v.index.addBulk(pack, entries)
-				return nil
-			})
-			mu.Lock()
-			defer mu.Unlock()
-			switch {
-			case err == nil:
-				v.index.mu.Lock()
-				v.index.files[id] = start
-				v.index.mu.Unlock()
-			case backend.IsNotExist(err):
-				// removed by compaction meanwhile; its entries are in its successor
-			case ctx.Err() != nil:
-				ferr = ctx.Err()
-			default:
-				v.log.Warn("skipping damaged index file; run `lifeboat vault check`", "index", id.Short(), "err", err)
-				damaged = append(damaged, id)
-			}
-		}()
-	}
-	wg.Wait()
-	v.index.finishBulk()
-	v.indexEpoch.Add(1)
-	return damaged, ferr
-}
 
 // readIndexFile opens one index file and calls fn per pack.
 func (v *Vault) readIndexFile(ctx context.Context, id ID, fn func(pack ID, entries []blobEntry) error) error {
@@ -116,10 +36,18 @@ func (v *Vault) writeIndexFile(ctx context.Context, packs []indexPack) (ID, erro
 // LoadBlob appends the verified plaintext of a blob to dst. It tries every
 // stored copy before giving up.
 func (v *Vault) LoadBlob(ctx context.Context, t BlobType, id ID, dst []byte) ([]byte, error) {
-	locs := v.lookupAnywhere(ctx, id)
+	locs, err := v.lookupAnywhere(ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", t, id.Short(), err)
+	}
 	if len(locs) == 0 {
 		return nil, fmt.Errorf("%s %s: %w (run `lifeboat vault check`; `lifeboat vault repair index` rebuilds a lost index from the packs)", t, id.Short(), ErrBlobMissing)
 	}
+	return v.loadFromLocs(ctx, t, id, locs, dst)
+}
+
+// loadFromLocs is LoadBlob from the given copies.
+func (v *Vault) loadFromLocs(ctx context.Context, t BlobType, id ID, locs []location, dst []byte) ([]byte, error) {
 	var firstErr error
 	for _, l := range locs {
 		if l.Type != t {
@@ -165,7 +93,10 @@ func (v *Vault) ReadBlobs(ctx context.Context, ids []ID, fn func(i int, plain []
 	}
 	reqs := make([]req, 0, len(ids))
 	for i, id := range ids {
-		locs := v.lookupAnywhere(ctx, id)
+		locs, err := v.lookupAnywhere(ctx, id)
+		if err != nil {
+			return fmt.Errorf("block %s: %w", id.Short(), err)
+		}
 		if len(locs) == 0 {
 			return fmt.Errorf("block %s: %w (run `lifeboat vault check`)", id.Short(), ErrBlobMissing)
 		}

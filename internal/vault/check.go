@@ -437,7 +437,7 @@ func (w *treeWalker) walk(ctx context.Context, s shape, id ID, level int, pos in
 		w.c.mu.Unlock()
 		if !known {
 			obj := "tree node"
-			if locs := w.c.v.index.Lookup(id); len(locs) > 0 {
+			if locs, _ := w.c.v.index.lookup(ctx, id); len(locs) > 0 {
 				obj = packName(locs[0].Pack)
 			}
 			w.c.damage(Damage{Object: obj, Blob: id.String(), Error: err.Error()}, id)
@@ -455,7 +455,19 @@ func (w *treeWalker) walk(ctx context.Context, s shape, id ID, level int, pos in
 				bad = append(bad, b)
 				continue
 			}
-			if !w.c.v.index.Has(b) && len(w.c.v.lookupAnywhere(ctx, b)) == 0 {
+			has, err := w.c.v.index.has(ctx, b)
+			if err != nil {
+				return nil, err
+			}
+			if !has {
+				// Held by a pack marked for GC until a sweep resurrects it.
+				locs, err := w.c.v.lookupAnywhere(ctx, b)
+				if err != nil {
+					return nil, err
+				}
+				has = len(locs) > 0
+			}
+			if !has {
 				w.c.damage(Damage{Object: "index", Blob: b.String(), Error: "block is referenced but in no index file"}, b)
 				bad = append(bad, b)
 			}

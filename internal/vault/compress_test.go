@@ -112,7 +112,10 @@ func blockComps(t *testing.T, v *Vault, img []byte) map[uint8]int {
 		if id.IsZero() {
 			continue
 		}
-		locs := v.index.Lookup(id)
+		locs, err := v.index.lookup(context.Background(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
 		if len(locs) == 0 {
 			t.Fatalf("block at %d not indexed", off)
 		}

@@ -22,7 +22,7 @@ func logBuffer() (*slog.Logger, *bytes.Buffer) {
 func openWithLog(t *testing.T, be *mem.Backend, pass string) (*Vault, string, error) {
 	t.Helper()
 	log, buf := logBuffer()
-	v, err := Open(context.Background(), be, []byte(pass), Options{Logger: log})
+	v, err := testOpen(t, context.Background(), be, []byte(pass), Options{Logger: log})
 	return v, buf.String(), err
 }
 

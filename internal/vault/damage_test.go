@@ -14,7 +14,9 @@ import (
 // TestFlippedByteInEveryObject flips one byte in each stored object in
 // turn: check --read-data must name the object, restoring the points it
 // says are affected must fail, and every other point must restore exactly.
-func TestFlippedByteInEveryObject(t *testing.T) {
+func TestFlippedByteInEveryObject(t *testing.T) { forIndexModes(t, testFlippedByteInEveryObject) }
+
+func testFlippedByteInEveryObject(t *testing.T) {
 	ctx := context.Background()
 	be := mem.New()
 	v := newTestVault(t, be, InitOptions{BlockSize: 4096, PackSize: 1 << 20})
@@ -58,7 +60,7 @@ func TestFlippedByteInEveryObject(t *testing.T) {
 		for _, at := range []int{0, sizeOf / 2, sizeOf - 1} {
 			restoreSnapshot(be, clean)
 			be.Mutate(name, func(b []byte) []byte { b[at] ^= 0x01; return b })
-			v2, err := Open(ctx, be, []byte("secret"), Options{})
+			v2, err := testOpen(t, ctx, be, []byte("secret"), Options{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -82,7 +84,7 @@ func TestFlippedByteInEveryObject(t *testing.T) {
 			for _, a := range rep.Affected {
 				affected[a] = true
 			}
-			v3, err := Open(ctx, be, []byte("secret"), Options{})
+			v3, err := testOpen(t, ctx, be, []byte("secret"), Options{})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -229,6 +229,7 @@ type gc struct {
 	packs map[ID]*packStat
 	files []ID // index files at scan time
 	nidx  int  // index entries
+	nodes *Index
 }
 
 func (g *gc) progress(stage string, done, total int64) {
@@ -295,7 +296,7 @@ func (g *gc) retention(ctx context.Context) ([]*Point, error) {
 
 // scanPacks lists packs and index files and sizes the bitmaps.
 func (g *gc) scanPacks(ctx context.Context) error {
-	g.packs = map[ID]*packStat{}
+	g.packs, g.nodes = map[ID]*packStat{}, NewIndex()
 	if err := g.v.be.List(ctx, "data/", func(fi backend.Info) error {
 		if id, err := ParseID(fi.Name[strings.LastIndexByte(fi.Name, '/')+1:]); err == nil {
 			g.packs[id] = &packStat{onDisk: true, size: fi.Size, mod: fi.ModTime}
@@ -320,10 +321,11 @@ func (g *gc) scanPacks(ctx context.Context) error {
 			ps.files = append(ps.files, f)
 			if ps.bits == nil {
 				// Tree walks need the nodes; they are few (one per
-				// fanout blocks), so they are kept in memory.
+				// fanout blocks), so GC keeps them in memory, apart
+				// from the handle's index.
 				for _, e := range entries {
 					if e.Type == BlobNode {
-						g.v.index.addBulk(pack, []blobEntry{e})
+						g.nodes.addBulk(pack, []blobEntry{e})
 					}
 				}
 				ps.entries = len(entries)
@@ -339,7 +341,7 @@ func (g *gc) scanPacks(ctx context.Context) error {
 			return fmt.Errorf("index file %s is unreadable (%w): run `lifeboat vault check` and `lifeboat vault repair index` before pruning", f.Short(), err)
 		}
 	}
-	g.v.index.finishBulk()
+	g.nodes.finishBulk()
 	return nil
 }
 
@@ -367,7 +369,7 @@ func (g *gc) walkRefs(ctx context.Context, points []*Point, lo, hi int, fn func(
 		if in(id) {
 			fn(id)
 		}
-		ids, err := g.v.loadNode(ctx, s, id, level, pos)
+		ids, err := g.v.loadNodeFrom(ctx, g.nodes, s, id, level, pos)
 		if err != nil {
 			return fmt.Errorf("walking trees: %w (run `lifeboat vault check`; prune refuses to collect garbage on a damaged vault)", err)
 		}

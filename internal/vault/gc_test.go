@@ -64,7 +64,9 @@ func history(t *testing.T, v *Vault, fc *clock.Fake, cycles int, seed uint64) ([
 	return pts, images
 }
 
-func TestPruneKeepsGridAndCollects(t *testing.T) {
+func TestPruneKeepsGridAndCollects(t *testing.T) { forIndexModes(t, testPruneKeepsGridAndCollects) }
+
+func testPruneKeepsGridAndCollects(t *testing.T) {
 	for _, maxMem := range []int64{0, 64} { // 64 bytes forces many partitions
 		ctx := context.Background()
 		be := mem.New()
@@ -117,7 +119,7 @@ func TestPruneKeepsGridAndCollects(t *testing.T) {
 			t.Fatalf("nothing collected: %+v (before %d, after %d)", rep, before, after)
 		}
 		// Every kept point restores after GC, from a fresh handle.
-		v2, err := Open(ctx, be, []byte("secret"), Options{})
+		v2, err := testOpen(t, ctx, be, []byte("secret"), Options{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -143,6 +145,10 @@ func TestPruneKeepsGridAndCollects(t *testing.T) {
 // index before a mark reuses a blob of a marked pack; the sweep must keep
 // that pack (and wait for the writer while it runs).
 func TestSweepResurrectsBlobsOfWriterWithOldView(t *testing.T) {
+	forIndexModes(t, testSweepResurrectsBlobsOfWriterWithOldView)
+}
+
+func testSweepResurrectsBlobsOfWriterWithOldView(t *testing.T) {
 	ctx := context.Background()
 	be := mem.New()
 	fc := clock.NewFake(time.Date(2026, 11, 25, 0, 0, 0, 0, time.UTC))
@@ -157,7 +163,7 @@ func TestSweepResurrectsBlobsOfWriterWithOldView(t *testing.T) {
 	fc.Advance(48 * time.Hour)
 
 	// The writer: lock, load the index (sees the old point's blobs).
-	wv, err := Open(ctx, be, []byte("secret"), Options{Clock: fc, SpoolDir: t.TempDir()})
+	wv, err := testOpen(t, ctx, be, []byte("secret"), Options{Clock: fc, SpoolDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +181,7 @@ func TestSweepResurrectsBlobsOfWriterWithOldView(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pv, _ := Open(ctx, be, []byte("secret"), Options{Clock: fc, SpoolDir: t.TempDir()})
+	pv, _ := testOpen(t, ctx, be, []byte("secret"), Options{Clock: fc, SpoolDir: t.TempDir()})
 	// A newer point with other data, so the old one is not the last.
 	if _, err := pv.LoadIndex(ctx); err != nil {
 		t.Fatal(err)
@@ -242,7 +248,7 @@ func TestSweepResurrectsBlobsOfWriterWithOldView(t *testing.T) {
 	if rep.PacksResurrected == 0 {
 		t.Fatalf("second prune resurrected nothing: %+v", rep)
 	}
-	v2, _ := Open(ctx, be, []byte("secret"), Options{})
+	v2, _ := testOpen(t, ctx, be, []byte("secret"), Options{})
 	if _, err := v2.LoadIndex(ctx); err != nil {
 		t.Fatal(err)
 	}

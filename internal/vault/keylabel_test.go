@@ -32,7 +32,7 @@ func TestAddKeyWithAndRemoveKeyID(t *testing.T) {
 	if !found {
 		t.Fatalf("key %s not listed with its label and KDF: %+v", id.Short(), keys)
 	}
-	v2, err := Open(ctx, be, secret, Options{})
+	v2, err := testOpen(t, ctx, be, secret, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -435,13 +435,17 @@ func TestSinceRefreshUsesLongerClock(t *testing.T) {
 // writer's handle rebuilds and forgets their blobs, so a writer that
 // re-checks after losing its lock does not reference data GC may delete.
 func TestLoadIndexNoticesOwnFilesRewritten(t *testing.T) {
+	forIndexModes(t, testLoadIndexNoticesOwnFilesRewritten)
+}
+
+func testLoadIndexNoticesOwnFilesRewritten(t *testing.T) {
 	ctx := testCtx(t)
 	v, be, fc, _ := lockRig(t)
 	ids := garbage(t, ctx, v, 300, 5)
-	if !v.Index().Has(ids[0]) {
+	if !hasBlob(t, v, ids[0]) {
 		t.Fatal("stored blob not in the writer's index")
 	}
-	gv, err := Open(ctx, be, []byte("secret"), Options{KDF: testKDF, Clock: fc, Logger: slog.New(slog.DiscardHandler)})
+	gv, err := testOpen(t, ctx, be, []byte("secret"), Options{KDF: testKDF, Clock: fc, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -453,7 +457,7 @@ func TestLoadIndexNoticesOwnFilesRewritten(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, id := range ids {
-		if v.Index().Has(id) {
+		if hasBlob(t, v, id) {
 			t.Fatalf("blob %s of a marked pack is still in the writer's index after LoadIndex", id.Short())
 		}
 	}

@@ -32,15 +32,16 @@ type markedPacks struct {
 
 // lookupAnywhere is the index's answer, or else the blob's copies in
 // packs marked for GC that are still stored.
-func (v *Vault) lookupAnywhere(ctx context.Context, id ID) []location {
-	if locs := v.index.Lookup(id); len(locs) > 0 || v.writeLocks.Load() > 0 {
-		return locs
+func (v *Vault) lookupAnywhere(ctx context.Context, id ID) ([]location, error) {
+	locs, err := v.index.lookup(ctx, id)
+	if err != nil || len(locs) > 0 || v.writeLocks.Load() > 0 {
+		return locs, err
 	}
-	locs, err := v.marked.lookup(ctx, v, id)
+	locs, err = v.marked.lookup(ctx, v, id)
 	if err != nil {
 		v.log.Warn("cannot read the packs marked for GC", "err", err)
 	}
-	return locs
+	return locs, nil
 }
 
 func (m *markedPacks) lookup(ctx context.Context, v *Vault, id ID) ([]location, error) {

@@ -333,7 +333,7 @@ func TestPointIndexConcurrentPublishAndPrune(t *testing.T) {
 	base := v.clock.Now().Add(-time.Hour)
 	var wg sync.WaitGroup
 	for w := range writers {
-		wv, err := Open(ctx, be, []byte("secret"), Options{Clock: v.clock})
+		wv, err := testOpen(t, ctx, be, []byte("secret"), Options{Clock: v.clock})
 		if err != nil {
 			t.Fatal(err)
 		}

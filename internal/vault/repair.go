@@ -11,10 +11,14 @@ import (
 // unindexedPacks lists packs on the backend that no loaded index entry
 // points into.
 func (v *Vault) unindexedPacks(ctx context.Context) ([]ID, error) {
+	indexed, err := v.index.packFilter(ctx)
+	if err != nil {
+		return nil, err
+	}
 	var out []ID
-	err := v.be.List(ctx, "data/", func(fi backend.Info) error {
+	err = v.be.List(ctx, "data/", func(fi backend.Info) error {
 		id, err := ParseID(fi.Name[strings.LastIndexByte(fi.Name, '/')+1:])
-		if err == nil && !v.index.HasPack(id) {
+		if err == nil && !indexed(id) {
 			out = append(out, id)
 		}
 		return nil

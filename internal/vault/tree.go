@@ -171,6 +171,13 @@ func (c *nodeCache) put(id ID, ids []ID) {
 // loadNode reads and verifies the node with the given ID, expected at
 // (level, pos) of shape s.
 func (v *Vault) loadNode(ctx context.Context, s shape, id ID, level int, pos int64) ([]ID, error) {
+	return v.loadNodeFrom(ctx, nil, s, id, level, pos)
+}
+
+// loadNodeFrom is loadNode that looks the node up in extra first (GC's
+// table of the nodes its own scan of the index found), then in the
+// handle's index.
+func (v *Vault) loadNodeFrom(ctx context.Context, extra *Index, s shape, id ID, level int, pos int64) ([]ID, error) {
 	want := s.children(level, pos)
 	if id.IsZero() {
 		return make([]ID, want), nil
@@ -178,7 +185,13 @@ func (v *Vault) loadNode(ctx context.Context, s shape, id ID, level int, pos int
 	if ids, ok := v.nodes.get(id); ok && len(ids) == want {
 		return ids, nil
 	}
-	b, err := v.LoadBlob(ctx, BlobNode, id, nil)
+	var b []byte
+	var err error
+	if locs := extraLookup(extra, id); len(locs) > 0 {
+		b, err = v.loadFromLocs(ctx, BlobNode, id, locs, nil)
+	} else {
+		b, err = v.LoadBlob(ctx, BlobNode, id, nil)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -186,10 +199,21 @@ func (v *Vault) loadNode(ctx context.Context, s shape, id ID, level int, pos int
 	if err != nil {
 		return nil, fmt.Errorf("node %s: %w", id.Short(), err)
 	}
-	if v.index.Has(id) { // not one read from a pack marked for GC (marked.go)
+	// Not a node read from a pack marked for GC (marked.go): a writer
+	// must not find it in the cache later.
+	if cache := len(extraLookup(extra, id)) > 0; cache {
+		v.nodes.put(id, ids)
+	} else if ok, err := v.index.has(ctx, id); ok && err == nil {
 		v.nodes.put(id, ids)
 	}
 	return ids, nil
+}
+
+func extraLookup(x *Index, id ID) []location {
+	if x == nil {
+		return nil
+	}
+	return x.Lookup(id)
 }
 
 // DiskReader reads one disk of one recovery point, block by block, loading

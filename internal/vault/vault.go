@@ -49,6 +49,24 @@ type Options struct {
 	// stale age.
 	LockRefresh    time.Duration
 	LockStaleAfter time.Duration
+	// IndexCacheDir, when set, keeps the index in a local on-disk cache
+	// in IndexCacheDir/<vault ID> (internal/vault/idxcache) instead of in
+	// memory: memory then stays bounded at any number of blobs, and once
+	// the cache exists LoadIndex reads only the index files it lacks. The
+	// cache is derived from the vault's index files and checked as it is
+	// read; deleting it is always safe (it is rebuilt). One process uses
+	// a directory at a time: another finds it in use and loads the index
+	// into memory.
+	IndexCacheDir string
+	// IndexCachePread reads the cache with pread instead of mapping it:
+	// the process's RSS then leaves out the cache's pages (they stay in
+	// the page cache), at about twice the CPU per lookup.
+	IndexCachePread bool
+	// IndexCacheOverlay is how many blobs of index files the cache does
+	// not cover yet (this process's writes, files LoadIndex found) are
+	// held in memory, at about 100 bytes each, before they are written
+	// into the cache (default 524288).
+	IndexCacheOverlay int
 }
 
 func (o *Options) defaults() {
@@ -76,7 +94,7 @@ type Vault struct {
 	log   *slog.Logger
 	clock clock.Clock
 
-	index *Index
+	index blobIndex
 	nodes *nodeCache
 	// indexEpoch counts index loads; marked is looked up on a miss, at
 	// most refreshed once per load.
@@ -163,8 +181,8 @@ func Init(ctx context.Context, be backend.Backend, passphrase []byte, o InitOpti
 }
 
 func newVault(be backend.Backend, k *keys, cfg Config, o Options) *Vault {
-	v := &Vault{be: be, keys: k, cfg: cfg, opts: o, log: o.Logger, clock: o.Clock,
-		index: NewIndex(), nodes: newNodeCache(256)}
+	v := &Vault{be: be, keys: k, cfg: cfg, opts: o, log: o.Logger, clock: o.Clock, nodes: newNodeCache(256)}
+	v.index = v.newBlobIndex()
 	v.readBufs.New = func() any { b := make([]byte, 0, cfg.BlockSize+zstdSlack); return &b }
 	v.rangeBufs.New = func() any { b := make([]byte, 0, 64<<10); return &b }
 	for t := range v.hashers {
@@ -192,9 +210,6 @@ func (v *Vault) Backend() backend.Backend { return v.be }
 
 // Location describes where the vault is.
 func (v *Vault) Location() string { return v.be.Location() }
-
-// Index returns the in-memory index (loaded by LoadIndex).
-func (v *Vault) Index() *Index { return v.index }
 
 // Logger is the vault's logger.
 func (v *Vault) Logger() *slog.Logger { return v.log }

@@ -9,12 +9,13 @@ import (
 	"time"
 
 	"github.com/lifeboat-dr/lifeboat/internal/clock"
+	"github.com/lifeboat-dr/lifeboat/internal/vault/backend"
 	"github.com/lifeboat-dr/lifeboat/internal/vault/backend/mem"
 )
 
 var testKDF = KDFParams{Time: 1, MemoryKiB: 64, Threads: 1}
 
-func newTestVault(t *testing.T, be *mem.Backend, o InitOptions) *Vault {
+func newTestVault(t *testing.T, be backend.Backend, o InitOptions) *Vault {
 	t.Helper()
 	if o.KDF == (KDFParams{}) {
 		o.KDF = testKDF
@@ -25,10 +26,12 @@ func newTestVault(t *testing.T, be *mem.Backend, o InitOptions) *Vault {
 	if o.SpoolDir == "" {
 		o.SpoolDir = t.TempDir()
 	}
+	o.Options = testIndexOptions(t, o.Options)
 	v, err := Init(context.Background(), be, []byte("secret"), o)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { v.Close() })
 	return v
 }
 
@@ -110,7 +113,9 @@ func randImage(r *rand.Rand, size int, bs int) []byte {
 	return img
 }
 
-func TestRoundTripWithChurnAndResize(t *testing.T) {
+func TestRoundTripWithChurnAndResize(t *testing.T) { forIndexModes(t, testRoundTripWithChurnAndResize) }
+
+func testRoundTripWithChurnAndResize(t *testing.T) {
 	ctx := context.Background()
 	be := mem.New()
 	v := newTestVault(t, be, InitOptions{BlockSize: 4096, PackSize: 1 << 20})
@@ -148,7 +153,7 @@ func TestRoundTripWithChurnAndResize(t *testing.T) {
 		prev = img
 	}
 	// Reopen from scratch and verify every point.
-	v2, err := Open(ctx, be, []byte("secret"), Options{})
+	v2, err := testOpen(t, ctx, be, []byte("secret"), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,7 +200,7 @@ func TestKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v2, err := Open(ctx, be, []byte("second"), Options{})
+	v2, err := testOpen(t, ctx, be, []byte("second"), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

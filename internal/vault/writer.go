@@ -91,13 +91,22 @@ func (w *Writer) Err() error {
 }
 
 // Has reports whether the vault or this writer already holds the blob.
+// When the index cannot answer (see blobIndex) it says no: the blob is
+// then stored again, which is safe.
 func (w *Writer) Has(id ID) bool {
-	if w.v.index.Has(id) {
+	if ok, err := w.v.index.has(w.ctx, id); ok && err == nil {
 		return true
 	}
+	return w.Holds(id)
+}
+
+// Holds reports whether this writer has the blob in a pack not indexed
+// yet (stored or being stored); once indexed, the vault's index has it
+// (Vault.HasBlob). Has asks both.
+func (w *Writer) Holds(id ID) bool {
 	w.pendMu.Lock()
+	defer w.pendMu.Unlock()
 	_, ok := w.pending[id]
-	w.pendMu.Unlock()
 	return ok
 }
 
@@ -116,9 +125,15 @@ func (w *Writer) putBlob(ctx context.Context, t BlobType, id ID, plain []byte, d
 	if err := ctx.Err(); err != nil {
 		return false, err
 	}
-	if dedup && w.v.index.Has(id) {
-		w.dupBlobs.Add(1)
-		return false, nil
+	if dedup {
+		has, err := w.v.index.has(ctx, id)
+		if err != nil {
+			return false, err
+		}
+		if has {
+			w.dupBlobs.Add(1)
+			return false, nil
+		}
 	}
 	w.pendMu.Lock()
 	if _, ok := w.pending[id]; ok {

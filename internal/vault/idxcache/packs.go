@@ -112,3 +112,19 @@ func (c *Cache) pack(num uint32) (ID, error) {
 	}
 	return ID{}, corrupt("pack number %d is in no pack table segment", num)
 }
+
+// EachPack calls fn with every pack ID of the pack table, each entry
+// checked; a pack listed by several index files may come more than once.
+// An error means the cache is damaged (the next Sync rebuilds it).
+func (c *Cache) EachPack(fn func(pack ID)) error {
+	for _, s := range c.packs {
+		for i := range s.meta.Count {
+			p, err := c.pack(s.meta.Base + i)
+			if err != nil {
+				return c.fail(err)
+			}
+			fn(p)
+		}
+	}
+	return nil
+}
