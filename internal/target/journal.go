@@ -9,8 +9,8 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"path/filepath"
-	"strconv"
+
+	"github.com/lifeboat-dr/lifeboat/internal/atomicfile"
 )
 
 // journalVersion is the version of the journal's format.
@@ -100,43 +100,12 @@ func writeJournal(path string, j journal) error {
 	return nil
 }
 
-// replaceFile replaces the file at path with b atomically and durably: a
-// temporary file is written and fsynced, renamed over path, and the
-// directory fsynced.
-func replaceFile(path string, b []byte) error {
-	tmp := path + ".tmp." + strconv.Itoa(os.Getpid())
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return syncDir(filepath.Dir(path))
-}
+// replaceFile replaces the file at path with b atomically and durably
+// (atomicfile.Write).
+func replaceFile(path string, b []byte) error { return atomicfile.Write(path, b, 0o600) }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	return nil
-}
+// syncDir makes a directory's entries durable (atomicfile.SyncDir).
+func syncDir(dir string) error { return atomicfile.SyncDir(dir) }
 
 // mismatch says why journal j cannot resume an apply described by want
 // (all fields but the progress ones), or "" if it can.
